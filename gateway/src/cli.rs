@@ -1,0 +1,199 @@
+//! `gigmcp`, the admin CLI: argument parsing and output formatting over [`AdminApi`].
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::admin::AdminApi;
+use crate::admin::local::LocalAdmin;
+use crate::store::SecretMeta;
+use crate::vault::{MAX_VALUE_LEN, MasterKey, SecretValue};
+
+#[derive(Debug, Parser)]
+#[command(name = "gigmcp", version, about = "Administer a Gig'MCP gateway")]
+pub struct Cli {
+    /// State directory to open directly (the daemon's, when it is stopped, or a dev one).
+    #[arg(long, global = true, default_value = "/var/lib/gigmcp")]
+    state_dir: PathBuf,
+    /// Master key file (32 bytes raw or 64 hex digits, mode 0600). Default: the systemd
+    /// credential master.key in $CREDENTIALS_DIRECTORY.
+    #[arg(long, global = true)]
+    master_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage secrets (write-only: values can be set, never read back).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Inspect the vault or rotate its master key.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Store a secret. The value is read from standard input (one trailing newline is dropped)
+    /// or from --from-file (taken byte for byte); never from the command line.
+    Set {
+        name: String,
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// List secrets: name, version, created, updated, last used. Never values.
+    List,
+    /// Delete a secret.
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum VaultCommand {
+    /// Show the master key fingerprint and check that every secret opens.
+    Status,
+    /// Rewrap every data key under a new master key, in one transaction.
+    Rotate {
+        #[arg(long)]
+        new_master_key_file: PathBuf,
+    },
+    /// Write a new random master key to a file (mode 0600). Needs no state directory.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli, &mut std::io::stdout().lock()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gigmcp: error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Command::Vault(VaultCommand::Keygen { out: path }) = &cli.command {
+        let key = MasterKey::generate_file(path)?;
+        writeln!(
+            out,
+            "wrote {} (fingerprint {})",
+            path.display(),
+            key.fingerprint()
+        )?;
+        return Ok(());
+    }
+    let key = MasterKey::load(cli.master_key_file.as_deref())?;
+    let actor = format!("cli:uid={}", nix::unistd::getuid());
+    let mut admin = LocalAdmin::open(&cli.state_dir, key, actor)?;
+    dispatch(&mut admin, cli.command, out)
+}
+
+fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        Command::Secret(SecretCommand::Set { name, from_file }) => {
+            let value = read_value(from_file)?;
+            let o = admin.secret_set(&name, &value)?;
+            let verb = if o.created { "created" } else { "updated" };
+            writeln!(out, "{verb} secret {name} (version {})", o.version)?;
+        }
+        Command::Secret(SecretCommand::List) => print_secrets(&admin.secret_list()?, out)?,
+        Command::Secret(SecretCommand::Rm { name }) => {
+            admin.secret_remove(&name)?;
+            writeln!(out, "removed secret {name}")?;
+        }
+        Command::Vault(VaultCommand::Status) => {
+            let s = admin.vault_status()?;
+            writeln!(out, "master key fingerprint: {}", s.fingerprint)?;
+            writeln!(out, "secrets: {}", s.secrets)?;
+            if !s.damaged.is_empty() {
+                for line in &s.damaged {
+                    writeln!(out, "DAMAGED: {line}")?;
+                }
+                bail!(
+                    "{} of {} secrets failed to open",
+                    s.damaged.len(),
+                    s.secrets
+                );
+            }
+            writeln!(out, "all secrets open")?;
+        }
+        Command::Vault(VaultCommand::Rotate {
+            new_master_key_file,
+        }) => {
+            let new = MasterKey::from_file(&new_master_key_file)?;
+            let fp = admin.vault_rotate(new)?;
+            writeln!(
+                out,
+                "rotated: every data key is now wrapped by {fp}; install {} as the master.key credential",
+                new_master_key_file.display()
+            )?;
+        }
+        Command::Vault(VaultCommand::Keygen { .. }) => unreachable!("handled before opening"),
+    }
+    Ok(())
+}
+
+fn read_value(from_file: Option<PathBuf>) -> anyhow::Result<SecretValue> {
+    let mut buf = Zeroizing::new(Vec::new());
+    let limit = MAX_VALUE_LEN as u64 + 1;
+    match &from_file {
+        Some(path) => {
+            std::fs::File::open(path)
+                .with_context(|| format!("opening {}", path.display()))?
+                .take(limit)
+                .read_to_end(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
+        }
+        None => {
+            std::io::stdin()
+                .lock()
+                .take(limit)
+                .read_to_end(&mut buf)
+                .context("reading the secret from standard input")?;
+            let keep = if buf.ends_with(b"\r\n") {
+                buf.len() - 2
+            } else if buf.ends_with(b"\n") {
+                buf.len() - 1
+            } else {
+                buf.len()
+            };
+            buf.truncate(keep);
+        }
+    }
+    Ok(SecretValue::new(buf))
+}
+
+fn print_secrets(list: &[SecretMeta], out: &mut dyn Write) -> std::io::Result<()> {
+    let width = list.iter().map(|m| m.name.len()).max().unwrap_or(4).max(4);
+    writeln!(
+        out,
+        "{:width$}  {:>7}  {:20}  {:20}  LAST USED",
+        "NAME", "VERSION", "CREATED", "UPDATED"
+    )?;
+    for m in list {
+        writeln!(
+            out,
+            "{:width$}  {:>7}  {:20}  {:20}  {}",
+            m.name,
+            m.version,
+            timestamp(m.created_ms),
+            timestamp(m.updated_ms),
+            m.last_used_ms.map_or_else(|| "never".to_owned(), timestamp),
+        )?;
+    }
+    Ok(())
+}
+
+fn timestamp(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,319 @@
+//! `gigmcp.toml`: the daemon's configuration.
+//!
+//! Parsing is strict on purpose: an unknown key is far more often a typo in a security setting
+//! than a harmless extra, so it is an error. Every error names the key (as a dotted path) and the
+//! line it is on.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+/// Where the packaged default lives.
+pub const DEFAULT_PATH: &str = "/etc/gigmcp/gigmcp.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub sandbox: SandboxConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// SQLite database, images and per-server data live here.
+    pub state_dir: PathBuf,
+    /// Address the MCP front listens on.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// IPv4 range carved into one /30 link per sandbox.
+    pub pool: Ipv4Net,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (journald adds its own timestamp).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/gigmcp"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8750)),
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            pool: "10.231.0.0/16".parse().expect("valid literal"),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway: GatewayConfig::default(),
+            sandbox: SandboxConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// A configuration error, located in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The offending key as a dotted path (`sandbox.pool`), if the error is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            Self::Read { .. } => None,
+        }
+    }
+
+    /// The 1-based line of the offending key or value.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::Invalid { line, .. } => Some(*line),
+            Self::Read { .. } => None,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid =
+            |span: Option<Range<usize>>, key: String, message: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: span.map_or(1, |s| line_of(text, s.start)),
+                key,
+                message,
+            };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| invalid(e.span(), String::from("(syntax)"), first_line(e.message())))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            invalid(inner.span(), key, first_line(inner.message()))
+        })?;
+        config.validate().map_err(|(key, message)| {
+            let span = locate_key(text, key);
+            invalid(span, key.to_owned(), message)
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that need more than a type: returns the dotted key and what is wrong with it.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let pool = self.sandbox.pool;
+        if pool != pool.trunc() {
+            return Err((
+                "sandbox.pool",
+                format!("{pool} has host bits set; did you mean {}?", pool.trunc()),
+            ));
+        }
+        // A /30 per sandbox: a /24 gives 64 sandboxes, the least that is useful.
+        if pool.prefix_len() > 24 {
+            return Err((
+                "sandbox.pool",
+                format!("{pool} is too small: use a /24 or larger (each sandbox takes a /30)"),
+            ));
+        }
+        if !pool.addr().is_private() {
+            return Err((
+                "sandbox.pool",
+                format!("{pool} is not in a private range (RFC 1918)"),
+            ));
+        }
+        if !self.gateway.state_dir.is_absolute() {
+            return Err((
+                "gateway.state_dir",
+                format!(
+                    "{} is not an absolute path",
+                    self.gateway.state_dir.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the span of `table.key` in the document, for errors found after deserialising.
+fn locate_key(text: &str, dotted: &str) -> Option<Range<usize>> {
+    let (table, key) = dotted.rsplit_once('.')?;
+    // The typed parse already succeeded, so the document is well-formed and a line scan for
+    // `[table]` then `key =` is reliable for the flat layout this file has.
+    let mut in_table = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_table = trimmed.trim_matches(|c| c == '[' || c == ']').trim() == table;
+        } else if in_table && trimmed.split('=').next().is_some_and(|k| k.trim() == key) {
+            return Some(offset..offset + line.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn shipped_default_is_valid_and_matches_builtin_defaults() {
+        let text = include_str!("../../etc/gigmcp.toml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("[gateway]\nlisten = \"127.0.0.1:1\"\nstate_dri = \"/x\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("gateway.state_dri"), "{err}");
+        assert_eq!(err.line(), Some(3), "{err}");
+    }
+
+    #[test]
+    fn unknown_table_names_key_and_line() {
+        let err = parse("\n[gatway]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("gatway"), "{err}");
+        assert_eq!(err.line(), Some(2), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let err = parse("[gateway]\n\nlisten = 8750\n").unwrap_err();
+        assert_eq!(err.key(), Some("gateway.listen"), "{err}");
+        assert_eq!(err.line(), Some(3), "{err}");
+    }
+
+    #[test]
+    fn bad_cidr_names_key_and_line() {
+        let err = parse("[sandbox]\npool = \"10.231.0.0/33\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("sandbox.pool"), "{err}");
+        assert_eq!(err.line(), Some(2), "{err}");
+        let err = parse("[sandbox]\npool = \"not-a-cidr\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("sandbox.pool"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let err =
+            parse("[log]\nlevel = \"info\"\n[sandbox]\n\npool = \"10.231.0.0/28\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("sandbox.pool"), "{err}");
+        assert_eq!(err.line(), Some(5), "{err}");
+        let err = parse("[sandbox]\npool = \"8.8.0.0/16\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("sandbox.pool"), "{err}");
+        let err = parse("[sandbox]\npool = \"10.231.0.1/16\"\n").unwrap_err();
+        assert!(err.to_string().contains("host bits"), "{err}");
+        let err = parse("[gateway]\nstate_dir = \"relative\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("gateway.state_dir"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_key() {
+        let err = parse("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("log.format"), "{err}");
+        assert_eq!(err.line(), Some(2), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let err = parse("[gateway]\nlisten = \n").unwrap_err();
+        assert_eq!(err.line(), Some(2), "{err}");
+    }
+}

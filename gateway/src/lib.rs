@@ -1,0 +1,14 @@
+//! Gig'MCP gateway: the unprivileged daemon `gigmcpd` and the admin CLI `gigmcp`.
+//!
+//! See `docs/ARCHITECTURE.md` for the map. Layers, bottom up: [`store`] (persistence behind a
+//! trait), [`vault`] (envelope encryption over the store), [`audit`], [`admin`] (the command
+//! layer, transport-independent), then the front ends [`cli`] and [`daemon`].
+
+pub mod admin;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod store;
+pub mod vault;

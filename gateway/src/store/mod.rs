@@ -1,0 +1,118 @@
+//! Persistent state behind one narrow API.
+//!
+//! Callers use the [`Store`] trait only; [`sqlite::SqliteStore`] is the embedded default. A
+//! Postgres backend for several gateways sharing state would be a second implementation of the
+//! same trait: nothing outside this module names SQLite.
+
+pub mod sqlite;
+
+use crate::vault::envelope::Sealed;
+
+pub use sqlite::SqliteStore;
+
+/// The schema version this build writes; a database with a higher one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "database {path} has schema version {found}, newer than the {supported} this gigmcp understands; upgrade gigmcp (nothing was changed)"
+    )]
+    NewerSchema {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path} is not a Gig'MCP database (no SQLite header)")]
+    NotADatabase { path: String },
+    #[error("cannot prepare state directory {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("secret {name} was changed concurrently; try again")]
+    Conflict { name: String },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// A secret row: its sealed envelope and bookkeeping. Never a plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub id: String,
+    pub name: String,
+    pub version: u64,
+    pub sealed: Sealed,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub last_used_ms: Option<i64>,
+}
+
+/// What `secret list` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub name: String,
+    pub version: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub last_used_ms: Option<i64>,
+}
+
+/// A new wrapping of one data key, produced by master key rotation.
+#[derive(Debug, Clone)]
+pub struct Rewrapped {
+    pub id: String,
+    pub version: u64,
+    pub key_nonce: Vec<u8>,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// One audit trail entry. `detail` is free text and must never carry a secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub ts_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// Everything the gateway persists. Implementations must make each method atomic.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Fingerprint of the master key the store's data keys are wrapped with, once one is set.
+    fn master_fingerprint(&self) -> Result<Option<String>, StoreError>;
+    /// Records `fp` as the store's master key if none is recorded yet; returns the recorded one.
+    fn claim_master_fingerprint(&self, fp: &str) -> Result<String, StoreError>;
+
+    fn secret_get(&self, name: &str) -> Result<Option<SecretRecord>, StoreError>;
+    /// Writes `record` if the stored version of its name is still `expected` (`None`: absent).
+    /// Otherwise nothing is written and [`StoreError::Conflict`] is returned.
+    fn secret_put(&self, record: &SecretRecord, expected: Option<u64>) -> Result<(), StoreError>;
+    fn secret_list(&self) -> Result<Vec<SecretMeta>, StoreError>;
+    fn secret_all(&self) -> Result<Vec<SecretRecord>, StoreError>;
+    /// Returns whether a secret of that name existed.
+    fn secret_remove(&self, name: &str) -> Result<bool, StoreError>;
+    fn secret_mark_used(&self, name: &str, ts_ms: i64) -> Result<(), StoreError>;
+    /// Replaces every wrapped data key and the recorded master fingerprint in one transaction.
+    /// Fails with nothing changed unless `rewrapped` covers exactly the rows wrapped by `old_fp`
+    /// at the versions given.
+    fn rewrap_all(
+        &self,
+        old_fp: &str,
+        new_fp: &str,
+        rewrapped: &[Rewrapped],
+    ) -> Result<(), StoreError>;
+
+    fn audit_append(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// The newest `limit` events, newest first.
+    fn audit_recent(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+}
