@@ -14,7 +14,7 @@ use serde::Deserialize;
 /// Where the packaged default lives.
 pub const DEFAULT_PATH: &str = "/etc/gigmcp/gigmcp.toml";
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub gateway: GatewayConfig,
@@ -86,16 +86,6 @@ impl Default for LogConfig {
         Self {
             level: LogLevel::Info,
             format: LogFormat::Text,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            gateway: GatewayConfig::default(),
-            sandbox: SandboxConfig::default(),
-            log: LogConfig::default(),
         }
     }
 }

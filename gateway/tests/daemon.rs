@@ -26,7 +26,11 @@ fn check(config: &str) -> std::process::Output {
 #[test]
 fn check_accepts_the_shipped_config() {
     let out = Command::new(env!("CARGO_BIN_EXE_gigmcpd"))
-        .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/gigmcp.toml"), "--check"])
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/gigmcp.toml"),
+            "--check",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -35,15 +39,26 @@ fn check_accepts_the_shipped_config() {
 #[test]
 fn check_rejects_bad_configs_with_key_and_line() {
     for (config, key, line) in [
-        ("[gateway]\nlisten = \"127.0.0.1:1\"\nlsiten = \"x\"\n", "gateway.lsiten", 3),
+        (
+            "[gateway]\nlisten = \"127.0.0.1:1\"\nlsiten = \"x\"\n",
+            "gateway.lsiten",
+            3,
+        ),
         ("[sandbox]\npool = 7\n", "sandbox.pool", 2),
-        ("[log]\nlevel = \"info\"\n\n[sandbox]\npool = \"10.0.0.0/99\"\n", "sandbox.pool", 5),
+        (
+            "[log]\nlevel = \"info\"\n\n[sandbox]\npool = \"10.0.0.0/99\"\n",
+            "sandbox.pool",
+            5,
+        ),
         ("[gateway]\nlisten = \"localhost\"\n", "gateway.listen", 2),
     ] {
         let out = check(config);
         assert_eq!(out.status.code(), Some(1), "accepted: {config}");
         let msg = text(&out);
-        assert!(msg.contains(&format!(":{line}: key `{key}`")), "{config:?} → {msg}");
+        assert!(
+            msg.contains(&format!(":{line}: key `{key}`")),
+            "{config:?} → {msg}"
+        );
     }
     let out = Command::new(env!("CARGO_BIN_EXE_gigmcpd"))
         .args(["--config", "/nonexistent/gigmcp.toml", "--check"])
@@ -120,8 +135,14 @@ fn stops_cleanly_on(signal: Signal) {
         .into_iter()
         .map(|e| (e.action, e.detail))
         .collect();
-    assert!(actions.contains(&("daemon.stop".into(), signal.as_str().into())), "{actions:?}");
-    assert!(actions.iter().any(|(a, _)| a == "daemon.start"), "{actions:?}");
+    assert!(
+        actions.contains(&("daemon.stop".into(), signal.as_str().into())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|(a, _)| a == "daemon.start"),
+        "{actions:?}"
+    );
 }
 
 #[test]
@@ -163,5 +184,9 @@ fn world_readable_master_key_is_refused() {
     common::chmod(&env.key_file, 0o644);
     let out = env.cli(&["vault", "status"], b"");
     assert!(!out.status.success());
-    assert!(text(&out).contains("readable by group or others"), "{}", text(&out));
+    assert!(
+        text(&out).contains("readable by group or others"),
+        "{}",
+        text(&out)
+    );
 }

@@ -20,7 +20,9 @@ fn fill(env: &TestEnv, n: usize) -> HashMap<String, String> {
     let mut all = HashMap::new();
     for i in 0..n {
         let (k, v) = (format!("SECRET_{i:04}"), format!("sv-{}", random_hex(20)));
-        vault.set(&name(&k), &SecretValue::from(v.as_bytes())).unwrap();
+        vault
+            .set(&name(&k), &SecretValue::from(v.as_bytes()))
+            .unwrap();
         all.insert(k, v);
     }
     all
@@ -33,7 +35,10 @@ fn round_trip_of_1000_secrets_never_shows_a_value() {
 
     // Through the CLI too: from stdin (trailing newline dropped) and from a file (verbatim).
     let stdin_value = format!("stdin-{}", random_hex(16));
-    let out = env.cli(&["secret", "set", "FROM_STDIN"], format!("{stdin_value}\n").as_bytes());
+    let out = env.cli(
+        &["secret", "set", "FROM_STDIN"],
+        format!("{stdin_value}\n").as_bytes(),
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("created secret FROM_STDIN (version 1)"));
     all.insert("FROM_STDIN".into(), stdin_value);
@@ -41,7 +46,13 @@ fn round_trip_of_1000_secrets_never_shows_a_value() {
     let file = env.dir.path().join("value.txt");
     std::fs::write(&file, &file_value).unwrap();
     let out = env.cli(
-        &["secret", "set", "FROM_FILE", "--from-file", file.to_str().unwrap()],
+        &[
+            "secret",
+            "set",
+            "FROM_FILE",
+            "--from-file",
+            file.to_str().unwrap(),
+        ],
         b"",
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -58,10 +69,17 @@ fn round_trip_of_1000_secrets_never_shows_a_value() {
     let out = env.cli(&["secret", "list"], b"");
     assert!(out.status.success(), "{}", text(&out));
     let listing = text(&out);
-    assert_eq!(listing.lines().count(), all.len() + 1, "one line per secret plus header");
+    assert_eq!(
+        listing.lines().count(),
+        all.len() + 1,
+        "one line per secret plus header"
+    );
     for (k, v) in &all {
         assert!(listing.contains(k.as_str()), "{k} missing from list");
-        assert!(!listing.contains(v.trim_end()), "list printed the value of {k}");
+        assert!(
+            !listing.contains(v.trim_end()),
+            "list printed the value of {k}"
+        );
     }
     let out = env.cli(&["vault", "status"], b"");
     assert!(out.status.success(), "{}", text(&out));
@@ -108,21 +126,33 @@ fn tamper(env: &TestEnv, sql: &str) {
 fn status_fails_naming(env: &TestEnv, secret: &str, reason: &str) {
     let out = env.cli(&["vault", "status"], b"");
     let shown = text(&out);
-    assert!(!out.status.success(), "status passed after tampering: {shown}");
+    assert!(
+        !out.status.success(),
+        "status passed after tampering: {shown}"
+    );
     assert!(
         shown.contains(&format!("DAMAGED: secret {secret}: {reason}")),
         "{shown}"
     );
     let err = env.vault().get(&name(secret)).unwrap_err();
-    assert!(matches!(&err, VaultError::Secret { name, .. } if name == secret), "{err}");
+    assert!(
+        matches!(&err, VaultError::Secret { name, .. } if name == secret),
+        "{err}"
+    );
     assert!(err.to_string().contains(reason), "{err}");
 }
 
 fn tamper_env() -> TestEnv {
     let env = TestEnv::new();
     let vault = env.vault();
-    for (k, v) in [("ALPHA", "alpha-value"), ("BRAVO", "bravo-value"), ("CHARLIE", "c")] {
-        vault.set(&name(k), &SecretValue::from(v.as_bytes())).unwrap();
+    for (k, v) in [
+        ("ALPHA", "alpha-value"),
+        ("BRAVO", "bravo-value"),
+        ("CHARLIE", "c"),
+    ] {
+        vault
+            .set(&name(k), &SecretValue::from(v.as_bytes()))
+            .unwrap();
     }
     env
 }
@@ -131,11 +161,18 @@ fn tamper_env() -> TestEnv {
 fn flip_byte(env: &TestEnv, col: &str, who: &str, i: usize) {
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     let mut blob: Vec<u8> = conn
-        .query_row(&format!("SELECT {col} FROM secrets WHERE name = ?1"), [who], |r| r.get(0))
+        .query_row(
+            &format!("SELECT {col} FROM secrets WHERE name = ?1"),
+            [who],
+            |r| r.get(0),
+        )
         .unwrap();
     blob[i] ^= 0x01;
     let n = conn
-        .execute(&format!("UPDATE secrets SET {col} = ?2 WHERE name = ?1"), rusqlite::params![who, blob])
+        .execute(
+            &format!("UPDATE secrets SET {col} = ?2 WHERE name = ?1"),
+            rusqlite::params![who, blob],
+        )
         .unwrap();
     assert_eq!(n, 1);
 }
@@ -148,7 +185,10 @@ fn flipped_byte_in_sealed_value_is_caught() {
     assert_ne!(before, std::fs::read(env.db_path()).unwrap());
     status_fails_naming(&env, "BRAVO", "sealed value failed authentication");
     // The others are unaffected.
-    assert_eq!(env.vault().get(&name("ALPHA")).unwrap().expose(), b"alpha-value");
+    assert_eq!(
+        env.vault().get(&name("ALPHA")).unwrap().expose(),
+        b"alpha-value"
+    );
 }
 
 #[test]
@@ -221,7 +261,11 @@ fn wrong_master_key_is_refused_before_any_secret_is_touched() {
     }
     let out = env.cli_with_key(&wrong, &["secret", "set", "DELTA"], b"d");
     assert!(!out.status.success());
-    assert_eq!(dump_secrets(&env), secrets_before, "a refused key changed secrets");
+    assert_eq!(
+        dump_secrets(&env),
+        secrets_before,
+        "a refused key changed secrets"
+    );
     // The refusal is audited.
     let denied = env
         .store()
@@ -240,7 +284,11 @@ fn row_wrapped_by_another_key_is_named() {
         &env,
         "UPDATE secrets SET master_fp = '00112233445566778899aabbccddeeff' WHERE name = 'BRAVO'",
     );
-    status_fails_naming(&env, "BRAVO", "wrapped by master key 00112233445566778899aabbccddeeff");
+    status_fails_naming(
+        &env,
+        "BRAVO",
+        "wrapped by master key 00112233445566778899aabbccddeeff",
+    );
 }
 
 fn dump_secrets(env: &TestEnv) -> Vec<Vec<u8>> {
@@ -261,11 +309,20 @@ fn rotation_moves_every_secret_to_the_new_key() {
     let ct_before = ciphertexts(&env);
     let new_key = env.other_key("new.key");
     let out = env.cli(
-        &["vault", "rotate", "--new-master-key-file", new_key.to_str().unwrap()],
+        &[
+            "vault",
+            "rotate",
+            "--new-master-key-file",
+            new_key.to_str().unwrap(),
+        ],
         b"",
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(ciphertexts(&env), ct_before, "rotation touched a sealed value");
+    assert_eq!(
+        ciphertexts(&env),
+        ct_before,
+        "rotation touched a sealed value"
+    );
 
     let out = env.cli(&["vault", "status"], b"");
     assert!(!out.status.success(), "old key still accepted");
@@ -289,14 +346,22 @@ fn rotation_with_a_damaged_secret_changes_nothing() {
     let before = dump_secrets(&env);
     let new_key = env.other_key("new.key");
     let out = env.cli(
-        &["vault", "rotate", "--new-master-key-file", new_key.to_str().unwrap()],
+        &[
+            "vault",
+            "rotate",
+            "--new-master-key-file",
+            new_key.to_str().unwrap(),
+        ],
         b"",
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("secret BRAVO"), "{}", text(&out));
     assert_eq!(dump_secrets(&env), before);
     let out = env.cli_with_key(&new_key, &["secret", "list"], b"");
-    assert!(!out.status.success(), "new key adopted after failed rotation");
+    assert!(
+        !out.status.success(),
+        "new key adopted after failed rotation"
+    );
 }
 
 fn ciphertexts(env: &TestEnv) -> Vec<(String, Vec<u8>, Vec<u8>)> {
@@ -355,7 +420,12 @@ fn rotation_killed_at_any_point_leaves_all_old_or_all_new() {
     std::fs::copy(&pristine.key_file, &calibrate.key_file).unwrap();
     let started = Instant::now();
     let out = calibrate.cli(
-        &["vault", "rotate", "--new-master-key-file", new_key.to_str().unwrap()],
+        &[
+            "vault",
+            "rotate",
+            "--new-master-key-file",
+            new_key.to_str().unwrap(),
+        ],
         b"",
     );
     let full = started.elapsed();
@@ -395,7 +465,10 @@ fn rotation_killed_at_any_point_leaves_all_old_or_all_new() {
     eprintln!(
         "rotation of {SECRETS} secrets takes {full:?}; {RUNS} kills: {killed_running} while running, {old} left all-old, {new} left all-new"
     );
-    assert!(killed_running >= RUNS / 2, "too few kills landed mid-run: {killed_running}");
+    assert!(
+        killed_running >= RUNS / 2,
+        "too few kills landed mid-run: {killed_running}"
+    );
 }
 
 #[test]
@@ -411,7 +484,10 @@ fn two_processes_writing_at_once_lose_nothing() {
             std::thread::spawn(move || {
                 let mut written = Vec::new();
                 for i in 0..EACH {
-                    let (k, v) = (format!("W{w}_{i:03}"), format!("value-{w}-{i}-{}", random_hex(8)));
+                    let (k, v) = (
+                        format!("W{w}_{i:03}"),
+                        format!("value-{w}-{i}-{}", random_hex(8)),
+                    );
                     for target in [k.as_str(), "SHARED"] {
                         let out = common::run_with_stdin(
                             Command::new(env!("CARGO_BIN_EXE_gigmcp"))
@@ -430,7 +506,10 @@ fn two_processes_writing_at_once_lose_nothing() {
             })
         })
         .collect();
-    let written: Vec<_> = writers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let written: Vec<_> = writers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     let vault = env.vault();
     for (k, v) in &written {
         assert_eq!(vault.get(&name(k)).unwrap().expose(), v.as_bytes(), "{k}");

@@ -28,7 +28,11 @@ fn tree(args: &[&str]) -> Vec<String> {
 fn forbidden_in(packages: &[String], forbidden: &[&str]) -> Vec<String> {
     packages
         .iter()
-        .filter(|p| forbidden.iter().any(|f| p == f || p.starts_with(&format!("{f}-"))))
+        .filter(|p| {
+            forbidden
+                .iter()
+                .any(|f| p == f || p.starts_with(&format!("{f}-")))
+        })
         .cloned()
         .collect()
 }
@@ -40,8 +44,21 @@ fn privhelper_links_no_network_protocol_or_sql_code() {
     let found = forbidden_in(
         &packages,
         &[
-            "hyper", "h2", "http", "reqwest", "rustls", "tokio-rustls", "openssl", "native-tls",
-            "rusqlite", "libsqlite3", "sqlx", "postgres", "rmcp", "jsonrpc", "jsonrpsee",
+            "hyper",
+            "h2",
+            "http",
+            "reqwest",
+            "rustls",
+            "tokio-rustls",
+            "openssl",
+            "native-tls",
+            "rusqlite",
+            "libsqlite3",
+            "sqlx",
+            "postgres",
+            "rmcp",
+            "jsonrpc",
+            "jsonrpsee",
         ],
     );
     assert!(found.is_empty(), "privhelper depends on {found:?}");
@@ -50,7 +67,18 @@ fn privhelper_links_no_network_protocol_or_sql_code() {
 #[test]
 fn no_crypto_provider_but_ring() {
     let packages = tree(&["--workspace", "-e", "normal,build"]);
-    let found = forbidden_in(&packages, &["aws-lc-rs", "aws-lc-sys", "aws-lc-fips-sys", "openssl", "openssl-sys", "boring", "boring-sys"]);
+    let found = forbidden_in(
+        &packages,
+        &[
+            "aws-lc-rs",
+            "aws-lc-sys",
+            "aws-lc-fips-sys",
+            "openssl",
+            "openssl-sys",
+            "boring",
+            "boring-sys",
+        ],
+    );
     assert!(found.is_empty(), "forbidden crypto providers: {found:?}");
 }
 
@@ -58,5 +86,8 @@ fn no_crypto_provider_but_ring() {
 fn the_check_sees_forbidden_crates() {
     // The gateway really does link SQLite: proves the matcher would catch it in privhelper.
     let packages = tree(&["-p", "gateway", "-e", "normal"]);
-    assert_eq!(forbidden_in(&packages, &["rusqlite"]), vec!["rusqlite".to_owned()]);
+    assert_eq!(
+        forbidden_in(&packages, &["rusqlite"]),
+        vec!["rusqlite".to_owned()]
+    );
 }
