@@ -5,9 +5,6 @@
 //! enforce it). Everything here runs with privilege or inside the sandbox, and must stay small
 //! enough to review line by line.
 
-/// The helper's well-known name on the system bus.
-pub const BUS_NAME: &str = "org.gigmcp.PrivHelper1";
-/// The object that serves [`INTERFACE`].
-pub const OBJECT_PATH: &str = "/org/gigmcp/PrivHelper1";
-/// The interface the gateway calls to create and destroy sandboxes.
-pub const INTERFACE: &str = "org.gigmcp.PrivHelper1";
+pub mod api;
+pub mod config;
+pub mod helper;

@@ -1,0 +1,103 @@
+//! The `org.gigmcp.PrivHelper1` D-Bus interface as seen by both sides: the types that cross the
+//! bus, the errors the helper answers with, and the client proxy the gateway uses.
+//!
+//! Everything in a [`SandboxSpec`] comes from the gateway, which the helper treats as untrusted:
+//! paths are names relative to directories the helper's own configuration fixes, and nothing in
+//! a spec can choose a host uid, a capability or a namespace.
+
+use serde::{Deserialize, Serialize};
+use zbus::OwnedFd;
+use zbus::zvariant::Type;
+
+/// The helper's well-known name on the system bus.
+pub const BUS_NAME: &str = "org.gigmcp.PrivHelper1";
+/// The object that serves [`INTERFACE`].
+pub const OBJECT_PATH: &str = "/org/gigmcp/PrivHelper1";
+/// The interface the gateway calls to create and destroy sandboxes.
+pub const INTERFACE: &str = "org.gigmcp.PrivHelper1";
+
+/// What the gateway asks for. Bounds are checked by the helper (see `helper::validate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct SandboxSpec {
+    /// The server's id: `[a-z0-9][a-z0-9_-]{0,63}`. Used in names and logs only.
+    pub server: String,
+    /// The image's root filesystem, relative to the helper's `images_dir` (an absolute path
+    /// must lie inside it). Resolved without following any symlink.
+    pub rootfs: String,
+    /// The server's command line, run by `gigmcp-sandbox-init` inside the sandbox.
+    pub argv: Vec<String>,
+    /// The server's complete environment (the sandbox starts from an empty one).
+    pub env: Vec<(String, String)>,
+    /// Per-server writable directory, relative to the helper's `data_root`; empty for none.
+    pub data_dir: String,
+    /// CA bundle file name inside the helper's `ca_dir`; empty for none.
+    pub ca_bundle: String,
+    /// The one TCP port the sandbox may connect to, on its link's host address (the proxy).
+    pub proxy_port: u16,
+    pub limits: Limits,
+}
+
+/// Resource limits; each is capped by the helper's configured ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct Limits {
+    pub memory_max_bytes: u64,
+    pub pids_max: u32,
+    /// CPU time in percent of one core (100 = one full core).
+    pub cpu_percent: u32,
+}
+
+/// A live sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub server: String,
+    /// Index of the sandbox's /30 in the pool.
+    pub slot: u32,
+    /// Address of the host end of the link: where the proxy listens.
+    pub host_addr: String,
+    /// Address of the sandbox end of the link.
+    pub sandbox_addr: String,
+    /// Host pid of the sandbox's outermost process (bwrap).
+    pub pid: u32,
+}
+
+/// What `CreateSandbox` returns: the sandbox, the server's stdin (write end), stdout and
+/// stderr (read ends), and a pidfd of the sandbox's outermost process.
+pub type Created = (SandboxInfo, OwnedFd, OwnedFd, OwnedFd, OwnedFd);
+
+/// Errors on the wire are named `org.gigmcp.PrivHelper1.Error.<Variant>`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.gigmcp.PrivHelper1.Error")]
+pub enum HelperError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The caller is not the configured gateway uid.
+    PermissionDenied(String),
+    /// A field of the spec is malformed or out of bounds.
+    InvalidSpec(String),
+    /// The rootfs does not resolve to a directory inside the images directory.
+    RootfsOutsideImages(String),
+    /// The rootfs lacks a directory the sandbox needs as a mount point.
+    RootfsIncomplete(String),
+    /// The data dir does not resolve inside the data root.
+    DataDirOutsideRoot(String),
+    /// The CA bundle does not resolve to a regular file inside the CA directory.
+    InvalidCaBundle(String),
+    /// Every /30 slot (or sandbox uid) is in use.
+    NoFreeSlot(String),
+    /// No live sandbox has that id.
+    NotFound(String),
+    /// Setting up or tearing down failed on the host; the message says which step.
+    Failed(String),
+}
+
+#[zbus::proxy(
+    interface = "org.gigmcp.PrivHelper1",
+    default_service = "org.gigmcp.PrivHelper1",
+    default_path = "/org/gigmcp/PrivHelper1"
+)]
+pub trait PrivHelper {
+    fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Created, HelperError>;
+    fn destroy_sandbox(&self, id: &str) -> Result<(), HelperError>;
+    fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, HelperError>;
+}

@@ -1,0 +1,205 @@
+//! `privhelper.toml`: the helper's configuration. It is root's, not the gateway's: every path a
+//! sandbox can see and every identity it can run as is fixed here, never in a request.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/gigmcp/privhelper.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The only user allowed to call the helper (the gateway's), by name...
+    #[serde(default)]
+    pub allowed_user: Option<String>,
+    /// ...or by uid. Exactly one of the two must be set.
+    #[serde(default)]
+    pub allowed_uid: Option<u32>,
+    /// Names nftables table `inet <instance>`, netns `<instance>-<id>` and the cgroup dir.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Prefix of the host-side veth names (1-4 lowercase letters); the firewall matches on it.
+    #[serde(default = "default_link_prefix")]
+    pub link_prefix: String,
+    /// Where image root filesystems live; a rootfs must resolve inside it.
+    #[serde(default = "default_images_dir")]
+    pub images_dir: PathBuf,
+    /// Where per-server data directories live.
+    #[serde(default = "default_data_root")]
+    pub data_root: PathBuf,
+    /// Where the gateway puts CA bundles for sandboxes.
+    #[serde(default = "default_ca_dir")]
+    pub ca_dir: PathBuf,
+    /// IPv4 range carved into one /30 per sandbox; must match the gateway's.
+    #[serde(default = "default_pool")]
+    pub pool: Ipv4Net,
+    /// First host uid (and gid) for sandboxes; sandbox in slot N runs as `uid_base + N`.
+    #[serde(default = "default_uid_base")]
+    pub uid_base: u32,
+    /// How many sandbox uids there are (and so how many sandboxes at once, at most).
+    #[serde(default = "default_uid_count")]
+    pub uid_count: u32,
+    #[serde(default = "default_bwrap")]
+    pub bwrap: PathBuf,
+    #[serde(default = "default_nft")]
+    pub nft: PathBuf,
+    /// The sandbox's first program, bound read-only into every sandbox.
+    #[serde(default = "default_sandbox_init")]
+    pub sandbox_init: PathBuf,
+    /// Start sandboxes even where landlock is unavailable (audited). Off by default.
+    #[serde(default)]
+    pub allow_degraded_landlock: bool,
+    #[serde(default)]
+    pub ceilings: Ceilings,
+}
+
+/// Upper bounds on what a spec may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ceilings {
+    pub memory_max_bytes: u64,
+    pub pids_max: u32,
+    pub cpu_percent: u32,
+    /// Size of each sandbox's private /tmp (tmpfs, counts against memory).
+    pub tmp_bytes: u64,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Self {
+            memory_max_bytes: 2 << 30,
+            pids_max: 512,
+            cpu_percent: 200,
+            tmp_bytes: 256 << 20,
+        }
+    }
+}
+
+fn default_instance() -> String {
+    "gigmcp".into()
+}
+fn default_link_prefix() -> String {
+    "gm".into()
+}
+fn default_images_dir() -> PathBuf {
+    "/var/lib/gigmcp/images".into()
+}
+fn default_data_root() -> PathBuf {
+    "/var/lib/gigmcp/data".into()
+}
+fn default_ca_dir() -> PathBuf {
+    "/var/lib/gigmcp/ca".into()
+}
+fn default_pool() -> Ipv4Net {
+    "10.231.0.0/16".parse().expect("literal")
+}
+fn default_uid_base() -> u32 {
+    // Far above login and system users and the usual subuid ranges (100000 + 65536 * n).
+    0x7000_0000
+}
+fn default_uid_count() -> u32 {
+    4096
+}
+fn default_bwrap() -> PathBuf {
+    "/usr/bin/bwrap".into()
+}
+fn default_nft() -> PathBuf {
+    "/usr/sbin/nft".into()
+}
+fn default_sandbox_init() -> PathBuf {
+    "/usr/libexec/gigmcp/gigmcp-sandbox-init".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let de = toml::Deserializer::parse(&text)
+            .map_err(|e| invalid("(syntax)", e.message().to_owned()))?;
+        let config: Config = serde_path_to_error::deserialize(de)
+            .map_err(|e| invalid(&e.path().to_string(), e.into_inner().message().to_owned()))?;
+        let mut config = config;
+        config.validate().map_err(|(k, m)| invalid(k, m))?;
+        if let Some(name) = &config.allowed_user {
+            let user = nix::unistd::User::from_name(name)
+                .map_err(|e| invalid("allowed_user", e.to_string()))?
+                .ok_or_else(|| invalid("allowed_user", format!("no user named {name}")))?;
+            config.allowed_uid = Some(user.uid.as_raw());
+        }
+        Ok(config)
+    }
+
+    /// The caller uid the helper accepts (resolved from `allowed_user` at load).
+    pub fn caller_uid(&self) -> u32 {
+        self.allowed_uid.expect("validated: set or resolved at load")
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.allowed_user.is_some() == self.allowed_uid.is_some() {
+            return Err(("allowed_user", "set exactly one of allowed_user and allowed_uid".into()));
+        }
+        let lower = |s: &str| s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !(1..=16).contains(&self.instance.len()) || !lower(&self.instance) {
+            return Err(("instance", "use 1-16 of a-z 0-9".into()));
+        }
+        if !(1..=4).contains(&self.link_prefix.len())
+            || !self.link_prefix.chars().all(|c| c.is_ascii_lowercase())
+        {
+            return Err(("link_prefix", "use 1-4 of a-z".into()));
+        }
+        if self.pool != self.pool.trunc() || self.pool.prefix_len() > 24 {
+            return Err(("pool", format!("{} must be a /24 or larger network", self.pool)));
+        }
+        // Never root, never a system or login user: uid 0 would be catastrophic and a shared uid
+        // would let sandboxes signal each other or the user's processes.
+        if self.uid_base < 100_000 {
+            return Err(("uid_base", "must be at least 100000".into()));
+        }
+        if self.uid_count == 0 || self.uid_base.checked_add(self.uid_count).is_none() {
+            return Err(("uid_count", "must be at least 1 and fit above uid_base".into()));
+        }
+        for (key, path) in [
+            ("images_dir", &self.images_dir),
+            ("data_root", &self.data_root),
+            ("ca_dir", &self.ca_dir),
+            ("bwrap", &self.bwrap),
+            ("nft", &self.nft),
+            ("sandbox_init", &self.sandbox_init),
+        ] {
+            if !path.is_absolute() {
+                return Err((key, format!("{} is not absolute", path.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many sandboxes may exist at once: /30s in the pool, capped by the uid range.
+    pub fn slots(&self) -> u32 {
+        let blocks = 1u64 << (30 - u32::from(self.pool.prefix_len()));
+        u32::try_from(blocks).unwrap_or(u32::MAX).min(self.uid_count)
+    }
+}

@@ -1,0 +1,303 @@
+//! Per-sandbox network: a named network namespace, a veth pair, the /30 addresses and the
+//! default route, all over netlink (no `ip` processes).
+//!
+//! The namespace is created by the helper (root, initial user namespace), so it is owned by the
+//! initial user namespace: the sandbox, whose user namespace is a child of an unprivileged uid's,
+//! holds no capability over it and cannot change its addresses or routes.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+pub const NETNS_DIR: &str = "/run/netns";
+/// Name of the sandbox's end of the link.
+pub const SANDBOX_IF: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{step}: {source}")]
+    Netlink {
+        step: &'static str,
+        source: rtnetlink::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> NetworkError {
+    move |source| NetworkError::Io { step, source }
+}
+
+fn nl(step: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    move |source| NetworkError::Netlink { step, source }
+}
+
+fn errno(step: &'static str) -> impl FnOnce(nix::Error) -> NetworkError {
+    move |e| NetworkError::Io {
+        step,
+        source: e.into(),
+    }
+}
+
+/// Netlink in the host's namespace, plus the naming of our namespaces.
+#[derive(Debug, Clone)]
+pub struct Network {
+    host: Handle,
+    prefix: String,
+}
+
+/// Addresses of one /30.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub host: Ipv4Addr,
+    pub sandbox: Ipv4Addr,
+}
+
+impl Network {
+    /// `prefix` names our namespaces: `<prefix>-<id>` in /run/netns.
+    pub fn new(prefix: &str) -> Result<Self, NetworkError> {
+        let (conn, host, _) = rtnetlink::new_connection().map_err(io("netlink socket"))?;
+        tokio::spawn(conn);
+        make_netns_dir()?;
+        Ok(Self {
+            host,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        Path::new(NETNS_DIR).join(format!("{}-{id}", self.prefix))
+    }
+
+    /// Creates netns `<prefix>-<id>` with `eth0` (sandbox end) linked to `link_name` on the
+    /// host, both addressed, lo up, default route via the host end. Returns the netns.
+    pub async fn create(&self, id: &str, link_name: &str, addrs: Link) -> Result<File, NetworkError> {
+        let path = self.netns_path(id);
+        let (ns, inner) = new_netns(&path)?;
+        let result = self.configure(&ns, &inner, link_name, addrs).await;
+        if let Err(e) = result {
+            let _ = self.destroy(id, link_name).await;
+            return Err(e);
+        }
+        Ok(ns)
+    }
+
+    async fn configure(
+        &self,
+        ns: &File,
+        inner: &Handle,
+        link_name: &str,
+        addrs: Link,
+    ) -> Result<(), NetworkError> {
+        let peer = LinkUnspec::new_with_name(SANDBOX_IF)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let veth = LinkVeth::new(link_name, SANDBOX_IF)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.host.link().add(veth).execute().await.map_err(nl("create veth"))?;
+        // No IPv6 on the host end: link-local addresses would open a path the /30 does not show.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{link_name}/disable_ipv6"),
+            "1",
+        );
+        let host_idx = index_of(&self.host, link_name).await?;
+        self.host
+            .address()
+            .add(host_idx, IpAddr::V4(addrs.host), 30)
+            .execute()
+            .await
+            .map_err(nl("address host end"))?;
+        self.host
+            .link()
+            .set(LinkUnspec::new_with_index(host_idx).up().build())
+            .execute()
+            .await
+            .map_err(nl("host end up"))?;
+
+        let lo = index_of(inner, "lo").await?;
+        let eth = index_of(inner, SANDBOX_IF).await?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute()
+            .await
+            .map_err(nl("lo up"))?;
+        inner
+            .address()
+            .add(eth, IpAddr::V4(addrs.sandbox), 30)
+            .execute()
+            .await
+            .map_err(nl("address sandbox end"))?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(eth).up().build())
+            .execute()
+            .await
+            .map_err(nl("sandbox end up"))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(addrs.host)
+            .output_interface(eth)
+            .build();
+        inner
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(nl("default route"))?;
+        Ok(())
+    }
+
+    /// Removes the link (both ends go together) and the namespace. Missing parts are fine.
+    pub async fn destroy(&self, id: &str, link_name: &str) -> Result<(), NetworkError> {
+        if let Ok(idx) = index_of(&self.host, link_name).await {
+            self.host
+                .link()
+                .del(idx)
+                .execute()
+                .await
+                .map_err(nl("delete veth"))?;
+        }
+        remove_netns(&self.netns_path(id))
+    }
+
+    /// Removes every namespace and host link of ours that a previous run left behind.
+    /// Returns how many namespaces and links were removed.
+    pub async fn sweep(&self, link_prefix: &str) -> Result<(usize, usize), NetworkError> {
+        let mut namespaces = 0;
+        let ours = format!("{}-", self.prefix);
+        if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&ours) {
+                    remove_netns(&entry.path())?;
+                    namespaces += 1;
+                }
+            }
+        }
+        let mut links = Vec::new();
+        let mut stream = self.host.link().get().execute();
+        while let Some(msg) = stream.try_next().await.map_err(nl("list links"))? {
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if name.is_some_and(|n| n.starts_with(link_prefix)) {
+                links.push(msg.header.index);
+            }
+        }
+        for idx in &links {
+            // A link may already be gone with its namespace's peer.
+            let _ = self.host.link().del(*idx).execute().await;
+        }
+        Ok((namespaces, links.len()))
+    }
+
+    /// Names of the namespaces of ours that exist now.
+    pub fn list_netns(&self) -> Vec<String> {
+        let ours = format!("{}-", self.prefix);
+        std::fs::read_dir(NETNS_DIR)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&ours))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
+    let msg = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .map_err(nl("find link"))?
+        .ok_or_else(|| NetworkError::Other(format!("no link named {name}")))?;
+    Ok(msg.header.index)
+}
+
+/// `/run/netns` as `ip netns` makes it: a shared mount, so our bind mounts propagate to every
+/// mount namespace and `ip netns` tooling sees them.
+fn make_netns_dir() -> Result<(), NetworkError> {
+    let dir = Path::new(NETNS_DIR);
+    std::fs::create_dir_all(dir).map_err(io("create /run/netns"))?;
+    let none = None::<&str>;
+    if mount(none, dir, none, MsFlags::MS_SHARED | MsFlags::MS_REC, none).is_err() {
+        mount(Some(dir), dir, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+            .map_err(errno("bind /run/netns"))?;
+        mount(none, dir, none, MsFlags::MS_SHARED | MsFlags::MS_REC, none)
+            .map_err(errno("share /run/netns"))?;
+    }
+    Ok(())
+}
+
+/// Creates a network namespace pinned at `path`, without forking: a short-lived thread moves
+/// itself into a new namespace, pins it with a bind mount of its own namespace file, turns IPv6
+/// off in it, and opens a netlink socket there (a socket stays in the namespace it was made in).
+fn new_netns(path: &Path) -> Result<(File, Handle), NetworkError> {
+    File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io("create netns file"))?;
+    let runtime = tokio::runtime::Handle::current();
+    let target = path.to_owned();
+    let made = std::thread::spawn(move || -> Result<_, NetworkError> {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(errno("unshare netns"))?;
+        // /proc/self would be the main thread's namespace, not this thread's.
+        let none = None::<&str>;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            none,
+            MsFlags::MS_BIND,
+            none,
+        )
+        .map_err(errno("pin netns"))?;
+        for knob in ["all", "default"] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6"), "1");
+        }
+        let _guard = runtime.enter();
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(io("netlink in netns"))?;
+        Ok((conn, handle))
+    })
+    .join()
+    .map_err(|_| NetworkError::Other("netns thread panicked".into()))?;
+    let (conn, handle) = match made {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = remove_netns(path);
+            return Err(e);
+        }
+    };
+    tokio::spawn(conn);
+    let ns = File::open(path).map_err(io("open netns"))?;
+    Ok((ns, handle))
+}
+
+fn remove_netns(path: &Path) -> Result<(), NetworkError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(errno("unpin netns")(e)),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("remove netns file")(e)),
+    }
+}
