@@ -1,0 +1,535 @@
+//! Network attacks: reconfiguring the sandbox's netns, raw sockets, spoofing, egress probes.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::cli::Ipv4Prefix;
+use crate::errno::Errno;
+use crate::report::Outcome;
+
+/// Wraps a just-created descriptor, or returns errno if creation failed (-1).
+fn owned(fd: libc::c_int) -> Result<OwnedFd, Errno> {
+    if fd == -1 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fd was just returned by the kernel and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> Result<OwnedFd, Errno> {
+    // SAFETY: socket takes integers only.
+    owned(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) })
+}
+
+fn zero_or_errno(r: libc::c_int) -> Result<(), Errno> {
+    if r == -1 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// An IPv4 or IPv6 socket address in its C form.
+enum SockAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl SockAddr {
+    fn new(ip: IpAddr, port: u16) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(v4).to_be(),
+                },
+                sin_zero: [0; 8],
+            }),
+            IpAddr::V6(v6) => Self::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: port.to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.octets(),
+                },
+                sin6_scope_id: 0,
+            }),
+        }
+    }
+
+    fn family(&self) -> libc::c_int {
+        match self {
+            Self::V4(_) => libc::AF_INET,
+            Self::V6(_) => libc::AF_INET6,
+        }
+    }
+
+    fn as_ptr(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        match self {
+            Self::V4(a) => (
+                std::ptr::from_ref(a).cast(),
+                std::mem::size_of_val(a) as libc::socklen_t,
+            ),
+            Self::V6(a) => (
+                std::ptr::from_ref(a).cast(),
+                std::mem::size_of_val(a) as libc::socklen_t,
+            ),
+        }
+    }
+}
+
+fn set_int_opt(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> Result<(), Errno> {
+    // SAFETY: value is a readable c_int of the length passed.
+    zero_or_errno(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+}
+
+/// Non-blocking connect, then poll for up to `timeout_ms`; ETIMEDOUT when it expires.
+fn connect_with_timeout(fd: &OwnedFd, addr: &SockAddr, timeout_ms: u64) -> Result<(), Errno> {
+    let (sa, len) = addr.as_ptr();
+    // SAFETY: sa points at a live sockaddr of length len.
+    if unsafe { libc::connect(fd.as_raw_fd(), sa, len) } == 0 {
+        return Ok(());
+    }
+    let err = Errno::last();
+    if err.0 != libc::EINPROGRESS {
+        return Err(err);
+    }
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Errno(libc::ETIMEDOUT));
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: pfd is one valid, writable pollfd.
+        match unsafe { libc::poll(&raw mut pfd, 1, ms) } {
+            -1 if Errno::last().0 == libc::EINTR => continue,
+            -1 => return Err(Errno::last()),
+            0 => continue,
+            _ => break,
+        }
+    }
+    let mut so_error: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: so_error and len are valid, writable and len matches so_error's size.
+    zero_or_errno(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut so_error).cast(),
+            &raw mut len,
+        )
+    })?;
+    if so_error == 0 {
+        Ok(())
+    } else {
+        Err(Errno(so_error))
+    }
+}
+
+fn tcp_socket(addr: &SockAddr) -> Result<OwnedFd, Errno> {
+    socket(addr.family(), libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
+}
+
+pub fn connect(ip: IpAddr, port: u16, timeout_ms: u64) -> Outcome {
+    let addr = SockAddr::new(ip, port);
+    let result = tcp_socket(&addr).and_then(|fd| connect_with_timeout(&fd, &addr, timeout_ms));
+    match result {
+        Ok(()) => Outcome::Succeeded(format!("connected to {}", fmt_endpoint(ip, port))),
+        Err(e) => Outcome::Blocked(e),
+    }
+}
+
+pub fn spoof_source(src: IpAddr, dst: IpAddr, port: u16, timeout_ms: u64) -> Outcome {
+    let dst_addr = SockAddr::new(dst, port);
+    let fd = match tcp_socket(&dst_addr) {
+        Ok(fd) => fd,
+        Err(e) => return Outcome::Blocked(e),
+    };
+    // IP_FREEBIND lets us bind an address this netns does not own; IP_TRANSPARENT needs
+    // CAP_NET_ADMIN/CAP_NET_RAW and is expected to fail (ignored).
+    if let Err(e) = set_int_opt(&fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 1) {
+        eprintln!("spoof-source: IP_FREEBIND: {e}");
+    }
+    if let Err(e) = set_int_opt(&fd, libc::IPPROTO_IP, libc::IP_TRANSPARENT, 1) {
+        eprintln!("spoof-source: IP_TRANSPARENT: {e} (ignored)");
+    }
+    let src_addr = SockAddr::new(src, 0);
+    let (sa, len) = src_addr.as_ptr();
+    // SAFETY: sa points at a live sockaddr of length len.
+    if let Err(e) = zero_or_errno(unsafe { libc::bind(fd.as_raw_fd(), sa, len) }) {
+        eprintln!("spoof-source: bind {src}: {e}");
+        return Outcome::Blocked(e);
+    }
+    match connect_with_timeout(&fd, &dst_addr, timeout_ms) {
+        Ok(()) => Outcome::Succeeded(format!(
+            "connected to {} from {src}",
+            fmt_endpoint(dst, port)
+        )),
+        Err(e) => Outcome::Blocked(e),
+    }
+}
+
+pub const UDP_PROBE: &[u8] = b"gigmcp-attack-probe";
+
+pub fn udp_send(ip: IpAddr, port: u16) -> Outcome {
+    let addr = SockAddr::new(ip, port);
+    let fd = match socket(addr.family(), libc::SOCK_DGRAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Outcome::Blocked(e),
+    };
+    let (sa, len) = addr.as_ptr();
+    // SAFETY: the payload is a readable static buffer; sa points at a live sockaddr of length len.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            UDP_PROBE.as_ptr().cast(),
+            UDP_PROBE.len(),
+            0,
+            sa,
+            len,
+        )
+    };
+    if r == -1 {
+        return Outcome::Blocked(Errno::last());
+    }
+    Outcome::Result(format!("sent {r} bytes to {}", fmt_endpoint(ip, port)))
+}
+
+fn fmt_endpoint(ip: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+pub fn raw_socket() -> Outcome {
+    let attempts = [
+        (
+            "AF_INET/SOCK_RAW",
+            socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW),
+        ),
+        (
+            "AF_PACKET/SOCK_RAW",
+            socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
+        ),
+    ];
+    let worked: Vec<&str> = attempts
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(what, _)| *what)
+        .collect();
+    for (what, r) in &attempts {
+        if let Err(e) = r {
+            eprintln!("raw-socket: {what}: {e}");
+        }
+    }
+    match attempts.iter().find_map(|(_, r)| r.as_ref().err()) {
+        Some(e) if worked.is_empty() => Outcome::Blocked(*e),
+        _ => Outcome::Succeeded(worked.join(",")),
+    }
+}
+
+pub const DBUS_SYSTEM_SOCKETS: [&str; 2] = [
+    "/run/dbus/system_bus_socket",
+    "/var/run/dbus/system_bus_socket",
+];
+
+pub fn dbus_system() -> Outcome {
+    let mut first_err = None;
+    for path in DBUS_SYSTEM_SOCKETS {
+        match UnixStream::connect(path) {
+            Ok(_) => return Outcome::Succeeded(format!("connected to {path}")),
+            Err(e) => {
+                let e = Errno::from_io(&e);
+                eprintln!("dbus-system: {path}: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Outcome::Blocked(first_err.unwrap_or(Errno(libc::ENOENT)))
+}
+
+// ---- rtnetlink ----------------------------------------------------------------------------
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_BOOT: u8 = 3;
+const RT_SCOPE_LINK: u8 = 253;
+const RTN_UNICAST: u8 = 1;
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Appends an rtattr (length, type, payload, padding).
+fn push_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(align4(buf.len()), 0);
+}
+
+/// A complete netlink message: header (sequence 1, port 0) followed by `body`.
+fn nl_message(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + body.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&ty.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(body);
+    msg
+}
+
+fn ifaddr_body(prefix: Ipv4Prefix, ifindex: u32) -> Vec<u8> {
+    let mut body = vec![libc::AF_INET as u8, prefix.len, 0, 0];
+    body.extend_from_slice(&ifindex.to_ne_bytes());
+    push_attr(&mut body, IFA_LOCAL, &prefix.addr.octets());
+    push_attr(&mut body, IFA_ADDRESS, &prefix.addr.octets());
+    body
+}
+
+fn route_body(dst: Ipv4Prefix, ifindex: u32) -> Vec<u8> {
+    let mut body = vec![
+        libc::AF_INET as u8,
+        dst.len,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_BOOT,
+        RT_SCOPE_LINK,
+        RTN_UNICAST,
+    ];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    push_attr(&mut body, RTA_DST, &dst.addr.octets());
+    push_attr(&mut body, RTA_OIF, &ifindex.to_ne_bytes());
+    body
+}
+
+/// The error code of the NLMSG_ERROR ack for sequence 1 in `reply`: Some(0) is success.
+fn parse_ack(reply: &[u8]) -> Option<i32> {
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= reply.len() {
+        let u32_at = |o: usize| u32::from_ne_bytes(reply[o..o + 4].try_into().unwrap_or([0; 4]));
+        let len = u32_at(off) as usize;
+        let ty = u16::from_ne_bytes([reply[off + 4], reply[off + 5]]);
+        let seq = u32_at(off + 8);
+        if len < NLMSG_HDRLEN || off + len > reply.len() {
+            return None;
+        }
+        if ty == NLMSG_ERROR && seq == 1 && len >= NLMSG_HDRLEN + 4 {
+            return Some(u32_at(off + NLMSG_HDRLEN) as i32);
+        }
+        off += align4(len);
+    }
+    None
+}
+
+/// Sends one rtnetlink request to the kernel and waits (2 s at most) for its ack.
+fn rtnetlink(ty: u16, flags: u16, body: &[u8]) -> Result<(), Errno> {
+    let fd = socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: timeout is a readable timeval of the length passed.
+    zero_or_errno(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: sockaddr_nl is plain data for which all-zero is valid.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    let msg = nl_message(ty, flags | NLM_F_REQUEST | NLM_F_ACK, body);
+    // SAFETY: msg is a readable buffer of the length passed; kernel is a live sockaddr_nl.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&raw const kernel).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent == -1 {
+        return Err(Errno::last());
+    }
+    let mut reply = vec![0u8; 8192];
+    loop {
+        // SAFETY: reply is a writable buffer of the length passed.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+        if n == -1 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        match parse_ack(&reply[..n as usize]) {
+            Some(0) => return Ok(()),
+            Some(code) => return Err(Errno(-code)),
+            None => continue,
+        }
+    }
+}
+
+/// The interface index of `iface`, or 0 (the kernel still checks permissions first, so the
+/// request is still worth sending).
+fn ifindex(iface: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return 0;
+    };
+    // SAFETY: name is a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        eprintln!("interface {iface}: {} (sending index 0)", Errno::last());
+    }
+    index
+}
+
+/// SIOCSIFADDR on the alias label `<iface>:9`: adds an address without replacing the primary.
+fn ioctl_add_alias(iface: &str, addr: Ipv4Addr) -> Result<String, Errno> {
+    let mut label = format!("{iface}:9");
+    label.truncate(libc::IFNAMSIZ - 1);
+    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    // struct ifreq: 16-byte name, then a union (sockaddr_in here); 40 bytes on 64-bit.
+    let mut ifr = [0u8; 40];
+    ifr[..label.len()].copy_from_slice(label.as_bytes());
+    ifr[16..18].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    ifr[20..24].copy_from_slice(&addr.octets());
+    // SAFETY: ifr is a writable buffer at least as large as struct ifreq.
+    zero_or_errno(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFADDR, ifr.as_mut_ptr()) })?;
+    // Undo: clearing IFF_UP on an alias label deletes that alias address.
+    let mut down = [0u8; 40];
+    down[..label.len()].copy_from_slice(label.as_bytes());
+    // SAFETY: down is a writable buffer at least as large as struct ifreq (flags = 0).
+    let removed =
+        unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, down.as_mut_ptr()) } == 0;
+    Ok(format!(
+        "SIOCSIFADDR {addr} on {label} ({})",
+        if removed {
+            "removed again"
+        } else {
+            "NOT removed"
+        }
+    ))
+}
+
+pub fn add_address(iface: &str, prefix: Ipv4Prefix) -> Outcome {
+    let index = ifindex(iface);
+    let body = ifaddr_body(prefix, index);
+    let netlink_err = match rtnetlink(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &body) {
+        Ok(()) => {
+            let removed = rtnetlink(RTM_DELADDR, 0, &body).is_ok();
+            return Outcome::Succeeded(format!(
+                "RTM_NEWADDR {prefix} on {iface} ({})",
+                if removed {
+                    "removed again"
+                } else {
+                    "NOT removed"
+                }
+            ));
+        }
+        Err(e) => e,
+    };
+    eprintln!("add-address: rtnetlink RTM_NEWADDR: {netlink_err}");
+    match ioctl_add_alias(iface, prefix.addr) {
+        Ok(detail) => Outcome::Succeeded(detail),
+        Err(e) => {
+            eprintln!("add-address: SIOCSIFADDR: {e}");
+            Outcome::Blocked(netlink_err)
+        }
+    }
+}
+
+pub fn add_route(iface: &str, dst: Ipv4Prefix) -> Outcome {
+    let body = route_body(dst, ifindex(iface));
+    match rtnetlink(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &body) {
+        Ok(()) => {
+            let removed = rtnetlink(RTM_DELROUTE, 0, &body).is_ok();
+            Outcome::Succeeded(format!(
+                "RTM_NEWROUTE {dst} dev {iface} ({})",
+                if removed {
+                    "removed again"
+                } else {
+                    "NOT removed"
+                }
+            ))
+        }
+        Err(e) => Outcome::Blocked(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_padded() {
+        let mut buf = Vec::new();
+        push_attr(&mut buf, 7, &[1, 2, 3, 4, 5]);
+        assert_eq!(buf.len(), 12);
+        assert_eq!(u16::from_ne_bytes([buf[0], buf[1]]), 9);
+        assert_eq!(u16::from_ne_bytes([buf[2], buf[3]]), 7);
+    }
+
+    #[test]
+    fn messages_and_acks() {
+        let prefix: Ipv4Prefix = "192.0.2.1/32".parse().unwrap();
+        let body = ifaddr_body(prefix, 3);
+        assert_eq!(body.len(), 8 + 8 + 8);
+        let msg = nl_message(RTM_NEWADDR, NLM_F_REQUEST, &body);
+        assert_eq!(
+            u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize,
+            msg.len()
+        );
+        assert_eq!(
+            route_body("1.2.3.0/24".parse().unwrap(), 2).len(),
+            12 + 8 + 8
+        );
+
+        let mut ack = nl_message(NLMSG_ERROR, 0, &(-libc::EPERM).to_ne_bytes());
+        ack.extend_from_slice(&msg[..NLMSG_HDRLEN]);
+        let total = ack.len() as u32;
+        ack[0..4].copy_from_slice(&total.to_ne_bytes());
+        assert_eq!(parse_ack(&ack), Some(-libc::EPERM));
+        assert_eq!(parse_ack(&ack[..10]), None);
+    }
+}
