@@ -100,4 +100,10 @@ pub trait PrivHelper {
     fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Created, HelperError>;
     fn destroy_sandbox(&self, id: &str) -> Result<(), HelperError>;
     fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, HelperError>;
+
+    /// A sandbox ended and its resources are gone. `code` is bwrap's exit code (128 + n when
+    /// the server was killed by signal n), or -1 with `signal` set when bwrap itself was killed.
+    #[zbus(signal)]
+    fn sandbox_exited(&self, id: String, code: i32, signal: i32, reason: String)
+    -> zbus::Result<()>;
 }

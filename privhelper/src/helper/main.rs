@@ -67,12 +67,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(addr) => zbus::connection::Builder::address(addr.as_str()),
         None => zbus::connection::Builder::system(),
     };
-    let _conn = builder
+    let conn = builder
         .name(BUS_NAME)
         .serve_at(OBJECT_PATH, Service::new(helper.clone()))
         .build()
         .await
         .context("connecting to the bus")?;
+    helper.set_bus(conn.clone());
     tracing::info!(bus = args.bus_address.as_deref().unwrap_or("system"), "serving {BUS_NAME}");
     let _ = sd_notify_ready();
     let mut term = signal(SignalKind::terminate())?;

@@ -69,6 +69,8 @@ struct Inner {
     cgroups: Layout,
     launcher: spawn::Launcher,
     state: Mutex<State>,
+    /// The bus connection, once serving: used to announce exits.
+    bus: std::sync::OnceLock<zbus::Connection>,
 }
 
 /// What the start-up sweep removed.
@@ -96,6 +98,7 @@ impl Helper {
                 cgroups,
                 launcher: spawn::Launcher::start(),
                 state: Mutex::new(State::default()),
+                bus: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -123,6 +126,11 @@ impl Helper {
         if let Err(e) = self.inner.firewall.remove_table() {
             tracing::warn!("{e}");
         }
+    }
+
+    /// Lets the helper announce `SandboxExited` on `conn`.
+    pub fn set_bus(&self, conn: zbus::Connection) {
+        let _ = self.inner.bus.set(conn);
     }
 
     pub async fn list(&self) -> Vec<SandboxInfo> {
@@ -414,6 +422,7 @@ impl Helper {
             problems.push(e.to_string());
         }
         i.state.lock().await.slots.remove(&sandbox.info.slot);
+        self.announce_exit(id, status.as_ref().ok(), reason).await;
         tracing::info!(
             id,
             server = %sandbox.info.server,
@@ -425,6 +434,30 @@ impl Helper {
             Ok(())
         } else {
             Err(HelperError::Failed(problems.join("; ")))
+        }
+    }
+}
+
+impl Helper {
+    async fn announce_exit(&self, id: &str, status: Option<&std::process::ExitStatus>, reason: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let Some(conn) = self.inner.bus.get() else {
+            return;
+        };
+        let (code, signal) = match status {
+            Some(s) => (s.code().unwrap_or(-1), s.signal().unwrap_or(0)),
+            None => (-1, 0),
+        };
+        let emitted = async {
+            let iface = conn
+                .object_server()
+                .interface::<_, Service>(crate::api::OBJECT_PATH)
+                .await?;
+            Service::sandbox_exited(iface.signal_emitter(), id, code, signal, reason).await
+        }
+        .await;
+        if let Err(e) = emitted {
+            tracing::warn!(id, "cannot announce the exit: {e}");
         }
     }
 }
@@ -524,4 +557,13 @@ impl Service {
         self.authorize(&header, conn).await?;
         Ok(self.helper.list().await)
     }
+
+    #[zbus(signal)]
+    async fn sandbox_exited(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        id: &str,
+        code: i32,
+        signal: i32,
+        reason: &str,
+    ) -> zbus::Result<()>;
 }

@@ -1,0 +1,195 @@
+//! The helper plays against a compromised gateway: every request that would reach host files,
+//! host identities or unbounded resources is refused with a named D-Bus error, and nothing is
+//! created. Privileged: needs root.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Harness, SERIAL, count_host, require_root};
+use privhelper::api::{HelperError, SandboxSpec};
+use zbus::DBusError;
+
+fn name_of(e: &HelperError) -> String {
+    e.name().to_string()
+}
+
+async fn refused(h: &Harness, spec: &SandboxSpec, expected: &str) -> String {
+    let before = count_host();
+    let client = h.client().await;
+    let err = match client.create_sandbox(spec).await {
+        Ok((info, ..)) => panic!("accepted: {spec:?} → {info:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        name_of(&err),
+        format!("org.gigmcp.PrivHelper1.Error.{expected}"),
+        "{err:?}"
+    );
+    assert_eq!(count_host(), before, "a refused request created something");
+    assert!(client.list_sandboxes().await.unwrap().is_empty());
+    format!("{err:?}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_rootfs_paths_are_refused() {
+    if !require_root("hostile_rootfs_paths_are_refused") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start(0).await;
+    let good = h.attack_rootfs("good");
+    // A symlink inside the images dir pointing at /etc, and one to a real image.
+    std::os::unix::fs::symlink("/etc", h.images.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink(h.images.join(&good), h.images.join("good-link")).unwrap();
+    std::fs::create_dir_all(h.images.join("nested")).unwrap();
+    std::os::unix::fs::symlink("/", h.images.join("nested/root")).unwrap();
+    let argv = ["/bin/gigmcp-attack", "hello"];
+    let images = h.images.display().to_string();
+    for rootfs in [
+        "/".to_owned(),
+        "/etc".to_owned(),
+        "etc-link".to_owned(),
+        "good-link".to_owned(),
+        "nested/root".to_owned(),
+        "../../../../etc".to_owned(),
+        format!("{good}/../../.."),
+        format!("{images}/../images/{good}"),
+        format!("{images}/etc-link"),
+        images.clone(),
+        String::new(),
+        "does-not-exist".to_owned(),
+    ] {
+        let msg = refused(&h, &h.spec(&rootfs, &argv), "RootfsOutsideImages").await;
+        assert!(msg.contains("rootfs"), "{msg}");
+    }
+    // Sanity: the same request with the real image is accepted.
+    let client = h.client().await;
+    let (info, ..) = client.create_sandbox(&h.spec(&good, &argv)).await.unwrap();
+    let _ = client.destroy_sandbox(&info.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incomplete_rootfs_is_refused_by_name() {
+    if !require_root("incomplete_rootfs_is_refused_by_name") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start(0).await;
+    let name = h.attack_rootfs("noproc");
+    std::fs::remove_dir(h.images.join(&name).join("proc")).unwrap();
+    let msg = refused(&h, &h.spec(&name, &["/bin/gigmcp-attack"]), "RootfsIncomplete").await;
+    assert!(msg.contains("/proc"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_data_dirs_and_ca_bundles_are_refused() {
+    if !require_root("hostile_data_dirs_and_ca_bundles_are_refused") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start(0).await;
+    let rootfs = h.attack_rootfs("img");
+    std::os::unix::fs::symlink("/root", h.data_root.join("evil")).unwrap();
+    for data in ["../../etc", "/etc", "evil", "a/b", ".."] {
+        let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
+        spec.data_dir = data.into();
+        refused(&h, &spec, "DataDirOutsideRoot").await;
+    }
+    std::os::unix::fs::symlink("/etc/shadow", h.ca_dir.join("shadow.pem")).unwrap();
+    std::fs::create_dir(h.ca_dir.join("dir.pem")).unwrap();
+    for ca in ["../../etc/shadow", "/etc/shadow", "shadow.pem", "dir.pem", "missing.pem"] {
+        let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
+        spec.ca_bundle = ca.into();
+        refused(&h, &spec, "InvalidCaBundle").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_or_malformed_specs_are_refused() {
+    if !require_root("oversized_or_malformed_specs_are_refused") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start(0).await;
+    let rootfs = h.attack_rootfs("img");
+    let base = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
+    let mut cases: Vec<(&str, SandboxSpec)> = Vec::new();
+    let mut s = base.clone();
+    s.env = (0..300).map(|i| (format!("K{i}"), "v".into())).collect();
+    cases.push(("too many env entries", s));
+    let mut s = base.clone();
+    s.env = (0..100).map(|i| (format!("K{i}"), "x".repeat(4000))).collect();
+    cases.push(("huge env", s));
+    let mut s = base.clone();
+    s.env = vec![("BAD=NAME".into(), "v".into())];
+    cases.push(("env name with =", s));
+    let mut s = base.clone();
+    s.argv = vec!["x".repeat(10_000)];
+    cases.push(("huge argument", s));
+    let mut s = base.clone();
+    s.argv = vec![];
+    cases.push(("empty argv", s));
+    let mut s = base.clone();
+    s.server = "../etc".into();
+    cases.push(("bad server id", s));
+    let mut s = base.clone();
+    s.limits.memory_max_bytes = u64::MAX;
+    cases.push(("memory above ceiling", s));
+    let mut s = base.clone();
+    s.limits.pids_max = 1_000_000;
+    cases.push(("pids above ceiling", s));
+    let mut s = base.clone();
+    s.limits.cpu_percent = 0;
+    cases.push(("no cpu", s));
+    let mut s = base.clone();
+    s.proxy_port = 0;
+    cases.push(("port 0", s));
+    for (what, spec) in cases {
+        let msg = refused(&h, &spec, "InvalidSpec").await;
+        assert!(!msg.is_empty(), "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unauthorised_uid_is_refused_by_policy_and_by_the_helper() {
+    if !require_root("an_unauthorised_uid_is_refused_by_policy_and_by_the_helper") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start(0).await;
+    let before = count_host();
+    let call = |user: &str| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--clear-groups",
+                "dbus-send",
+                &format!("--bus={}", h.address),
+                "--print-reply",
+                "--dest=org.gigmcp.PrivHelper1",
+                "/org/gigmcp/PrivHelper1",
+                "org.gigmcp.PrivHelper1.ListSandboxes",
+            ])
+            .output()
+            .unwrap()
+    };
+    // `daemon` is not in the bus policy: the bus itself refuses.
+    let out = call("daemon");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("AccessDenied"), "{text}");
+    // `nobody` gets past the (test) policy, and the helper's own uid check refuses it.
+    let out = call("nobody");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("org.gigmcp.PrivHelper1.Error.PermissionDenied"),
+        "{text}"
+    );
+    // Root, the configured caller, is served.
+    let out = call("root");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(count_host(), before);
+}

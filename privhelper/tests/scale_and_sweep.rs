@@ -1,0 +1,92 @@
+//! 200 sandboxes created and destroyed concurrently; then the helper is SIGKILLed with 20 live
+//! sandboxes and restarted: its start-up sweep must leave no netns, veth, nftables element,
+//! cgroup or process of ours. Privileged: needs root.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Harness, HostCount, SERIAL, count_host, require_root};
+
+async fn settle_to(expected: &HostCount) -> HostCount {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = count_host();
+        if &now == expected || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
+    if !require_root("two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut h = Harness::start(0).await;
+    let before = count_host();
+    let rootfs = h.attack_rootfs("sleeper");
+    let spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "ping-sleep", "600"]);
+
+    // 200 created concurrently (in waves of 50 in flight), all alive at once, then destroyed
+    // concurrently.
+    let client = h.client().await;
+    let mut live = Vec::new();
+    for wave in 0..4 {
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let client = client.clone();
+                let spec = spec.clone();
+                tokio::spawn(async move { client.create_sandbox(&spec).await })
+            })
+            .collect();
+        for t in tasks {
+            let (info, stdin, ..) = t.await.unwrap().unwrap_or_else(|e| panic!("wave {wave}: {e:?}"));
+            live.push((info, stdin));
+        }
+    }
+    assert_eq!(client.list_sandboxes().await.unwrap().len(), 200);
+    let peak = count_host();
+    assert_eq!(peak.netns, before.netns + 200, "{peak:?}");
+    assert_eq!(peak.links, before.links + 200, "{peak:?}");
+    assert_eq!(peak.elements, before.elements + 400, "{peak:?}");
+    let mut slots: Vec<u32> = live.iter().map(|(i, _)| i.slot).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots.len(), 200, "two sandboxes shared a slot");
+    let tasks: Vec<_> = live
+        .drain(..)
+        .map(|(info, stdin)| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = client.destroy_sandbox(&info.id).await;
+                drop(stdin);
+                r
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("destroy");
+    }
+    assert_eq!(settle_to(&before).await, before, "after 200 create/destroy");
+
+    // 20 live sandboxes, then the helper dies without any chance to clean up.
+    let mut fds = Vec::new();
+    for _ in 0..20 {
+        fds.push(client.create_sandbox(&spec).await.unwrap());
+    }
+    let with_20 = count_host();
+    assert_eq!(with_20.netns, before.netns + 20);
+    assert!(with_20.processes >= 20, "{with_20:?}");
+    h.kill_helper();
+    drop(fds);
+    h.start_helper().await;
+    assert_eq!(settle_to(&before).await, before, "after SIGKILL and restart");
+    let client = h.client().await;
+    assert!(client.list_sandboxes().await.unwrap().is_empty());
+    // And the restarted helper works.
+    let (info, ..) = client.create_sandbox(&spec).await.unwrap();
+    client.destroy_sandbox(&info.id).await.unwrap();
+}
