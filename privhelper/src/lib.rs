@@ -11,3 +11,5 @@ pub const BUS_NAME: &str = "org.gigmcp.PrivHelper1";
 pub const OBJECT_PATH: &str = "/org/gigmcp/PrivHelper1";
 /// The interface the gateway calls to create and destroy sandboxes.
 pub const INTERFACE: &str = "org.gigmcp.PrivHelper1";
+
+pub mod init;
