@@ -8,3 +8,4 @@
 pub mod api;
 pub mod config;
 pub mod helper;
+pub mod init;

@@ -1,0 +1,195 @@
+//! The command line, parsed by hand (no parser crate in the sandbox's first process).
+//!
+//! ```text
+//! gigmcp-sandbox-init --proxy-port PORT [--data] [--allow-degraded-landlock] -- SERVER [ARG...]
+//! ```
+//!
+//! Options come before `--`, in any order, each at most once; everything after `--` is the
+//! server's argv, passed through untouched (it need not be UTF-8).
+
+use std::ffi::OsString;
+
+/// The synopsis printed with usage errors.
+pub const USAGE: &str =
+    "gigmcp-sandbox-init --proxy-port PORT [--data] [--allow-degraded-landlock] -- SERVER [ARG...]";
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// The only TCP port the server may connect to (the gateway's egress proxy), 1..=65535.
+    pub proxy_port: u16,
+    /// `/data` is mounted and the server may write there.
+    pub data: bool,
+    /// Run the server even if the kernel does not enforce landlock (prints a DEGRADED line).
+    pub allow_degraded_landlock: bool,
+    /// The server's argv; `server[0]` is looked up in `PATH` if it has no slash.
+    pub server: Vec<OsString>,
+}
+
+/// Parses the arguments after argv\[0\]. The error is one line, without the synopsis.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
+    let mut args = args.into_iter();
+    let mut proxy_port = None;
+    let mut data = false;
+    let mut allow_degraded_landlock = false;
+    loop {
+        let Some(arg) = args.next() else {
+            return Err("missing `--` before the server command".into());
+        };
+        let flag = |seen: &mut bool, name: &str| {
+            if std::mem::replace(seen, true) {
+                Err(format!("{name} given twice"))
+            } else {
+                Ok(())
+            }
+        };
+        match arg.to_str() {
+            Some("--") => break,
+            Some("--data") => flag(&mut data, "--data")?,
+            Some("--allow-degraded-landlock") => {
+                flag(&mut allow_degraded_landlock, "--allow-degraded-landlock")?
+            }
+            Some("--proxy-port") => {
+                if proxy_port.is_some() {
+                    return Err("--proxy-port given twice".into());
+                }
+                let value = args.next().ok_or("--proxy-port needs a value")?;
+                proxy_port = Some(port(&value)?);
+            }
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    let proxy_port = proxy_port.ok_or("--proxy-port is required")?;
+    let server: Vec<OsString> = args.collect();
+    if server.first().is_none_or(|p| p.is_empty()) {
+        return Err("no server command after `--`".into());
+    }
+    Ok(Args {
+        proxy_port,
+        data,
+        allow_degraded_landlock,
+        server,
+    })
+}
+
+impl Args {
+    /// The command line that [`parse`] turns back into `self` (argv\[0\] not included): what the
+    /// helper passes after the init path.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut out: Vec<OsString> =
+            vec!["--proxy-port".into(), self.proxy_port.to_string().into()];
+        if self.data {
+            out.push("--data".into());
+        }
+        if self.allow_degraded_landlock {
+            out.push("--allow-degraded-landlock".into());
+        }
+        out.push("--".into());
+        out.extend(self.server.iter().cloned());
+        out
+    }
+}
+
+fn port(value: &OsString) -> Result<u16, String> {
+    value
+        .to_str()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u16>().ok())
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("--proxy-port {value:?} is not a port number in 1..=65535"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Args, String> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn full_and_minimal_command_lines() {
+        let a = p(&[
+            "--data",
+            "--proxy-port",
+            "3128",
+            "--allow-degraded-landlock",
+            "--",
+            "node",
+            "--x",
+            "--",
+        ])
+        .expect("valid");
+        assert_eq!(a.proxy_port, 3128);
+        assert!(a.data && a.allow_degraded_landlock);
+        assert_eq!(a.server, ["node", "--x", "--"].map(OsString::from));
+
+        let a = p(&["--proxy-port", "65535", "--", "/bin/true"]).expect("valid");
+        assert!(!a.data && !a.allow_degraded_landlock);
+        assert_eq!(a.server, [OsString::from("/bin/true")]);
+    }
+
+    #[test]
+    fn to_args_round_trips() {
+        for (data, allow_degraded_landlock) in
+            [(false, false), (true, false), (false, true), (true, true)]
+        {
+            let a = Args {
+                proxy_port: 8443,
+                data,
+                allow_degraded_landlock,
+                server: ["python3", "-m", "server", "--", "--data"]
+                    .map(OsString::from)
+                    .to_vec(),
+            };
+            assert_eq!(parse(a.to_args()), Ok(a));
+        }
+    }
+
+    #[test]
+    fn server_argv_may_be_any_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(vec![0xff, b'x']);
+        let args = ["--proxy-port", "1", "--"]
+            .map(OsString::from)
+            .into_iter()
+            .chain([odd.clone()]);
+        assert_eq!(parse(args).expect("valid").server, [odd]);
+    }
+
+    #[test]
+    fn errors() {
+        for (args, want) in [
+            (&[][..], "missing `--`"),
+            (&["--proxy-port", "3128"][..], "missing `--`"),
+            (&["--", "x"][..], "--proxy-port is required"),
+            (&["--proxy-port", "3128", "--"][..], "no server command"),
+            (&["--proxy-port", "3128", "--", ""][..], "no server command"),
+            (&["--proxy-port"][..], "needs a value"),
+            (&["--proxy-port", "0", "--", "x"][..], "not a port number"),
+            (
+                &["--proxy-port", "65536", "--", "x"][..],
+                "not a port number",
+            ),
+            (&["--proxy-port", "+80", "--", "x"][..], "not a port number"),
+            (&["--proxy-port", "", "--", "x"][..], "not a port number"),
+            (
+                &["--proxy-port", "1", "--proxy-port", "2", "--", "x"][..],
+                "given twice",
+            ),
+            (
+                &["--proxy-port", "1", "--data", "--data", "--", "x"][..],
+                "--data given twice",
+            ),
+            (&["--proxy-port=1", "--", "x"][..], "unknown argument"),
+            (
+                &["--proxy-port", "1", "node"][..],
+                "unknown argument \"node\"",
+            ),
+        ] {
+            let err = p(args).expect_err(&format!("{args:?} must fail"));
+            assert!(err.contains(want), "{args:?}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Step 1: the landlock domain. Paths are as the sandbox sees them (bwrap has already built the
+//! mount tree; landlock would forbid mounting afterwards).
+//!
+//! - `/`: read and execute (the image is read-only anyway; this also denies writing to
+//!   `/proc/self/*`, `/dev/shm` and any rw bind the helper might add by mistake);
+//! - `/tmp`, and `/data` with `--data`: every filesystem right;
+//! - `/dev/null`, `/dev/zero`, `/dev/full`: read and write; `/dev/urandom`, `/dev/random`: read;
+//! - TCP: connect to the proxy port only, bind nothing (UDP is left to nftables);
+//! - scopes: no abstract unix sockets and no signals across the domain's boundary.
+//!
+//! The filesystem rights are those of the best ABI both the kernel and the landlock crate know,
+//! so new kernels get new rights (e.g. ABI 9 also confines connecting to named unix sockets).
+//! TCP (ABI 4) and scopes (ABI 6) are always requested: on an older kernel the crate reports
+//! the ruleset as partially enforced and init warns.
+
+use ::landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, LandlockStatus, NetPort, PathBeneath, PathFd,
+    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus,
+    Scope,
+};
+
+use super::exit::{DEGRADED_PREFIX, WARNING_PREFIX};
+use super::sys;
+
+/// Read and execute everywhere.
+pub const ROOT: &str = "/";
+/// Always writable (a private tmpfs).
+pub const TMP: &str = "/tmp";
+/// Writable with `--data` (the server's persistent directory).
+pub const DATA: &str = "/data";
+/// Device nodes the server may write (and read).
+pub const DEV_WRITABLE: [&str; 3] = ["/dev/null", "/dev/zero", "/dev/full"];
+/// Device nodes the server may read.
+pub const DEV_READABLE: [&str; 2] = ["/dev/urandom", "/dev/random"];
+
+/// What to allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The only TCP port `connect` may reach.
+    pub proxy_port: u16,
+    /// Whether `/data` is writable (it must exist then).
+    pub data: bool,
+}
+
+/// How much of the policy the kernel enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Everything requested is enforced.
+    Full {
+        /// The effective landlock ABI.
+        abi: ABI,
+    },
+    /// The kernel is too old for some of the requested rights (see the module docs).
+    Partial {
+        /// The effective landlock ABI.
+        abi: ABI,
+    },
+    /// Nothing is enforced.
+    NotEnforced {
+        /// Why, in a few words.
+        why: &'static str,
+    },
+}
+
+impl Enforcement {
+    /// Classifies the landlock crate's report.
+    pub fn from_status(ruleset: &RulesetStatus, landlock: &LandlockStatus) -> Self {
+        match (landlock, ruleset) {
+            (LandlockStatus::NotEnabled, _) => Enforcement::NotEnforced {
+                why: "landlock is built into the kernel but not enabled (see the lsm= boot option)",
+            },
+            (LandlockStatus::NotImplemented, _) => Enforcement::NotEnforced {
+                why: "the kernel has no landlock support",
+            },
+            (LandlockStatus::Available { .. }, RulesetStatus::NotEnforced) => {
+                Enforcement::NotEnforced {
+                    why: "the kernel enforced none of the ruleset",
+                }
+            }
+            (LandlockStatus::Available { effective_abi, .. }, RulesetStatus::PartiallyEnforced) => {
+                Enforcement::Partial {
+                    abi: *effective_abi,
+                }
+            }
+            (LandlockStatus::Available { effective_abi, .. }, RulesetStatus::FullyEnforced) => {
+                Enforcement::Full {
+                    abi: *effective_abi,
+                }
+            }
+        }
+    }
+
+    /// What init does about it: `Ok(None)` go on silently, `Ok(Some(line))` print the line and
+    /// go on, `Err(reason)` refuse to start the server.
+    pub fn verdict(&self, allow_degraded: bool) -> Result<Option<String>, String> {
+        match self {
+            Enforcement::Full { .. } => Ok(None),
+            Enforcement::Partial { abi } => Ok(Some(format!(
+                "{WARNING_PREFIX}landlock only partially enforced: the kernel's landlock ABI is \
+                 {abi}; network rules need 4, scopes need 6"
+            ))),
+            Enforcement::NotEnforced { why } if allow_degraded => Ok(Some(format!(
+                "{DEGRADED_PREFIX}landlock not enforced ({why}); running the server without \
+                 filesystem and network confinement because --allow-degraded-landlock was given"
+            ))),
+            Enforcement::NotEnforced { why } => Err(format!(
+                "not enforced: {why}; refusing to start the server (--allow-degraded-landlock \
+                 would run it unconfined)"
+            )),
+        }
+    }
+}
+
+/// Builds the ruleset for `policy` and restricts the calling thread (init is single-threaded,
+/// and the domain is inherited across `execve`). Also sets no_new_privs, as landlock requires.
+pub fn restrict(policy: &Policy) -> Result<Enforcement, String> {
+    let status = ruleset(policy)?
+        .restrict_self()
+        .map_err(|e| format!("restrict_self: {e}"))?;
+    let RestrictionStatus {
+        ruleset, landlock, ..
+    } = status;
+    Ok(Enforcement::from_status(&ruleset, &landlock))
+}
+
+/// The filesystem ABI to ask for: the kernel's, as far as the crate knows it; V1 if the kernel
+/// has no landlock (the crate then reports it as not enforced).
+fn fs_abi() -> ABI {
+    match sys::landlock_abi_version() {
+        Ok(v) if v >= 1 => ABI::from(v),
+        _ => ABI::V1,
+    }
+}
+
+fn ruleset(policy: &Policy) -> Result<RulesetCreated, String> {
+    let abi = fs_abi();
+    let all = AccessFs::from_all(abi);
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |e: ::landlock::RulesetError| format!("{what}: {e}")
+    };
+    let mut created = Ruleset::default()
+        .handle_access(all)
+        .map_err(err("handle filesystem access"))?
+        .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
+        .map_err(err("handle TCP access"))?
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)
+        .map_err(err("scope"))?
+        .create()
+        .map_err(err("create ruleset"))?;
+
+    let mut paths: Vec<(&str, BitFlags<AccessFs>)> =
+        vec![(ROOT, AccessFs::from_read(abi)), (TMP, all)];
+    if policy.data {
+        paths.push((DATA, all));
+    }
+    paths.extend(DEV_WRITABLE.map(|p| (p, AccessFs::ReadFile | AccessFs::WriteFile)));
+    paths.extend(DEV_READABLE.map(|p| (p, BitFlags::from(AccessFs::ReadFile))));
+    for (path, access) in paths {
+        let fd = PathFd::new(path).map_err(|e| format!("{path}: {e}"))?;
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(err(path))?;
+    }
+    created
+        .add_rule(NetPort::new(policy.proxy_port, AccessNet::ConnectTcp))
+        .map_err(err("proxy port rule"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn available(abi: ABI) -> LandlockStatus {
+        LandlockStatus::Available {
+            effective_abi: abi,
+            kernel_abi: None,
+        }
+    }
+
+    #[test]
+    fn classification() {
+        use Enforcement::*;
+        let from = Enforcement::from_status;
+        assert_eq!(
+            from(&RulesetStatus::FullyEnforced, &available(ABI::V7)),
+            Full { abi: ABI::V7 }
+        );
+        assert_eq!(
+            from(&RulesetStatus::PartiallyEnforced, &available(ABI::V3)),
+            Partial { abi: ABI::V3 }
+        );
+        assert!(matches!(
+            from(&RulesetStatus::NotEnforced, &available(ABI::V1)),
+            NotEnforced { .. }
+        ));
+        assert!(matches!(
+            from(&RulesetStatus::NotEnforced, &LandlockStatus::NotEnabled),
+            NotEnforced { why } if why.contains("not enabled")
+        ));
+        assert!(matches!(
+            from(&RulesetStatus::NotEnforced, &LandlockStatus::NotImplemented),
+            NotEnforced { why } if why.contains("no landlock")
+        ));
+    }
+
+    #[test]
+    fn verdicts() {
+        let full = Enforcement::Full { abi: ABI::V6 };
+        assert_eq!(full.verdict(false), Ok(None));
+        assert_eq!(full.verdict(true), Ok(None));
+
+        let partial = Enforcement::Partial { abi: ABI::V3 };
+        for allow in [false, true] {
+            let line = partial.verdict(allow).expect("runs").expect("warns");
+            assert!(line.starts_with(WARNING_PREFIX), "{line}");
+            assert!(line.contains("ABI is 3"), "{line}");
+        }
+
+        let none = Enforcement::NotEnforced {
+            why: "the kernel has no landlock support",
+        };
+        let refusal = none.verdict(false).expect_err("refuses");
+        assert!(refusal.contains("no landlock support"), "{refusal}");
+        let line = none.verdict(true).expect("runs").expect("warns");
+        assert!(line.starts_with(DEGRADED_PREFIX), "{line}");
+        assert!(!line.contains('\n'));
+    }
+}
