@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod main;
 pub mod firewall;
 pub mod network;
+pub mod reaper;
 pub mod spawn;
 pub mod validate;
 
@@ -71,6 +72,8 @@ struct Inner {
     state: Mutex<State>,
     /// The bus connection, once serving: used to announce exits.
     bus: std::sync::OnceLock<zbus::Connection>,
+    /// Host pids of the outer bwrap of every sandbox not yet reaped by its own waiter.
+    tracked: std::sync::Mutex<std::collections::HashSet<u32>>,
 }
 
 /// What the start-up sweep removed.
@@ -87,10 +90,11 @@ impl Helper {
         use anyhow::Context;
         let network = Network::new(&config.instance).context("netlink")?;
         let firewall = Firewall::new(config.nft.clone(), &config.instance, &config.link_prefix);
+        reaper::become_subreaper().context("becoming a child subreaper")?;
         let cgroups = Layout::detect(&config.instance)?;
         cgroups.prepare()?;
         tracing::info!(cgroups = %cgroups.describe(), "cgroup layout");
-        Ok(Self {
+        let helper = Self {
             inner: Arc::new(Inner {
                 config,
                 network,
@@ -99,8 +103,29 @@ impl Helper {
                 launcher: spawn::Launcher::start(),
                 state: Mutex::new(State::default()),
                 bus: std::sync::OnceLock::new(),
+                tracked: std::sync::Mutex::new(Default::default()),
             }),
-        })
+        };
+        helper.spawn_reaper()?;
+        Ok(helper)
+    }
+
+    /// Reaps orphaned sandbox processes whenever a child changes state.
+    fn spawn_reaper(&self) -> anyhow::Result<()> {
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let helper = self.clone();
+        tokio::spawn(async move {
+            while sigchld.recv().await.is_some() {
+                helper.reap();
+            }
+        });
+        Ok(())
+    }
+
+    fn reap(&self) -> usize {
+        let tracked = self.inner.tracked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        reaper::reap_orphans(&tracked)
     }
 
     /// Removes everything a previous run left (its processes die with their cgroups), then
@@ -257,6 +282,11 @@ impl Helper {
             sandbox_addr: addrs.sandbox.to_string(),
             pid: started.child.id(),
         };
+        self.inner
+            .tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(started.child.id());
         let pidfd_out = started
             .pidfd
             .try_clone()
@@ -414,6 +444,15 @@ impl Helper {
         .await
         .map_err(|e| HelperError::Failed(format!("reaping: {e}")))?;
         let (sandbox, status) = status;
+        i.tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&sandbox.info.pid);
+        // The namespace's init outlives bwrap by a moment: reap it before reporting.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.reap() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
         let mut problems = Vec::new();
         if let Err(e) = i.firewall.revoke(&sandbox.rule) {
             problems.push(e.to_string());

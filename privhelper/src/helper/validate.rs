@@ -167,6 +167,9 @@ fn check_command(spec: &SandboxSpec) -> Result<(), HelperError> {
         if !key_ok {
             return Err(invalid("environment names must match [A-Za-z_][A-Za-z0-9_]{0,127}"));
         }
+        if key == "PWD" {
+            return Err(invalid("PWD is set by the sandbox itself"));
+        }
         if value.len() > MAX_ENV_VALUE_LEN {
             return Err(invalid(format!(
                 "environment value of {key} is longer than {MAX_ENV_VALUE_LEN} bytes"

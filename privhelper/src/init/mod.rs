@@ -9,7 +9,7 @@
 //! 3. empty every capability set, bounding and ambient included ([`capabilities`]);
 //! 4. close every fd above 2 ([`fds`]);
 //! 5. install the seccomp filters `kill` and `enosys` ([`seccomp`]);
-//! 6. `execve` the server (`PATH` lookup as `execvp`; the environment is bwrap's, unchanged).
+//! 6. `execve` the server (`PATH` lookup as `execvp`; the environment is bwrap's less `PWD`).
 //!
 //! Landlock goes first because it needs the filesystem (to open the rule paths) and the seccomp
 //! filters last because after them only `execve` is left to do. Each failure exits with its
@@ -76,7 +76,9 @@ pub fn run(argv: impl IntoIterator<Item = OsString>) -> ! {
     }
 
     let mut server = std::process::Command::new(&args.server[0]);
-    server.args(&args.server[1..]);
+    // bwrap always exports PWD (of its --chdir); the server's environment must be exactly the
+    // spec's, and the helper refuses specs that set PWD themselves.
+    server.args(&args.server[1..]).env_remove("PWD");
 
     if let Err(e) = seccomp::install() {
         fail(ExitCode::Seccomp, &e);
