@@ -160,10 +160,15 @@ async fn an_unauthorised_uid_is_refused_by_policy_and_by_the_helper() {
     let h = Harness::start(0).await;
     let before = count_host();
     let call = |user: &str| {
+        let gid = match user {
+            "root" => 0,
+            "daemon" => 1,
+            _ => 65534,
+        };
         Command::new("setpriv")
             .args([
                 &format!("--reuid={user}"),
-                &format!("--regid={user}"),
+                &format!("--regid={gid}"),
                 "--clear-groups",
                 "dbus-send",
                 &format!("--bus={}", h.address),
