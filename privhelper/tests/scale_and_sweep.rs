@@ -31,7 +31,7 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
     let spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "ping-sleep", "600"]);
 
     // 200 created concurrently (in waves of 50 in flight), all alive at once, then destroyed
-    // concurrently.
+    // concurrently the same way.
     let client = h.client().await;
     let mut live = Vec::new();
     for wave in 0..4 {
@@ -43,8 +43,10 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
             })
             .collect();
         for t in tasks {
-            let (info, stdin, ..) = t.await.unwrap().unwrap_or_else(|e| panic!("wave {wave}: {e:?}"));
-            live.push((info, stdin));
+            // Keep every fd: a server whose stdout reader is gone dies of SIGPIPE.
+            let (info, stdin, stdout, stderr, pidfd) =
+                t.await.unwrap().unwrap_or_else(|e| panic!("wave {wave}: {e:?}"));
+            live.push((info, (stdin, stdout, stderr, pidfd)));
         }
     }
     assert_eq!(client.list_sandboxes().await.unwrap().len(), 200);
@@ -56,19 +58,23 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
     slots.sort_unstable();
     slots.dedup();
     assert_eq!(slots.len(), 200, "two sandboxes shared a slot");
-    let tasks: Vec<_> = live
-        .drain(..)
-        .map(|(info, stdin)| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let r = client.destroy_sandbox(&info.id).await;
-                drop(stdin);
-                r
+    // The system bus allows 128 pending calls per connection: 50 in flight at a time.
+    while !live.is_empty() {
+        let wave: Vec<_> = live.drain(..live.len().min(50)).collect();
+        let tasks: Vec<_> = wave
+            .into_iter()
+            .map(|(info, fds)| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let r = client.destroy_sandbox(&info.id).await;
+                    drop(fds);
+                    r
+                })
             })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap().expect("destroy");
+            .collect();
+        for t in tasks {
+            t.await.unwrap().expect("destroy");
+        }
     }
     assert_eq!(settle_to(&before).await, before, "after 200 create/destroy");
 
@@ -87,6 +93,6 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
     let client = h.client().await;
     assert!(client.list_sandboxes().await.unwrap().is_empty());
     // And the restarted helper works.
-    let (info, ..) = client.create_sandbox(&spec).await.unwrap();
+    let (info, _stdin, _stdout, _stderr, _pidfd) = client.create_sandbox(&spec).await.unwrap();
     client.destroy_sandbox(&info.id).await.unwrap();
 }
