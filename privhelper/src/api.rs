@@ -104,6 +104,11 @@ pub trait PrivHelper {
     /// A sandbox ended and its resources are gone. `code` is bwrap's exit code (128 + n when
     /// the server was killed by signal n), or -1 with `signal` set when bwrap itself was killed.
     #[zbus(signal)]
-    fn sandbox_exited(&self, id: String, code: i32, signal: i32, reason: String)
-    -> zbus::Result<()>;
+    fn sandbox_exited(
+        &self,
+        id: String,
+        code: i32,
+        signal: i32,
+        reason: String,
+    ) -> zbus::Result<()>;
 }

@@ -155,14 +155,21 @@ impl Config {
 
     /// The caller uid the helper accepts (resolved from `allowed_user` at load).
     pub fn caller_uid(&self) -> u32 {
-        self.allowed_uid.expect("validated: set or resolved at load")
+        self.allowed_uid
+            .expect("validated: set or resolved at load")
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.allowed_user.is_some() == self.allowed_uid.is_some() {
-            return Err(("allowed_user", "set exactly one of allowed_user and allowed_uid".into()));
+            return Err((
+                "allowed_user",
+                "set exactly one of allowed_user and allowed_uid".into(),
+            ));
         }
-        let lower = |s: &str| s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let lower = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        };
         if !(1..=16).contains(&self.instance.len()) || !lower(&self.instance) {
             return Err(("instance", "use 1-16 of a-z 0-9".into()));
         }
@@ -172,7 +179,10 @@ impl Config {
             return Err(("link_prefix", "use 1-4 of a-z".into()));
         }
         if self.pool != self.pool.trunc() || self.pool.prefix_len() > 24 {
-            return Err(("pool", format!("{} must be a /24 or larger network", self.pool)));
+            return Err((
+                "pool",
+                format!("{} must be a /24 or larger network", self.pool),
+            ));
         }
         // Never root, never a system or login user: uid 0 would be catastrophic and a shared uid
         // would let sandboxes signal each other or the user's processes.
@@ -180,7 +190,10 @@ impl Config {
             return Err(("uid_base", "must be at least 100000".into()));
         }
         if self.uid_count == 0 || self.uid_base.checked_add(self.uid_count).is_none() {
-            return Err(("uid_count", "must be at least 1 and fit above uid_base".into()));
+            return Err((
+                "uid_count",
+                "must be at least 1 and fit above uid_base".into(),
+            ));
         }
         for (key, path) in [
             ("images_dir", &self.images_dir),
@@ -200,6 +213,8 @@ impl Config {
     /// How many sandboxes may exist at once: /30s in the pool, capped by the uid range.
     pub fn slots(&self) -> u32 {
         let blocks = 1u64 << (30 - u32::from(self.pool.prefix_len()));
-        u32::try_from(blocks).unwrap_or(u32::MAX).min(self.uid_count)
+        u32::try_from(blocks)
+            .unwrap_or(u32::MAX)
+            .min(self.uid_count)
     }
 }

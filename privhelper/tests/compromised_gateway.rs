@@ -78,7 +78,12 @@ async fn incomplete_rootfs_is_refused_by_name() {
     let h = Harness::start(0).await;
     let name = h.attack_rootfs("noproc");
     std::fs::remove_dir(h.images.join(&name).join("proc")).unwrap();
-    let msg = refused(&h, &h.spec(&name, &["/bin/gigmcp-attack"]), "RootfsIncomplete").await;
+    let msg = refused(
+        &h,
+        &h.spec(&name, &["/bin/gigmcp-attack"]),
+        "RootfsIncomplete",
+    )
+    .await;
     assert!(msg.contains("/proc"), "{msg}");
 }
 
@@ -98,7 +103,13 @@ async fn hostile_data_dirs_and_ca_bundles_are_refused() {
     }
     std::os::unix::fs::symlink("/etc/shadow", h.ca_dir.join("shadow.pem")).unwrap();
     std::fs::create_dir(h.ca_dir.join("dir.pem")).unwrap();
-    for ca in ["../../etc/shadow", "/etc/shadow", "shadow.pem", "dir.pem", "missing.pem"] {
+    for ca in [
+        "../../etc/shadow",
+        "/etc/shadow",
+        "shadow.pem",
+        "dir.pem",
+        "missing.pem",
+    ] {
         let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
         spec.ca_bundle = ca.into();
         refused(&h, &spec, "InvalidCaBundle").await;
@@ -119,7 +130,9 @@ async fn oversized_or_malformed_specs_are_refused() {
     s.env = (0..300).map(|i| (format!("K{i}"), "v".into())).collect();
     cases.push(("too many env entries", s));
     let mut s = base.clone();
-    s.env = (0..100).map(|i| (format!("K{i}"), "x".repeat(4000))).collect();
+    s.env = (0..100)
+        .map(|i| (format!("K{i}"), "x".repeat(4000)))
+        .collect();
     cases.push(("huge env", s));
     let mut s = base.clone();
     s.env = vec![("BAD=NAME".into(), "v".into())];
@@ -195,6 +208,10 @@ async fn an_unauthorised_uid_is_refused_by_policy_and_by_the_helper() {
     );
     // Root, the configured caller, is served.
     let out = call("root");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(count_host(), before);
 }

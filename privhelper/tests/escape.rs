@@ -20,6 +20,9 @@ enum Outcome {
     Said(String),
 }
 
+/// Whether an outcome is the expected one.
+type Check = Box<dyn Fn(&Outcome) -> bool>;
+
 const SIGSYS: i32 = 31;
 const SIGKILL: i32 = 9;
 
@@ -53,14 +56,24 @@ async fn attack_with<T>(
         assert!(text.is_empty(), "{name}: killed but printed {text:?}");
         return Outcome::Killed(code - 128);
     }
-    assert_eq!(code, 0, "{name}: exit {code}, stdout {text:?}, stderr {}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        code,
+        0,
+        "{name}: exit {code}, stdout {text:?}, stderr {}",
+        String::from_utf8_lossy(&err)
+    );
     let rest = text
         .strip_prefix(&format!("ATTACK {name} "))
         .unwrap_or_else(|| panic!("{name}: unexpected output {text:?}"));
     Outcome::Said(rest.to_owned())
 }
 
-async fn attack(h: &Harness, client: &PrivHelperProxy<'static>, rootfs: &str, args: &[&str]) -> Outcome {
+async fn attack(
+    h: &Harness,
+    client: &PrivHelperProxy<'static>,
+    rootfs: &str,
+    args: &[&str],
+) -> Outcome {
     let mut argv = vec!["/bin/gigmcp-attack"];
     argv.extend_from_slice(args);
     attack_with(client, h.spec(rootfs, &argv), |_| ()).await
@@ -116,7 +129,11 @@ async fn every_escalation_syscall_is_stopped() {
             wrong.push(format!("{name}: expected {want:?}, got {got:?}"));
         }
     }
-    assert!(wrong.is_empty(), "attacks with the wrong outcome:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "attacks with the wrong outcome:\n{}",
+        wrong.join("\n")
+    );
     assert_eq!(count_host(), before, "resources left after the attacks");
 }
 
@@ -139,14 +156,20 @@ async fn the_sandbox_cannot_see_or_touch_the_host() {
     }
     let host_addrs = ip_addrs();
 
-    let mut checks: Vec<(Vec<String>, Box<dyn Fn(&Outcome) -> bool>)> = Vec::new();
-    let mut add = |args: &[&str], ok: Box<dyn Fn(&Outcome) -> bool>| {
+    let mut checks: Vec<(Vec<String>, Check)> = Vec::new();
+    let mut add = |args: &[&str], ok: Check| {
         checks.push((args.iter().map(|s| (*s).to_owned()).collect(), ok));
     };
     for c in &canaries {
-        add(&["read-file", c], Box::new(|o| *o == said("BLOCKED ENOENT")));
+        add(
+            &["read-file", c],
+            Box::new(|o| *o == said("BLOCKED ENOENT")),
+        );
     }
-    add(&["read-file", "/proc/1/root/etc/shadow"], Box::new(|o| matches!(o, Outcome::Said(s) if s.starts_with("BLOCKED"))));
+    add(
+        &["read-file", "/proc/1/root/etc/shadow"],
+        Box::new(|o| matches!(o, Outcome::Said(s) if s.starts_with("BLOCKED"))),
+    );
     for p in ["/etc/evil", "/bin/evil", "/evil"] {
         add(
             &["write-rootfs", p],
@@ -164,12 +187,24 @@ async fn the_sandbox_cannot_see_or_touch_the_host() {
     add(&["add-address"], Box::new(|o| *o == said("BLOCKED EPERM")));
     add(&["add-route"], Box::new(|o| *o == said("BLOCKED EPERM")));
     add(&["raw-socket"], Box::new(|o| *o == said("BLOCKED EPERM")));
-    add(&["gain-capability"], Box::new(|o| *o == said("BLOCKED EPERM")));
+    add(
+        &["gain-capability"],
+        Box::new(|o| *o == said("BLOCKED EPERM")),
+    );
     add(&["dbus-system"], Box::new(|o| *o == said("BLOCKED ENOENT")));
     // Landlock allows TCP connect to the proxy port only: no packet leaves for anything else.
-    add(&["connect", "1.1.1.1", "443"], Box::new(|o| *o == said("BLOCKED EACCES")));
-    add(&["connect", "10.232.0.1", "22"], Box::new(|o| *o == said("BLOCKED EACCES")));
-    add(&["connect", "127.0.0.1", "22"], Box::new(|o| *o == said("BLOCKED EACCES")));
+    add(
+        &["connect", "1.1.1.1", "443"],
+        Box::new(|o| *o == said("BLOCKED EACCES")),
+    );
+    add(
+        &["connect", "10.232.0.1", "22"],
+        Box::new(|o| *o == said("BLOCKED EACCES")),
+    );
+    add(
+        &["connect", "127.0.0.1", "22"],
+        Box::new(|o| *o == said("BLOCKED EACCES")),
+    );
     // The proxy's port on loopback reaches the sandbox's own, empty loopback.
     add(
         &["connect", "127.0.0.1", &PROXY_PORT.to_string()],
@@ -212,7 +247,11 @@ async fn the_sandbox_cannot_see_or_touch_the_host() {
         assert_eq!(std::fs::read_to_string(c).unwrap(), "host secret");
         std::fs::remove_file(c).unwrap();
     }
-    assert!(wrong.is_empty(), "isolation failures:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "isolation failures:\n{}",
+        wrong.join("\n")
+    );
     assert_eq!(ip_addrs(), host_addrs, "host addresses changed");
     assert_eq!(count_host(), before, "resources left");
 }
@@ -234,30 +273,50 @@ async fn the_proxy_port_is_the_only_way_out() {
         .unwrap();
     // Listeners where the proxy would be (slot 1's host end is 10.232.0.5) and on the
     // neighbour's host end: only the first may be reached, and only from slot 1's sandbox.
-    let spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "connect", "10.232.0.5", "3128"]);
+    let spec = h.spec(
+        &rootfs,
+        &["/bin/gigmcp-attack", "connect", "10.232.0.5", "3128"],
+    );
     // The kernel completes the handshake from the listen backlog: no accept needed.
     let got = attack_with(&client, spec, |info| {
         assert_eq!(info.host_addr, "10.232.0.5");
         TcpListener::bind("10.232.0.5:3128").unwrap()
     })
     .await;
-    assert_eq!(got, said("SUCCEEDED connected to 10.232.0.5:3128"), "proxy port unreachable");
+    assert_eq!(
+        got,
+        said("SUCCEEDED connected to 10.232.0.5:3128"),
+        "proxy port unreachable"
+    );
 
     let neighbour_listener = TcpListener::bind((neighbour.host_addr.as_str(), PROXY_PORT)).unwrap();
     neighbour_listener.set_nonblocking(true).unwrap();
-    for target in [neighbour.host_addr.as_str(), neighbour.sandbox_addr.as_str()] {
+    for target in [
+        neighbour.host_addr.as_str(),
+        neighbour.sandbox_addr.as_str(),
+    ] {
         let got = attack(&h, &client, &rootfs, &["connect", target, "3128", "1500"]).await;
         assert_eq!(got, said("BLOCKED ETIMEDOUT"), "reached neighbour {target}");
     }
-    assert!(neighbour_listener.accept().is_err(), "a connection reached the neighbour's proxy");
+    assert!(
+        neighbour_listener.accept().is_err(),
+        "a connection reached the neighbour's proxy"
+    );
 
     // UDP is not covered by landlock: the firewall must drop it.
     let udp = UdpSocket::bind("10.232.0.1:5353").unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let got = attack(&h, &client, &rootfs, &["udp-send", "10.232.0.1", "5353"]).await;
-    assert!(matches!(&got, Outcome::Said(s) if s.starts_with("RESULT sent")), "{got:?}");
+    assert!(
+        matches!(&got, Outcome::Said(s) if s.starts_with("RESULT sent")),
+        "{got:?}"
+    );
     let mut buf = [0u8; 64];
-    assert!(udp.recv_from(&mut buf).is_err(), "a UDP datagram from a sandbox arrived");
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "a UDP datagram from a sandbox arrived"
+    );
     client.destroy_sandbox(&neighbour.id).await.unwrap();
 }
 

@@ -88,7 +88,12 @@ async fn closing_the_gateway_end_kills_the_sandbox() {
     drop(stdin); // the gateway's end of stdin closes
     wait_until_clean(&before).await;
     assert!(
-        client.list_sandboxes().await.unwrap().iter().all(|s| s.id != info.id),
+        client
+            .list_sandboxes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.id != info.id),
         "sandbox still listed"
     );
 }

@@ -44,8 +44,10 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
             .collect();
         for t in tasks {
             // Keep every fd: a server whose stdout reader is gone dies of SIGPIPE.
-            let (info, stdin, stdout, stderr, pidfd) =
-                t.await.unwrap().unwrap_or_else(|e| panic!("wave {wave}: {e:?}"));
+            let (info, stdin, stdout, stderr, pidfd) = t
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("wave {wave}: {e:?}"));
             live.push((info, (stdin, stdout, stderr, pidfd)));
         }
     }
@@ -89,7 +91,11 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
     h.kill_helper();
     drop(fds);
     h.start_helper().await;
-    assert_eq!(settle_to(&before).await, before, "after SIGKILL and restart");
+    assert_eq!(
+        settle_to(&before).await,
+        before,
+        "after SIGKILL and restart"
+    );
     let client = h.client().await;
     assert!(client.list_sandboxes().await.unwrap().is_empty());
     // And the restarted helper works.

@@ -84,7 +84,11 @@ impl Layout {
             let fstype = right.next().unwrap_or_default();
             let super_opts = right.nth(1).unwrap_or_default();
             let join = |own: Option<String>| {
-                own.map(|o| Path::new(point).join(o.trim_start_matches('/')).join(instance))
+                own.map(|o| {
+                    Path::new(point)
+                        .join(o.trim_start_matches('/'))
+                        .join(instance)
+                })
             };
             match fstype {
                 "cgroup2" if layout.v2.is_none() => {
@@ -150,7 +154,10 @@ impl Layout {
                 write(&v2.join("cgroup.subtree_control"), c)?;
             }
         }
-        for dir in [&self.v1_memory, &self.v1_pids, &self.v1_cpu].into_iter().flatten() {
+        for dir in [&self.v1_memory, &self.v1_pids, &self.v1_cpu]
+            .into_iter()
+            .flatten()
+        {
             mkdir(dir)?;
         }
         Ok(())
@@ -166,7 +173,9 @@ impl Layout {
     pub fn describe(&self) -> String {
         format!(
             "v2={} (memory={} pids={} cpu={}), v1 memory={} pids={} cpu={}",
-            self.v2.as_ref().map_or("-".into(), |p| p.display().to_string()),
+            self.v2
+                .as_ref()
+                .map_or("-".into(), |p| p.display().to_string()),
             self.v2_memory,
             self.v2_pids,
             self.v2_cpu,
@@ -211,9 +220,16 @@ impl Layout {
             let dir = parent.join(id);
             mkdir(&dir)?;
             cg.dirs.push(dir.clone());
-            write(&dir.join("memory.limit_in_bytes"), &l.memory_max.to_string())?;
+            write(
+                &dir.join("memory.limit_in_bytes"),
+                &l.memory_max.to_string(),
+            )?;
             // Best effort: memsw exists only with swap accounting.
-            write(&dir.join("memory.memsw.limit_in_bytes"), &l.memory_max.to_string()).ok();
+            write(
+                &dir.join("memory.memsw.limit_in_bytes"),
+                &l.memory_max.to_string(),
+            )
+            .ok();
         }
         if let Some(parent) = &self.v1_pids {
             let dir = parent.join(id);
@@ -244,7 +260,11 @@ impl Layout {
                     continue;
                 }
                 let cg = SandboxCgroup {
-                    v2_dir: self.v2.as_ref().filter(|v| path.starts_with(v)).map(|_| path.clone()),
+                    v2_dir: self
+                        .v2
+                        .as_ref()
+                        .filter(|v| path.starts_with(v))
+                        .map(|_| path.clone()),
                     dirs: vec![path],
                 };
                 cg.kill();

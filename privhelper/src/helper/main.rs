@@ -10,7 +10,11 @@ use crate::api::{BUS_NAME, OBJECT_PATH};
 use crate::config::{self, Config};
 
 #[derive(Debug, Parser)]
-#[command(name = "gigmcp-privhelper", version, about = "Gig'MCP privileged sandbox helper")]
+#[command(
+    name = "gigmcp-privhelper",
+    version,
+    about = "Gig'MCP privileged sandbox helper"
+)]
 struct Args {
     #[arg(long, default_value = config::DEFAULT_PATH)]
     config: PathBuf,
@@ -23,8 +27,7 @@ pub fn main() -> i32 {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .without_time()
@@ -74,7 +77,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to the bus")?;
     helper.set_bus(conn.clone());
-    tracing::info!(bus = args.bus_address.as_deref().unwrap_or("system"), "serving {BUS_NAME}");
+    tracing::info!(
+        bus = args.bus_address.as_deref().unwrap_or("system"),
+        "serving {BUS_NAME}"
+    );
     let _ = sd_notify_ready();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

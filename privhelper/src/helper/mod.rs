@@ -8,8 +8,8 @@
 //! previous run left.
 
 pub mod cgroup;
-pub mod main;
 pub mod firewall;
+pub mod main;
 pub mod network;
 pub mod reaper;
 pub mod spawn;
@@ -22,8 +22,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use zbus::message::Header;
 use zbus::OwnedFd as BusFd;
+use zbus::message::Header;
 
 use crate::api::{Created, HelperError, SandboxInfo, SandboxSpec};
 use crate::config::Config;
@@ -112,8 +112,7 @@ impl Helper {
 
     /// Reaps orphaned sandbox processes whenever a child changes state.
     fn spawn_reaper(&self) -> anyhow::Result<()> {
-        let mut sigchld =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let helper = self.clone();
         tokio::spawn(async move {
             while sigchld.recv().await.is_some() {
@@ -124,7 +123,12 @@ impl Helper {
     }
 
     fn reap(&self) -> usize {
-        let tracked = self.inner.tracked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let tracked = self
+            .inner
+            .tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         reaper::reap_orphans(&tracked)
     }
 
@@ -171,7 +175,11 @@ impl Helper {
         let (slot, id) = {
             let mut state = i.state.lock().await;
             if let Some(name) = &checked.data_name {
-                if state.live.values().any(|s| s.data_name.as_ref() == Some(name)) {
+                if state
+                    .live
+                    .values()
+                    .any(|s| s.data_name.as_ref() == Some(name))
+                {
                     return Err(HelperError::InvalidSpec(format!(
                         "data dir {name:?} is in use by a live sandbox"
                     )));
@@ -210,7 +218,8 @@ impl Helper {
     ) -> Result<(Sandbox, (BusFd, BusFd, BusFd, BusFd, OwnedFd)), HelperError> {
         let i = &self.inner;
         let cfg = &i.config;
-        let failed = |step: &str, e: &dyn std::fmt::Display| HelperError::Failed(format!("{step}: {e}"));
+        let failed =
+            |step: &str, e: &dyn std::fmt::Display| HelperError::Failed(format!("{step}: {e}"));
         let base = u32::from(cfg.pool.network()) + slot * 4;
         let addrs = Link {
             host: Ipv4Addr::from(base + 1),
@@ -257,7 +266,13 @@ impl Helper {
             if let Some(data) = &c.data {
                 validate::chown_tree(data, uid, gid).map_err(|e| failed("data dir owner", &e))?;
             }
-            let plan = self.plan(&c, uid, gid, netns.try_clone().map_err(|e| failed("netns", &e))?, &cgroup)?;
+            let plan = self.plan(
+                &c,
+                uid,
+                gid,
+                netns.try_clone().map_err(|e| failed("netns", &e))?,
+                &cgroup,
+            )?;
             i.launcher
                 .launch(plan)
                 .await
@@ -287,10 +302,7 @@ impl Helper {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(started.child.id());
-        let pidfd_out = started
-            .pidfd
-            .try_clone()
-            .map_err(|e| failed("pidfd", &e))?;
+        let pidfd_out = started.pidfd.try_clone().map_err(|e| failed("pidfd", &e))?;
         let sandbox = Sandbox {
             info,
             link,
@@ -343,7 +355,14 @@ impl Helper {
         ] {
             arg(flag);
         }
-        for a in ["--uid", SANDBOX_ID, "--gid", SANDBOX_ID, "--hostname", "sandbox"] {
+        for a in [
+            "--uid",
+            SANDBOX_ID,
+            "--gid",
+            SANDBOX_ID,
+            "--hostname",
+            "sandbox",
+        ] {
             arg(a);
         }
         for a in ["--ro-bind-fd", "3", "/", "--proc", "/proc", "--dev", "/dev"] {
@@ -478,7 +497,12 @@ impl Helper {
 }
 
 impl Helper {
-    async fn announce_exit(&self, id: &str, status: Option<&std::process::ExitStatus>, reason: &str) {
+    async fn announce_exit(
+        &self,
+        id: &str,
+        status: Option<&std::process::ExitStatus>,
+        reason: &str,
+    ) {
         use std::os::unix::process::ExitStatusExt;
         let Some(conn) = self.inner.bus.get() else {
             return;
@@ -544,7 +568,11 @@ impl Service {
         Self { helper }
     }
 
-    async fn authorize(&self, header: &Header<'_>, conn: &zbus::Connection) -> Result<(), HelperError> {
+    async fn authorize(
+        &self,
+        header: &Header<'_>,
+        conn: &zbus::Connection,
+    ) -> Result<(), HelperError> {
         let sender = header
             .sender()
             .ok_or_else(|| HelperError::PermissionDenied("message has no sender".into()))?;

@@ -83,7 +83,12 @@ impl Network {
 
     /// Creates netns `<prefix>-<id>` with `eth0` (sandbox end) linked to `link_name` on the
     /// host, both addressed, lo up, default route via the host end. Returns the netns.
-    pub async fn create(&self, id: &str, link_name: &str, addrs: Link) -> Result<File, NetworkError> {
+    pub async fn create(
+        &self,
+        id: &str,
+        link_name: &str,
+        addrs: Link,
+    ) -> Result<File, NetworkError> {
         let path = self.netns_path(id);
         let (ns, inner) = new_netns(&path)?;
         let result = self.configure(&ns, &inner, link_name, addrs).await;
@@ -107,7 +112,12 @@ impl Network {
         let veth = LinkVeth::new(link_name, SANDBOX_IF)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
-        self.host.link().add(veth).execute().await.map_err(nl("create veth"))?;
+        self.host
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(nl("create veth"))?;
         // No IPv6 on the host end: link-local addresses would open a path the /30 does not show.
         let _ = std::fs::write(
             format!("/proc/sys/net/ipv6/conf/{link_name}/disable_ipv6"),
@@ -238,8 +248,14 @@ fn make_netns_dir() -> Result<(), NetworkError> {
     std::fs::create_dir_all(dir).map_err(io("create /run/netns"))?;
     let none = None::<&str>;
     if mount(none, dir, none, MsFlags::MS_SHARED | MsFlags::MS_REC, none).is_err() {
-        mount(Some(dir), dir, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-            .map_err(errno("bind /run/netns"))?;
+        mount(
+            Some(dir),
+            dir,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .map_err(errno("bind /run/netns"))?;
         mount(none, dir, none, MsFlags::MS_SHARED | MsFlags::MS_REC, none)
             .map_err(errno("share /run/netns"))?;
     }

@@ -26,7 +26,11 @@ pub fn reap_orphans(tracked: &HashSet<u32>) -> usize {
         return 0;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Some((comm, state, ppid)) = stat_of(pid) else {

@@ -66,8 +66,12 @@ fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> rustix::io::Result<
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, HelperError> {
-    rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| HelperError::Failed(format!("cannot open {}: {e}", path.display())))
+    rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| HelperError::Failed(format!("cannot open {}: {e}", path.display())))
 }
 
 /// A simple name: one path component of safe characters.
@@ -156,7 +160,9 @@ fn check_command(spec: &SandboxSpec) -> Result<(), HelperError> {
     let mut total = 0;
     for arg in &spec.argv {
         if arg.len() > MAX_ARG_LEN {
-            return Err(invalid(format!("an argument is longer than {MAX_ARG_LEN} bytes")));
+            return Err(invalid(format!(
+                "an argument is longer than {MAX_ARG_LEN} bytes"
+            )));
         }
         total += arg.len() + 1;
     }
@@ -165,7 +171,9 @@ fn check_command(spec: &SandboxSpec) -> Result<(), HelperError> {
             && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !key_ok {
-            return Err(invalid("environment names must match [A-Za-z_][A-Za-z0-9_]{0,127}"));
+            return Err(invalid(
+                "environment names must match [A-Za-z_][A-Za-z0-9_]{0,127}",
+            ));
         }
         if key == "PWD" {
             return Err(invalid("PWD is set by the sandbox itself"));
@@ -178,14 +186,17 @@ fn check_command(spec: &SandboxSpec) -> Result<(), HelperError> {
         total += key.len() + value.len() + 2;
     }
     if total > MAX_TOTAL {
-        return Err(invalid(format!("argv and env exceed {MAX_TOTAL} bytes in all")));
+        return Err(invalid(format!(
+            "argv and env exceed {MAX_TOTAL} bytes in all"
+        )));
     }
     Ok(())
 }
 
 /// The rootfs, relative to the images dir, as an `O_PATH` directory fd.
 fn open_rootfs(requested: &str, config: &Config) -> Result<OwnedFd, HelperError> {
-    let outside = |why: &str| HelperError::RootfsOutsideImages(format!("rootfs {requested:?}: {why}"));
+    let outside =
+        |why: &str| HelperError::RootfsOutsideImages(format!("rootfs {requested:?}: {why}"));
     let path = Path::new(requested);
     let rel = if path.is_absolute() {
         path.strip_prefix(&config.images_dir)
@@ -196,11 +207,10 @@ fn open_rootfs(requested: &str, config: &Config) -> Result<OwnedFd, HelperError>
     if rel.as_os_str().is_empty() {
         return Err(outside("is the images directory itself"));
     }
-    if rel
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return Err(outside("must be a plain relative path (no `..`, `.` or `/`)"));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(outside(
+            "must be a plain relative path (no `..`, `.` or `/`)",
+        ));
     }
     let images = open_dir(&config.images_dir)?;
     let rel = rel.to_str().ok_or_else(|| outside("not UTF-8"))?;
@@ -215,7 +225,8 @@ fn open_rootfs(requested: &str, config: &Config) -> Result<OwnedFd, HelperError>
 
 /// The server's data dir, created (0700) below the data root if missing.
 fn open_data_dir(name: &str, config: &Config) -> Result<OwnedFd, HelperError> {
-    let outside = |why: String| HelperError::DataDirOutsideRoot(format!("data dir {name:?}: {why}"));
+    let outside =
+        |why: String| HelperError::DataDirOutsideRoot(format!("data dir {name:?}: {why}"));
     if !simple_name(name, 64) || name.contains("..") {
         return Err(outside("must be one name of a-z 0-9 - _ .".into()));
     }
@@ -226,8 +237,12 @@ fn open_data_dir(name: &str, config: &Config) -> Result<OwnedFd, HelperError> {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(HelperError::Failed(format!("cannot create data dir: {e}"))),
     }
-    open_beneath(&root, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
-        .map_err(|e| outside(format!("cannot be opened as a directory ({e})")))
+    open_beneath(
+        &root,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+    )
+    .map_err(|e| outside(format!("cannot be opened as a directory ({e})")))
 }
 
 /// The CA bundle, opened once per place it is bound in the sandbox.
@@ -271,8 +286,7 @@ pub fn chown_tree(dir: &OwnedFd, uid: u32, gid: u32) -> rustix::io::Result<()> {
     use rustix::fs::{AtFlags, Gid, Uid};
     let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     rustix::fs::fchown(dir, Some(uid), Some(gid))?;
-    let mut entries = rustix::fs::Dir::read_from(dir)?;
-    while let Some(entry) = entries.next() {
+    for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         if name.to_bytes() == b"." || name.to_bytes() == b".." {

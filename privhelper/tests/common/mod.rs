@@ -33,7 +33,9 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: privileged test run without root on CI");
     }
-    eprintln!("\n*** SKIPPED {test}: needs root (namespaces, nftables, cgroups). Run as root. ***\n");
+    eprintln!(
+        "\n*** SKIPPED {test}: needs root (namespaces, nftables, cgroups). Run as root. ***\n"
+    );
     false
 }
 
@@ -304,7 +306,11 @@ pub fn count_host() -> HostCount {
     let netns = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{INSTANCE}-")))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{INSTANCE}-"))
+                })
                 .count()
         })
         .unwrap_or(0);
