@@ -31,8 +31,7 @@ use cgroup::{CgroupLimits, Layout, SandboxCgroup};
 use firewall::{Firewall, LinkRule};
 use network::{Link, Network};
 
-/// Inside the sandbox, `gigmcp-sandbox-init` is bound here (on a tmpfs `/run`).
-pub const INIT_IN_SANDBOX: &str = "/run/gigmcp/init";
+use crate::init::SANDBOX_PATH as INIT_IN_SANDBOX;
 /// The uid and gid the server has inside its user namespace.
 const SANDBOX_ID: &str = "65534";
 
@@ -74,6 +73,8 @@ struct Inner {
     bus: std::sync::OnceLock<zbus::Connection>,
     /// Host pids of the outer bwrap of every sandbox not yet reaped by its own waiter.
     tracked: std::sync::Mutex<std::collections::HashSet<u32>>,
+    /// Network removals still running in the background (awaited at shutdown).
+    finishing: std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<(), network::NetworkError>>>>,
 }
 
 /// What the start-up sweep removed.
@@ -104,6 +105,7 @@ impl Helper {
                 state: Mutex::new(State::default()),
                 bus: std::sync::OnceLock::new(),
                 tracked: std::sync::Mutex::new(Default::default()),
+                finishing: std::sync::Mutex::new(Vec::new()),
             }),
         };
         helper.spawn_reaper()?;
@@ -150,7 +152,17 @@ impl Helper {
     pub async fn shutdown(&self) {
         let ids: Vec<String> = self.inner.state.lock().await.live.keys().cloned().collect();
         for id in ids {
-            let _ = self.destroy(&id, "helper shutdown").await;
+            let _ = self.destroy(&id, "helper shutdown", false).await;
+        }
+        let finishing: Vec<_> = self
+            .inner
+            .finishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for task in finishing {
+            let _ = task.await;
         }
         if let Err(e) = self.inner.firewall.remove_table() {
             tracing::warn!("{e}");
@@ -227,6 +239,13 @@ impl Helper {
         };
         let link = format!("{}{id}", cfg.link_prefix);
         let (uid, gid) = (cfg.uid_base + slot, cfg.uid_base + slot);
+        // A sandbox uid must be nobody's: a real user's files and processes would be in reach.
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            return Err(HelperError::Failed(format!(
+                "sandbox uid {uid} belongs to user {}: move uid_base to a free range",
+                user.name
+            )));
+        }
 
         let netns = i
             .network
@@ -398,15 +417,13 @@ impl Helper {
         }
         args.extend(["--chdir".into(), "/tmp".into(), "--".into()]);
         args.push(INIT_IN_SANDBOX.into());
-        args.extend(["--proxy-port".into(), c.proxy_port.to_string().into()]);
-        if c.data.is_some() {
-            args.push("--data".into());
-        }
-        if cfg.allow_degraded_landlock {
-            args.push("--allow-degraded-landlock".into());
-        }
-        args.push("--".into());
-        args.extend(c.argv.iter().map(OsString::from));
+        let init = crate::init::args::Args {
+            proxy_port: c.proxy_port,
+            data: c.data.is_some(),
+            allow_degraded_landlock: cfg.allow_degraded_landlock,
+            server: c.argv.iter().map(OsString::from).collect(),
+        };
+        args.extend(init.to_args());
         Ok(spawn::Plan {
             bwrap: cfg.bwrap.clone(),
             args,
@@ -441,12 +458,22 @@ impl Helper {
                 }
                 _ => "cannot watch the sandbox",
             };
-            let _ = helper.destroy(&id, reason).await;
+            let _ = helper.destroy(&id, reason, false).await;
         });
     }
 
     /// Kills every process of the sandbox and removes all its resources.
-    pub async fn destroy(&self, id: &str, reason: &str) -> Result<(), HelperError> {
+    ///
+    /// Processes, firewall elements and cgroups are gone when this returns. The network
+    /// (deleting a veth waits for an RCU grace period, ~20 ms) is removed afterwards in the
+    /// background when `network_later` is set, with the slot held until it is gone;
+    /// `SandboxExited` is announced once everything is.
+    pub async fn destroy(
+        &self,
+        id: &str,
+        reason: &str,
+        network_later: bool,
+    ) -> Result<(), HelperError> {
         let i = &self.inner;
         let Some(mut sandbox) = i.state.lock().await.live.remove(id) else {
             return Err(HelperError::NotFound(format!("no sandbox {id:?}")));
@@ -455,6 +482,10 @@ impl Helper {
         // anything that escaped the namespace's death (nothing should).
         let _ = rustix::process::pidfd_send_signal(&sandbox.pidfd, rustix::process::Signal::KILL);
         sandbox.cgroup.kill();
+        let mut problems = Vec::new();
+        if let Err(e) = i.firewall.revoke(&sandbox.rule) {
+            problems.push(e.to_string());
+        }
         let status = tokio::task::spawn_blocking(move || {
             let status = sandbox.child.wait();
             sandbox.cgroup.remove();
@@ -470,24 +501,37 @@ impl Helper {
         // The namespace's init outlives bwrap by a moment: reap it before reporting.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while self.reap() > 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        let mut problems = Vec::new();
-        if let Err(e) = i.firewall.revoke(&sandbox.rule) {
+        let status = status.ok();
+        let finish = {
+            let helper = self.clone();
+            let (id, reason) = (id.to_owned(), reason.to_owned());
+            async move {
+                let i = &helper.inner;
+                let result = i.network.destroy(&id, &sandbox.link).await;
+                if let Err(e) = &result {
+                    tracing::error!(id, "removing the sandbox network: {e}");
+                }
+                i.state.lock().await.slots.remove(&sandbox.info.slot);
+                helper.announce_exit(&id, status.as_ref(), &reason).await;
+                tracing::info!(
+                    id,
+                    server = %sandbox.info.server,
+                    reason,
+                    status = ?status,
+                    "sandbox destroyed"
+                );
+                result
+            }
+        };
+        if network_later {
+            let mut finishing = i.finishing.lock().unwrap_or_else(|p| p.into_inner());
+            finishing.retain(|t| !t.is_finished());
+            finishing.push(tokio::spawn(finish));
+        } else if let Err(e) = finish.await {
             problems.push(e.to_string());
         }
-        if let Err(e) = i.network.destroy(id, &sandbox.link).await {
-            problems.push(e.to_string());
-        }
-        i.state.lock().await.slots.remove(&sandbox.info.slot);
-        self.announce_exit(id, status.as_ref().ok(), reason).await;
-        tracing::info!(
-            id,
-            server = %sandbox.info.server,
-            reason,
-            status = ?status.ok(),
-            "sandbox destroyed"
-        );
         if problems.is_empty() {
             Ok(())
         } else {
@@ -613,7 +657,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
     ) -> Result<(), HelperError> {
         self.authorize(&header, conn).await?;
-        self.helper.destroy(&id, "DestroySandbox").await
+        self.helper.destroy(&id, "DestroySandbox", true).await
     }
 
     async fn list_sandboxes(

@@ -55,15 +55,17 @@ pub fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_owned()
 }
 
-/// A workspace binary (built by `cargo build --workspace --bins`).
+/// A workspace binary (built by `cargo build --workspace --bins`): from this build's profile,
+/// else from the debug build.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let path = target_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build --workspace --bins` first (scripts/test does)",
-        path.display()
-    );
-    path
+    let here = target_dir().join(name);
+    let debug = target_dir().parent().unwrap().join("debug").join(name);
+    [here, debug]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} missing: run `cargo build --workspace --bins` first (scripts/test does)")
+        })
 }
 
 pub struct Harness {
@@ -152,6 +154,16 @@ impl Harness {
             h.kill().unwrap();
             h.wait().unwrap();
         }
+    }
+
+    /// Resident memory of the helper process, in KiB.
+    pub fn helper_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.helper_pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
     }
 
     pub fn helper_pid(&self) -> u32 {
