@@ -90,7 +90,16 @@ async fn bench() {
                 "--ro-bind",
             ])
             .arg(&rootfs_path)
-            .args(["/", "--proc", "/proc", "--dev", "/dev", "--", "/bin/gigmcp-attack", "hello"])
+            .args([
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--",
+                "/bin/gigmcp-attack",
+                "hello",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -123,9 +132,16 @@ async fn bench() {
 
     let (c50, c95) = (percentile(&mut cold, 0.5), percentile(&mut cold, 0.95));
     let (b50, b95) = (percentile(&mut bare, 0.5), percentile(&mut bare, 0.95));
-    let (d50, d95) = (percentile(&mut destroy, 0.5), percentile(&mut destroy, 0.95));
+    let (d50, d95) = (
+        percentile(&mut destroy, 0.5),
+        percentile(&mut destroy, 0.95),
+    );
     println!("sandbox cold start (CreateSandbox -> first stdout byte), {RUNS} runs:");
-    println!("  gigmcp sandbox: p50 {}  p95 {}   (target p50 <= 50 ms)", ms(c50), ms(c95));
+    println!(
+        "  gigmcp sandbox: p50 {}  p95 {}   (target p50 <= 50 ms)",
+        ms(c50),
+        ms(c95)
+    );
     println!("  bare bwrap:     p50 {}  p95 {}", ms(b50), ms(b95));
     println!(
         "  ratio p50 sandbox/bare: {:.2}",

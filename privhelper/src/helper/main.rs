@@ -58,6 +58,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("gigmcp-privhelper must run as root");
     }
     let config = Config::load(&args.config)?;
+    if config.allow_degraded_landlock {
+        tracing::warn!(
+            "allow_degraded_landlock is on: sandboxes start even where landlock cannot be enforced"
+        );
+    }
     let helper = Helper::new(config).await?;
     let swept = helper.sweep().await.context("start-up sweep")?;
     tracing::info!(

@@ -158,7 +158,8 @@ impl Harness {
 
     /// Resident memory of the helper process, in KiB.
     pub fn helper_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.helper_pid())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.helper_pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
