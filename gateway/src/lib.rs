@@ -9,6 +9,8 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod egress;
 pub mod logging;
+pub mod manifest;
 pub mod store;
 pub mod vault;

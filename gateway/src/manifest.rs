@@ -1,0 +1,228 @@
+//! A server's manifest: what it is entitled to (DESIGN 5). The egress proxy enforces `egress`
+//! and `credentials`; the MCP front enforces `tools`; the helper gets `command`, `env` and
+//! `limits`.
+//!
+//! Parsing is strict (unknown fields are errors) and [`Manifest::check`] refuses what the proxy
+//! could not enforce exactly: wildcards, IP literals, plain HTTP with a credential, a
+//! credential bound to a host the server may not reach.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub egress: Vec<Egress>,
+    #[serde(default)]
+    pub credentials: Vec<Credential>,
+    #[serde(default)]
+    pub tools: Vec<String>,
+}
+
+/// One host the server may reach through the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// An exact DNS name, lower case.
+    pub host: String,
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+    /// Plain HTTP allowed to this host (never with a credential).
+    #[serde(default)]
+    pub http: bool,
+}
+
+fn default_ports() -> Vec<u16> {
+    vec![443]
+}
+
+/// A credential the server uses without ever seeing it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// The vault secret's name; also the environment variable that holds the placeholder.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The only hosts the real value may be sent to.
+    pub hosts: Vec<String>,
+    pub inject: Inject,
+}
+
+/// Where in a request the placeholder is replaced by the real value.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+pub enum Inject {
+    /// A header whose value is `format` with `{}` standing for the secret,
+    /// e.g. `Authorization: Bearer {}`.
+    Header { name: String, format: String },
+    /// HTTP Basic authentication; the placeholder is the password inside the base64.
+    Basic,
+    /// A query parameter.
+    Query { param: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("manifest {server}: {problem}")]
+pub struct ManifestError {
+    pub server: String,
+    pub problem: String,
+}
+
+/// A host name the proxy can match exactly: lower-case LDH labels, at least two, no wildcard,
+/// not an IP literal.
+pub fn valid_host(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            (1..=63).contains(&l.len())
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        && !labels
+            .last()
+            .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+}
+
+impl Manifest {
+    pub fn from_json(text: &str) -> Result<Self, ManifestError> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| ManifestError {
+            server: "(unparsed)".into(),
+            problem: e.to_string(),
+        })?;
+        m.check()?;
+        Ok(m)
+    }
+
+    pub fn check(&self) -> Result<(), ManifestError> {
+        let bad = |problem: String| ManifestError {
+            server: self.name.clone(),
+            problem,
+        };
+        if self.command.is_empty() {
+            return Err(bad("command is empty".into()));
+        }
+        for e in &self.egress {
+            if !valid_host(&e.host) {
+                return Err(bad(format!(
+                    "egress host {:?} is not an exact DNS name (no wildcards, no IP literals)",
+                    e.host
+                )));
+            }
+            if e.ports.is_empty() || e.ports.contains(&0) {
+                return Err(bad(format!("egress host {} has no valid port", e.host)));
+            }
+        }
+        for c in &self.credentials {
+            if c.hosts.is_empty() {
+                return Err(bad(format!("credential {} is bound to no host", c.name)));
+            }
+            for h in &c.hosts {
+                let Some(rule) = self.egress.iter().find(|e| &e.host == h) else {
+                    return Err(bad(format!(
+                        "credential {} is bound to {h}, which is not in egress",
+                        c.name
+                    )));
+                };
+                if rule.http {
+                    return Err(bad(format!(
+                        "credential {} is bound to {h}, which allows plain HTTP",
+                        c.name
+                    )));
+                }
+            }
+            if let Inject::Header { name, format } = &c.inject {
+                if format.matches("{}").count() != 1 || name.is_empty() {
+                    return Err(bad(format!(
+                        "credential {}: header format must contain {{}} once",
+                        c.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The egress rule for `host`, if any.
+    pub fn egress_for(&self, host: &str) -> Option<&Egress> {
+        self.egress.iter().find(|e| e.host == host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+        "name": "github", "version": "1.0.0", "command": ["/bin/server"],
+        "egress": [{"host": "api.github.com"}, {"host": "uploads.github.com", "ports": [443, 8443]}],
+        "credentials": [{"name": "GITHUB_TOKEN", "hosts": ["api.github.com"],
+                         "inject": {"type": "header", "name": "Authorization", "format": "Bearer {}"}}],
+        "tools": ["create_issue"]
+    }"#;
+
+    #[test]
+    fn parses_and_defaults() {
+        let m = Manifest::from_json(GOOD).unwrap();
+        assert_eq!(m.egress_for("api.github.com").unwrap().ports, vec![443]);
+        assert!(m.egress_for("github.com").is_none());
+    }
+
+    #[test]
+    fn hostile_manifests_are_refused() {
+        for (from, to) in [
+            ("\"api.github.com\"}", "\"*.github.com\"}"),
+            ("\"api.github.com\"}", "\"140.82.112.6\"}"),
+            (
+                "\"hosts\": [\"api.github.com\"]",
+                "\"hosts\": [\"evil.example\"]",
+            ),
+            ("\"hosts\": [\"api.github.com\"]", "\"hosts\": []"),
+            ("\"Bearer {}\"", "\"Bearer\""),
+            ("\"tools\"", "\"unknown_field\": 1, \"tools\""),
+        ] {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{from}");
+            assert!(Manifest::from_json(&text).is_err(), "accepted: {to}");
+        }
+        let http = GOOD.replacen(
+            "{\"host\": \"api.github.com\"}",
+            "{\"host\": \"api.github.com\", \"http\": true}",
+            1,
+        );
+        assert!(
+            Manifest::from_json(&http)
+                .unwrap_err()
+                .problem
+                .contains("plain HTTP")
+        );
+    }
+
+    #[test]
+    fn host_names() {
+        for ok in ["api.github.com", "a-b.example", "x1.io"] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "localhost",
+            "*.x.com",
+            "10.0.0.1",
+            "API.github.com",
+            "-a.com",
+            "a..com",
+            "a.com.",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+}
