@@ -9,17 +9,20 @@
 use aho_corasick::{AhoCorasick, MatchKind};
 use zeroize::Zeroizing;
 
+/// Bytes that may be secret: wiped when dropped.
+pub type Bytes = Zeroizing<Vec<u8>>;
+
 /// A set of needles, each with its replacement. Built once per request or response.
 #[derive(Debug, Clone)]
 pub struct Replacements {
     finder: AhoCorasick,
-    replacements: Vec<Zeroizing<Vec<u8>>>,
+    replacements: Vec<Bytes>,
     longest: usize,
 }
 
 impl Replacements {
     /// `pairs` are (needle, replacement); empty needles are ignored. `None` if nothing to find.
-    pub fn new(pairs: Vec<(Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>)>) -> Option<Self> {
+    pub fn new(pairs: Vec<(Bytes, Bytes)>) -> Option<Self> {
         let pairs: Vec<_> = pairs.into_iter().filter(|(n, _)| !n.is_empty()).collect();
         if pairs.is_empty() {
             return None;
