@@ -87,7 +87,7 @@ fn default_images_dir() -> PathBuf {
     "/var/lib/gigmcp/images".into()
 }
 fn default_data_root() -> PathBuf {
-    "/var/lib/gigmcp/data".into()
+    "/var/lib/gigmcp-sandbox/data".into()
 }
 fn default_ca_dir() -> PathBuf {
     "/var/lib/gigmcp/ca".into()

@@ -27,16 +27,16 @@ const SIGSYS: i32 = 31;
 const SIGKILL: i32 = 9;
 
 /// Runs `gigmcp-attack ARGS` in a fresh sandbox (created by `spec_fn`) and waits for its end.
-/// `on_start` runs once the sandbox exists; what it returns is kept alive until the end.
+/// `on_start` runs once the sandbox exists; what it returns is handed back with the outcome.
 async fn attack_with<T>(
     client: &PrivHelperProxy<'static>,
     spec: SandboxSpec,
     on_start: impl FnOnce(&SandboxInfo) -> T,
-) -> Outcome {
+) -> (Outcome, T) {
     let mut exits = client.receive_sandbox_exited().await.unwrap();
     let (info, stdin, stdout, stderr, _pidfd) =
         client.create_sandbox(&spec).await.expect("create sandbox");
-    let _keep = on_start(&info);
+    let keep = on_start(&info);
     let out = common::read_all(stdout, Duration::from_secs(60));
     let err = common::read_all(stderr, Duration::from_secs(5));
     drop(stdin);
@@ -54,7 +54,7 @@ async fn attack_with<T>(
     let name = spec.argv.get(1).cloned().unwrap_or_default();
     if code > 128 {
         assert!(text.is_empty(), "{name}: killed but printed {text:?}");
-        return Outcome::Killed(code - 128);
+        return (Outcome::Killed(code - 128), keep);
     }
     assert_eq!(
         code,
@@ -65,7 +65,7 @@ async fn attack_with<T>(
     let rest = text
         .strip_prefix(&format!("ATTACK {name} "))
         .unwrap_or_else(|| panic!("{name}: unexpected output {text:?}"));
-    Outcome::Said(rest.to_owned())
+    (Outcome::Said(rest.to_owned()), keep)
 }
 
 async fn attack(
@@ -76,7 +76,7 @@ async fn attack(
 ) -> Outcome {
     let mut argv = vec!["/bin/gigmcp-attack"];
     argv.extend_from_slice(args);
-    attack_with(client, h.spec(rootfs, &argv), |_| ()).await
+    attack_with(client, h.spec(rootfs, &argv), |_| ()).await.0
 }
 
 fn said(s: &str) -> Outcome {
@@ -186,7 +186,8 @@ async fn the_sandbox_cannot_see_or_touch_the_host() {
     );
     add(&["add-address"], Box::new(|o| *o == said("BLOCKED EPERM")));
     add(&["add-route"], Box::new(|o| *o == said("BLOCKED EPERM")));
-    add(&["raw-socket"], Box::new(|o| *o == said("BLOCKED EPERM")));
+    // Raw IP sockets need a capability (EPERM); the packet family is killed by seccomp.
+    add(&["raw-socket"], Box::new(|o| *o == Outcome::Killed(SIGSYS)));
     add(
         &["gain-capability"],
         Box::new(|o| *o == said("BLOCKED EPERM")),
@@ -278,7 +279,7 @@ async fn the_proxy_port_is_the_only_way_out() {
         &["/bin/gigmcp-attack", "connect", "10.232.0.5", "3128"],
     );
     // The kernel completes the handshake from the listen backlog: no accept needed.
-    let got = attack_with(&client, spec, |info| {
+    let (got, _listener) = attack_with(&client, spec, |info| {
         assert_eq!(info.host_addr, "10.232.0.5");
         TcpListener::bind("10.232.0.5:3128").unwrap()
     })
@@ -291,23 +292,35 @@ async fn the_proxy_port_is_the_only_way_out() {
 
     let neighbour_listener = TcpListener::bind((neighbour.host_addr.as_str(), PROXY_PORT)).unwrap();
     neighbour_listener.set_nonblocking(true).unwrap();
+    // A sandbox has no default route: other links are not even routable from inside.
     for target in [
         neighbour.host_addr.as_str(),
         neighbour.sandbox_addr.as_str(),
     ] {
         let got = attack(&h, &client, &rootfs, &["connect", target, "3128", "1500"]).await;
-        assert_eq!(got, said("BLOCKED ETIMEDOUT"), "reached neighbour {target}");
+        assert_eq!(
+            got,
+            said("BLOCKED ENETUNREACH"),
+            "reached neighbour {target}"
+        );
     }
     assert!(
         neighbour_listener.accept().is_err(),
         "a connection reached the neighbour's proxy"
     );
 
-    // UDP is not covered by landlock: the firewall must drop it.
-    let udp = UdpSocket::bind("10.232.0.1:5353").unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let got = attack(&h, &client, &rootfs, &["udp-send", "10.232.0.1", "5353"]).await;
+    // UDP is not covered by landlock: the firewall must drop it, even to the own link.
+    let spec = h.spec(
+        &rootfs,
+        &["/bin/gigmcp-attack", "udp-send", "10.232.0.5", "5353"],
+    );
+    let (got, udp) = attack_with(&client, spec, |info| {
+        let udp = UdpSocket::bind((info.host_addr.as_str(), 5353)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        udp
+    })
+    .await;
     assert!(
         matches!(&got, Outcome::Said(s) if s.starts_with("RESULT sent")),
         "{got:?}"

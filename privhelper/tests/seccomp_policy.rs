@@ -257,6 +257,43 @@ fn personality_may_be_queried_or_reset_but_not_changed() {
 }
 
 #[test]
+fn only_unix_ip_and_netlink_sockets_may_be_made() {
+    for family in [
+        libc::AF_UNIX,
+        libc::AF_INET,
+        libc::AF_INET6,
+        libc::AF_NETLINK,
+    ] {
+        let v = verdict(&Data::call(libc::SYS_socket, &[family as u64, 1, 0]));
+        assert_eq!(v, ALLOW, "family {family}");
+    }
+    for family in [
+        libc::AF_VSOCK,
+        libc::AF_PACKET,
+        libc::AF_BLUETOOTH,
+        libc::AF_CAN,
+        255,
+    ] {
+        let v = verdict(&Data::call(libc::SYS_socket, &[family as u64, 1, 0]));
+        assert_eq!(v, KILL, "family {family}");
+    }
+    assert_eq!(
+        verdict(&Data::call(
+            libc::SYS_socketpair,
+            &[libc::AF_UNIX as u64, 1, 0]
+        )),
+        ALLOW
+    );
+    assert_eq!(
+        verdict(&Data::call(
+            libc::SYS_socketpair,
+            &[libc::AF_VSOCK as u64, 1, 0]
+        )),
+        KILL
+    );
+}
+
+#[test]
 fn other_arches_are_killed() {
     for arch in [0x4000_0003 /* i386 */, 0x4000_0028 /* arm */, 0] {
         let data = Data {

@@ -58,6 +58,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("gigmcp-privhelper must run as root");
     }
     let config = Config::load(&args.config)?;
+    raise_fd_limit();
+    match super::validate::is_static_elf(&config.sandbox_init) {
+        Ok(true) => {}
+        Ok(false) => anyhow::bail!(
+            "{} is dynamically linked: the image's own loader would run before landlock and \
+             seccomp. Build it with -C target-feature=+crt-static",
+            config.sandbox_init.display()
+        ),
+        Err(e) => anyhow::bail!("sandbox_init {}: {e}", config.sandbox_init.display()),
+    }
     if config.allow_degraded_landlock {
         tracing::warn!(
             "allow_degraded_landlock is on: sandboxes start even where landlock cannot be enforced"
@@ -96,6 +106,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("shutting down: destroying live sandboxes");
     helper.shutdown().await;
     Ok(())
+}
+
+/// Each live sandbox holds a few fds in the helper; raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 /// `READY=1` to systemd when started by it (Type=notify); a no-op otherwise.

@@ -53,6 +53,8 @@ struct Sandbox {
 struct State {
     live: HashMap<String, Sandbox>,
     slots: BTreeSet<u32>,
+    /// Data dirs of sandboxes being created or alive: at most one sandbox per data dir.
+    data_in_use: std::collections::HashSet<String>,
 }
 
 /// The helper: configuration, host resources and the live sandboxes.
@@ -71,8 +73,13 @@ struct Inner {
     state: Mutex<State>,
     /// The bus connection, once serving: used to announce exits.
     bus: std::sync::OnceLock<zbus::Connection>,
-    /// Host pids of the outer bwrap of every sandbox not yet reaped by its own waiter.
-    tracked: std::sync::Mutex<std::collections::HashSet<u32>>,
+    /// Host pids of the outer bwrap of every sandbox not yet reaped by its own waiter. The
+    /// launcher adds a pid under this lock as it spawns, and the reaper scans under it.
+    tracked: spawn::Tracked,
+    /// The configured directories, opened once (see `validate::Roots`).
+    roots: validate::Roots,
+    /// Set at shutdown: no new sandboxes.
+    shutting_down: std::sync::atomic::AtomicBool,
     /// Network removals still running in the background (awaited at shutdown).
     finishing: std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<(), network::NetworkError>>>>,
 }
@@ -93,6 +100,8 @@ impl Helper {
         let firewall = Firewall::new(config.nft.clone(), &config.instance, &config.link_prefix);
         reaper::become_subreaper().context("becoming a child subreaper")?;
         let cgroups = Layout::detect(&config.instance)?;
+        let roots = validate::Roots::open(&config).map_err(anyhow::Error::msg)?;
+        let tracked = spawn::Tracked::default();
         cgroups.prepare()?;
         tracing::info!(cgroups = %cgroups.describe(), "cgroup layout");
         let helper = Self {
@@ -101,10 +110,12 @@ impl Helper {
                 network,
                 firewall,
                 cgroups,
-                launcher: spawn::Launcher::start(),
+                launcher: spawn::Launcher::start(tracked.clone()),
                 state: Mutex::new(State::default()),
                 bus: std::sync::OnceLock::new(),
-                tracked: std::sync::Mutex::new(Default::default()),
+                tracked,
+                roots,
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
                 finishing: std::sync::Mutex::new(Vec::new()),
             }),
         };
@@ -125,13 +136,9 @@ impl Helper {
     }
 
     fn reap(&self) -> usize {
-        let tracked = self
-            .inner
-            .tracked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        reaper::reap_orphans(&tracked)
+        let tracked = self.inner.tracked.lock();
+        let bwrap = self.inner.config.bwrap.file_name().unwrap_or_default();
+        reaper::reap_orphans(&tracked, &bwrap.to_string_lossy())
     }
 
     /// Removes everything a previous run left (its processes die with their cgroups), then
@@ -150,6 +157,8 @@ impl Helper {
 
     /// Destroys every live sandbox and removes the firewall table (orderly shutdown).
     pub async fn shutdown(&self) {
+        use std::sync::atomic::Ordering;
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
         let ids: Vec<String> = self.inner.state.lock().await.live.keys().cloned().collect();
         for id in ids {
             let _ = self.destroy(&id, "helper shutdown", false).await;
@@ -163,6 +172,13 @@ impl Helper {
             .collect();
         for task in finishing {
             let _ = task.await;
+        }
+        // Teardowns started by watchers (sandboxes that exited) release their slot last.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !self.inner.state.lock().await.slots.is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         if let Err(e) = self.inner.firewall.remove_table() {
             tracing::warn!("{e}");
@@ -183,17 +199,17 @@ impl Helper {
 
     pub async fn create(&self, spec: &SandboxSpec) -> Result<Created, HelperError> {
         let i = &self.inner;
-        let checked = validate::check(spec, &i.config)?;
+        if i.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(HelperError::Failed("the helper is shutting down".into()));
+        }
+        let checked = validate::check(spec, &i.config, &i.roots)?;
+        let data_name = checked.data_name.clone();
         let (slot, id) = {
             let mut state = i.state.lock().await;
-            if let Some(name) = &checked.data_name {
-                if state
-                    .live
-                    .values()
-                    .any(|s| s.data_name.as_ref() == Some(name))
-                {
+            if let Some(name) = &data_name {
+                if state.data_in_use.contains(name) {
                     return Err(HelperError::InvalidSpec(format!(
-                        "data dir {name:?} is in use by a live sandbox"
+                        "data dir {name:?} is in use by another sandbox"
                     )));
                 }
             }
@@ -203,6 +219,9 @@ impl Helper {
                     HelperError::NoFreeSlot(format!("all {} slots are in use", i.config.slots()))
                 })?;
             state.slots.insert(slot);
+            if let Some(name) = &data_name {
+                state.data_in_use.insert(name.clone());
+            }
             (slot, new_id(&state))
         };
         match self.build(id.clone(), slot, checked).await {
@@ -215,7 +234,11 @@ impl Helper {
                 Ok((info, fds.0, fds.1, fds.2, fds.3))
             }
             Err(e) => {
-                i.state.lock().await.slots.remove(&slot);
+                let mut state = i.state.lock().await;
+                state.slots.remove(&slot);
+                if let Some(name) = &data_name {
+                    state.data_in_use.remove(name);
+                }
                 tracing::warn!(id, "sandbox creation failed: {e}");
                 Err(e)
             }
@@ -283,7 +306,11 @@ impl Helper {
         };
         let launched = async {
             if let Some(data) = &c.data {
-                validate::chown_tree(data, uid, gid).map_err(|e| failed("data dir owner", &e))?;
+                validate::chown_tree(data, uid, gid).map_err(|e| {
+                    HelperError::InvalidSpec(format!(
+                        "data dir cannot be given to the sandbox: {e}"
+                    ))
+                })?;
             }
             let plan = self.plan(
                 &c,
@@ -316,12 +343,6 @@ impl Helper {
             sandbox_addr: addrs.sandbox.to_string(),
             pid: started.child.id(),
         };
-        self.inner
-            .tracked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(started.child.id());
-        let pidfd_out = started.pidfd.try_clone().map_err(|e| failed("pidfd", &e))?;
         let sandbox = Sandbox {
             info,
             link,
@@ -338,7 +359,7 @@ impl Helper {
                 BusFd::from(started.stdin),
                 BusFd::from(started.stdout),
                 BusFd::from(started.stderr),
-                BusFd::from(pidfd_out),
+                BusFd::from(started.pidfd_for_caller),
                 started.stdin_watch,
             ),
         ))
@@ -446,7 +467,13 @@ impl Helper {
                 let state = helper.inner.state.lock().await;
                 match state.live.get(&id).map(|s| s.pidfd.try_clone()) {
                     Some(Ok(fd)) => fd,
-                    _ => return,
+                    Some(Err(_)) => {
+                        drop(state);
+                        // Unwatchable: end it now rather than let it run unobserved.
+                        let _ = helper.destroy(&id, "cannot watch the sandbox", false).await;
+                        return;
+                    }
+                    None => return,
                 }
             };
             let reason = match (spawn::watchable(pidfd), spawn::watchable(stdin_watch)) {
@@ -494,10 +521,7 @@ impl Helper {
         .await
         .map_err(|e| HelperError::Failed(format!("reaping: {e}")))?;
         let (sandbox, status) = status;
-        i.tracked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&sandbox.info.pid);
+        i.tracked.lock().remove(&sandbox.info.pid);
         // The namespace's init outlives bwrap by a moment: reap it before reporting.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while self.reap() > 0 && std::time::Instant::now() < deadline {
@@ -513,7 +537,13 @@ impl Helper {
                 if let Err(e) = &result {
                     tracing::error!(id, "removing the sandbox network: {e}");
                 }
-                i.state.lock().await.slots.remove(&sandbox.info.slot);
+                {
+                    let mut state = i.state.lock().await;
+                    state.slots.remove(&sandbox.info.slot);
+                    if let Some(name) = &sandbox.data_name {
+                        state.data_in_use.remove(name);
+                    }
+                }
                 helper.announce_exit(&id, status.as_ref(), &reason).await;
                 tracing::info!(
                     id,

@@ -1,5 +1,5 @@
-//! Per-sandbox network: a named network namespace, a veth pair, the /30 addresses and the
-//! default route, all over netlink (no `ip` processes).
+//! Per-sandbox network: a named network namespace, a veth pair and the /30 addresses, all
+//! over netlink (no `ip` processes). There is deliberately no default route.
 //!
 //! The namespace is created by the helper (root, initial user namespace), so it is owned by the
 //! initial user namespace: the sandbox, whose user namespace is a child of an unprivileged uid's,
@@ -14,7 +14,7 @@ use futures_util::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 
 pub const NETNS_DIR: &str = "/run/netns";
 /// Name of the sandbox's end of the link.
@@ -119,10 +119,16 @@ impl Network {
             .await
             .map_err(nl("create veth"))?;
         // No IPv6 on the host end: link-local addresses would open a path the /30 does not show.
+        // No forwarding of anything that arrives on it, whatever the host's ip_forward says.
         let _ = std::fs::write(
             format!("/proc/sys/net/ipv6/conf/{link_name}/disable_ipv6"),
             "1",
         );
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{link_name}/forwarding"),
+            "0",
+        )
+        .map_err(io("disable forwarding on the host end"))?;
         let host_idx = index_of(&self.host, link_name).await?;
         self.host
             .address()
@@ -157,16 +163,8 @@ impl Network {
             .execute()
             .await
             .map_err(nl("sandbox end up"))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(addrs.host)
-            .output_interface(eth)
-            .build();
-        inner
-            .route()
-            .add(route)
-            .execute()
-            .await
-            .map_err(nl("default route"))?;
+        // No default route: the host end is on-link, and nothing else is reachable even if the
+        // firewall table were flushed (the packets have no route to leave by).
         Ok(())
     }
 

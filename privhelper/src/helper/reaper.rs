@@ -18,8 +18,12 @@ pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
 }
 
-/// Reaps orphaned sandbox zombies; returns how many orphans are still alive.
-pub fn reap_orphans(tracked: &HashSet<u32>) -> usize {
+/// Reaps orphaned sandbox zombies (named `bwrap_name`); returns how many are still alive.
+/// The caller holds the tracking lock, so a bwrap just spawned is either tracked or not yet
+/// born.
+pub fn reap_orphans(tracked: &HashSet<u32>, bwrap_name: &str) -> usize {
+    // The kernel keeps at most 15 bytes of a command name.
+    let comm_of_bwrap: String = bwrap_name.chars().take(15).collect();
     let me = std::process::id();
     let mut alive = 0;
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -36,7 +40,7 @@ pub fn reap_orphans(tracked: &HashSet<u32>) -> usize {
         let Some((comm, state, ppid)) = stat_of(pid) else {
             continue;
         };
-        if ppid != me || comm != "bwrap" || tracked.contains(&pid) {
+        if ppid != me || comm != comm_of_bwrap || tracked.contains(&pid) {
             continue;
         }
         if state == 'Z' {

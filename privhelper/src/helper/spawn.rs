@@ -45,11 +45,24 @@ pub struct Plan {
     pub nproc: u64,
 }
 
+/// Host pids of live outer bwraps, shared by the launcher (adds as it spawns) and the reaper
+/// (scans under the lock), so a just-spawned bwrap is never mistaken for an orphan.
+#[derive(Debug, Clone, Default)]
+pub struct Tracked(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u32>>>);
+
+impl Tracked {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A started sandbox, as the helper keeps and hands out its parts.
 #[derive(Debug)]
 pub struct Started {
     pub child: Child,
     pub pidfd: OwnedFd,
+    /// A second pidfd, for the gateway.
+    pub pidfd_for_caller: OwnedFd,
     /// The server's stdin (write end), stdout and stderr (read ends): for the gateway.
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
@@ -69,13 +82,13 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    pub fn start() -> Self {
+    pub fn start(tracked: Tracked) -> Self {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("launcher".into())
             .spawn(move || {
                 for (plan, reply) in rx {
-                    let _ = reply.send(start(plan));
+                    let _ = reply.send(start(plan, &tracked));
                 }
             })
             .expect("spawn launcher thread");
@@ -105,7 +118,7 @@ struct ChildSetup {
     nproc: libc::rlim_t,
 }
 
-fn start(plan: Plan) -> io::Result<Started> {
+fn start(plan: Plan, tracked: &Tracked) -> io::Result<Started> {
     if plan.cgroup_procs.len() > 4 || plan.pass_fds.len() > 8 {
         return Err(io::Error::other("too many fds for the child setup"));
     }
@@ -143,14 +156,32 @@ fn start(plan: Plan) -> io::Result<Started> {
     unsafe {
         cmd.pre_exec(move || child_setup(&setup));
     }
-    let child = cmd.spawn()?;
-    // The child is unreaped until we wait on it, so its pid cannot be reused: no race here.
+    let mut child = {
+        let mut tracked = tracked.lock();
+        let child = cmd.spawn()?;
+        tracked.insert(child.id());
+        child
+    };
+    // The child is unreaped until we wait on it, so its pid cannot be reused.
     let pid = Pid::from_child(&child);
-    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+    let pidfds = rustix::process::pidfd_open(pid, PidfdFlags::empty())
+        .map_err(io::Error::from)
+        .and_then(|fd| Ok((fd.try_clone()?, fd)));
+    let (pidfd, pidfd_for_caller) = match pidfds {
+        Ok(fds) => fds,
+        Err(e) => {
+            // Never leave a sandbox running that nobody can see.
+            let _ = child.kill();
+            let _ = child.wait();
+            tracked.lock().remove(&child.id());
+            return Err(e);
+        }
+    };
     drop(plan);
     Ok(Started {
         child,
         pidfd,
+        pidfd_for_caller,
         stdin: stdin_w,
         stdout: stdout_r,
         stderr: stderr_r,
@@ -179,10 +210,11 @@ fn child_setup(s: &ChildSetup) -> io::Result<()> {
     check(unsafe { libc::setns(s.netns, libc::CLONE_NEWNET) })?;
     // Move every source above the targets first, so a source sitting on another's target number
     // is never overwritten.
+    let above = s.pass[..s.npass].iter().map(|&(_, t)| t).max().unwrap_or(2) + 1;
     let mut high = [-1; 8];
     for (i, &(src, _)) in s.pass[..s.npass].iter().enumerate() {
-        // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd (>= 1000) or -1.
-        let fd = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 1000) };
+        // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd (>= `above`) or -1.
+        let fd = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, above) };
         check(fd)?;
         high[i] = fd;
     }
@@ -190,6 +222,18 @@ fn child_setup(s: &ChildSetup) -> io::Result<()> {
         // SAFETY: dup2 onto a fixed number; the copy does not have close-on-exec.
         check(unsafe { libc::dup2(high[i], target) })?;
     }
+    // Anything else inherited without close-on-exec (fds zbus received without
+    // MSG_CMSG_CLOEXEC, say) must not reach bwrap. CLOEXEC rather than close: std's error pipe
+    // to the parent is among them and must survive until exec.
+    // SAFETY: close_range with the CLOEXEC flag only sets flags on this process's fds.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            above as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        ) as libc::c_int
+    })?;
     let zero = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

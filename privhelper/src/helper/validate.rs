@@ -65,13 +65,57 @@ fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> rustix::io::Result<
     rustix::fs::openat2(dir, rel, flags | OFlags::CLOEXEC, Mode::empty(), BENEATH)
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, HelperError> {
-    rustix::fs::open(
-        path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| HelperError::Failed(format!("cannot open {}: {e}", path.display())))
+/// The directories every request resolves beneath, opened once at start-up without following
+/// any symlink. Requests use these fds, never the configured paths again: the gateway owns
+/// parts of `/var/lib/gigmcp`, and a path re-opened per request could be swapped under us.
+#[derive(Debug)]
+pub struct Roots {
+    images: OwnedFd,
+    data: OwnedFd,
+    ca: OwnedFd,
+    /// The uid allowed to call the helper: the CA bundle must be its file.
+    gateway_uid: u32,
+}
+
+/// Most entries and deepest nesting a data dir may have (its tree is walked as root).
+const MAX_DATA_ENTRIES: usize = 100_000;
+const MAX_DATA_DEPTH: usize = 64;
+
+impl Roots {
+    pub fn open(config: &Config) -> Result<Self, String> {
+        let open = |path: &Path| -> Result<OwnedFd, String> {
+            rustix::fs::openat2(
+                rustix::fs::CWD,
+                path,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot open {} without following links: {e}",
+                    path.display()
+                )
+            })
+        };
+        // The data root is walked and re-owned as root, so nobody but root may write in it.
+        std::fs::create_dir_all(&config.data_root)
+            .map_err(|e| format!("cannot create {}: {e}", config.data_root.display()))?;
+        let data = open(&config.data_root)?;
+        let st = rustix::fs::fstat(&data).map_err(|e| e.to_string())?;
+        if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+            return Err(format!(
+                "data_root {} must be owned by root and writable by nobody else",
+                config.data_root.display()
+            ));
+        }
+        Ok(Self {
+            images: open(&config.images_dir)?,
+            data,
+            ca: open(&config.ca_dir)?,
+            gateway_uid: config.caller_uid(),
+        })
+    }
 }
 
 /// A simple name: one path component of safe characters.
@@ -82,7 +126,7 @@ fn simple_name(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
-pub fn check(spec: &SandboxSpec, config: &Config) -> Result<Checked, HelperError> {
+pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Checked, HelperError> {
     if !simple_name(&spec.server, 64) || spec.server.contains('.') {
         return Err(invalid("server must be 1-64 of a-z 0-9 - _"));
     }
@@ -110,7 +154,7 @@ pub fn check(spec: &SandboxSpec, config: &Config) -> Result<Checked, HelperError
     if spec.proxy_port == 0 {
         return Err(invalid("proxy_port must not be 0"));
     }
-    let rootfs = open_rootfs(&spec.rootfs, config)?;
+    let rootfs = open_rootfs(&spec.rootfs, config, roots)?;
     for dir in MOUNT_POINTS {
         open_beneath(&rootfs, dir, OFlags::PATH | OFlags::DIRECTORY).map_err(|_| {
             HelperError::RootfsIncomplete(format!("the image has no /{dir} directory"))
@@ -123,14 +167,14 @@ pub fn check(spec: &SandboxSpec, config: &Config) -> Result<Checked, HelperError
             HelperError::RootfsIncomplete("a data dir needs a /data directory in the image".into())
         })?;
         (
-            Some(open_data_dir(&spec.data_dir, config)?),
+            Some(open_data_dir(&spec.data_dir, roots)?),
             Some(spec.data_dir.clone()),
         )
     };
     let ca = if spec.ca_bundle.is_empty() {
         Vec::new()
     } else {
-        open_ca(&spec.ca_bundle, &rootfs, config)?
+        open_ca(&spec.ca_bundle, &rootfs, roots)?
     };
     Ok(Checked {
         server: spec.server.clone(),
@@ -194,7 +238,7 @@ fn check_command(spec: &SandboxSpec) -> Result<(), HelperError> {
 }
 
 /// The rootfs, relative to the images dir, as an `O_PATH` directory fd.
-fn open_rootfs(requested: &str, config: &Config) -> Result<OwnedFd, HelperError> {
+fn open_rootfs(requested: &str, config: &Config, roots: &Roots) -> Result<OwnedFd, HelperError> {
     let outside =
         |why: &str| HelperError::RootfsOutsideImages(format!("rootfs {requested:?}: {why}"));
     let path = Path::new(requested);
@@ -212,9 +256,8 @@ fn open_rootfs(requested: &str, config: &Config) -> Result<OwnedFd, HelperError>
             "must be a plain relative path (no `..`, `.` or `/`)",
         ));
     }
-    let images = open_dir(&config.images_dir)?;
     let rel = rel.to_str().ok_or_else(|| outside("not UTF-8"))?;
-    open_beneath(&images, rel, OFlags::PATH | OFlags::DIRECTORY).map_err(|e| {
+    open_beneath(&roots.images, rel, OFlags::PATH | OFlags::DIRECTORY).map_err(|e| {
         outside(&match e {
             rustix::io::Errno::LOOP => "contains a symbolic link".to_owned(),
             rustix::io::Errno::XDEV => "escapes the images directory".to_owned(),
@@ -224,21 +267,19 @@ fn open_rootfs(requested: &str, config: &Config) -> Result<OwnedFd, HelperError>
 }
 
 /// The server's data dir, created (0700) below the data root if missing.
-fn open_data_dir(name: &str, config: &Config) -> Result<OwnedFd, HelperError> {
+fn open_data_dir(name: &str, roots: &Roots) -> Result<OwnedFd, HelperError> {
     let outside =
         |why: String| HelperError::DataDirOutsideRoot(format!("data dir {name:?}: {why}"));
     if !simple_name(name, 64) || name.contains("..") {
         return Err(outside("must be one name of a-z 0-9 - _ .".into()));
     }
-    std::fs::create_dir_all(&config.data_root)
-        .map_err(|e| HelperError::Failed(format!("cannot create the data root: {e}")))?;
-    let root = open_dir(&config.data_root)?;
-    match rustix::fs::mkdirat(&root, name, Mode::from_raw_mode(0o700)) {
+    let root = &roots.data;
+    match rustix::fs::mkdirat(root, name, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(HelperError::Failed(format!("cannot create data dir: {e}"))),
     }
     open_beneath(
-        &root,
+        root,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
     )
@@ -249,19 +290,30 @@ fn open_data_dir(name: &str, config: &Config) -> Result<OwnedFd, HelperError> {
 fn open_ca(
     name: &str,
     rootfs: &OwnedFd,
-    config: &Config,
+    roots: &Roots,
 ) -> Result<Vec<(OwnedFd, String)>, HelperError> {
     let bad = |why: String| HelperError::InvalidCaBundle(format!("CA bundle {name:?}: {why}"));
     if !simple_name(name, 128) || name.contains("..") {
         return Err(bad("must be one file name".into()));
     }
-    let dir = open_dir(&config.ca_dir)?;
     let open = || -> Result<OwnedFd, HelperError> {
-        let fd = open_beneath(&dir, name, OFlags::RDONLY | OFlags::NOFOLLOW)
-            .map_err(|e| bad(format!("cannot be opened ({e})")))?;
+        // Non-blocking: a FIFO or device must be refused, not waited on.
+        let fd = open_beneath(
+            &roots.ca,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        )
+        .map_err(|e| bad(format!("cannot be opened ({e})")))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| bad(e.to_string()))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(bad("is not a regular file".into()));
+        }
+        // The gateway's own file, with no other name: a hard link to a file of root's (say a
+        // private key) would be owned by root.
+        if st.st_uid != roots.gateway_uid || st.st_nlink != 1 {
+            return Err(bad(
+                "must be a file of the gateway's own, with one link".into()
+            ));
         }
         if u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_CA_BYTES {
             return Err(bad(format!("is larger than {MAX_CA_BYTES} bytes")));
@@ -281,27 +333,136 @@ fn open_ca(
 }
 
 /// Gives a data dir and everything in it to the sandbox's uid, without following a link.
-/// Runs only while no sandbox uses the dir, so nothing can race the walk.
-pub fn chown_tree(dir: &OwnedFd, uid: u32, gid: u32) -> rustix::io::Result<()> {
+/// Runs only while no sandbox uses the dir, so nothing can race the walk. The walk is
+/// iterative and bounded in depth and entries (the tree was made by an untrusted server), and
+/// holds one directory fd at a time: pending directories are kept as paths, each re-opened
+/// beneath `dir` without following links.
+pub fn chown_tree(dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), String> {
     use rustix::fs::{AtFlags, Gid, Uid};
-    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
-    rustix::fs::fchown(dir, Some(uid), Some(gid))?;
-    for entry in rustix::fs::Dir::read_from(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
-        if entry.file_type() == FileType::Directory {
-            let sub = rustix::fs::openat(
-                dir,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            chown_tree(&sub, uid.as_raw(), gid.as_raw())?;
+    use std::os::unix::ffi::OsStrExt;
+    let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    rustix::fs::fchown(dir, uid, gid).map_err(|e| e.to_string())?;
+    let mut pending = vec![(std::path::PathBuf::from("."), 0usize)];
+    let mut entries_seen = 0;
+    while let Some((rel, depth)) = pending.pop() {
+        let current = rustix::fs::openat2(
+            dir,
+            &rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            BENEATH,
+        )
+        .map_err(|e| format!("{}: {e}", rel.display()))?;
+        for entry in rustix::fs::Dir::read_from(&current).map_err(|e| e.to_string())? {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            entries_seen += 1;
+            if entries_seen > MAX_DATA_ENTRIES {
+                return Err(format!("more than {MAX_DATA_ENTRIES} entries"));
+            }
+            rustix::fs::chownat(&current, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| e.to_string())?;
+            if entry.file_type() == FileType::Directory {
+                if depth + 1 > MAX_DATA_DEPTH {
+                    return Err(format!("nested deeper than {MAX_DATA_DEPTH} levels"));
+                }
+                let name = std::ffi::OsStr::from_bytes(name.to_bytes());
+                pending.push((rel.join(name), depth + 1));
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(p: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(p).unwrap().uid()
+    }
+
+    #[test]
+    fn chown_tree_walks_without_following_links_and_is_bounded() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("*** SKIPPED chown_tree test: needs root ***");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::write(root.join("a/b/c/f"), "x").unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("a/link")).unwrap();
+        let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        chown_tree(&fd, 4242, 4242).unwrap();
+        assert_eq!(owner(&root.join("a/b/c/f")), 4242);
+        assert_eq!(owner(&root.join("a/link")), 4242, "the link itself");
+        assert_eq!(owner(outside.path()), 0, "followed a link");
+
+        let mut deep = root.join("deep");
+        for _ in 0..=MAX_DATA_DEPTH {
+            deep = deep.join("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let err = chown_tree(&fd, 4242, 4242).unwrap_err();
+        assert!(err.contains("deeper"), "{err}");
+    }
+}
+
+/// Whether `path` is an ELF executable with no program interpreter (statically linked).
+/// `gigmcp-sandbox-init` must be: a dynamic one would run the *image's* loader, with the
+/// image's code, before landlock and seccomp are in place.
+pub fn is_static_elf(path: &Path) -> std::io::Result<bool> {
+    const PT_INTERP: u32 = 3;
+    let bytes = std::fs::read(path)?;
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    let bad = || std::io::Error::other("not a 64-bit little-endian ELF file");
+    // ELF magic, 64-bit class, little-endian data.
+    if bytes.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1]) {
+        return Err(bad());
+    }
+    let phoff = usize::try_from(u64_at(0x20).ok_or_else(bad)?).map_err(|_| bad())?;
+    let phentsize = usize::from(u16_at(0x36).ok_or_else(bad)?);
+    let phnum = usize::from(u16_at(0x38).ok_or_else(bad)?);
+    for i in 0..phnum {
+        let p_type = u32_at(phoff + i * phentsize).ok_or_else(bad)?;
+        if p_type == PT_INTERP {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod elf_tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_binaries_are_recognised() {
+        // This test binary is dynamically linked; /bin/sh too.
+        let me = std::env::current_exe().unwrap();
+        assert!(!is_static_elf(&me).unwrap());
+        assert!(!is_static_elf(Path::new("/bin/sh")).unwrap());
+        assert!(is_static_elf(Path::new("/etc/hostname")).is_err());
+    }
 }

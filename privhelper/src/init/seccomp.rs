@@ -104,7 +104,7 @@ mod tests {
         "uselib",
     ];
     /// Killed only for some arguments: namespace flags, personality changes.
-    const DESIGN_KILL_WHEN_ARGS_MATCH: &[&str] = &["clone", "personality"];
+    const DESIGN_KILL_WHEN_ARGS_MATCH: &[&str] = &["clone", "personality", "socket", "socketpair"];
 
     /// Syscalls an arch may lack: only these may be left out of the programs.
     fn may_be_absent(name: &str) -> bool {

@@ -55,6 +55,27 @@ pub fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_owned()
 }
 
+/// The statically linked `gigmcp-sandbox-init` (the helper refuses a dynamic one), built by
+/// scripts/test into target/static-init.
+pub fn static_init() -> PathBuf {
+    let triple = if cfg!(target_arch = "aarch64") {
+        "aarch64-unknown-linux-gnu"
+    } else {
+        "x86_64-unknown-linux-gnu"
+    };
+    let root = target_dir().parent().unwrap().to_owned();
+    let path = root
+        .join("static-init")
+        .join(triple)
+        .join("debug/gigmcp-sandbox-init");
+    assert!(
+        path.exists(),
+        "{} missing: scripts/test builds it (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p privhelper --bin gigmcp-sandbox-init --target {triple} --target-dir target/static-init)",
+        path.display()
+    );
+    path
+}
+
 /// A workspace binary (built by `cargo build --workspace --bins`): from this build's profile,
 /// else from the debug build.
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -102,7 +123,7 @@ impl Harness {
                 images.display(),
                 data_root.display(),
                 ca_dir.display(),
-                env!("CARGO_BIN_EXE_gigmcp-sandbox-init"),
+                static_init().display(),
             ),
         )
         .unwrap();
