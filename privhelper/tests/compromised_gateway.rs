@@ -117,6 +117,93 @@ async fn hostile_data_dirs_and_ca_bundles_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_too_deep_to_walk_is_refused() {
+    if !require_root("a_data_dir_too_deep_to_walk_is_refused") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start(0).await;
+    let rootfs = h.attack_rootfs("img");
+    // What a server could leave behind in its own data dir.
+    let mut deep = h.data_root.join("deep");
+    for _ in 0..100 {
+        deep = deep.join("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
+    spec.data_dir = "deep".into();
+    let msg = refused(&h, &spec, "InvalidSpec").await;
+    assert!(msg.contains("deeper"), "{msg}");
+    // The helper is still serving.
+    assert!(h.client().await.list_sandboxes().await.is_ok());
+}
+
+#[test]
+fn the_helper_refuses_configured_dirs_behind_symlinks() {
+    if !require_root("the_helper_refuses_configured_dirs_behind_symlinks") {
+        return;
+    }
+    let dir = common::open_tempdir();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::os::unix::fs::symlink("/", dir.path().join("data-link")).unwrap();
+    let config = dir.path().join("privhelper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "allowed_uid = 0\ninstance = \"{}\"\nlink_prefix = \"{}\"\nimages_dir = \"{real}\"\n\
+             data_root = \"{link}\"\nca_dir = \"{real}\"\npool = \"{}\"\nuid_base = {}\n\
+             sandbox_init = \"{}\"\n",
+            common::INSTANCE,
+            common::LINK_PREFIX,
+            common::POOL,
+            common::UID_BASE,
+            common::static_init().display(),
+            real = dir.path().join("real").display(),
+            link = dir.path().join("data-link").display(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gigmcp-privhelper"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--bus-address", "unix:path=/nonexistent/bus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without following links"), "{err}");
+}
+
+#[test]
+fn the_helper_refuses_a_dynamically_linked_init() {
+    if !require_root("the_helper_refuses_a_dynamically_linked_init") {
+        return;
+    }
+    let dir = common::open_tempdir();
+    let config = dir.path().join("privhelper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "allowed_uid = 0\ninstance = \"{}\"\nimages_dir = \"/tmp\"\ndata_root = \"{}\"\n\
+             ca_dir = \"/tmp\"\nsandbox_init = \"{}\"\n",
+            common::INSTANCE,
+            dir.path().display(),
+            env!("CARGO_BIN_EXE_gigmcp-sandbox-init"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gigmcp-privhelper"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--bus-address", "unix:path=/nonexistent/bus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dynamically linked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn oversized_or_malformed_specs_are_refused() {
     if !require_root("oversized_or_malformed_specs_are_refused") {
         return;
