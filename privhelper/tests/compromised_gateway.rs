@@ -138,31 +138,11 @@ async fn a_data_dir_too_deep_to_walk_is_refused() {
     assert!(h.client().await.list_sandboxes().await.is_ok());
 }
 
-#[test]
-fn the_helper_refuses_configured_dirs_behind_symlinks() {
-    if !require_root("the_helper_refuses_configured_dirs_behind_symlinks") {
-        return;
-    }
+/// Starts the helper on `config_body` and expects it to refuse to start, saying `why`.
+fn helper_refuses_to_start(config_body: &str, why: &str) {
     let dir = common::open_tempdir();
-    std::fs::create_dir(dir.path().join("real")).unwrap();
-    std::os::unix::fs::symlink("/", dir.path().join("data-link")).unwrap();
     let config = dir.path().join("privhelper.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "allowed_uid = 0\ninstance = \"{}\"\nlink_prefix = \"{}\"\nimages_dir = \"{real}\"\n\
-             data_root = \"{link}\"\nca_dir = \"{real}\"\npool = \"{}\"\nuid_base = {}\n\
-             sandbox_init = \"{}\"\n",
-            common::INSTANCE,
-            common::LINK_PREFIX,
-            common::POOL,
-            common::UID_BASE,
-            common::static_init().display(),
-            real = dir.path().join("real").display(),
-            link = dir.path().join("data-link").display(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, config_body).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gigmcp-privhelper"))
         .arg("--config")
         .arg(&config)
@@ -171,7 +151,39 @@ fn the_helper_refuses_configured_dirs_behind_symlinks() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("without following links"), "{err}");
+    assert!(err.contains(why), "{err}");
+}
+
+fn config_with(
+    data_root: &std::path::Path,
+    other_dirs: &std::path::Path,
+    init: &std::path::Path,
+) -> String {
+    format!(
+        "allowed_uid = 0\ninstance = \"{}\"\nlink_prefix = \"{}\"\npool = \"{}\"\nuid_base = {}\n\
+         images_dir = \"{o}\"\nca_dir = \"{o}\"\ndata_root = \"{}\"\nsandbox_init = \"{}\"\n",
+        common::INSTANCE,
+        common::LINK_PREFIX,
+        common::POOL,
+        common::UID_BASE,
+        data_root.display(),
+        init.display(),
+        o = other_dirs.display(),
+    )
+}
+
+#[test]
+fn the_helper_refuses_configured_dirs_behind_symlinks() {
+    if !require_root("the_helper_refuses_configured_dirs_behind_symlinks") {
+        return;
+    }
+    let dir = common::open_tempdir();
+    let link = dir.path().join("data-link");
+    std::os::unix::fs::symlink("/", &link).unwrap();
+    helper_refuses_to_start(
+        &config_with(&link, dir.path(), &common::static_init()),
+        "without following links",
+    );
 }
 
 #[test]
@@ -180,27 +192,11 @@ fn the_helper_refuses_a_dynamically_linked_init() {
         return;
     }
     let dir = common::open_tempdir();
-    let config = dir.path().join("privhelper.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "allowed_uid = 0\ninstance = \"{}\"\nimages_dir = \"/tmp\"\ndata_root = \"{}\"\n\
-             ca_dir = \"/tmp\"\nsandbox_init = \"{}\"\n",
-            common::INSTANCE,
-            dir.path().display(),
-            env!("CARGO_BIN_EXE_gigmcp-sandbox-init"),
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gigmcp-privhelper"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--bus-address", "unix:path=/nonexistent/bus"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("dynamically linked"), "{err}");
+    let init = std::path::Path::new(env!("CARGO_BIN_EXE_gigmcp-sandbox-init"));
+    helper_refuses_to_start(
+        &config_with(dir.path(), dir.path(), init),
+        "dynamically linked",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
