@@ -44,7 +44,7 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
             .collect();
         for t in tasks {
             // Keep every fd: a server whose stdout reader is gone dies of SIGPIPE.
-            let (info, stdin, stdout, stderr, pidfd) = t
+            let (info, stdin, stdout, stderr, pidfd, _sockets) = t
                 .await
                 .unwrap()
                 .unwrap_or_else(|e| panic!("wave {wave}: {e:?}"));
@@ -99,6 +99,7 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
     let client = h.client().await;
     assert!(client.list_sandboxes().await.unwrap().is_empty());
     // And the restarted helper works.
-    let (info, _stdin, _stdout, _stderr, _pidfd) = client.create_sandbox(&spec).await.unwrap();
+    let (info, _stdin, _stdout, _stderr, _pidfd, _sockets) =
+        client.create_sandbox(&spec).await.unwrap();
     client.destroy_sandbox(&info.id).await.unwrap();
 }
