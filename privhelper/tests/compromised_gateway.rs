@@ -99,9 +99,11 @@ async fn incomplete_rootfs_is_refused_by_name() {
     let msg = refused(&h, &spec, "RootfsIncomplete").await;
     assert!(msg.contains("/etc/resolv.conf"), "{msg}");
     // The same image is fine without transparent mode.
+    let mut spec = h.spec(&name, &["/bin/gigmcp-attack", "ping-sleep", "600"]);
     spec.transparent = false;
-    let (info, ..) = h.client().await.create_sandbox(&spec).await.unwrap();
-    h.client().await.destroy_sandbox(&info.id).await.unwrap();
+    let client = h.client().await;
+    let created = client.create_sandbox(&spec).await.unwrap();
+    client.destroy_sandbox(&created.0.id).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
