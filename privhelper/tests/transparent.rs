@@ -691,3 +691,130 @@ async fn settle(exits: &mut privhelper::api::SandboxExitedStream, ids: Vec<Strin
         left.remove(signal.args().unwrap().id.as_str());
     }
 }
+
+/// A network namespace linked to the host by a veth outside the sandbox prefix (so this
+/// helper's firewall does not filter it): stands for the host's LAN side. Removed on drop; a
+/// leftover namespace is swept by the next helper start (its name has the instance prefix),
+/// and the link goes with it.
+struct Outside {
+    netns: String,
+}
+
+impl Outside {
+    const LINK: &str = "gxout0";
+
+    fn new() -> Self {
+        let netns = format!("{}-outside", common::INSTANCE);
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &netns])
+            .output();
+        ip(&["netns", "add", &netns]);
+        let outside = Self { netns };
+        let ns = outside.netns.as_str();
+        ip(&[
+            "link",
+            "add",
+            Self::LINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
+        ]);
+        ip(&["addr", "add", "10.233.255.1/30", "dev", Self::LINK]);
+        ip(&["link", "set", Self::LINK, "up"]);
+        ip(&["-n", ns, "addr", "add", "10.233.255.2/30", "dev", "eth0"]);
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", ns, "route", "add", "default", "via", "10.233.255.1"]);
+        outside
+    }
+
+    fn attack(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(common::workspace_bin("gigmcp-attack"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        text.strip_prefix(&format!("ATTACK {} ", args[0]))
+            .unwrap_or_else(|| panic!("unexpected output {text:?}"))
+            .to_owned()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for args in [
+            vec!["link", "del", Self::LINK],
+            vec!["netns", "del", &self.netns],
+        ] {
+            let _ = std::process::Command::new("ip").args(&args).output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traffic_arriving_on_another_interface_never_reaches_the_sockets() {
+    // The firewall only filters sandbox links; a LAN host can send to N.1 through the host's
+    // other interfaces. The sockets are bound to the sandbox's link, so that traffic misses them.
+    if !require_root("traffic_arriving_on_another_interface_never_reaches_the_sockets") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start(0).await;
+    let rootfs = h.attack_rootfs("attack");
+    let client = h.client().await;
+    let (info, _i, _o, _e, _p, fds) = client
+        .create_sandbox(&sleeper(&h, &rootfs, true))
+        .await
+        .unwrap();
+    let s = TransparentSockets::from_reply(fds).unwrap().unwrap();
+    let (tls, udp53, tcp53) = (
+        TcpListener::from(s.tls),
+        UdpSocket::from(s.dns_udp),
+        TcpListener::from(s.dns_tcp),
+    );
+    let host = info.host_addr.as_str();
+    let outside = Outside::new();
+
+    // Control: a socket bound to the address alone is reachable from there.
+    let _unbound = TcpListener::bind((host, 8443)).unwrap();
+    assert_eq!(
+        outside.attack(&["connect", host, "8443", "1000"]),
+        format!("SUCCEEDED connected to {host}:8443")
+    );
+    // The helper's sockets are not.
+    for port in ["443", "53"] {
+        assert!(
+            outside
+                .attack(&["connect", host, port, "1000"])
+                .starts_with("BLOCKED"),
+            "TCP {port} from another interface"
+        );
+    }
+    assert!(
+        outside
+            .attack(&["udp-roundtrip", host, "53", "1000"])
+            .starts_with("BLOCKED")
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(nothing_arrived_tcp(&tls));
+    assert!(nothing_arrived_tcp(&tcp53));
+    assert!(nothing_arrived_udp(&udp53));
+    drop(outside);
+    client.destroy_sandbox(&info.id).await.unwrap();
+}
