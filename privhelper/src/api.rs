@@ -88,10 +88,11 @@ pub const DNS_PORT: u16 = 53;
 
 /// The sockets the helper made for a transparent-mode sandbox, all in the host network
 /// namespace, bound to the link's host address (`SandboxInfo::host_addr`) *and* to the link
-/// itself (`SO_BINDTODEVICE`), so only packets that arrived over that sandbox's link reach
-/// them: whoever is connected or sends to them is that sandbox (the peer is its
-/// `sandbox_addr`; nftables drops any other source on the link). Blocking mode, as the helper
-/// made them: set `O_NONBLOCK` before handing them to a reactor.
+/// itself (`SO_BINDTODEVICE`): packets arriving on any other interface never reach them. The
+/// host's own processes can still connect (local delivery), but never from the sandbox's
+/// address, so the server must accept a peer only if it is `SandboxInfo::sandbox_addr` (on the
+/// link, nftables drops every other source). Blocking mode, as the helper made them: set
+/// `O_NONBLOCK` before handing them to a reactor.
 #[derive(Debug)]
 pub struct TransparentSockets {
     /// A listening TCP socket on `host_addr:443`.

@@ -3,9 +3,9 @@
 //! A sandbox's life (DESIGN 4): check the spec ([`validate`]) → pick a free slot (its /30 and its
 //! host uid) → netns + veth ([`network`]) → firewall elements ([`firewall`]) → cgroups
 //! ([`cgroup`]) → bwrap ([`spawn`]) → hand the stdio fds, a pidfd and (transparent mode) the
-//! sockets of [`transparent`] to the caller. It ends when
-//! `DestroySandbox` is called, when the gateway's end of stdin closes, or when the sandbox exits;
-//! teardown runs the same steps backwards. On start-up [`Helper::sweep`] removes whatever a
+//! sockets of [`transparent`] to the caller. It ends when `DestroySandbox` is called, when the
+//! gateway's end of stdin closes, or when the sandbox exits; teardown runs the same steps
+//! backwards. On start-up [`Helper::sweep`] removes whatever a
 //! previous run left.
 
 pub mod cgroup;
