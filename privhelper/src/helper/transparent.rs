@@ -9,9 +9,9 @@
 //! Each socket is bound to the link's host address and to the link itself (`SO_BINDTODEVICE`):
 //! - packets arriving on another interface never reach it (the table only filters sandbox
 //!   links, and Linux delivers a packet for any local address on any interface). The host's
-//!   own processes still can (local delivery), but not from the sandbox's address: binding a
-//!   foreign source needs `IP_TRANSPARENT`, i.e. root. So a peer at the sandbox address is the
-//!   sandbox;
+//!   own processes still can (local delivery), but not from the sandbox's address: sending
+//!   from a foreign source needs `IP_TRANSPARENT`, i.e. root. So a peer at the sandbox address
+//!   is the sandbox;
 //! - a socket the gateway still holds for a destroyed sandbox does not block the next sandbox
 //!   in the same slot (same address, new link), and never receives its traffic: the kernel
 //!   sees two sockets bound to different devices as no conflict.
