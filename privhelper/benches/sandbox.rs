@@ -58,7 +58,8 @@ async fn bench() {
     let mut cold = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let t0 = Instant::now();
-        let (info, _stdin, stdout, _stderr, _pidfd) = client.create_sandbox(&hello).await.unwrap();
+        let (info, _stdin, stdout, _stderr, _pidfd, _sockets) =
+            client.create_sandbox(&hello).await.unwrap();
         let t1 = tokio::task::spawn_blocking(move || first_byte(stdout.into()))
             .await
             .unwrap();
@@ -111,7 +112,7 @@ async fn bench() {
     // Destroy of a live sandbox.
     let mut destroy = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
-        let (info, _i, stdout, _e, _p) = client.create_sandbox(&sleeper).await.unwrap();
+        let (info, _i, stdout, _e, _p, _t) = client.create_sandbox(&sleeper).await.unwrap();
         let _ready = tokio::task::spawn_blocking(move || first_byte(stdout.into()))
             .await
             .unwrap();

@@ -33,7 +33,14 @@ pub struct SandboxSpec {
     /// CA bundle file name inside the helper's `ca_dir`; empty for none.
     pub ca_bundle: String,
     /// The one TCP port the sandbox may connect to, on its link's host address (the proxy).
+    /// With `transparent` it may not be [`TLS_PORT`] or [`DNS_PORT`].
     pub proxy_port: u16,
+    /// Transparent mode, for servers that ignore proxy variables: the sandbox may also reach
+    /// its link's host address on TCP [`TLS_PORT`], UDP [`DNS_PORT`] and TCP [`DNS_PORT`], the
+    /// helper binds those three sockets and returns them in [`Created`] (see
+    /// [`TransparentSockets`]), and the image's `/etc/resolv.conf` (which must be a regular
+    /// file) is replaced by one naming the host address as the only nameserver.
+    pub transparent: bool,
     pub limits: Limits,
 }
 
@@ -62,8 +69,62 @@ pub struct SandboxInfo {
 }
 
 /// What `CreateSandbox` returns: the sandbox, the server's stdin (write end), stdout and
-/// stderr (read ends), and a pidfd of the sandbox's outermost process.
-pub type Created = (SandboxInfo, OwnedFd, OwnedFd, OwnedFd, OwnedFd);
+/// stderr (read ends), a pidfd of the sandbox's outermost process, and the transparent-mode
+/// sockets: `[tls, dns_udp, dns_tcp]` when the spec asked for transparent mode, else empty
+/// (see [`TransparentSockets`]).
+pub type Created = (
+    SandboxInfo,
+    OwnedFd,
+    OwnedFd,
+    OwnedFd,
+    OwnedFd,
+    Vec<OwnedFd>,
+);
+
+/// The TCP port a transparent-mode sandbox connects to for TLS (its DNS answers point there).
+pub const TLS_PORT: u16 = 443;
+/// The port, UDP and TCP, of a transparent-mode sandbox's nameserver.
+pub const DNS_PORT: u16 = 53;
+
+/// The sockets the helper made for a transparent-mode sandbox, all in the host network
+/// namespace, bound to the link's host address (`SandboxInfo::host_addr`) *and* to the link
+/// itself (`SO_BINDTODEVICE`): packets arriving on any other interface never reach them. The
+/// host's own processes can still connect (local delivery), but never from the sandbox's
+/// address, so the server must accept a peer only if it is `SandboxInfo::sandbox_addr` (on the
+/// link, nftables drops every other source). Blocking mode, as the helper made them: set
+/// `O_NONBLOCK` before handing them to a reactor.
+#[derive(Debug)]
+pub struct TransparentSockets {
+    /// A listening TCP socket on `host_addr:443`.
+    pub tls: std::os::fd::OwnedFd,
+    /// A UDP socket bound to `host_addr:53`.
+    pub dns_udp: std::os::fd::OwnedFd,
+    /// A listening TCP socket on `host_addr:53`.
+    pub dns_tcp: std::os::fd::OwnedFd,
+}
+
+impl TransparentSockets {
+    /// The order of the sockets in [`Created`]'s last field.
+    pub fn into_vec(self) -> Vec<OwnedFd> {
+        vec![self.tls.into(), self.dns_udp.into(), self.dns_tcp.into()]
+    }
+
+    /// Splits [`Created`]'s last field: `None` when it is empty (not transparent mode), an
+    /// error when it has any other number of fds.
+    pub fn from_reply(fds: Vec<OwnedFd>) -> Result<Option<Self>, String> {
+        let n = fds.len();
+        let mut fds = fds.into_iter().map(std::os::fd::OwnedFd::from);
+        match (fds.next(), fds.next(), fds.next(), fds.next()) {
+            (None, ..) => Ok(None),
+            (Some(tls), Some(dns_udp), Some(dns_tcp), None) => Ok(Some(Self {
+                tls,
+                dns_udp,
+                dns_tcp,
+            })),
+            _ => Err(format!("expected 0 or 3 transparent-mode fds, got {n}")),
+        }
+    }
+}
 
 /// Errors on the wire are named `org.gigmcp.PrivHelper1.Error.<Variant>`.
 #[derive(Debug, zbus::DBusError)]

@@ -85,6 +85,25 @@ async fn incomplete_rootfs_is_refused_by_name() {
     )
     .await;
     assert!(msg.contains("/proc"), "{msg}");
+
+    // Transparent mode replaces /etc/resolv.conf: it must be a regular file, never a link
+    // (bwrap would follow it) and never missing (no mount point in a read-only image).
+    let name = h.attack_rootfs("noresolv");
+    let resolv = h.images.join(&name).join("etc/resolv.conf");
+    let mut spec = h.spec(&name, &["/bin/gigmcp-attack"]);
+    spec.transparent = true;
+    std::fs::remove_file(&resolv).unwrap();
+    let msg = refused(&h, &spec, "RootfsIncomplete").await;
+    assert!(msg.contains("/etc/resolv.conf"), "{msg}");
+    std::os::unix::fs::symlink("/run/resolv.conf", &resolv).unwrap();
+    let msg = refused(&h, &spec, "RootfsIncomplete").await;
+    assert!(msg.contains("/etc/resolv.conf"), "{msg}");
+    // The same image is fine without transparent mode.
+    let mut spec = h.spec(&name, &["/bin/gigmcp-attack", "ping-sleep", "600"]);
+    spec.transparent = false;
+    let client = h.client().await;
+    let created = client.create_sandbox(&spec).await.unwrap();
+    client.destroy_sandbox(&created.0.id).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -241,6 +260,13 @@ async fn oversized_or_malformed_specs_are_refused() {
     let mut s = base.clone();
     s.proxy_port = 0;
     cases.push(("port 0", s));
+    // Transparent mode's ports are the helper's to bind.
+    for port in [443, 53] {
+        let mut s = base.clone();
+        s.transparent = true;
+        s.proxy_port = port;
+        cases.push(("transparent with a proxy port the helper binds", s));
+    }
     for (what, spec) in cases {
         let msg = refused(&h, &spec, "InvalidSpec").await;
         assert!(!msg.is_empty(), "{what}");

@@ -34,7 +34,7 @@ async fn attack_with<T>(
     on_start: impl FnOnce(&SandboxInfo) -> T,
 ) -> (Outcome, T) {
     let mut exits = client.receive_sandbox_exited().await.unwrap();
-    let (info, stdin, stdout, stderr, _pidfd) =
+    let (info, stdin, stdout, stderr, _pidfd, _sockets) =
         client.create_sandbox(&spec).await.expect("create sandbox");
     let keep = on_start(&info);
     let out = common::read_all(stdout, Duration::from_secs(60));
@@ -268,7 +268,7 @@ async fn the_proxy_port_is_the_only_way_out() {
     let client = h.client().await;
 
     // A neighbour sandbox (slot 0) to attack from a second one (slot 1).
-    let (neighbour, _i, _o, _e, _p) = client
+    let (neighbour, _i, _o, _e, _p, _t) = client
         .create_sandbox(&h.spec(&rootfs, &["/bin/gigmcp-attack", "ping-sleep", "600"]))
         .await
         .unwrap();
@@ -344,7 +344,7 @@ async fn the_firewall_alone_drops_spoofed_and_stray_packets() {
     let h = Harness::start(0).await;
     let rootfs = h.attack_rootfs("attack");
     let client = h.client().await;
-    let (info, _i, _o, _e, _p) = client
+    let (info, _i, _o, _e, _p, _t) = client
         .create_sandbox(&h.spec(&rootfs, &["/bin/gigmcp-attack", "ping-sleep", "600"]))
         .await
         .unwrap();

@@ -30,12 +30,16 @@ async fn create_talk_destroy_leaves_nothing() {
     let before = count_host();
     let rootfs = h.attack_rootfs("echo");
     let client = h.client().await;
-    let (info, stdin, stdout, _stderr, pidfd) = client
+    let (info, stdin, stdout, _stderr, pidfd, sockets) = client
         .create_sandbox(&h.spec(&rootfs, &["/bin/gigmcp-attack", "echo-stdio"]))
         .await
         .expect("create");
     assert_eq!(info.host_addr, "10.232.0.1");
     assert_eq!(info.sandbox_addr, "10.232.0.2");
+    assert!(
+        sockets.is_empty(),
+        "not transparent: no sockets handed over"
+    );
     let during = count_host();
     assert_eq!(during.netns, before.netns + 1, "{during:?}");
     assert_eq!(during.links, before.links + 1, "{during:?}");
@@ -75,7 +79,7 @@ async fn closing_the_gateway_end_kills_the_sandbox() {
     let rootfs = h.attack_rootfs("sleeper");
     let client = h.client().await;
     // A server that ignores stdin entirely: only the helper can end it.
-    let (info, stdin, stdout, stderr, pidfd) = client
+    let (info, stdin, stdout, stderr, pidfd, _sockets) = client
         .create_sandbox(&h.spec(&rootfs, &["/bin/gigmcp-attack", "ping-sleep", "600"]))
         .await
         .expect("create");
@@ -108,7 +112,7 @@ async fn a_server_that_exits_is_cleaned_up() {
     let before = count_host();
     let rootfs = h.attack_rootfs("hello");
     let client = h.client().await;
-    let (_info, _stdin, stdout, _stderr, _pidfd) = client
+    let (_info, _stdin, stdout, _stderr, _pidfd, _sockets) = client
         .create_sandbox(&h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]))
         .await
         .expect("create");

@@ -529,6 +529,47 @@ fn landlock_allows_tcp_connect_only_to_the_proxy_port_and_no_bind() {
 }
 
 #[test]
+fn landlock_allows_tls_and_dns_ports_only_with_transparent() {
+    require_root();
+    let other = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let other_port = other.local_addr().expect("addr").port().to_string();
+    let binds = Binds::default();
+    for port in ["443", "53"] {
+        // Landlock refuses with EACCES; past it the host's loopback answers (a listener there,
+        // or ECONNREFUSED without one).
+        let out = sandboxed_init(&binds, 3128, &[], &[PROBE_IN_SANDBOX, "connect", port]);
+        assert_eq!(assert_ran(&out), "connect errno=13\n", "without: {port}");
+        let out = sandboxed_init(
+            &binds,
+            3128,
+            &["--transparent"],
+            &[PROBE_IN_SANDBOX, "connect", port],
+        );
+        let got = assert_ran(&out);
+        assert!(
+            got == "connect ok\n" || got == "connect errno=111\n",
+            "with --transparent: {port}: {got}"
+        );
+    }
+    // Transparent mode opens those two ports and nothing else; bind stays closed (port 0:
+    // ports below 1024 would be refused to uid 65534 anyway).
+    let out = sandboxed_init(
+        &binds,
+        3128,
+        &["--transparent"],
+        &[PROBE_IN_SANDBOX, "connect", &other_port],
+    );
+    assert_eq!(assert_ran(&out), "connect errno=13\n");
+    let out = sandboxed_init(
+        &binds,
+        3128,
+        &["--transparent"],
+        &[PROBE_IN_SANDBOX, "bind", "0"],
+    );
+    assert_eq!(assert_ran(&out), "bind errno=13\n");
+}
+
+#[test]
 fn landlock_scopes_signals_and_abstract_unix_sockets() {
     require_root();
     let binds = Binds::default();

@@ -44,7 +44,7 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
             .collect();
         for t in tasks {
             // Keep every fd: a server whose stdout reader is gone dies of SIGPIPE.
-            let (info, stdin, stdout, stderr, pidfd) = t
+            let (info, stdin, stdout, stderr, pidfd, _sockets) = t
                 .await
                 .unwrap()
                 .unwrap_or_else(|e| panic!("wave {wave}: {e:?}"));
@@ -80,13 +80,21 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
     }
     assert_eq!(settle_to(&before).await, before, "after 200 create/destroy");
 
-    // 20 live sandboxes, then the helper dies without any chance to clean up.
+    // 20 live sandboxes, half in transparent mode, then the helper dies without any chance to
+    // clean up. The gateway keeps the transparent sockets through the restart.
     let mut fds = Vec::new();
-    for _ in 0..20 {
-        fds.push(client.create_sandbox(&spec).await.unwrap());
+    let mut held_sockets = Vec::new();
+    for n in 0..20 {
+        let mut spec = spec.clone();
+        spec.transparent = n % 2 == 0;
+        let (info, i, o, e, p, sockets) = client.create_sandbox(&spec).await.unwrap();
+        assert_eq!(sockets.len(), if spec.transparent { 3 } else { 0 });
+        held_sockets.push(sockets);
+        fds.push((info, i, o, e, p));
     }
     let with_20 = count_host();
     assert_eq!(with_20.netns, before.netns + 20);
+    assert_eq!(with_20.elements, before.elements + 10 * 2 + 10 * 5);
     assert!(with_20.processes >= 20, "{with_20:?}");
     h.kill_helper();
     drop(fds);
@@ -98,7 +106,14 @@ async fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
     );
     let client = h.client().await;
     assert!(client.list_sandboxes().await.unwrap().is_empty());
-    // And the restarted helper works.
-    let (info, _stdin, _stdout, _stderr, _pidfd) = client.create_sandbox(&spec).await.unwrap();
+    // And the restarted helper works, transparent mode included, in a slot whose old sockets
+    // are still open.
+    let mut transparent = spec.clone();
+    transparent.transparent = true;
+    let (info, _stdin, _stdout, _stderr, _pidfd, sockets) =
+        client.create_sandbox(&transparent).await.unwrap();
+    assert_eq!(info.slot, 0);
+    assert_eq!(sockets.len(), 3);
     client.destroy_sandbox(&info.id).await.unwrap();
+    drop(held_sockets);
 }

@@ -150,6 +150,9 @@ fn the_design_list_is_killed_whatever_the_arguments() {
         ("ioperm", libc::SYS_ioperm),
         #[cfg(target_arch = "x86_64")]
         ("uselib", libc::SYS_uselib),
+        ("pidfd_getfd", libc::SYS_pidfd_getfd),
+        ("process_madvise", libc::SYS_process_madvise),
+        ("kcmp", libc::SYS_kcmp),
     ];
     for &(name, nr) in always {
         assert!(

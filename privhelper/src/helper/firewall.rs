@@ -2,12 +2,16 @@
 //!
 //! One table, `inet <instance>`, whose rules never change after start-up: per-sandbox facts are
 //! elements of a set (anti-spoof: link → its sandbox address) and a verdict map (link, host
-//! address, port → accept), so a packet costs one interface-prefix compare and two hash lookups
-//! whatever the number of sandboxes. Everything else from a sandbox link is dropped, and nothing
-//! is forwarded to or from one.
+//! address, protocol, port → accept), so a packet costs one interface-prefix compare and two
+//! hash lookups whatever the number of sandboxes. The protocol is part of the key, so allowing
+//! UDP to a port never allows TCP to it (or the reverse). Everything else from a sandbox link
+//! is dropped, and nothing is forwarded to or from one.
+//!
+//! Per sandbox the map holds TCP to the proxy port, and in transparent mode also TCP 443,
+//! UDP 53 and TCP 53 — all on the link's own host address.
 //!
 //! The `nft` binary applies the changes (as netavark does): its script input is atomic, and all
-//! values put in a script are typed (`Ipv4Addr`, `u16`) or checked link names.
+//! values put in a script are typed (`Ipv4Addr`, `u16`, [`Proto`]) or checked link names.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -32,6 +36,42 @@ pub struct LinkRule {
     pub host: Ipv4Addr,
     pub sandbox: Ipv4Addr,
     pub proxy_port: u16,
+    /// Also TCP 443, UDP 53 and TCP 53 (see `api::SandboxSpec::transparent`).
+    pub transparent: bool,
+}
+
+/// A transport protocol in the verdict map's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn nft(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl LinkRule {
+    /// Exactly what the sandbox may reach on its link's host address, without duplicates.
+    pub fn allowed(&self) -> Vec<(Proto, u16)> {
+        use crate::api::{DNS_PORT, TLS_PORT};
+        let mut out = vec![(Proto::Tcp, self.proxy_port)];
+        if self.transparent {
+            out.extend([
+                (Proto::Tcp, TLS_PORT),
+                (Proto::Udp, DNS_PORT),
+                (Proto::Tcp, DNS_PORT),
+            ]);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 impl Firewall {
@@ -52,8 +92,9 @@ delete table inet {t}
 table inet {t} {{
     # Anti-spoof: a sandbox link may only carry its own sandbox address.
     set src_ok {{ type ifname . ipv4_addr; }}
-    # The one thing a sandbox may reach: its proxy, on its link's host address.
-    map proxy_ok {{ type ifname . ipv4_addr . inet_service : verdict; }}
+    # What a sandbox may reach, on its link's host address: its proxy port over TCP, and in
+    # transparent mode TCP 443 and DNS (UDP and TCP 53). The protocol is part of the key.
+    map proxy_ok {{ type ifname . ipv4_addr . inet_proto . inet_service : verdict; }}
     chain input {{
         type filter hook input priority filter - 10; policy accept;
         iifname "{p}*" jump from_sandbox
@@ -66,7 +107,7 @@ table inet {t} {{
     chain from_sandbox {{
         meta nfproto ipv6 drop
         iifname . ip saddr != @src_ok drop
-        meta l4proto tcp iifname . ip daddr . tcp dport vmap @proxy_ok
+        iifname . ip daddr . meta l4proto . th dport vmap @proxy_ok
         drop
     }}
 }}
@@ -96,10 +137,18 @@ table inet {t} {{
         }
         let (t, l) = (&self.table, &r.link);
         let verdict = if verb == "add" { " : accept" } else { "" };
+        let allowed: Vec<String> = r
+            .allowed()
+            .into_iter()
+            .map(|(proto, port)| {
+                format!("\"{l}\" . {} . {} . {port}{verdict}", r.host, proto.nft())
+            })
+            .collect();
         Ok(format!(
             "{verb} element inet {t} src_ok {{ \"{l}\" . {} }}\n\
-             {verb} element inet {t} proxy_ok {{ \"{l}\" . {} . {}{verdict} }}\n",
-            r.sandbox, r.host, r.proxy_port
+             {verb} element inet {t} proxy_ok {{ {} }}\n",
+            r.sandbox,
+            allowed.join(", ")
         ))
     }
 
@@ -142,13 +191,54 @@ mod tests {
             host: Ipv4Addr::new(10, 231, 0, 1),
             sandbox: Ipv4Addr::new(10, 231, 0, 2),
             proxy_port: 3128,
+            transparent: false,
         };
         let add = fw.elements("add", &rule).unwrap();
         assert!(add.contains("\"gm0123abcd\" . 10.231.0.2"), "{add}");
-        assert!(add.contains(". 10.231.0.1 . 3128 : accept"), "{add}");
+        assert!(add.contains(". 10.231.0.1 . tcp . 3128 : accept"), "{add}");
         for bad in ["eth0", "gm\"; flush ruleset", "gm0123456789abcdef"] {
             rule.link = bad.into();
             assert!(fw.elements("add", &rule).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn transparent_mode_adds_exactly_tls_and_dns() {
+        let fw = Firewall::new("/usr/sbin/nft".into(), "gigmcp", "gm");
+        let mut rule = LinkRule {
+            link: "gm0123abcd".into(),
+            host: Ipv4Addr::new(10, 231, 0, 1),
+            sandbox: Ipv4Addr::new(10, 231, 0, 2),
+            proxy_port: 3128,
+            transparent: false,
+        };
+        assert_eq!(rule.allowed(), [(Proto::Tcp, 3128)]);
+        rule.transparent = true;
+        assert_eq!(
+            rule.allowed(),
+            [
+                (Proto::Tcp, 53),
+                (Proto::Tcp, 443),
+                (Proto::Tcp, 3128),
+                (Proto::Udp, 53)
+            ]
+        );
+        let add = fw.elements("add", &rule).unwrap();
+        for want in [
+            "\"gm0123abcd\" . 10.231.0.1 . tcp . 3128 : accept",
+            "\"gm0123abcd\" . 10.231.0.1 . tcp . 443 : accept",
+            "\"gm0123abcd\" . 10.231.0.1 . udp . 53 : accept",
+            "\"gm0123abcd\" . 10.231.0.1 . tcp . 53 : accept",
+        ] {
+            assert!(add.contains(want), "{want} missing from {add}");
+        }
+        assert_eq!(add.matches(" : accept").count(), 4, "{add}");
+        let delete = fw.elements("delete", &rule).unwrap();
+        assert!(!delete.contains("accept"), "{delete}");
+        assert_eq!(delete.matches("\"gm0123abcd\" . 10.231.0.1 .").count(), 4);
+        // A proxy port equal to a transparent one is listed once (a second `delete` of the same
+        // element would fail the whole script).
+        rule.proxy_port = 443;
+        assert_eq!(rule.allowed().len(), 3);
     }
 }

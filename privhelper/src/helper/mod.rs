@@ -2,9 +2,10 @@
 //!
 //! A sandbox's life (DESIGN 4): check the spec ([`validate`]) → pick a free slot (its /30 and its
 //! host uid) → netns + veth ([`network`]) → firewall elements ([`firewall`]) → cgroups
-//! ([`cgroup`]) → bwrap ([`spawn`]) → hand the stdio fds and a pidfd to the caller. It ends when
-//! `DestroySandbox` is called, when the gateway's end of stdin closes, or when the sandbox exits;
-//! teardown runs the same steps backwards. On start-up [`Helper::sweep`] removes whatever a
+//! ([`cgroup`]) → bwrap ([`spawn`]) → hand the stdio fds, a pidfd and (transparent mode) the
+//! sockets of [`transparent`] to the caller. It ends when `DestroySandbox` is called, when the
+//! gateway's end of stdin closes, or when the sandbox exits; teardown runs the same steps
+//! backwards. On start-up [`Helper::sweep`] removes whatever a
 //! previous run left.
 
 pub mod cgroup;
@@ -13,6 +14,7 @@ pub mod main;
 pub mod network;
 pub mod reaper;
 pub mod spawn;
+pub mod transparent;
 pub mod validate;
 
 use std::collections::{BTreeSet, HashMap};
@@ -25,7 +27,7 @@ use tokio::sync::Mutex;
 use zbus::OwnedFd as BusFd;
 use zbus::message::Header;
 
-use crate::api::{Created, HelperError, SandboxInfo, SandboxSpec};
+use crate::api::{Created, HelperError, SandboxInfo, SandboxSpec, TransparentSockets};
 use crate::config::Config;
 use cgroup::{CgroupLimits, Layout, SandboxCgroup};
 use firewall::{Firewall, LinkRule};
@@ -34,6 +36,17 @@ use network::{Link, Network};
 use crate::init::SANDBOX_PATH as INIT_IN_SANDBOX;
 /// The uid and gid the server has inside its user namespace.
 const SANDBOX_ID: &str = "65534";
+
+/// What [`Helper::build`] hands back besides the sandbox: stdin, stdout, stderr and pidfd for
+/// the caller, the helper's own watch on stdin, and the transparent-mode sockets.
+type Handed = (
+    BusFd,
+    BusFd,
+    BusFd,
+    BusFd,
+    OwnedFd,
+    Option<TransparentSockets>,
+);
 
 /// One live sandbox and everything that must be undone for it.
 #[derive(Debug)]
@@ -230,8 +243,11 @@ impl Helper {
                 let watch = fds.4;
                 i.state.lock().await.live.insert(id.clone(), sandbox);
                 self.watch(id.clone(), watch);
-                tracing::info!(id, server = %info.server, slot, "sandbox created");
-                Ok((info, fds.0, fds.1, fds.2, fds.3))
+                let transparent = fds.5.is_some();
+                tracing::info!(id, server = %info.server, slot, transparent, "sandbox created");
+                // The helper keeps none of these: each is closed here once the reply is sent.
+                let sockets = fds.5.map(TransparentSockets::into_vec).unwrap_or_default();
+                Ok((info, fds.0, fds.1, fds.2, fds.3, sockets))
             }
             Err(e) => {
                 let mut state = i.state.lock().await;
@@ -250,7 +266,7 @@ impl Helper {
         id: String,
         slot: u32,
         c: validate::Checked,
-    ) -> Result<(Sandbox, (BusFd, BusFd, BusFd, BusFd, OwnedFd)), HelperError> {
+    ) -> Result<(Sandbox, Handed), HelperError> {
         let i = &self.inner;
         let cfg = &i.config;
         let failed =
@@ -280,10 +296,23 @@ impl Helper {
             host: addrs.host,
             sandbox: addrs.sandbox,
             proxy_port: c.proxy_port,
+            transparent: c.transparent,
         };
         // From here on, undo what was done if a later step fails.
         let undo_network = || async {
             let _ = i.network.destroy(&id, &link).await;
+        };
+        // Bound before the firewall lets anything in: nothing can reach these ports unserved.
+        let sockets = if c.transparent {
+            match transparent::bind(addrs.host, &link) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    undo_network().await;
+                    return Err(failed("transparent mode", &e));
+                }
+            }
+        } else {
+            None
         };
         if let Err(e) = i.firewall.allow(&rule) {
             undo_network().await;
@@ -312,12 +341,22 @@ impl Helper {
                     ))
                 })?;
             }
+            let resolv_conf = if c.transparent {
+                let conf = transparent::resolv_conf(addrs.host);
+                Some(
+                    transparent::data_pipe(conf.as_bytes())
+                        .map_err(|e| failed("resolv.conf", &e))?,
+                )
+            } else {
+                None
+            };
             let plan = self.plan(
                 &c,
                 uid,
                 gid,
                 netns.try_clone().map_err(|e| failed("netns", &e))?,
                 &cgroup,
+                resolv_conf,
             )?;
             i.launcher
                 .launch(plan)
@@ -361,6 +400,7 @@ impl Helper {
                 BusFd::from(started.stderr),
                 BusFd::from(started.pidfd_for_caller),
                 started.stdin_watch,
+                sockets,
             ),
         ))
     }
@@ -373,13 +413,15 @@ impl Helper {
         gid: u32,
         netns: std::fs::File,
         cgroup: &SandboxCgroup,
+        resolv_conf: Option<OwnedFd>,
     ) -> Result<spawn::Plan, HelperError> {
         let cfg = &self.inner.config;
         let dup = |fd: &OwnedFd| {
             fd.try_clone()
                 .map_err(|e| HelperError::Failed(format!("dup: {e}")))
         };
-        // fds are passed at fixed numbers from 3 up: rootfs, data, then one per CA copy.
+        // fds are passed at fixed numbers from 3 up: rootfs, data, one per CA copy, then the
+        // transparent-mode resolv.conf.
         let mut pass = vec![(dup(&c.rootfs)?, 3)];
         let mut args: Vec<OsString> = Vec::new();
         let mut arg = |a: &str| args.push(a.into());
@@ -432,6 +474,16 @@ impl Helper {
             ]);
             next += 1;
         }
+        if let Some(fd) = resolv_conf {
+            pass.push((fd, next));
+            args.extend([
+                "--perms".into(),
+                "0444".into(),
+                "--ro-bind-data".into(),
+                next.to_string().into(),
+                format!("/{}", validate::RESOLV_CONF).into(),
+            ]);
+        }
         args.push("--clearenv".into());
         for (k, v) in &c.env {
             args.extend(["--setenv".into(), k.into(), v.into()]);
@@ -440,6 +492,7 @@ impl Helper {
         args.push(INIT_IN_SANDBOX.into());
         let init = crate::init::args::Args {
             proxy_port: c.proxy_port,
+            transparent: c.transparent,
             data: c.data.is_some(),
             allow_degraded_landlock: cfg.allow_degraded_landlock,
             server: c.argv.iter().map(OsString::from).collect(),

@@ -12,7 +12,7 @@ use std::path::{Component, Path};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
-use crate::api::{HelperError, SandboxSpec};
+use crate::api::{DNS_PORT, HelperError, SandboxSpec, TLS_PORT};
 use crate::config::Config;
 
 pub const MAX_ARGS: usize = 256;
@@ -35,6 +35,10 @@ const CA_PATHS: [&str; 3] = [
     "etc/ssl/cert.pem",
 ];
 pub const CA_IN_SANDBOX: &str = "/run/gigmcp/ca.pem";
+/// Replaced in transparent mode by a file naming the link's host address as the nameserver.
+/// It must be a regular file in the image: bwrap cannot create a mount point in a read-only
+/// image, and a symbolic link is not followed.
+pub const RESOLV_CONF: &str = "etc/resolv.conf";
 
 /// A spec that passed every check, with its paths already opened.
 #[derive(Debug)]
@@ -47,6 +51,8 @@ pub struct Checked {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub proxy_port: u16,
+    /// Transparent mode (the image has a regular `/etc/resolv.conf` then).
+    pub transparent: bool,
     pub memory_max: u64,
     pub pids_max: u32,
     pub cpu_percent: u32,
@@ -154,6 +160,12 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
     if spec.proxy_port == 0 {
         return Err(invalid("proxy_port must not be 0"));
     }
+    if spec.transparent && [TLS_PORT, DNS_PORT].contains(&spec.proxy_port) {
+        return Err(invalid(format!(
+            "with transparent mode, proxy_port must not be {TLS_PORT} or {DNS_PORT} (the helper \
+             binds those)"
+        )));
+    }
     let rootfs = open_rootfs(&spec.rootfs, config, roots)?;
     for dir in MOUNT_POINTS {
         open_beneath(&rootfs, dir, OFlags::PATH | OFlags::DIRECTORY).map_err(|_| {
@@ -171,6 +183,12 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
             Some(spec.data_dir.clone()),
         )
     };
+    if spec.transparent && !regular_file_in(&rootfs, RESOLV_CONF) {
+        return Err(HelperError::RootfsIncomplete(format!(
+            "transparent mode needs /{RESOLV_CONF} as a regular file (not a link) in the image, \
+             for the helper to replace"
+        )));
+    }
     let ca = if spec.ca_bundle.is_empty() {
         Vec::new()
     } else {
@@ -184,6 +202,7 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
         argv: spec.argv.clone(),
         env: spec.env.clone(),
         proxy_port: spec.proxy_port,
+        transparent: spec.transparent,
         memory_max: limits.memory_max_bytes,
         pids_max: limits.pids_max,
         cpu_percent: limits.cpu_percent,
@@ -322,14 +341,18 @@ fn open_ca(
     };
     let mut out = vec![(open()?, CA_IN_SANDBOX.to_owned())];
     for path in CA_PATHS {
-        let present = open_beneath(rootfs, path, OFlags::PATH | OFlags::NOFOLLOW)
-            .and_then(|fd| rustix::fs::fstat(&fd))
-            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
-        if present {
+        if regular_file_in(rootfs, path) {
             out.push((open()?, format!("/{path}")));
         }
     }
     Ok(out)
+}
+
+/// Whether `path` is a regular file beneath `rootfs`, reached without any symbolic link.
+fn regular_file_in(rootfs: &OwnedFd, path: &str) -> bool {
+    open_beneath(rootfs, path, OFlags::PATH | OFlags::NOFOLLOW)
+        .and_then(|fd| rustix::fs::fstat(&fd))
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
 }
 
 /// Gives a data dir and everything in it to the sandbox's uid, without following a link.

@@ -1,7 +1,8 @@
 //! The command line, parsed by hand (no parser crate in the sandbox's first process).
 //!
 //! ```text
-//! gigmcp-sandbox-init --proxy-port PORT [--data] [--allow-degraded-landlock] -- SERVER [ARG...]
+//! gigmcp-sandbox-init --proxy-port PORT [--transparent] [--data] [--allow-degraded-landlock]
+//!                     -- SERVER [ARG...]
 //! ```
 //!
 //! Options come before `--`, in any order, each at most once; everything after `--` is the
@@ -10,14 +11,17 @@
 use std::ffi::OsString;
 
 /// The synopsis printed with usage errors.
-pub const USAGE: &str =
-    "gigmcp-sandbox-init --proxy-port PORT [--data] [--allow-degraded-landlock] -- SERVER [ARG...]";
+pub const USAGE: &str = "gigmcp-sandbox-init --proxy-port PORT [--transparent] [--data] \
+                         [--allow-degraded-landlock] -- SERVER [ARG...]";
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     /// The only TCP port the server may connect to (the gateway's egress proxy), 1..=65535.
     pub proxy_port: u16,
+    /// Transparent mode: TCP connect is also allowed to ports 443 and 53 (`api::TLS_PORT`,
+    /// `api::DNS_PORT`).
+    pub transparent: bool,
     /// `/data` is mounted and the server may write there.
     pub data: bool,
     /// Run the server even if the kernel does not enforce landlock (prints a DEGRADED line).
@@ -30,6 +34,7 @@ pub struct Args {
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut args = args.into_iter();
     let mut proxy_port = None;
+    let mut transparent = false;
     let mut data = false;
     let mut allow_degraded_landlock = false;
     loop {
@@ -45,6 +50,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         };
         match arg.to_str() {
             Some("--") => break,
+            Some("--transparent") => flag(&mut transparent, "--transparent")?,
             Some("--data") => flag(&mut data, "--data")?,
             Some("--allow-degraded-landlock") => {
                 flag(&mut allow_degraded_landlock, "--allow-degraded-landlock")?
@@ -66,6 +72,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     }
     Ok(Args {
         proxy_port,
+        transparent,
         data,
         allow_degraded_landlock,
         server,
@@ -78,6 +85,9 @@ impl Args {
     pub fn to_args(&self) -> Vec<OsString> {
         let mut out: Vec<OsString> =
             vec!["--proxy-port".into(), self.proxy_port.to_string().into()];
+        if self.transparent {
+            out.push("--transparent".into());
+        }
         if self.data {
             out.push("--data".into());
         }
@@ -113,6 +123,7 @@ mod tests {
             "--data",
             "--proxy-port",
             "3128",
+            "--transparent",
             "--allow-degraded-landlock",
             "--",
             "node",
@@ -121,21 +132,22 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(a.proxy_port, 3128);
-        assert!(a.data && a.allow_degraded_landlock);
+        assert!(a.data && a.allow_degraded_landlock && a.transparent);
         assert_eq!(a.server, ["node", "--x", "--"].map(OsString::from));
 
         let a = p(&["--proxy-port", "65535", "--", "/bin/true"]).expect("valid");
-        assert!(!a.data && !a.allow_degraded_landlock);
+        assert!(!a.data && !a.allow_degraded_landlock && !a.transparent);
         assert_eq!(a.server, [OsString::from("/bin/true")]);
     }
 
     #[test]
     fn to_args_round_trips() {
-        for (data, allow_degraded_landlock) in
-            [(false, false), (true, false), (false, true), (true, true)]
-        {
+        for bits in 0..8u8 {
+            let (transparent, data, allow_degraded_landlock) =
+                (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
             let a = Args {
                 proxy_port: 8443,
+                transparent,
                 data,
                 allow_degraded_landlock,
                 server: ["python3", "-m", "server", "--", "--data"]
@@ -180,6 +192,21 @@ mod tests {
             (
                 &["--proxy-port", "1", "--data", "--data", "--", "x"][..],
                 "--data given twice",
+            ),
+            (
+                &[
+                    "--transparent",
+                    "--proxy-port",
+                    "1",
+                    "--transparent",
+                    "--",
+                    "x",
+                ][..],
+                "--transparent given twice",
+            ),
+            (
+                &["--proxy-port", "1", "--transparent=443", "--", "x"][..],
+                "unknown argument",
             ),
             (&["--proxy-port=1", "--", "x"][..], "unknown argument"),
             (

@@ -5,7 +5,8 @@
 //!   `/proc/self/*`, `/dev/shm` and any rw bind the helper might add by mistake);
 //! - `/tmp`, and `/data` with `--data`: every filesystem right;
 //! - `/dev/null`, `/dev/zero`, `/dev/full`: read and write; `/dev/urandom`, `/dev/random`: read;
-//! - TCP: connect to the proxy port only, bind nothing (UDP is left to nftables);
+//! - TCP: connect to the proxy port only (with `--transparent` also to 443 and 53, the ports of
+//!   transparent mode), bind nothing (UDP is left to nftables);
 //! - scopes: no abstract unix sockets and no signals across the domain's boundary.
 //!
 //! The filesystem rights are those of the best ABI both the kernel and the landlock crate know,
@@ -21,6 +22,7 @@ use ::landlock::{
 
 use super::exit::{DEGRADED_PREFIX, WARNING_PREFIX};
 use super::sys;
+use crate::api::{DNS_PORT, TLS_PORT};
 
 /// Read and execute everywhere.
 pub const ROOT: &str = "/";
@@ -36,10 +38,25 @@ pub const DEV_READABLE: [&str; 2] = ["/dev/urandom", "/dev/random"];
 /// What to allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// The only TCP port `connect` may reach.
+    /// The proxy port: `connect` may always reach it.
     pub proxy_port: u16,
+    /// Transparent mode: also TCP connect to [`TLS_PORT`] and [`DNS_PORT`].
+    pub transparent: bool,
     /// Whether `/data` is writable (it must exist then).
     pub data: bool,
+}
+
+impl Policy {
+    /// The TCP ports `connect` may reach (addresses are nftables' job).
+    pub fn connect_ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.proxy_port];
+        if self.transparent {
+            ports.extend([TLS_PORT, DNS_PORT]);
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
 }
 
 /// How much of the policy the kernel enforces.
@@ -162,9 +179,12 @@ fn ruleset(policy: &Policy) -> Result<RulesetCreated, String> {
             .add_rule(PathBeneath::new(fd, access))
             .map_err(err(path))?;
     }
-    created
-        .add_rule(NetPort::new(policy.proxy_port, AccessNet::ConnectTcp))
-        .map_err(err("proxy port rule"))
+    for port in policy.connect_ports() {
+        created = created
+            .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+            .map_err(err(&format!("TCP port {port} rule")))?;
+    }
+    Ok(created)
 }
 
 #[cfg(test)]
@@ -176,6 +196,20 @@ mod tests {
             effective_abi: abi,
             kernel_abi: None,
         }
+    }
+
+    #[test]
+    fn connect_ports() {
+        let mut policy = Policy {
+            proxy_port: 3128,
+            transparent: false,
+            data: false,
+        };
+        assert_eq!(policy.connect_ports(), [3128]);
+        policy.transparent = true;
+        assert_eq!(policy.connect_ports(), [53, 443, 3128]);
+        policy.proxy_port = 443;
+        assert_eq!(policy.connect_ports(), [53, 443]);
     }
 
     #[test]

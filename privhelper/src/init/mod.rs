@@ -2,8 +2,8 @@
 //! and the mount tree and runs it as uid 65534; it confines itself and then becomes the server:
 //!
 //! 1. landlock ([`landlock`]): read+execute everywhere, write only `/tmp` (and `/data` with
-//!    `--data`) and a few devices, TCP connect only to the proxy port, no TCP bind, abstract
-//!    unix sockets and signals scoped. Not enforced by the kernel → refuse, unless
+//!    `--data`) and a few devices, TCP connect only to the proxy port (and with `--transparent`
+//!    to 443 and 53), no TCP bind, abstract unix sockets and signals scoped. Not enforced by the kernel → refuse, unless
 //!    `--allow-degraded-landlock` (then a `DEGRADED:` line on stderr);
 //! 2. `PR_SET_NO_NEW_PRIVS`;
 //! 3. empty every capability set, bounding and ambient included ([`capabilities`]);
@@ -44,6 +44,7 @@ pub fn run(argv: impl IntoIterator<Item = OsString>) -> ! {
 
     let policy = landlock::Policy {
         proxy_port: args.proxy_port,
+        transparent: args.transparent,
         data: args.data,
     };
     match landlock::restrict(&policy).and_then(|e| e.verdict(args.allow_degraded_landlock)) {

@@ -89,6 +89,22 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         })
 }
 
+/// Held while a harness lives: the privileged tests of every checkout on this host use the same
+/// instance, link and pool names, so two `cargo test` runs at once would sweep each other's
+/// sandboxes. An exclusive `flock` makes them take turns.
+const HOST_LOCK: &str = "/run/lock/gigmcp-privhelper-tests.lock";
+
+fn host_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(HOST_LOCK)
+        .unwrap_or_else(|e| panic!("{HOST_LOCK}: {e}"));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {HOST_LOCK}: {e}"))
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub address: String,
@@ -98,11 +114,14 @@ pub struct Harness {
     pub config: PathBuf,
     bus: Child,
     helper: Option<Child>,
+    /// Released (after `Drop` has stopped the helper and the bus) when the harness goes.
+    _host_lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Harness {
     /// A private bus and a running helper that accepts calls from `allowed_uid`.
     pub async fn start(allowed_uid: u32) -> Self {
+        let host_lock = host_lock();
         let dir = open_tempdir();
         let images = dir.path().join("images");
         let data_root = dir.path().join("data");
@@ -136,6 +155,7 @@ impl Harness {
             config,
             bus,
             helper: None,
+            _host_lock: host_lock,
         };
         h.start_helper().await;
         h
@@ -218,6 +238,7 @@ impl Harness {
             data_dir: String::new(),
             ca_bundle: String::new(),
             proxy_port: PROXY_PORT,
+            transparent: false,
             limits: Limits {
                 memory_max_bytes: 256 << 20,
                 pids_max: 64,

@@ -13,6 +13,8 @@ pub fn build(root: &Path, binaries: &[(PathBuf, &str)]) {
         mkdir(&root.join(dir));
     }
     std::fs::write(root.join("etc/hostname"), "sandbox\n").unwrap();
+    // A regular file, as transparent mode needs (the helper binds its own over it).
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
     for (src, dest) in binaries {
         copy(src, &root.join(dest));
         for lib in libraries_of(src) {

@@ -50,6 +50,8 @@ pub const ATTACKS: &[(&str, &str)] = &[
     ),
     ("connect", "<ip> <port> [timeout_ms (default 2000)]"),
     ("udp-send", "<ip> <port>"),
+    ("udp-roundtrip", "<ip> <port> [timeout_ms (default 2000)]"),
+    ("tcp-roundtrip", "<ip> <port> [timeout_ms (default 2000)]"),
     ("dbus-system", ""),
     ("env", ""),
     ("gain-capability", ""),
@@ -152,6 +154,16 @@ pub enum Attack {
     UdpSend {
         ip: IpAddr,
         port: u16,
+    },
+    UdpRoundtrip {
+        ip: IpAddr,
+        port: u16,
+        timeout_ms: u64,
+    },
+    TcpRoundtrip {
+        ip: IpAddr,
+        port: u16,
+        timeout_ms: u64,
     },
     DbusSystem,
     Env,
@@ -293,6 +305,16 @@ pub fn parse(args: &[String]) -> Result<Command, ParseError> {
             ip: a.parsed("ip")?,
             port: a.parsed("port")?,
         },
+        "udp-roundtrip" => Attack::UdpRoundtrip {
+            ip: a.parsed("ip")?,
+            port: a.parsed("port")?,
+            timeout_ms: a.parsed_or("timeout_ms", &DEFAULT_TIMEOUT_MS.to_string())?,
+        },
+        "tcp-roundtrip" => Attack::TcpRoundtrip {
+            ip: a.parsed("ip")?,
+            port: a.parsed("port")?,
+            timeout_ms: a.parsed_or("timeout_ms", &DEFAULT_TIMEOUT_MS.to_string())?,
+        },
         "dbus-system" => Attack::DbusSystem,
         "env" => Attack::Env,
         "gain-capability" => Attack::GainCapability,
@@ -416,7 +438,9 @@ mod tests {
             match name {
                 "read-file" | "write-rootfs" => vec!["/etc/x"],
                 "spoof-source" => vec!["10.231.0.6", "10.231.0.1", "3128"],
-                "connect" | "udp-send" => vec!["10.231.0.1", "3128"],
+                "connect" | "udp-send" | "udp-roundtrip" | "tcp-roundtrip" => {
+                    vec!["10.231.0.1", "3128"]
+                }
                 "fork-bomb" | "memory-hog" | "ping-sleep" => vec!["3"],
                 _ => vec![],
             }
@@ -466,6 +490,26 @@ mod tests {
                 ip: "10.231.0.1".parse().unwrap(),
                 port: 3128,
                 timeout_ms: 2000
+            })
+        );
+    }
+
+    #[test]
+    fn roundtrips() {
+        assert_eq!(
+            run(&["udp-roundtrip", "10.231.0.1", "53"]),
+            Ok(Attack::UdpRoundtrip {
+                ip: "10.231.0.1".parse().unwrap(),
+                port: 53,
+                timeout_ms: 2000
+            })
+        );
+        assert_eq!(
+            run(&["tcp-roundtrip", "10.231.0.1", "443", "700"]),
+            Ok(Attack::TcpRoundtrip {
+                ip: "10.231.0.1".parse().unwrap(),
+                port: 443,
+                timeout_ms: 700
             })
         );
     }

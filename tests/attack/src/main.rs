@@ -158,6 +158,16 @@ fn run(attack: Attack) -> Done {
             timeout_ms,
         } => net::connect(ip, port, timeout_ms),
         Attack::UdpSend { ip, port } => net::udp_send(ip, port),
+        Attack::UdpRoundtrip {
+            ip,
+            port,
+            timeout_ms,
+        } => net::udp_roundtrip(ip, port, timeout_ms),
+        Attack::TcpRoundtrip {
+            ip,
+            port,
+            timeout_ms,
+        } => net::tcp_roundtrip(ip, port, timeout_ms),
         Attack::DbusSystem => net::dbus_system(),
         Attack::Env => isolation::env(),
         Attack::GainCapability => isolation::gain_capability(),

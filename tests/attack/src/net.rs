@@ -214,6 +214,56 @@ pub fn udp_send(ip: IpAddr, port: u16) -> Outcome {
     Outcome::Result(format!("sent {r} bytes to {}", fmt_endpoint(ip, port)))
 }
 
+fn io_errno(e: &std::io::Error) -> Errno {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Errno(libc::ETIMEDOUT),
+        _ => Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// Sends [`UDP_PROBE`] from a connected UDP socket (so only the target's answer counts) and
+/// reports the first reply within `timeout_ms`: `RESULT reply <bytes>`.
+pub fn udp_roundtrip(ip: IpAddr, port: u16, timeout_ms: u64) -> Outcome {
+    let any: IpAddr = if ip.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let result = (|| {
+        let socket = std::net::UdpSocket::bind((any, 0))?;
+        socket.connect((ip, port))?;
+        socket.set_read_timeout(Some(Duration::from_millis(timeout_ms.max(1))))?;
+        socket.send(UDP_PROBE)?;
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf)?;
+        Ok::<_, std::io::Error>(buf[..n].to_vec())
+    })();
+    match result {
+        Ok(reply) => Outcome::Result(format!("reply {}", crate::report::escape_bytes(&reply))),
+        Err(e) => Outcome::Blocked(io_errno(&e)),
+    }
+}
+
+/// Connects over TCP, sends [`UDP_PROBE`] and reports what comes back within `timeout_ms`
+/// (until the peer closes or 512 bytes): `RESULT reply <bytes>`.
+pub fn tcp_roundtrip(ip: IpAddr, port: u16, timeout_ms: u64) -> Outcome {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let result = (|| {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(ip, port), timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(UDP_PROBE)?;
+        let mut reply = Vec::new();
+        stream.take(512).read_to_end(&mut reply)?;
+        Ok::<_, std::io::Error>(reply)
+    })();
+    match result {
+        Ok(reply) => Outcome::Result(format!("reply {}", crate::report::escape_bytes(&reply))),
+        Err(e) => Outcome::Blocked(io_errno(&e)),
+    }
+}
+
 fn fmt_endpoint(ip: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }

@@ -1,0 +1,125 @@
+//! Transparent mode's sockets and resolver file.
+//!
+//! Some servers ignore proxy variables. For them the gateway answers DNS on the link's host
+//! address (allowlisted names resolve to it) and takes the TLS connections that follow on port
+//! 443, reading the host from the SNI. Ports below 1024 need privilege, so the helper binds the
+//! three sockets (TCP 443, UDP 53, TCP 53) and hands them over with the sandbox's other fds; the
+//! gateway serves them. No NAT and no connection tracking: the socket *is* the attribution.
+//!
+//! Each socket is bound to the link's host address and to the link itself (`SO_BINDTODEVICE`):
+//! - packets arriving on another interface never reach it (the table only filters sandbox
+//!   links, and Linux delivers a packet for any local address on any interface). The host's
+//!   own processes still can (local delivery), but not from the sandbox's address: sending
+//!   from a foreign source needs `IP_TRANSPARENT`, i.e. root. So a peer at the sandbox address
+//!   is the sandbox;
+//! - a socket the gateway still holds for a destroyed sandbox does not block the next sandbox
+//!   in the same slot (same address, new link), and never receives its traffic: the kernel
+//!   sees two sockets bound to different devices as no conflict.
+//!
+//! A host service bound to the wildcard address on 443 or 53 *does* conflict (the kernel treats
+//! a wildcard bind as covering every address): creation then fails with a message saying so.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::api::{DNS_PORT, TLS_PORT, TransparentSockets};
+
+/// Listen backlog of the TCP sockets (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 1024;
+
+/// Binds TCP `host:443`, UDP `host:53` and TCP `host:53` on `link`, close-on-exec.
+pub fn bind(host: Ipv4Addr, link: &str) -> Result<TransparentSockets, String> {
+    Ok(TransparentSockets {
+        tls: socket(host, TLS_PORT, link, Proto::Tcp)?,
+        dns_udp: socket(host, DNS_PORT, link, Proto::Udp)?,
+        dns_tcp: socket(host, DNS_PORT, link, Proto::Tcp)?,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+fn socket(host: Ipv4Addr, port: u16, link: &str, proto: Proto) -> Result<OwnedFd, String> {
+    let name = match proto {
+        Proto::Tcp => "TCP",
+        Proto::Udp => "UDP",
+    };
+    let addr = SocketAddrV4::new(host, port);
+    let step = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (a host service bound to the wildcard address on this port blocks transparent \
+                 mode: bind it to specific addresses)"
+            } else {
+                ""
+            };
+            format!("{name} {addr}: {what}: {e}{hint}")
+        }
+    };
+    // socket2 creates sockets with SOCK_CLOEXEC: nothing the helper starts inherits them.
+    let socket = match proto {
+        Proto::Tcp => Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)),
+        Proto::Udp => Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)),
+    }
+    .map_err(step("socket"))?;
+    if let Proto::Tcp = proto {
+        // Lets a new listener bind while connections of an earlier one sit in TIME_WAIT; it
+        // never lets two listeners share an address and port.
+        socket
+            .set_reuse_address(true)
+            .map_err(step("SO_REUSEADDR"))?;
+    }
+    socket
+        .bind_device(Some(link.as_bytes()))
+        .map_err(step("SO_BINDTODEVICE"))?;
+    socket.bind(&SockAddr::from(addr)).map_err(step("bind"))?;
+    if let Proto::Tcp = proto {
+        socket.listen(BACKLOG).map_err(step("listen"))?;
+    }
+    Ok(socket.into())
+}
+
+/// The sandbox's `/etc/resolv.conf`: the link's host address is its only nameserver.
+pub fn resolv_conf(host: Ipv4Addr) -> String {
+    format!("nameserver {host}\noptions attempts:2 timeout:1\n")
+}
+
+/// A pipe holding `data` with its write end closed, for bwrap's `--ro-bind-data`.
+pub fn data_pipe(data: &[u8]) -> std::io::Result<OwnedFd> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // Far below the pipe's capacity (64 KiB): the write cannot block.
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = rustix::io::write(&write, rest)?;
+        rest = &rest[n..];
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_names_only_the_host_address() {
+        assert_eq!(
+            resolv_conf(Ipv4Addr::new(10, 231, 0, 1)),
+            "nameserver 10.231.0.1\noptions attempts:2 timeout:1\n"
+        );
+    }
+
+    #[test]
+    fn data_pipe_holds_the_data() {
+        use std::io::Read;
+        let fd = data_pipe(b"nameserver 10.231.0.1\n").unwrap();
+        let mut got = String::new();
+        std::fs::File::from(fd).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "nameserver 10.231.0.1\n");
+    }
+}
