@@ -147,7 +147,13 @@ async fn forward(
     };
 
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match format!("{scheme}://{}:{}{pq}", target.host, target.port).parse::<Uri>() {
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let uri = if target.port == default_port {
+        format!("{scheme}://{}{pq}", target.host)
+    } else {
+        format!("{scheme}://{}:{}{pq}", target.host, target.port)
+    };
+    parts.uri = match uri.parse::<Uri>() {
         Ok(u) => u,
         Err(_) => return deny_request(&ctx, &target, &parts, &Deny::BadAuthority),
     };
