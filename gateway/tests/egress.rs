@@ -263,7 +263,8 @@ async fn every_inner_request_is_checked() {
     assert_eq!(status(&["--http1.1", "--request-target", "https://other.test.example/", api]), "403");
     // Oversized headers: 431 inside the tunnel and on the proxy port.
     let huge = format!("X-Big: {}", "a".repeat(100 * 1024));
-    assert_eq!(status(&["--http1.1", "-H", &huge, api]), "431");
+    let code = status(&["--http1.1", "-H", &huge, api]);
+    assert_eq!(code, "431", "{:#?} {:#?}", fx.audit().await, fx.upstream.seen().len());
     let outer = fx.curl(&["-o", "/dev/null", "-w", "%{http_connect}", "--proxy-header", &huge, api]);
     assert_eq!(outer.text(), "431", "{}", outer.stderr);
     let h2_huge = fx.curl(&["--http2", "-o", "/dev/null", "-w", "%{http_code}", "-H", &huge, api]);

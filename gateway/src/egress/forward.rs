@@ -36,11 +36,7 @@ pub(crate) async fn tunneled(
 /// A plain-HTTP absolute-form request on the proxy port.
 pub(crate) async fn plain(ctx: Arc<SandboxCtx>, req: Request<Incoming>) -> Response<UpBody> {
     let (parts, body) = req.into_parts();
-    let checked = request::check_plain(&parts).and_then(|t| {
-        ctx.policy.check_plain_http(&t)?;
-        Ok(t)
-    });
-    let target = match checked {
+    let target = match request::check_plain(&parts) {
         Ok(t) => t,
         Err(deny) => {
             let shown = parts
@@ -52,6 +48,10 @@ pub(crate) async fn plain(ctx: Arc<SandboxCtx>, req: Request<Incoming>) -> Respo
             return refusal(&deny);
         }
     };
+    if let Err(deny) = ctx.policy.check_plain_http(&target) {
+        ctx.audit_denied(&target.to_string(), &deny, "kind=http");
+        return refusal(&deny);
+    }
     if let Err(deny) = ctx.admit_target(&target).await {
         return deny_request(&ctx, &target, &parts, &deny);
     }

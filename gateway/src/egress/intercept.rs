@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -83,25 +82,27 @@ where
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(100);
-    let builder = if h2 {
-        builder.http2_only()
-    } else {
-        builder.http1_only()
-    };
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| forward::tunneled(svc_ctx.clone(), target.clone(), req));
-    let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+    let io = TokioIo::new(tls);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(100);
+        let _ = builder.serve_connection(io, svc).await;
+    } else {
+        // `max_header_size` is checked on complete heads too (`max_buf_size` only bounds
+        // partial ones), so an oversized head always gets 431.
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_header_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let _ = builder.serve_connection(io, svc).await;
+    }
     drop(conn);
 }

@@ -108,6 +108,7 @@ async fn serve_proxy(ctx: Arc<SandboxCtx>, io: IdleIo<TcpStream>, conn: Conn) {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| outer(svc_ctx.clone(), conn.clone(), req));

@@ -198,12 +198,11 @@ impl Policy {
 
     /// May the sandbox send a plain-HTTP request to `t`?
     pub fn check_plain_http(&self, t: &Target) -> Result<(), Deny> {
-        self.check_tunnel(t)?;
-        if self.hosts.get(&t.host).is_some_and(|r| r.http) {
-            Ok(())
-        } else {
-            Err(Deny::PlainHttpNotAllowed)
+        let rule = self.hosts.get(&t.host).ok_or(Deny::NotAllowlisted)?;
+        if !rule.http {
+            return Err(Deny::PlainHttpNotAllowed);
         }
+        self.check_tunnel(t)
     }
 
     /// The names the DNS answerer of transparent mode resolves (those reachable on port 443).
