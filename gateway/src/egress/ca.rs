@@ -76,7 +76,8 @@ impl Ca {
         cert_path: &Path,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, EgressError> {
-        let name = SecretName::parse(CA_KEY_SECRET).map_err(|e| EgressError::Config(e.to_string()))?;
+        let name =
+            SecretName::parse(CA_KEY_SECRET).map_err(|e| EgressError::Config(e.to_string()))?;
         let key = match vault.get(&name) {
             Ok(sealed) => KeyPair::try_from(sealed.expose()).map_err(|e| tls_err("CA key", e))?,
             Err(VaultError::NotFound { .. }) => {
@@ -102,7 +103,10 @@ impl Ca {
                 p.not_before = now - Duration::days(1);
                 p.not_after = now + Duration::days(3650);
                 p.serial_number = Some(serial()?);
-                let pem = p.self_signed(&key).map_err(|e| tls_err("CA certificate", e))?.pem();
+                let pem = p
+                    .self_signed(&key)
+                    .map_err(|e| tls_err("CA certificate", e))?
+                    .pem();
                 write_public(cert_path, pem.as_bytes())?;
                 pem
             }

@@ -15,10 +15,12 @@ use tokio::net::TcpStream;
 
 use super::policy::Target;
 
+type Table = HashMap<Target, (Vec<SocketAddr>, Instant)>;
+
 /// Checked addresses per destination, with when they were checked.
 #[derive(Debug, Clone, Default)]
 pub struct Admitted {
-    table: Arc<Mutex<HashMap<Target, (Vec<SocketAddr>, Instant)>>>,
+    table: Arc<Mutex<Table>>,
 }
 
 impl Admitted {
@@ -38,7 +40,7 @@ impl Admitted {
         self.lock().get(target).map(|(a, _)| a.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Target, (Vec<SocketAddr>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -81,7 +81,12 @@ pub fn answer_verdict(
     if opcode != 0 {
         return Some((header(query, NOTIMP, 0, 0), Verdict::NotImplemented));
     }
-    let counts = [be16(query, 4)?, be16(query, 6)?, be16(query, 8)?, be16(query, 10)?];
+    let counts = [
+        be16(query, 4)?,
+        be16(query, 6)?,
+        be16(query, 8)?,
+        be16(query, 10)?,
+    ];
     // One question, no answers or authorities; one additional record (an EDNS OPT) is ignored.
     if counts[0] != 1 || counts[1] != 0 || counts[2] != 0 || counts[3] > 1 {
         return Some((header(query, FORMERR, 0, 0), Verdict::FormErr));
@@ -115,13 +120,18 @@ pub fn answer_verdict(
         out.extend_from_slice(question);
         out
     };
-    let text_len: usize = labels.iter().map(|l| l.len() + 1).sum::<usize>().saturating_sub(1);
+    let text_len: usize = labels
+        .iter()
+        .map(|l| l.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
     let sane = !labels.is_empty()
         && text_len <= 253
         && labels.iter().all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+                && l.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
         });
     if !sane {
         return Some((reply(REFUSED, 0), Verdict::Refused("malformed name")));
@@ -212,7 +222,8 @@ pub async fn serve_tcp(listener: TcpListener, served: Arc<Served>) {
         }
         let served = served.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), tcp_session(stream, served)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), tcp_session(stream, served)).await;
         });
     }
 }
@@ -272,20 +283,31 @@ mod tests {
         assert_eq!(be16(&r, 6), Some(1), "one answer");
         assert_eq!(&r[12..q.len()], &q[12..], "question echoed byte for byte");
         assert_eq!(&r[r.len() - 4..], &IP.octets());
-        assert_eq!(rcode(&answer(&query("api.example.com", TYPE_AAAA), &allow(), IP).unwrap()), NOERROR);
+        assert_eq!(
+            rcode(&answer(&query("api.example.com", TYPE_AAAA), &allow(), IP).unwrap()),
+            NOERROR
+        );
     }
 
     #[test]
     fn everything_else_is_refused_or_nonexistent() {
         let r = |q: &[u8]| answer(q, &allow(), IP).map(|r| rcode(&r));
         assert_eq!(r(&query("evil.example.com", TYPE_A)), Some(NXDOMAIN));
-        assert_eq!(r(&query("evil.example.com", 16)), Some(NXDOMAIN), "TXT elsewhere");
+        assert_eq!(
+            r(&query("evil.example.com", 16)),
+            Some(NXDOMAIN),
+            "TXT elsewhere"
+        );
         assert_eq!(r(&query("api.example.com", 16)), Some(REFUSED), "TXT");
         assert_eq!(r(&query("api.example.com", 255)), Some(REFUSED), "ANY");
         let exfil = format!("{}.{}.evil.example.com", "a".repeat(63), "b".repeat(63));
         assert_eq!(r(&query(&exfil, TYPE_A)), Some(NXDOMAIN));
         let too_long = vec!["a".repeat(63); 5].join(".");
-        assert_eq!(r(&query(&too_long, TYPE_A)), Some(REFUSED), "> 253 characters");
+        assert_eq!(
+            r(&query(&too_long, TYPE_A)),
+            Some(REFUSED),
+            "> 253 characters"
+        );
         assert_eq!(r(&query("bad!label.example.com", TYPE_A)), Some(REFUSED));
         let mut chaos = query("api.example.com", TYPE_A);
         let n = chaos.len();
@@ -300,7 +322,11 @@ mod tests {
         let mut pointer = query("api.example.com", TYPE_A);
         pointer[12] = 0xc0;
         assert_eq!(r(&pointer), Some(FORMERR));
-        assert_eq!(r(&query("api.example.com", TYPE_A)[..20]), Some(FORMERR), "truncated");
+        assert_eq!(
+            r(&query("api.example.com", TYPE_A)[..20]),
+            Some(FORMERR),
+            "truncated"
+        );
     }
 
     #[test]

@@ -134,7 +134,10 @@ async fn forward(
             Ok(b) => b.to_bytes(),
             Err(_) => return deny_request(&ctx, &target, &parts, &Deny::BadHeader),
         };
-        if let Some(i) = unbound.iter().position(|p| first_index(&whole, p.as_bytes()).is_some()) {
+        if let Some(i) = unbound
+            .iter()
+            .position(|p| first_index(&whole, p.as_bytes()).is_some())
+        {
             let deny = exfiltration_in_body(&ctx, &unbound[i]);
             return deny_request(&ctx, &target, &parts, &deny);
         }

@@ -42,7 +42,7 @@ use crate::vault::{Vault, VaultError};
 
 pub use addresses::{Resolve, StaticResolver, SystemResolver};
 pub use ca::{CA_KEY_SECRET, CacheStats};
-pub use policy::{make_placeholder, Target};
+pub use policy::{Target, make_placeholder};
 pub use sandbox::EgressProxy;
 
 #[derive(Debug, thiserror::Error)]

@@ -126,7 +126,10 @@ pub struct Policy {
 
 impl Policy {
     /// `placeholders`: (credential name, placeholder) for every credential in the manifest.
-    pub fn new(manifest: &Manifest, placeholders: &[(String, String)]) -> Result<Self, EgressError> {
+    pub fn new(
+        manifest: &Manifest,
+        placeholders: &[(String, String)],
+    ) -> Result<Self, EgressError> {
         manifest
             .check()
             .map_err(|e| EgressError::Config(e.to_string()))?;
@@ -147,14 +150,17 @@ impl Policy {
         let mut credentials = Vec::new();
         for c in &manifest.credentials {
             let bad = |what: &str| EgressError::Config(format!("credential {}: {what}", c.name));
-            let name = SecretName::parse(&c.name).map_err(|e| EgressError::Config(e.to_string()))?;
+            let name =
+                SecretName::parse(&c.name).map_err(|e| EgressError::Config(e.to_string()))?;
             let placeholder = placeholders
                 .iter()
                 .find(|(n, _)| n == &c.name)
                 .map(|(_, p)| p.clone())
                 .ok_or_else(|| bad("no placeholder given"))?;
             if !valid_placeholder(&placeholder) {
-                return Err(bad("placeholder is not gmcp_ph_ followed by 16+ characters"));
+                return Err(bad(
+                    "placeholder is not gmcp_ph_ followed by 16+ characters",
+                ));
             }
             if !seen.insert(placeholder.clone()) {
                 return Err(bad("placeholder is not unique"));

@@ -150,8 +150,7 @@ pub fn placeholder_place(parts: &Parts, placeholder: &str) -> Option<&'static st
         }
     }
     let path = parts.uri.path();
-    if contains(path.as_bytes(), p) || contains(&percent_decode_str(path).collect::<Vec<u8>>(), p)
-    {
+    if contains(path.as_bytes(), p) || contains(&percent_decode_str(path).collect::<Vec<u8>>(), p) {
         return Some("path");
     }
     if let Some(q) = parts.uri.query() {
@@ -265,8 +264,12 @@ pub fn inject(
             }
         }
         Presentation::Basic => {
-            let values: Vec<HeaderValue> =
-                parts.headers.get_all(AUTHORIZATION).iter().cloned().collect();
+            let values: Vec<HeaderValue> = parts
+                .headers
+                .get_all(AUTHORIZATION)
+                .iter()
+                .cloned()
+                .collect();
             parts.headers.remove(AUTHORIZATION);
             for v in values {
                 match basic_decoded(&v).filter(|d| contains(d, ph)) {
@@ -275,7 +278,9 @@ pub fn inject(
                         let encoded = Zeroizing::new(B64.encode(&*swapped));
                         let mut header = Zeroizing::new(b"Basic ".to_vec());
                         header.extend_from_slice(encoded.as_bytes());
-                        parts.headers.append(AUTHORIZATION, sensitive(&header, cred)?);
+                        parts
+                            .headers
+                            .append(AUTHORIZATION, sensitive(&header, cred)?);
                         pairs.push((
                             Zeroizing::new(encoded.as_bytes().to_vec()),
                             Zeroizing::new(B64.encode(&*d).into_bytes()),
@@ -295,7 +300,10 @@ pub fn inject(
                 utf8_percent_encode(&String::from_utf8_lossy(value), QUERY_VALUE).to_string(),
             );
             if encoded.as_bytes() != value {
-                pairs.push((Zeroizing::new(encoded.as_bytes().to_vec()), Zeroizing::new(ph.to_vec())));
+                pairs.push((
+                    Zeroizing::new(encoded.as_bytes().to_vec()),
+                    Zeroizing::new(ph.to_vec()),
+                ));
             }
             let rebuilt: Vec<String> = query
                 .split('&')
@@ -351,7 +359,10 @@ mod tests {
         let ok = parts(http::Request::get("/v1?x=1").header("host", "API.example.com:443"));
         assert_eq!(check_tunneled(&ok, &target()), Ok(()));
         let cases = [
-            (http::Request::get("/").header("host", "other.example.com"), Deny::HostMismatch),
+            (
+                http::Request::get("/").header("host", "other.example.com"),
+                Deny::HostMismatch,
+            ),
             (http::Request::get("/"), Deny::HostMismatch),
             (
                 http::Request::get("/")
@@ -359,7 +370,10 @@ mod tests {
                     .header("host", "api.example.com"),
                 Deny::HostMismatch,
             ),
-            (http::Request::get("/").header("host", "api.example.com:8443"), Deny::HostMismatch),
+            (
+                http::Request::get("/").header("host", "api.example.com:8443"),
+                Deny::HostMismatch,
+            ),
             (
                 http::Request::get("https://other.example.com/").header("host", "api.example.com"),
                 Deny::NotOriginForm,
@@ -379,7 +393,10 @@ mod tests {
                     .header("x", "y"),
             )
         };
-        assert_eq!(check_tunneled(&h2("https://api.example.com/x"), &target()), Ok(()));
+        assert_eq!(
+            check_tunneled(&h2("https://api.example.com/x"), &target()),
+            Ok(())
+        );
         assert_eq!(
             check_tunneled(&h2("https://other.example.com/x"), &target()),
             Err(Deny::HostMismatch)
@@ -389,7 +406,8 @@ mod tests {
             Err(Deny::NotOriginForm)
         );
         let mut bad = h2("https://api.example.com/x");
-        bad.headers.insert("host", HeaderValue::from_static("other.example.com"));
+        bad.headers
+            .insert("host", HeaderValue::from_static("other.example.com"));
         assert_eq!(check_tunneled(&bad, &target()), Err(Deny::HostMismatch));
     }
 
@@ -404,9 +422,13 @@ mod tests {
 
     #[test]
     fn plain_requests() {
-        let p = parts(http::Request::get("http://plain.example.com/x").header("host", "plain.example.com"));
+        let p = parts(
+            http::Request::get("http://plain.example.com/x").header("host", "plain.example.com"),
+        );
         assert_eq!(check_plain(&p).unwrap().port, 80);
-        let p = parts(http::Request::get("http://plain.example.com/x").header("host", "evil.example.com"));
+        let p = parts(
+            http::Request::get("http://plain.example.com/x").header("host", "evil.example.com"),
+        );
         assert_eq!(check_plain(&p), Err(Deny::HostMismatch));
         let p = parts(http::Request::get("/x"));
         assert_eq!(check_plain(&p), Err(Deny::NotProxyRequest));
@@ -458,19 +480,24 @@ mod tests {
     fn basic_swap() {
         let c = cred(Presentation::Basic);
         let user_ph = B64.encode(format!("alice:{PH}"));
-        let mut p = parts(http::Request::get("/").header("authorization", format!("Basic {user_ph}")));
+        let mut p =
+            parts(http::Request::get("/").header("authorization", format!("Basic {user_ph}")));
         assert!(wants(&p, &c));
         let pairs = inject(&mut p, &c, b"s3cr:et").unwrap();
         let sent = p.headers["authorization"].to_str().unwrap().to_owned();
         assert_eq!(sent, format!("Basic {}", B64.encode("alice:s3cr:et")));
         // The echoed base64 form is scrubbed back to the placeholder's base64 form.
-        assert!(pairs.iter().any(|(n, r)| n.as_slice() == B64.encode("alice:s3cr:et").as_bytes()
-            && r.as_slice() == user_ph.as_bytes()));
+        assert!(pairs.iter().any(
+            |(n, r)| n.as_slice() == B64.encode("alice:s3cr:et").as_bytes()
+                && r.as_slice() == user_ph.as_bytes()
+        ));
     }
 
     #[test]
     fn query_swap() {
-        let c = cred(Presentation::Query { param: "api_key".into() });
+        let c = cred(Presentation::Query {
+            param: "api_key".into(),
+        });
         let mut p = parts(http::Request::get(format!("/v1/x?a=1&api_key={PH}&b=2")));
         assert!(wants(&p, &c));
         inject(&mut p, &c, b"k/e y").unwrap();
@@ -486,7 +513,10 @@ mod tests {
         let creds = vec![c];
         for req in [
             http::Request::get("/").header("x-anything", format!("pre{PH}post")),
-            http::Request::get("/").header("authorization", format!("Basic {}", B64.encode(format!("u:{PH}")))),
+            http::Request::get("/").header(
+                "authorization",
+                format!("Basic {}", B64.encode(format!("u:{PH}"))),
+            ),
             http::Request::get(format!("/files/{PH}")),
             http::Request::get(format!("/files/%67mcp_ph_{}", &PH[8..])),
             http::Request::get(format!("/?q={PH}")),
@@ -499,6 +529,9 @@ mod tests {
             assert_eq!(find_exfiltration(&p, &creds, "api.example.com"), Ok(()));
         }
         let clean = parts(http::Request::get("/?q=gmcp_ph_").header("x", "y"));
-        assert_eq!(find_exfiltration(&clean, &creds, "other.example.com"), Ok(()));
+        assert_eq!(
+            find_exfiltration(&clean, &creds, "other.example.com"),
+            Ok(())
+        );
     }
 }

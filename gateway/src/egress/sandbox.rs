@@ -97,7 +97,9 @@ impl SandboxCtx {
             deny,
             Deny::Unattributed | Deny::TooManyConnections | Deny::NotTls | Deny::HandshakeFailed
         );
-        self.shared.audit.denied(&self.id, target, deny, extra, flood);
+        self.shared
+            .audit
+            .denied(&self.id, target, deny, extra, flood);
     }
 
     pub fn audit_ok(&self, action: &'static str, target: &str, detail: String) {
@@ -159,7 +161,10 @@ impl EgressProxy {
             .with_tls_config((*shared.client_tls).clone())
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(CheckedConnector::new(admitted.clone(), limits.connect_timeout));
+            .wrap_connector(CheckedConnector::new(
+                admitted.clone(),
+                limits.connect_timeout,
+            ));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -182,7 +187,11 @@ impl EgressProxy {
             conns: Arc::new(Semaphore::new(limits.max_connections)),
             stop: stop_rx,
         });
-        ctx.spawn(listener::accept_loop(ctx.clone(), listener, listener::Kind::Proxy));
+        ctx.spawn(listener::accept_loop(
+            ctx.clone(),
+            listener,
+            listener::Kind::Proxy,
+        ));
         Ok(Self {
             ctx,
             local_addr,
@@ -236,8 +245,8 @@ impl EgressProxy {
         if let Some(udp) = udp {
             udp.set_nonblocking(true)
                 .map_err(|e| EgressError::Io(e.to_string()))?;
-            let udp = tokio::net::UdpSocket::from_std(udp)
-                .map_err(|e| EgressError::Io(e.to_string()))?;
+            let udp =
+                tokio::net::UdpSocket::from_std(udp).map_err(|e| EgressError::Io(e.to_string()))?;
             self.ctx.spawn(dns::serve_udp(udp, served.clone()));
         }
         if let Some(tcp) = tcp {

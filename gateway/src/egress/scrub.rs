@@ -120,7 +120,11 @@ pub struct Scan<B> {
 
 impl<B> Scan<B> {
     /// `found` receives the index (in `placeholders`) of the first one seen.
-    pub fn new(inner: B, placeholders: Vec<String>, found: Arc<Mutex<Option<usize>>>) -> Option<Self> {
+    pub fn new(
+        inner: B,
+        placeholders: Vec<String>,
+        found: Arc<Mutex<Option<usize>>>,
+    ) -> Option<Self> {
         let pairs = placeholders
             .iter()
             .map(|p| {
@@ -187,8 +191,9 @@ where
                     }
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
+                Some(Ok(frame)) => {
+                    // Request trailers are dropped (hop-by-hop `Trailer` was removed too).
+                    if let Ok(data) = frame.into_data() {
                         let out = this.rw.push(&data);
                         if this.rw.hits > 0 {
                             this.ended = true;
@@ -198,9 +203,7 @@ where
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                         }
                     }
-                    // Request trailers are dropped (hop-by-hop `Trailer` was removed too).
-                    Err(_) => {}
-                },
+                }
             }
         }
     }
@@ -291,7 +294,10 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
 
-    fn frames(data: &[u8], size: usize) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>> {
+    type TestBody =
+        StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>>;
+
+    fn frames(data: &[u8], size: usize) -> TestBody {
         let v: Vec<Result<Frame<Bytes>, BoxError>> = data
             .chunks(size)
             .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))

@@ -38,7 +38,8 @@ impl SecretCache {
         let opened = tokio::task::spawn_blocking(move || vault.get(&key)).await;
         match opened {
             Ok(Ok(v)) => {
-                self.lock().insert(name.clone(), (v.clone(), Instant::now()));
+                self.lock()
+                    .insert(name.clone(), (v.clone(), Instant::now()));
                 Some(v)
             }
             Ok(Err(e)) => {

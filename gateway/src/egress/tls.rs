@@ -21,11 +21,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 const BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",                // Debian, Ubuntu, Arch, Alpine
+    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Arch, Alpine
     "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // Fedora, RHEL
-    "/etc/pki/tls/certs/ca-bundle.crt",                  // older RHEL
-    "/etc/ssl/ca-bundle.pem",                            // openSUSE
-    "/etc/ssl/cert.pem",                                 // others
+    "/etc/pki/tls/certs/ca-bundle.crt",   // older RHEL
+    "/etc/ssl/ca-bundle.pem",             // openSUSE
+    "/etc/ssl/cert.pem",                  // others
 ];
 
 fn err(what: &str, e: impl std::fmt::Display) -> EgressError {
@@ -51,7 +51,8 @@ pub fn system_roots() -> Vec<CertificateDer<'static>> {
             let Ok(entries) = std::fs::read_dir(&d) else {
                 continue;
             };
-            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut paths: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             paths.sort();
             for p in paths {
                 out.extend(pem_certs(&p));

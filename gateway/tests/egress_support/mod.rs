@@ -33,9 +33,9 @@ pub const QKEY_VALUE: &str = "qk-REAL/query+key 42";
 /// True if the test may run (root, `ip`, `curl`); false after a loud message.
 pub fn require_root(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
-    let tools = ["ip", "curl"]
-        .iter()
-        .all(|t| Command::new(t).arg("-V").output().is_ok() || Command::new(t).arg("-h").output().is_ok());
+    let tools = ["ip", "curl"].iter().all(|t| {
+        Command::new(t).arg("-V").output().is_ok() || Command::new(t).arg("-h").output().is_ok()
+    });
     if root && tools {
         return true;
     }
@@ -110,13 +110,37 @@ impl Net {
     fn pair(&self, ns: &str, host_link: &str, second: u8) {
         let i = self.index;
         ip_ok(&["netns", "add", ns]);
-        ip_ok(&["link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", ns]);
-        ip_ok(&["addr", "add", &format!("10.{second}.{i}.1/30"), "dev", host_link]);
+        ip_ok(&[
+            "link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ]);
+        ip_ok(&[
+            "addr",
+            "add",
+            &format!("10.{second}.{i}.1/30"),
+            "dev",
+            host_link,
+        ]);
         ip_ok(&["link", "set", host_link, "up"]);
-        ip_ok(&["-n", ns, "addr", "add", &format!("10.{second}.{i}.2/30"), "dev", "eth0"]);
+        ip_ok(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("10.{second}.{i}.2/30"),
+            "dev",
+            "eth0",
+        ]);
         ip_ok(&["-n", ns, "link", "set", "eth0", "up"]);
         ip_ok(&["-n", ns, "link", "set", "lo", "up"]);
-        ip_ok(&["-n", ns, "route", "add", "default", "via", &format!("10.{second}.{i}.1")]);
+        ip_ok(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{second}.{i}.1"),
+        ]);
     }
 
     /// The upstream server's address (in the upstream netns).
@@ -204,7 +228,8 @@ impl Fixture {
     pub async fn new(limits: EgressLimits) -> Self {
         let net = Net::new();
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
         let vault = Arc::new(Vault::open(store.clone(), MasterKey::generate().unwrap()).unwrap());
         for (name, value) in [
             ("API_TOKEN", TOKEN_VALUE),
@@ -212,13 +237,25 @@ impl Fixture {
             ("QUERY_KEY", QKEY_VALUE),
         ] {
             vault
-                .set(&SecretName::parse(name).unwrap(), &SecretValue::from(value.as_bytes()))
+                .set(
+                    &SecretName::parse(name).unwrap(),
+                    &SecretValue::from(value.as_bytes()),
+                )
                 .unwrap();
         }
-        let test_ca = upstream::TestCa::new(&["api.test.example", "other.test.example", "notlisted.test.example"]);
+        let test_ca = upstream::TestCa::new(&[
+            "api.test.example",
+            "other.test.example",
+            "notlisted.test.example",
+        ]);
         let test_ca_pem = dir.path().join("upstream-ca.pem");
         std::fs::write(&test_ca_pem, &test_ca.ca_pem).unwrap();
-        let upstream = upstream::Upstream::start(&net.up_ns, SocketAddr::new(IpAddr::V4(net.upstream_ip()), 443), &test_ca).await;
+        let upstream = upstream::Upstream::start(
+            &net.up_ns,
+            SocketAddr::new(IpAddr::V4(net.upstream_ip()), 443),
+            &test_ca,
+        )
+        .await;
 
         let up = IpAddr::V4(net.upstream_ip());
         let mut resolver = StaticResolver::new();
@@ -227,14 +264,18 @@ impl Fixture {
             .insert("other.test.example", vec![up])
             .insert("notlisted.test.example", vec![up])
             .insert("loop.test.example", vec!["127.0.0.1".parse().unwrap()])
-            .insert("meta.test.example", vec!["169.254.169.254".parse().unwrap()])
+            .insert(
+                "meta.test.example",
+                vec!["169.254.169.254".parse().unwrap()],
+            )
             .insert("pool.test.example", vec!["10.231.5.2".parse().unwrap()]);
         let ca_pem = dir.path().join("gateway-ca.pem");
         let mut config = EgressConfig::new(ca_pem.clone());
         config.extra_upstream_ca = Some(test_ca_pem);
         config.limits = limits;
         config.resolver = Arc::new(resolver);
-        let shared = EgressShared::new(vault, Auditor::new(store.clone(), "gigmcpd"), config).unwrap();
+        let shared =
+            EgressShared::new(vault, Auditor::new(store.clone(), "gigmcpd"), config).unwrap();
 
         let ph: HashMap<String, String> = ["API_TOKEN", "BASIC_PW", "QUERY_KEY"]
             .iter()
@@ -275,7 +316,15 @@ impl Fixture {
     pub fn curl(&self, args: &[&str]) -> Curl {
         let proxy = self.proxy_url();
         let ca = self.ca_pem.to_string_lossy().into_owned();
-        let mut all: Vec<&str> = vec!["-sS", "--max-time", "60", "--proxy", &proxy, "--cacert", &ca];
+        let mut all: Vec<&str> = vec![
+            "-sS",
+            "--max-time",
+            "60",
+            "--proxy",
+            &proxy,
+            "--cacert",
+            &ca,
+        ];
         all.extend_from_slice(args);
         self.curl_raw(&all)
     }
@@ -383,14 +432,22 @@ where
 }
 
 /// An intercepted HTTP/1.1 connection to `host` through CONNECT, ready for raw requests.
-pub async fn h1_tunnel(fx: &Fixture, host: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+pub async fn h1_tunnel(
+    fx: &Fixture,
+    host: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let (s, head) = connect_tunnel(fx, &format!("{host}:443")).await;
     assert!(head.starts_with("HTTP/1.1 200"), "CONNECT {host}: {head}");
-    tls_client(s, fx.cacert(), host, &[b"http/1.1"]).await.expect("TLS through the proxy")
+    tls_client(s, fx.cacert(), host, &[b"http/1.1"])
+        .await
+        .expect("TLS through the proxy")
 }
 
 /// Sends raw bytes, returns the response head (or the error text if the connection ended).
-pub async fn raw_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, raw: &[u8]) -> String {
+pub async fn raw_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    raw: &[u8],
+) -> String {
     use tokio::io::AsyncWriteExt;
     if let Err(e) = s.write_all(raw).await {
         return format!("write error: {e}");
@@ -409,7 +466,8 @@ pub async fn read_body<S: tokio::io::AsyncRead + Unpin>(s: &mut S, head: &str) -
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
     let mut body = vec![0u8; len];

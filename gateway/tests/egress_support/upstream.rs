@@ -35,14 +35,18 @@ impl TestCa {
     pub fn new(names: &[&str]) -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, "egress test upstream CA");
+        p.distinguished_name
+            .push(DnType::CommonName, "egress test upstream CA");
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         let ca_cert = p.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(p, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let leaf = CertificateParams::new(names).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
         Self {
             ca_pem: ca_cert.pem(),
             leaf: leaf.der().clone(),
@@ -75,7 +79,11 @@ impl Seen {
 
     /// Everything received, as bytes (for "was X ever seen" checks).
     pub fn all_bytes(&self) -> Vec<u8> {
-        let mut out = format!("{} {} {}\n", self.method, self.path_and_query, self.authority).into_bytes();
+        let mut out = format!(
+            "{} {} {}\n",
+            self.method, self.path_and_query, self.authority
+        )
+        .into_bytes();
         for (n, v) in &self.headers {
             out.extend_from_slice(n.as_bytes());
             out.extend_from_slice(b": ");
@@ -107,7 +115,9 @@ pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
 
 impl Upstream {
     pub async fn start(ns: &str, addr: SocketAddr, ca: &TestCa) -> Self {
-        let listener = in_netns(ns, move || std::net::TcpListener::bind(addr).expect("bind upstream"));
+        let listener = in_netns(ns, move || {
+            std::net::TcpListener::bind(addr).expect("bind upstream")
+        });
         listener.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.leaf_key.clone()));
@@ -125,11 +135,15 @@ impl Upstream {
         let records = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let records = records.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let svc = service_fn(move |req| handle(records.clone(), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), svc)
@@ -146,7 +160,9 @@ impl Upstream {
 
     /// Whether `needle` appeared anywhere in anything received.
     pub fn ever_saw(&self, needle: &[u8]) -> bool {
-        self.seen().iter().any(|s| super::contains(&s.all_bytes(), needle))
+        self.seen()
+            .iter()
+            .any(|s| super::contains(&s.all_bytes(), needle))
     }
 }
 
@@ -159,13 +175,21 @@ fn query_param(q: Option<&str>, key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-async fn handle(records: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    records: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let authority = parts
         .uri
         .authority()
         .map(|a| a.to_string())
-        .or_else(|| parts.headers.get("host").map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()))
+        .or_else(|| {
+            parts
+                .headers
+                .get("host")
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
         .unwrap_or_default();
     let mut body = body;
     let mut hasher = Sha256::new();
@@ -183,7 +207,11 @@ async fn handle(records: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Resul
     }
     let seen = Seen {
         method: parts.method.to_string(),
-        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         authority,
         version: parts.version,
         headers: parts
