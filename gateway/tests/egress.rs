@@ -137,6 +137,22 @@ async fn credential_is_swapped_in_the_declared_place_only_and_scrubbed_back() {
             .any(|w| w == TOKEN_VALUE.as_bytes())
     );
 
+    // A bound host's responses are scrubbed even when this request carried no placeholder
+    // (here the upstream "knows" the value because the test sends it).
+    let unprompted = fx.curl(&[
+        "-i",
+        "-H",
+        &format!("X-Known: {TOKEN_VALUE}"),
+        "https://api.test.example/echo?chunk=2",
+    ]);
+    assert_eq!(unprompted.code, 0);
+    assert!(
+        !contains(&unprompted.stdout, TOKEN_VALUE.as_bytes()),
+        "{}",
+        unprompted.text()
+    );
+    assert!(unprompted.text().contains(&format!("x-echo-x-known: {ph}")));
+
     // A compressed response to a request that carried a credential is refused.
     let gz = fx.curl(&[
         "-H",
@@ -822,4 +838,115 @@ async fn ca_is_sealed_in_the_vault_and_leaves_are_cached() {
     assert_eq!(stats.misses, 2, "{stats:?}");
     assert_eq!(stats.hits, 2, "{stats:?}");
     assert_eq!(stats.entries, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_http_only_where_allowed_and_never_with_a_placeholder() {
+    if !require_root("plain_http_only_where_allowed_and_never_with_a_placeholder") {
+        return;
+    }
+    let fx = Fixture::new(limits()).await;
+    let ok = fx.curl(&[
+        "-i",
+        "-H",
+        "Connection: x-private",
+        "-H",
+        "X-Private: 1",
+        "http://plain.test.example/echo",
+    ]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(ok.text().starts_with("HTTP/1.1 200"), "{}", ok.text());
+    let last = fx.upstream.seen().last().unwrap().clone();
+    assert_eq!(last.authority, "plain.test.example");
+    assert_eq!(
+        last.header("x-private"),
+        None,
+        "a header named in Connection was forwarded"
+    );
+    assert_eq!(last.header("proxy-connection"), None);
+    let code = |args: &[&str]| {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        fx.curl(&all).text()
+    };
+    let ph = fx.token_ph().to_owned();
+    let bearer = format!("Authorization: Bearer {ph}");
+    assert_eq!(code(&["-H", &bearer, "http://plain.test.example/"]), "403");
+    assert_eq!(code(&["http://plain.test.example:8080/"]), "403");
+    assert_eq!(code(&["http://other.test.example/"]), "403");
+    assert_eq!(fx.upstream.seen().len(), 1);
+    let events = fx.audit().await;
+    assert!(denied_with(
+        &events,
+        "plain.test.example:80",
+        "credential=API_TOKEN"
+    ));
+    assert!(denied_with(
+        &events,
+        "plain.test.example:8080",
+        "port not allowed"
+    ));
+    assert!(denied_with(
+        &events,
+        "other.test.example:80",
+        "plain HTTP not allowed"
+    ));
+}
+
+#[tokio::test]
+async fn ca_key_survives_a_restart_and_the_certificate_file_is_rewritten_if_lost() {
+    use gateway::egress::{EgressConfig, EgressShared};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn gateway::store::Store> =
+        Arc::new(gateway::store::SqliteStore::open_in(&dir.path().join("s")).unwrap());
+    let key = gateway::vault::MasterKey::generate().unwrap();
+    let vault = Arc::new(gateway::vault::Vault::open(store.clone(), key).unwrap());
+    let cert = dir.path().join("ca.pem");
+    let auditor = gateway::audit::Auditor::new(store.clone(), "test");
+    let start = || {
+        EgressShared::new(
+            vault.clone(),
+            auditor.clone(),
+            EgressConfig::new(cert.clone()),
+        )
+        .unwrap()
+    };
+    let first = start();
+    let pem1 = std::fs::read_to_string(&cert).unwrap();
+    assert_eq!(first.ca_cert_pem(), pem1);
+    drop(first);
+    let second = start();
+    assert_eq!(
+        std::fs::read_to_string(&cert).unwrap(),
+        pem1,
+        "same key: file kept"
+    );
+    drop(second);
+    std::fs::remove_file(&cert).unwrap();
+    let third = start();
+    let pem3 = std::fs::read_to_string(&cert).unwrap();
+    assert_eq!(third.ca_cert_pem(), pem3);
+    assert_ne!(pem1, pem3, "re-issued (new serial and validity)");
+    // Re-issued for the same key: the same 65-byte P-256 public point inside both.
+    let der = |pem: &str| {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    let (a, b) = (der(&pem1), der(&pem3));
+    let common = a
+        .windows(65)
+        .filter(|w| w[0] == 4)
+        .any(|w| b.windows(65).any(|x| x == w));
+    assert!(common, "the re-issued certificate has another key");
+    let names: Vec<String> = store
+        .secret_list()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, [gateway::egress::CA_KEY_SECRET]);
 }

@@ -73,7 +73,7 @@ impl Deny {
                 "placeholder sent to a host its credential is not bound to"
             }
             Self::CredentialUnavailable { .. } => "credential unavailable",
-            Self::EncodedResponse => "encoded response to a request carrying a credential",
+            Self::EncodedResponse => "encoded response where a credential must be scrubbed",
             Self::UpstreamFailed => "upstream connection failed",
             Self::UpstreamTimeout => "upstream timed out",
         }

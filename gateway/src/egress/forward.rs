@@ -109,7 +109,23 @@ async fn forward(
             used.push(cred.name.to_string());
         }
     }
-    if !used.is_empty() {
+    // Responses from a bound host are scrubbed of every credential bound to it, injected in
+    // this request or not (the host knows them all).
+    if scheme == "https" {
+        for cred in creds.iter().filter(|c| c.bound_to(&target.host)) {
+            if used.iter().any(|u| u == cred.name.as_str()) {
+                continue;
+            }
+            if let Some(value) = ctx.secrets.get(&cred.name).await {
+                pairs.push((
+                    zeroize::Zeroizing::new(value.expose().to_vec()),
+                    zeroize::Zeroizing::new(cred.placeholder.as_bytes().to_vec()),
+                ));
+            }
+        }
+    }
+    let scrubbing = !pairs.is_empty();
+    if scrubbing {
         // An encoded echo would carry the value past the scrubber.
         parts
             .headers
@@ -179,7 +195,7 @@ async fn forward(
 
     let (mut rparts, rbody) = resp.into_parts();
     request::strip_hop_by_hop(&mut rparts.headers);
-    let body: UpBody = if used.is_empty() {
+    let body: UpBody = if !scrubbing {
         rbody.map_err(BoxError::from).boxed_unsync()
     } else {
         let encoded = rparts

@@ -263,6 +263,7 @@ impl Fixture {
             .insert("api.test.example", vec![up])
             .insert("other.test.example", vec![up])
             .insert("notlisted.test.example", vec![up])
+            .insert("plain.test.example", vec![up])
             .insert("loop.test.example", vec!["127.0.0.1".parse().unwrap()])
             .insert(
                 "meta.test.example",

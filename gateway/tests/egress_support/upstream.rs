@@ -100,6 +100,14 @@ pub struct Upstream {
     task: tokio::task::JoinHandle<()>,
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
@@ -115,9 +123,15 @@ pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
 
 impl Upstream {
     pub async fn start(ns: &str, addr: SocketAddr, ca: &TestCa) -> Self {
-        let listener = in_netns(ns, move || {
-            std::net::TcpListener::bind(addr).expect("bind upstream")
+        let plain_addr = SocketAddr::new(addr.ip(), 80);
+        let (listener, plain) = in_netns(ns, move || {
+            (
+                std::net::TcpListener::bind(addr).expect("bind upstream"),
+                std::net::TcpListener::bind(plain_addr).expect("bind plain upstream"),
+            )
         });
+        plain.set_nonblocking(true).unwrap();
+        let plain = tokio::net::TcpListener::from_std(plain).unwrap();
         listener.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.leaf_key.clone()));
@@ -133,7 +147,23 @@ impl Upstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let records = seen.clone();
+        let plain_records = seen.clone();
+        let plain_task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = plain.accept().await else {
+                    continue;
+                };
+                let records = plain_records.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(records.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
         let task = tokio::spawn(async move {
+            let _plain = AbortOnDrop(plain_task);
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
