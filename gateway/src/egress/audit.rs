@@ -1,0 +1,271 @@
+//! Egress decisions as audit events (DESIGN 3.9): `egress.connect` (a tunnel admitted),
+//! `egress.request` (one request forwarded, with status, bytes and credential names),
+//! `egress.denied` (any refusal, with its reason). Targets are `host:port`; details are
+//! `key=value` text that never carries a secret value or a query value.
+//!
+//! Entries go to a writer thread so the request path never waits on SQLite; when its queue is
+//! full the caller records synchronously instead of dropping the entry.
+
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use crate::audit::{Auditor, Outcome};
+
+/// Why the proxy refused something. Shown to the client and in the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deny {
+    Unattributed,
+    TooManyConnections,
+    BadAuthority,
+    IpLiteral,
+    NotAllowlisted,
+    PortNotAllowed,
+    PlainHttpNotAllowed,
+    ForbiddenAddress,
+    ResolveFailed,
+    NotTls,
+    NoSni,
+    SniMismatch,
+    HandshakeFailed,
+    ConnectInTunnel,
+    NotOriginForm,
+    HostMismatch,
+    BadHeader,
+    NotProxyRequest,
+    /// A placeholder was sent to a host its credential is not bound to.
+    Exfiltration {
+        credential: String,
+        place: &'static str,
+    },
+    CredentialUnavailable {
+        credential: String,
+    },
+    EncodedResponse,
+    UpstreamFailed,
+    UpstreamTimeout,
+}
+
+impl Deny {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unattributed => "connection not from the sandbox's address",
+            Self::TooManyConnections => "too many connections from this sandbox",
+            Self::BadAuthority => "malformed destination",
+            Self::IpLiteral => "IP-literal destination",
+            Self::NotAllowlisted => "host not on the egress allowlist",
+            Self::PortNotAllowed => "port not allowed for this host",
+            Self::PlainHttpNotAllowed => "plain HTTP not allowed for this host",
+            Self::ForbiddenAddress => "host resolves to a forbidden address",
+            Self::ResolveFailed => "host does not resolve",
+            Self::NotTls => "not a TLS connection",
+            Self::NoSni => "TLS without SNI",
+            Self::SniMismatch => "SNI differs from the requested host",
+            Self::HandshakeFailed => "TLS handshake failed",
+            Self::ConnectInTunnel => "CONNECT inside a tunnel",
+            Self::NotOriginForm => "request target is not origin-form",
+            Self::HostMismatch => "Host/:authority differs from the tunnel's host",
+            Self::BadHeader => "malformed header",
+            Self::NotProxyRequest => "not a proxy request",
+            Self::Exfiltration { .. } => {
+                "placeholder sent to a host its credential is not bound to"
+            }
+            Self::CredentialUnavailable { .. } => "credential unavailable",
+            Self::EncodedResponse => "encoded response where a credential must be scrubbed",
+            Self::UpstreamFailed => "upstream connection failed",
+            Self::UpstreamTimeout => "upstream timed out",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadAuthority | Self::BadHeader | Self::NotProxyRequest => StatusCode::BAD_REQUEST,
+            Self::ResolveFailed
+            | Self::CredentialUnavailable { .. }
+            | Self::EncodedResponse
+            | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// `reason=…` plus the credential name where there is one.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Exfiltration { credential, place } => format!(
+                "reason=\"{}\" credential={credential} place={place}",
+                self.reason()
+            ),
+            Self::CredentialUnavailable { credential } => {
+                format!("reason=\"{}\" credential={credential}", self.reason())
+            }
+            _ => format!("reason=\"{}\"", self.reason()),
+        }
+    }
+}
+
+/// `path?key1=&key2=`: the path with query values removed, bounded and printable.
+pub fn redact_path(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut out: String = path.chars().take(256).collect();
+    if let Some(q) = query {
+        out.push('?');
+        let keys: Vec<&str> = q
+            .split('&')
+            .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+            .collect();
+        out.push_str(&keys.join("=&"));
+        out.push('=');
+    }
+    out.chars()
+        .take(512)
+        .map(|c| if c.is_control() || c == '"' { '?' } else { c })
+        .collect()
+}
+
+enum Entry {
+    Event {
+        action: &'static str,
+        target: String,
+        outcome: Outcome,
+        detail: String,
+    },
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Records egress events through one writer thread.
+#[derive(Debug, Clone)]
+pub struct EgressAudit {
+    auditor: Auditor,
+    tx: SyncSender<Entry>,
+    limiter: Arc<Mutex<Limiter>>,
+}
+
+#[derive(Debug)]
+struct Limiter {
+    window: Instant,
+    count: u32,
+    suppressed: u64,
+}
+
+/// Refusals that a sandbox can cause at will (floods) are audited at most this often per second
+/// per proxy; the rest are counted and the count is reported with the next one recorded.
+const FLOOD_PER_SECOND: u32 = 50;
+
+impl EgressAudit {
+    pub fn new(auditor: Auditor) -> Self {
+        let (tx, rx) = sync_channel(65536);
+        let writer = auditor.clone();
+        std::thread::Builder::new()
+            .name("egress-audit".into())
+            .spawn(move || drain(writer, rx))
+            .expect("spawn the audit writer thread");
+        Self {
+            auditor,
+            tx,
+            limiter: Arc::new(Mutex::new(Limiter {
+                window: Instant::now(),
+                count: 0,
+                suppressed: 0,
+            })),
+        }
+    }
+
+    pub fn record(&self, action: &'static str, target: &str, outcome: Outcome, detail: String) {
+        let entry = Entry::Event {
+            action,
+            target: target.to_owned(),
+            outcome,
+            detail,
+        };
+        match self.tx.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Entry::Event {
+                action,
+                target,
+                outcome,
+                detail,
+            })) => write(&self.auditor, action, &target, outcome, &detail),
+            Err(_) => tracing::error!("egress audit writer is gone"),
+        }
+    }
+
+    /// A refusal. `flood` marks refusals a sandbox can repeat cheaply (rate-limited).
+    pub fn denied(&self, sandbox: &str, target: &str, deny: &Deny, extra: &str, flood: bool) {
+        let mut detail = format!("sandbox={sandbox} {}", deny.detail());
+        if !extra.is_empty() {
+            detail.push(' ');
+            detail.push_str(extra);
+        }
+        if flood {
+            let mut l = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+            if l.window.elapsed() >= Duration::from_secs(1) {
+                l.window = Instant::now();
+                l.count = 0;
+            }
+            l.count += 1;
+            if l.count > FLOOD_PER_SECOND {
+                l.suppressed += 1;
+                return;
+            }
+            if l.suppressed > 0 {
+                detail.push_str(&format!(" suppressed_before={}", l.suppressed));
+                l.suppressed = 0;
+            }
+        }
+        self.record("egress.denied", target, Outcome::Denied, detail);
+    }
+
+    /// Waits until everything recorded so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sender = self.tx.clone();
+        let sent = tokio::task::spawn_blocking(move || sender.send(Entry::Flush(tx)).is_ok()).await;
+        if matches!(sent, Ok(true)) {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn drain(auditor: Auditor, rx: Receiver<Entry>) {
+    for entry in rx {
+        match entry {
+            Entry::Event {
+                action,
+                target,
+                outcome,
+                detail,
+            } => write(&auditor, action, &target, outcome, &detail),
+            Entry::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn write(auditor: &Auditor, action: &str, target: &str, outcome: Outcome, detail: &str) {
+    if let Err(e) = auditor.record(action, target, outcome, detail) {
+        tracing::error!(error = %e, action, "cannot persist an egress audit event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_not_kept() {
+        assert_eq!(
+            redact_path("/v1/x?key=abc&token=gmcp&flag"),
+            "/v1/x?key=&token=&flag="
+        );
+        assert_eq!(redact_path("/plain"), "/plain");
+        assert_eq!(redact_path("/a\nb"), "/a?b");
+    }
+}

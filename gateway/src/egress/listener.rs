@@ -1,0 +1,173 @@
+//! Accepting client connections: attribution (the peer must be the sandbox's own address),
+//! the per-sandbox connection limit, and the outer HTTP/1.1 proxy protocol (CONNECT, or an
+//! absolute-form request to a host allowed over plain HTTP).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::audit::Deny;
+use super::idle::IdleIo;
+use super::policy::parse_authority;
+use super::sandbox::{Conn, SandboxCtx, UpBody};
+use super::{forward, intercept};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The proxy port: HTTP CONNECT (and plain HTTP for allowed hosts).
+    Proxy,
+    /// N.1:443 in transparent mode: TLS, host from SNI.
+    Transparent,
+}
+
+pub(crate) async fn accept_loop(ctx: Arc<SandboxCtx>, listener: TcpListener, kind: Kind) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => accepted(ctx.clone(), tcp, peer, kind),
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(sandbox = %ctx.id, error = %e, "egress: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A connection just accepted on one of the sandbox's listeners.
+pub(crate) fn accepted(ctx: Arc<SandboxCtx>, tcp: TcpStream, peer: SocketAddr, kind: Kind) {
+    let conn = match ctx.admit_peer(peer) {
+        Ok(c) => c,
+        Err(deny) => {
+            let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            ctx.audit_denied(&local, &deny, &format!("peer={peer}"));
+            if deny == Deny::TooManyConnections && kind == Kind::Proxy {
+                ctx.spawn(refuse_busy(tcp));
+            }
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let io = IdleIo::new(tcp, ctx.shared.limits.idle_timeout);
+    let deadline = conn.deadline;
+    let task_ctx = ctx.clone();
+    ctx.spawn(async move {
+        let serve = async {
+            match kind {
+                Kind::Proxy => serve_proxy(task_ctx, io, conn).await,
+                Kind::Transparent => {
+                    intercept::tunnel(task_ctx, io, intercept::Expect::FromSni, conn).await
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, serve).await;
+    });
+}
+
+/// Past the connection limit: a clear 503, without serving anything.
+async fn refuse_busy(mut tcp: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await;
+    let msg = format!("gigmcp egress: {}\n", Deny::TooManyConnections.reason());
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+        msg.len()
+    );
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+pub(crate) fn refusal(deny: &Deny) -> Response<UpBody> {
+    let text = format!("gigmcp egress: {}\n", deny.reason());
+    let mut r = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = deny.status();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+async fn serve_proxy(ctx: Arc<SandboxCtx>, io: IdleIo<TcpStream>, conn: Conn) {
+    let limits = &ctx.shared.limits;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| outer(svc_ctx.clone(), conn.clone(), req));
+    let _ = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
+}
+
+async fn outer(
+    ctx: Arc<SandboxCtx>,
+    conn: Conn,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
+    if req.method() != Method::CONNECT {
+        return Ok(forward::plain(ctx, req).await);
+    }
+    let shown = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().chars().take(300).collect::<String>())
+        .unwrap_or_default();
+    let target = match req
+        .uri()
+        .authority()
+        .ok_or(Deny::BadAuthority)
+        .and_then(|a| parse_authority(a.as_str(), 443))
+    {
+        Ok(t) => t,
+        Err(deny) => {
+            ctx.audit_denied(&shown, &deny, "kind=connect");
+            return Ok(refusal(&deny));
+        }
+    };
+    let admitted = match ctx.policy.check_tunnel(&target) {
+        Ok(()) => ctx.admit_target(&target).await,
+        Err(d) => Err(d),
+    };
+    if let Err(deny) = admitted {
+        ctx.audit_denied(&target.to_string(), &deny, "kind=connect");
+        return Ok(refusal(&deny));
+    }
+    ctx.audit_ok("egress.connect", &target.to_string(), "kind=connect".into());
+    let upgrade = hyper::upgrade::on(&mut req);
+    let task_ctx = ctx.clone();
+    ctx.spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let deadline = conn.deadline;
+        let tunnel = intercept::tunnel(
+            task_ctx,
+            TokioIo::new(upgraded),
+            intercept::Expect::Host(target),
+            conn,
+        );
+        let _ = tokio::time::timeout_at(deadline, tunnel).await;
+    });
+    let mut ok = Response::new(UpBody::default());
+    *ok.status_mut() = StatusCode::OK;
+    Ok(ok)
+}

@@ -1,0 +1,537 @@
+//! Pure per-request logic: the checks every inner request (each HTTP/1.1 request, each HTTP/2
+//! stream) must pass, hop-by-hop headers (RFC 9110 7.6.1), the placeholder search, and the
+//! credential swap in the declared place (header, Basic auth, query parameter).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::header::{AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use zeroize::Zeroizing;
+
+use super::audit::Deny;
+use super::policy::{CredentialRule, Presentation, Target, parse_authority};
+
+/// (needle, replacement) for the response scrubber: a real value's forms → the placeholder's.
+pub type ScrubPair = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
+
+/// Hop-by-hop headers: never forwarded in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// RFC 3986 unreserved characters stay as they are.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// CR, LF and NUL have no place in a header (request smuggling, header injection).
+pub fn check_header_bytes(headers: &HeaderMap) -> Result<(), Deny> {
+    let bad = headers
+        .values()
+        .any(|v| v.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0)));
+    if bad { Err(Deny::BadHeader) } else { Ok(()) }
+}
+
+fn host_headers_match(headers: &HeaderMap, target: &Target, required: bool) -> Result<(), Deny> {
+    let hosts: Vec<&HeaderValue> = headers.get_all(HOST).iter().collect();
+    match hosts.as_slice() {
+        [] if !required => Ok(()),
+        [one] => {
+            let text = one.to_str().map_err(|_| Deny::HostMismatch)?;
+            match parse_authority(text, 443) {
+                Ok(t) if &t == target => Ok(()),
+                _ => Err(Deny::HostMismatch),
+            }
+        }
+        _ => Err(Deny::HostMismatch),
+    }
+}
+
+/// Checks one request inside an intercepted TLS connection to `target`.
+pub fn check_tunneled(parts: &Parts, target: &Target) -> Result<(), Deny> {
+    if parts.method == Method::CONNECT {
+        return Err(Deny::ConnectInTunnel);
+    }
+    check_header_bytes(&parts.headers)?;
+    if parts.version == Version::HTTP_2 {
+        if parts.uri.scheme_str() != Some("https") {
+            return Err(Deny::NotOriginForm);
+        }
+        let authority = parts.uri.authority().ok_or(Deny::HostMismatch)?;
+        match parse_authority(authority.as_str(), 443) {
+            Ok(t) if &t == target => {}
+            _ => return Err(Deny::HostMismatch),
+        }
+        host_headers_match(&parts.headers, target, false)
+    } else {
+        if parts.uri.scheme().is_some()
+            || parts.uri.authority().is_some()
+            || !parts.uri.path().starts_with('/')
+        {
+            return Err(Deny::NotOriginForm);
+        }
+        host_headers_match(&parts.headers, target, true)
+    }
+}
+
+/// Checks a plain-HTTP proxy request (absolute-form `http://host[:port]/…`); returns its target.
+pub fn check_plain(parts: &Parts) -> Result<Target, Deny> {
+    check_header_bytes(&parts.headers)?;
+    if parts.uri.scheme_str() != Some("http") {
+        return Err(Deny::NotProxyRequest);
+    }
+    let authority = parts.uri.authority().ok_or(Deny::NotProxyRequest)?;
+    let target = parse_authority(authority.as_str(), 80)?;
+    let hosts: Vec<&HeaderValue> = parts.headers.get_all(HOST).iter().collect();
+    match hosts.as_slice() {
+        [] => Ok(target),
+        [one] => match one.to_str().ok().map(|h| parse_authority(h, 80)) {
+            Some(Ok(t)) if t == target => Ok(target),
+            _ => Err(Deny::HostMismatch),
+        },
+        _ => Err(Deny::HostMismatch),
+    }
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The decoded `user:password` of a Basic `Authorization` value.
+fn basic_decoded(value: &HeaderValue) -> Option<Zeroizing<Vec<u8>>> {
+    let text = value.to_str().ok()?;
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    B64.decode(rest.trim()).ok().map(Zeroizing::new)
+}
+
+/// Where, if anywhere outside the body, `placeholder` occurs in the request.
+pub fn placeholder_place(parts: &Parts, placeholder: &str) -> Option<&'static str> {
+    let p = placeholder.as_bytes();
+    for (name, value) in &parts.headers {
+        if contains(name.as_str().as_bytes(), p) || contains(value.as_bytes(), p) {
+            return Some("header");
+        }
+        if (name == AUTHORIZATION || name == PROXY_AUTHORIZATION)
+            && basic_decoded(value).is_some_and(|d| contains(&d, p))
+        {
+            return Some("header");
+        }
+    }
+    let path = parts.uri.path();
+    if contains(path.as_bytes(), p) || contains(&percent_decode_str(path).collect::<Vec<u8>>(), p) {
+        return Some("path");
+    }
+    if let Some(q) = parts.uri.query() {
+        let plus_as_space = q.replace('+', " ");
+        if contains(q.as_bytes(), p)
+            || contains(&percent_decode_str(&plus_as_space).collect::<Vec<u8>>(), p)
+        {
+            return Some("query");
+        }
+    }
+    None
+}
+
+/// Refuses the request if it carries the placeholder of a credential not bound to `host`.
+pub fn find_exfiltration(parts: &Parts, creds: &[CredentialRule], host: &str) -> Result<(), Deny> {
+    for c in creds.iter().filter(|c| !c.bound_to(host)) {
+        if let Some(place) = placeholder_place(parts, &c.placeholder) {
+            return Err(Deny::Exfiltration {
+                credential: c.name.to_string(),
+                place,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+}
+
+fn decoded(s: &str) -> Vec<u8> {
+    percent_decode_str(s).collect()
+}
+
+/// Whether the declared place of `cred` holds its placeholder (so the value is to be injected).
+pub fn wants(parts: &Parts, cred: &CredentialRule) -> bool {
+    let p = cred.placeholder.as_bytes();
+    match &cred.inject {
+        Presentation::Header {
+            name,
+            prefix,
+            suffix,
+        } => parts
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes() == format!("{prefix}{}{suffix}", cred.placeholder).as_bytes()),
+        Presentation::Basic => parts
+            .headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .any(|v| basic_decoded(v).is_some_and(|d| contains(&d, p))),
+        Presentation::Query { param } => parts.uri.query().is_some_and(|q| {
+            query_pairs(q).any(|(k, v)| decoded(k) == param.as_bytes() && decoded(v) == p)
+        }),
+    }
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(haystack.len() + with.len()));
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn sensitive(bytes: &[u8], cred: &CredentialRule) -> Result<HeaderValue, Deny> {
+    let mut v = HeaderValue::from_bytes(bytes).map_err(|_| Deny::CredentialUnavailable {
+        credential: cred.name.to_string(),
+    })?;
+    v.set_sensitive(true); // HTTP/2: never indexed by HPACK
+    Ok(v)
+}
+
+/// Puts the real `value` of `cred` where its placeholder stands in the declared place.
+/// Returns the forms of the value to scrub from the response.
+pub fn inject(
+    parts: &mut Parts,
+    cred: &CredentialRule,
+    value: &[u8],
+) -> Result<Vec<ScrubPair>, Deny> {
+    let ph = cred.placeholder.as_bytes();
+    let mut pairs = vec![(Zeroizing::new(value.to_vec()), Zeroizing::new(ph.to_vec()))];
+    match &cred.inject {
+        Presentation::Header {
+            name,
+            prefix,
+            suffix,
+        } => {
+            let wanted = format!("{prefix}{}{suffix}", cred.placeholder);
+            let mut real = Zeroizing::new(prefix.as_bytes().to_vec());
+            real.extend_from_slice(value);
+            real.extend_from_slice(suffix.as_bytes());
+            let values: Vec<HeaderValue> = parts.headers.get_all(name).iter().cloned().collect();
+            parts.headers.remove(name);
+            for v in values {
+                if v.as_bytes() == wanted.as_bytes() {
+                    parts.headers.append(name, sensitive(&real, cred)?);
+                } else {
+                    parts.headers.append(name, v);
+                }
+            }
+        }
+        Presentation::Basic => {
+            let values: Vec<HeaderValue> = parts
+                .headers
+                .get_all(AUTHORIZATION)
+                .iter()
+                .cloned()
+                .collect();
+            parts.headers.remove(AUTHORIZATION);
+            for v in values {
+                match basic_decoded(&v).filter(|d| contains(d, ph)) {
+                    Some(d) => {
+                        let swapped = replace_all(&d, ph, value);
+                        let encoded = Zeroizing::new(B64.encode(&*swapped));
+                        let mut header = Zeroizing::new(b"Basic ".to_vec());
+                        header.extend_from_slice(encoded.as_bytes());
+                        parts
+                            .headers
+                            .append(AUTHORIZATION, sensitive(&header, cred)?);
+                        pairs.push((
+                            Zeroizing::new(encoded.as_bytes().to_vec()),
+                            Zeroizing::new(B64.encode(&*d).into_bytes()),
+                        ));
+                    }
+                    None => {
+                        parts.headers.append(AUTHORIZATION, v);
+                    }
+                }
+            }
+        }
+        Presentation::Query { param } => {
+            let Some(query) = parts.uri.query() else {
+                return Ok(pairs);
+            };
+            let encoded = Zeroizing::new(
+                utf8_percent_encode(&String::from_utf8_lossy(value), QUERY_VALUE).to_string(),
+            );
+            if encoded.as_bytes() != value {
+                pairs.push((
+                    Zeroizing::new(encoded.as_bytes().to_vec()),
+                    Zeroizing::new(ph.to_vec()),
+                ));
+            }
+            let rebuilt: Vec<String> = query
+                .split('&')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    if decoded(k) == param.as_bytes() && decoded(v) == ph {
+                        format!("{k}={}", encoded.as_str())
+                    } else {
+                        kv.to_owned()
+                    }
+                })
+                .collect();
+            let pq = Zeroizing::new(format!("{}?{}", parts.uri.path(), rebuilt.join("&")));
+            let mut uri = parts.uri.clone().into_parts();
+            uri.path_and_query = Some(pq.parse().map_err(|_| Deny::CredentialUnavailable {
+                credential: cred.name.to_string(),
+            })?);
+            parts.uri = http::Uri::from_parts(uri).map_err(|_| Deny::BadAuthority)?;
+        }
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::SecretName;
+
+    const PH: &str = "gmcp_ph_00112233445566778899aabbccddeeff";
+
+    fn parts(req: http::request::Builder) -> Parts {
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn target() -> Target {
+        Target {
+            host: "api.example.com".into(),
+            port: 443,
+        }
+    }
+
+    fn cred(inject: Presentation) -> CredentialRule {
+        CredentialRule {
+            name: SecretName::parse("TOKEN").unwrap(),
+            placeholder: PH.into(),
+            hosts: vec!["api.example.com".into()],
+            inject,
+        }
+    }
+
+    #[test]
+    fn tunneled_requests() {
+        let ok = parts(http::Request::get("/v1?x=1").header("host", "API.example.com:443"));
+        assert_eq!(check_tunneled(&ok, &target()), Ok(()));
+        let cases = [
+            (
+                http::Request::get("/").header("host", "other.example.com"),
+                Deny::HostMismatch,
+            ),
+            (http::Request::get("/"), Deny::HostMismatch),
+            (
+                http::Request::get("/")
+                    .header("host", "api.example.com")
+                    .header("host", "api.example.com"),
+                Deny::HostMismatch,
+            ),
+            (
+                http::Request::get("/").header("host", "api.example.com:8443"),
+                Deny::HostMismatch,
+            ),
+            (
+                http::Request::get("https://other.example.com/").header("host", "api.example.com"),
+                Deny::NotOriginForm,
+            ),
+            (
+                http::Request::connect("other.example.com:443").header("host", "api.example.com"),
+                Deny::ConnectInTunnel,
+            ),
+        ];
+        for (req, want) in cases {
+            assert_eq!(check_tunneled(&parts(req), &target()), Err(want));
+        }
+        let h2 = |uri: &str| {
+            parts(
+                http::Request::get(uri)
+                    .version(Version::HTTP_2)
+                    .header("x", "y"),
+            )
+        };
+        assert_eq!(
+            check_tunneled(&h2("https://api.example.com/x"), &target()),
+            Ok(())
+        );
+        assert_eq!(
+            check_tunneled(&h2("https://other.example.com/x"), &target()),
+            Err(Deny::HostMismatch)
+        );
+        assert_eq!(
+            check_tunneled(&h2("http://api.example.com/x"), &target()),
+            Err(Deny::NotOriginForm)
+        );
+        let mut bad = h2("https://api.example.com/x");
+        bad.headers
+            .insert("host", HeaderValue::from_static("other.example.com"));
+        assert_eq!(check_tunneled(&bad, &target()), Err(Deny::HostMismatch));
+    }
+
+    #[test]
+    fn header_bytes() {
+        let mut h = HeaderMap::new();
+        h.insert("x", HeaderValue::from_static("fine\tvalue"));
+        assert_eq!(check_header_bytes(&h), Ok(()));
+        // http refuses CR/LF/NUL itself; obs-text bytes pass it, and we still catch NUL-free ones.
+        assert!(HeaderValue::from_bytes(b"a\r\nb").is_err());
+    }
+
+    #[test]
+    fn plain_requests() {
+        let p = parts(
+            http::Request::get("http://plain.example.com/x").header("host", "plain.example.com"),
+        );
+        assert_eq!(check_plain(&p).unwrap().port, 80);
+        let p = parts(
+            http::Request::get("http://plain.example.com/x").header("host", "evil.example.com"),
+        );
+        assert_eq!(check_plain(&p), Err(Deny::HostMismatch));
+        let p = parts(http::Request::get("/x"));
+        assert_eq!(check_plain(&p), Err(Deny::NotProxyRequest));
+        let p = parts(http::Request::get("http://10.0.0.1/x"));
+        assert_eq!(check_plain(&p), Err(Deny::IpLiteral));
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic eA=="),
+            ("accept", "*/*"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn header_swap() {
+        let c = cred(Presentation::Header {
+            name: HeaderName::from_static("authorization"),
+            prefix: "Bearer ".into(),
+            suffix: String::new(),
+        });
+        let mut p = parts(http::Request::get("/").header("authorization", format!("Bearer {PH}")));
+        assert!(wants(&p, &c));
+        let pairs = inject(&mut p, &c, b"sk-real").unwrap();
+        assert_eq!(p.headers["authorization"], "Bearer sk-real");
+        assert!(p.headers["authorization"].is_sensitive());
+        assert_eq!(&pairs[0].0[..], b"sk-real");
+        // Not the declared format: nothing injected.
+        let p = parts(http::Request::get("/").header("authorization", format!("token {PH}")));
+        assert!(!wants(&p, &c));
+        // A value that cannot be a header is refused, not sent.
+        let mut p = parts(http::Request::get("/").header("authorization", format!("Bearer {PH}")));
+        assert!(inject(&mut p, &c, b"bad\r\nvalue").is_err());
+    }
+
+    #[test]
+    fn basic_swap() {
+        let c = cred(Presentation::Basic);
+        let user_ph = B64.encode(format!("alice:{PH}"));
+        let mut p =
+            parts(http::Request::get("/").header("authorization", format!("Basic {user_ph}")));
+        assert!(wants(&p, &c));
+        let pairs = inject(&mut p, &c, b"s3cr:et").unwrap();
+        let sent = p.headers["authorization"].to_str().unwrap().to_owned();
+        assert_eq!(sent, format!("Basic {}", B64.encode("alice:s3cr:et")));
+        // The echoed base64 form is scrubbed back to the placeholder's base64 form.
+        assert!(pairs.iter().any(
+            |(n, r)| n.as_slice() == B64.encode("alice:s3cr:et").as_bytes()
+                && r.as_slice() == user_ph.as_bytes()
+        ));
+    }
+
+    #[test]
+    fn query_swap() {
+        let c = cred(Presentation::Query {
+            param: "api_key".into(),
+        });
+        let mut p = parts(http::Request::get(format!("/v1/x?a=1&api_key={PH}&b=2")));
+        assert!(wants(&p, &c));
+        inject(&mut p, &c, b"k/e y").unwrap();
+        assert_eq!(p.uri.query(), Some("a=1&api_key=k%2Fe%20y&b=2"));
+        let p = parts(http::Request::get(format!("/v1/x?other={PH}")));
+        assert!(!wants(&p, &c));
+    }
+
+    #[test]
+    fn placeholder_search() {
+        let mut c = cred(Presentation::Basic);
+        c.hosts = vec!["api.example.com".into()];
+        let creds = vec![c];
+        for req in [
+            http::Request::get("/").header("x-anything", format!("pre{PH}post")),
+            http::Request::get("/").header(
+                "authorization",
+                format!("Basic {}", B64.encode(format!("u:{PH}"))),
+            ),
+            http::Request::get(format!("/files/{PH}")),
+            http::Request::get(format!("/files/%67mcp_ph_{}", &PH[8..])),
+            http::Request::get(format!("/?q={PH}")),
+        ] {
+            let p = parts(req);
+            assert!(matches!(
+                find_exfiltration(&p, &creds, "other.example.com"),
+                Err(Deny::Exfiltration { .. })
+            ));
+            assert_eq!(find_exfiltration(&p, &creds, "api.example.com"), Ok(()));
+        }
+        let clean = parts(http::Request::get("/?q=gmcp_ph_").header("x", "y"));
+        assert_eq!(
+            find_exfiltration(&clean, &creds, "other.example.com"),
+            Ok(())
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! One sandbox's proxy: its context (policy, pooled upstream client, connection semaphore,
+//! credentials) and the handle the daemon holds. Dropping the handle stops every task.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::audit::Outcome;
+
+use super::addresses::{fold_mapped, resolve_checked};
+use super::audit::Deny;
+use super::connector::{Admitted, CheckedConnector};
+use super::policy::{Policy, Target};
+use super::scrub::BoxError;
+use super::secrets::SecretCache;
+use super::{EgressError, EgressShared, SandboxEgress, dns, listener};
+
+pub(crate) type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type UpClient = Client<HttpsConnector<CheckedConnector>, UpBody>;
+
+/// Everything a connection of this sandbox needs.
+#[derive(Debug)]
+pub(crate) struct SandboxCtx {
+    pub id: String,
+    pub expected_peer: Ipv4Addr,
+    pub policy: Policy,
+    pub approved: Vec<IpNet>,
+    pub shared: Arc<EgressShared>,
+    pub client: UpClient,
+    pub admitted: Admitted,
+    pub conns: Arc<Semaphore>,
+    pub secrets: SecretCache,
+    stop: watch::Receiver<()>,
+}
+
+impl SandboxCtx {
+    /// Runs `fut` until it ends or the proxy is stopped.
+    pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    /// Attribution and the connection limit, for a connection just accepted from `peer`.
+    pub fn admit_peer(self: &Arc<Self>, peer: SocketAddr) -> Result<Conn, Deny> {
+        if fold_mapped(peer.ip()) != IpAddr::V4(self.expected_peer) {
+            return Err(Deny::Unattributed);
+        }
+        let permit = self
+            .conns
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Deny::TooManyConnections)?;
+        Ok(Conn {
+            _permit: Arc::new(permit),
+            deadline: Instant::now() + self.shared.limits.max_connection_lifetime,
+        })
+    }
+
+    /// Resolves `t` once (or reuses a fresh check) and records the checked addresses for the
+    /// connector.
+    pub async fn admit_target(&self, t: &Target) -> Result<(), Deny> {
+        let limits = &self.shared.limits;
+        if self.admitted.fresh(t, limits.resolve_ttl).is_some() {
+            return Ok(());
+        }
+        let addrs = resolve_checked(
+            &*self.shared.resolver,
+            &t.host,
+            t.port,
+            &self.shared.pool,
+            &self.approved,
+            limits.resolve_timeout,
+        )
+        .await?;
+        self.admitted.insert(t.clone(), addrs);
+        Ok(())
+    }
+
+    pub fn audit_denied(&self, target: &str, deny: &Deny, extra: &str) {
+        let flood = matches!(
+            deny,
+            Deny::Unattributed | Deny::TooManyConnections | Deny::NotTls | Deny::HandshakeFailed
+        );
+        self.shared
+            .audit
+            .denied(&self.id, target, deny, extra, flood);
+    }
+
+    pub fn audit_ok(&self, action: &'static str, target: &str, detail: String) {
+        self.shared.audit.record(
+            action,
+            target,
+            Outcome::Ok,
+            format!("sandbox={} {detail}", self.id),
+        );
+    }
+}
+
+/// An admitted client connection: its slot under the limit and its end of life.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    /// Held, never read: the slot is free again when the last clone is dropped.
+    pub _permit: Arc<OwnedSemaphorePermit>,
+    pub deadline: Instant,
+}
+
+/// A running per-sandbox proxy. Dropping it (or [`EgressProxy::stop`]) ends every listener and
+/// connection of the sandbox.
+#[derive(Debug)]
+pub struct EgressProxy {
+    ctx: Arc<SandboxCtx>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<()>,
+}
+
+impl EgressProxy {
+    /// Binds `sb.listen` and serves the proxy port.
+    pub async fn spawn(sb: SandboxEgress, shared: Arc<EgressShared>) -> Result<Self, EgressError> {
+        let listener = TcpListener::bind(sb.listen)
+            .await
+            .map_err(|e| EgressError::Io(format!("bind {}: {e}", sb.listen)))?;
+        Self::start(sb, shared, listener)
+    }
+
+    /// Serves the proxy port on a listener bound elsewhere (e.g. handed over by the helper).
+    /// `sb.listen` is ignored. Must be called within a tokio runtime.
+    pub fn from_listener(
+        sb: SandboxEgress,
+        shared: Arc<EgressShared>,
+        listener: std::net::TcpListener,
+    ) -> Result<Self, EgressError> {
+        let listener = to_tokio(listener)?;
+        Self::start(sb, shared, listener)
+    }
+
+    fn start(
+        sb: SandboxEgress,
+        shared: Arc<EgressShared>,
+        listener: TcpListener,
+    ) -> Result<Self, EgressError> {
+        let policy = Policy::new(&sb.manifest, &sb.placeholders)?;
+        let limits = shared.limits.clone();
+        let admitted = Admitted::default();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*shared.client_tls).clone())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(CheckedConnector::new(
+                admitted.clone(),
+                limits.connect_timeout,
+            ));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build(https);
+        let (stop, stop_rx) = watch::channel(());
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| EgressError::Io(e.to_string()))?;
+        let ctx = Arc::new(SandboxCtx {
+            id: sb.sandbox_id,
+            expected_peer: sb.expected_peer,
+            policy,
+            approved: sb.approved_ranges,
+            secrets: SecretCache::new(shared.vault.clone(), limits.secret_ttl),
+            shared,
+            client,
+            admitted,
+            conns: Arc::new(Semaphore::new(limits.max_connections)),
+            stop: stop_rx,
+        });
+        ctx.spawn(listener::accept_loop(
+            ctx.clone(),
+            listener,
+            listener::Kind::Proxy,
+        ));
+        Ok(Self {
+            ctx,
+            local_addr,
+            stop,
+        })
+    }
+
+    /// The proxy port's address (`HTTPS_PROXY=http://<this>`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn sandbox_id(&self) -> &str {
+        &self.ctx.id
+    }
+
+    /// Transparent mode: serves one connection accepted on N.1:443 (TLS; host from SNI).
+    pub fn serve_transparent(&self, stream: TcpStream, peer: SocketAddr) {
+        listener::accepted(self.ctx.clone(), stream, peer, listener::Kind::Transparent);
+    }
+
+    /// Transparent mode: serves every connection on a listener bound to N.1:443.
+    pub fn adopt_transparent_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> Result<(), EgressError> {
+        let listener = to_tokio(listener)?;
+        self.ctx.spawn(listener::accept_loop(
+            self.ctx.clone(),
+            listener,
+            listener::Kind::Transparent,
+        ));
+        Ok(())
+    }
+
+    /// Transparent mode: answers DNS on sockets bound to N.1:53 (UDP and/or TCP). Allowlisted
+    /// names resolve to `answer_ip` (N.1); nothing is ever forwarded.
+    pub fn adopt_dns(
+        &self,
+        udp: Option<std::net::UdpSocket>,
+        tcp: Option<std::net::TcpListener>,
+        answer_ip: Ipv4Addr,
+    ) -> Result<(), EgressError> {
+        let served = Arc::new(dns::Served {
+            names: self.ctx.policy.dns_names(),
+            answer_ip,
+            expected_peer: IpAddr::V4(self.ctx.expected_peer),
+            sandbox_id: self.ctx.id.clone(),
+            audit: Some(self.ctx.shared.audit.clone()),
+        });
+        if let Some(udp) = udp {
+            udp.set_nonblocking(true)
+                .map_err(|e| EgressError::Io(e.to_string()))?;
+            let udp =
+                tokio::net::UdpSocket::from_std(udp).map_err(|e| EgressError::Io(e.to_string()))?;
+            self.ctx.spawn(dns::serve_udp(udp, served.clone()));
+        }
+        if let Some(tcp) = tcp {
+            let tcp = to_tokio(tcp)?;
+            self.ctx.spawn(dns::serve_tcp(tcp, served));
+        }
+        Ok(())
+    }
+
+    /// Stops every listener and connection of this sandbox.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for EgressProxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+    }
+}
+
+fn to_tokio(listener: std::net::TcpListener) -> Result<TcpListener, EgressError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| EgressError::Io(e.to_string()))?;
+    TcpListener::from_std(listener).map_err(|e| EgressError::Io(e.to_string()))
+}
