@@ -395,14 +395,15 @@ async fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachabl
         );
     }
 
-    // The neighbour's TLS and DNS: landlock allows the ports, nftables drops the packets.
+    // The neighbour's TLS and DNS: landlock allows the ports, but a sandbox has no route to
+    // any other link.
     for (proto, port) in [("tcp", "443"), ("tcp", "53"), ("udp", "53")] {
         let args = match proto {
             "tcp" => ["connect", "10.232.0.1", port, "1500"],
             _ => ["udp-roundtrip", "10.232.0.1", port, "1500"],
         };
         let (_, got, ()) = run(&client, transparent(&h, &rootfs, &args), |_, _| done()).await;
-        assert_eq!(got, "BLOCKED ETIMEDOUT", "neighbour {proto} {port}");
+        assert_eq!(got, "BLOCKED ENETUNREACH", "neighbour {proto} {port}");
     }
     assert!(
         nothing_arrived_tcp(&their_tls),
@@ -533,14 +534,16 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
     }
     // The other sandbox's address (not transparent): its 443 and 53 are dropped too, and a
     // spoofed source cannot use the transparent sandbox's ports.
-    for (args, what) in [
+    for (args, what, expected) in [
         (
             vec!["connect", plain.host_addr.as_str(), "443", "1000"],
             "their 443",
+            "BLOCKED ENETUNREACH",
         ),
         (
             vec!["connect", plain.host_addr.as_str(), "53", "1000"],
             "their TCP 53",
+            "BLOCKED ENETUNREACH",
         ),
         (
             vec![
@@ -551,9 +554,11 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
                 "1000",
             ],
             "spoofed source to 443",
+            "BLOCKED ETIMEDOUT",
         ),
     ] {
-        assert_eq!(in_netns(&tr, &args), "BLOCKED ETIMEDOUT", "{what}");
+        // Other links have no route from inside; the own link's firewall drops the spoof.
+        assert_eq!(in_netns(&tr, &args), expected, "{what}");
     }
     assert!(nothing_arrived_tcp(&tls));
     assert_eq!(
@@ -561,7 +566,7 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
             &tr,
             &["udp-roundtrip", plain.host_addr.as_str(), "53", "1000"]
         ),
-        "BLOCKED ETIMEDOUT"
+        "BLOCKED ENETUNREACH"
     );
 
     // The sandbox that is not transparent: proxy port only; 443 and 53 dropped even with
@@ -588,10 +593,10 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
         nothing_arrived_udp(&pudp53),
         "not transparent: UDP 53 arrived"
     );
-    // Nor can it reach the transparent sandbox's sockets.
+    // Nor can it reach the transparent sandbox's sockets: no route to another link.
     assert_eq!(
         in_netns(&plain, &["connect", host, "443", "1000"]),
-        "BLOCKED ETIMEDOUT"
+        "BLOCKED ENETUNREACH"
     );
     assert!(nothing_arrived_tcp(&tls));
     assert!(nothing_arrived_udp(&udp53));
