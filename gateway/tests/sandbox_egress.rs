@@ -553,6 +553,15 @@ async fn real_clients_in_real_sandboxes_get_the_key_swapped_in_and_never_see_it(
             .contains(&format!("x-echo-authorization: Bearer {}", gw.ph))
     );
 
+    // Node came in through the transparent listener (host from SNI), not the proxy port.
+    let events = gw.audit().await;
+    assert!(
+        events.iter().any(|e| e.action == "egress.connect"
+            && e.target == "api.test.example:443"
+            && e.detail.contains("kind=transparent")),
+        "no transparent-mode connection audited: {events:#?}"
+    );
+
     // 4. The placeholder sent to an allowlisted host it is not bound to: refused, audited,
     //    nothing reaches the upstream.
     let before = gw.upstream.seen().len();
@@ -572,7 +581,7 @@ async fn real_clients_in_real_sandboxes_get_the_key_swapped_in_and_never_see_it(
     )
     .await;
     exfil.assert_never_saw_key("exfiltration attempt");
-    assert_ne!(exfil.out(), "200");
+    assert_eq!(exfil.out(), "403");
     assert_eq!(
         gw.upstream.seen().len(),
         before,
