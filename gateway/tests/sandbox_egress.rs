@@ -32,6 +32,8 @@ use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
 use helper_harness::{Harness, PROXY_PORT, rootfs};
 use privhelper::api::{PROXY_ADDR_TOKEN, PrivHelperProxy, TransparentSockets};
 
+const NOT_EXPANDED: &str = "$HOME ${PATH} @GIGMCP_PROXY_ADDR @HOME@ @gigmcp_proxy_addr@";
+
 /// Name of the gateway CA inside the helper's `ca_dir` (what `SandboxSpec::ca_bundle` names).
 const CA_NAME: &str = "gateway-ca.pem";
 const CA_IN_SANDBOX: &str = "/run/gigmcp/ca.pem";
@@ -243,6 +245,8 @@ fn sandbox_env(ph: &str) -> Vec<(String, String)> {
         ("GITHUB_TOKEN".into(), ph.into()),
         // libuv's io_uring is killed by the seccomp policy; Node falls back without it.
         ("UV_USE_IO_URING".into(), "0".into()),
+        // Only the exact token is substituted: these reach the sandbox verbatim.
+        ("NOT_EXPANDED".into(), NOT_EXPANDED.into()),
     ];
     for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
         env.push((k.into(), proxy.clone()));
@@ -365,13 +369,22 @@ fn build_rootfs(h: &Harness) -> String {
     let name = "clients";
     let root = h.images.join(name);
     let node = which("node");
+    // The distribution's interpreter (not a pyenv shim) and its standard library.
+    let python = std::fs::canonicalize("/usr/bin/python3").expect("/usr/bin/python3 missing");
+    let stdlib = Path::new("/usr/lib").join(python.file_name().unwrap());
+    assert!(
+        stdlib.join("os.py").exists(),
+        "{} missing",
+        stdlib.display()
+    );
+    let stdlib_in_image = stdlib.to_string_lossy().trim_start_matches('/').to_owned();
     let mut bins: Vec<(PathBuf, &str)> = vec![
         (which("curl"), "bin/curl"),
         (which("dash"), "bin/sh"),
-        (PathBuf::from("/usr/bin/python3.11"), "usr/bin/python3"),
+        (python.clone(), "usr/bin/python3"),
         (node, "bin/node"),
     ];
-    let dynload: Vec<PathBuf> = std::fs::read_dir("/usr/lib/python3.11/lib-dynload")
+    let dynload: Vec<PathBuf> = std::fs::read_dir(stdlib.join("lib-dynload"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
@@ -386,8 +399,8 @@ fn build_rootfs(h: &Harness) -> String {
     }
     rootfs::build(&root, &bins);
     copy_tree(
-        Path::new("/usr/lib/python3.11"),
-        &root.join("usr/lib/python3.11"),
+        &stdlib,
+        &root.join(&stdlib_in_image),
         &[
             "test",
             "__pycache__",
@@ -522,6 +535,11 @@ async fn real_clients_in_real_sandboxes_get_the_key_swapped_in_and_never_see_it(
     );
     assert!(py.out().contains(&format!("('GITHUB_TOKEN', '{}')", gw.ph)));
     assert!(!py.out().contains(PROXY_ADDR_TOKEN));
+    assert!(
+        py.out()
+            .contains(&format!("('NOT_EXPANDED', '{NOT_EXPANDED}')")),
+        "a value without the exact token was changed"
+    );
 
     // 3. Node's built-in fetch ignores HTTPS_PROXY: transparent mode serves it.
     let node = run_in_sandbox(
