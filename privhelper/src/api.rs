@@ -26,7 +26,10 @@ pub struct SandboxSpec {
     pub rootfs: String,
     /// The server's command line, run by `gigmcp-sandbox-init` inside the sandbox.
     pub argv: Vec<String>,
-    /// The server's complete environment (the sandbox starts from an empty one).
+    /// The server's complete environment (the sandbox starts from an empty one). In values
+    /// (never names), each occurrence of [`PROXY_ADDR_TOKEN`] is replaced by the link's host
+    /// address, which the gateway only learns from the reply (e.g.
+    /// `HTTPS_PROXY=http://@GIGMCP_PROXY_ADDR@:3128`). Nothing else is substituted.
     pub env: Vec<(String, String)>,
     /// Per-server writable directory, relative to the helper's `data_root`; empty for none.
     pub data_dir: String,
@@ -43,6 +46,13 @@ pub struct SandboxSpec {
     pub transparent: bool,
     pub limits: Limits,
 }
+
+/// Replaced by the sandbox's host address (`SandboxInfo::host_addr`, dotted IPv4) in the values
+/// of [`SandboxSpec::env`] before the server starts: the proxy's address is fixed by the slot the
+/// helper picks, after the gateway has sent the spec. A literal, exact-match token (no
+/// expression, no escaping, no other variable): an address is at most 15 bytes, shorter than the
+/// token, so no value can grow past the checked bounds.
+pub const PROXY_ADDR_TOKEN: &str = "@GIGMCP_PROXY_ADDR@";
 
 /// Resource limits; each is capped by the helper's configured ceiling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Type)]

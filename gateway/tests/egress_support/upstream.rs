@@ -168,6 +168,9 @@ impl Upstream {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                // As real servers do: without it, h2 frames written separately wait for the
+                // proxy's delayed ACK (Nagle), ~40 ms per response.
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let records = records.clone();
                 tokio::spawn(async move {

@@ -265,7 +265,7 @@ impl Helper {
         &self,
         id: String,
         slot: u32,
-        c: validate::Checked,
+        mut c: validate::Checked,
     ) -> Result<(Sandbox, Handed), HelperError> {
         let i = &self.inner;
         let cfg = &i.config;
@@ -286,6 +286,9 @@ impl Helper {
             )));
         }
 
+        // The host address is known only now (it follows from the slot): put it where the
+        // gateway asked for it (`api::PROXY_ADDR_TOKEN`), before anything reads the env.
+        c.env = validate::expand_env(&c.env, addrs.host);
         let netns = i
             .network
             .create(&id, &link, addrs)

