@@ -658,6 +658,68 @@ async fn connection_limit_and_slowloris() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_connections_stay_within_the_limit() {
+    if !require_root("a_thousand_concurrent_connections_stay_within_the_limit") {
+        return;
+    }
+    const CLIENTS: usize = 1000;
+    let limits = EgressLimits::default();
+    let limit = limits.max_connections;
+    assert!(limit < CLIENTS);
+    let fx = Fixture::new(limits).await;
+    // All connections open at once from the sandbox's address, then all ask for a tunnel.
+    let mut streams = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        streams.push(connect_from(&fx.net.client_ns, fx.proxy.local_addr()).await);
+    }
+    let heads = futures_util::future::join_all(streams.iter_mut().map(|s| async move {
+        let authority = "api.test.example:443";
+        s.write_all(
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok();
+        tokio::time::timeout(Duration::from_secs(20), read_head(s))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }))
+    .await;
+    let ok = heads
+        .iter()
+        .filter(|h| h.starts_with("HTTP/1.1 200"))
+        .count();
+    let refused = heads
+        .iter()
+        .filter(|h| h.starts_with("HTTP/1.1 503"))
+        .count();
+    eprintln!("{CLIENTS} concurrent: {ok} tunnels, {refused} refused with 503 (limit {limit})");
+    assert_eq!(ok, limit, "tunnels past the limit");
+    assert_eq!(ok + refused, CLIENTS, "every connection got a clear answer");
+    drop(streams);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = fx.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "https://api.test.example/",
+    ]);
+    assert_eq!(
+        after.text(),
+        "200",
+        "the proxy still serves: {}",
+        after.stderr
+    );
+    let events = fx.audit().await;
+    assert!(
+        denied_with(&events, "", "too many connections"),
+        "refusals audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transparent_mode_takes_the_host_from_sni_and_dns_answers_only_allowlisted_names() {
     if !require_root(
         "transparent_mode_takes_the_host_from_sni_and_dns_answers_only_allowlisted_names",
