@@ -150,9 +150,9 @@ fn start(plan: Plan, tracked: &Tracked) -> io::Result<Started> {
         .stdin(Stdio::from(stdin_r))
         .stdout(Stdio::from(stdout_w))
         .stderr(Stdio::from(stderr_w));
-    // SAFETY: the closure only makes async-signal-safe libc calls on integers captured by value
-    // (no allocation, no locks), as required between fork and exec in a threaded process. The
-    // fds it uses are owned by `plan`, which outlives `spawn`.
+    // The closure only makes async-signal-safe libc calls on integers captured by value (no
+    // allocation, no locks), as required between fork and exec in a threaded process.
+    // SAFETY: as above; the fds it uses are owned by `plan`, which outlives `spawn`.
     unsafe {
         cmd.pre_exec(move || child_setup(&setup));
     }
