@@ -39,15 +39,28 @@ impl Auditor {
         }
     }
 
-    /// Records an event. A failure to persist it is returned: an action that cannot be audited
-    /// should not be reported as done.
-    pub fn record(
-        &self,
-        action: &str,
-        target: &str,
-        outcome: Outcome,
-        detail: &str,
-    ) -> Result<(), StoreError> {
+    /// Records several events at once: each is logged, and all are persisted in one
+    /// transaction (for high-rate sources such as the egress proxy).
+    pub fn record_many(&self, events: &[(&str, &str, Outcome, &str)]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let rows: Vec<AuditEvent> = events
+            .iter()
+            .map(|(action, target, outcome, detail)| {
+                self.log(action, target, *outcome, detail);
+                AuditEvent {
+                    ts_ms: now,
+                    actor: self.actor.clone(),
+                    action: (*action).to_owned(),
+                    target: (*target).to_owned(),
+                    outcome: outcome.as_str().to_owned(),
+                    detail: (*detail).to_owned(),
+                }
+            })
+            .collect();
+        self.store.audit_append_many(&rows)
+    }
+
+    fn log(&self, action: &str, target: &str, outcome: Outcome, detail: &str) {
         tracing::info!(
             target: "audit",
             actor = %self.actor,
@@ -57,6 +70,18 @@ impl Auditor {
             detail,
             "audit"
         );
+    }
+
+    /// Records an event. A failure to persist it is returned: an action that cannot be audited
+    /// should not be reported as done.
+    pub fn record(
+        &self,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.log(action, target, outcome, detail);
         self.store.audit_append(&AuditEvent {
             ts_ms: now_ms(),
             actor: self.actor.clone(),

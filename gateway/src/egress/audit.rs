@@ -233,18 +233,42 @@ impl EgressAudit {
     }
 }
 
+/// Most events written in one transaction.
+const BATCH: usize = 512;
+
+/// Writes events as they come, batching whatever has queued up meanwhile into one
+/// transaction: one disk sync per batch instead of one per request.
 fn drain(auditor: Auditor, rx: Receiver<Entry>) {
-    for entry in rx {
-        match entry {
-            Entry::Event {
-                action,
-                target,
-                outcome,
-                detail,
-            } => write(&auditor, action, &target, outcome, &detail),
-            Entry::Flush(done) => {
-                let _ = done.send(());
+    while let Ok(first) = rx.recv() {
+        let mut events = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(entry) = next.take() {
+            match entry {
+                Entry::Event {
+                    action,
+                    target,
+                    outcome,
+                    detail,
+                } => events.push((action, target, outcome, detail)),
+                Entry::Flush(done) => flushes.push(done),
             }
+            if events.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let batch: Vec<(&str, &str, Outcome, &str)> = events
+            .iter()
+            .map(|(a, t, o, d)| (*a, t.as_str(), *o, d.as_str()))
+            .collect();
+        if !batch.is_empty() {
+            if let Err(e) = auditor.record_many(&batch) {
+                tracing::error!(error = %e, "cannot persist {} egress audit events", batch.len());
+            }
+        }
+        // Flushes are answered only once everything queued before them is written.
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }

@@ -105,6 +105,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
 
     fn audit_append(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// Appends several events in one transaction (one disk sync for the lot).
+    fn audit_append_many(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     /// The newest `limit` events, newest first.
     fn audit_recent(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 }

@@ -372,6 +372,24 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn audit_append_many(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit_events (ts_ms, actor, action, target, outcome, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for e in events {
+                insert.execute(params![
+                    e.ts_ms, e.actor, e.action, e.target, e.outcome, e.detail
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn audit_recent(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
