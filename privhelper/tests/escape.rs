@@ -350,25 +350,21 @@ async fn the_firewall_alone_drops_spoofed_and_stray_packets() {
         .unwrap();
     let _proxy = TcpListener::bind((info.host_addr.as_str(), PROXY_PORT)).unwrap();
     let _other = TcpListener::bind((info.host_addr.as_str(), 2222)).unwrap();
-    let netns = format!("{}-{}", common::INSTANCE, info.id);
-    let in_ns = |args: &[&str]| -> String {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &netns])
-            .arg(common::workspace_bin("gigmcp-attack"))
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
     let port = PROXY_PORT.to_string();
     assert!(
-        in_ns(&["connect", &info.host_addr, &port]).contains("SUCCEEDED connected to"),
+        common::in_netns(&info, &["connect", &info.host_addr, &port])
+            .starts_with("SUCCEEDED connected to"),
         "the proxy port must be reachable from the right source"
     );
-    assert!(in_ns(&["connect", &info.host_addr, "2222", "1500"]).ends_with("BLOCKED ETIMEDOUT"));
     assert!(
-        in_ns(&["spoof-source", "10.232.0.6", &info.host_addr, &port, "1500"])
-            .ends_with("BLOCKED ETIMEDOUT"),
+        common::in_netns(&info, &["connect", &info.host_addr, "2222", "1500"])
+            == "BLOCKED ETIMEDOUT"
+    );
+    assert!(
+        common::in_netns(
+            &info,
+            &["spoof-source", "10.232.0.6", &info.host_addr, &port, "1500"]
+        ) == "BLOCKED ETIMEDOUT",
         "a spoofed source got through"
     );
     client.destroy_sandbox(&info.id).await.unwrap();

@@ -147,31 +147,6 @@ fn done() -> JoinHandle<()> {
     std::thread::spawn(|| ())
 }
 
-/// Runs the attack binary as root inside a sandbox's netns (no landlock, no seccomp): only
-/// nftables stands between it and the host.
-fn in_netns(info: &SandboxInfo, args: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("{}-{}", common::INSTANCE, info.id),
-        ])
-        .arg(common::workspace_bin("gigmcp-attack"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let name = args[0];
-    text.strip_prefix(&format!("ATTACK {name} "))
-        .unwrap_or_else(|| {
-            panic!(
-                "{name}: unexpected output {text:?} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-        .to_owned()
-}
-
 /// The pids holding the socket behind `fd` (by inode, over all of /proc).
 fn holders(fd: &impl AsRawFd) -> Vec<u32> {
     let ino = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -485,16 +460,16 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
 
     // Exactly four ways in.
     assert_eq!(
-        in_netns(&tr, &["connect", host, "3128"]),
+        common::in_netns(&tr, &["connect", host, "3128"]),
         format!("SUCCEEDED connected to {host}:3128")
     );
     assert_eq!(
-        in_netns(&tr, &["connect", host, "443"]),
+        common::in_netns(&tr, &["connect", host, "443"]),
         format!("SUCCEEDED connected to {host}:443")
     );
     assert!(accept_within(&tls, Duration::from_secs(2)).is_some());
     assert_eq!(
-        in_netns(&tr, &["connect", host, "53"]),
+        common::in_netns(&tr, &["connect", host, "53"]),
         format!("SUCCEEDED connected to {host}:53")
     );
     assert!(accept_within(&tcp53, Duration::from_secs(2)).is_some());
@@ -504,7 +479,7 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
         Duration::from_secs(5),
     );
     assert_eq!(
-        in_netns(&tr, &["udp-roundtrip", host, "53"]),
+        common::in_netns(&tr, &["udp-roundtrip", host, "53"]),
         "RESULT reply answer"
     );
     assert_eq!(
@@ -515,13 +490,13 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
     // Everything else on the own address: dropped (ETIMEDOUT, not a refusal).
     for port in ["80", "8443", "3129", "22"] {
         assert_eq!(
-            in_netns(&tr, &["connect", host, port, "1000"]),
+            common::in_netns(&tr, &["connect", host, port, "1000"]),
             "BLOCKED ETIMEDOUT",
             "TCP {port}"
         );
     }
     for port in ["443", "3128", "54"] {
-        let got = in_netns(&tr, &["udp-send", host, port]);
+        let got = common::in_netns(&tr, &["udp-send", host, port]);
         assert!(got.starts_with("RESULT sent"), "{got}");
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -558,11 +533,11 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
         ),
     ] {
         // Other links have no route from inside; the own link's firewall drops the spoof.
-        assert_eq!(in_netns(&tr, &args), expected, "{what}");
+        assert_eq!(common::in_netns(&tr, &args), expected, "{what}");
     }
     assert!(nothing_arrived_tcp(&tls));
     assert_eq!(
-        in_netns(
+        common::in_netns(
             &tr,
             &["udp-roundtrip", plain.host_addr.as_str(), "53", "1000"]
         ),
@@ -577,17 +552,17 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
     let _p53 = TcpListener::bind((phost, 53)).unwrap();
     let pudp53 = UdpSocket::bind((phost, 53)).unwrap();
     assert_eq!(
-        in_netns(&plain, &["connect", phost, "3128"]),
+        common::in_netns(&plain, &["connect", phost, "3128"]),
         format!("SUCCEEDED connected to {phost}:3128")
     );
     for port in ["443", "53"] {
         assert_eq!(
-            in_netns(&plain, &["connect", phost, port, "1000"]),
+            common::in_netns(&plain, &["connect", phost, port, "1000"]),
             "BLOCKED ETIMEDOUT",
             "not transparent: TCP {port}"
         );
     }
-    assert!(in_netns(&plain, &["udp-send", phost, "53"]).starts_with("RESULT sent"));
+    assert!(common::in_netns(&plain, &["udp-send", phost, "53"]).starts_with("RESULT sent"));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         nothing_arrived_udp(&pudp53),
@@ -595,7 +570,7 @@ async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
     );
     // Nor can it reach the transparent sandbox's sockets: no route to another link.
     assert_eq!(
-        in_netns(&plain, &["connect", host, "443", "1000"]),
+        common::in_netns(&plain, &["connect", host, "443", "1000"]),
         "BLOCKED ENETUNREACH"
     );
     assert!(nothing_arrived_tcp(&tls));

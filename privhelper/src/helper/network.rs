@@ -82,7 +82,7 @@ impl Network {
     }
 
     /// Creates netns `<prefix>-<id>` with `eth0` (sandbox end) linked to `link_name` on the
-    /// host, both addressed, lo up, default route via the host end. Returns the netns.
+    /// host, both addressed, lo up, and no default route. Returns the netns.
     pub async fn create(
         &self,
         id: &str,

@@ -444,6 +444,27 @@ fn walk_count(dir: &Path, instance: &str, depth: usize) -> usize {
     n
 }
 
+/// Runs the attack binary as root inside a sandbox's netns (no landlock, no seccomp): only
+/// nftables stands between it and the host.
+pub fn in_netns(info: &privhelper::api::SandboxInfo, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("{}-{}", INSTANCE, info.id)])
+        .arg(workspace_bin("gigmcp-attack"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let name = args[0];
+    text.strip_prefix(&format!("ATTACK {name} "))
+        .unwrap_or_else(|| {
+            panic!(
+                "{name}: unexpected output {text:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_owned()
+}
+
 /// Reads everything from an fd received over the bus, with a deadline.
 pub fn read_all(fd: zbus::OwnedFd, timeout: Duration) -> Vec<u8> {
     use std::io::Read;
