@@ -13,9 +13,14 @@ mod egress_support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use egress_support::{Fixture, h1_tunnel, read_body, read_head, tls_client};
+use bytes::Bytes;
+use egress_support::{Fixture, h1_tunnel, tls_client};
 use gateway::egress::EgressLimits;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 const WARMUP: usize = 200;
 const REQUESTS: usize = 2000;
@@ -26,18 +31,51 @@ struct Stats {
     p99: Duration,
 }
 
+/// Bounds every step so a stall shows up as a failure naming the step, not a silent hang.
+const STEP: Duration = Duration::from_secs(30);
+
+async fn step<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, f)
+        .await
+        .unwrap_or_else(|_| panic!("bench stalled: {what} took over {STEP:?}"))
+}
+
+/// An HTTP/1.1 client (hyper, as a real client would parse framing) over `s`.
+async fn client<S>(s: S) -> SendRequest<Empty<Bytes>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = step("h1 handshake", hyper::client::conn::http1::handshake(TokioIo::new(s)))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header("host", "api.test.example")
+        .body(Empty::new())
+        .unwrap()
+}
+
 /// `n` keep-alive GETs of 1 KiB on one connection.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(s: S, n: usize) -> Stats {
-    let mut s = BufReader::new(s);
-    let req = b"GET /big?n=1024 HTTP/1.1\r\nHost: api.test.example\r\n\r\n";
+async fn run<S>(s: S, n: usize) -> Stats
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut send = client(s).await;
     let mut lat = Vec::with_capacity(n);
     for i in 0..WARMUP + n {
         let t = Instant::now();
-        s.get_mut().write_all(req).await.unwrap();
-        let head = read_head(&mut s).await.unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let body = read_body(&mut s, &head).await;
-        assert!(body.len() >= 1024, "short body: {}", body.len());
+        let body = step("1 KiB GET", async {
+            send.ready().await.unwrap();
+            let resp = send.send_request(get("/big?n=1024")).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await;
+        assert_eq!(body.len(), 1024, "body length");
         if i >= WARMUP {
             lat.push(t.elapsed());
         }
@@ -67,37 +105,61 @@ async fn direct(fx: &Fixture) -> Stats {
 }
 
 async fn proxied(fx: &Fixture) -> Stats {
-    let tls = h1_tunnel(fx, "api.test.example").await;
+    let tls = step("tunnel", h1_tunnel(fx, "api.test.example")).await;
     tls.get_ref().0.set_nodelay(true).unwrap();
     run(tls, REQUESTS).await
+}
+
+/// CPU time (user + system) of this whole process so far: client, proxy and upstream share the
+/// machine's cores in this benchmark, so a run's CPU use says whether it was bound by CPU.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
+    };
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+/// Runs `f`; returns its result and the cores it kept busy on average.
+async fn with_cores<T>(f: impl std::future::Future<Output = T>) -> (T, f64) {
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    let out = f.await;
+    let cores = (cpu_time() - cpu).as_secs_f64() / wall.elapsed().as_secs_f64();
+    (out, cores)
 }
 
 /// Size of the bulk transfer.
 const BULK: u64 = 1 << 30;
 
-/// Downloads `BULK` bytes in one response; returns MiB/s (framing bytes included, < 0.1%).
-async fn bulk<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> f64 {
-    let req = format!(
-        "GET /big?n={BULK}&chunk=65536 HTTP/1.1\r\nHost: api.test.example\r\nConnection: close\r\n\r\n"
-    );
+/// Downloads `BULK` bytes in one response; returns MiB/s of body.
+async fn bulk<S>(s: S) -> f64
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut send = client(s).await;
     let started = Instant::now();
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 256 * 1024];
+    let resp = step(
+        "bulk response head",
+        send.send_request(get(&format!("/big?n={BULK}&chunk=65536"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
     let mut total = 0u64;
-    loop {
-        let n = s.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            break;
+    while let Some(frame) = step("bulk body frame", body.frame()).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            total += data.len() as u64;
         }
-        total += n as u64;
     }
-    assert!(total >= BULK, "short transfer: {total} bytes");
+    assert_eq!(total, BULK, "transfer length");
     total as f64 / f64::from(1u32 << 20) / started.elapsed().as_secs_f64()
 }
 
-fn show(name: &str, s: &Stats) {
+fn show(name: &str, s: &Stats, cores: f64) {
     println!(
-        "{name:<8} {:>9.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms",
+        "{name:<8} {:>9.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  cores busy {cores:.2}",
         s.rps,
         s.p50.as_secs_f64() * 1e3,
         s.p99.as_secs_f64() * 1e3
@@ -113,10 +175,10 @@ async fn main() {
     println!("keep-alive HTTPS GET, 1 KiB body, {REQUESTS} requests per run, one connection");
     let mut best: Option<(Stats, Stats)> = None;
     for round in 1..=2 {
-        let d = direct(&fx).await;
-        let p = proxied(&fx).await;
-        show(&format!("direct#{round}"), &d);
-        show(&format!("proxy#{round}"), &p);
+        let (d, dc) = with_cores(direct(&fx)).await;
+        let (p, pc) = with_cores(proxied(&fx)).await;
+        show(&format!("direct#{round}"), &d, dc);
+        show(&format!("proxy#{round}"), &p, pc);
         if best.as_ref().is_none_or(|(_, bp)| p.rps > bp.rps) {
             best = Some((d, p));
         }
@@ -139,11 +201,17 @@ async fn main() {
     )
     .await
     .unwrap();
-    let direct_mib = bulk(direct_tls).await;
-    let proxy_mib = bulk(h1_tunnel(&fx, "api.test.example").await).await;
+    let (direct_mib, dc) = with_cores(bulk(direct_tls)).await;
+    let tunnel = step("tunnel", h1_tunnel(&fx, "api.test.example")).await;
+    let (proxy_mib, pc) = with_cores(bulk(tunnel)).await;
     println!(
-        "1 GiB transfer: direct {direct_mib:.0} MiB/s, proxy {proxy_mib:.0} MiB/s, ratio {:.2} (goal >= 0.7)",
+        "1 GiB transfer: direct {direct_mib:.0} MiB/s (cores busy {dc:.2}), proxy {proxy_mib:.0} MiB/s (cores busy {pc:.2}), ratio {:.2} (goal >= 0.7)",
         proxy_mib / direct_mib
+    );
+    println!(
+        "CPU per GiB, client + upstream (+ proxy): direct {:.2} s, proxied {:.2} s",
+        dc * 1024.0 / direct_mib,
+        pc * 1024.0 / proxy_mib
     );
 
     // Leaf certificates: one mint per host, then hits.

@@ -2,6 +2,7 @@
 //! placeholders in a response, [`Scan`] stops a request body before a placeholder's bytes
 //! leave, [`Counted`] counts bytes and reports when the body ends (for the audit).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -38,6 +39,8 @@ pub struct Scrub<B> {
     inner: B,
     set: Replacements,
     rw: StreamRewriter,
+    /// Rewritten pieces not yet returned.
+    ready: VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
     ended: bool,
 }
@@ -48,6 +51,7 @@ impl<B> Scrub<B> {
             inner,
             rw: StreamRewriter::new(set.clone()),
             set,
+            ready: VecDeque::new(),
             trailers: None,
             ended: false,
         }
@@ -68,6 +72,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if let Some(piece) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
             if this.ended {
                 let rest = this.rw.finish();
                 if !rest.is_empty() {
@@ -80,10 +87,9 @@ where
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        let out = this.rw.push(&data);
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
+                        let mut out = Vec::new();
+                        this.rw.push(data, &mut out);
+                        this.ready.extend(out.into_iter().filter(|p| !p.is_empty()));
                     }
                     Err(frame) => {
                         if let Ok(mut t) = frame.into_trailers() {
@@ -114,7 +120,8 @@ pub struct Scan<B> {
     rw: StreamRewriter,
     /// The placeholder found, for the caller's audit.
     found: Arc<Mutex<Option<usize>>>,
-    placeholders: Vec<String>,
+    /// Checked pieces not yet returned.
+    ready: VecDeque<Bytes>,
     ended: bool,
 }
 
@@ -139,17 +146,14 @@ impl<B> Scan<B> {
             inner,
             rw: StreamRewriter::new(set),
             found,
-            placeholders,
+            ready: VecDeque::new(),
             ended: false,
         })
     }
 
-    fn trip(&self, out: &[u8]) -> PlaceholderInBody {
-        let which = self
-            .placeholders
-            .iter()
-            .position(|p| first_index(out, p.as_bytes()).is_some());
-        *self.found.lock().unwrap_or_else(|e| e.into_inner()) = Some(which.unwrap_or(0));
+    fn trip(&self) -> PlaceholderInBody {
+        *self.found.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(self.rw.first_hit.unwrap_or(0));
         PlaceholderInBody
     }
 }
@@ -159,7 +163,7 @@ pub fn first_index(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
         return None;
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 impl<B> Body for Scan<B>
@@ -176,6 +180,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if let Some(piece) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
             if this.ended {
                 return Poll::Ready(None);
             }
@@ -184,7 +191,7 @@ where
                     this.ended = true;
                     let rest = this.rw.finish();
                     if this.rw.hits > 0 {
-                        return Poll::Ready(Some(Err(this.trip(&rest).into())));
+                        return Poll::Ready(Some(Err(this.trip().into())));
                     }
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
@@ -194,14 +201,13 @@ where
                 Some(Ok(frame)) => {
                     // Request trailers are dropped (hop-by-hop `Trailer` was removed too).
                     if let Ok(data) = frame.into_data() {
-                        let out = this.rw.push(&data);
+                        let mut out = Vec::new();
+                        this.rw.push(data, &mut out);
                         if this.rw.hits > 0 {
                             this.ended = true;
-                            return Poll::Ready(Some(Err(this.trip(&out).into())));
+                            return Poll::Ready(Some(Err(this.trip().into())));
                         }
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
+                        this.ready.extend(out.into_iter().filter(|p| !p.is_empty()));
                     }
                 }
             }
