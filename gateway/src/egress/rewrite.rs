@@ -84,7 +84,11 @@ impl Replacements {
 
     fn matches<'a>(&'a self, hay: &'a [u8]) -> Matches<'a> {
         Matches {
-            finders: self.needles.iter().map(|n| Finder::new(n.as_slice())).collect(),
+            finders: self
+                .needles
+                .iter()
+                .map(|n| Finder::new(n.as_slice()))
+                .collect(),
             hay,
             pos: 0,
             next: vec![Some(STALE); self.needles.len()],
@@ -342,7 +346,12 @@ mod tests {
                 at += n;
             }
             let mut rw = StreamRewriter::new(s.clone());
-            assert_eq!(stream(&mut rw, &chunks), want, "{:?}", String::from_utf8_lossy(&hay));
+            assert_eq!(
+                stream(&mut rw, &chunks),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&hay)
+            );
         }
     }
 }
