@@ -12,5 +12,6 @@ pub mod daemon;
 pub mod egress;
 pub mod logging;
 pub mod manifest;
+pub mod mcp;
 pub mod store;
 pub mod vault;

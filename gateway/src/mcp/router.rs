@@ -1,0 +1,243 @@
+//! What an endpoint offers: the tools of its servers, namespaced `<server>__<tool>`, filtered to
+//! the endpoint's subset ∩ the manifest's, and calls routed to the server that owns the tool.
+//! Anything outside the subset is neither listed nor callable.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::jsonrpc::{self, Id, code};
+use super::stdio::{CallError, ServerSession};
+
+/// Separator between server and tool names in what clients see.
+pub const SEP: &str = "__";
+
+/// Tools listed per page to clients.
+const PAGE: usize = 100;
+/// Pages read from one server's `tools/list` before giving up (a server paging forever).
+const MAX_SERVER_PAGES: usize = 100;
+
+/// Which tools of a server are allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subset {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl Subset {
+    /// From a stored list: `["*"]` (or an empty manifest list) means every tool.
+    pub fn from_list(tools: &[String]) -> Self {
+        if tools.is_empty() || tools.iter().any(|t| t == "*") {
+            Self::All
+        } else {
+            Self::Only(tools.iter().cloned().collect())
+        }
+    }
+
+    pub fn allows(&self, tool: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(s) => s.contains(tool),
+        }
+    }
+}
+
+/// One server as an endpoint exposes it.
+#[derive(Debug, Clone)]
+pub struct Exposed {
+    pub server: String,
+    /// The endpoint's subset.
+    pub endpoint_tools: Subset,
+    /// The manifest's subset.
+    pub manifest_tools: Subset,
+}
+
+impl Exposed {
+    fn allows(&self, tool: &str) -> bool {
+        self.endpoint_tools.allows(tool) && self.manifest_tools.allows(tool)
+    }
+}
+
+/// Gives a live session with a server, starting it if needed.
+pub trait Sessions: Send + Sync {
+    fn session(
+        &self,
+        server: &str,
+    ) -> impl Future<Output = Result<Arc<ServerSession>, CallError>> + Send;
+}
+
+/// Why a client's call is refused before it reaches a server (for the audit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownTool(String),
+    NotInSubset(String),
+}
+
+/// What handling one request produced: the response, and a refusal to audit if any.
+#[derive(Debug)]
+pub struct Handled {
+    pub response: Value,
+    pub refused: Option<Refusal>,
+}
+
+impl Handled {
+    fn ok(response: Value) -> Self {
+        Self {
+            response,
+            refused: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Router {
+    pub servers: Vec<Exposed>,
+    pub call_timeout: Duration,
+}
+
+impl Router {
+    fn exposed(&self, server: &str) -> Option<&Exposed> {
+        self.servers.iter().find(|e| e.server == server)
+    }
+
+    /// `tools/list`: every allowed tool of every server, namespaced, in pages of [`PAGE`].
+    pub async fn list_tools<S: Sessions>(
+        &self,
+        sessions: &S,
+        id: &Id,
+        params: Option<&Map<String, Value>>,
+    ) -> Handled {
+        let start = match params.and_then(|p| p.get("cursor")) {
+            None => 0,
+            Some(Value::String(c)) => match c.parse::<usize>() {
+                Ok(n) => n,
+                Err(_) => {
+                    return Handled::ok(jsonrpc::error(
+                        Some(id),
+                        code::INVALID_PARAMS,
+                        "invalid cursor",
+                    ));
+                }
+            },
+            Some(_) => {
+                return Handled::ok(jsonrpc::error(
+                    Some(id),
+                    code::INVALID_PARAMS,
+                    "invalid cursor",
+                ));
+            }
+        };
+        let mut all = Vec::new();
+        for e in &self.servers {
+            match self.server_tools(sessions, &e.server).await {
+                Ok(tools) => {
+                    for mut t in tools {
+                        let Some(name) = t.get("name").and_then(Value::as_str) else {
+                            continue;
+                        };
+                        if !e.allows(name) {
+                            continue;
+                        }
+                        let shown = format!("{}{SEP}{name}", e.server);
+                        t.insert("name".into(), Value::String(shown));
+                        all.push(Value::Object(t));
+                    }
+                }
+                // One broken server does not hide the others' tools.
+                Err(err) => {
+                    tracing::warn!(server = %e.server, error = %err, "mcp: tools/list failed")
+                }
+            }
+        }
+        let page: Vec<Value> = all.iter().skip(start).take(PAGE).cloned().collect();
+        let mut result = json!({ "tools": page });
+        if start + PAGE < all.len() {
+            result["nextCursor"] = Value::String((start + PAGE).to_string());
+        }
+        Handled::ok(jsonrpc::result(id, result))
+    }
+
+    /// Every tool a server lists (following its cursors, bounded).
+    async fn server_tools<S: Sessions>(
+        &self,
+        sessions: &S,
+        server: &str,
+    ) -> Result<Vec<Map<String, Value>>, CallError> {
+        let s = sessions.session(server).await?;
+        let mut out = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_SERVER_PAGES {
+            let params = cursor.take().map(|c| json!({ "cursor": c }));
+            let r = s.request("tools/list", params, self.call_timeout).await?;
+            if let Some(tools) = r.get("tools").and_then(Value::as_array) {
+                out.extend(tools.iter().filter_map(|t| t.as_object().cloned()));
+            }
+            match r.get("nextCursor") {
+                Some(c @ Value::String(_)) => cursor = Some(c.clone()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `tools/call` of `<server>__<tool>`: refused unless in the subset; otherwise forwarded
+    /// with the server's own tool name and every other field as the client sent it.
+    pub async fn call_tool<S: Sessions>(
+        &self,
+        sessions: &S,
+        id: &Id,
+        params: Option<&Map<String, Value>>,
+    ) -> Handled {
+        let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
+            return Handled::ok(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                "tools/call needs a tool name",
+            ));
+        };
+        let refuse = |r: Refusal, text: String| Handled {
+            response: jsonrpc::error(Some(id), code::INVALID_PARAMS, &text),
+            refused: Some(r),
+        };
+        let Some((server, tool)) = name.split_once(SEP) else {
+            return refuse(
+                Refusal::UnknownTool(name.into()),
+                format!("unknown tool: {name}"),
+            );
+        };
+        let Some(e) = self.exposed(server) else {
+            return refuse(
+                Refusal::UnknownTool(name.into()),
+                format!("unknown tool: {name}"),
+            );
+        };
+        if !e.allows(tool) {
+            return refuse(
+                Refusal::NotInSubset(name.into()),
+                format!("tool {name} is not available on this endpoint"),
+            );
+        }
+        let mut fwd = params.cloned().unwrap_or_default();
+        fwd.insert("name".into(), Value::String(tool.into()));
+        let session = match sessions.session(server).await {
+            Ok(s) => s,
+            Err(err) => return Handled::ok(unavailable(id, &err)),
+        };
+        match session
+            .request("tools/call", Some(Value::Object(fwd)), self.call_timeout)
+            .await
+        {
+            Ok(r) => Handled::ok(jsonrpc::result(id, r)),
+            Err(CallError::Remote(err)) => Handled::ok(
+                json!({"jsonrpc": "2.0", "id": id, "error": err}),
+            ),
+            Err(err) => Handled::ok(unavailable(id, &err)),
+        }
+    }
+}
+
+fn unavailable(id: &Id, err: &CallError) -> Value {
+    jsonrpc::error(Some(id), code::SERVER_UNAVAILABLE, &err.to_string())
+}
