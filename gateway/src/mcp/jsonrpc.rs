@@ -70,7 +70,10 @@ impl Message {
                 if m.len() > 256 {
                     return Err(Invalid("method name too long"));
                 }
-                if msg.get("params").is_some_and(|p| !p.is_object() && !p.is_array()) {
+                if msg
+                    .get("params")
+                    .is_some_and(|p| !p.is_object() && !p.is_array())
+                {
                     return Err(Invalid("params must be an object or an array"));
                 }
                 Ok(Self::Request {
@@ -135,8 +138,10 @@ mod tests {
 
     #[test]
     fn classifies_and_keeps_unknown_fields() {
-        let m = Message::parse(json!({"jsonrpc":"2.0","id":7,"method":"tools/list","x-vendor":{"a":1}}))
-            .unwrap();
+        let m = Message::parse(
+            json!({"jsonrpc":"2.0","id":7,"method":"tools/list","x-vendor":{"a":1}}),
+        )
+        .unwrap();
         assert!(matches!(&m, Message::Request { method, .. } if method == "tools/list"));
         assert_eq!(m.into_value()["x-vendor"]["a"], 1);
         assert!(matches!(

@@ -5,9 +5,13 @@
 //! - [`jsonrpc`]: message classification, kept as JSON values (unknown fields survive);
 //! - [`stdio`]: one session with a server over its stdin/stdout, shared by all callers;
 //! - [`router`]: tools namespaced `<server>__<tool>`, subsets, routing;
+//! - [`front`]: Streamable HTTP, checks, sessions, audit;
+//! - [`servers`]: server lifecycle (start on first use, restart with backoff);
 //! - [`token`]: bearer tokens (random, shown once, stored hashed).
 
+pub mod front;
 pub mod jsonrpc;
 pub mod router;
+pub mod servers;
 pub mod stdio;
 pub mod token;

@@ -230,9 +230,9 @@ impl Router {
             .await
         {
             Ok(r) => Handled::ok(jsonrpc::result(id, r)),
-            Err(CallError::Remote(err)) => Handled::ok(
-                json!({"jsonrpc": "2.0", "id": id, "error": err}),
-            ),
+            Err(CallError::Remote(err)) => {
+                Handled::ok(json!({"jsonrpc": "2.0", "id": id, "error": err}))
+            }
             Err(err) => Handled::ok(unavailable(id, &err)),
         }
     }

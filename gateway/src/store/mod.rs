@@ -32,6 +32,8 @@ pub enum StoreError {
     },
     #[error("secret {name} was changed concurrently; try again")]
     Conflict { name: String },
+    #[error("{0}")]
+    Invalid(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -78,6 +80,39 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+/// An installed server: the manifest it was approved with and where its image is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRecord {
+    pub name: String,
+    pub version: String,
+    /// `sha256:<hex>` of the image, or `dir:<path>` for an unsigned local rootfs.
+    pub image_digest: String,
+    /// The manifest, as JSON.
+    pub manifest: String,
+    /// `registry` or `unsigned`.
+    pub source: String,
+    pub installed_ms: i64,
+}
+
+/// An endpoint and its servers, each with its tool subset (`["*"]`: all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRecord {
+    pub name: String,
+    pub servers: Vec<(String, Vec<String>)>,
+}
+
+/// A bearer token, as stored: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub endpoint: String,
+    pub hash: Vec<u8>,
+    pub label: String,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+}
+
 /// Everything the gateway persists. Implementations must make each method atomic.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Fingerprint of the master key the store's data keys are wrapped with, once one is set.
@@ -109,6 +144,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn audit_append_many(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     /// The newest `limit` events, newest first.
     fn audit_recent(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Adds a server; `Ok(false)` if one of that name exists (nothing changed).
+    fn server_add(&self, server: &ServerRecord) -> Result<bool, StoreError>;
+    fn server_get(&self, name: &str) -> Result<Option<ServerRecord>, StoreError>;
+    fn server_list(&self) -> Result<Vec<ServerRecord>, StoreError>;
+
+    /// Adds an endpoint with its servers (which must exist); `Ok(false)` if the name is taken.
+    fn endpoint_add(&self, endpoint: &EndpointRecord) -> Result<bool, StoreError>;
+    fn endpoint_get(&self, name: &str) -> Result<Option<EndpointRecord>, StoreError>;
+
+    fn token_add(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>, StoreError>;
+    /// Marks a token revoked; `Ok(false)` if there is no such (unrevoked) token.
+    fn token_revoke(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch.

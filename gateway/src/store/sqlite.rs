@@ -12,7 +12,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    AuditEvent, Rewrapped, SCHEMA_VERSION, SecretMeta, SecretRecord, Store, StoreError, now_ms,
+    AuditEvent, EndpointRecord, Rewrapped, SCHEMA_VERSION, SecretMeta, SecretRecord, ServerRecord,
+    Store, StoreError, TokenRecord, now_ms,
 };
 use crate::vault::envelope::Sealed;
 
@@ -189,6 +190,27 @@ fn secret_from_row(row: &Row<'_>) -> rusqlite::Result<SecretRecord> {
         updated_ms: row.get(9)?,
         last_used_ms: row.get(10)?,
     })
+}
+
+impl SqliteStore {
+    fn servers(&self, name: Option<&str>) -> Result<Vec<ServerRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, version, image_digest, manifest, source, installed_ms FROM servers \
+             WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([name], |r| {
+            Ok(ServerRecord {
+                name: r.get(0)?,
+                version: r.get(1)?,
+                image_digest: r.get(2)?,
+                manifest: r.get(3)?,
+                source: r.get(4)?,
+                installed_ms: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 impl Store for SqliteStore {
@@ -407,6 +429,133 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn server_add(&self, s: &ServerRecord) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "INSERT INTO servers (name, version, image_digest, manifest, source, installed_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO NOTHING",
+            rusqlite::params![
+                s.name,
+                s.version,
+                s.image_digest,
+                s.manifest,
+                s.source,
+                s.installed_ms
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn server_get(&self, name: &str) -> Result<Option<ServerRecord>, StoreError> {
+        Ok(self.servers(Some(name))?.pop())
+    }
+
+    fn server_list(&self) -> Result<Vec<ServerRecord>, StoreError> {
+        self.servers(None)
+    }
+
+    fn endpoint_add(&self, e: &EndpointRecord) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "INSERT INTO endpoints (name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            rusqlite::params![e.name, super::now_ms()],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        for (server, tools) in &e.servers {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM servers WHERE name = ?1)",
+                [server],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                return Err(StoreError::Invalid(format!("no server named {server}")));
+            }
+            let tools = serde_json::to_string(tools).expect("strings serialize");
+            tx.execute(
+                "INSERT INTO endpoint_servers (endpoint, server, tools) VALUES (?1, ?2, ?3)",
+                rusqlite::params![e.name, server, tools],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn endpoint_get(&self, name: &str) -> Result<Option<EndpointRecord>, StoreError> {
+        let conn = self.conn();
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM endpoints WHERE name = ?1)",
+            [name],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare(
+            "SELECT server, tools FROM endpoint_servers WHERE endpoint = ?1 ORDER BY server",
+        )?;
+        let rows = stmt.query_map([name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut servers = Vec::new();
+        for row in rows {
+            let (server, tools) = row?;
+            let tools: Vec<String> = serde_json::from_str(&tools)
+                .map_err(|e| StoreError::Invalid(format!("endpoint {name}: stored tools: {e}")))?;
+            servers.push((server, tools));
+        }
+        Ok(Some(EndpointRecord {
+            name: name.to_owned(),
+            servers,
+        }))
+    }
+
+    fn token_add(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO tokens (id, endpoint, hash, label, created_ms, expires_ms, revoked_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                t.id,
+                t.endpoint,
+                t.hash,
+                t.label,
+                t.created_ms,
+                t.expires_ms,
+                t.revoked_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, endpoint, hash, label, created_ms, expires_ms, revoked_ms \
+             FROM tokens WHERE hash = ?1",
+        )?;
+        let mut rows = stmt.query_map([hash], |r| {
+            Ok(TokenRecord {
+                id: r.get(0)?,
+                endpoint: r.get(1)?,
+                hash: r.get(2)?,
+                label: r.get(3)?,
+                created_ms: r.get(4)?,
+                expires_ms: r.get(5)?,
+                revoked_ms: r.get(6)?,
+            })
+        })?;
+        Ok(rows.next().transpose()?)
+    }
+
+    fn token_revoke(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+            rusqlite::params![id, now_ms],
+        )?;
+        Ok(n == 1)
     }
 }
 

@@ -1,0 +1,672 @@
+//! Streamable HTTP for agents at `/mcp/<endpoint>` (hyper).
+//!
+//! Order of checks on every request, each answered with its own status and audited:
+//! path → `Host` (DNS rebinding) → `Origin` → bearer token (hash lookup, endpoint, revoked,
+//! expired) → method → content type and size → JSON → batch → protocol revision and session.
+//! Only then is a message routed. Revisions 2025-06-18 and 2025-11-25 use `initialize` and
+//! `Mcp-Session-Id`; 2026-07-28 is stateless and its `Mcp-Method`/`Mcp-Name` headers must match
+//! the body. Responses are plain JSON (the spec lets a server answer a POST that way).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::jsonrpc::{self, Message, code};
+use super::router::{Exposed, Refusal, Router, Sessions, Subset};
+use super::token;
+use crate::audit::{Auditor, Outcome};
+use crate::manifest::Manifest;
+use crate::store::{Store, now_ms};
+
+/// Revisions with `initialize` and sessions, newest last.
+pub const SESSION_REVISIONS: [&str; 2] = ["2025-06-18", "2025-11-25"];
+/// The stateless revision.
+pub const STATELESS_REVISION: &str = "2026-07-28";
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+const METHOD_HEADER: &str = "mcp-method";
+const NAME_HEADER: &str = "mcp-name";
+
+#[derive(Debug, Clone)]
+pub struct FrontLimits {
+    pub max_body_bytes: usize,
+    pub max_sessions: usize,
+    /// A session unused this long is forgotten.
+    pub session_idle: Duration,
+    pub call_timeout: Duration,
+}
+
+impl Default for FrontLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            max_sessions: 10_000,
+            session_idle: Duration::from_secs(3600),
+            call_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ClientSession {
+    endpoint: String,
+    token_id: String,
+    revision: &'static str,
+    last_used: Instant,
+}
+
+/// The front: shared by every connection.
+pub struct Front<S> {
+    store: Arc<dyn Store>,
+    audit: Auditor,
+    servers: Arc<S>,
+    limits: FrontLimits,
+    /// `Host` values accepted (`host:port`), compared case-insensitively.
+    allowed_hosts: Vec<String>,
+    /// `Origin` values accepted; a request without `Origin` (not a browser) is fine.
+    allowed_origins: Vec<String>,
+    sessions: Mutex<HashMap<String, ClientSession>>,
+}
+
+impl<S> std::fmt::Debug for Front<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// A refusal before routing: status, text, and what the audit says.
+struct Refused {
+    status: StatusCode,
+    body: Value,
+    reason: &'static str,
+    www_authenticate: Option<&'static str>,
+}
+
+fn refused(status: StatusCode, reason: &'static str) -> Refused {
+    Refused {
+        status,
+        body: json!({"error": reason}),
+        reason,
+        www_authenticate: None,
+    }
+}
+
+fn rpc_refused(status: StatusCode, rpc_code: i64, reason: &'static str) -> Refused {
+    Refused {
+        status,
+        body: jsonrpc::error(None, rpc_code, reason),
+        reason,
+        www_authenticate: None,
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).expect("a Value serializes"),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Who is calling, once the token checked out.
+struct Caller {
+    endpoint: String,
+    token_id: String,
+}
+
+impl<S: Sessions + 'static> Front<S> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        audit: Auditor,
+        servers: Arc<S>,
+        limits: FrontLimits,
+        allowed_hosts: Vec<String>,
+        allowed_origins: Vec<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            audit,
+            servers,
+            limits,
+            allowed_hosts,
+            allowed_origins,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Serves connections from `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let front = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let front = front.clone();
+                    async move { Ok::<_, Infallible>(front.handle(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    }
+
+    fn record(&self, action: &str, target: &str, outcome: Outcome, detail: &str) {
+        if let Err(e) = self.audit.record(action, target, outcome, detail) {
+            tracing::error!(error = %e, action, "cannot persist an MCP audit event");
+        }
+    }
+
+    fn refuse(&self, endpoint: &str, r: Refused, detail: &str) -> Resp {
+        self.record(
+            "mcp.denied",
+            endpoint,
+            Outcome::Denied,
+            &format!("reason=\"{}\" {detail}", r.reason),
+        );
+        let mut resp = json_response(r.status, &r.body);
+        if let Some(w) = r.www_authenticate {
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static(w));
+        }
+        resp
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_owned();
+        let Some(endpoint) = path
+            .strip_prefix("/mcp/")
+            .filter(|e| !e.is_empty() && e.len() <= 64 && !e.contains('/'))
+            .map(str::to_owned)
+        else {
+            return json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
+        };
+        match self.checked(&endpoint, req).await {
+            Ok(resp) => resp,
+            Err((r, detail)) => self.refuse(&endpoint, r, &detail),
+        }
+    }
+
+    async fn checked(
+        &self,
+        endpoint: &str,
+        req: Request<Incoming>,
+    ) -> Result<Resp, (Refused, String)> {
+        let h = req.headers();
+        let host = h.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !self
+            .allowed_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host))
+        {
+            return Err((
+                refused(StatusCode::FORBIDDEN, "Host not allowed"),
+                format!("host=\"{}\"", host.chars().take(100).collect::<String>()),
+            ));
+        }
+        if let Some(origin) = h.get(ORIGIN) {
+            let o = origin.to_str().unwrap_or("");
+            if !self.allowed_origins.iter().any(|a| a == o) {
+                return Err((
+                    refused(StatusCode::FORBIDDEN, "Origin not allowed"),
+                    format!("origin=\"{}\"", o.chars().take(100).collect::<String>()),
+                ));
+            }
+        }
+        let caller = self.authenticate(endpoint, h)?;
+        let detail = format!("token={}", caller.token_id);
+        match *req.method() {
+            Method::POST => self.post(caller, req).await,
+            Method::DELETE => {
+                let id = req
+                    .headers()
+                    .get(SESSION_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                match sessions.get(id) {
+                    Some(s) if s.token_id == caller.token_id => {
+                        sessions.remove(id);
+                        drop(sessions);
+                        self.record("mcp.session.end", endpoint, Outcome::Ok, &detail);
+                        Ok(json_response(StatusCode::OK, &json!({})))
+                    }
+                    _ => Err((refused(StatusCode::NOT_FOUND, "unknown session"), detail)),
+                }
+            }
+            // No server-initiated stream is offered (allowed by the transport spec).
+            Method::GET => Err((
+                refused(StatusCode::METHOD_NOT_ALLOWED, "no server-initiated stream"),
+                detail,
+            )),
+            _ => Err((
+                refused(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+                detail,
+            )),
+        }
+    }
+
+    fn authenticate(
+        &self,
+        endpoint: &str,
+        h: &http::HeaderMap,
+    ) -> Result<Caller, (Refused, String)> {
+        let unauthorized = |reason: &'static str, w: &'static str| Refused {
+            status: StatusCode::UNAUTHORIZED,
+            body: json!({"error": reason}),
+            reason,
+            www_authenticate: Some(w),
+        };
+        let Some(value) = h.get(AUTHORIZATION) else {
+            return Err((
+                unauthorized("missing bearer token", "Bearer realm=\"gigmcp\""),
+                String::new(),
+            ));
+        };
+        let invalid = "Bearer realm=\"gigmcp\", error=\"invalid_token\"";
+        let Some(presented) = token::from_header(value.as_bytes()) else {
+            return Err((
+                unauthorized("malformed bearer token", invalid),
+                String::new(),
+            ));
+        };
+        let hash = token::hash(presented);
+        let found = self.store.token_by_hash(&hash).map_err(|e| {
+            tracing::error!(error = %e, "token lookup failed");
+            (
+                refused(StatusCode::INTERNAL_SERVER_ERROR, "token lookup failed"),
+                String::new(),
+            )
+        })?;
+        let Some(t) = found.filter(|t| token::same(&t.hash, &hash)) else {
+            return Err((unauthorized("unknown token", invalid), String::new()));
+        };
+        let detail = format!("token={}", t.id);
+        if t.revoked_ms.is_some() {
+            return Err((unauthorized("revoked token", invalid), detail));
+        }
+        if t.expires_ms.is_some_and(|e| e <= now_ms()) {
+            return Err((unauthorized("expired token", invalid), detail));
+        }
+        // Same answer as an unknown token: a token does not reveal other endpoints.
+        if t.endpoint != endpoint {
+            return Err((
+                unauthorized("token for another endpoint", invalid),
+                format!("{detail} token_endpoint={}", t.endpoint),
+            ));
+        }
+        Ok(Caller {
+            endpoint: t.endpoint,
+            token_id: t.id,
+        })
+    }
+
+    async fn post(
+        &self,
+        caller: Caller,
+        req: Request<Incoming>,
+    ) -> Result<Resp, (Refused, String)> {
+        let detail = format!("token={}", caller.token_id);
+        let (parts, body) = req.into_parts();
+        let h = &parts.headers;
+        let ctype = h
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ctype
+            .split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        {
+            return Err((
+                refused(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Content-Type must be application/json",
+                ),
+                detail,
+            ));
+        }
+        if let Some(accept) = h.get(ACCEPT).and_then(|v| v.to_str().ok())
+            && !["application/json", "*/*", "application/*"]
+                .iter()
+                .any(|t| accept.contains(t))
+        {
+            return Err((
+                refused(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "Accept must allow application/json",
+                ),
+                detail,
+            ));
+        }
+        let too_big = rpc_refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::INVALID_REQUEST,
+            "request body too large",
+        );
+        let declared = h
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_body_bytes as u64) {
+            return Err((too_big, detail));
+        }
+        let bytes = match Limited::new(body, self.limits.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Err((too_big, detail)),
+        };
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            (
+                rpc_refused(StatusCode::BAD_REQUEST, code::PARSE_ERROR, "malformed JSON"),
+                detail.clone(),
+            )
+        })?;
+        if value.is_array() {
+            // Batches were removed from MCP in 2025-06-18; none of our revisions has them.
+            return Err((
+                rpc_refused(
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_REQUEST,
+                    "JSON-RPC batches are not supported",
+                ),
+                detail,
+            ));
+        }
+        let msg = Message::parse(value).map_err(|_| {
+            (
+                rpc_refused(
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_REQUEST,
+                    "invalid JSON-RPC message",
+                ),
+                detail.clone(),
+            )
+        })?;
+        let version = h.get(VERSION_HEADER).and_then(|v| v.to_str().ok());
+        if version == Some(STATELESS_REVISION) {
+            check_stateless_headers(h, &msg).map_err(|r| (r, detail.clone()))?;
+        } else if let Some(v) = version
+            && !SESSION_REVISIONS.contains(&v)
+        {
+            return Err((
+                rpc_refused(
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_REQUEST,
+                    "unsupported protocol version",
+                ),
+                format!(
+                    "{detail} version=\"{}\"",
+                    v.chars().take(40).collect::<String>()
+                ),
+            ));
+        } else {
+            let is_init = matches!(&msg, Message::Request { method, .. } if method == "initialize");
+            if !is_init {
+                self.check_session(&caller, h, version)
+                    .map_err(|r| (r, detail.clone()))?;
+            }
+        }
+        Ok(self.route(&caller, msg).await)
+    }
+
+    fn check_session(
+        &self,
+        caller: &Caller,
+        h: &http::HeaderMap,
+        version: Option<&str>,
+    ) -> Result<(), Refused> {
+        let Some(id) = h.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Err(rpc_refused(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "missing Mcp-Session-Id",
+            ));
+        };
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get_mut(id) {
+            Some(s)
+                if s.token_id == caller.token_id
+                    && s.endpoint == caller.endpoint
+                    && s.last_used.elapsed() < self.limits.session_idle =>
+            {
+                if version.is_some_and(|v| v != s.revision) {
+                    return Err(rpc_refused(
+                        StatusCode::BAD_REQUEST,
+                        code::INVALID_REQUEST,
+                        "MCP-Protocol-Version differs from the session's",
+                    ));
+                }
+                s.last_used = Instant::now();
+                Ok(())
+            }
+            _ => Err(rpc_refused(
+                StatusCode::NOT_FOUND,
+                code::INVALID_REQUEST,
+                "unknown or expired session",
+            )),
+        }
+    }
+
+    fn new_session(&self, caller: &Caller, revision: &'static str) -> Result<String, Refused> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = self.limits.session_idle;
+        if sessions.len() >= self.limits.max_sessions {
+            sessions.retain(|_, s| s.last_used.elapsed() < idle);
+        }
+        if sessions.len() >= self.limits.max_sessions {
+            return Err(rpc_refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::INTERNAL_ERROR,
+                "too many sessions",
+            ));
+        }
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|_| {
+            rpc_refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                code::INTERNAL_ERROR,
+                "no randomness",
+            )
+        })?;
+        let id = hex::encode(raw);
+        sessions.insert(
+            id.clone(),
+            ClientSession {
+                endpoint: caller.endpoint.clone(),
+                token_id: caller.token_id.clone(),
+                revision,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The endpoint's router: its servers with their subsets (endpoint ∩ manifest).
+    fn router(&self, endpoint: &str) -> Result<Router, String> {
+        let e = self
+            .store
+            .endpoint_get(endpoint)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no such endpoint".to_owned())?;
+        let mut servers = Vec::new();
+        for (server, tools) in e.servers {
+            let rec = self
+                .store
+                .server_get(&server)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("server {server} is not installed"))?;
+            let manifest = Manifest::from_json(&rec.manifest).map_err(|e| e.to_string())?;
+            servers.push(Exposed {
+                server,
+                endpoint_tools: Subset::from_list(&tools),
+                manifest_tools: Subset::from_list(&manifest.tools),
+            });
+        }
+        Ok(Router {
+            servers,
+            call_timeout: self.limits.call_timeout,
+        })
+    }
+
+    async fn route(&self, caller: &Caller, msg: Message) -> Resp {
+        let detail = format!("token={}", caller.token_id);
+        let (id, method) = match &msg {
+            Message::Request { id, method, .. } => (id.clone(), method.clone()),
+            // Notifications and responses from the client: accepted, nothing to answer.
+            _ => return accepted(),
+        };
+        let router = match self.router(&caller.endpoint) {
+            Ok(r) => r,
+            Err(e) => {
+                self.record(
+                    "mcp.call",
+                    &caller.endpoint,
+                    Outcome::Failed,
+                    &format!("{detail} error=\"{e}\""),
+                );
+                return json_response(
+                    StatusCode::OK,
+                    &jsonrpc::error(Some(&id), code::INTERNAL_ERROR, "endpoint unavailable"),
+                );
+            }
+        };
+        let params = msg.params();
+        let mut extra_headers = None;
+        let handled = match method.as_str() {
+            "initialize" => {
+                let asked = params
+                    .and_then(|p| p.get("protocolVersion"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let revision = SESSION_REVISIONS
+                    .iter()
+                    .copied()
+                    .find(|r| *r == asked)
+                    .unwrap_or(SESSION_REVISIONS[SESSION_REVISIONS.len() - 1]);
+                match self.new_session(caller, revision) {
+                    Ok(sid) => extra_headers = Some(sid),
+                    Err(r) => return self.refuse(&caller.endpoint, r, &detail),
+                }
+                super::router::Handled {
+                    response: jsonrpc::result(
+                        &id,
+                        json!({
+                            "protocolVersion": revision,
+                            "capabilities": {"tools": {"listChanged": false}},
+                            "serverInfo": {"name": "gigmcp", "version": env!("CARGO_PKG_VERSION")},
+                        }),
+                    ),
+                    refused: None,
+                }
+            }
+            "ping" => super::router::Handled {
+                response: jsonrpc::result(&id, json!({})),
+                refused: None,
+            },
+            "tools/list" => router.list_tools(&*self.servers, &id, params).await,
+            "tools/call" => router.call_tool(&*self.servers, &id, params).await,
+            _ => super::router::Handled {
+                response: jsonrpc::error(Some(&id), code::METHOD_NOT_FOUND, "method not found"),
+                refused: None,
+            },
+        };
+        let tool = params
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .map(|n| format!(" tool={}", n.chars().take(128).collect::<String>()))
+            .unwrap_or_default();
+        let method_shown: String = method.chars().take(64).collect();
+        match &handled.refused {
+            Some(Refusal::NotInSubset(_)) | Some(Refusal::UnknownTool(_)) => self.record(
+                "mcp.denied",
+                &caller.endpoint,
+                Outcome::Denied,
+                &format!("{detail} method={method_shown}{tool} reason=\"tool not available\""),
+            ),
+            None => {
+                let outcome = if handled.response.get("error").is_some() {
+                    Outcome::Failed
+                } else {
+                    Outcome::Ok
+                };
+                self.record(
+                    "mcp.call",
+                    &caller.endpoint,
+                    outcome,
+                    &format!("{detail} method={method_shown}{tool}"),
+                );
+            }
+        }
+        let mut resp = json_response(StatusCode::OK, &handled.response);
+        if let Some(sid) = extra_headers
+            && let Ok(v) = HeaderValue::from_str(&sid)
+        {
+            resp.headers_mut().insert(SESSION_HEADER, v);
+        }
+        resp
+    }
+}
+
+fn accepted() -> Resp {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+/// 2026-07-28: `Mcp-Method` must equal the body's method, and for calls naming something
+/// (`tools/call`, `prompts/get`, `resources/read`) `Mcp-Name` must equal that name, so that
+/// anything routing or filtering on headers sees what the server will act on.
+fn check_stateless_headers(h: &http::HeaderMap, msg: &Message) -> Result<(), Refused> {
+    let (method, params) = match msg {
+        Message::Request { method, .. } | Message::Notification { method, .. } => {
+            (method.as_str(), msg.params())
+        }
+        Message::Response { .. } => return Ok(()),
+    };
+    let mismatch = || {
+        rpc_refused(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            "Mcp-Method/Mcp-Name headers do not match the body",
+        )
+    };
+    if h.get(METHOD_HEADER).and_then(|v| v.to_str().ok()) != Some(method) {
+        return Err(mismatch());
+    }
+    let named = match method {
+        "tools/call" | "prompts/get" => params.and_then(|p| p.get("name")),
+        "resources/read" => params.and_then(|p| p.get("uri")),
+        _ => None,
+    };
+    if let Some(name) = named
+        && h.get(NAME_HEADER).and_then(|v| v.to_str().ok()) != name.as_str()
+    {
+        return Err(mismatch());
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Server lifecycle: a server's session starts on first use, is shared by every caller, and
+//! after it ends (crash, protocol violation) the next use starts a new one, no sooner than an
+//! exponential backoff allows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::router::Sessions;
+use super::stdio::{CallError, ServerSession, SessionLimits};
+use crate::store::{ServerRecord, Store};
+
+/// A started server: its stdio, and whatever keeps it alive (dropping it stops the server).
+pub struct Launched {
+    pub stdout: Box<dyn AsyncRead + Send + Unpin>,
+    pub stdin: Box<dyn AsyncWrite + Send + Unpin>,
+    pub guard: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Launched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Launched")
+    }
+}
+
+/// Starts a server's process (in production, in a sandbox through the privileged helper).
+pub trait Launcher: Send + Sync + 'static {
+    fn launch(
+        &self,
+        server: &ServerRecord,
+    ) -> impl Future<Output = Result<Launched, String>> + Send;
+}
+
+struct Live {
+    session: Arc<ServerSession>,
+    _guard: Box<dyn Send + Sync>,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    live: Option<Live>,
+    failures: u32,
+    /// No new start before this.
+    not_before: Option<Instant>,
+}
+
+/// First retry after this; doubled per consecutive failure up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A session that lived this long resets the failure count when it ends.
+const STABLE: Duration = Duration::from_secs(60);
+
+/// The wait before the next start after `failures` consecutive failures (≥ 1).
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_START
+        .saturating_mul(1 << failures.clamp(1, 16).saturating_sub(1))
+        .min(BACKOFF_MAX)
+}
+
+pub struct ServerPool<L> {
+    store: Arc<dyn Store>,
+    launcher: L,
+    limits: SessionLimits,
+    init_timeout: Duration,
+    servers: tokio::sync::Mutex<HashMap<String, State>>,
+}
+
+impl<L> std::fmt::Debug for ServerPool<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerPool").finish_non_exhaustive()
+    }
+}
+
+impl<L: Launcher> ServerPool<L> {
+    pub fn new(store: Arc<dyn Store>, launcher: L, limits: SessionLimits) -> Self {
+        Self {
+            store,
+            launcher,
+            limits,
+            init_timeout: Duration::from_secs(30),
+            servers: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stops a server (its session ends; the next use starts it again).
+    pub async fn stop(&self, name: &str) -> bool {
+        let mut servers = self.servers.lock().await;
+        servers.get_mut(name).and_then(|s| s.live.take()).is_some()
+    }
+
+    async fn start(&self, name: &str) -> Result<(Arc<ServerSession>, Live), CallError> {
+        let unavailable = |reason: String| CallError::Closed {
+            server: name.to_owned(),
+            reason,
+        };
+        let record = self
+            .store
+            .server_get(name)
+            .map_err(|e| unavailable(e.to_string()))?
+            .ok_or_else(|| unavailable("not installed".into()))?;
+        let launched = self.launcher.launch(&record).await.map_err(unavailable)?;
+        let session =
+            ServerSession::start(name, launched.stdout, launched.stdin, self.limits.clone());
+        session.initialize(self.init_timeout).await?;
+        Ok((
+            session.clone(),
+            Live {
+                session,
+                _guard: launched.guard,
+                started: Instant::now(),
+            },
+        ))
+    }
+}
+
+impl<L: Launcher> Sessions for ServerPool<L> {
+    async fn session(&self, name: &str) -> Result<Arc<ServerSession>, CallError> {
+        // One start at a time per pool: concurrent first calls wait for it rather than starting
+        // the server several times.
+        let mut servers = self.servers.lock().await;
+        let state = servers.entry(name.to_owned()).or_default();
+        if let Some(live) = &state.live {
+            if live.session.closed_reason().is_none() {
+                return Ok(live.session.clone());
+            }
+            let lived = live.started.elapsed();
+            state.live = None;
+            state.failures = if lived >= STABLE {
+                1
+            } else {
+                state.failures + 1
+            };
+            state.not_before = Some(Instant::now() + backoff(state.failures));
+        }
+        if let Some(t) = state.not_before
+            && Instant::now() < t
+        {
+            return Err(CallError::Closed {
+                server: name.to_owned(),
+                reason: format!(
+                    "restarting after a failure, in {} ms",
+                    (t - Instant::now()).as_millis()
+                ),
+            });
+        }
+        match self.start(name).await {
+            Ok((session, live)) => {
+                state.live = Some(live);
+                Ok(session)
+            }
+            Err(e) => {
+                state.failures += 1;
+                state.not_before = Some(Instant::now() + backoff(state.failures));
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Issue 5, the MCP front over real parts: the official Python MCP SDK as the client, the
+//! community server `mcp-server-time` (PyPI) behind the gateway, a real SQLite store.
+
+mod mcp_support;
+
+use std::time::Duration;
+
+use mcp_support::{Gw, ORIGIN_OK, http, venv};
+use serde_json::{Value, json};
+
+/// The official Python SDK's Streamable HTTP client with a bearer token.
+const PY_CLIENT: &str = r#"
+import asyncio, json, sys
+import httpx2
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+async def main(url, token):
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer " + token}) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as s:
+                init = await s.initialize()
+                print("VERSION", init.protocol_version, flush=True)
+                tools = await s.list_tools()
+                print("TOOLS", json.dumps(sorted(t.name for t in tools.tools)), flush=True)
+                r = await s.call_tool("time__get_current_time", {"timezone": "UTC"})
+                print("CALL", json.dumps([c.text for c in r.content if hasattr(c, "text")]), flush=True)
+                try:
+                    r = await s.call_tool("time__convert_time",
+                        {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Paris"})
+                    print("OUTSIDE", "ANSWERED", r.is_error, flush=True)
+                except Exception as e:
+                    print("OUTSIDE", "REFUSED", str(e), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+
+async fn python(args: &[&str]) -> (String, String) {
+    let out = tokio::process::Command::new(venv().join("python"))
+        .arg("-c")
+        .arg(PY_CLIENT)
+        .args(args)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("python client finished")
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn line<'a>(out: &'a str, tag: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(tag).map(str::trim))
+        .unwrap_or_else(|| panic!("no {tag} line in:\n{out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_lists_and_calls_only_the_endpoints_subset() {
+    let gw = Gw::start().await;
+    let (token_id, token) = gw.token("agents");
+    let (out, err) = python(&[&gw.url("agents"), &token]).await;
+    assert!(out.contains("OUTSIDE"), "client failed:\n{out}\n{err}");
+    // Endpoint subset {get_current_time} ∩ manifest {get_current_time, convert_time}.
+    assert_eq!(line(&out, "TOOLS"), r#"["time__get_current_time"]"#);
+    let call: Vec<String> = serde_json::from_str(line(&out, "CALL")).unwrap();
+    let answer: Value = serde_json::from_str(&call[0]).expect("the tool's JSON result");
+    assert_eq!(answer["timezone"], "UTC", "{answer}");
+    let outside = line(&out, "OUTSIDE");
+    assert!(
+        outside.starts_with("REFUSED") && outside.contains("not available on this endpoint"),
+        "{outside}"
+    );
+    // Every call is attributed to its token; the refusal is audited.
+    let audit = gw.audit();
+    let calls: Vec<_> = audit.iter().filter(|e| e.action == "mcp.call").collect();
+    assert!(
+        calls
+            .iter()
+            .any(|e| e.detail.contains(&format!("token={token_id}"))
+                && e.detail.contains("tool=time__get_current_time")
+                && e.outcome == "ok"),
+        "{calls:#?}"
+    );
+    assert!(audit.iter().any(|e| e.action == "mcp.denied"
+        && e.detail.contains("tool=time__convert_time")
+        && e.detail.contains(&format!("token={token_id}"))));
+    // The token is never in the audit trail.
+    assert!(!audit.iter().any(|e| e.detail.contains(&token)));
+}
+
+fn post_headers<'a>(token: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        ("authorization", token),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    h.extend_from_slice(extra);
+    h
+}
+
+async fn initialize(gw: &Gw, bearer: &str) -> String {
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let (status, headers, resp) = http(
+        gw.addr,
+        "POST",
+        "/mcp/agents",
+        &post_headers(bearer, &[]),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    let r: Value = serde_json::from_slice(&resp).unwrap();
+    assert_eq!(r["result"]["protocolVersion"], "2025-06-18");
+    headers["mcp-session-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_error_and_an_audit_event_and_serving_goes_on() {
+    let gw = Gw::start().await;
+    let (_, token) = gw.token("agents");
+    let bearer = format!("Bearer {token}");
+    let (other_id, other) = gw.token("other");
+    let other_bearer = format!("Bearer {other}");
+    let (revoked_id, revoked) = gw.token("agents");
+    assert!(gw.store.token_revoke(&revoked_id, 1).unwrap());
+    let revoked_bearer = format!("Bearer {revoked}");
+    let sid = initialize(&gw, &bearer).await;
+    let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})
+        .to_string()
+        .into_bytes();
+
+    struct Case<'a> {
+        name: &'a str,
+        headers: Vec<(&'a str, &'a str)>,
+        body: Vec<u8>,
+        status: u16,
+        /// Expected JSON-RPC error code, when the answer is one.
+        rpc: Option<i64>,
+    }
+    let batch = serde_json::to_vec(&vec![
+        json!({"jsonrpc":"2.0","id":1,"method":"ping"});
+        10_000
+    ])
+    .unwrap();
+    let huge = {
+        let mut b = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":""#.to_vec();
+        b.resize(100 << 20, b'a');
+        b.extend_from_slice(br#""}}"#);
+        b
+    };
+    let session = [("mcp-session-id", sid.as_str())];
+    let cases = vec![
+        Case {
+            name: "malformed JSON",
+            headers: post_headers(&bearer, &session),
+            body: b"{\"jsonrpc\":".to_vec(),
+            status: 400,
+            rpc: Some(-32700),
+        },
+        Case {
+            name: "batch of 10,000",
+            headers: post_headers(&bearer, &session),
+            body: batch,
+            status: 400,
+            rpc: Some(-32600),
+        },
+        Case {
+            name: "100 MB body",
+            headers: post_headers(&bearer, &session),
+            body: huge,
+            status: 413,
+            rpc: Some(-32600),
+        },
+        Case {
+            name: "unknown session",
+            headers: post_headers(
+                &bearer,
+                &[("mcp-session-id", "00112233445566778899aabbccddeeff")],
+            ),
+            body: list.clone(),
+            status: 404,
+            rpc: Some(-32600),
+        },
+        Case {
+            name: "no session",
+            headers: post_headers(&bearer, &[]),
+            body: list.clone(),
+            status: 400,
+            rpc: Some(-32600),
+        },
+        Case {
+            name: "unsupported version",
+            headers: post_headers(
+                &bearer,
+                &[
+                    ("mcp-session-id", sid.as_str()),
+                    ("mcp-protocol-version", "1999-01-01"),
+                ],
+            ),
+            body: list.clone(),
+            status: 400,
+            rpc: Some(-32600),
+        },
+        Case {
+            name: "stateless header mismatch",
+            headers: post_headers(
+                &bearer,
+                &[
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-method", "tools/call"),
+                ],
+            ),
+            body: list.clone(),
+            status: 400,
+            rpc: Some(-32600),
+        },
+        Case {
+            name: "missing token",
+            headers: vec![("content-type", "application/json")],
+            body: list.clone(),
+            status: 401,
+            rpc: None,
+        },
+        Case {
+            name: "wrong token",
+            headers: post_headers(
+                "Bearer gmcp_tk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                &session,
+            ),
+            body: list.clone(),
+            status: 401,
+            rpc: None,
+        },
+        Case {
+            name: "revoked token",
+            headers: post_headers(&revoked_bearer, &session),
+            body: list.clone(),
+            status: 401,
+            rpc: None,
+        },
+        Case {
+            name: "token of another endpoint",
+            headers: post_headers(&other_bearer, &session),
+            body: list.clone(),
+            status: 401,
+            rpc: None,
+        },
+        Case {
+            name: "bad Origin",
+            headers: post_headers(
+                &bearer,
+                &[
+                    ("mcp-session-id", sid.as_str()),
+                    ("origin", "http://evil.example"),
+                ],
+            ),
+            body: list.clone(),
+            status: 403,
+            rpc: None,
+        },
+        Case {
+            name: "wrong content type",
+            headers: vec![
+                ("authorization", bearer.as_str()),
+                ("content-type", "text/plain"),
+                ("mcp-session-id", sid.as_str()),
+            ],
+            body: list.clone(),
+            status: 415,
+            rpc: None,
+        },
+    ];
+    for c in cases {
+        let before = gw.audit().len();
+        let (status, headers, body) =
+            http(gw.addr, "POST", "/mcp/agents", &c.headers, c.body).await;
+        assert_eq!(
+            status,
+            c.status,
+            "{}: {}",
+            c.name,
+            String::from_utf8_lossy(&body)
+        );
+        if let Some(code) = c.rpc {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], code, "{}: {v}", c.name);
+        }
+        if status == 401 {
+            let w = headers["www-authenticate"].to_str().unwrap();
+            assert!(w.starts_with("Bearer realm=\"gigmcp\""), "{}: {w}", c.name);
+        }
+        let audit = gw.audit();
+        assert!(
+            audit[before..]
+                .iter()
+                .any(|e| e.action == "mcp.denied" && e.outcome == "denied"),
+            "{}: no audit event",
+            c.name
+        );
+        // Serving goes on: the good session still works after each bad request.
+        let (status, _, body) = http(
+            gw.addr,
+            "POST",
+            "/mcp/agents",
+            &post_headers(&bearer, &session),
+            list.clone(),
+        )
+        .await;
+        assert_eq!(
+            status,
+            200,
+            "after {}: {}",
+            c.name,
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // A bad Host (DNS rebinding) is refused before anything else.
+    let (status, _, _) = {
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post("/mcp/agents")
+            .header("host", "attacker.example:80")
+            .header("authorization", bearer.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from(list.clone())))
+            .unwrap();
+        let r = send.send_request(req).await.unwrap();
+        (r.status().as_u16(), (), ())
+    };
+    assert_eq!(status, 403);
+    // The other endpoint's token works on its own endpoint (it sees both tools).
+    let (status, h, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp/other",
+        &post_headers(&other_bearer, &[]),
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let osid = h["mcp-session-id"].to_str().unwrap().to_owned();
+    let (_, _, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp/other",
+        &post_headers(&other_bearer, &[("mcp-session-id", &osid)]),
+        list.clone(),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let mut names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["time__convert_time", "time__get_current_time"]);
+    let _ = other_id;
+    // DELETE ends the session; it is unknown afterwards.
+    let (status, _, _) = http(
+        gw.addr,
+        "DELETE",
+        "/mcp/agents",
+        &post_headers(&bearer, &session),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp/agents",
+        &post_headers(&bearer, &session),
+        list,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let _ = ORIGIN_OK;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_revision_needs_matching_headers() {
+    let gw = Gw::start().await;
+    let (_, token) = gw.token("agents");
+    let bearer = format!("Bearer {token}");
+    let call = json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"time__get_current_time","arguments":{"timezone":"UTC"},"x-unknown":{"kept":true}}});
+    let ok = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "time__get_current_time"),
+    ];
+    let (status, _, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp/agents",
+        &post_headers(&bearer, &ok),
+        call.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["id"], 5);
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("UTC"),
+        "{v}"
+    );
+    // Mcp-Name naming an allowed tool while the body calls another: refused before routing.
+    let sneaky = json!({"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"time__convert_time","arguments":{}}});
+    let (status, _, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp/agents",
+        &post_headers(&bearer, &ok),
+        sneaky.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_fails_its_call_and_the_next_call_restarts_it() {
+    let gw = Gw::start().await;
+    let (_, token) = gw.token("agents");
+    let bearer = format!("Bearer {token}");
+    let ok = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "time__get_current_time"),
+    ];
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"time__get_current_time","arguments":{"timezone":"UTC"}}}).to_string().into_bytes();
+    let headers = post_headers(&bearer, &ok);
+    let post = || http(gw.addr, "POST", "/mcp/agents", &headers, call.clone());
+    let (status, _, body) = post().await;
+    assert_eq!(status, 200);
+    assert!(serde_json::from_slice::<Value>(&body).unwrap()["result"].is_object());
+    let first = *gw.launcher.pids.lock().unwrap().last().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The session has ended: the call errors (server unavailable / restarting), cleanly.
+    let (status, _, body) = post().await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    // After the backoff, a new sandbox... here a new process, serves the call.
+    let mut served = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (_, _, body) = post().await;
+        if serde_json::from_slice::<Value>(&body).unwrap()["result"].is_object() {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "no restart");
+    let pids = gw.launcher.pids.lock().unwrap().clone();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert_ne!(pids[1], first);
+}

@@ -1,0 +1,208 @@
+//! The MCP front with real parts: a SQLite store in a temp dir, the front on loopback, and real
+//! servers nobody here wrote (`mcp-server-time` from PyPI, in `target/mcp-venv`, made by
+//! `scripts/install-deps`).
+//!
+//! Servers are started by [`ChildLauncher`], a plain child process: these tests are about the
+//! HTTP front, tokens, routing and lifecycle. Sandboxed launching is tested with the helper.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gateway::audit::Auditor;
+use gateway::mcp::front::{Front, FrontLimits};
+use gateway::mcp::servers::{Launched, Launcher, ServerPool};
+use gateway::mcp::stdio::SessionLimits;
+use gateway::mcp::token;
+use gateway::store::{
+    AuditEvent, EndpointRecord, ServerRecord, SqliteStore, Store, TokenRecord, now_ms,
+};
+
+pub fn venv() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/mcp-venv/bin")
+}
+
+/// The venv must exist: on CI `scripts/install-deps` makes it; a missing one is a failure, not
+/// a skip.
+pub fn require_venv() {
+    let v = venv();
+    assert!(
+        v.join("mcp-server-time").exists() && v.join("python").exists(),
+        "{} is missing: run scripts/install-deps",
+        v.display()
+    );
+}
+
+/// Starts `manifest.command` as a child process; records the pids it started.
+#[derive(Default, Clone)]
+pub struct ChildLauncher {
+    pub pids: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Launcher for ChildLauncher {
+    async fn launch(&self, server: &ServerRecord) -> Result<Launched, String> {
+        let m =
+            gateway::manifest::Manifest::from_json(&server.manifest).map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(&m.command[0])
+            .args(&m.command[1..])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", m.command[0]))?;
+        self.pids.lock().unwrap().push(child.id().unwrap_or(0));
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        Ok(Launched {
+            stdout: Box::new(stdout),
+            stdin: Box::new(stdin),
+            guard: Box::new(Mutex::new(child)),
+        })
+    }
+}
+
+pub struct Gw {
+    _dir: tempfile::TempDir,
+    pub store: Arc<dyn Store>,
+    pub addr: std::net::SocketAddr,
+    pub launcher: ChildLauncher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub const ORIGIN_OK: &str = "http://localhost:3000";
+
+impl Gw {
+    /// A store with server `time` (manifest subset: its two tools), endpoint `agents` exposing
+    /// only `get_current_time`, endpoint `other` exposing everything; the front on loopback.
+    pub async fn start() -> Self {
+        require_venv();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
+        let manifest = serde_json::json!({
+            "name": "time", "version": "1",
+            "command": [venv().join("mcp-server-time").to_str().unwrap(), "--local-timezone", "UTC"],
+            "tools": ["get_current_time", "convert_time"],
+        });
+        assert!(
+            store
+                .server_add(&ServerRecord {
+                    name: "time".into(),
+                    version: "1".into(),
+                    image_digest: "dir:/".into(),
+                    manifest: manifest.to_string(),
+                    source: "unsigned".into(),
+                    installed_ms: now_ms(),
+                })
+                .unwrap()
+        );
+        for (name, tools) in [("agents", vec!["get_current_time"]), ("other", vec!["*"])] {
+            store
+                .endpoint_add(&EndpointRecord {
+                    name: name.into(),
+                    servers: vec![("time".into(), tools.into_iter().map(String::from).collect())],
+                })
+                .unwrap();
+        }
+        let launcher = ChildLauncher::default();
+        let pool = Arc::new(ServerPool::new(
+            store.clone(),
+            launcher.clone(),
+            SessionLimits::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let front = Front::new(
+            store.clone(),
+            Auditor::new(store.clone(), "gigmcpd"),
+            pool,
+            FrontLimits::default(),
+            vec![addr.to_string(), format!("localhost:{}", addr.port())],
+            vec![ORIGIN_OK.into()],
+        );
+        let task = tokio::spawn(front.serve(listener));
+        Self {
+            _dir: dir,
+            store,
+            addr,
+            launcher,
+            task,
+        }
+    }
+
+    pub fn url(&self, endpoint: &str) -> String {
+        format!("http://{}/mcp/{endpoint}", self.addr)
+    }
+
+    /// A new token for `endpoint`; returns (id, secret).
+    pub fn token(&self, endpoint: &str) -> (String, String) {
+        let t = token::generate().unwrap();
+        self.store
+            .token_add(&TokenRecord {
+                id: t.id.clone(),
+                endpoint: endpoint.into(),
+                hash: t.hash.to_vec(),
+                label: String::new(),
+                created_ms: now_ms(),
+                expires_ms: None,
+                revoked_ms: None,
+            })
+            .unwrap();
+        (t.id, t.secret.to_string())
+    }
+
+    pub fn audit(&self) -> Vec<AuditEvent> {
+        let mut a = self.store.audit_recent(100_000).unwrap();
+        a.reverse();
+        a
+    }
+}
+
+/// One raw HTTP exchange (a fresh connection each time): status, headers, body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    match send.send_request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().to_vec())
+                .unwrap_or_default();
+            (status, headers, body)
+        }
+        // The server may answer early and close while a huge body is still being sent.
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
