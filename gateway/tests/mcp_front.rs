@@ -169,13 +169,6 @@ async fn bad_input_gets_its_error_and_an_audit_event_and_serving_goes_on() {
             rpc: Some(-32600),
         },
         Case {
-            name: "100 MB body",
-            headers: post_headers(&bearer, &session),
-            body: huge,
-            status: 413,
-            rpc: Some(-32600),
-        },
-        Case {
             name: "unknown session",
             headers: post_headers(
                 &bearer,
@@ -318,6 +311,33 @@ async fn bad_input_gets_its_error_and_an_audit_event_and_serving_goes_on() {
             String::from_utf8_lossy(&body)
         );
     }
+    // 100 MB: refused by its declared length (413), audited; serving goes on.
+    let before = gw.audit().len();
+    let (status, body) = mcp_support::post_oversized(
+        gw.addr,
+        "/mcp/agents",
+        &post_headers(&bearer, &session),
+        huge,
+    )
+    .await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32600);
+    assert!(
+        gw.audit()[before..]
+            .iter()
+            .any(|e| e.action == "mcp.denied" && e.detail.contains("request body too large"))
+    );
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp/agents",
+        &post_headers(&bearer, &session),
+        list.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+
     // A bad Host (DNS rebinding) is refused before anything else.
     let (status, _, _) = {
         let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
