@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::jsonrpc::{self, Message, code};
-use super::router::{Exposed, Refusal, Router, Sessions, Subset};
+use super::redact::Redactor;
+use super::router::{Exposed, Handled, Refusal, Router, Sessions, Subset};
 use super::token;
 use crate::audit::{Auditor, Outcome};
 use crate::manifest::Manifest;
@@ -78,6 +79,8 @@ pub struct Front<S> {
     /// `Origin` values accepted; a request without `Origin` (not a browser) is fine.
     allowed_origins: Vec<String>,
     sessions: Mutex<HashMap<String, ClientSession>>,
+    /// Scans tool arguments and results for the vault's secret values.
+    redactor: Option<Arc<Redactor>>,
 }
 
 impl<S> std::fmt::Debug for Front<S> {
@@ -140,6 +143,7 @@ impl<S: Sessions + 'static> Front<S> {
         limits: FrontLimits,
         allowed_hosts: Vec<String>,
         allowed_origins: Vec<String>,
+        redactor: Option<Arc<Redactor>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -149,6 +153,7 @@ impl<S: Sessions + 'static> Front<S> {
             allowed_hosts,
             allowed_origins,
             sessions: Mutex::new(HashMap::new()),
+            redactor,
         })
     }
 
@@ -530,6 +535,7 @@ impl<S: Sessions + 'static> Front<S> {
         Ok(Router {
             servers,
             call_timeout: self.limits.call_timeout,
+            redactor: self.redactor.clone(),
         })
     }
 
@@ -572,28 +578,23 @@ impl<S: Sessions + 'static> Front<S> {
                     Ok(sid) => extra_headers = Some(sid),
                     Err(r) => return self.refuse(&caller.endpoint, r, &detail),
                 }
-                super::router::Handled {
-                    response: jsonrpc::result(
-                        &id,
-                        json!({
-                            "protocolVersion": revision,
-                            "capabilities": {"tools": {"listChanged": false}},
-                            "serverInfo": {"name": "gigmcp", "version": env!("CARGO_PKG_VERSION")},
-                        }),
-                    ),
-                    refused: None,
-                }
+                Handled::ok(jsonrpc::result(
+                    &id,
+                    json!({
+                        "protocolVersion": revision,
+                        "capabilities": {"tools": {"listChanged": false}},
+                        "serverInfo": {"name": "gigmcp", "version": env!("CARGO_PKG_VERSION")},
+                    }),
+                ))
             }
-            "ping" => super::router::Handled {
-                response: jsonrpc::result(&id, json!({})),
-                refused: None,
-            },
+            "ping" => Handled::ok(jsonrpc::result(&id, json!({}))),
             "tools/list" => router.list_tools(&*self.servers, &id, params).await,
             "tools/call" => router.call_tool(&*self.servers, &id, params).await,
-            _ => super::router::Handled {
-                response: jsonrpc::error(Some(&id), code::METHOD_NOT_FOUND, "method not found"),
-                refused: None,
-            },
+            _ => Handled::ok(jsonrpc::error(
+                Some(&id),
+                code::METHOD_NOT_FOUND,
+                "method not found",
+            )),
         };
         let tool = params
             .and_then(|p| p.get("name"))
@@ -621,6 +622,17 @@ impl<S: Sessions + 'static> Front<S> {
                     &format!("{detail} method={method_shown}{tool}"),
                 );
             }
+        }
+        if !handled.redacted.is_empty() {
+            self.record(
+                "mcp.redacted",
+                &caller.endpoint,
+                Outcome::Denied,
+                &format!(
+                    "{detail} method={method_shown}{tool} secrets={}",
+                    handled.redacted.join(",")
+                ),
+            );
         }
         let mut resp = json_response(StatusCode::OK, &handled.response);
         if let Some(sid) = extra_headers

@@ -7,10 +7,12 @@
 //! - [`router`]: tools namespaced `<server>__<tool>`, subsets, routing;
 //! - [`front`]: Streamable HTTP, checks, sessions, audit;
 //! - [`servers`]: server lifecycle (start on first use, restart with backoff);
+//! - [`redact`]: secret values found in tool arguments and results are redacted;
 //! - [`token`]: bearer tokens (random, shown once, stored hashed).
 
 pub mod front;
 pub mod jsonrpc;
+pub mod redact;
 pub mod router;
 pub mod servers;
 pub mod stdio;

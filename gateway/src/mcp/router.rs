@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::jsonrpc::{self, Id, code};
+use super::redact::Redactor;
 use super::stdio::{CallError, ServerSession};
 
 /// Separator between server and tool names in what clients see.
@@ -75,18 +76,21 @@ pub enum Refusal {
     NotInSubset(String),
 }
 
-/// What handling one request produced: the response, and a refusal to audit if any.
+/// What handling one request produced: the response, a refusal to audit if any, and the
+/// secrets redacted (`arguments:<name>` / `result:<name>`).
 #[derive(Debug)]
 pub struct Handled {
     pub response: Value,
     pub refused: Option<Refusal>,
+    pub redacted: Vec<String>,
 }
 
 impl Handled {
-    fn ok(response: Value) -> Self {
+    pub fn ok(response: Value) -> Self {
         Self {
             response,
             refused: None,
+            redacted: Vec::new(),
         }
     }
 }
@@ -95,6 +99,8 @@ impl Handled {
 pub struct Router {
     pub servers: Vec<Exposed>,
     pub call_timeout: Duration,
+    /// Scans tool arguments and results for secret values.
+    pub redactor: Option<Arc<Redactor>>,
 }
 
 impl Router {
@@ -200,6 +206,7 @@ impl Router {
         let refuse = |r: Refusal, text: String| Handled {
             response: jsonrpc::error(Some(id), code::INVALID_PARAMS, &text),
             refused: Some(r),
+            redacted: Vec::new(),
         };
         let Some((server, tool)) = name.split_once(SEP) else {
             return refuse(
@@ -221,19 +228,33 @@ impl Router {
         }
         let mut fwd = params.cloned().unwrap_or_default();
         fwd.insert("name".into(), Value::String(tool.into()));
+        let mut redacted = Vec::new();
+        if let (Some(r), Some(args)) = (&self.redactor, fwd.get_mut("arguments")) {
+            redacted.extend(r.redact(args).into_iter().map(|n| format!("arguments:{n}")));
+        }
         let session = match sessions.session(server).await {
             Ok(s) => s,
             Err(err) => return Handled::ok(unavailable(id, &err)),
         };
-        match session
+        let mut response = match session
             .request("tools/call", Some(Value::Object(fwd)), self.call_timeout)
             .await
         {
-            Ok(r) => Handled::ok(jsonrpc::result(id, r)),
-            Err(CallError::Remote(err)) => {
-                Handled::ok(json!({"jsonrpc": "2.0", "id": id, "error": err}))
-            }
-            Err(err) => Handled::ok(unavailable(id, &err)),
+            Ok(r) => jsonrpc::result(id, r),
+            Err(CallError::Remote(err)) => json!({"jsonrpc": "2.0", "id": id, "error": err}),
+            Err(err) => unavailable(id, &err),
+        };
+        if let Some(r) = &self.redactor {
+            redacted.extend(
+                r.redact(&mut response)
+                    .into_iter()
+                    .map(|n| format!("result:{n}")),
+            );
+        }
+        Handled {
+            response,
+            refused: None,
+            redacted,
         }
     }
 }

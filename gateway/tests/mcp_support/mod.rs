@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test file uses part of the shared support
 //! The MCP front with real parts: a SQLite store in a temp dir, the front on loopback, and real
 //! servers nobody here wrote (`mcp-server-time` from PyPI, in `target/mcp-venv`, made by
 //! `scripts/install-deps`).
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use gateway::audit::Auditor;
 use gateway::mcp::front::{Front, FrontLimits};
+use gateway::mcp::redact::Redactor;
 use gateway::mcp::servers::{Launched, Launcher, ServerPool};
 use gateway::mcp::stdio::SessionLimits;
 use gateway::mcp::token;
@@ -46,6 +48,7 @@ impl Launcher for ChildLauncher {
             .args(&m.command[1..])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
+            .envs(&m.env)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -79,37 +82,86 @@ impl Drop for Gw {
 
 pub const ORIGIN_OK: &str = "http://localhost:3000";
 
+/// A server to install: name, manifest (JSON).
+pub type ServerSpec = (&'static str, serde_json::Value);
+/// An endpoint: name, [(server, tools)].
+pub type EndpointSpec = (&'static str, Vec<(&'static str, Vec<&'static str>)>);
+
+pub fn node_bin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/mcp-node/node_modules/.bin")
+        .join(name)
+}
+
 impl Gw {
     /// A store with server `time` (manifest subset: its two tools), endpoint `agents` exposing
     /// only `get_current_time`, endpoint `other` exposing everything; the front on loopback.
     pub async fn start() -> Self {
         require_venv();
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
-        let manifest = serde_json::json!({
+        let time = serde_json::json!({
             "name": "time", "version": "1",
             "command": [venv().join("mcp-server-time").to_str().unwrap(), "--local-timezone", "UTC"],
             "tools": ["get_current_time", "convert_time"],
         });
-        assert!(
-            store
-                .server_add(&ServerRecord {
-                    name: "time".into(),
-                    version: "1".into(),
-                    image_digest: "dir:/".into(),
-                    manifest: manifest.to_string(),
-                    source: "unsigned".into(),
-                    installed_ms: now_ms(),
-                })
-                .unwrap()
-        );
-        for (name, tools) in [("agents", vec!["get_current_time"]), ("other", vec!["*"])] {
+        Self::with(
+            vec![("time", time)],
+            vec![
+                ("agents", vec![("time", vec!["get_current_time"])]),
+                ("other", vec![("time", vec!["*"])]),
+            ],
+            &[],
+        )
+        .await
+    }
+
+    /// Installs `servers`, creates `endpoints`, puts `secrets` (name, value) in a vault whose
+    /// values the front redacts, and serves on loopback.
+    pub async fn with(
+        servers: Vec<ServerSpec>,
+        endpoints: Vec<EndpointSpec>,
+        secrets: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
+        for (name, manifest) in servers {
+            assert!(
+                store
+                    .server_add(&ServerRecord {
+                        name: name.into(),
+                        version: "1".into(),
+                        image_digest: "dir:/".into(),
+                        manifest: manifest.to_string(),
+                        source: "unsigned".into(),
+                        installed_ms: now_ms(),
+                    })
+                    .unwrap()
+            );
+        }
+        for (name, servers) in endpoints {
             store
                 .endpoint_add(&EndpointRecord {
                     name: name.into(),
-                    servers: vec![("time".into(), tools.into_iter().map(String::from).collect())],
+                    servers: servers
+                        .into_iter()
+                        .map(|(s, tools)| (s.into(), tools.into_iter().map(String::from).collect()))
+                        .collect(),
                 })
+                .unwrap();
+        }
+        let vault = Arc::new(
+            gateway::vault::Vault::open(
+                store.clone(),
+                gateway::vault::MasterKey::generate().unwrap(),
+            )
+            .unwrap(),
+        );
+        for (name, value) in secrets {
+            vault
+                .set(
+                    &gateway::vault::SecretName::parse(name).unwrap(),
+                    &gateway::vault::SecretValue::from(value.as_bytes()),
+                )
                 .unwrap();
         }
         let launcher = ChildLauncher::default();
@@ -127,6 +179,7 @@ impl Gw {
             FrontLimits::default(),
             vec![addr.to_string(), format!("localhost:{}", addr.port())],
             vec![ORIGIN_OK.into()],
+            Some(Arc::new(Redactor::new(vault))),
         );
         let task = tokio::spawn(front.serve(listener));
         Self {

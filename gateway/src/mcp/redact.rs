@@ -1,0 +1,210 @@
+//! Tool arguments and results are scanned for the real value of every secret in the vault, in
+//! the forms a leak usually takes (plain, base64 standard and URL-safe, hex, percent-encoded).
+//! The gateway holds the values, so this is an exact match, not a guess; a hit is replaced by
+//! `[REDACTED:<name>]` and reported for the audit.
+//!
+//! Limits: values shorter than [`MIN_LEN`] bytes are not scanned (they would match ordinary
+//! text); a value base64-encoded as part of a longer blob is found only when it starts on a
+//! 3-byte boundary of that blob.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::egress::rewrite::Replacements;
+use crate::vault::Vault;
+
+/// Shorter values are not scanned.
+pub const MIN_LEN: usize = 8;
+/// How long the set of needles is reused before the vault is read again.
+const TTL: Duration = Duration::from_secs(30);
+
+struct Needles {
+    built: Instant,
+    set: Option<Replacements>,
+}
+
+/// Finds and redacts secret values in JSON.
+pub struct Redactor {
+    vault: Arc<Vault>,
+    cache: Mutex<Option<Arc<Needles>>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redactor")
+    }
+}
+
+/// The encodings of `v` that are looked for.
+fn forms(v: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut out: Vec<Zeroizing<Vec<u8>>> = vec![Zeroizing::new(v.to_vec())];
+    for e in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        out.push(Zeroizing::new(e.encode(v).into_bytes()));
+    }
+    out.push(Zeroizing::new(hex::encode(v).into_bytes()));
+    out.push(Zeroizing::new(hex::encode_upper(v).into_bytes()));
+    out.push(Zeroizing::new(
+        percent_encoding::percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+            .into_bytes(),
+    ));
+    out.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+    out.dedup_by(|a, b| a.as_slice() == b.as_slice());
+    out
+}
+
+impl Redactor {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Self {
+            vault,
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn needles(&self) -> Arc<Needles> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = cache.as_ref()
+            && n.built.elapsed() < TTL
+        {
+            return n.clone();
+        }
+        let mut pairs = Vec::new();
+        match self.vault.open_all_for_scanning() {
+            Ok(all) => {
+                for (name, value) in all {
+                    if value.len() < MIN_LEN {
+                        continue;
+                    }
+                    let tag = format!("[REDACTED:{name}]");
+                    for f in forms(value.expose()) {
+                        pairs.push((f, Zeroizing::new(tag.clone().into_bytes())));
+                    }
+                }
+            }
+            // Fail closed would stop every call; fail open is logged loudly.
+            Err(e) => tracing::error!(error = %e, "mcp: cannot read the vault to scan for leaks"),
+        }
+        let n = Arc::new(Needles {
+            built: Instant::now(),
+            set: Replacements::new(pairs),
+        });
+        *cache = Some(n.clone());
+        n
+    }
+
+    /// Redacts every secret value in the strings (and keys) of `v`; returns the names of the
+    /// secrets found, sorted, without duplicates.
+    pub fn redact(&self, v: &mut Value) -> Vec<String> {
+        let needles = self.needles();
+        let Some(set) = &needles.set else {
+            return Vec::new();
+        };
+        let mut hits = Vec::new();
+        walk(v, set, &mut hits);
+        hits.sort();
+        hits.dedup();
+        hits
+    }
+}
+
+fn redact_str(s: &str, set: &Replacements, hits: &mut Vec<String>) -> Option<String> {
+    if !set.found_in(s.as_bytes()) {
+        return None;
+    }
+    let out = String::from_utf8_lossy(&set.replace_all(s.as_bytes())).into_owned();
+    // The tags name what was found.
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("[REDACTED:") {
+        let after = &rest[i + 10..];
+        if let Some(j) = after.find(']') {
+            hits.push(after[..j].to_owned());
+            rest = &after[j..];
+        } else {
+            break;
+        }
+    }
+    Some(out)
+}
+
+fn walk(v: &mut Value, set: &Replacements, hits: &mut Vec<String>) {
+    match v {
+        Value::String(s) => {
+            if let Some(r) = redact_str(s, set, hits) {
+                *s = r;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| walk(x, set, hits)),
+        Value::Object(m) => {
+            let keys: Vec<String> = m.keys().cloned().collect();
+            for k in keys {
+                let mut val = m.remove(&k).expect("key listed");
+                walk(&mut val, set, hits);
+                let k = redact_str(&k, set, hits).unwrap_or(k);
+                m.insert(k, val);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_form_is_found() {
+        let v = b"sk-live-0123456789abcdef/+=";
+        let f = forms(v);
+        assert!(f.iter().any(|x| x.as_slice() == v));
+        assert!(
+            f.iter()
+                .any(|x| x.as_slice() == b"c2stbGl2ZS0wMTIzNDU2Nzg5YWJjZGVmLys9")
+        );
+        assert!(f.iter().any(|x| x.as_slice() == hex::encode(v).as_bytes()));
+        assert!(f.iter().any(|x| x.starts_with(b"sk%2Dlive")));
+    }
+}
+
+#[cfg(test)]
+mod vault_tests {
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+    use crate::vault::{MasterKey, SecretName, SecretValue};
+
+    #[test]
+    fn redacts_values_from_the_vault_in_keys_and_nested_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(&dir.path().join("s")).unwrap());
+        let vault = Arc::new(Vault::open(store, MasterKey::generate().unwrap()).unwrap());
+        let secret = "sk-live-7a1f9c3e5b2d4a68e0";
+        vault
+            .set(
+                &SecretName::parse("API_KEY").unwrap(),
+                &SecretValue::from(secret.as_bytes()),
+            )
+            .unwrap();
+        vault
+            .set(
+                &SecretName::parse("SHORT").unwrap(),
+                &SecretValue::from(&b"abc"[..]),
+            )
+            .unwrap();
+        let r = Redactor::new(vault);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let mut v =
+            serde_json::json!({"a": [format!("x{secret}y"), {"k": b64}], secret: 1, "s": "abc"});
+        assert_eq!(r.redact(&mut v), vec!["API_KEY".to_string()]);
+        let text = v.to_string();
+        assert!(!text.contains(secret) && !text.contains(&b64), "{text}");
+        assert_eq!(v["a"][0], "x[REDACTED:API_KEY]y");
+        assert_eq!(
+            v["s"], "abc",
+            "values under {MIN_LEN} bytes are not scanned"
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! Issue 5 with `@modelcontextprotocol/server-everything` (npm) behind the gateway and the
+//! official TypeScript SDK as the client: subsets, secret redaction both ways, a server killed
+//! in the middle of a call.
+
+mod mcp_support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use mcp_support::{Gw, http, node_bin};
+use serde_json::{Value, json};
+
+const SECRET: &str = "sk-live-7a1f9c3e5b2d4a68e0";
+
+async fn gw() -> Gw {
+    let everything = json!({
+        "name": "everything", "version": "1",
+        "command": [node_bin("mcp-server-everything").to_str().unwrap(), "stdio"],
+        // The server's own environment holds the secret's base64 (as a leaky server might).
+        "env": {"LEAKY": base64::engine::general_purpose::STANDARD.encode(SECRET)},
+    });
+    assert!(
+        node_bin("mcp-server-everything").exists(),
+        "target/mcp-node is missing: run scripts/install-deps"
+    );
+    Gw::with(
+        vec![("everything", everything)],
+        vec![(
+            "e",
+            vec![(
+                "everything",
+                vec!["echo", "get-env", "trigger-long-running-operation"],
+            )],
+        )],
+        &[("API_KEY", SECRET)],
+    )
+    .await
+}
+
+fn call(id: u64, tool: &str, args: Value) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+        "params":{"name":tool,"arguments":args}});
+    let headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("mcp-protocol-version", "2026-07-28".to_string()),
+        ("mcp-method", "tools/call".to_string()),
+        ("mcp-name", tool.to_string()),
+    ];
+    (headers, body.to_string().into_bytes())
+}
+
+async fn post_call(gw: &Gw, bearer: &str, id: u64, tool: &str, args: Value) -> Value {
+    let (h, body) = call(id, tool, args);
+    let mut headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    headers.push(("authorization", bearer));
+    let (status, _, body) = http(gw.addr, "POST", "/mcp/e", &headers, body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_are_redacted_in_arguments_and_results() {
+    let gw = gw().await;
+    let (token_id, token) = gw.token("e");
+    let bearer = format!("Bearer {token}");
+    // Client → server: the argument never reaches the server; the echo shows the tag.
+    let r = post_call(
+        &gw,
+        &bearer,
+        1,
+        "everything__echo",
+        json!({"message": format!("key={SECRET}")}),
+    )
+    .await;
+    let text = r["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("[REDACTED:API_KEY]") && !text.contains(SECRET),
+        "{text}"
+    );
+    // Server → client: the base64 of the value in the server's environment is redacted.
+    let r = post_call(&gw, &bearer, 2, "everything__get-env", json!({})).await;
+    let text = r.to_string();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    assert!(
+        !text.contains(&b64) && text.contains("[REDACTED:API_KEY]"),
+        "{text}"
+    );
+    let audit = gw.audit();
+    let red: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "mcp.redacted")
+        .collect();
+    assert!(
+        red.iter().any(|e| e.detail.contains("arguments:API_KEY")
+            && e.detail.contains(&format!("token={token_id}"))),
+        "{red:#?}"
+    );
+    assert!(
+        red.iter().any(|e| e.detail.contains("result:API_KEY")),
+        "{red:#?}"
+    );
+    assert!(
+        !audit
+            .iter()
+            .any(|e| e.detail.contains(SECRET) || e.detail.contains(&b64))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_call_fails_that_call_and_the_next_one_is_served() {
+    let gw = gw().await;
+    let (_, token) = gw.token("e");
+    let bearer = format!("Bearer {token}");
+    let r = post_call(
+        &gw,
+        &bearer,
+        1,
+        "everything__echo",
+        json!({"message": "warm"}),
+    )
+    .await;
+    assert!(r["result"].is_object(), "{r}");
+    let pid = *gw.launcher.pids.lock().unwrap().last().unwrap();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .unwrap();
+    });
+    let started = std::time::Instant::now();
+    let r = post_call(
+        &gw,
+        &bearer,
+        2,
+        "everything__trigger-long-running-operation",
+        json!({"duration": 20, "steps": 4}),
+    )
+    .await;
+    killer.await.unwrap();
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the failed call waited for a timeout"
+    );
+    let mut served = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let r = post_call(
+            &gw,
+            &bearer,
+            10 + i,
+            "everything__echo",
+            json!({"message": "again"}),
+        )
+        .await;
+        if r["result"].is_object() {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "not restarted");
+    assert_eq!(gw.launcher.pids.lock().unwrap().len(), 2);
+}
+
+/// The official TypeScript SDK's Streamable HTTP client with a bearer token.
+const TS_CLIENT: &str = r#"
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+const [url, token] = process.argv.slice(1);
+const transport = new StreamableHTTPClientTransport(new URL(url),
+  { requestInit: { headers: { Authorization: `Bearer ${token}` } } });
+const client = new Client({ name: "ts-sdk-test", version: "1.0.0" });
+await client.connect(transport);
+const tools = await client.listTools();
+console.log("TOOLS", JSON.stringify(tools.tools.map((t) => t.name).sort()));
+const r = await client.callTool({ name: "everything__echo", arguments: { message: "from ts" } });
+console.log("CALL", JSON.stringify(r.content));
+try {
+  await client.callTool({ name: "everything__get-sum", arguments: { a: 1, b: 2 } });
+  console.log("OUTSIDE ANSWERED");
+} catch (e) {
+  console.log("OUTSIDE REFUSED", e.message);
+}
+await client.close();
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_lists_and_calls_within_the_subset() {
+    let gw = gw().await;
+    let (_, token) = gw.token("e");
+    let node_dir = node_bin("x")
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    let out = tokio::process::Command::new("node")
+        .current_dir(&node_dir)
+        .args(["--input-type=module", "-e", TS_CLIENT, &gw.url("e"), &token])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("OUTSIDE"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(r#"TOOLS ["everything__echo","everything__get-env","everything__trigger-long-running-operation"]"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Echo: from ts"), "{stdout}");
+    assert!(
+        stdout.contains("OUTSIDE REFUSED") && stdout.contains("not available on this endpoint"),
+        "{stdout}"
+    );
+}
