@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use super::approval::ToolGate;
 use super::jsonrpc::{self, Message, code};
 use super::redact::Redactor;
 use super::router::{Exposed, Handled, Refusal, Router, Sessions, Subset};
@@ -81,6 +82,7 @@ pub struct Front<S> {
     sessions: Mutex<HashMap<String, ClientSession>>,
     /// Scans tool arguments and results for the vault's secret values.
     redactor: Option<Arc<Redactor>>,
+    gate: Arc<ToolGate>,
 }
 
 impl<S> std::fmt::Debug for Front<S> {
@@ -146,6 +148,7 @@ impl<S: Sessions + 'static> Front<S> {
         redactor: Option<Arc<Redactor>>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            gate: Arc::new(ToolGate::new(store.clone(), audit.clone())),
             store,
             audit,
             servers,
@@ -536,6 +539,7 @@ impl<S: Sessions + 'static> Front<S> {
             servers,
             call_timeout: self.limits.call_timeout,
             redactor: self.redactor.clone(),
+            gate: Some(self.gate.clone()),
         })
     }
 
@@ -603,12 +607,19 @@ impl<S: Sessions + 'static> Front<S> {
             .unwrap_or_default();
         let method_shown: String = method.chars().take(64).collect();
         match &handled.refused {
-            Some(Refusal::NotInSubset(_)) | Some(Refusal::UnknownTool(_)) => self.record(
-                "mcp.denied",
-                &caller.endpoint,
-                Outcome::Denied,
-                &format!("{detail} method={method_shown}{tool} reason=\"tool not available\""),
-            ),
+            Some(r) => {
+                let reason = match r {
+                    Refusal::NotApproved(_) => "tool definition changed since approval",
+                    Refusal::NotInSubset(_) => "tool not in the endpoint's subset",
+                    Refusal::UnknownTool(_) => "unknown tool",
+                };
+                self.record(
+                    "mcp.denied",
+                    &caller.endpoint,
+                    Outcome::Denied,
+                    &format!("{detail} method={method_shown}{tool} reason=\"{reason}\""),
+                )
+            }
             None => {
                 let outcome = if handled.response.get("error").is_some() {
                     Outcome::Failed

@@ -8,8 +8,10 @@
 //! - [`front`]: Streamable HTTP, checks, sessions, audit;
 //! - [`servers`]: server lifecycle (start on first use, restart with backoff);
 //! - [`redact`]: secret values found in tool arguments and results are redacted;
+//! - [`approval`]: tool definitions as approved; changed ones hidden until approved again;
 //! - [`token`]: bearer tokens (random, shown once, stored hashed).
 
+pub mod approval;
 pub mod front;
 pub mod jsonrpc;
 pub mod redact;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::approval::ToolGate;
 use super::jsonrpc::{self, Id, code};
 use super::redact::Redactor;
 use super::stdio::{CallError, ServerSession};
@@ -74,6 +75,8 @@ pub trait Sessions: Send + Sync {
 pub enum Refusal {
     UnknownTool(String),
     NotInSubset(String),
+    /// Its definition changed since it was approved.
+    NotApproved(String),
 }
 
 /// What handling one request produced: the response, a refusal to audit if any, and the
@@ -101,6 +104,8 @@ pub struct Router {
     pub call_timeout: Duration,
     /// Scans tool arguments and results for secret values.
     pub redactor: Option<Arc<Redactor>>,
+    /// Hides tools whose definition is not the approved one.
+    pub gate: Option<Arc<ToolGate>>,
 }
 
 impl Router {
@@ -165,27 +170,40 @@ impl Router {
         Handled::ok(jsonrpc::result(id, result))
     }
 
-    /// Every tool a server lists (following its cursors, bounded).
+    /// The tools a server offers: everything it lists (following its cursors, bounded; cached
+    /// per session until it says its list changed), less what the gate hides.
     async fn server_tools<S: Sessions>(
         &self,
         sessions: &S,
         server: &str,
     ) -> Result<Vec<Map<String, Value>>, CallError> {
         let s = sessions.session(server).await?;
-        let mut out = Vec::new();
-        let mut cursor: Option<Value> = None;
-        for _ in 0..MAX_SERVER_PAGES {
-            let params = cursor.take().map(|c| json!({ "cursor": c }));
-            let r = s.request("tools/list", params, self.call_timeout).await?;
-            if let Some(tools) = r.get("tools").and_then(Value::as_array) {
-                out.extend(tools.iter().filter_map(|t| t.as_object().cloned()));
+        let listed = match s.cached_tools() {
+            Some(t) => t,
+            None => {
+                let mut out = Vec::new();
+                let mut cursor: Option<Value> = None;
+                for _ in 0..MAX_SERVER_PAGES {
+                    let params = cursor.take().map(|c| json!({ "cursor": c }));
+                    let r = s.request("tools/list", params, self.call_timeout).await?;
+                    if let Some(tools) = r.get("tools").and_then(Value::as_array) {
+                        out.extend(tools.iter().filter_map(|t| t.as_object().cloned()));
+                    }
+                    match r.get("nextCursor") {
+                        Some(c @ Value::String(_)) => cursor = Some(c.clone()),
+                        _ => break,
+                    }
+                }
+                let out = Arc::new(out);
+                s.cache_tools(out.clone());
+                out
             }
-            match r.get("nextCursor") {
-                Some(c @ Value::String(_)) => cursor = Some(c.clone()),
-                _ => break,
-            }
-        }
-        Ok(out)
+        };
+        let listed = (*listed).clone();
+        Ok(match &self.gate {
+            Some(g) => g.visible(server, listed),
+            None => listed,
+        })
     }
 
     /// `tools/call` of `<server>__<tool>`: refused unless in the subset; otherwise forwarded
@@ -225,6 +243,21 @@ impl Router {
                 Refusal::NotInSubset(name.into()),
                 format!("tool {name} is not available on this endpoint"),
             );
+        }
+        // Only a tool whose current definition is approved may be called.
+        match self.server_tools(sessions, server).await {
+            Ok(tools) => {
+                let offered = tools
+                    .iter()
+                    .any(|t| t.get("name").and_then(Value::as_str) == Some(tool));
+                if !offered {
+                    return refuse(
+                        Refusal::NotApproved(name.into()),
+                        format!("tool {name} is not available on this endpoint"),
+                    );
+                }
+            }
+            Err(err) => return Handled::ok(unavailable(id, &err)),
         }
         let mut fwd = params.cloned().unwrap_or_default();
         fwd.insert("name".into(), Value::String(tool.into()));

@@ -53,6 +53,9 @@ impl Default for SessionLimits {
     }
 }
 
+/// A server's tools as it listed them.
+pub type ToolList = Arc<Vec<serde_json::Map<String, Value>>>;
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, CallError>>>>>;
 
 /// A live stdio session. Cheap to share (`Arc`); ends when the server's stdout closes or it
@@ -69,6 +72,8 @@ pub struct ServerSession {
     closed: watch::Receiver<Option<String>>,
     /// What the server said in `initialize`.
     pub init: Mutex<Option<Value>>,
+    /// The server's last complete tool listing; cleared when it says its list changed.
+    tools: Mutex<Option<ToolList>>,
 }
 
 impl ServerSession {
@@ -90,6 +95,7 @@ impl ServerSession {
             notifications,
             closed,
             init: Mutex::new(None),
+            tools: Mutex::new(None),
         });
         tokio::spawn(write_loop(stdin, out_rx));
         let reader = s.clone();
@@ -223,6 +229,15 @@ impl ServerSession {
         self.out.send(line).await.map_err(|_| self.closed_error())
     }
 
+    /// The cached tool listing, if still valid.
+    pub fn cached_tools(&self) -> Option<ToolList> {
+        self.tools.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn cache_tools(&self, tools: ToolList) {
+        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some(tools);
+    }
+
     /// The MCP handshake: `initialize`, then `notifications/initialized`.
     pub async fn initialize(&self, timeout: Duration) -> Result<Value, CallError> {
         let params = json!({
@@ -278,7 +293,10 @@ impl ServerSession {
                         let _ = w.send(out);
                     }
                 }
-                Message::Notification { msg, .. } => {
+                Message::Notification { method, msg } => {
+                    if method == "notifications/tools/list_changed" {
+                        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
                     let _ = self.notifications.send(Value::Object(msg));
                 }
                 Message::Request { id, method, .. } => {

@@ -11,7 +11,7 @@ use crate::vault::envelope::Sealed;
 pub use sqlite::SqliteStore;
 
 /// The schema version this build writes; a database with a higher one is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -113,6 +113,19 @@ pub struct TokenRecord {
     pub revoked_ms: Option<i64>,
 }
 
+/// A tool's definition (canonical JSON of name, description and input schema), approved or
+/// seen and awaiting approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolDefinition {
+    pub server: String,
+    pub tool: String,
+    pub approved: bool,
+    pub definition: String,
+    /// SHA-256 of `definition`, hex.
+    pub digest: String,
+    pub seen_ms: i64,
+}
+
 /// Everything the gateway persists. Implementations must make each method atomic.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Fingerprint of the master key the store's data keys are wrapped with, once one is set.
@@ -156,6 +169,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     fn token_add(&self, token: &TokenRecord) -> Result<(), StoreError>;
     fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>, StoreError>;
+    fn tool_definitions(&self, server: &str) -> Result<Vec<ToolDefinition>, StoreError>;
+    /// Inserts or replaces definitions (by server, tool and state), in one transaction.
+    fn tool_definitions_put(&self, defs: &[ToolDefinition]) -> Result<(), StoreError>;
+    /// Makes a tool's pending definition the approved one; `Ok(false)` if none is pending.
+    fn tool_approve(&self, server: &str, tool: &str) -> Result<bool, StoreError>;
     /// Marks a token revoked; `Ok(false)` if there is no such (unrevoked) token.
     fn token_revoke(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
 }

@@ -13,14 +13,17 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     AuditEvent, EndpointRecord, Rewrapped, SCHEMA_VERSION, SecretMeta, SecretRecord, ServerRecord,
-    Store, StoreError, TokenRecord, now_ms,
+    Store, StoreError, TokenRecord, ToolDefinition, now_ms,
 };
 use crate::vault::envelope::Sealed;
 
 pub const DB_FILE: &str = "gigmcp.db";
 
 /// Migrations, applied in order; entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_tool_definitions.sql"),
+];
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -548,6 +551,67 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.next().transpose()?)
+    }
+
+    fn tool_definitions(&self, server: &str) -> Result<Vec<ToolDefinition>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT tool, state, definition, digest, seen_ms FROM tool_definitions \
+             WHERE server = ?1 ORDER BY tool, state",
+        )?;
+        let rows = stmt.query_map([server], |r| {
+            Ok(ToolDefinition {
+                server: server.to_owned(),
+                tool: r.get(0)?,
+                approved: r.get::<_, String>(1)? == "approved",
+                definition: r.get(2)?,
+                digest: r.get(3)?,
+                seen_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn tool_definitions_put(&self, defs: &[ToolDefinition]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for d in defs {
+            tx.execute(
+                "INSERT INTO tool_definitions (server, tool, state, definition, digest, seen_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (server, tool, state) DO UPDATE \
+                 SET definition = excluded.definition, digest = excluded.digest, \
+                 seen_ms = excluded.seen_ms",
+                rusqlite::params![
+                    d.server,
+                    d.tool,
+                    if d.approved { "approved" } else { "pending" },
+                    d.definition,
+                    d.digest,
+                    d.seen_ms
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn tool_approve(&self, server: &str, tool: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let moved = tx.execute(
+            "INSERT INTO tool_definitions (server, tool, state, definition, digest, seen_ms) \
+             SELECT server, tool, 'approved', definition, digest, seen_ms FROM tool_definitions \
+             WHERE server = ?1 AND tool = ?2 AND state = 'pending' \
+             ON CONFLICT (server, tool, state) DO UPDATE SET definition = excluded.definition, \
+             digest = excluded.digest, seen_ms = excluded.seen_ms",
+            rusqlite::params![server, tool],
+        )?;
+        tx.execute(
+            "DELETE FROM tool_definitions WHERE server = ?1 AND tool = ?2 AND state = 'pending'",
+            rusqlite::params![server, tool],
+        )?;
+        tx.commit()?;
+        Ok(moved == 1)
     }
 
     fn token_revoke(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {

@@ -71,6 +71,7 @@ pub struct Gw {
     pub store: Arc<dyn Store>,
     pub addr: std::net::SocketAddr,
     pub launcher: ChildLauncher,
+    pub pool: Arc<ServerPool<ChildLauncher>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -175,7 +176,7 @@ impl Gw {
         let front = Front::new(
             store.clone(),
             Auditor::new(store.clone(), "gigmcpd"),
-            pool,
+            pool.clone(),
             FrontLimits::default(),
             vec![addr.to_string(), format!("localhost:{}", addr.port())],
             vec![ORIGIN_OK.into()],
@@ -187,6 +188,7 @@ impl Gw {
             store,
             addr,
             launcher,
+            pool,
             task,
         }
     }
@@ -210,6 +212,42 @@ impl Gw {
             })
             .unwrap();
         (t.id, t.secret.to_string())
+    }
+
+    /// A JSON-RPC call on the stateless revision (no session), with matching headers.
+    pub async fn rpc(
+        &self,
+        endpoint: &str,
+        token: &str,
+        method: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
+        let body = serde_json::json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
+        let bearer = format!("Bearer {token}");
+        let mut headers = vec![
+            ("authorization", bearer.as_str()),
+            ("content-type", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ];
+        let name = params
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_owned();
+        if !name.is_empty() {
+            headers.push(("mcp-name", name.as_str()));
+        }
+        let (status, _, body) = http(
+            self.addr,
+            "POST",
+            &format!("/mcp/{endpoint}"),
+            &headers,
+            body.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
     }
 
     pub fn audit(&self) -> Vec<AuditEvent> {
