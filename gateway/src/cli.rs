@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::admin::AdminApi;
-use crate::admin::local::LocalAdmin;
+use crate::admin::local::{AdminSettings, LocalAdmin};
+use crate::config::{self, Config};
 use crate::store::SecretMeta;
 use crate::vault::{MAX_VALUE_LEN, MasterKey, SecretValue};
 
@@ -22,6 +23,10 @@ pub struct Cli {
     /// credential master.key in $CREDENTIALS_DIRECTORY.
     #[arg(long, global = true)]
     master_key_file: Option<PathBuf>,
+    /// The gateway's configuration (read for the settings admin commands obey; built-in
+    /// defaults if the default file is absent).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +39,65 @@ enum Command {
     /// Inspect the vault or rotate its master key.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Install and inspect MCP servers.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Endpoints (named sets of servers with tool subsets) and their tokens.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Install a server from a local root filesystem and manifest, without a registry
+    /// signature. Development only: refused unless gateway.allow_unsigned_servers is true.
+    Add {
+        name: String,
+        #[arg(long)]
+        rootfs: PathBuf,
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Required: says you know nobody verified this server.
+        #[arg(long, required = true)]
+        unsigned: bool,
+    },
+    /// List installed servers.
+    List,
+    /// Show a server's tool definitions: approved, and changed ones awaiting approval.
+    Tools {
+        name: String,
+        /// Show each pending definition next to the approved one.
+        #[arg(long)]
+        diff: bool,
+        /// Approve the pending definition of this tool.
+        #[arg(long)]
+        approve: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCommand {
+    /// Create an endpoint: --server NAME exposes every tool, --server NAME=tool1,tool2 a subset.
+    Add {
+        name: String,
+        #[arg(long = "server", required = true)]
+        servers: Vec<String>,
+    },
+    /// Bearer tokens for an endpoint.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once and only its hash is stored.
+    Create {
+        endpoint: String,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Revoke a token by its id.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,7 +156,18 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let key = MasterKey::load(cli.master_key_file.as_deref())?;
     let actor = format!("cli:uid={}", nix::unistd::getuid());
-    let mut admin = LocalAdmin::open(&cli.state_dir, key, actor)?;
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None if std::path::Path::new(config::DEFAULT_PATH).exists() => {
+            Config::load(std::path::Path::new(config::DEFAULT_PATH))?
+        }
+        None => Config::default(),
+    };
+    let settings = AdminSettings {
+        allow_unsigned_servers: config.gateway.allow_unsigned_servers,
+        images_dir: config.sandbox.images_dir.clone(),
+    };
+    let mut admin = LocalAdmin::open(&cli.state_dir, key, actor, settings)?;
     dispatch(&mut admin, cli.command, out)
 }
 
@@ -137,6 +212,105 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
             )?;
         }
         Command::Vault(VaultCommand::Keygen { .. }) => unreachable!("handled before opening"),
+        Command::Server(ServerCommand::Add {
+            name,
+            rootfs,
+            manifest,
+            unsigned: _,
+        }) => {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            eprintln!(
+                "gigmcp: WARNING: installing {name} UNSIGNED: no registry vouches for this code; it runs sandboxed, but review it yourself"
+            );
+            let r = admin.server_add_unsigned(&name, &rootfs, &text)?;
+            writeln!(
+                out,
+                "installed server {} {} (unsigned, image {})",
+                r.name, r.version, r.image_digest
+            )?;
+        }
+        Command::Server(ServerCommand::List) => {
+            writeln!(
+                out,
+                "{:24}  {:12}  {:9}  INSTALLED",
+                "NAME", "VERSION", "SOURCE"
+            )?;
+            for s in admin.server_list()? {
+                writeln!(
+                    out,
+                    "{:24}  {:12}  {:9}  {}",
+                    s.name,
+                    s.version,
+                    s.source,
+                    timestamp(s.installed_ms)
+                )?;
+            }
+        }
+        Command::Server(ServerCommand::Tools {
+            name,
+            diff,
+            approve,
+        }) => {
+            if let Some(tool) = approve {
+                admin.server_tool_approve(&name, &tool)?;
+                writeln!(out, "approved the new definition of {name}/{tool}")?;
+                return Ok(());
+            }
+            let defs = admin.server_tools(&name)?;
+            for d in defs.iter().filter(|d| d.approved) {
+                let pending = defs.iter().find(|p| !p.approved && p.tool == d.tool);
+                let state = if pending.is_some() {
+                    "CHANGED (hidden)"
+                } else {
+                    "approved"
+                };
+                writeln!(out, "{:32}  {state}", d.tool)?;
+                if let (true, Some(p)) = (diff, pending) {
+                    writeln!(out, "  - approved: {}", d.definition)?;
+                    writeln!(out, "  + now:      {}", p.definition)?;
+                }
+            }
+            for p in defs.iter().filter(|p| !p.approved) {
+                if !defs.iter().any(|d| d.approved && d.tool == p.tool) {
+                    writeln!(out, "{:32}  NEW (hidden)", p.tool)?;
+                    if diff {
+                        writeln!(out, "  + now:      {}", p.definition)?;
+                    }
+                }
+            }
+        }
+        Command::Endpoint(EndpointCommand::Add { name, servers }) => {
+            let servers = servers
+                .iter()
+                .map(|s| match s.split_once('=') {
+                    Some((server, tools)) => (
+                        server.to_owned(),
+                        tools
+                            .split(',')
+                            .filter(|t| !t.is_empty())
+                            .map(String::from)
+                            .collect(),
+                    ),
+                    None => (s.clone(), vec!["*".to_owned()]),
+                })
+                .collect();
+            admin.endpoint_add(&name, servers)?;
+            writeln!(out, "created endpoint {name} at /mcp/{name}")?;
+        }
+        Command::Endpoint(EndpointCommand::Token(TokenCommand::Create { endpoint, label })) => {
+            let t = admin.token_create(&endpoint, &label)?;
+            writeln!(
+                out,
+                "token id {} for endpoint {endpoint} (shown once, keep it safe):",
+                t.id
+            )?;
+            writeln!(out, "{}", &*t.secret)?;
+        }
+        Command::Endpoint(EndpointCommand::Token(TokenCommand::Revoke { id })) => {
+            admin.token_revoke(&id)?;
+            writeln!(out, "revoked token {id}")?;
+        }
     }
     Ok(())
 }

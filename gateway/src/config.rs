@@ -29,6 +29,26 @@ pub struct GatewayConfig {
     pub state_dir: PathBuf,
     /// Address the MCP front listens on.
     pub listen: SocketAddr,
+    /// `Host` values accepted besides `127.0.0.1:<port>` and `localhost:<port>` (DNS
+    /// rebinding: a request naming any other host is refused).
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values accepted (browser clients); requests without `Origin` are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Whether `gigmcp server add --unsigned` (a local rootfs, no registry signature) is allowed.
+    pub allow_unsigned_servers: bool,
+    /// A server with no call for this long is stopped (started again on the next call).
+    #[serde(with = "humantime_serde_secs")]
+    pub server_idle_stop: std::time::Duration,
+}
+
+/// `"15m"`-style durations (humantime).
+mod humantime_serde_secs {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -36,6 +56,14 @@ pub struct GatewayConfig {
 pub struct SandboxConfig {
     /// IPv4 range carved into one /30 link per sandbox.
     pub pool: Ipv4Net,
+    /// The bus the privileged helper is on: `system`, or a D-Bus address (a private bus).
+    pub bus: String,
+    /// The helper's `images_dir`: unsigned servers' root filesystems are copied here.
+    pub images_dir: PathBuf,
+    /// The helper's `ca_dir`: the gateway writes its CA certificate here for sandboxes.
+    pub ca_dir: PathBuf,
+    /// The port of each sandbox's egress proxy on its link's host address.
+    pub proxy_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -69,6 +97,10 @@ impl Default for GatewayConfig {
         Self {
             state_dir: PathBuf::from("/var/lib/gigmcp"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8750)),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            allow_unsigned_servers: false,
+            server_idle_stop: std::time::Duration::from_secs(15 * 60),
         }
     }
 }
@@ -77,6 +109,10 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             pool: "10.231.0.0/16".parse().expect("valid literal"),
+            bus: "system".into(),
+            images_dir: PathBuf::from("/var/lib/gigmcp/images"),
+            ca_dir: PathBuf::from("/var/lib/gigmcp/ca"),
+            proxy_port: 3128,
         }
     }
 }
@@ -189,6 +225,23 @@ impl Config {
             return Err((
                 "sandbox.pool",
                 format!("{pool} is not in a private range (RFC 1918)"),
+            ));
+        }
+        for (key, dir) in [
+            ("sandbox.images_dir", &self.sandbox.images_dir),
+            ("sandbox.ca_dir", &self.sandbox.ca_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err((key, format!("{} is not an absolute path", dir.display())));
+            }
+        }
+        if self.sandbox.proxy_port == 0 || [53, 443].contains(&self.sandbox.proxy_port) {
+            return Err((
+                "sandbox.proxy_port",
+                format!(
+                    "{} is not usable (0, 53 and 443 are taken)",
+                    self.sandbox.proxy_port
+                ),
             ));
         }
         if !self.gateway.state_dir.is_absolute() {

@@ -1,31 +1,69 @@
 //! [`AdminApi`] on a state directory opened in this process (development, recovery, and the
 //! only transport until the daemon's D-Bus API exists).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{AdminApi, AdminError};
 use crate::audit::{Auditor, Outcome};
-use crate::store::{SecretMeta, SqliteStore, Store};
+use crate::manifest::Manifest;
+use crate::mcp::token::{self, NewToken};
+use crate::store::{
+    EndpointRecord, SecretMeta, ServerRecord, SqliteStore, Store, TokenRecord, ToolDefinition,
+    now_ms,
+};
 use crate::vault::{
     Fingerprint, MasterKey, SecretName, SecretValue, SetOutcome, Vault, VaultStatus,
 };
+
+/// What the admin layer takes from the configuration.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub allow_unsigned_servers: bool,
+    /// The helper's `images_dir`, where unsigned root filesystems are copied.
+    pub images_dir: PathBuf,
+}
 
 #[derive(Debug)]
 pub struct LocalAdmin {
     vault: Vault,
     audit: Auditor,
+    store: Arc<dyn Store>,
+    settings: AdminSettings,
+}
+
+/// Server and endpoint names: they appear in URLs, tool names (`<server>__<tool>`) and paths.
+fn check_name(kind: &str, name: &str) -> Result<(), AdminError> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.contains("__");
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Refused(format!(
+            "{kind} name {name:?}: use 1-32 of a-z 0-9 - _, starting with a letter or digit, without \"__\""
+        )))
+    }
 }
 
 impl LocalAdmin {
-    pub fn open(state_dir: &Path, key: MasterKey, actor: String) -> anyhow::Result<Self> {
+    pub fn open(
+        state_dir: &Path,
+        key: MasterKey,
+        actor: String,
+        settings: AdminSettings,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open_in(state_dir)
                 .with_context(|| format!("opening the store in {}", state_dir.display()))?,
         );
         let audit = Auditor::new(store.clone(), actor);
-        let vault = match Vault::open(store, key) {
+        let vault = match Vault::open(store.clone(), key) {
             Ok(v) => v,
             Err(e) => {
                 // Best effort: the refusal itself is worth a trail entry.
@@ -33,7 +71,12 @@ impl LocalAdmin {
                 return Err(e.into());
             }
         };
-        Ok(Self { vault, audit })
+        Ok(Self {
+            vault,
+            audit,
+            store,
+            settings,
+        })
     }
 
     /// Audits the result of an admin action, then returns it.
@@ -89,5 +132,177 @@ impl AdminApi for LocalAdmin {
             .map(|()| new_fp)
             .map_err(AdminError::from);
         self.audited("vault.rotate", &target, result, |_| String::new())
+    }
+
+    fn server_add_unsigned(
+        &mut self,
+        name: &str,
+        rootfs: &Path,
+        manifest_json: &str,
+    ) -> Result<ServerRecord, AdminError> {
+        let result = self.add_unsigned(name, rootfs, manifest_json);
+        self.audited("server.add", name, result, |r| {
+            format!(
+                "source=unsigned image={} UNSIGNED: not verified by any registry",
+                r.image_digest
+            )
+        })
+    }
+
+    fn server_list(&mut self) -> Result<Vec<ServerRecord>, AdminError> {
+        Ok(self.store.server_list()?)
+    }
+
+    fn server_tools(&mut self, name: &str) -> Result<Vec<ToolDefinition>, AdminError> {
+        Ok(self.store.tool_definitions(name)?)
+    }
+
+    fn server_tool_approve(&mut self, name: &str, tool: &str) -> Result<(), AdminError> {
+        let result = match self.store.tool_approve(name, tool) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AdminError::Refused(format!(
+                "server {name} has no definition of {tool} awaiting approval"
+            ))),
+            Err(e) => Err(e.into()),
+        };
+        self.audited(
+            "server.tool.approve",
+            &format!("{name}/{tool}"),
+            result,
+            |_| String::new(),
+        )
+    }
+
+    fn endpoint_add(
+        &mut self,
+        name: &str,
+        servers: Vec<(String, Vec<String>)>,
+    ) -> Result<(), AdminError> {
+        let detail = servers
+            .iter()
+            .map(|(s, t)| format!("{s}={}", t.join(",")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let result = check_name("endpoint", name).and_then(|()| {
+            let record = EndpointRecord {
+                name: name.to_owned(),
+                servers,
+            };
+            match self.store.endpoint_add(&record)? {
+                true => Ok(()),
+                false => Err(AdminError::Refused(format!("endpoint {name} exists"))),
+            }
+        });
+        self.audited("endpoint.add", name, result, |_| detail)
+    }
+
+    fn token_create(&mut self, endpoint: &str, label: &str) -> Result<NewToken, AdminError> {
+        let result = (|| {
+            if self.store.endpoint_get(endpoint)?.is_none() {
+                return Err(AdminError::Refused(format!("no endpoint named {endpoint}")));
+            }
+            let t = token::generate().map_err(|e| AdminError::Refused(e.to_string()))?;
+            self.store.token_add(&TokenRecord {
+                id: t.id.clone(),
+                endpoint: endpoint.to_owned(),
+                hash: t.hash.to_vec(),
+                label: label.chars().take(200).collect(),
+                created_ms: now_ms(),
+                expires_ms: None,
+                revoked_ms: None,
+            })?;
+            Ok(t)
+        })();
+        self.audited("token.create", endpoint, result, |t| {
+            format!("token={}", t.id)
+        })
+    }
+
+    fn token_revoke(&mut self, id: &str) -> Result<(), AdminError> {
+        let result = match self.store.token_revoke(id, now_ms()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AdminError::Refused(format!("no live token {id}"))),
+            Err(e) => Err(e.into()),
+        };
+        self.audited("token.revoke", id, result, |_| String::new())
+    }
+}
+
+impl LocalAdmin {
+    fn add_unsigned(
+        &self,
+        name: &str,
+        rootfs: &Path,
+        manifest_json: &str,
+    ) -> Result<ServerRecord, AdminError> {
+        check_name("server", name)?;
+        if !self.settings.allow_unsigned_servers {
+            return Err(AdminError::Refused(
+                "unsigned servers are not allowed: set gateway.allow_unsigned_servers = true in gigmcp.toml (development only)".into(),
+            ));
+        }
+        let manifest =
+            Manifest::from_json(manifest_json).map_err(|e| AdminError::Refused(e.to_string()))?;
+        if manifest.name != name {
+            return Err(AdminError::Refused(format!(
+                "the manifest names the server {:?}, not {name:?}",
+                manifest.name
+            )));
+        }
+        if self.store.server_get(name)?.is_some() {
+            return Err(AdminError::Refused(format!(
+                "server {name} is installed already"
+            )));
+        }
+        let meta = std::fs::symlink_metadata(rootfs)
+            .map_err(|e| AdminError::Refused(format!("{}: {e}", rootfs.display())))?;
+        if !meta.is_dir() {
+            return Err(AdminError::Refused(format!(
+                "{} is not a directory",
+                rootfs.display()
+            )));
+        }
+        // The helper only runs images inside its images_dir: copy the tree there (cp keeps
+        // modes and symlinks as symlinks; the helper refuses to follow any).
+        let dest = self.settings.images_dir.join(name);
+        if dest.exists() {
+            return Err(AdminError::Refused(format!(
+                "{} exists already",
+                dest.display()
+            )));
+        }
+        std::fs::create_dir_all(&self.settings.images_dir).map_err(|e| {
+            AdminError::Refused(format!("{}: {e}", self.settings.images_dir.display()))
+        })?;
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg("--")
+            .arg(rootfs)
+            .arg(&dest)
+            .status()
+            .map_err(|e| AdminError::Refused(format!("cp: {e}")))?;
+        if !status.success() {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(AdminError::Refused(format!(
+                "copying {} to {} failed",
+                rootfs.display(),
+                dest.display()
+            )));
+        }
+        let record = ServerRecord {
+            name: name.to_owned(),
+            version: manifest.version.clone(),
+            image_digest: format!("dir:{name}"),
+            manifest: manifest_json.to_owned(),
+            source: "unsigned".into(),
+            installed_ms: now_ms(),
+        };
+        if !self.store.server_add(&record)? {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(AdminError::Refused(format!(
+                "server {name} is installed already"
+            )));
+        }
+        Ok(record)
     }
 }

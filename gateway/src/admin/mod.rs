@@ -4,7 +4,10 @@
 
 pub mod local;
 
-use crate::store::{SecretMeta, StoreError};
+use std::path::Path;
+
+use crate::mcp::token::NewToken;
+use crate::store::{SecretMeta, ServerRecord, StoreError, ToolDefinition};
 use crate::vault::{
     Fingerprint, InvalidSecretName, MasterKey, SecretValue, SetOutcome, VaultError, VaultStatus,
 };
@@ -17,6 +20,10 @@ pub enum AdminError {
     Vault(#[from] VaultError),
     #[error("audit trail unavailable, so the action was not confirmed: {0}")]
     Audit(StoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub trait AdminApi {
@@ -27,4 +34,26 @@ pub trait AdminApi {
     fn vault_status(&mut self) -> Result<VaultStatus, AdminError>;
     /// Rewraps every data key under `new`; returns the new key's fingerprint.
     fn vault_rotate(&mut self, new: MasterKey) -> Result<Fingerprint, AdminError>;
+
+    /// Installs a server from a local root filesystem and manifest, without a registry
+    /// signature (refused unless the configuration allows it).
+    fn server_add_unsigned(
+        &mut self,
+        name: &str,
+        rootfs: &Path,
+        manifest_json: &str,
+    ) -> Result<ServerRecord, AdminError>;
+    fn server_list(&mut self) -> Result<Vec<ServerRecord>, AdminError>;
+    /// The server's approved tool definitions and those awaiting approval.
+    fn server_tools(&mut self, name: &str) -> Result<Vec<ToolDefinition>, AdminError>;
+    fn server_tool_approve(&mut self, name: &str, tool: &str) -> Result<(), AdminError>;
+    /// Creates an endpoint exposing `servers`, each with its tool subset (`*`: all).
+    fn endpoint_add(
+        &mut self,
+        name: &str,
+        servers: Vec<(String, Vec<String>)>,
+    ) -> Result<(), AdminError>;
+    /// A new bearer token for `endpoint`; its secret is shown once, only its hash is kept.
+    fn token_create(&mut self, endpoint: &str, label: &str) -> Result<NewToken, AdminError>;
+    fn token_revoke(&mut self, id: &str) -> Result<(), AdminError>;
 }

@@ -1,0 +1,211 @@
+//! `gigmcp server|endpoint` through the real CLI binary on a real SQLite state directory.
+
+mod common;
+
+use common::{TestEnv, text};
+
+fn manifest(env: &TestEnv) -> std::path::PathBuf {
+    let p = env.dir.path().join("manifest.json");
+    std::fs::write(
+        &p,
+        r#"{"name":"demo","version":"1.2.0","command":["/bin/server"],"tools":["a","b"]}"#,
+    )
+    .unwrap();
+    p
+}
+
+fn config(env: &TestEnv, allow: bool) -> std::path::PathBuf {
+    let p = env.dir.path().join(format!("gigmcp-{allow}.toml"));
+    let images = env.dir.path().join("images");
+    std::fs::write(
+        &p,
+        format!(
+            "[gateway]\nallow_unsigned_servers = {allow}\n[sandbox]\nimages_dir = \"{}\"\n",
+            images.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn unsigned_servers_endpoints_and_tokens() {
+    let env = TestEnv::new();
+    let rootfs = env.dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::write(rootfs.join("bin/server"), b"#!/bin/sh\n").unwrap();
+    let m = manifest(&env);
+    let (m, r) = (m.to_str().unwrap(), rootfs.to_str().unwrap());
+
+    // Refused unless the configuration allows unsigned servers; the refusal is audited.
+    let deny = config(&env, false);
+    let out = env.cli(
+        &[
+            "--config",
+            deny.to_str().unwrap(),
+            "server",
+            "add",
+            "demo",
+            "--rootfs",
+            r,
+            "--manifest",
+            m,
+            "--unsigned",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("unsigned servers are not allowed"),
+        "{}",
+        text(&out)
+    );
+    // --unsigned is required.
+    let allow = config(&env, true);
+    let c = allow.to_str().unwrap();
+    let out = env.cli(
+        &[
+            "--config",
+            c,
+            "server",
+            "add",
+            "demo",
+            "--rootfs",
+            r,
+            "--manifest",
+            m,
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+
+    let out = env.cli(
+        &[
+            "--config",
+            c,
+            "server",
+            "add",
+            "demo",
+            "--rootfs",
+            r,
+            "--manifest",
+            m,
+            "--unsigned",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("WARNING") && text(&out).contains("UNSIGNED"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        env.dir.path().join("images/demo/bin/server").is_file(),
+        "rootfs copied into images_dir"
+    );
+    let out = env.cli(
+        &[
+            "--config",
+            c,
+            "server",
+            "add",
+            "demo",
+            "--rootfs",
+            r,
+            "--manifest",
+            m,
+            "--unsigned",
+        ],
+        b"",
+    );
+    assert!(!out.status.success(), "installed twice");
+    let out = env.cli(
+        &[
+            "--config",
+            c,
+            "server",
+            "add",
+            "Bad__Name",
+            "--rootfs",
+            r,
+            "--manifest",
+            m,
+            "--unsigned",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    let out = env.cli(&["server", "list"], b"");
+    assert!(
+        text(&out).contains("demo") && text(&out).contains("unsigned"),
+        "{}",
+        text(&out)
+    );
+
+    // Endpoints name existing servers only.
+    let out = env.cli(&["endpoint", "add", "agents", "--server", "demo=a"], b"");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env.cli(&["endpoint", "add", "broken", "--server", "nosuch"], b"");
+    assert!(!out.status.success());
+    let out = env.cli(&["endpoint", "add", "agents", "--server", "demo"], b"");
+    assert!(!out.status.success(), "created twice");
+
+    // A token is printed once; only its hash is stored.
+    let out = env.cli(
+        &["endpoint", "token", "create", "agents", "--label", "laptop"],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let secret = stdout
+        .lines()
+        .find(|l| l.starts_with("gmcp_tk_"))
+        .expect("token printed")
+        .to_owned();
+    let id = stdout.split_whitespace().nth(2).unwrap().to_owned();
+    let db = std::fs::read(env.db_path()).unwrap_or_default();
+    assert!(
+        !common::contains(&db, secret.as_bytes()),
+        "token stored in clear"
+    );
+    let rec = env
+        .store()
+        .token_by_hash(&gateway::mcp::token::hash(&secret))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rec.id.as_str(), rec.endpoint.as_str(), rec.label.as_str()),
+        (id.as_str(), "agents", "laptop")
+    );
+    let out = env.cli(&["endpoint", "token", "create", "nosuch"], b"");
+    assert!(!out.status.success());
+    let out = env.cli(&["endpoint", "token", "revoke", &id], b"");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        env.store()
+            .token_by_hash(&gateway::mcp::token::hash(&secret))
+            .unwrap()
+            .unwrap()
+            .revoked_ms
+            .is_some()
+    );
+    let out = env.cli(&["endpoint", "token", "revoke", &id], b"");
+    assert!(!out.status.success(), "revoked twice");
+
+    // Nothing to approve yet.
+    let out = env.cli(&["server", "tools", "demo", "--approve", "a"], b"");
+    assert!(!out.status.success());
+
+    // Every action is in the audit trail, the token's secret nowhere.
+    let audit = env.store().audit_recent(1000).unwrap();
+    for action in ["server.add", "endpoint.add", "token.create", "token.revoke"] {
+        assert!(audit.iter().any(|e| e.action == action), "{action}");
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "server.add" && e.outcome == "failed")
+    );
+    assert!(!audit.iter().any(|e| e.detail.contains(&secret)));
+}
