@@ -13,5 +13,6 @@ pub mod egress;
 pub mod logging;
 pub mod manifest;
 pub mod mcp;
+pub mod sandbox;
 pub mod store;
 pub mod vault;

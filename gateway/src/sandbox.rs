@@ -1,0 +1,210 @@
+//! Running a server in a sandbox: the privileged helper builds it (over D-Bus), the gateway
+//! starts the sandbox's egress proxy, hands the server's stdio to the MCP layer, and keeps
+//! stderr in the log. This is the production [`Launcher`].
+//!
+//! The server's environment is the manifest's, plus one random placeholder per credential
+//! (never the value), the proxy variables (`@GIGMCP_PROXY_ADDR@` is filled in by the helper,
+//! which picks the link) and the CA variables pointing at the bundle the helper mounts.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use privhelper::api::{Limits, PROXY_ADDR_TOKEN, PrivHelperProxy, SandboxSpec};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+use crate::egress::{EgressProxy, EgressShared, SandboxEgress, make_placeholder};
+use crate::manifest::Manifest;
+use crate::mcp::servers::{Launched, Launcher};
+use crate::store::ServerRecord;
+
+/// Where the helper mounts the CA bundle inside every sandbox.
+pub const CA_IN_SANDBOX: &str = "/run/gigmcp/ca.pem";
+
+/// Longest stderr line kept, and most lines per minute logged per server.
+const STDERR_LINE: usize = 2048;
+const STDERR_LINES_PER_MINUTE: u32 = 600;
+
+#[derive(Debug, Clone)]
+pub struct SandboxLauncher {
+    pub helper: PrivHelperProxy<'static>,
+    pub egress: Arc<EgressShared>,
+    pub proxy_port: u16,
+    /// The CA bundle's file name in the helper's `ca_dir`.
+    pub ca_bundle: String,
+    pub limits: Limits,
+}
+
+/// Keeps a sandbox alive; dropping it stops the proxy and asks the helper to destroy it.
+struct SandboxGuard {
+    helper: PrivHelperProxy<'static>,
+    id: String,
+    _proxy: EgressProxy,
+}
+
+impl Drop for SandboxGuard {
+    fn drop(&mut self) {
+        let helper = self.helper.clone();
+        let id = std::mem::take(&mut self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = helper.destroy_sandbox(&id).await {
+                    tracing::debug!(sandbox = %id, error = %e, "destroy (it may be gone already)");
+                }
+            });
+        }
+    }
+}
+
+fn env_for(
+    manifest: &Manifest,
+    placeholders: &[(String, String)],
+    port: u16,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = manifest
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    }
+    for (name, ph) in placeholders {
+        env.push((name.clone(), ph.clone()));
+    }
+    let proxy = format!("http://{PROXY_ADDR_TOKEN}:{port}");
+    for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+        env.push((k.into(), proxy.clone()));
+    }
+    for k in ["NO_PROXY", "no_proxy"] {
+        env.push((k.into(), String::new()));
+    }
+    for k in [
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+    ] {
+        env.push((k.into(), CA_IN_SANDBOX.into()));
+    }
+    env
+}
+
+impl Launcher for SandboxLauncher {
+    async fn launch(&self, server: &ServerRecord) -> Result<Launched, String> {
+        let manifest = Manifest::from_json(&server.manifest).map_err(|e| e.to_string())?;
+        let rootfs = server.image_digest.strip_prefix("dir:").ok_or_else(|| {
+            format!(
+                "image {} is not a local root filesystem",
+                server.image_digest
+            )
+        })?;
+        let mut placeholders = Vec::new();
+        for c in &manifest.credentials {
+            placeholders.push((
+                c.name.clone(),
+                make_placeholder().map_err(|e| e.to_string())?,
+            ));
+        }
+        let spec = SandboxSpec {
+            server: server.name.clone(),
+            rootfs: rootfs.to_owned(),
+            argv: manifest.command.clone(),
+            env: env_for(&manifest, &placeholders, self.proxy_port),
+            data_dir: String::new(),
+            ca_bundle: self.ca_bundle.clone(),
+            proxy_port: self.proxy_port,
+            transparent: false,
+            limits: self.limits,
+        };
+        let (info, stdin, stdout, stderr, _pidfd, fds) = self
+            .helper
+            .create_sandbox(&spec)
+            .await
+            .map_err(|e| format!("the helper refused the sandbox: {e}"))?;
+        let destroy = |why: String| {
+            let helper = self.helper.clone();
+            let id = info.id.clone();
+            async move {
+                let _ = helper.destroy_sandbox(&id).await;
+                why
+            }
+        };
+        let host: Ipv4Addr = match info.host_addr.parse() {
+            Ok(a) => a,
+            Err(_) => return Err(destroy(format!("bad host address {}", info.host_addr)).await),
+        };
+        let peer: Ipv4Addr = match info.sandbox_addr.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return Err(destroy(format!("bad sandbox address {}", info.sandbox_addr)).await);
+            }
+        };
+        let egress = SandboxEgress {
+            sandbox_id: info.id.clone(),
+            listen: SocketAddr::new(IpAddr::V4(host), self.proxy_port),
+            expected_peer: peer,
+            manifest: Arc::new(manifest),
+            placeholders,
+            approved_ranges: Vec::new(),
+        };
+        let proxy = match EgressProxy::spawn(egress, self.egress.clone()).await {
+            Ok(p) => p,
+            Err(e) => return Err(destroy(format!("egress proxy: {e}")).await),
+        };
+        drop(fds); // transparent-mode sockets: not asked for, so none
+        // From here on, an early return destroys the sandbox (the guard's drop).
+        let guard = SandboxGuard {
+            helper: self.helper.clone(),
+            id: info.id.clone(),
+            _proxy: proxy,
+        };
+        let fd = |f: zbus::OwnedFd| std::os::fd::OwnedFd::from(f);
+        let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(fd(stdout))
+            .map_err(|e| format!("server stdout: {e}"))?;
+        let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(fd(stdin))
+            .map_err(|e| format!("server stdin: {e}"))?;
+        if let Ok(err) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd(stderr)) {
+            tokio::spawn(log_stderr(server.name.clone(), info.id.clone(), err));
+        }
+        tracing::info!(server = %server.name, sandbox = %info.id, "server started in a sandbox");
+        Ok(Launched {
+            stdout: Box::new(stdout),
+            stdin: Box::new(stdin),
+            guard: Box::new(guard),
+        })
+    }
+}
+
+/// The server's stderr into the log: lines cut at [`STDERR_LINE`] bytes, at most
+/// [`STDERR_LINES_PER_MINUTE`] a minute (the rest counted and reported).
+async fn log_stderr(server: String, sandbox: String, err: tokio::net::unix::pipe::Receiver) {
+    let mut r = tokio::io::BufReader::new(err);
+    let mut buf = Vec::new();
+    let mut window = tokio::time::Instant::now();
+    let (mut count, mut dropped) = (0u32, 0u64);
+    loop {
+        buf.clear();
+        let mut limited = (&mut r).take(64 * 1024);
+        match limited.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if window.elapsed() >= std::time::Duration::from_secs(60) {
+            if dropped > 0 {
+                tracing::warn!(%server, %sandbox, dropped, "server stderr: lines dropped (rate limit)");
+            }
+            window = tokio::time::Instant::now();
+            count = 0;
+            dropped = 0;
+        }
+        count += 1;
+        if count > STDERR_LINES_PER_MINUTE {
+            dropped += 1;
+            continue;
+        }
+        let end = buf.len().min(STDERR_LINE);
+        let line = String::from_utf8_lossy(&buf[..end]);
+        tracing::info!(%server, %sandbox, "stderr: {}", line.trim_end());
+    }
+}
