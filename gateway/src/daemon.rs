@@ -10,8 +10,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
+use std::time::Duration;
+
+use privhelper::api::Limits;
+
 use crate::audit::{Auditor, Outcome};
 use crate::config::{self, Config};
+use crate::egress::{EgressConfig, EgressShared};
+use crate::mcp::front::{Front, FrontLimits};
+use crate::mcp::redact::Redactor;
+use crate::mcp::servers::ServerPool;
+use crate::mcp::stdio::SessionLimits;
+use crate::sandbox::{Helper, SandboxLauncher};
 use crate::store::{SqliteStore, Store};
 use crate::vault::{MasterKey, Vault};
 
@@ -74,7 +84,7 @@ fn run(args: &Args, config: &Config) -> anyhow::Result<()> {
     let audit = Auditor::new(store.clone(), "gigmcpd");
     let key = MasterKey::load(args.master_key_file.as_deref())?;
     let vault = match Vault::open(store.clone(), key) {
-        Ok(v) => v,
+        Ok(v) => Arc::new(v),
         Err(e) => {
             let _ = audit.record("vault.open", "master-key", Outcome::Denied, &e.to_string());
             return Err(e.into());
@@ -85,13 +95,101 @@ fn run(args: &Args, config: &Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, &vault, &audit))
+    runtime.block_on(serve(config, store, vault, &audit))
 }
 
-async fn serve(config: &Config, vault: &Vault, audit: &Auditor) -> anyhow::Result<()> {
+/// The name of the gateway's CA bundle in the helper's `ca_dir`.
+const CA_BUNDLE: &str = "gateway-ca.pem";
+
+/// Writes the CA certificate where the helper takes it from: a new file renamed into place, so
+/// it is always a complete, single-link regular file of ours (the helper checks all three).
+fn publish_ca(ca_dir: &std::path::Path, pem: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = ca_dir.join(format!(".{CA_BUNDLE}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("writing the CA bundle in {}", ca_dir.display()))?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, ca_dir.join(CA_BUNDLE))
+        .with_context(|| format!("installing the CA bundle in {}", ca_dir.display()))?;
+    Ok(())
+}
+
+async fn serve(
+    config: &Config,
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    audit: &Auditor,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    let state_dir = &config.gateway.state_dir;
+    let mut egress_config = EgressConfig::new(state_dir.join("egress-ca.pem"));
+    egress_config.sandbox_pool = ipnet::IpNet::V4(config.sandbox.pool);
+    let egress = EgressShared::new(vault.clone(), audit.clone(), egress_config)
+        .context("starting the egress proxy")?;
+    std::fs::create_dir_all(&config.sandbox.ca_dir)
+        .with_context(|| format!("creating {}", config.sandbox.ca_dir.display()))?;
+    publish_ca(&config.sandbox.ca_dir, egress.ca_cert_pem())?;
+    let helper = Arc::new(Helper::on_bus(&config.sandbox.bus));
+    let launcher = SandboxLauncher {
+        helper: helper.clone(),
+        egress,
+        proxy_port: config.sandbox.proxy_port,
+        ca_bundle: CA_BUNDLE.into(),
+        limits: Limits {
+            memory_max_bytes: 512 << 20,
+            pids_max: 256,
+            cpu_percent: 100,
+        },
+    };
+    let pool = Arc::new(ServerPool::new(
+        store.clone(),
+        launcher,
+        SessionLimits::default(),
+    ));
+    let listen = config.gateway.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let mut hosts = vec![
+        listen.to_string(),
+        format!("localhost:{}", listen.port()),
+        format!("127.0.0.1:{}", listen.port()),
+    ];
+    hosts.extend(config.gateway.allowed_hosts.iter().cloned());
+    let front = Front::new(
+        store,
+        audit.clone(),
+        pool.clone(),
+        FrontLimits::default(),
+        hosts,
+        config.gateway.allowed_origins.clone(),
+        Some(Arc::new(Redactor::new(vault.clone()))),
+    );
+    let serving = tokio::spawn(front.serve(listener));
+    let idle = config.gateway.server_idle_stop;
+    let reaper_pool = pool.clone();
+    let reaper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(
+            idle.min(Duration::from_secs(30))
+                .max(Duration::from_secs(1)),
+        );
+        loop {
+            tick.tick().await;
+            for name in reaper_pool.stop_idle(idle).await {
+                tracing::info!(server = %name, "stopped after {}", humantime::format_duration(idle));
+            }
+        }
+    });
 
     audit.record(
         "daemon.start",
@@ -114,6 +212,18 @@ async fn serve(config: &Config, vault: &Vault, audit: &Auditor) -> anyhow::Resul
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(signal = signal_name, "shutting down");
+    serving.abort();
+    reaper.abort();
+    pool.stop_all().await;
+    // The sandboxes' guards ask the helper to destroy them in the background; make sure
+    // before exiting (the helper serves this gateway only).
+    if let Some(h) = helper.get_if_connected()
+        && let Ok(live) = h.list_sandboxes().await
+    {
+        for sb in live {
+            let _ = h.destroy_sandbox(&sb.id).await;
+        }
+    }
     audit.record("daemon.stop", "gigmcpd", Outcome::Ok, signal_name)?;
     Ok(())
 }

@@ -24,9 +24,59 @@ pub const CA_IN_SANDBOX: &str = "/run/gigmcp/ca.pem";
 const STDERR_LINE: usize = 2048;
 const STDERR_LINES_PER_MINUTE: u32 = 600;
 
+/// The helper's D-Bus proxy, connected on first use: the gateway serves (and reports clearly
+/// per call) while the helper or its bus is not up yet.
+#[derive(Debug)]
+pub struct Helper {
+    bus: String,
+    proxy: tokio::sync::OnceCell<PrivHelperProxy<'static>>,
+}
+
+impl Helper {
+    /// `bus`: `system`, or a D-Bus address.
+    pub fn on_bus(bus: &str) -> Self {
+        Self {
+            bus: bus.to_owned(),
+            proxy: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// An already connected proxy.
+    pub fn connected(proxy: PrivHelperProxy<'static>) -> Self {
+        Self {
+            bus: String::new(),
+            proxy: tokio::sync::OnceCell::new_with(Some(proxy)),
+        }
+    }
+
+    /// The proxy, once connected; `None` if it never was.
+    pub fn get_if_connected(&self) -> Option<&PrivHelperProxy<'static>> {
+        self.proxy.get()
+    }
+
+    pub async fn get(&self) -> Result<&PrivHelperProxy<'static>, String> {
+        self.proxy
+            .get_or_try_init(|| async {
+                let conn = if self.bus == "system" {
+                    zbus::Connection::system().await
+                } else {
+                    zbus::connection::Builder::address(self.bus.as_str())
+                        .build()
+                        .await
+                };
+                let conn =
+                    conn.map_err(|e| format!("cannot reach the helper's bus ({}): {e}", self.bus))?;
+                PrivHelperProxy::new(&conn)
+                    .await
+                    .map_err(|e| format!("the helper's D-Bus interface: {e}"))
+            })
+            .await
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SandboxLauncher {
-    pub helper: PrivHelperProxy<'static>,
+    pub helper: Arc<Helper>,
     pub egress: Arc<EgressShared>,
     pub proxy_port: u16,
     /// The CA bundle's file name in the helper's `ca_dir`.
@@ -117,13 +167,13 @@ impl Launcher for SandboxLauncher {
             transparent: false,
             limits: self.limits,
         };
-        let (info, stdin, stdout, stderr, _pidfd, fds) = self
-            .helper
+        let helper = self.helper.get().await?.clone();
+        let (info, stdin, stdout, stderr, _pidfd, fds) = helper
             .create_sandbox(&spec)
             .await
             .map_err(|e| format!("the helper refused the sandbox: {e}"))?;
         let destroy = |why: String| {
-            let helper = self.helper.clone();
+            let helper = helper.clone();
             let id = info.id.clone();
             async move {
                 let _ = helper.destroy_sandbox(&id).await;
@@ -155,7 +205,7 @@ impl Launcher for SandboxLauncher {
         drop(fds); // transparent-mode sockets: not asked for, so none
         // From here on, an early return destroys the sandbox (the guard's drop).
         let guard = SandboxGuard {
-            helper: self.helper.clone(),
+            helper: helper.clone(),
             id: info.id.clone(),
             _proxy: proxy,
         };

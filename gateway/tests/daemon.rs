@@ -73,7 +73,11 @@ fn start(env: &TestEnv) -> std::process::Child {
     let config = env.dir.path().join("gigmcp.toml");
     std::fs::write(
         &config,
-        format!("[gateway]\nstate_dir = \"{}\"\n", env.state_dir.display()),
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[sandbox]\nca_dir = \"{}\"\n",
+            env.state_dir.display(),
+            env.dir.path().join("ca").display()
+        ),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gigmcpd"))
@@ -163,7 +167,11 @@ fn wrong_master_key_stops_the_daemon_before_it_serves() {
     let config = env.dir.path().join("gigmcp.toml");
     std::fs::write(
         &config,
-        format!("[gateway]\nstate_dir = \"{}\"\n", env.state_dir.display()),
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[sandbox]\nca_dir = \"{}\"\n",
+            env.state_dir.display(),
+            env.dir.path().join("ca").display()
+        ),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gigmcpd"))

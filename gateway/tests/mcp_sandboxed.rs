@@ -18,7 +18,7 @@ use gateway::mcp::front::{Front, FrontLimits};
 use gateway::mcp::redact::Redactor;
 use gateway::mcp::servers::ServerPool;
 use gateway::mcp::stdio::SessionLimits;
-use gateway::sandbox::SandboxLauncher;
+use gateway::sandbox::{Helper, SandboxLauncher};
 use gateway::store::{EndpointRecord, ServerRecord, SqliteStore, Store, TokenRecord, now_ms};
 use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
 use helper_harness::{Harness, PROXY_PORT, rootfs};
@@ -128,7 +128,7 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
         })
         .unwrap();
     let launcher = SandboxLauncher {
-        helper: h.client().await,
+        helper: Arc::new(Helper::connected(h.client().await)),
         egress: shared.clone(),
         proxy_port: PROXY_PORT,
         ca_bundle: "gateway-ca.pem".into(),

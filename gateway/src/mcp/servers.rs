@@ -42,6 +42,7 @@ struct Live {
 #[derive(Default)]
 struct State {
     live: Option<Live>,
+    last_used: Option<Instant>,
     failures: u32,
     /// No new start before this.
     not_before: Option<Instant>,
@@ -91,6 +92,27 @@ impl<L: Launcher> ServerPool<L> {
         servers.get_mut(name).and_then(|s| s.live.take()).is_some()
     }
 
+    /// Stops every server not used for `idle`; returns their names.
+    pub async fn stop_idle(&self, idle: Duration) -> Vec<String> {
+        let mut servers = self.servers.lock().await;
+        let mut stopped = Vec::new();
+        for (name, s) in servers.iter_mut() {
+            if s.live.is_some() && s.last_used.is_none_or(|t| t.elapsed() >= idle) {
+                s.live = None;
+                stopped.push(name.clone());
+            }
+        }
+        stopped
+    }
+
+    /// Stops every server.
+    pub async fn stop_all(&self) {
+        let mut servers = self.servers.lock().await;
+        for s in servers.values_mut() {
+            s.live = None;
+        }
+    }
+
     async fn start(&self, name: &str) -> Result<(Arc<ServerSession>, Live), CallError> {
         let unavailable = |reason: String| CallError::Closed {
             server: name.to_owned(),
@@ -122,6 +144,7 @@ impl<L: Launcher> Sessions for ServerPool<L> {
         // the server several times.
         let mut servers = self.servers.lock().await;
         let state = servers.entry(name.to_owned()).or_default();
+        state.last_used = Some(Instant::now());
         if let Some(live) = &state.live {
             if live.session.closed_reason().is_none() {
                 return Ok(live.session.clone());
