@@ -60,6 +60,10 @@ enum ServerCommand {
         /// Required: says you know nobody verified this server.
         #[arg(long, required = true)]
         unsigned: bool,
+        /// A private range (CIDR) this server may reach through the proxy (internal APIs);
+        /// repeatable. Private, loopback and link-local destinations are refused otherwise.
+        #[arg(long = "approve-range")]
+        approve_ranges: Vec<ipnet::IpNet>,
     },
     /// List installed servers.
     List,
@@ -217,13 +221,14 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
             rootfs,
             manifest,
             unsigned: _,
+            approve_ranges,
         }) => {
             let text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("reading {}", manifest.display()))?;
             eprintln!(
                 "gigmcp: WARNING: installing {name} UNSIGNED: no registry vouches for this code; it runs sandboxed, but review it yourself"
             );
-            let r = admin.server_add_unsigned(&name, &rootfs, &text)?;
+            let r = admin.server_add_unsigned(&name, &rootfs, &text, &approve_ranges)?;
             writeln!(
                 out,
                 "installed server {} {} (unsigned, image {})",

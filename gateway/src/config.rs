@@ -19,7 +19,18 @@ pub const DEFAULT_PATH: &str = "/etc/gigmcp/gigmcp.toml";
 pub struct Config {
     pub gateway: GatewayConfig,
     pub sandbox: SandboxConfig,
+    pub egress: EgressSettings,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressSettings {
+    /// A CA (PEM) trusted for upstream TLS besides the system's roots (internal APIs).
+    pub extra_ca_file: Option<PathBuf>,
+    /// Names resolved here instead of by the system (internal APIs without DNS). Private
+    /// addresses still need the server's approved ranges.
+    pub hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -16,7 +16,7 @@ use privhelper::api::Limits;
 
 use crate::audit::{Auditor, Outcome};
 use crate::config::{self, Config};
-use crate::egress::{EgressConfig, EgressShared};
+use crate::egress::{EgressConfig, EgressShared, HostsThenSystem};
 use crate::mcp::front::{Front, FrontLimits};
 use crate::mcp::redact::Redactor;
 use crate::mcp::servers::ServerPool;
@@ -134,6 +134,12 @@ async fn serve(
     let state_dir = &config.gateway.state_dir;
     let mut egress_config = EgressConfig::new(state_dir.join("egress-ca.pem"));
     egress_config.sandbox_pool = ipnet::IpNet::V4(config.sandbox.pool);
+    egress_config.extra_upstream_ca = config.egress.extra_ca_file.clone();
+    let mut resolver = HostsThenSystem::default();
+    for (name, addrs) in &config.egress.hosts {
+        resolver.hosts.insert(name, addrs.clone());
+    }
+    egress_config.resolver = Arc::new(resolver);
     let egress = EgressShared::new(vault.clone(), audit.clone(), egress_config)
         .context("starting the egress proxy")?;
     std::fs::create_dir_all(&config.sandbox.ca_dir)

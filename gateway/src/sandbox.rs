@@ -196,7 +196,11 @@ impl Launcher for SandboxLauncher {
             expected_peer: peer,
             manifest: Arc::new(manifest),
             placeholders,
-            approved_ranges: Vec::new(),
+            approved_ranges: server
+                .approved_ranges
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
         };
         let proxy = match EgressProxy::spawn(egress, self.egress.clone()).await {
             Ok(p) => p,

@@ -118,6 +118,7 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
             image_digest: format!("dir:{image}"),
             manifest: manifest.to_string(),
             source: "unsigned".into(),
+            approved_ranges: Vec::new(),
             installed_ms: now_ms(),
         })
         .unwrap();

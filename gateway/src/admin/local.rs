@@ -139,12 +139,14 @@ impl AdminApi for LocalAdmin {
         name: &str,
         rootfs: &Path,
         manifest_json: &str,
+        approved_ranges: &[ipnet::IpNet],
     ) -> Result<ServerRecord, AdminError> {
-        let result = self.add_unsigned(name, rootfs, manifest_json);
+        let result = self.add_unsigned(name, rootfs, manifest_json, approved_ranges);
         self.audited("server.add", name, result, |r| {
             format!(
-                "source=unsigned image={} UNSIGNED: not verified by any registry",
-                r.image_digest
+                "source=unsigned image={} approved_ranges=[{}] UNSIGNED: not verified by any registry",
+                r.image_digest,
+                r.approved_ranges.join(",")
             )
         })
     }
@@ -234,6 +236,7 @@ impl LocalAdmin {
         name: &str,
         rootfs: &Path,
         manifest_json: &str,
+        approved_ranges: &[ipnet::IpNet],
     ) -> Result<ServerRecord, AdminError> {
         check_name("server", name)?;
         if !self.settings.allow_unsigned_servers {
@@ -295,6 +298,7 @@ impl LocalAdmin {
             image_digest: format!("dir:{name}"),
             manifest: manifest_json.to_owned(),
             source: "unsigned".into(),
+            approved_ranges: approved_ranges.iter().map(|r| r.to_string()).collect(),
             installed_ms: now_ms(),
         };
         if !self.store.server_add(&record)? {

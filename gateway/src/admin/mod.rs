@@ -37,11 +37,13 @@ pub trait AdminApi {
 
     /// Installs a server from a local root filesystem and manifest, without a registry
     /// signature (refused unless the configuration allows it).
+    /// `approved_ranges`: private destinations the server may reach (each one audited).
     fn server_add_unsigned(
         &mut self,
         name: &str,
         rootfs: &Path,
         manifest_json: &str,
+        approved_ranges: &[ipnet::IpNet],
     ) -> Result<ServerRecord, AdminError>;
     fn server_list(&mut self) -> Result<Vec<ServerRecord>, AdminError>;
     /// The server's approved tool definitions and those awaiting approval.

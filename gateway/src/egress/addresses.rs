@@ -65,6 +65,22 @@ impl Resolve for StaticResolver {
     }
 }
 
+/// Configured names first (`[egress.hosts]`: internal APIs without DNS), the system for the rest.
+#[derive(Debug, Default)]
+pub struct HostsThenSystem {
+    pub hosts: StaticResolver,
+}
+
+impl Resolve for HostsThenSystem {
+    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
+        if self.hosts.map.contains_key(host) {
+            self.hosts.resolve(host, port)
+        } else {
+            SystemResolver.resolve(host, port)
+        }
+    }
+}
+
 static V4_FORBIDDEN: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| {
     [
         "0.0.0.0/8",       // "this network", unspecified

@@ -40,7 +40,7 @@ use crate::audit::Auditor;
 use crate::manifest::Manifest;
 use crate::vault::{Vault, VaultError};
 
-pub use addresses::{Resolve, StaticResolver, SystemResolver};
+pub use addresses::{HostsThenSystem, Resolve, StaticResolver, SystemResolver};
 pub use ca::{CA_KEY_SECRET, CacheStats};
 pub use policy::{Target, make_placeholder};
 pub use sandbox::EgressProxy;

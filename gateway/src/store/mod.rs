@@ -91,6 +91,8 @@ pub struct ServerRecord {
     pub manifest: String,
     /// `registry` or `unsigned`.
     pub source: String,
+    /// Private ranges (CIDR) the admin approved as destinations for this server.
+    pub approved_ranges: Vec<String>,
     pub installed_ms: i64,
 }
 

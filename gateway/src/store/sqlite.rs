@@ -199,8 +199,8 @@ impl SqliteStore {
     fn servers(&self, name: Option<&str>) -> Result<Vec<ServerRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, version, image_digest, manifest, source, installed_ms FROM servers \
-             WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+            "SELECT name, version, image_digest, manifest, source, installed_ms, \
+             approved_private_ranges FROM servers WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
         )?;
         let rows = stmt.query_map([name], |r| {
             Ok(ServerRecord {
@@ -210,6 +210,7 @@ impl SqliteStore {
                 manifest: r.get(3)?,
                 source: r.get(4)?,
                 installed_ms: r.get(5)?,
+                approved_ranges: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -436,14 +437,16 @@ impl Store for SqliteStore {
 
     fn server_add(&self, s: &ServerRecord) -> Result<bool, StoreError> {
         let n = self.conn().execute(
-            "INSERT INTO servers (name, version, image_digest, manifest, source, installed_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO servers (name, version, image_digest, manifest, source, \
+             approved_private_ranges, installed_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING",
             rusqlite::params![
                 s.name,
                 s.version,
                 s.image_digest,
                 s.manifest,
                 s.source,
+                serde_json::to_string(&s.approved_ranges).expect("strings serialize"),
                 s.installed_ms
             ],
         )?;

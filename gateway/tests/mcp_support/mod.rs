@@ -134,6 +134,7 @@ impl Gw {
                         image_digest: "dir:/".into(),
                         manifest: manifest.to_string(),
                         source: "unsigned".into(),
+                        approved_ranges: Vec::new(),
                         installed_ms: now_ms(),
                     })
                     .unwrap()
