@@ -66,7 +66,14 @@ fn serve_stdio(rt: &tokio::runtime::Runtime) {
             "tools/list" => json!({"jsonrpc":"2.0","id":id,"result":{"tools":[{
                 "name": "get_quote",
                 "description": "Fetches a quote from the demo API (needs the DEMO_API_KEY credential).",
-                "inputSchema": {"type": "object", "properties": {}}}]}}),
+                "inputSchema": {"type": "object", "properties": {}}}, {
+                "name": "echo",
+                "description": "Returns its text argument (a trivial tool, for benchmarks).",
+                "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}]}}),
+            "tools/call" if msg["params"]["name"] == "echo" => {
+                let text = msg["params"]["arguments"]["text"].as_str().unwrap_or("");
+                json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":text}]}})
+            }
             "tools/call" if msg["params"]["name"] == "get_quote" => {
                 let text = match rt.block_on(get_quote()) {
                     Ok(t) => t,
