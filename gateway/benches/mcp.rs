@@ -57,7 +57,10 @@ async fn direct() -> Duration {
         let req = json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
             "params":{"name":"echo","arguments":{"text":"hello"}}});
         let t = Instant::now();
-        stdin.write_all(format!("{req}\n").as_bytes()).await.unwrap();
+        stdin
+            .write_all(format!("{req}\n").as_bytes())
+            .await
+            .unwrap();
         let line = stdout.next_line().await.unwrap().unwrap();
         assert!(line.contains("hello"));
         if i >= WARMUP {
@@ -69,7 +72,9 @@ async fn direct() -> Duration {
 }
 
 /// One keep-alive HTTP/1.1 connection to the front; returns a closure-like sender.
-async fn connect(addr: std::net::SocketAddr) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
+async fn connect(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
@@ -95,7 +100,9 @@ async fn call(
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", "tools/call")
         .header("mcp-name", "bench__echo")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
         .unwrap();
     send.ready().await.unwrap();
     let resp = send.send_request(req).await.unwrap();
@@ -141,16 +148,27 @@ async fn daemon_memory() {
     .unwrap();
     let run = |args: &[&str]| {
         let out = std::process::Command::new(&cli)
-            .arg("--config").arg(&config)
-            .arg("--state-dir").arg(&state)
-            .arg("--master-key-file").arg(&key)
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--master-key-file")
+            .arg(&key)
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    std::process::Command::new(&cli).args(["vault", "keygen", "--out"]).arg(&key).output().unwrap();
+    std::process::Command::new(&cli)
+        .args(["vault", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
     // An endpoint needs a server; sessions never start it.
     let store = gateway::store::SqliteStore::open_in(&state).unwrap();
     use gateway::store::Store;
@@ -167,10 +185,16 @@ async fn daemon_memory() {
         .unwrap();
     drop(store);
     run(&["endpoint", "add", "bench", "--server", "bench"]);
-    let token = run(&["endpoint", "token", "create", "bench"]).lines().last().unwrap().to_owned();
+    let token = run(&["endpoint", "token", "create", "bench"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
     let mut child = std::process::Command::new(&bin)
-        .arg("--config").arg(&config)
-        .arg("--master-key-file").arg(&key)
+        .arg("--config")
+        .arg(&config)
+        .arg("--master-key-file")
+        .arg(&key)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -194,7 +218,9 @@ async fn daemon_memory() {
             .header("host", addr.to_string())
             .header("authorization", bearer.as_str())
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
             .unwrap();
         send.ready().await.unwrap();
         let resp = send.send_request(req).await.unwrap();
@@ -210,7 +236,10 @@ async fn daemon_memory() {
         with as f64 / 1024.0,
         (with.saturating_sub(idle)) as f64 / SESSIONS as f64
     );
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    );
     let _ = child.wait();
 }
 
@@ -218,7 +247,12 @@ async fn daemon_memory() {
 async fn main() {
     let server = json!({"name": "bench", "version": "1",
         "command": [demo_server().to_str().unwrap()]});
-    let gw = mcp_support::Gw::with(vec![("bench", server)], vec![("bench", vec![("bench", vec!["echo"])])], &[]).await;
+    let gw = mcp_support::Gw::with(
+        vec![("bench", server)],
+        vec![("bench", vec![("bench", vec!["echo"])])],
+        &[],
+    )
+    .await;
     let (_, token) = gw.token("bench");
     let bearer = format!("Bearer {token}");
 

@@ -148,7 +148,7 @@ async fn serve(
     let helper = Arc::new(Helper::on_bus(&config.sandbox.bus));
     let launcher = SandboxLauncher {
         helper: helper.clone(),
-        egress,
+        egress: egress.clone(),
         proxy_port: config.sandbox.proxy_port,
         ca_bundle: CA_BUNDLE.into(),
         limits: Limits {
@@ -181,7 +181,7 @@ async fn serve(
         config.gateway.allowed_origins.clone(),
         Some(Arc::new(Redactor::new(vault.clone()))),
     );
-    let serving = tokio::spawn(front.serve(listener));
+    let serving = tokio::spawn(front.clone().serve(listener));
     let idle = config.gateway.server_idle_stop;
     let reaper_pool = pool.clone();
     let reaper = tokio::spawn(async move {
@@ -230,6 +230,9 @@ async fn serve(
             let _ = h.destroy_sandbox(&sb.id).await;
         }
     }
+    // Queued audit events are written before the process ends.
+    front.flush_audit().await;
+    egress.flush_audit().await;
     audit.record("daemon.stop", "gigmcpd", Outcome::Ok, signal_name)?;
     Ok(())
 }

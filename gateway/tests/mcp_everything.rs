@@ -85,7 +85,7 @@ async fn secret_values_are_redacted_in_arguments_and_results() {
         !text.contains(&b64) && text.contains("[REDACTED:API_KEY]"),
         "{text}"
     );
-    let audit = gw.audit();
+    let audit = gw.audit().await;
     let red: Vec<_> = audit
         .iter()
         .filter(|e| e.action == "mcp.redacted")

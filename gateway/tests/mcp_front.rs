@@ -74,7 +74,7 @@ async fn python_sdk_lists_and_calls_only_the_endpoints_subset() {
         "{outside}"
     );
     // Every call is attributed to its token; the refusal is audited.
-    let audit = gw.audit();
+    let audit = gw.audit().await;
     let calls: Vec<_> = audit.iter().filter(|e| e.action == "mcp.call").collect();
     assert!(
         calls
@@ -268,7 +268,7 @@ async fn bad_input_gets_its_error_and_an_audit_event_and_serving_goes_on() {
         },
     ];
     for c in cases {
-        let before = gw.audit().len();
+        let before = gw.audit().await.len();
         let (status, headers, body) =
             http(gw.addr, "POST", "/mcp/agents", &c.headers, c.body).await;
         assert_eq!(
@@ -286,7 +286,7 @@ async fn bad_input_gets_its_error_and_an_audit_event_and_serving_goes_on() {
             let w = headers["www-authenticate"].to_str().unwrap();
             assert!(w.starts_with("Bearer realm=\"gigmcp\""), "{}: {w}", c.name);
         }
-        let audit = gw.audit();
+        let audit = gw.audit().await;
         assert!(
             audit[before..]
                 .iter()
@@ -312,7 +312,7 @@ async fn bad_input_gets_its_error_and_an_audit_event_and_serving_goes_on() {
         );
     }
     // 100 MB: refused by its declared length (413), audited; serving goes on.
-    let before = gw.audit().len();
+    let before = gw.audit().await.len();
     let (status, body) = mcp_support::post_oversized(
         gw.addr,
         "/mcp/agents",
@@ -324,7 +324,7 @@ async fn bad_input_gets_its_error_and_an_audit_event_and_serving_goes_on() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], -32600);
     assert!(
-        gw.audit()[before..]
+        gw.audit().await[before..]
             .iter()
             .any(|e| e.action == "mcp.denied" && e.detail.contains("request body too large"))
     );
@@ -493,6 +493,7 @@ async fn a_changed_tool_definition_is_hidden_until_approved() {
     assert_eq!(tool_names(&list), ["rug__greet", "rug__steady"]);
     assert!(
         gw.audit()
+            .await
             .iter()
             .any(|e| e.action == "mcp.tools.recorded" && e.target == "rug")
     );
@@ -519,7 +520,7 @@ async fn a_changed_tool_definition_is_hidden_until_approved() {
         )
         .await;
     assert_eq!(call["error"]["code"], -32602, "{call}");
-    let audit = gw.audit();
+    let audit = gw.audit().await;
     assert!(audit.iter().any(|e| e.action == "mcp.tool.changed" && e.detail.contains("tool=greet kind=changed")), "{audit:#?}");
     assert!(
         audit

@@ -3,16 +3,14 @@
 //! `egress.denied` (any refusal, with its reason). Targets are `host:port`; details are
 //! `key=value` text that never carries a secret value or a query value.
 //!
-//! Entries go to a writer thread so the request path never waits on SQLite; when its queue is
-//! full the caller records synchronously instead of dropping the entry.
+//! Entries go through the batching [`AuditQueue`], so the request path never waits on SQLite.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use crate::audit::{Auditor, Outcome};
+use crate::audit::{AuditQueue, Auditor, Outcome};
 
 /// Why the proxy refused something. Shown to the client and in the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,21 +127,10 @@ pub fn redact_path(path_and_query: &str) -> String {
         .collect()
 }
 
-enum Entry {
-    Event {
-        action: &'static str,
-        target: String,
-        outcome: Outcome,
-        detail: String,
-    },
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Records egress events through one writer thread.
+/// Records egress events through the audit queue, with a flood limit.
 #[derive(Debug, Clone)]
 pub struct EgressAudit {
-    auditor: Auditor,
-    tx: SyncSender<Entry>,
+    queue: AuditQueue,
     limiter: Arc<Mutex<Limiter>>,
 }
 
@@ -160,15 +147,8 @@ const FLOOD_PER_SECOND: u32 = 50;
 
 impl EgressAudit {
     pub fn new(auditor: Auditor) -> Self {
-        let (tx, rx) = sync_channel(65536);
-        let writer = auditor.clone();
-        std::thread::Builder::new()
-            .name("egress-audit".into())
-            .spawn(move || drain(writer, rx))
-            .expect("spawn the audit writer thread");
         Self {
-            auditor,
-            tx,
+            queue: AuditQueue::new(auditor),
             limiter: Arc::new(Mutex::new(Limiter {
                 window: Instant::now(),
                 count: 0,
@@ -178,22 +158,7 @@ impl EgressAudit {
     }
 
     pub fn record(&self, action: &'static str, target: &str, outcome: Outcome, detail: String) {
-        let entry = Entry::Event {
-            action,
-            target: target.to_owned(),
-            outcome,
-            detail,
-        };
-        match self.tx.try_send(entry) {
-            Ok(()) => {}
-            Err(TrySendError::Full(Entry::Event {
-                action,
-                target,
-                outcome,
-                detail,
-            })) => write(&self.auditor, action, &target, outcome, &detail),
-            Err(_) => tracing::error!("egress audit writer is gone"),
-        }
+        self.queue.record(action, target, outcome, detail);
     }
 
     /// A refusal. `flood` marks refusals a sandbox can repeat cheaply (rate-limited).
@@ -224,66 +189,7 @@ impl EgressAudit {
 
     /// Waits until everything recorded so far is written.
     pub async fn flush(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sender = self.tx.clone();
-        let sent = tokio::task::spawn_blocking(move || sender.send(Entry::Flush(tx)).is_ok()).await;
-        if matches!(sent, Ok(true)) {
-            let _ = rx.await;
-        }
-    }
-}
-
-/// Most events written in one transaction.
-const BATCH: usize = 512;
-
-/// After the first event of a batch, how long the writer lets more gather before writing. The
-/// request path then neither wakes the writer nor waits for a transaction per request (on a busy
-/// proxy that was a thread wake-up and a commit per request, competing with the traffic).
-const GATHER: Duration = Duration::from_millis(10);
-
-/// Writes events in batches: one transaction for whatever queued up within [`GATHER`] of the
-/// first, instead of one per request. A flush request is served at once.
-fn drain(auditor: Auditor, rx: Receiver<Entry>) {
-    while let Ok(first) = rx.recv() {
-        if matches!(first, Entry::Event { .. }) {
-            std::thread::sleep(GATHER);
-        }
-        let mut events = Vec::new();
-        let mut flushes = Vec::new();
-        let mut next = Some(first);
-        while let Some(entry) = next.take() {
-            match entry {
-                Entry::Event {
-                    action,
-                    target,
-                    outcome,
-                    detail,
-                } => events.push((action, target, outcome, detail)),
-                Entry::Flush(done) => flushes.push(done),
-            }
-            if events.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        let batch: Vec<(&str, &str, Outcome, &str)> = events
-            .iter()
-            .map(|(a, t, o, d)| (*a, t.as_str(), *o, d.as_str()))
-            .collect();
-        if !batch.is_empty() {
-            if let Err(e) = auditor.record_many(&batch) {
-                tracing::error!(error = %e, "cannot persist {} egress audit events", batch.len());
-            }
-        }
-        // Flushes are answered only once everything queued before them is written.
-        for done in flushes {
-            let _ = done.send(());
-        }
-    }
-}
-
-fn write(auditor: &Auditor, action: &str, target: &str, outcome: Outcome, detail: &str) {
-    if let Err(e) = auditor.record(action, target, outcome, detail) {
-        tracing::error!(error = %e, action, "cannot persist an egress audit event");
+        self.queue.flush().await;
     }
 }
 

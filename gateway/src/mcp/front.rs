@@ -27,7 +27,7 @@ use super::jsonrpc::{self, Message, code};
 use super::redact::Redactor;
 use super::router::{Exposed, Handled, Refusal, Router, Sessions, Subset};
 use super::token;
-use crate::audit::{Auditor, Outcome};
+use crate::audit::{AuditQueue, Auditor, Outcome};
 use crate::manifest::Manifest;
 use crate::store::{Store, now_ms};
 
@@ -72,7 +72,8 @@ struct ClientSession {
 /// The front: shared by every connection.
 pub struct Front<S> {
     store: Arc<dyn Store>,
-    audit: Auditor,
+    /// Request-path events, persisted in batches.
+    audit: AuditQueue,
     servers: Arc<S>,
     limits: FrontLimits,
     /// `Host` values accepted (`host:port`), compared case-insensitively.
@@ -150,7 +151,7 @@ impl<S: Sessions + 'static> Front<S> {
         Arc::new(Self {
             gate: Arc::new(ToolGate::new(store.clone(), audit.clone())),
             store,
-            audit,
+            audit: AuditQueue::new(audit),
             servers,
             limits,
             allowed_hosts,
@@ -181,10 +182,14 @@ impl<S: Sessions + 'static> Front<S> {
         }
     }
 
-    fn record(&self, action: &str, target: &str, outcome: Outcome, detail: &str) {
-        if let Err(e) = self.audit.record(action, target, outcome, detail) {
-            tracing::error!(error = %e, action, "cannot persist an MCP audit event");
-        }
+    fn record(&self, action: &'static str, target: &str, outcome: Outcome, detail: &str) {
+        self.audit
+            .record(action, target, outcome, detail.to_owned());
+    }
+
+    /// Waits until every audit event recorded so far is in the store.
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
     }
 
     fn refuse(&self, endpoint: &str, r: Refused, detail: &str) -> Resp {

@@ -72,6 +72,7 @@ pub struct Gw {
     pub addr: std::net::SocketAddr,
     pub launcher: ChildLauncher,
     pub pool: Arc<ServerPool<ChildLauncher>>,
+    pub front: Arc<Front<ServerPool<ChildLauncher>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -183,13 +184,14 @@ impl Gw {
             vec![ORIGIN_OK.into()],
             Some(Arc::new(Redactor::new(vault))),
         );
-        let task = tokio::spawn(front.serve(listener));
+        let task = tokio::spawn(front.clone().serve(listener));
         Self {
             _dir: dir,
             store,
             addr,
             launcher,
             pool,
+            front,
             task,
         }
     }
@@ -251,7 +253,9 @@ impl Gw {
         serde_json::from_slice(&body).unwrap()
     }
 
-    pub fn audit(&self) -> Vec<AuditEvent> {
+    /// The audit trail so far (after the queue is flushed).
+    pub async fn audit(&self) -> Vec<AuditEvent> {
+        self.front.flush_audit().await;
         let mut a = self.store.audit_recent(100_000).unwrap();
         a.reverse();
         a
