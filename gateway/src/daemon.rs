@@ -159,6 +159,7 @@ async fn serve(
     };
     let pool = Arc::new(ServerPool::new(
         store.clone(),
+        audit.clone(),
         launcher,
         SessionLimits::default(),
     ));
@@ -232,6 +233,7 @@ async fn serve(
     }
     // Queued audit events are written before the process ends.
     front.flush_audit().await;
+    pool.flush_audit().await;
     egress.flush_audit().await;
     audit.record("daemon.stop", "gigmcpd", Outcome::Ok, signal_name)?;
     Ok(())

@@ -552,3 +552,140 @@ async fn a_changed_tool_definition_is_hidden_until_approved() {
         .await;
     assert!(call.to_string().contains("hello x"), "{call}");
 }
+
+/// A server that answers `initialize` properly, then misbehaves as `MODE` says: `garbage`
+/// (writes a line that is not JSON-RPC) or `hang` (never answers again).
+const BAD_SERVER: &str = r#"
+import json, os, sys, time
+mode = os.environ["MODE"]
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    if msg["method"] == "initialize":
+        print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {
+            "protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+            "serverInfo": {"name": "bad", "version": "1"}}}), flush=True)
+    elif mode == "garbage":
+        print("this is not JSON-RPC", flush=True)
+    else:
+        time.sleep(3600)
+"#;
+
+fn alive(pid: u32) -> bool {
+    // A zombie (killed, not yet reaped by tokio) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_writing_garbage_or_hanging_is_killed_and_reported_while_others_serve() {
+    mcp_support::require_venv();
+    let py = venv().join("python");
+    let bad = |mode: &str| {
+        json!({"name": mode, "version": "1",
+            "command": [py.to_str().unwrap(), "-c", BAD_SERVER], "env": {"MODE": mode}})
+    };
+    let time = json!({"name": "time", "version": "1",
+        "command": [venv().join("mcp-server-time").to_str().unwrap(), "--local-timezone", "UTC"]});
+    let limits = gateway::mcp::front::FrontLimits {
+        call_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let gw = Gw::with_limits(
+        vec![
+            ("garbage", bad("garbage")),
+            ("hang", bad("hang")),
+            ("time", time),
+        ],
+        vec![(
+            "e",
+            vec![
+                ("garbage", vec!["*"]),
+                ("hang", vec!["*"]),
+                ("time", vec!["*"]),
+            ],
+        )],
+        &[],
+        limits,
+    )
+    .await;
+    let (_, token) = gw.token("e");
+
+    // tools/list asks every server: the broken ones fail, the good one's tools are listed.
+    let started = std::time::Instant::now();
+    let list = gw.rpc("e", &token, "tools/list", json!({})).await;
+    assert!(
+        tool_names(&list).contains(&"time__get_current_time".to_string()),
+        "{list}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pids = gw.launcher.pids.lock().unwrap().clone();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let mut gone = false;
+    for _ in 0..50 {
+        if pids[..2].iter().all(|p| !alive(*p)) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the broken servers still run: {pids:?}");
+    assert!(alive(pids[2]), "the good server was stopped");
+    let audit = gw.audit().await;
+    let failed: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "mcp.server.failed")
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|e| e.target == "garbage" && e.detail.contains("protocol violation")),
+        "{failed:#?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|e| e.target == "hang" && e.detail.contains("stopped answering")),
+        "{failed:#?}"
+    );
+    // The good server keeps answering.
+    let call = gw
+        .rpc(
+            "e",
+            &token,
+            "tools/call",
+            json!({"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}),
+        )
+        .await;
+    assert!(call["result"].is_object(), "{call}");
+
+    // Idle servers are stopped; the next call starts a new one.
+    assert_eq!(
+        gw.pool.stop_idle(Duration::ZERO).await,
+        vec!["time".to_string()]
+    );
+    for _ in 0..50 {
+        if !alive(pids[2]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!alive(pids[2]), "the idle server still runs");
+    let call = gw
+        .rpc(
+            "e",
+            &token,
+            "tools/call",
+            json!({"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}),
+        )
+        .await;
+    assert!(call["result"].is_object(), "{call}");
+    assert!(
+        !gw.audit()
+            .await
+            .iter()
+            .any(|e| e.action == "mcp.server.failed" && e.target == "time")
+    );
+}

@@ -141,6 +141,7 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
     };
     let pool = Arc::new(ServerPool::new(
         store.clone(),
+        Auditor::new(store.clone(), "gigmcpd"),
         launcher,
         SessionLimits::default(),
     ));

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::router::Sessions;
 use super::stdio::{CallError, ServerSession, SessionLimits};
+use crate::audit::{AuditQueue, Auditor, Outcome};
 use crate::store::{ServerRecord, Store};
 
 /// A started server: its stdio, and whatever keeps it alive (dropping it stops the server).
@@ -33,10 +34,21 @@ pub trait Launcher: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Launched, String>> + Send;
 }
 
+/// What keeps a started server alive. Shared with the session's watcher, which drops it (so
+/// the sandbox goes) as soon as the session ends; a stop takes it first.
+type GuardSlot = Arc<std::sync::Mutex<Option<Box<dyn Send + Sync>>>>;
+
 struct Live {
     session: Arc<ServerSession>,
-    _guard: Box<dyn Send + Sync>,
+    guard: GuardSlot,
     started: Instant,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // Stopped on purpose: the watcher finds the slot empty and reports nothing.
+        drop(self.guard.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
 }
 
 #[derive(Default)]
@@ -63,6 +75,7 @@ fn backoff(failures: u32) -> Duration {
 
 pub struct ServerPool<L> {
     store: Arc<dyn Store>,
+    audit: AuditQueue,
     launcher: L,
     limits: SessionLimits,
     init_timeout: Duration,
@@ -76,9 +89,11 @@ impl<L> std::fmt::Debug for ServerPool<L> {
 }
 
 impl<L: Launcher> ServerPool<L> {
-    pub fn new(store: Arc<dyn Store>, launcher: L, limits: SessionLimits) -> Self {
+    /// `audit` receives `mcp.server.failed` when a server crashes, breaks the protocol or hangs.
+    pub fn new(store: Arc<dyn Store>, audit: Auditor, launcher: L, limits: SessionLimits) -> Self {
         Self {
             store,
+            audit: AuditQueue::new(audit),
             launcher,
             limits,
             init_timeout: Duration::from_secs(30),
@@ -97,12 +112,22 @@ impl<L: Launcher> ServerPool<L> {
         let mut servers = self.servers.lock().await;
         let mut stopped = Vec::new();
         for (name, s) in servers.iter_mut() {
-            if s.live.is_some() && s.last_used.is_none_or(|t| t.elapsed() >= idle) {
+            // Sessions that ended by themselves stay, so the next use applies the backoff.
+            let running = s
+                .live
+                .as_ref()
+                .is_some_and(|l| l.session.closed_reason().is_none());
+            if running && s.last_used.is_none_or(|t| t.elapsed() >= idle) {
                 s.live = None;
                 stopped.push(name.clone());
             }
         }
         stopped
+    }
+
+    /// Waits until every audit event recorded so far is in the store.
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
     }
 
     /// Stops every server.
@@ -126,12 +151,32 @@ impl<L: Launcher> ServerPool<L> {
         let launched = self.launcher.launch(&record).await.map_err(unavailable)?;
         let session =
             ServerSession::start(name, launched.stdout, launched.stdin, self.limits.clone());
+        let guard: GuardSlot = Arc::new(std::sync::Mutex::new(Some(launched.guard)));
+        // When the session ends by itself (crash, garbage, a hang), the server is stopped at
+        // once and reported, not only when the next call notices.
+        let watched = session.clone();
+        let slot = guard.clone();
+        let audit = self.audit.clone();
+        let server = name.to_owned();
+        tokio::spawn(async move {
+            let reason = watched.ended().await;
+            let still_running = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if still_running.is_some() {
+                drop(still_running);
+                audit.record(
+                    "mcp.server.failed",
+                    &server,
+                    Outcome::Failed,
+                    format!("reason=\"{reason}\" stopped; restarted on next use"),
+                );
+            }
+        });
         session.initialize(self.init_timeout).await?;
         Ok((
             session.clone(),
             Live {
                 session,
-                _guard: launched.guard,
+                guard,
                 started: Instant::now(),
             },
         ))

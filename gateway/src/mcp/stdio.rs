@@ -68,8 +68,8 @@ pub struct ServerSession {
     next_id: AtomicU64,
     limits: SessionLimits,
     notifications: broadcast::Sender<Value>,
-    /// `Some(reason)` once the session has ended.
-    closed: watch::Receiver<Option<String>>,
+    /// `Some(reason)` once the session has ended (the first reason is kept).
+    closed: watch::Sender<Option<String>>,
     /// What the server said in `initialize`.
     pub init: Mutex<Option<Value>>,
     /// The server's last complete tool listing; cleared when it says its list changed.
@@ -84,7 +84,7 @@ impl ServerSession {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let (out, out_rx) = mpsc::channel::<Vec<u8>>(256);
-        let (closed_tx, closed) = watch::channel(None);
+        let (closed, _) = watch::channel(None);
         let (notifications, _) = broadcast::channel(1024);
         let s = Arc::new(Self {
             server: server.to_owned(),
@@ -101,7 +101,7 @@ impl ServerSession {
         let reader = s.clone();
         tokio::spawn(async move {
             let reason = reader.read_loop(stdout).await;
-            reader.close(&closed_tx, reason);
+            reader.close(reason);
         });
         s
     }
@@ -117,7 +117,7 @@ impl ServerSession {
 
     /// Resolves when the session ends, with the reason.
     pub async fn ended(&self) -> String {
-        let mut rx = self.closed.clone();
+        let mut rx = self.closed.subscribe();
         loop {
             if let Some(r) = rx.borrow_and_update().clone() {
                 return r;
@@ -142,9 +142,19 @@ impl ServerSession {
         }
     }
 
-    fn close(&self, tx: &watch::Sender<Option<String>>, reason: String) {
-        tracing::warn!(server = %self.server, %reason, "mcp: server session ended");
-        let _ = tx.send(Some(reason));
+    /// Ends the session (the first reason is kept); every pending call fails.
+    pub fn close(&self, reason: String) {
+        let first = self.closed.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason.clone());
+                true
+            } else {
+                false
+            }
+        });
+        if first {
+            tracing::warn!(server = %self.server, %reason, "mcp: server session ended");
+        }
         let waiting: Vec<_> = self
             .pending
             .lock()
@@ -174,13 +184,12 @@ impl ServerSession {
             Ok(Err(_)) => Err(self.closed_error()),
             Err(_) => {
                 self.forget(id);
-                // Tell the server, as a client would.
-                let _ = self
-                    .notify(
-                        "notifications/cancelled",
-                        Some(json!({"requestId": id, "reason": "timeout"})),
-                    )
-                    .await;
+                // A server that does not answer within the limit is treated as hung: the
+                // session ends, the server is stopped and started afresh on the next call.
+                self.close(format!(
+                    "stopped answering ({method} took over {} s)",
+                    timeout.as_secs()
+                ));
                 Err(CallError::Timeout {
                     server: self.server.clone(),
                     method: method.to_owned(),

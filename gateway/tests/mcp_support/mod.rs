@@ -123,6 +123,15 @@ impl Gw {
         endpoints: Vec<EndpointSpec>,
         secrets: &[(&str, &str)],
     ) -> Self {
+        Self::with_limits(servers, endpoints, secrets, FrontLimits::default()).await
+    }
+
+    pub async fn with_limits(
+        servers: Vec<ServerSpec>,
+        endpoints: Vec<EndpointSpec>,
+        secrets: &[(&str, &str)],
+        limits: FrontLimits,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
@@ -170,6 +179,7 @@ impl Gw {
         let launcher = ChildLauncher::default();
         let pool = Arc::new(ServerPool::new(
             store.clone(),
+            Auditor::new(store.clone(), "gigmcpd"),
             launcher.clone(),
             SessionLimits::default(),
         ));
@@ -179,7 +189,7 @@ impl Gw {
             store.clone(),
             Auditor::new(store.clone(), "gigmcpd"),
             pool.clone(),
-            FrontLimits::default(),
+            limits,
             vec![addr.to_string(), format!("localhost:{}", addr.port())],
             vec![ORIGIN_OK.into()],
             Some(Arc::new(Redactor::new(vault))),
