@@ -66,6 +66,85 @@ fn everything_rootfs(images: &Path) -> String {
     "everything".into()
 }
 
+/// The distribution's Python (its interpreter, standard library and extension modules) and the
+/// test venv's site-packages (`mcp-server-time` and its dependencies) at `/app/site-packages`.
+fn time_rootfs(images: &Path) -> String {
+    let root = images.join("time");
+    let python = std::fs::canonicalize("/usr/bin/python3").expect("/usr/bin/python3");
+    let stdlib = Path::new("/usr/lib").join(python.file_name().unwrap());
+    let mut bins: Vec<(PathBuf, String)> = vec![(python.clone(), "usr/bin/python3".into())];
+    for e in std::fs::read_dir(stdlib.join("lib-dynload"))
+        .unwrap()
+        .flatten()
+    {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "so") {
+            let dest = p.to_string_lossy().trim_start_matches('/').to_owned();
+            bins.push((p, dest));
+        }
+    }
+    let site = mcp_support::venv().join("../lib/python3.11/site-packages");
+    for e in walk(&site) {
+        if e.extension().is_some_and(|x| x == "so") {
+            let rel = e
+                .strip_prefix(&site)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            bins.push((e.clone(), format!("app/site-packages/{rel}")));
+        }
+    }
+    let bins_ref: Vec<(PathBuf, &str)> =
+        bins.iter().map(|(p, d)| (p.clone(), d.as_str())).collect();
+    rootfs::build(&root, &bins_ref);
+    for (src, dest) in [
+        (stdlib.clone(), root.join(stdlib.strip_prefix("/").unwrap())),
+        (site, root.join("app/site-packages")),
+    ] {
+        std::fs::create_dir_all(&dest).unwrap();
+        // Merge (the extension modules are there already); -n: keep them.
+        let ok = std::process::Command::new("cp")
+            .args(["-a", "-n", "--"])
+            .arg(format!("{}/.", src.display()))
+            .arg(&dest)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "copy {}", src.display());
+    }
+    for zoneinfo in ["/usr/share/zoneinfo"] {
+        if Path::new(zoneinfo).exists() {
+            let dest = root.join(zoneinfo.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            let _ = std::process::Command::new("cp")
+                .args(["-a", zoneinfo])
+                .arg(&dest)
+                .status();
+        }
+    }
+    let ok = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    "time".into()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let ty = e.file_type().unwrap();
+        if ty.is_dir() {
+            out.extend(walk(&e.path()));
+        } else if ty.is_file() {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_everything_runs_sandboxed_behind_the_front() {
     if !helper_harness::require_root("mcp_sandboxed") {
@@ -128,6 +207,31 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
             servers: vec![("everything".into(), vec!["echo".into(), "get-env".into()])],
         })
         .unwrap();
+    // mcp-server-time (PyPI), on the distribution's Python, in its own sandbox.
+    let time_image = time_rootfs(&h.images);
+    let time_manifest = json!({
+        "name": "time", "version": "2026.10.19",
+        "command": ["/usr/bin/python3", "-m", "mcp_server_time", "--local-timezone", "UTC"],
+        "env": {"PYTHONPATH": "/app/site-packages", "HOME": "/tmp"},
+        "tools": ["get_current_time"],
+    });
+    store
+        .server_add(&ServerRecord {
+            name: "time".into(),
+            version: "2026.10.19".into(),
+            image_digest: format!("dir:{time_image}"),
+            manifest: time_manifest.to_string(),
+            source: "unsigned".into(),
+            approved_ranges: Vec::new(),
+            installed_ms: now_ms(),
+        })
+        .unwrap();
+    store
+        .endpoint_add(&EndpointRecord {
+            name: "t".into(),
+            servers: vec![("time".into(), vec!["*".into()])],
+        })
+        .unwrap();
     let launcher = SandboxLauncher {
         helper: Arc::new(Helper::connected(h.client().await)),
         egress: shared.clone(),
@@ -170,6 +274,37 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
         })
         .unwrap();
     let bearer = format!("Bearer {}", &*t.secret);
+    let t2 = gateway::mcp::token::generate().unwrap();
+    store
+        .token_add(&TokenRecord {
+            id: t2.id.clone(),
+            endpoint: "t".into(),
+            hash: t2.hash.to_vec(),
+            label: String::new(),
+            created_ms: now_ms(),
+            expires_ms: None,
+            revoked_ms: None,
+        })
+        .unwrap();
+    let time_bearer = format!("Bearer {}", &*t2.secret);
+    let rpc_on = |endpoint: &'static str, bearer: String, method: &'static str, params: Value| async move {
+        let name = params["name"].as_str().unwrap_or("").to_owned();
+        let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
+        let mut headers = vec![
+            ("authorization", bearer.as_str()),
+            ("content-type", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ];
+        if !name.is_empty() {
+            headers.push(("mcp-name", name.as_str()));
+        }
+        let path = format!("/mcp/{endpoint}");
+        let (status, _, body) =
+            mcp_support::http(addr, "POST", &path, &headers, body.to_string().into_bytes()).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice::<Value>(&body).unwrap()
+    };
     let rpc = |method: &'static str, params: Value| {
         let bearer = bearer.clone();
         async move {
@@ -246,6 +381,34 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
         "{text}"
     );
     assert!(text.contains("/run/gigmcp/ca.pem"), "{text}");
+
+    // mcp-server-time in its sandbox: the manifest's subset (get_current_time) holds.
+    let list = rpc_on("t", time_bearer.clone(), "tools/list", json!({})).await;
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["time__get_current_time"], "{list}");
+    let now = rpc_on(
+        "t",
+        time_bearer.clone(),
+        "tools/call",
+        json!({"name": "time__get_current_time", "arguments": {"timezone": "Europe/Paris"}}),
+    )
+    .await;
+    assert!(now.to_string().contains("Europe/Paris"), "{now}");
+    let outside = rpc_on(
+        "t",
+        time_bearer.clone(),
+        "tools/call",
+        json!({"name": "time__convert_time", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(outside["error"]["code"], -32602, "{outside}");
+    assert_eq!(h.client().await.list_sandboxes().await.unwrap().len(), 2);
+    assert!(pool.stop("time").await);
 
     // Stopping the server destroys its sandbox.
     assert!(pool.stop("everything").await);
