@@ -689,3 +689,80 @@ async fn a_server_writing_garbage_or_hanging_is_killed_and_reported_while_others
             .any(|e| e.action == "mcp.server.failed" && e.target == "time")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_bounded_and_expire() {
+    mcp_support::require_venv();
+    let time = json!({"name": "time", "version": "1",
+        "command": [venv().join("mcp-server-time").to_str().unwrap()]});
+    let limits = gateway::mcp::front::FrontLimits {
+        max_sessions: 3,
+        session_idle: Duration::from_millis(700),
+        ..Default::default()
+    };
+    let gw = Gw::with_limits(
+        vec![("time", time)],
+        vec![("agents", vec![("time", vec!["*"])])],
+        &[],
+        limits,
+    )
+    .await;
+    let (_, token) = gw.token("agents");
+    let bearer = format!("Bearer {token}");
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
+    .to_string()
+    .into_bytes();
+    let mut sids = Vec::new();
+    for _ in 0..3 {
+        let (status, h, _) = http(
+            gw.addr,
+            "POST",
+            "/mcp/agents",
+            &post_headers(&bearer, &[]),
+            init.clone(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        sids.push(h["mcp-session-id"].to_str().unwrap().to_owned());
+    }
+    // Past the limit: 503 with a JSON-RPC error, audited.
+    let (status, _, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp/agents",
+        &post_headers(&bearer, &[]),
+        init.clone(),
+    )
+    .await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        gw.audit()
+            .await
+            .iter()
+            .any(|e| e.action == "mcp.denied" && e.detail.contains("too many sessions"))
+    );
+    // Idle sessions expire: their ids are unknown (404), and their slots are free again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let ping = json!({"jsonrpc":"2.0","id":2,"method":"ping"})
+        .to_string()
+        .into_bytes();
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp/agents",
+        &post_headers(&bearer, &[("mcp-session-id", &sids[0])]),
+        ping,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp/agents",
+        &post_headers(&bearer, &[]),
+        init,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
