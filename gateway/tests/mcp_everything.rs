@@ -219,3 +219,95 @@ async fn typescript_sdk_lists_and_calls_within_the_subset() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_and_resources_are_namespaced_and_routed() {
+    let gw = gw().await;
+    let (_, token) = gw.token("e");
+    let prompts = gw.rpc("e", &token, "prompts/list", json!({})).await;
+    let names: Vec<&str> = prompts["result"]["prompts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{prompts}"))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"everything__simple-prompt"), "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("everything__")));
+    let got = gw
+        .rpc(
+            "e",
+            &token,
+            "prompts/get",
+            json!({"name": "everything__args-prompt", "arguments": {"city": "Lyon"}}),
+        )
+        .await;
+    assert!(got.to_string().contains("Lyon"), "{got}");
+
+    let res = gw.rpc("e", &token, "resources/list", json!({})).await;
+    let uris: Vec<&str> = res["result"]["resources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{res}"))
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    assert!(
+        uris.contains(&"everything+demo://resource/static/document/features.md"),
+        "{uris:?}"
+    );
+    let read = gw
+        .rpc(
+            "e",
+            &token,
+            "resources/read",
+            json!({"uri": "everything+demo://resource/static/document/features.md"}),
+        )
+        .await;
+    assert_eq!(
+        read["result"]["contents"][0]["uri"],
+        "everything+demo://resource/static/document/features.md",
+        "{read}"
+    );
+    // A template expands on the namespaced form and routes the same way.
+    let tpl = gw
+        .rpc("e", &token, "resources/templates/list", json!({}))
+        .await;
+    assert!(
+        tpl.to_string()
+            .contains("everything+demo://resource/dynamic/text/{resourceId}"),
+        "{tpl}"
+    );
+    let read = gw
+        .rpc(
+            "e",
+            &token,
+            "resources/read",
+            json!({"uri": "everything+demo://resource/dynamic/text/7"}),
+        )
+        .await;
+    assert!(read["result"]["contents"][0]["text"].is_string(), "{read}");
+    // Another server's name, or none: refused, audited.
+    let bad = gw
+        .rpc(
+            "e",
+            &token,
+            "resources/read",
+            json!({"uri": "demo://resource/static/document/features.md"}),
+        )
+        .await;
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    let bad = gw
+        .rpc(
+            "e",
+            &token,
+            "prompts/get",
+            json!({"name": "other__simple-prompt"}),
+        )
+        .await;
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    assert!(
+        gw.audit()
+            .await
+            .iter()
+            .any(|e| e.action == "mcp.denied" && e.detail.contains("other__simple-prompt"))
+    );
+}

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use super::approval::ToolGate;
 use super::jsonrpc::{self, Message, code};
 use super::redact::Redactor;
-use super::router::{Exposed, Handled, Refusal, Router, Sessions, Subset};
+use super::router::{self, Exposed, Handled, Refusal, Router, Sessions, Subset};
 use super::token;
 use crate::audit::{AuditQueue, Auditor, Outcome};
 use crate::manifest::Manifest;
@@ -591,7 +591,11 @@ impl<S: Sessions + 'static> Front<S> {
                     &id,
                     json!({
                         "protocolVersion": revision,
-                        "capabilities": {"tools": {"listChanged": false}},
+                        "capabilities": {
+                            "tools": {"listChanged": false},
+                            "prompts": {"listChanged": false},
+                            "resources": {"listChanged": false, "subscribe": false},
+                        },
                         "serverInfo": {"name": "gigmcp", "version": env!("CARGO_PKG_VERSION")},
                     }),
                 ))
@@ -599,6 +603,26 @@ impl<S: Sessions + 'static> Front<S> {
             "ping" => Handled::ok(jsonrpc::result(&id, json!({}))),
             "tools/list" => router.list_tools(&*self.servers, &id, params).await,
             "tools/call" => router.call_tool(&*self.servers, &id, params).await,
+            "prompts/list" => {
+                router
+                    .list_passthrough(&*self.servers, &id, params, router::PROMPTS)
+                    .await
+            }
+            "resources/list" => {
+                router
+                    .list_passthrough(&*self.servers, &id, params, router::RESOURCES)
+                    .await
+            }
+            "resources/templates/list" => {
+                router
+                    .list_passthrough(&*self.servers, &id, params, router::TEMPLATES)
+                    .await
+            }
+            "prompts/get" | "resources/read" => {
+                router
+                    .get_passthrough(&*self.servers, &id, params, &method)
+                    .await
+            }
             _ => Handled::ok(jsonrpc::error(
                 Some(&id),
                 code::METHOD_NOT_FOUND,

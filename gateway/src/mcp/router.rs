@@ -13,8 +13,44 @@ use super::jsonrpc::{self, Id, code};
 use super::redact::Redactor;
 use super::stdio::{CallError, ServerSession};
 
-/// Separator between server and tool names in what clients see.
+/// Separator between server and tool (and prompt) names in what clients see.
 pub const SEP: &str = "__";
+/// Resource URIs are shown as `<server>+<uri>` (a scheme prefix, so templates still expand).
+pub const URI_SEP: char = '+';
+
+/// A kind of list that is passed through, namespaced: the method, the array in its result, and
+/// the field of each item that carries the server's name for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Listing {
+    pub method: &'static str,
+    pub key: &'static str,
+    pub field: &'static str,
+}
+
+pub const PROMPTS: Listing = Listing {
+    method: "prompts/list",
+    key: "prompts",
+    field: "name",
+};
+pub const RESOURCES: Listing = Listing {
+    method: "resources/list",
+    key: "resources",
+    field: "uri",
+};
+pub const TEMPLATES: Listing = Listing {
+    method: "resources/templates/list",
+    key: "resourceTemplates",
+    field: "uriTemplate",
+};
+
+/// How a passed-through name is shown: `server__name` for prompts, `server+uri` for resources.
+fn shown(server: &str, field: &str, value: &str) -> String {
+    if field == "name" {
+        format!("{server}{SEP}{value}")
+    } else {
+        format!("{server}{URI_SEP}{value}")
+    }
+}
 
 /// Tools listed per page to clients.
 const PAGE: usize = 100;
@@ -204,6 +240,146 @@ impl Router {
             Some(g) => g.visible(server, listed),
             None => listed,
         })
+    }
+
+    /// Prompts, resources or resource templates of every server, namespaced, in pages. A
+    /// server that does not offer them is skipped.
+    pub async fn list_passthrough<S: Sessions>(
+        &self,
+        sessions: &S,
+        id: &Id,
+        params: Option<&Map<String, Value>>,
+        what: Listing,
+    ) -> Handled {
+        let start = match params.and_then(|p| p.get("cursor")) {
+            None => 0,
+            Some(Value::String(c)) if c.parse::<usize>().is_ok() => c.parse().unwrap_or(0),
+            Some(_) => {
+                return Handled::ok(jsonrpc::error(
+                    Some(id),
+                    code::INVALID_PARAMS,
+                    "invalid cursor",
+                ));
+            }
+        };
+        let mut all = Vec::new();
+        for e in &self.servers {
+            let Ok(s) = sessions.session(&e.server).await else {
+                continue;
+            };
+            let mut cursor: Option<Value> = None;
+            for _ in 0..MAX_SERVER_PAGES {
+                let p = cursor.take().map(|c| json!({ "cursor": c }));
+                let Ok(r) = s.request(what.method, p, self.call_timeout).await else {
+                    break;
+                };
+                for item in r
+                    .get(what.key)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(mut item) = item.as_object().cloned() else {
+                        continue;
+                    };
+                    let Some(v) = item.get(what.field).and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let v = shown(&e.server, what.field, v);
+                    item.insert(what.field.into(), Value::String(v));
+                    all.push(Value::Object(item));
+                }
+                match r.get("nextCursor") {
+                    Some(c @ Value::String(_)) => cursor = Some(c.clone()),
+                    _ => break,
+                }
+            }
+        }
+        let page: Vec<Value> = all.iter().skip(start).take(PAGE).cloned().collect();
+        let mut result = json!({ what.key: page });
+        if start + PAGE < all.len() {
+            result["nextCursor"] = Value::String((start + PAGE).to_string());
+        }
+        Handled::ok(jsonrpc::result(id, result))
+    }
+
+    /// `prompts/get` (by `server__name`) or `resources/read` (by `server+uri`): routed to the
+    /// server with its own name; URIs in the result are shown namespaced again; the result is
+    /// scanned for secrets like a tool's.
+    pub async fn get_passthrough<S: Sessions>(
+        &self,
+        sessions: &S,
+        id: &Id,
+        params: Option<&Map<String, Value>>,
+        method: &str,
+    ) -> Handled {
+        let field = if method == "prompts/get" {
+            "name"
+        } else {
+            "uri"
+        };
+        let Some(value) = params.and_then(|p| p.get(field)).and_then(Value::as_str) else {
+            return Handled::ok(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                &format!("{method} needs a {field}"),
+            ));
+        };
+        let split = if field == "name" {
+            value.split_once(SEP)
+        } else {
+            value.split_once(URI_SEP)
+        };
+        let Some((server, own)) = split.filter(|(s, _)| self.exposed(s).is_some()) else {
+            return Handled {
+                response: jsonrpc::error(
+                    Some(id),
+                    code::INVALID_PARAMS,
+                    &format!("unknown {field}: {value}"),
+                ),
+                refused: Some(Refusal::UnknownTool(value.into())),
+                redacted: Vec::new(),
+            };
+        };
+        let mut fwd = params.cloned().unwrap_or_default();
+        fwd.insert(field.into(), Value::String(own.into()));
+        let session = match sessions.session(server).await {
+            Ok(s) => s,
+            Err(err) => return Handled::ok(unavailable(id, &err)),
+        };
+        let mut response = match session
+            .request(method, Some(Value::Object(fwd)), self.call_timeout)
+            .await
+        {
+            Ok(mut r) => {
+                for c in r
+                    .get_mut("contents")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(u) = c.get("uri").and_then(Value::as_str).map(str::to_owned) {
+                        c["uri"] = Value::String(shown(server, "uri", &u));
+                    }
+                }
+                jsonrpc::result(id, r)
+            }
+            Err(CallError::Remote(err)) => json!({"jsonrpc": "2.0", "id": id, "error": err}),
+            Err(err) => unavailable(id, &err),
+        };
+        let mut redacted = Vec::new();
+        if let Some(r) = &self.redactor {
+            redacted.extend(
+                r.redact(&mut response)
+                    .into_iter()
+                    .map(|n| format!("result:{n}")),
+            );
+        }
+        Handled {
+            response,
+            refused: None,
+            redacted,
+        }
     }
 
     /// `tools/call` of `<server>__<tool>`: refused unless in the subset; otherwise forwarded

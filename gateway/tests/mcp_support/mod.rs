@@ -243,8 +243,10 @@ impl Gw {
             ("mcp-protocol-version", "2026-07-28"),
             ("mcp-method", method),
         ];
+        // What the stateless revision's Mcp-Name carries: the name, or a resource's URI.
+        let named = if method == "resources/read" { "uri" } else { "name" };
         let name = params
-            .get("name")
+            .get(named)
             .and_then(|n| n.as_str())
             .unwrap_or("")
             .to_owned();
