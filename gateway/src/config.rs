@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Whether `gigmcp server add --unsigned` (a local rootfs, no registry signature) is allowed.
     pub allow_unsigned_servers: bool,
+    /// TLS for the MCP front: a PEM certificate chain and its private key (both or neither).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// A server with no call for this long is stopped (started again on the next call).
     #[serde(with = "humantime_serde_secs")]
     pub server_idle_stop: std::time::Duration,
@@ -111,6 +114,8 @@ impl Default for GatewayConfig {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             allow_unsigned_servers: false,
+            tls_cert_file: None,
+            tls_key_file: None,
             server_idle_stop: std::time::Duration::from_secs(15 * 60),
         }
     }
@@ -253,6 +258,12 @@ impl Config {
                     "{} is not usable (0, 53 and 443 are taken)",
                     self.sandbox.proxy_port
                 ),
+            ));
+        }
+        if self.gateway.tls_cert_file.is_some() != self.gateway.tls_key_file.is_some() {
+            return Err((
+                "gateway.tls_key_file",
+                "tls_cert_file and tls_key_file go together".into(),
             ));
         }
         if !self.gateway.state_dir.is_absolute() {

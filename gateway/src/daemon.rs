@@ -182,7 +182,16 @@ async fn serve(
         config.gateway.allowed_origins.clone(),
         Some(Arc::new(Redactor::new(vault.clone()))),
     );
-    let serving = tokio::spawn(front.clone().serve(listener));
+    let tls = match (&config.gateway.tls_cert_file, &config.gateway.tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            crate::mcp::front::tls_acceptor(cert, key)
+                .map_err(|e| anyhow::anyhow!("TLS for the MCP front: {e}"))?,
+        ),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("MCP front on {scheme}://{listen}/mcp/<endpoint>");
+    let serving = tokio::spawn(front.clone().serve_with(listener, tls));
     let idle = config.gateway.server_idle_stop;
     let reaper_pool = pool.clone();
     let reaper = tokio::spawn(async move {

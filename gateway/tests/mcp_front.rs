@@ -766,3 +766,87 @@ async fn sessions_are_bounded_and_expire() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_termination_serves_the_python_sdk_over_https() {
+    let gw = Gw::start().await;
+    let (_, token) = gw.token("agents");
+    // A certificate for localhost from a throwaway CA, as an admin would configure.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "front test CA");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(p, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let acceptor = gateway::mcp::front::tls_acceptor(&cert_pem, &key_pem).unwrap();
+    assert!(
+        gateway::mcp::front::tls_acceptor(&cert_pem, &ca_pem).is_err(),
+        "a certificate is no key"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let front = gateway::mcp::front::Front::new(
+        gw.store.clone(),
+        gateway::audit::Auditor::new(gw.store.clone(), "gigmcpd"),
+        gw.pool.clone(),
+        gateway::mcp::front::FrontLimits::default(),
+        vec![format!("localhost:{port}")],
+        vec![],
+        None,
+    );
+    let serving = tokio::spawn(front.serve_with(listener, Some(acceptor)));
+    let script = PY_CLIENT.replace(
+        "httpx2.AsyncClient(headers={\"Authorization\": \"Bearer \" + token})",
+        "httpx2.AsyncClient(headers={\"Authorization\": \"Bearer \" + token}, verify=ssl.create_default_context(cafile=sys.argv[3]))",
+    ).replace("import asyncio, json, sys", "import asyncio, json, ssl, sys");
+    assert_ne!(script, PY_CLIENT);
+    let out = tokio::process::Command::new(venv().join("python"))
+        .arg("-c")
+        .arg(&script)
+        .args([
+            &format!("https://localhost:{port}/mcp/agents"),
+            &token,
+            ca_pem.to_str().unwrap(),
+        ])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(r#"TOOLS ["time__get_current_time"]"#),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain HTTP on the TLS port gets nothing.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let plain = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await;
+    if let Ok((mut send, conn)) = plain {
+        tokio::spawn(conn);
+        let req = http::Request::get("/mcp/agents")
+            .header("host", format!("localhost:{port}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        assert!(send.send_request(req).await.is_err());
+    }
+    serving.abort();
+}

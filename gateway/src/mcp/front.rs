@@ -21,6 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::approval::ToolGate;
 use super::jsonrpc::{self, Message, code};
@@ -30,6 +31,35 @@ use super::token;
 use crate::audit::{AuditQueue, Auditor, Outcome};
 use crate::manifest::Manifest;
 use crate::store::{Store, now_ms};
+
+/// Time for a client to finish the TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// The TLS acceptor for the front, from PEM files: a certificate chain and its private key.
+pub fn tls_acceptor(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", cert_file.display()));
+    }
+    // The key is read into memory once; rustls keeps it for the process's life.
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("{}: no usable private key ({e})", key_file.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::egress::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
 
 /// Revisions with `initialize` and sessions, newest last.
 pub const SESSION_REVISIONS: [&str; 2] = ["2025-06-18", "2025-11-25"];
@@ -163,6 +193,12 @@ impl<S: Sessions + 'static> Front<S> {
 
     /// Serves connections from `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        self.serve_with(listener, None).await;
+    }
+
+    /// Serves connections from `listener`, over TLS when `tls` is given (rustls, HTTP/2 or
+    /// HTTP/1.1 by ALPN).
+    pub async fn serve_with(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -170,14 +206,24 @@ impl<S: Sessions + 'static> Front<S> {
             };
             let _ = tcp.set_nodelay(true);
             let front = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let front = front.clone();
                     async move { Ok::<_, Infallible>(front.handle(req).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp));
+                        if let Ok(Ok(stream)) = handshake.await {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                }
             });
         }
     }

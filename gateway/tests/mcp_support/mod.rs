@@ -244,7 +244,11 @@ impl Gw {
             ("mcp-method", method),
         ];
         // What the stateless revision's Mcp-Name carries: the name, or a resource's URI.
-        let named = if method == "resources/read" { "uri" } else { "name" };
+        let named = if method == "resources/read" {
+            "uri"
+        } else {
+            "name"
+        };
         let name = params
             .get(named)
             .and_then(|n| n.as_str())
