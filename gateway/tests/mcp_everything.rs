@@ -311,3 +311,122 @@ async fn prompts_and_resources_are_namespaced_and_routed() {
             .any(|e| e.action == "mcp.denied" && e.detail.contains("other__simple-prompt"))
     );
 }
+
+/// The Python SDK with a progress callback: the gateway answers with server-sent events,
+/// relaying the server's progress notifications under the client's token.
+const PY_PROGRESS: &str = r#"
+import asyncio, sys
+import httpx2
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+async def main(url, token):
+    seen = []
+    async def on_progress(progress, total, message):
+        seen.append((progress, total))
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer " + token}) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as s:
+                await s.initialize()
+                r = await s.call_tool("everything__trigger-long-running-operation",
+                    {"duration": 1, "steps": 4}, progress_callback=on_progress)
+                print("RESULT", [c.text for c in r.content if hasattr(c, "text")], flush=True)
+                print("PROGRESS", seen, flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_relayed_and_a_cancelled_call_ends_at_once() {
+    let gw = gw().await;
+    let (_, token) = gw.token("e");
+    let out = tokio::process::Command::new(mcp_support::venv().join("python"))
+        .arg("-c")
+        .arg(PY_PROGRESS)
+        .args([&gw.url("e"), &token])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("RESULT"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let progress = stdout.lines().find(|l| l.starts_with("PROGRESS")).unwrap();
+    assert_eq!(progress.matches('(').count(), 4, "{progress}");
+
+    // Cancellation: a 20-second operation, streamed; the client cancels it by its own id.
+    let bearer = format!("Bearer {token}");
+    let addr = gw.addr;
+    let call = json!({"jsonrpc":"2.0","id":"call-7","method":"tools/call","params":{
+        "name":"everything__trigger-long-running-operation","arguments":{"duration":20,"steps":20},
+        "_meta":{"progressToken":"mine"}}});
+    let b2 = bearer.clone();
+    let streamed = tokio::spawn(async move {
+        let headers = [
+            ("authorization", b2.as_str()),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "everything__trigger-long-running-operation"),
+        ];
+        let started = std::time::Instant::now();
+        let (status, h, body) = http(
+            addr,
+            "POST",
+            "/mcp/e",
+            &headers,
+            call.to_string().into_bytes(),
+        )
+        .await;
+        (
+            status,
+            h,
+            String::from_utf8_lossy(&body).into_owned(),
+            started.elapsed(),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"call-7","reason":"changed my mind"}});
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "notifications/cancelled"),
+    ];
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        "/mcp/e",
+        &headers,
+        cancel.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (status, h, body, took) = streamed.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(h["content-type"], "text/event-stream");
+    assert!(took < Duration::from_secs(10), "not cancelled: {took:?}");
+    // Progress came first, under the client's own token; then the cancellation error.
+    assert!(body.contains(r#""progressToken":"mine""#), "{body}");
+    assert!(
+        !body.contains("gmcp-progress-"),
+        "the gateway's token leaked: {body}"
+    );
+    assert!(body.contains("-32800"), "{body}");
+    assert!(gw.audit().await.iter().any(|e| e.action == "mcp.cancel"));
+    // The server is still healthy afterwards.
+    let r = gw
+        .rpc(
+            "e",
+            &token,
+            "tools/call",
+            json!({"name": "everything__echo", "arguments": {"message": "after"}}),
+        )
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+}

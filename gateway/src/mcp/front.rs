@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,7 +27,8 @@ use tokio_rustls::TlsAcceptor;
 use super::approval::ToolGate;
 use super::jsonrpc::{self, Message, code};
 use super::redact::Redactor;
-use super::router::{self, Exposed, Handled, Refusal, Router, Sessions, Subset};
+use super::router::{self, CallHooks, Exposed, Handled, Refusal, Router, Sessions, Subset};
+use super::stdio::ServerSession;
 use super::token;
 use crate::audit::{AuditQueue, Auditor, Outcome};
 use crate::manifest::Manifest;
@@ -111,6 +113,9 @@ pub struct Front<S> {
     /// `Origin` values accepted; a request without `Origin` (not a browser) is fine.
     allowed_origins: Vec<String>,
     sessions: Mutex<HashMap<String, ClientSession>>,
+    /// Tool calls in flight, by (token id, the client's request id): where to relay a
+    /// `notifications/cancelled` from that client.
+    inflight: Arc<Mutex<HashMap<(String, String), (Arc<ServerSession>, u64)>>>,
     /// Scans tool arguments and results for the vault's secret values.
     redactor: Option<Arc<Redactor>>,
     gate: Arc<ToolGate>,
@@ -124,7 +129,7 @@ impl<S> std::fmt::Debug for Front<S> {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<BoxBody<Bytes, Infallible>>;
 
 /// A refusal before routing: status, text, and what the audit says.
 struct Refused {
@@ -153,9 +158,12 @@ fn rpc_refused(status: StatusCode, rpc_code: i64, reason: &'static str) -> Refus
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(body).expect("a Value serializes"),
-    )));
+    let mut r = Response::new(
+        Full::new(Bytes::from(
+            serde_json::to_vec(body).expect("a Value serializes"),
+        ))
+        .boxed(),
+    );
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -187,6 +195,7 @@ impl<S: Sessions + 'static> Front<S> {
             allowed_hosts,
             allowed_origins,
             sessions: Mutex::new(HashMap::new()),
+            inflight: Arc::default(),
             redactor,
         })
     }
@@ -253,7 +262,7 @@ impl<S: Sessions + 'static> Front<S> {
         resp
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_owned();
         let Some(endpoint) = path
             .strip_prefix("/mcp/")
@@ -269,7 +278,7 @@ impl<S: Sessions + 'static> Front<S> {
     }
 
     async fn checked(
-        &self,
+        self: &Arc<Self>,
         endpoint: &str,
         req: Request<Incoming>,
     ) -> Result<Resp, (Refused, String)> {
@@ -383,7 +392,7 @@ impl<S: Sessions + 'static> Front<S> {
     }
 
     async fn post(
-        &self,
+        self: &Arc<Self>,
         caller: Caller,
         req: Request<Incoming>,
     ) -> Result<Resp, (Refused, String)> {
@@ -490,7 +499,11 @@ impl<S: Sessions + 'static> Front<S> {
                     .map_err(|r| (r, detail.clone()))?;
             }
         }
-        Ok(self.route(&caller, msg).await)
+        let sse = h
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream"));
+        Ok(self.route(&caller, msg, sse).await)
     }
 
     fn check_session(
@@ -594,11 +607,166 @@ impl<S: Sessions + 'static> Front<S> {
         })
     }
 
-    async fn route(&self, caller: &Caller, msg: Message) -> Resp {
+    /// Hooks for a tool call: progress relayed to `progress`, and the call registered for
+    /// cancellation by this caller.
+    fn hooks_for(
+        &self,
+        caller: &Caller,
+        id: &Value,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+    ) -> CallHooks {
+        let inflight = self.inflight.clone();
+        let key = (caller.token_id.clone(), id.to_string());
+        CallHooks {
+            progress,
+            started: Some(Box::new(move |session, gid| {
+                inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, (session, gid));
+            })),
+        }
+    }
+
+    fn forget_inflight(&self, caller: &Caller, id: &Value) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(caller.token_id.clone(), id.to_string()));
+    }
+
+    /// A tool call answered as a stream of server-sent events: the server's progress
+    /// notifications as they come, then the response.
+    fn call_streamed(
+        self: &Arc<Self>,
+        caller: &Caller,
+        router: Router,
+        id: Value,
+        params: Option<serde_json::Map<String, Value>>,
+        method: String,
+    ) -> Resp {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let front = self.clone();
+        let caller = Caller {
+            endpoint: caller.endpoint.clone(),
+            token_id: caller.token_id.clone(),
+        };
+        let hooks = self.hooks_for(&caller, &id, Some(tx.clone()));
+        tokio::spawn(async move {
+            let handled = router
+                .call_tool(&*front.servers, &id, params.as_ref(), hooks)
+                .await;
+            front.forget_inflight(&caller, &id);
+            front.audit_handled(&caller, &method, params.as_ref(), &handled);
+            let _ = tx.send(handled.response);
+        });
+        let events = futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx).map(|m| {
+                m.map(|v| {
+                    Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(format!(
+                        "event: message\ndata: {v}\n\n"
+                    ))))
+                })
+            })
+        });
+        let mut r = Response::new(StreamBody::new(events).boxed());
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        r.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("no-cache"));
+        r
+    }
+
+    fn audit_handled(
+        &self,
+        caller: &Caller,
+        method: &str,
+        params: Option<&serde_json::Map<String, Value>>,
+        handled: &Handled,
+    ) {
+        let detail = format!("token={}", caller.token_id);
+        let tool = params
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .map(|n| format!(" tool={}", n.chars().take(128).collect::<String>()))
+            .unwrap_or_default();
+        let method_shown: String = method.chars().take(64).collect();
+        match &handled.refused {
+            Some(r) => {
+                let reason = match r {
+                    Refusal::NotApproved(_) => "tool definition changed since approval",
+                    Refusal::NotInSubset(_) => "tool not in the endpoint's subset",
+                    Refusal::UnknownTool(_) => "unknown tool",
+                };
+                self.record(
+                    "mcp.denied",
+                    &caller.endpoint,
+                    Outcome::Denied,
+                    &format!("{detail} method={method_shown}{tool} reason=\"{reason}\""),
+                )
+            }
+            None => {
+                let outcome = if handled.response.get("error").is_some() {
+                    Outcome::Failed
+                } else {
+                    Outcome::Ok
+                };
+                self.record(
+                    "mcp.call",
+                    &caller.endpoint,
+                    outcome,
+                    &format!("{detail} method={method_shown}{tool}"),
+                );
+            }
+        }
+        if !handled.redacted.is_empty() {
+            self.record(
+                "mcp.redacted",
+                &caller.endpoint,
+                Outcome::Denied,
+                &format!(
+                    "{detail} method={method_shown}{tool} secrets={}",
+                    handled.redacted.join(",")
+                ),
+            );
+        }
+    }
+
+    async fn route(self: &Arc<Self>, caller: &Caller, msg: Message, sse: bool) -> Resp {
         let detail = format!("token={}", caller.token_id);
         let (id, method) = match &msg {
             Message::Request { id, method, .. } => (id.clone(), method.clone()),
-            // Notifications and responses from the client: accepted, nothing to answer.
+            Message::Notification { method, .. } if method == "notifications/cancelled" => {
+                // Relayed to the server that runs the call, under the gateway's id for it.
+                let asked = msg.params().and_then(|p| p.get("requestId")).cloned();
+                let reason = msg
+                    .params()
+                    .and_then(|p| p.get("reason"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                if let Some(rid) = asked {
+                    let key = (caller.token_id.clone(), rid.to_string());
+                    let found = self
+                        .inflight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    if let Some((session, gid)) = found {
+                        session.cancel(gid, reason.as_deref()).await;
+                        self.record(
+                            "mcp.cancel",
+                            &caller.endpoint,
+                            Outcome::Ok,
+                            &format!(
+                                "{detail} request={}",
+                                key.1.chars().take(64).collect::<String>()
+                            ),
+                        );
+                    }
+                }
+                return accepted();
+            }
+            // Other notifications and responses from the client: accepted, nothing to answer.
             _ => return accepted(),
         };
         let router = match self.router(&caller.endpoint) {
@@ -648,7 +816,19 @@ impl<S: Sessions + 'static> Front<S> {
             }
             "ping" => Handled::ok(jsonrpc::result(&id, json!({}))),
             "tools/list" => router.list_tools(&*self.servers, &id, params).await,
-            "tools/call" => router.call_tool(&*self.servers, &id, params).await,
+            "tools/call" => {
+                let wants_progress = params
+                    .and_then(|p| p.get("_meta"))
+                    .and_then(|m| m.get("progressToken"))
+                    .is_some();
+                if sse && wants_progress {
+                    return self.call_streamed(caller, router, id, params.cloned(), method);
+                }
+                let hooks = self.hooks_for(caller, &id, None);
+                let handled = router.call_tool(&*self.servers, &id, params, hooks).await;
+                self.forget_inflight(caller, &id);
+                handled
+            }
             "prompts/list" => {
                 router
                     .list_passthrough(&*self.servers, &id, params, router::PROMPTS)
@@ -675,51 +855,7 @@ impl<S: Sessions + 'static> Front<S> {
                 "method not found",
             )),
         };
-        let tool = params
-            .and_then(|p| p.get("name"))
-            .and_then(Value::as_str)
-            .map(|n| format!(" tool={}", n.chars().take(128).collect::<String>()))
-            .unwrap_or_default();
-        let method_shown: String = method.chars().take(64).collect();
-        match &handled.refused {
-            Some(r) => {
-                let reason = match r {
-                    Refusal::NotApproved(_) => "tool definition changed since approval",
-                    Refusal::NotInSubset(_) => "tool not in the endpoint's subset",
-                    Refusal::UnknownTool(_) => "unknown tool",
-                };
-                self.record(
-                    "mcp.denied",
-                    &caller.endpoint,
-                    Outcome::Denied,
-                    &format!("{detail} method={method_shown}{tool} reason=\"{reason}\""),
-                )
-            }
-            None => {
-                let outcome = if handled.response.get("error").is_some() {
-                    Outcome::Failed
-                } else {
-                    Outcome::Ok
-                };
-                self.record(
-                    "mcp.call",
-                    &caller.endpoint,
-                    outcome,
-                    &format!("{detail} method={method_shown}{tool}"),
-                );
-            }
-        }
-        if !handled.redacted.is_empty() {
-            self.record(
-                "mcp.redacted",
-                &caller.endpoint,
-                Outcome::Denied,
-                &format!(
-                    "{detail} method={method_shown}{tool} secrets={}",
-                    handled.redacted.join(",")
-                ),
-            );
-        }
+        self.audit_handled(caller, &method, params, &handled);
         let mut resp = json_response(StatusCode::OK, &handled.response);
         if let Some(sid) = extra_headers
             && let Ok(v) = HeaderValue::from_str(&sid)
@@ -731,7 +867,7 @@ impl<S: Sessions + 'static> Front<S> {
 }
 
 fn accepted() -> Resp {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
     *r.status_mut() = StatusCode::ACCEPTED;
     r
 }

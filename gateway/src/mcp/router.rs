@@ -57,6 +57,24 @@ const PAGE: usize = 100;
 /// Pages read from one server's `tools/list` before giving up (a server paging forever).
 const MAX_SERVER_PAGES: usize = 100;
 
+static NEXT_PROGRESS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// What a caller may want from a tool call in flight.
+#[derive(Default)]
+pub struct CallHooks {
+    /// Receives the server's progress notifications for this call (under the client's token).
+    pub progress: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+    /// Told the server session and the gateway's id of the request once it is sent, so that a
+    /// cancellation from the client can be relayed.
+    pub started: Option<Box<dyn FnOnce(Arc<ServerSession>, u64) + Send>>,
+}
+
+impl std::fmt::Debug for CallHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallHooks")
+    }
+}
+
 /// Which tools of a server are allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subset {
@@ -389,6 +407,7 @@ impl Router {
         sessions: &S,
         id: &Id,
         params: Option<&Map<String, Value>>,
+        hooks: CallHooks,
     ) -> Handled {
         let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
             return Handled::ok(jsonrpc::error(
@@ -445,12 +464,81 @@ impl Router {
             Ok(s) => s,
             Err(err) => return Handled::ok(unavailable(id, &err)),
         };
-        let mut response = match session
-            .request("tools/call", Some(Value::Object(fwd)), self.call_timeout)
-            .await
-        {
+        // The client's progress token is replaced by one unique in the gateway (two clients may
+        // pick the same), and the server's progress for it is relayed back under the client's.
+        let relay = fwd
+            .get_mut("_meta")
+            .and_then(Value::as_object_mut)
+            .and_then(|meta| {
+                let theirs = meta.get("progressToken")?.clone();
+                let ours = format!(
+                    "gmcp-progress-{}",
+                    NEXT_PROGRESS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                meta.insert("progressToken".into(), Value::String(ours.clone()));
+                Some((theirs, ours))
+            })
+            .and_then(|(theirs, ours)| {
+                let sink = hooks.progress.clone()?;
+                let mut notes = session.subscribe();
+                let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
+                let relay = move |mut n: Value| {
+                    let mine = n["method"] == "notifications/progress"
+                        && n["params"]["progressToken"].as_str() == Some(ours.as_str());
+                    if mine {
+                        n["params"]["progressToken"] = theirs.clone();
+                        return sink.send(n).is_ok();
+                    }
+                    true
+                };
+                let task = tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            biased;
+                            n = notes.recv() => match n {
+                                Ok(n) => if !relay(n) { return },
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(_) => return,
+                            },
+                            _ = &mut finished => {
+                                // The server sent its progress before its response: whatever
+                                // is queued now belongs before the response.
+                                while let Ok(n) = notes.try_recv() {
+                                    if !relay(n) {
+                                        return;
+                                    }
+                                }
+                                return;
+                            }
+                        }
+                    }
+                });
+                Some((task, done))
+            });
+        let started = hooks.started;
+        let call_session = session.clone();
+        let result = session
+            .request_with(
+                "tools/call",
+                Some(Value::Object(fwd)),
+                self.call_timeout,
+                |gid| {
+                    if let Some(f) = started {
+                        f(call_session, gid);
+                    }
+                },
+            )
+            .await;
+        if let Some((task, done)) = relay {
+            let _ = done.send(());
+            let _ = task.await;
+        }
+        let mut response = match result {
             Ok(r) => jsonrpc::result(id, r),
             Err(CallError::Remote(err)) => json!({"jsonrpc": "2.0", "id": id, "error": err}),
+            Err(CallError::Cancelled) => {
+                jsonrpc::error(Some(id), code::REQUEST_CANCELLED, "request cancelled")
+            }
             Err(err) => unavailable(id, &err),
         };
         if let Some(r) = &self.redactor {

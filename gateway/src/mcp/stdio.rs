@@ -33,6 +33,8 @@ pub enum CallError {
     /// The server answered with a JSON-RPC error (kept whole, passed on to the client).
     #[error("server answered with an error")]
     Remote(Value),
+    #[error("request cancelled by the client")]
+    Cancelled,
 }
 
 /// Bounds on what a server may send.
@@ -173,12 +175,26 @@ impl ServerSession {
         params: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, CallError> {
+        self.request_with(method, params, timeout, |_| {}).await
+    }
+
+    /// [`Self::request`], telling `started` the gateway's id for it once sent (so the caller
+    /// can relay a cancellation). A request cancelled meanwhile ends with
+    /// [`CallError::Cancelled`].
+    pub async fn request_with(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+        started: impl FnOnce(u64),
+    ) -> Result<Value, CallError> {
         let (id, rx) = self.register()?;
         let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
         if let Some(p) = params {
             msg["params"] = p;
         }
         self.send(&msg).await?;
+        started(id);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(self.closed_error()),
@@ -196,6 +212,24 @@ impl ServerSession {
                     secs: timeout.as_secs(),
                 })
             }
+        }
+    }
+
+    /// Cancels request `id` on the client's behalf: the server is told
+    /// (`notifications/cancelled`), and the waiting call ends with [`CallError::Cancelled`].
+    pub async fn cancel(&self, id: u64, reason: Option<&str>) {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some(w) = waiter {
+            let _ = w.send(Err(CallError::Cancelled));
+            let mut params = json!({ "requestId": id });
+            if let Some(r) = reason {
+                params["reason"] = Value::String(r.chars().take(200).collect());
+            }
+            let _ = self.notify("notifications/cancelled", Some(params)).await;
         }
     }
 
