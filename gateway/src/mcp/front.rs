@@ -115,7 +115,7 @@ pub struct Front<S> {
     sessions: Mutex<HashMap<String, ClientSession>>,
     /// Tool calls in flight, by (token id, the client's request id): where to relay a
     /// `notifications/cancelled` from that client.
-    inflight: Arc<Mutex<HashMap<(String, String), (Arc<ServerSession>, u64)>>>,
+    inflight: Arc<Mutex<Inflight>>,
     /// Scans tool arguments and results for the vault's secret values.
     redactor: Option<Arc<Redactor>>,
     gate: Arc<ToolGate>,
@@ -130,6 +130,9 @@ impl<S> std::fmt::Debug for Front<S> {
 }
 
 type Resp = Response<BoxBody<Bytes, Infallible>>;
+
+/// (token id, the client's request id) → (the server's session, the gateway's request id).
+type Inflight = HashMap<(String, String), (Arc<ServerSession>, u64)>;
 
 /// A refusal before routing: status, text, and what the audit says.
 struct Refused {

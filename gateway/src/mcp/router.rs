@@ -59,6 +59,9 @@ const MAX_SERVER_PAGES: usize = 100;
 
 static NEXT_PROGRESS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Told the server session and the gateway's id of a request once it is sent.
+pub type Started = Box<dyn FnOnce(Arc<ServerSession>, u64) + Send>;
+
 /// What a caller may want from a tool call in flight.
 #[derive(Default)]
 pub struct CallHooks {
@@ -66,7 +69,7 @@ pub struct CallHooks {
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
     /// Told the server session and the gateway's id of the request once it is sent, so that a
     /// cancellation from the client can be relayed.
-    pub started: Option<Box<dyn FnOnce(Arc<ServerSession>, u64) + Send>>,
+    pub started: Option<Started>,
 }
 
 impl std::fmt::Debug for CallHooks {
