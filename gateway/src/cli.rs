@@ -87,6 +87,13 @@ enum EndpointCommand {
         #[arg(long = "server", required = true)]
         servers: Vec<String>,
     },
+    /// Show this endpoint's own description of a tool (`SERVER__TOOL`) instead of the server's.
+    Describe {
+        endpoint: String,
+        tool: String,
+        #[arg(long)]
+        description: String,
+    },
     /// Bearer tokens for an endpoint.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -302,6 +309,17 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
                 .collect();
             admin.endpoint_add(&name, servers)?;
             writeln!(out, "created endpoint {name} at /mcp/{name}")?;
+        }
+        Command::Endpoint(EndpointCommand::Describe {
+            endpoint,
+            tool,
+            description,
+        }) => {
+            let Some((server, own)) = tool.split_once("__") else {
+                bail!("name the tool as SERVER__TOOL, as clients see it");
+            };
+            admin.endpoint_describe(&endpoint, server, own, &description)?;
+            writeln!(out, "endpoint {endpoint} now describes {tool} its own way")?;
         }
         Command::Endpoint(EndpointCommand::Token(TokenCommand::Create { endpoint, label })) => {
             let t = admin.token_create(&endpoint, &label)?;

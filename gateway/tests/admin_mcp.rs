@@ -151,6 +151,44 @@ fn unsigned_servers_endpoints_and_tokens() {
     let out = env.cli(&["endpoint", "add", "agents", "--server", "demo"], b"");
     assert!(!out.status.success(), "created twice");
 
+    // An endpoint's own description of a tool, named as clients see it.
+    let out = env.cli(
+        &[
+            "endpoint",
+            "describe",
+            "agents",
+            "demo__a",
+            "--description",
+            "Does A.",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env.store().endpoint_descriptions("agents").unwrap(),
+        vec![("demo".to_string(), "a".to_string(), "Does A.".to_string())]
+    );
+    let out = env.cli(
+        &["endpoint", "describe", "agents", "a", "--description", "x"],
+        b"",
+    );
+    assert!(!out.status.success(), "a name without the server");
+    let out = env.cli(
+        &[
+            "endpoint",
+            "describe",
+            "agents",
+            "other__a",
+            "--description",
+            "x",
+        ],
+        b"",
+    );
+    assert!(
+        !out.status.success(),
+        "a server the endpoint does not expose"
+    );
+
     // A token is printed once; only its hash is stored.
     let out = env.cli(
         &["endpoint", "token", "create", "agents", "--label", "laptop"],

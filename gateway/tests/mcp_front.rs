@@ -850,3 +850,45 @@ async fn tls_termination_serves_the_python_sdk_over_https() {
     }
     serving.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_can_describe_a_tool_its_own_way() {
+    let gw = Gw::start().await;
+    let (_, token) = gw.token("agents");
+    let (_, other) = gw.token("other");
+    assert!(
+        gw.store
+            .endpoint_describe(
+                "agents",
+                "time",
+                "get_current_time",
+                "Tells the time in a zone."
+            )
+            .unwrap()
+    );
+    assert!(
+        !gw.store
+            .endpoint_describe("agents", "nosuch", "x", "y")
+            .unwrap()
+    );
+    let list = gw.rpc("agents", &token, "tools/list", json!({})).await;
+    assert_eq!(
+        list["result"]["tools"][0]["description"], "Tells the time in a zone.",
+        "{list}"
+    );
+    // Other endpoints keep the server's description; the approval is about the server's.
+    let list = gw.rpc("other", &other, "tools/list", json!({})).await;
+    let tools = list["result"]["tools"].as_array().unwrap();
+    assert!(
+        tools
+            .iter()
+            .all(|t| t["description"] != "Tells the time in a zone."),
+        "{list}"
+    );
+    assert!(
+        !gw.audit()
+            .await
+            .iter()
+            .any(|e| e.action == "mcp.tool.changed")
+    );
+}

@@ -198,6 +198,37 @@ impl AdminApi for LocalAdmin {
         self.audited("endpoint.add", name, result, |_| detail)
     }
 
+    fn endpoint_describe(
+        &mut self,
+        endpoint: &str,
+        server: &str,
+        tool: &str,
+        description: &str,
+    ) -> Result<(), AdminError> {
+        let result = if description.len() > 4096 || description.chars().any(char::is_control) {
+            Err(AdminError::Refused(
+                "a description is at most 4096 bytes, without control characters".into(),
+            ))
+        } else {
+            match self
+                .store
+                .endpoint_describe(endpoint, server, tool, description)
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(AdminError::Refused(format!(
+                    "endpoint {endpoint} does not expose server {server}"
+                ))),
+                Err(e) => Err(e.into()),
+            }
+        };
+        self.audited(
+            "endpoint.describe",
+            &format!("{endpoint}/{server}__{tool}"),
+            result,
+            |_| format!("description_bytes={}", description.len()),
+        )
+    }
+
     fn token_create(&mut self, endpoint: &str, label: &str) -> Result<NewToken, AdminError> {
         let result = (|| {
             if self.store.endpoint_get(endpoint)?.is_none() {

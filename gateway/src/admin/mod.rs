@@ -55,6 +55,14 @@ pub trait AdminApi {
         name: &str,
         servers: Vec<(String, Vec<String>)>,
     ) -> Result<(), AdminError>;
+    /// The endpoint's own description of `server`'s `tool` (shown instead of the server's).
+    fn endpoint_describe(
+        &mut self,
+        endpoint: &str,
+        server: &str,
+        tool: &str,
+        description: &str,
+    ) -> Result<(), AdminError>;
     /// A new bearer token for `endpoint`; its secret is shown once, only its hash is kept.
     fn token_create(&mut self, endpoint: &str, label: &str) -> Result<NewToken, AdminError>;
     fn token_revoke(&mut self, id: &str) -> Result<(), AdminError>;

@@ -588,6 +588,10 @@ impl<S: Sessions + 'static> Front<S> {
             .endpoint_get(endpoint)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "no such endpoint".to_owned())?;
+        let overrides = self
+            .store
+            .endpoint_descriptions(endpoint)
+            .map_err(|e| e.to_string())?;
         let mut servers = Vec::new();
         for (server, tools) in e.servers {
             let rec = self
@@ -596,10 +600,16 @@ impl<S: Sessions + 'static> Front<S> {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("server {server} is not installed"))?;
             let manifest = Manifest::from_json(&rec.manifest).map_err(|e| e.to_string())?;
+            let descriptions = overrides
+                .iter()
+                .filter(|(s, ..)| *s == server)
+                .map(|(_, t, d)| (t.clone(), d.clone()))
+                .collect();
             servers.push(Exposed {
                 server,
                 endpoint_tools: Subset::from_list(&tools),
                 manifest_tools: Subset::from_list(&manifest.tools),
+                descriptions,
             });
         }
         Ok(Router {

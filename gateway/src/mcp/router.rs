@@ -111,6 +111,8 @@ pub struct Exposed {
     pub endpoint_tools: Subset,
     /// The manifest's subset.
     pub manifest_tools: Subset,
+    /// The endpoint's own descriptions of some tools (tool → description).
+    pub descriptions: std::collections::HashMap<String, String>,
 }
 
 impl Exposed {
@@ -209,6 +211,9 @@ impl Router {
                             continue;
                         }
                         let shown = format!("{}{SEP}{name}", e.server);
+                        if let Some(d) = e.descriptions.get(name) {
+                            t.insert("description".into(), Value::String(d.clone()));
+                        }
                         t.insert("name".into(), Value::String(shown));
                         all.push(Value::Object(t));
                     }

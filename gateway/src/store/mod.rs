@@ -11,7 +11,7 @@ use crate::vault::envelope::Sealed;
 pub use sqlite::SqliteStore;
 
 /// The schema version this build writes; a database with a higher one is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -168,6 +168,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Adds an endpoint with its servers (which must exist); `Ok(false)` if the name is taken.
     fn endpoint_add(&self, endpoint: &EndpointRecord) -> Result<bool, StoreError>;
     fn endpoint_get(&self, name: &str) -> Result<Option<EndpointRecord>, StoreError>;
+
+    /// Sets the endpoint's own description of a server's tool; `Ok(false)` if the endpoint
+    /// does not expose that server.
+    fn endpoint_describe(
+        &self,
+        endpoint: &str,
+        server: &str,
+        tool: &str,
+        description: &str,
+    ) -> Result<bool, StoreError>;
+    /// (server, tool, description) overrides of an endpoint.
+    fn endpoint_descriptions(
+        &self,
+        endpoint: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError>;
 
     fn token_add(&self, token: &TokenRecord) -> Result<(), StoreError>;
     fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>, StoreError>;

@@ -23,6 +23,7 @@ pub const DB_FILE: &str = "gigmcp.db";
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_tool_definitions.sql"),
+    include_str!("migrations/0003_endpoint_descriptions.sql"),
 ];
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
 
@@ -517,6 +518,44 @@ impl Store for SqliteStore {
             name: name.to_owned(),
             servers,
         }))
+    }
+
+    fn endpoint_describe(
+        &self,
+        endpoint: &str,
+        server: &str,
+        tool: &str,
+        description: &str,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let exposed: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM endpoint_servers WHERE endpoint = ?1 AND server = ?2)",
+            rusqlite::params![endpoint, server],
+            |r| r.get(0),
+        )?;
+        if !exposed {
+            return Ok(false);
+        }
+        conn.execute(
+            "INSERT INTO endpoint_tool_descriptions (endpoint, server, tool, description) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (endpoint, server, tool) \
+             DO UPDATE SET description = excluded.description",
+            rusqlite::params![endpoint, server, tool, description],
+        )?;
+        Ok(true)
+    }
+
+    fn endpoint_descriptions(
+        &self,
+        endpoint: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT server, tool, description FROM endpoint_tool_descriptions \
+             WHERE endpoint = ?1 ORDER BY server, tool",
+        )?;
+        let rows = stmt.query_map([endpoint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn token_add(&self, t: &TokenRecord) -> Result<(), StoreError> {
