@@ -892,3 +892,185 @@ async fn an_endpoint_can_describe_a_tool_its_own_way() {
             .any(|e| e.action == "mcp.tool.changed")
     );
 }
+
+/// A server whose `grow` tool adds a tool and says its list changed.
+const GROWING_SERVER: &str = r#"
+import json, sys
+tools = [{"name": "grow", "description": "adds a tool", "inputSchema": {"type": "object"}}]
+def send(m):
+    print(json.dumps(m), flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    m, i = msg["method"], msg["id"]
+    if m == "initialize":
+        send({"jsonrpc": "2.0", "id": i, "result": {"protocolVersion": "2025-06-18",
+              "capabilities": {"tools": {"listChanged": True}}, "serverInfo": {"name": "g", "version": "1"}}})
+    elif m == "tools/list":
+        send({"jsonrpc": "2.0", "id": i, "result": {"tools": tools}})
+    elif m == "tools/call":
+        tools.append({"name": "extra", "description": "appeared later", "inputSchema": {"type": "object"}})
+        send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        send({"jsonrpc": "2.0", "id": i, "result": {"content": [{"type": "text", "text": "grown"}]}})
+"#;
+
+/// Opens the GET stream of a session; returns a receiver of what arrives on it.
+async fn open_stream(
+    gw: &Gw,
+    endpoint: &str,
+    bearer: &str,
+    sid: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("/mcp/{endpoint}"))
+        .header("host", gw.addr.to_string())
+        .header("authorization", bearer)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut body = resp.into_body();
+    tokio::spawn(async move {
+        while let Some(Ok(f)) = body.frame().await {
+            if let Ok(d) = f.into_data() {
+                let _ = tx.send(String::from_utf8_lossy(&d).into_owned());
+            }
+        }
+        let _ = send; // keep the connection until the body ends
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_changes_reach_the_endpoints_streams_and_are_refiltered() {
+    mcp_support::require_venv();
+    let py = venv().join("python");
+    let growing = json!({"name": "growing", "version": "1", "command": [py.to_str().unwrap(), "-c", GROWING_SERVER]});
+    let time = json!({"name": "time", "version": "1", "command": [venv().join("mcp-server-time").to_str().unwrap()]});
+    let gw = Gw::with(
+        vec![("growing", growing), ("time", time)],
+        vec![
+            ("e", vec![("growing", vec!["*"])]),
+            ("t", vec![("time", vec!["*"])]),
+        ],
+        &[],
+    )
+    .await;
+    let (_, token) = gw.token("e");
+    let (_, other) = gw.token("t");
+    let (bearer, other_bearer) = (format!("Bearer {token}"), format!("Bearer {other}"));
+    let sid = initialize_on(&gw, "e", &bearer).await;
+    let other_sid = initialize_on(&gw, "t", &other_bearer).await;
+    let session = [("mcp-session-id", sid.as_str())];
+    let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})
+        .to_string()
+        .into_bytes();
+    let (_, _, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp/e",
+        &post_headers(&bearer, &session),
+        list.clone(),
+    )
+    .await;
+    assert_eq!(
+        tool_names(&serde_json::from_slice(&body).unwrap()),
+        ["growing__grow"]
+    );
+
+    let mut events = open_stream(&gw, "e", &bearer, &sid).await;
+    let mut other_events = open_stream(&gw, "t", &other_bearer, &other_sid).await;
+    // One stream per session.
+    let tcp_again = http(
+        gw.addr,
+        "GET",
+        "/mcp/e",
+        &[
+            ("authorization", bearer.as_str()),
+            ("accept", "text/event-stream"),
+            ("mcp-session-id", sid.as_str()),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(tcp_again.0, 409);
+
+    let grow = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"growing__grow","arguments":{}}});
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp/e",
+        &post_headers(&bearer, &session),
+        grow.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let got = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("a list change on the stream")
+        .unwrap();
+    assert!(got.contains("notifications/tools/list_changed"), "{got}");
+    // Another endpoint, without that server, hears nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), other_events.recv())
+            .await
+            .is_err()
+    );
+    // Listing again goes through the filters: the new tool waits for approval.
+    let (_, _, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp/e",
+        &post_headers(&bearer, &session),
+        list.clone(),
+    )
+    .await;
+    assert_eq!(
+        tool_names(&serde_json::from_slice(&body).unwrap()),
+        ["growing__grow"]
+    );
+    assert!(
+        gw.audit()
+            .await
+            .iter()
+            .any(|e| e.action == "mcp.tool.changed" && e.detail.contains("tool=extra kind=new"))
+    );
+    assert!(gw.store.tool_approve("growing", "extra").unwrap());
+    let (_, _, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp/e",
+        &post_headers(&bearer, &session),
+        list,
+    )
+    .await;
+    assert_eq!(
+        tool_names(&serde_json::from_slice(&body).unwrap()),
+        ["growing__extra", "growing__grow"]
+    );
+}
+
+async fn initialize_on(gw: &Gw, endpoint: &str, bearer: &str) -> String {
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let (status, headers, _) = http(
+        gw.addr,
+        "POST",
+        &format!("/mcp/{endpoint}"),
+        &post_headers(bearer, &[]),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    headers["mcp-session-id"].to_str().unwrap().to_owned()
+}

@@ -34,6 +34,28 @@ use crate::audit::{AuditQueue, Auditor, Outcome};
 use crate::manifest::Manifest;
 use crate::store::{Store, now_ms};
 
+/// A comment on idle `GET` streams this often.
+const KEEPALIVE: Duration = Duration::from_secs(25);
+
+/// A `GET` stream's state; when the client goes, the body is dropped and so is the session's
+/// mark as having a stream.
+struct StreamState {
+    changes: tokio::sync::broadcast::Receiver<(String, String)>,
+    tick: tokio::time::Interval,
+    servers: std::collections::HashSet<String>,
+    sid: String,
+    streams: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.sid);
+    }
+}
+
 /// Time for a client to finish the TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
@@ -116,6 +138,8 @@ pub struct Front<S> {
     /// Tool calls in flight, by (token id, the client's request id): where to relay a
     /// `notifications/cancelled` from that client.
     inflight: Arc<Mutex<Inflight>>,
+    /// Sessions with their `GET` stream open.
+    streams: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Scans tool arguments and results for the vault's secret values.
     redactor: Option<Arc<Redactor>>,
     gate: Arc<ToolGate>,
@@ -199,6 +223,7 @@ impl<S: Sessions + 'static> Front<S> {
             allowed_origins,
             sessions: Mutex::new(HashMap::new()),
             inflight: Arc::default(),
+            streams: Arc::default(),
             redactor,
         })
     }
@@ -327,11 +352,7 @@ impl<S: Sessions + 'static> Front<S> {
                     _ => Err((refused(StatusCode::NOT_FOUND, "unknown session"), detail)),
                 }
             }
-            // No server-initiated stream is offered (allowed by the transport spec).
-            Method::GET => Err((
-                refused(StatusCode::METHOD_NOT_ALLOWED, "no server-initiated stream"),
-                detail,
-            )),
+            Method::GET => self.stream(caller, req.headers()).map_err(|r| (r, detail)),
             _ => Err((
                 refused(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
                 detail,
@@ -620,6 +641,87 @@ impl<S: Sessions + 'static> Front<S> {
         })
     }
 
+    /// `GET`: the session's stream of server-initiated messages (server-sent events): the list
+    /// changes of the endpoint's servers (clients then list again, through the filters), and a
+    /// comment every [`KEEPALIVE`] so dead clients are noticed. One per session.
+    fn stream(self: &Arc<Self>, caller: Caller, h: &http::HeaderMap) -> Result<Resp, Refused> {
+        let accepts = h
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream"));
+        if !accepts {
+            return Err(refused(
+                StatusCode::NOT_ACCEPTABLE,
+                "Accept must allow text/event-stream",
+            ));
+        }
+        let version = h.get(VERSION_HEADER).and_then(|v| v.to_str().ok());
+        if version == Some(STATELESS_REVISION) {
+            return Err(refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "no stream without a session",
+            ));
+        }
+        self.check_session(&caller, h, version)?;
+        let sid = h
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if !self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sid.clone())
+        {
+            return Err(refused(
+                StatusCode::CONFLICT,
+                "this session has a stream open already",
+            ));
+        }
+        let servers: std::collections::HashSet<String> = self
+            .store
+            .endpoint_get(&caller.endpoint)
+            .ok()
+            .flatten()
+            .map(|e| e.servers.into_iter().map(|(s, _)| s).collect())
+            .unwrap_or_default();
+        let state = StreamState {
+            changes: self.servers.list_changes(),
+            tick: tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
+            servers,
+            sid,
+            streams: self.streams.clone(),
+        };
+        let events = futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                tokio::select! {
+                    change = st.changes.recv() => match change {
+                        Ok((server, method)) if st.servers.contains(&server) => {
+                            let msg = json!({"jsonrpc": "2.0", "method": method});
+                            let frame = hyper::body::Frame::data(Bytes::from(format!(
+                                "event: message\ndata: {msg}\n\n"
+                            )));
+                            return Some((Ok::<_, Infallible>(frame), st));
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return None,
+                    },
+                    _ = st.tick.tick() => {
+                        let frame = hyper::body::Frame::data(Bytes::from_static(b": keepalive\n\n"));
+                        return Some((Ok(frame), st));
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(StreamBody::new(events).boxed());
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        r.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("no-cache"));
+        Ok(r)
+    }
+
     /// Hooks for a tool call: progress relayed to `progress`, and the call registered for
     /// cancellation by this caller.
     fn hooks_for(
@@ -819,9 +921,9 @@ impl<S: Sessions + 'static> Front<S> {
                     json!({
                         "protocolVersion": revision,
                         "capabilities": {
-                            "tools": {"listChanged": false},
-                            "prompts": {"listChanged": false},
-                            "resources": {"listChanged": false, "subscribe": false},
+                            "tools": {"listChanged": true},
+                            "prompts": {"listChanged": true},
+                            "resources": {"listChanged": true, "subscribe": false},
                         },
                         "serverInfo": {"name": "gigmcp", "version": env!("CARGO_PKG_VERSION")},
                     }),

@@ -127,7 +127,18 @@ pub trait Sessions: Send + Sync {
         &self,
         server: &str,
     ) -> impl Future<Output = Result<Arc<ServerSession>, CallError>> + Send;
+
+    /// Servers' list changes as they happen: (server, the `notifications/*/list_changed`
+    /// method it sent).
+    fn list_changes(&self) -> tokio::sync::broadcast::Receiver<(String, String)>;
 }
+
+/// The server notifications that say a list changed (relayed to clients, per endpoint).
+pub const LIST_CHANGED: [&str; 3] = [
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/list_changed",
+];
 
 /// Why a client's call is refused before it reaches a server (for the audit).
 #[derive(Debug, Clone, PartialEq, Eq)]

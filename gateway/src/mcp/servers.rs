@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::router::Sessions;
+use super::router::{LIST_CHANGED, Sessions};
 use super::stdio::{CallError, ServerSession, SessionLimits};
 use crate::audit::{AuditQueue, Auditor, Outcome};
 use crate::store::{ServerRecord, Store};
@@ -75,6 +75,7 @@ fn backoff(failures: u32) -> Duration {
 
 pub struct ServerPool<L> {
     store: Arc<dyn Store>,
+    changes: tokio::sync::broadcast::Sender<(String, String)>,
     audit: AuditQueue,
     launcher: L,
     limits: SessionLimits,
@@ -93,6 +94,7 @@ impl<L: Launcher> ServerPool<L> {
     pub fn new(store: Arc<dyn Store>, audit: Auditor, launcher: L, limits: SessionLimits) -> Self {
         Self {
             store,
+            changes: tokio::sync::broadcast::channel(256).0,
             audit: AuditQueue::new(audit),
             launcher,
             limits,
@@ -158,6 +160,23 @@ impl<L: Launcher> ServerPool<L> {
         let slot = guard.clone();
         let audit = self.audit.clone();
         let server = name.to_owned();
+        // Its list changes, for clients' streams.
+        let mut notes = session.subscribe();
+        let changes = self.changes.clone();
+        let from = name.to_owned();
+        tokio::spawn(async move {
+            loop {
+                match notes.recv().await {
+                    Ok(n) => {
+                        if let Some(m) = n["method"].as_str().filter(|m| LIST_CHANGED.contains(m)) {
+                            let _ = changes.send((from.clone(), m.to_owned()));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        });
         tokio::spawn(async move {
             let reason = watched.ended().await;
             let still_running = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -184,6 +203,10 @@ impl<L: Launcher> ServerPool<L> {
 }
 
 impl<L: Launcher> Sessions for ServerPool<L> {
+    fn list_changes(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
+        self.changes.subscribe()
+    }
+
     async fn session(&self, name: &str) -> Result<Arc<ServerSession>, CallError> {
         // One start at a time per pool: concurrent first calls wait for it rather than starting
         // the server several times.
