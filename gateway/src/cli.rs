@@ -67,6 +67,27 @@ enum ServerCommand {
     },
     /// List installed servers.
     List,
+    /// Start a server in the running daemon now (it also starts on first use).
+    Start {
+        name: String,
+        /// The daemon's bus: `system` or a D-Bus address (default: sandbox.bus of the config).
+        #[arg(long)]
+        bus: Option<String>,
+    },
+    /// Stop a server in the running daemon (it starts again on its next call).
+    Stop {
+        name: String,
+        #[arg(long)]
+        bus: Option<String>,
+    },
+    /// Show the last lines a server wrote to stderr in the running daemon.
+    Logs {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        lines: u32,
+        #[arg(long)]
+        bus: Option<String>,
+    },
     /// Show a server's tool definitions: approved, and changed ones awaiting approval.
     Tools {
         name: String,
@@ -165,8 +186,6 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
         return Ok(());
     }
-    let key = MasterKey::load(cli.master_key_file.as_deref())?;
-    let actor = format!("cli:uid={}", nix::unistd::getuid());
     let config = match &cli.config {
         Some(path) => Config::load(path)?,
         None if std::path::Path::new(config::DEFAULT_PATH).exists() => {
@@ -174,12 +193,60 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         None => Config::default(),
     };
+    if let Command::Server(
+        c @ (ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. }),
+    ) = &cli.command
+    {
+        return daemon_command(c, &config.sandbox.bus, out);
+    }
+    let key = MasterKey::load(cli.master_key_file.as_deref())?;
+    let actor = format!("cli:uid={}", nix::unistd::getuid());
     let settings = AdminSettings {
         allow_unsigned_servers: config.gateway.allow_unsigned_servers,
         images_dir: config.sandbox.images_dir.clone(),
     };
     let mut admin = LocalAdmin::open(&cli.state_dir, key, actor, settings)?;
     dispatch(&mut admin, cli.command, out)
+}
+
+/// The commands the running daemon answers over D-Bus (`org.gigmcp.Gateway1`).
+fn daemon_command(c: &ServerCommand, default_bus: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (name, bus) = match c {
+            ServerCommand::Start { name, bus }
+            | ServerCommand::Stop { name, bus }
+            | ServerCommand::Logs { name, bus, .. } => {
+                (name, bus.as_deref().unwrap_or(default_bus))
+            }
+            _ => unreachable!("only daemon commands come here"),
+        };
+        let gw = crate::control::client(bus)
+            .await
+            .with_context(|| format!("reaching gigmcpd on the {bus} bus"))?;
+        match c {
+            ServerCommand::Start { .. } => {
+                gw.server_start(name).await?;
+                writeln!(out, "started server {name}")?;
+            }
+            ServerCommand::Stop { .. } => {
+                if gw.server_stop(name).await? {
+                    writeln!(out, "stopped server {name}")?;
+                } else {
+                    writeln!(out, "server {name} was not running")?;
+                }
+            }
+            ServerCommand::Logs { lines, .. } => {
+                for l in gw.server_logs(name, *lines).await? {
+                    writeln!(out, "{l}")?;
+                }
+            }
+            _ => unreachable!("only daemon commands come here"),
+        }
+        Ok(())
+    })
 }
 
 fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -242,6 +309,9 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
                 r.name, r.version, r.image_digest
             )?;
         }
+        Command::Server(
+            ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. },
+        ) => unreachable!("handled before opening"),
         Command::Server(ServerCommand::List) => {
             writeln!(
                 out,

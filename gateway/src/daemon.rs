@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use privhelper::api::Limits;
 
+use crate::audit::AuditQueue;
 use crate::audit::{Auditor, Outcome};
 use crate::config::{self, Config};
+use crate::control::Control;
 use crate::egress::{EgressConfig, EgressShared, HostsThenSystem};
 use crate::mcp::front::{Front, FrontLimits};
 use crate::mcp::redact::Redactor;
@@ -192,6 +194,15 @@ async fn serve(
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("MCP front on {scheme}://{listen}/mcp/<endpoint>");
     let serving = tokio::spawn(front.clone().serve_with(listener, tls));
+    // The admin interface on the bus; the gateway serves without it if the bus is not there.
+    let control = Control::new(pool.clone(), AuditQueue::new(audit.clone()));
+    let _control = match crate::control::serve(&config.sandbox.bus, control).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(bus = %config.sandbox.bus, "org.gigmcp.Gateway1 not served: {e}");
+            None
+        }
+    };
     let idle = config.gateway.server_idle_stop;
     let reaper_pool = pool.clone();
     let reaper = tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! Running a server in a sandbox: the privileged helper builds it (over D-Bus), the gateway
-//! starts the sandbox's egress proxy, hands the server's stdio to the MCP layer, and keeps
-//! stderr in the log. This is the production [`Launcher`].
+//! starts the sandbox's egress proxy and hands the server's stdio (stderr included, which the
+//! pool logs) to the MCP layer. This is the production [`Launcher`].
 //!
 //! The server's environment is the manifest's, plus one random placeholder per credential
 //! (never the value), the proxy variables (`@GIGMCP_PROXY_ADDR@` is filled in by the helper,
@@ -10,7 +10,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use privhelper::api::{Limits, PROXY_ADDR_TOKEN, PrivHelperProxy, SandboxSpec};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::egress::{EgressProxy, EgressShared, SandboxEgress, make_placeholder};
 use crate::manifest::Manifest;
@@ -19,10 +18,6 @@ use crate::store::ServerRecord;
 
 /// Where the helper mounts the CA bundle inside every sandbox.
 pub const CA_IN_SANDBOX: &str = "/run/gigmcp/ca.pem";
-
-/// Longest stderr line kept, and most lines per minute logged per server.
-const STDERR_LINE: usize = 2048;
-const STDERR_LINES_PER_MINUTE: u32 = 600;
 
 /// The helper's D-Bus proxy, connected on first use: the gateway serves (and reports clearly
 /// per call) while the helper or its bus is not up yet.
@@ -218,47 +213,14 @@ impl Launcher for SandboxLauncher {
             .map_err(|e| format!("server stdout: {e}"))?;
         let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(fd(stdin))
             .map_err(|e| format!("server stdin: {e}"))?;
-        if let Ok(err) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd(stderr)) {
-            tokio::spawn(log_stderr(server.name.clone(), info.id.clone(), err));
-        }
+        let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(fd(stderr))
+            .map_err(|e| format!("server stderr: {e}"))?;
         tracing::info!(server = %server.name, sandbox = %info.id, "server started in a sandbox");
         Ok(Launched {
             stdout: Box::new(stdout),
             stdin: Box::new(stdin),
+            stderr: Some(Box::new(stderr)),
             guard: Box::new(guard),
         })
-    }
-}
-
-/// The server's stderr into the log: lines cut at [`STDERR_LINE`] bytes, at most
-/// [`STDERR_LINES_PER_MINUTE`] a minute (the rest counted and reported).
-async fn log_stderr(server: String, sandbox: String, err: tokio::net::unix::pipe::Receiver) {
-    let mut r = tokio::io::BufReader::new(err);
-    let mut buf = Vec::new();
-    let mut window = tokio::time::Instant::now();
-    let (mut count, mut dropped) = (0u32, 0u64);
-    loop {
-        buf.clear();
-        let mut limited = (&mut r).take(64 * 1024);
-        match limited.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if window.elapsed() >= std::time::Duration::from_secs(60) {
-            if dropped > 0 {
-                tracing::warn!(%server, %sandbox, dropped, "server stderr: lines dropped (rate limit)");
-            }
-            window = tokio::time::Instant::now();
-            count = 0;
-            dropped = 0;
-        }
-        count += 1;
-        if count > STDERR_LINES_PER_MINUTE {
-            dropped += 1;
-            continue;
-        }
-        let end = buf.len().min(STDERR_LINE);
-        let line = String::from_utf8_lossy(&buf[..end]);
-        tracing::info!(%server, %sandbox, "stderr: {}", line.trim_end());
     }
 }

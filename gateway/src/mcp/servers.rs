@@ -17,7 +17,78 @@ use crate::store::{ServerRecord, Store};
 pub struct Launched {
     pub stdout: Box<dyn AsyncRead + Send + Unpin>,
     pub stdin: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The server's stderr, if captured: logged with caps and kept in [`ServerLogs`].
+    pub stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
     pub guard: Box<dyn Send + Sync>,
+}
+
+/// Longest stderr line kept; most lines a minute logged per server; lines kept per server.
+const STDERR_LINE: usize = 2048;
+const STDERR_LINES_PER_MINUTE: u32 = 600;
+const KEPT_LINES: usize = 1000;
+
+/// The last [`KEPT_LINES`] stderr lines of each server (for `gigmcp server logs`).
+#[derive(Debug, Default)]
+pub struct ServerLogs {
+    lines: std::sync::Mutex<HashMap<String, std::collections::VecDeque<String>>>,
+}
+
+impl ServerLogs {
+    fn push(&self, server: &str, line: String) {
+        let mut all = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let q = all.entry(server.to_owned()).or_default();
+        if q.len() == KEPT_LINES {
+            q.pop_front();
+        }
+        q.push_back(line);
+    }
+
+    /// The last `n` lines of `server`'s stderr, oldest first.
+    pub fn tail(&self, server: &str, n: usize) -> Vec<String> {
+        let all = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(server)
+            .map(|q| q.iter().skip(q.len().saturating_sub(n)).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A server's stderr into the log and [`ServerLogs`]: lines cut at [`STDERR_LINE`] bytes, at
+/// most [`STDERR_LINES_PER_MINUTE`] a minute (the rest counted and reported).
+async fn capture_stderr(
+    server: String,
+    err: Box<dyn AsyncRead + Send + Unpin>,
+    logs: Arc<ServerLogs>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut r = tokio::io::BufReader::new(err);
+    let mut buf = Vec::new();
+    let mut window = Instant::now();
+    let (mut count, mut dropped) = (0u32, 0u64);
+    loop {
+        buf.clear();
+        let mut limited = (&mut r).take(64 * 1024);
+        match limited.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if window.elapsed() >= Duration::from_secs(60) {
+            if dropped > 0 {
+                tracing::warn!(%server, dropped, "server stderr: lines dropped (rate limit)");
+            }
+            window = Instant::now();
+            count = 0;
+            dropped = 0;
+        }
+        count += 1;
+        if count > STDERR_LINES_PER_MINUTE {
+            dropped += 1;
+            continue;
+        }
+        let end = buf.len().min(STDERR_LINE);
+        let line = String::from_utf8_lossy(&buf[..end]).trim_end().to_owned();
+        tracing::info!(%server, "stderr: {line}");
+        logs.push(&server, line);
+    }
 }
 
 impl std::fmt::Debug for Launched {
@@ -75,6 +146,7 @@ fn backoff(failures: u32) -> Duration {
 
 pub struct ServerPool<L> {
     store: Arc<dyn Store>,
+    logs: Arc<ServerLogs>,
     changes: tokio::sync::broadcast::Sender<(String, String)>,
     audit: AuditQueue,
     launcher: L,
@@ -94,6 +166,7 @@ impl<L: Launcher> ServerPool<L> {
     pub fn new(store: Arc<dyn Store>, audit: Auditor, launcher: L, limits: SessionLimits) -> Self {
         Self {
             store,
+            logs: Arc::default(),
             changes: tokio::sync::broadcast::channel(256).0,
             audit: AuditQueue::new(audit),
             launcher,
@@ -127,6 +200,16 @@ impl<L: Launcher> ServerPool<L> {
         stopped
     }
 
+    /// Recent stderr lines of each server.
+    pub fn logs(&self) -> &ServerLogs {
+        &self.logs
+    }
+
+    /// Starts a server now (as its first use would).
+    pub async fn start_now(&self, name: &str) -> Result<(), CallError> {
+        self.session(name).await.map(|_| ())
+    }
+
     /// Waits until every audit event recorded so far is in the store.
     pub async fn flush_audit(&self) {
         self.audit.flush().await;
@@ -150,7 +233,10 @@ impl<L: Launcher> ServerPool<L> {
             .server_get(name)
             .map_err(|e| unavailable(e.to_string()))?
             .ok_or_else(|| unavailable("not installed".into()))?;
-        let launched = self.launcher.launch(&record).await.map_err(unavailable)?;
+        let mut launched = self.launcher.launch(&record).await.map_err(unavailable)?;
+        if let Some(err) = launched.stderr.take() {
+            tokio::spawn(capture_stderr(name.to_owned(), err, self.logs.clone()));
+        }
         let session =
             ServerSession::start(name, launched.stdout, launched.stdin, self.limits.clone());
         let guard: GuardSlot = Arc::new(std::sync::Mutex::new(Some(launched.guard)));

@@ -51,16 +51,18 @@ impl Launcher for ChildLauncher {
             .envs(&m.env)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", m.command[0]))?;
         self.pids.lock().unwrap().push(child.id().unwrap_or(0));
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
         Ok(Launched {
             stdout: Box::new(stdout),
             stdin: Box::new(stdin),
+            stderr: Some(Box::new(stderr)),
             guard: Box::new(Mutex::new(child)),
         })
     }

@@ -1,0 +1,246 @@
+//! `gigmcp server start|stop|logs` through the real CLI binary, a real `dbus-daemon` with the
+//! shipped `org.gigmcp.Gateway1` policy, and the control interface over a real server pool.
+//! The bus, the pool and the servers are this test's own; nothing needs root except running
+//! the CLI as `nobody` for the refusals (skipped loudly without root).
+
+mod mcp_support;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+use gateway::audit::{AuditQueue, Auditor};
+use gateway::control::Control;
+use serde_json::json;
+
+/// A private bus: the shipped policy with the daemon's user mapped to root, plus, when
+/// `let_nobody_call`, a rule letting `nobody` call (to reach the daemon's own uid check).
+/// The bus process, killed when the test ends (also when it fails).
+struct Bus(std::process::Child);
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_bus(dir: &std::path::Path, let_nobody_call: bool) -> (Bus, String) {
+    let policy = dir.join("system.d");
+    std::fs::create_dir_all(&policy).unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../etc/dbus-1/system.d/org.gigmcp.Gateway1.conf"
+    ))
+    .unwrap();
+    assert!(shipped.contains(r#"<policy user="gigmcp">"#));
+    std::fs::write(
+        policy.join("gw.conf"),
+        shipped.replace(r#"<policy user="gigmcp">"#, r#"<policy user="root">"#),
+    )
+    .unwrap();
+    if let_nobody_call {
+        std::fs::write(
+            policy.join("zz-nobody.conf"),
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><policy user="nobody">
+  <allow send_destination="org.gigmcp.Gateway1" send_interface="org.gigmcp.Gateway1"/>
+</policy></busconfig>"#,
+        )
+        .unwrap();
+    }
+    let conf = dir.join("bus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+  <includedir>{}</includedir>
+</busconfig>"#,
+            dir.join("bus.sock").display(),
+            policy.display()
+        ),
+    )
+    .unwrap();
+    let mut bus = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address=1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dbus-daemon (apt-get install dbus)");
+    let mut line = String::new();
+    std::io::BufReader::new(bus.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("bus.sock"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (Bus(bus), line.trim().to_owned())
+}
+
+fn cli(bus: &str, args: &[&str], as_nobody: bool) -> std::process::Output {
+    let bin = env!("CARGO_BIN_EXE_gigmcp");
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(args).args(["--bus", bus]).output().unwrap()
+}
+
+/// A server that says hello on stderr, then answers `initialize` (enough to be started).
+const CHATTY: &str = r#"
+import json, sys
+print("hello from stderr", file=sys.stderr, flush=True)
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("method") == "initialize":
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": "2025-06-18",
+              "capabilities": {}, "serverInfo": {"name": "chatty", "version": "1"}}}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_start_stop_and_logs_over_the_bus() {
+    mcp_support::require_venv();
+    let py = mcp_support::venv().join("python");
+    let chatty =
+        json!({"name": "chatty", "version": "1", "command": [py.to_str().unwrap(), "-c", CHATTY]});
+    let gw = mcp_support::Gw::with(
+        vec![("chatty", chatty)],
+        vec![("e", vec![("chatty", vec!["*"])])],
+        &[],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, address) = start_bus(dir.path(), false);
+    let audit = AuditQueue::new(Auditor::new(gw.store.clone(), "gigmcpd"));
+    let _conn = gateway::control::serve(&address, Control::new(gw.pool.clone(), audit.clone()))
+        .await
+        .unwrap();
+
+    let run = |args: &'static [&'static str]| {
+        let address = address.clone();
+        async move {
+            tokio::task::spawn_blocking(move || cli(&address, args, false))
+                .await
+                .unwrap()
+        }
+    };
+    let out = run(&["server", "start", "chatty"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started server chatty"));
+    assert_eq!(gw.launcher.pids.lock().unwrap().len(), 1);
+    let mut logs = String::new();
+    for _ in 0..50 {
+        let out = run(&["server", "logs", "chatty", "--lines", "10"]).await;
+        logs = String::from_utf8_lossy(&out.stdout).into_owned();
+        if logs.contains("hello from stderr") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(logs.contains("hello from stderr"), "{logs}");
+    let out = run(&["server", "stop", "chatty"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stopped server chatty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["server", "stop", "chatty"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("was not running"));
+    let out = run(&["server", "start", "nosuch"]).await;
+    assert!(!out.status.success());
+
+    audit.flush().await;
+    let trail = gw.store.audit_recent(1000).unwrap();
+    assert!(trail.iter().any(|e| e.action == "server.start"
+        && e.target == "chatty"
+        && e.outcome == "ok"
+        && e.detail.contains("uid=0")));
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.action == "server.start" && e.target == "nosuch" && e.outcome == "failed")
+    );
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.action == "server.stop" && e.detail.contains("was_running=true"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_are_not_admins_are_refused_by_the_bus_and_by_the_daemon() {
+    if nix::unistd::getuid().as_raw() != 0 {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run this test as root"
+        );
+        eprintln!("SKIPPED callers_that_are_not_admins_are_refused: needs root to run as nobody");
+        return;
+    }
+    let time = json!({"name": "time", "version": "1", "command": ["/bin/false"]});
+    let gw = mcp_support::Gw::with(
+        vec![("time", time)],
+        vec![("e", vec![("time", vec!["*"])])],
+        &[],
+    )
+    .await;
+    for let_nobody_call in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_bus, address) = start_bus(dir.path(), let_nobody_call);
+        let audit = AuditQueue::new(Auditor::new(gw.store.clone(), "gigmcpd"));
+        let _conn = gateway::control::serve(&address, Control::new(gw.pool.clone(), audit.clone()))
+            .await
+            .unwrap();
+        let a = address.clone();
+        let out = tokio::task::spawn_blocking(move || cli(&a, &["server", "stop", "time"], true))
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "nobody stopped a server");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if let_nobody_call {
+            // Past the bus policy, the daemon's own check refuses, and audits it.
+            assert!(
+                err.contains("PermissionDenied") || err.contains("is not root"),
+                "{err}"
+            );
+            audit.flush().await;
+            let trail = gw.store.audit_recent(1000).unwrap();
+            assert!(
+                trail
+                    .iter()
+                    .any(|e| e.action == "server.stop" && e.outcome == "denied"),
+                "{trail:#?}"
+            );
+        } else {
+            assert!(
+                err.contains("AccessDenied") || err.contains("denied"),
+                "{err}"
+            );
+        }
+    }
+}
