@@ -339,7 +339,12 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
                 writeln!(out, "approved the new definition of {name}/{tool}")?;
                 return Ok(());
             }
-            let defs = admin.server_tools(&name)?;
+            // The empty name marks the first listing, not a tool.
+            let defs: Vec<_> = admin
+                .server_tools(&name)?
+                .into_iter()
+                .filter(|d| !d.tool.is_empty())
+                .collect();
             for d in defs.iter().filter(|d| d.approved) {
                 let pending = defs.iter().find(|p| !p.approved && p.tool == d.tool);
                 let state = if pending.is_some() {

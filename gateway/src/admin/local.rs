@@ -160,7 +160,12 @@ impl AdminApi for LocalAdmin {
     }
 
     fn server_tool_approve(&mut self, name: &str, tool: &str) -> Result<(), AdminError> {
-        let result = match self.store.tool_approve(name, tool) {
+        let approved = if tool.is_empty() {
+            Ok(false) // the first-listing marker, not a tool
+        } else {
+            self.store.tool_approve(name, tool)
+        };
+        let result = match approved {
             Ok(true) => Ok(()),
             Ok(false) => Err(AdminError::Refused(format!(
                 "server {name} has no definition of {tool} awaiting approval"
@@ -186,6 +191,19 @@ impl AdminApi for LocalAdmin {
             .collect::<Vec<_>>()
             .join(" ");
         let result = check_name("endpoint", name).and_then(|()| {
+            let mut seen = std::collections::HashSet::new();
+            for (server, tools) in &servers {
+                if !seen.insert(server) {
+                    return Err(AdminError::Refused(format!(
+                        "server {server} is listed twice"
+                    )));
+                }
+                if tools.is_empty() || tools.iter().any(|t| t.is_empty()) {
+                    return Err(AdminError::Refused(format!(
+                        "server {server}: name its tools (server=tool1,tool2), or * for all"
+                    )));
+                }
+            }
             let record = EndpointRecord {
                 name: name.to_owned(),
                 servers,

@@ -95,6 +95,11 @@ impl Replacements {
         }
     }
 
+    /// The needles (by index) found in `haystack`, one entry per match.
+    pub fn hits(&self, haystack: &[u8]) -> Vec<usize> {
+        self.matches(haystack).map(|(_, _, i)| i).collect()
+    }
+
     /// Whether `haystack` contains any needle (for data that is not streamed, e.g. a header).
     pub fn found_in(&self, haystack: &[u8]) -> bool {
         self.matches(haystack).next().is_some()

@@ -34,6 +34,11 @@ use crate::audit::{AuditQueue, Auditor, Outcome};
 use crate::manifest::Manifest;
 use crate::store::{Store, now_ms};
 
+/// Messages queued for one streamed response.
+const STREAM_QUEUE: usize = 256;
+/// Sessions one token may hold; past it, its least recently used session is ended.
+const SESSIONS_PER_TOKEN: usize = 64;
+
 /// A comment on idle `GET` streams this often.
 const KEEPALIVE: Duration = Duration::from_secs(25);
 
@@ -311,7 +316,13 @@ impl<S: Sessions + 'static> Front<S> {
         req: Request<Incoming>,
     ) -> Result<Resp, (Refused, String)> {
         let h = req.headers();
-        let host = h.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        // HTTP/1.1 says Host; HTTP/2 says :authority (the request URI's authority).
+        let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+        let host = h
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .or(authority.as_deref())
+            .unwrap_or("");
         if !self
             .allowed_hosts
             .iter()
@@ -574,6 +585,17 @@ impl<S: Sessions + 'static> Front<S> {
         if sessions.len() >= self.limits.max_sessions {
             sessions.retain(|_, s| s.last_used.elapsed() < idle);
         }
+        // One token cannot take every slot: its least recently used session goes first.
+        let mine: Vec<(String, Instant)> = sessions
+            .iter()
+            .filter(|(_, s)| s.token_id == caller.token_id)
+            .map(|(k, s)| (k.clone(), s.last_used))
+            .collect();
+        if mine.len() >= SESSIONS_PER_TOKEN
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, t)| *t)
+        {
+            sessions.remove(oldest);
+        }
         if sessions.len() >= self.limits.max_sessions {
             return Err(rpc_refused(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -628,8 +650,8 @@ impl<S: Sessions + 'static> Front<S> {
                 .collect();
             servers.push(Exposed {
                 server,
-                endpoint_tools: Subset::from_list(&tools),
-                manifest_tools: Subset::from_list(&manifest.tools),
+                endpoint_tools: Subset::for_endpoint(&tools),
+                manifest_tools: Subset::for_manifest(&manifest.tools),
                 descriptions,
             });
         }
@@ -728,7 +750,7 @@ impl<S: Sessions + 'static> Front<S> {
         &self,
         caller: &Caller,
         id: &Value,
-        progress: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+        progress: Option<tokio::sync::mpsc::Sender<Value>>,
     ) -> CallHooks {
         let inflight = self.inflight.clone();
         let key = (caller.token_id.clone(), id.to_string());
@@ -760,7 +782,8 @@ impl<S: Sessions + 'static> Front<S> {
         params: Option<serde_json::Map<String, Value>>,
         method: String,
     ) -> Resp {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        // Bounded: progress beyond it is dropped for a client that does not read.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(STREAM_QUEUE);
         let front = self.clone();
         let caller = Caller {
             endpoint: caller.endpoint.clone(),
@@ -773,7 +796,7 @@ impl<S: Sessions + 'static> Front<S> {
                 .await;
             front.forget_inflight(&caller, &id);
             front.audit_handled(&caller, &method, params.as_ref(), &handled);
-            let _ = tx.send(handled.response);
+            let _ = tx.send(handled.response).await;
         });
         let events = futures_util::stream::poll_fn(move |cx| {
             rx.poll_recv(cx).map(|m| {
@@ -939,10 +962,27 @@ impl<S: Sessions + 'static> Front<S> {
                 if sse && wants_progress {
                     return self.call_streamed(caller, router, id, params.cloned(), method);
                 }
+                // In its own task: a client that goes away mid-call does not cancel the
+                // bookkeeping (audit, in-flight table) of a call the server already runs.
                 let hooks = self.hooks_for(caller, &id, None);
-                let handled = router.call_tool(&*self.servers, &id, params, hooks).await;
-                self.forget_inflight(caller, &id);
-                handled
+                let front = self.clone();
+                let who = Caller {
+                    endpoint: caller.endpoint.clone(),
+                    token_id: caller.token_id.clone(),
+                };
+                let (call_id, owned) = (id.clone(), params.cloned());
+                let task = tokio::spawn(async move {
+                    let handled = router
+                        .call_tool(&*front.servers, &call_id, owned.as_ref(), hooks)
+                        .await;
+                    front.forget_inflight(&who, &call_id);
+                    front.audit_handled(&who, "tools/call", owned.as_ref(), &handled);
+                    handled.response
+                });
+                let response = task.await.unwrap_or_else(|_| {
+                    jsonrpc::error(Some(&id), code::INTERNAL_ERROR, "internal error")
+                });
+                return json_response(StatusCode::OK, &response);
             }
             "prompts/list" => {
                 router

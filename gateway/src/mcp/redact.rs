@@ -25,6 +25,8 @@ const TTL: Duration = Duration::from_secs(30);
 struct Needles {
     built: Instant,
     set: Option<Replacements>,
+    /// The secret's name for each needle of `set`.
+    names: Vec<String>,
 }
 
 /// Finds and redacts secret values in JSON.
@@ -74,6 +76,7 @@ impl Redactor {
             return n.clone();
         }
         let mut pairs = Vec::new();
+        let mut names = Vec::new();
         match self.vault.open_all_for_scanning() {
             Ok(all) => {
                 for (name, value) in all {
@@ -83,6 +86,7 @@ impl Redactor {
                     let tag = format!("[REDACTED:{name}]");
                     for f in forms(value.expose()) {
                         pairs.push((f, Zeroizing::new(tag.clone().into_bytes())));
+                        names.push(name.clone());
                     }
                 }
             }
@@ -92,6 +96,7 @@ impl Redactor {
         let n = Arc::new(Needles {
             built: Instant::now(),
             set: Replacements::new(pairs),
+            names,
         });
         *cache = Some(n.clone());
         n
@@ -105,46 +110,42 @@ impl Redactor {
             return Vec::new();
         };
         let mut hits = Vec::new();
-        walk(v, set, &mut hits);
+        walk(v, set, &needles.names, &mut hits);
         hits.sort();
         hits.dedup();
         hits
     }
 }
 
-fn redact_str(s: &str, set: &Replacements, hits: &mut Vec<String>) -> Option<String> {
-    if !set.found_in(s.as_bytes()) {
+fn redact_str(
+    s: &str,
+    set: &Replacements,
+    names: &[String],
+    hits: &mut Vec<String>,
+) -> Option<String> {
+    // Names come from what matched, never from the text (a client may write "[REDACTED:x]").
+    let found = set.hits(s.as_bytes());
+    if found.is_empty() {
         return None;
     }
-    let out = String::from_utf8_lossy(&set.replace_all(s.as_bytes())).into_owned();
-    // The tags name what was found.
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find("[REDACTED:") {
-        let after = &rest[i + 10..];
-        if let Some(j) = after.find(']') {
-            hits.push(after[..j].to_owned());
-            rest = &after[j..];
-        } else {
-            break;
-        }
-    }
-    Some(out)
+    hits.extend(found.into_iter().filter_map(|i| names.get(i).cloned()));
+    Some(String::from_utf8_lossy(&set.replace_all(s.as_bytes())).into_owned())
 }
 
-fn walk(v: &mut Value, set: &Replacements, hits: &mut Vec<String>) {
+fn walk(v: &mut Value, set: &Replacements, names: &[String], hits: &mut Vec<String>) {
     match v {
         Value::String(s) => {
-            if let Some(r) = redact_str(s, set, hits) {
+            if let Some(r) = redact_str(s, set, names, hits) {
                 *s = r;
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|x| walk(x, set, hits)),
+        Value::Array(a) => a.iter_mut().for_each(|x| walk(x, set, names, hits)),
         Value::Object(m) => {
             let keys: Vec<String> = m.keys().cloned().collect();
             for k in keys {
                 let mut val = m.remove(&k).expect("key listed");
-                walk(&mut val, set, hits);
-                let k = redact_str(&k, set, hits).unwrap_or(k);
+                walk(&mut val, set, names, hits);
+                let k = redact_str(&k, set, names, hits).unwrap_or(k);
                 m.insert(k, val);
             }
         }

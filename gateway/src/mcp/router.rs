@@ -66,7 +66,8 @@ pub type Started = Box<dyn FnOnce(Arc<ServerSession>, u64) + Send>;
 #[derive(Default)]
 pub struct CallHooks {
     /// Receives the server's progress notifications for this call (under the client's token).
-    pub progress: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+    /// Bounded: a client that stops reading loses progress, never the gateway's memory.
+    pub progress: Option<tokio::sync::mpsc::Sender<Value>>,
     /// Told the server session and the gateway's id of the request once it is sent, so that a
     /// cancellation from the client can be relayed.
     pub started: Option<Started>,
@@ -86,12 +87,21 @@ pub enum Subset {
 }
 
 impl Subset {
-    /// From a stored list: `["*"]` (or an empty manifest list) means every tool.
-    pub fn from_list(tools: &[String]) -> Self {
-        if tools.is_empty() || tools.iter().any(|t| t == "*") {
+    /// An endpoint's list: only `*` means every tool (an empty list offers none).
+    pub fn for_endpoint(tools: &[String]) -> Self {
+        if tools.iter().any(|t| t == "*") {
             Self::All
         } else {
             Self::Only(tools.iter().cloned().collect())
+        }
+    }
+
+    /// A manifest's list: absent (empty) or `*` means every tool the server offers.
+    pub fn for_manifest(tools: &[String]) -> Self {
+        if tools.is_empty() {
+            Self::All
+        } else {
+            Self::for_endpoint(tools)
         }
     }
 
@@ -240,7 +250,7 @@ impl Router {
         if start + PAGE < all.len() {
             result["nextCursor"] = Value::String((start + PAGE).to_string());
         }
-        Handled::ok(jsonrpc::result(id, result))
+        self.listed(id, result)
     }
 
     /// The tools a server offers: everything it lists (following its cursors, bounded; cached
@@ -337,7 +347,7 @@ impl Router {
         if start + PAGE < all.len() {
             result["nextCursor"] = Value::String((start + PAGE).to_string());
         }
-        Handled::ok(jsonrpc::result(id, result))
+        self.listed(id, result)
     }
 
     /// `prompts/get` (by `server__name`) or `resources/read` (by `server+uri`): routed to the
@@ -378,16 +388,21 @@ impl Router {
                 redacted: Vec::new(),
             };
         };
-        let mut fwd = params.cloned().unwrap_or_default();
-        fwd.insert(field.into(), Value::String(own.into()));
+        let mut fwd = Value::Object(params.cloned().unwrap_or_default());
+        fwd[field] = Value::String(own.into());
+        let mut redacted = Vec::new();
+        if let Some(r) = &self.redactor {
+            redacted.extend(
+                r.redact(&mut fwd)
+                    .into_iter()
+                    .map(|n| format!("arguments:{n}")),
+            );
+        }
         let session = match sessions.session(server).await {
             Ok(s) => s,
             Err(err) => return Handled::ok(unavailable(id, &err)),
         };
-        let mut response = match session
-            .request(method, Some(Value::Object(fwd)), self.call_timeout)
-            .await
-        {
+        let mut response = match session.request(method, Some(fwd), self.call_timeout).await {
             Ok(mut r) => {
                 for c in r
                     .get_mut("contents")
@@ -476,13 +491,23 @@ impl Router {
         let mut fwd = params.cloned().unwrap_or_default();
         fwd.insert("name".into(), Value::String(tool.into()));
         let mut redacted = Vec::new();
-        if let (Some(r), Some(args)) = (&self.redactor, fwd.get_mut("arguments")) {
-            redacted.extend(r.redact(args).into_iter().map(|n| format!("arguments:{n}")));
+        if let Some(r) = &self.redactor {
+            // Everything forwarded, not only the arguments (`_meta`, unknown fields).
+            let mut all = Value::Object(std::mem::take(&mut fwd));
+            redacted.extend(
+                r.redact(&mut all)
+                    .into_iter()
+                    .map(|n| format!("arguments:{n}")),
+            );
+            if let Value::Object(m) = all {
+                fwd = m;
+            }
         }
         let session = match sessions.session(server).await {
             Ok(s) => s,
             Err(err) => return Handled::ok(unavailable(id, &err)),
         };
+        let progress_hits: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         // The client's progress token is replaced by one unique in the gateway (two clients may
         // pick the same), and the server's progress for it is relayed back under the client's.
         let relay = fwd
@@ -499,6 +524,8 @@ impl Router {
             })
             .and_then(|(theirs, ours)| {
                 let sink = hooks.progress.clone()?;
+                let redactor = self.redactor.clone();
+                let progress_hits = progress_hits.clone();
                 let mut notes = session.subscribe();
                 let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
                 let relay = move |mut n: Value| {
@@ -506,7 +533,17 @@ impl Router {
                         && n["params"]["progressToken"].as_str() == Some(ours.as_str());
                     if mine {
                         n["params"]["progressToken"] = theirs.clone();
-                        return sink.send(n).is_ok();
+                        if let Some(r) = &redactor {
+                            let hits = r.redact(&mut n);
+                            progress_hits
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .extend(hits);
+                        }
+                        return match sink.try_send(n) {
+                            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => true,
+                            Err(_) => false,
+                        };
                     }
                     true
                 };
@@ -560,6 +597,28 @@ impl Router {
             }
             Err(err) => unavailable(id, &err),
         };
+        if let Some(r) = &self.redactor {
+            redacted.extend(
+                r.redact(&mut response)
+                    .into_iter()
+                    .map(|n| format!("result:{n}")),
+            );
+        }
+        let in_progress =
+            std::mem::take(&mut *progress_hits.lock().unwrap_or_else(|e| e.into_inner()));
+        redacted.extend(in_progress.into_iter().map(|n| format!("progress:{n}")));
+        Handled {
+            response,
+            refused: None,
+            redacted,
+        }
+    }
+
+    /// A list answer, scanned for secrets before it leaves (a server's descriptions can carry
+    /// what an upstream echoed).
+    fn listed(&self, id: &Id, result: Value) -> Handled {
+        let mut response = jsonrpc::result(id, result);
+        let mut redacted = Vec::new();
         if let Some(r) = &self.redactor {
             redacted.extend(
                 r.redact(&mut response)

@@ -152,7 +152,8 @@ pub struct ServerPool<L> {
     launcher: L,
     limits: SessionLimits,
     init_timeout: Duration,
-    servers: tokio::sync::Mutex<HashMap<String, State>>,
+    /// Per server, its own lock: a slow start holds up that server's callers only.
+    servers: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<State>>>>,
 }
 
 impl<L> std::fmt::Debug for ServerPool<L> {
@@ -172,21 +173,50 @@ impl<L: Launcher> ServerPool<L> {
             launcher,
             limits,
             init_timeout: Duration::from_secs(30),
-            servers: tokio::sync::Mutex::new(HashMap::new()),
+            servers: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn state(&self, name: &str) -> Arc<tokio::sync::Mutex<State>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn all_states(&self) -> Vec<(String, Arc<tokio::sync::Mutex<State>>)> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Stops a server (its session ends; the next use starts it again).
     pub async fn stop(&self, name: &str) -> bool {
-        let mut servers = self.servers.lock().await;
-        servers.get_mut(name).and_then(|s| s.live.take()).is_some()
+        let known = self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        match known {
+            Some(state) => state.lock().await.live.take().is_some(),
+            None => false,
+        }
     }
 
     /// Stops every server not used for `idle`; returns their names.
     pub async fn stop_idle(&self, idle: Duration) -> Vec<String> {
-        let mut servers = self.servers.lock().await;
         let mut stopped = Vec::new();
-        for (name, s) in servers.iter_mut() {
+        for (name, state) in self.all_states() {
+            // A server being started right now is not idle.
+            let Ok(mut s) = state.try_lock() else {
+                continue;
+            };
             // Sessions that ended by themselves stay, so the next use applies the backoff.
             let running = s
                 .live
@@ -194,7 +224,7 @@ impl<L: Launcher> ServerPool<L> {
                 .is_some_and(|l| l.session.closed_reason().is_none());
             if running && s.last_used.is_none_or(|t| t.elapsed() >= idle) {
                 s.live = None;
-                stopped.push(name.clone());
+                stopped.push(name);
             }
         }
         stopped
@@ -217,9 +247,8 @@ impl<L: Launcher> ServerPool<L> {
 
     /// Stops every server.
     pub async fn stop_all(&self) {
-        let mut servers = self.servers.lock().await;
-        for s in servers.values_mut() {
-            s.live = None;
+        for (_, state) in self.all_states() {
+            state.lock().await.live = None;
         }
     }
 
@@ -233,7 +262,10 @@ impl<L: Launcher> ServerPool<L> {
             .server_get(name)
             .map_err(|e| unavailable(e.to_string()))?
             .ok_or_else(|| unavailable("not installed".into()))?;
-        let mut launched = self.launcher.launch(&record).await.map_err(unavailable)?;
+        let mut launched = tokio::time::timeout(self.init_timeout, self.launcher.launch(&record))
+            .await
+            .map_err(|_| unavailable("the sandbox did not start in time".into()))?
+            .map_err(unavailable)?;
         if let Some(err) = launched.stderr.take() {
             tokio::spawn(capture_stderr(name.to_owned(), err, self.logs.clone()));
         }
@@ -276,7 +308,11 @@ impl<L: Launcher> ServerPool<L> {
                 );
             }
         });
-        session.initialize(self.init_timeout).await?;
+        if let Err(e) = session.initialize(self.init_timeout).await {
+            // Ends the session, so the watcher stops the server now.
+            session.close(format!("initialize failed: {e}"));
+            return Err(e);
+        }
         Ok((
             session.clone(),
             Live {
@@ -294,10 +330,10 @@ impl<L: Launcher> Sessions for ServerPool<L> {
     }
 
     async fn session(&self, name: &str) -> Result<Arc<ServerSession>, CallError> {
-        // One start at a time per pool: concurrent first calls wait for it rather than starting
-        // the server several times.
-        let mut servers = self.servers.lock().await;
-        let state = servers.entry(name.to_owned()).or_default();
+        // One start at a time per server: concurrent first calls wait for it rather than
+        // starting the server several times; other servers are not held up.
+        let state = self.state(name);
+        let mut state = state.lock().await;
         state.last_used = Some(Instant::now());
         if let Some(live) = &state.live {
             if live.session.closed_reason().is_none() {
