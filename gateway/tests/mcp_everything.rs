@@ -391,6 +391,38 @@ async fn progress_is_relayed_and_a_cancelled_call_ends_at_once() {
         )
     });
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The same id again while the first is in flight: refused (a cancel must be unambiguous).
+    let again = gw
+        .rpc(
+            "e",
+            &token,
+            "tools/call",
+            json!({"name": "everything__echo", "arguments": {"message": "x"}}),
+        )
+        .await;
+    assert!(
+        again["result"].is_object(),
+        "a different id (1) is fine: {again}"
+    );
+    let dup = json!({"jsonrpc":"2.0","id":"call-7","method":"tools/call","params":{
+        "name":"everything__echo","arguments":{"message":"dup"}}});
+    let dup_headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "everything__echo"),
+    ];
+    let (_, _, body) = http(
+        addr,
+        "POST",
+        "/mcp/e",
+        &dup_headers,
+        dup.to_string().into_bytes(),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
     let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"call-7","reason":"changed my mind"}});
     let headers = [
         ("authorization", bearer.as_str()),

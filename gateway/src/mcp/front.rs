@@ -160,8 +160,18 @@ impl<S> std::fmt::Debug for Front<S> {
 
 type Resp = Response<BoxBody<Bytes, Infallible>>;
 
-/// (token id, the client's request id) → (the server's session, the gateway's request id).
-type Inflight = HashMap<(String, String), (Arc<ServerSession>, u64)>;
+/// (token id, the client's request id) → where the call stands.
+type Inflight = HashMap<(String, String), Flight>;
+
+/// A client's tool call, for relaying its cancellation.
+enum Flight {
+    /// Accepted, not sent to the server yet.
+    Reserved,
+    /// Sent: the server's session and the gateway's id for it.
+    Sent(Arc<ServerSession>, u64),
+    /// The client cancelled it before it was sent: cancel as soon as it is.
+    CancelledEarly,
+}
 
 /// A refusal before routing: status, text, and what the audit says.
 struct Refused {
@@ -746,23 +756,35 @@ impl<S: Sessions + 'static> Front<S> {
 
     /// Hooks for a tool call: progress relayed to `progress`, and the call registered for
     /// cancellation by this caller.
+    /// `None` if this caller already has a call with this id in flight (ids must be unique
+    /// among a client's requests in flight, or a cancellation could reach the wrong one).
     fn hooks_for(
         &self,
         caller: &Caller,
         id: &Value,
         progress: Option<tokio::sync::mpsc::Sender<Value>>,
-    ) -> CallHooks {
-        let inflight = self.inflight.clone();
+    ) -> Option<CallHooks> {
         let key = (caller.token_id.clone(), id.to_string());
-        CallHooks {
+        {
+            let mut flights = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if flights.contains_key(&key) {
+                return None;
+            }
+            flights.insert(key.clone(), Flight::Reserved);
+        }
+        let inflight = self.inflight.clone();
+        Some(CallHooks {
             progress,
             started: Some(Box::new(move |session, gid| {
-                inflight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, (session, gid));
+                let mut flights = inflight.lock().unwrap_or_else(|e| e.into_inner());
+                if matches!(flights.get(&key), Some(Flight::CancelledEarly)) {
+                    flights.remove(&key);
+                    tokio::spawn(async move { session.cancel(gid, None).await });
+                } else {
+                    flights.insert(key, Flight::Sent(session, gid));
+                }
             })),
-        }
+        })
     }
 
     fn forget_inflight(&self, caller: &Caller, id: &Value) {
@@ -781,7 +803,7 @@ impl<S: Sessions + 'static> Front<S> {
         id: Value,
         params: Option<serde_json::Map<String, Value>>,
         method: String,
-    ) -> Resp {
+    ) -> Option<Resp> {
         // Bounded: progress beyond it is dropped for a client that does not read.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(STREAM_QUEUE);
         let front = self.clone();
@@ -789,7 +811,7 @@ impl<S: Sessions + 'static> Front<S> {
             endpoint: caller.endpoint.clone(),
             token_id: caller.token_id.clone(),
         };
-        let hooks = self.hooks_for(&caller, &id, Some(tx.clone()));
+        let hooks = self.hooks_for(&caller, &id, Some(tx.clone()))?;
         tokio::spawn(async move {
             let handled = router
                 .call_tool(&*front.servers, &id, params.as_ref(), hooks)
@@ -812,7 +834,7 @@ impl<S: Sessions + 'static> Front<S> {
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         r.headers_mut()
             .insert("cache-control", HeaderValue::from_static("no-cache"));
-        r
+        Some(r)
     }
 
     fn audit_handled(
@@ -884,11 +906,17 @@ impl<S: Sessions + 'static> Front<S> {
                     .map(str::to_owned);
                 if let Some(rid) = asked {
                     let key = (caller.token_id.clone(), rid.to_string());
-                    let found = self
-                        .inflight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key);
+                    let found = {
+                        let mut flights = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                        match flights.remove(&key) {
+                            Some(Flight::Sent(session, gid)) => Some((session, gid)),
+                            Some(Flight::Reserved | Flight::CancelledEarly) => {
+                                flights.insert(key.clone(), Flight::CancelledEarly);
+                                None
+                            }
+                            None => None,
+                        }
+                    };
                     if let Some((session, gid)) = found {
                         session.cancel(gid, reason.as_deref()).await;
                         self.record(
@@ -959,12 +987,26 @@ impl<S: Sessions + 'static> Front<S> {
                     .and_then(|p| p.get("_meta"))
                     .and_then(|m| m.get("progressToken"))
                     .is_some();
+                let duplicate = || {
+                    json_response(
+                        StatusCode::OK,
+                        &jsonrpc::error(
+                            Some(&id),
+                            code::INVALID_REQUEST,
+                            "a request with this id is already in flight",
+                        ),
+                    )
+                };
                 if sse && wants_progress {
-                    return self.call_streamed(caller, router, id, params.cloned(), method);
+                    return self
+                        .call_streamed(caller, router, id.clone(), params.cloned(), method)
+                        .unwrap_or_else(duplicate);
                 }
                 // In its own task: a client that goes away mid-call does not cancel the
                 // bookkeeping (audit, in-flight table) of a call the server already runs.
-                let hooks = self.hooks_for(caller, &id, None);
+                let Some(hooks) = self.hooks_for(caller, &id, None) else {
+                    return duplicate();
+                };
                 let front = self.clone();
                 let who = Caller {
                     endpoint: caller.endpoint.clone(),
