@@ -198,6 +198,11 @@ impl AuditQueue {
         }
     }
 
+    /// The auditor behind the queue (for rare events recorded synchronously).
+    pub fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
     /// Waits until everything recorded so far is written.
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -206,5 +211,12 @@ impl AuditQueue {
         if matches!(sent, Ok(true)) {
             let _ = rx.await;
         }
+    }
+}
+
+/// An auditor on its own queue (one writer thread); clone an [`AuditQueue`] to share one.
+impl From<Auditor> for AuditQueue {
+    fn from(auditor: Auditor) -> Self {
+        Self::new(auditor)
     }
 }

@@ -142,7 +142,9 @@ async fn serve(
         resolver.hosts.insert(name, addrs.clone());
     }
     egress_config.resolver = Arc::new(resolver);
-    let egress = EgressShared::new(vault.clone(), audit.clone(), egress_config)
+    // One queue (one writer thread) for every request-path event source.
+    let queue = AuditQueue::new(audit.clone());
+    let egress = EgressShared::new(vault.clone(), queue.clone(), egress_config)
         .context("starting the egress proxy")?;
     std::fs::create_dir_all(&config.sandbox.ca_dir)
         .with_context(|| format!("creating {}", config.sandbox.ca_dir.display()))?;
@@ -161,7 +163,7 @@ async fn serve(
     };
     let pool = Arc::new(ServerPool::new(
         store.clone(),
-        audit.clone(),
+        queue.clone(),
         launcher,
         SessionLimits::default(),
     ));
@@ -177,7 +179,7 @@ async fn serve(
     hosts.extend(config.gateway.allowed_hosts.iter().cloned());
     let front = Front::new(
         store,
-        audit.clone(),
+        queue.clone(),
         pool.clone(),
         FrontLimits::default(),
         hosts,
@@ -195,7 +197,7 @@ async fn serve(
     tracing::info!("MCP front on {scheme}://{listen}/mcp/<endpoint>");
     let serving = tokio::spawn(front.clone().serve_with(listener, tls));
     // The admin interface on the bus; the gateway serves without it if the bus is not there.
-    let control = Control::new(pool.clone(), AuditQueue::new(audit.clone()));
+    let control = Control::new(pool.clone(), queue.clone());
     let _control = match crate::control::serve(&config.sandbox.bus, control).await {
         Ok(c) => Some(c),
         Err(e) => {
@@ -252,9 +254,7 @@ async fn serve(
         }
     }
     // Queued audit events are written before the process ends.
-    front.flush_audit().await;
-    pool.flush_audit().await;
-    egress.flush_audit().await;
+    queue.flush().await;
     audit.record("daemon.stop", "gigmcpd", Outcome::Ok, signal_name)?;
     Ok(())
 }

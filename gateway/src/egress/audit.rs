@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use crate::audit::{AuditQueue, Auditor, Outcome};
+use crate::audit::{AuditQueue, Outcome};
 
 /// Why the proxy refused something. Shown to the client and in the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,9 +146,9 @@ struct Limiter {
 const FLOOD_PER_SECOND: u32 = 50;
 
 impl EgressAudit {
-    pub fn new(auditor: Auditor) -> Self {
+    pub fn new(queue: AuditQueue) -> Self {
         Self {
-            queue: AuditQueue::new(auditor),
+            queue,
             limiter: Arc::new(Mutex::new(Limiter {
                 window: Instant::now(),
                 count: 0,

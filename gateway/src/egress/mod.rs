@@ -36,7 +36,6 @@ use std::time::Duration;
 use ipnet::IpNet;
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::audit::Auditor;
 use crate::manifest::Manifest;
 use crate::vault::{Vault, VaultError};
 
@@ -154,7 +153,7 @@ impl EgressShared {
     /// Loads (or on first start creates) the CA, writes its certificate, loads upstream roots.
     pub fn new(
         vault: Arc<Vault>,
-        auditor: Auditor,
+        audit: impl Into<crate::audit::AuditQueue>,
         config: EgressConfig,
     ) -> Result<Arc<Self>, EgressError> {
         let ca = ca::Ca::load_or_create(&vault, &config.ca_cert_path, tls::provider())?;
@@ -163,7 +162,7 @@ impl EgressShared {
             server_tls: tls::server_config(certs.clone())?,
             client_tls: tls::client_config(config.extra_upstream_ca.as_deref())?,
             certs,
-            audit: audit::EgressAudit::new(auditor),
+            audit: audit::EgressAudit::new(audit.into()),
             vault,
             pool: config.sandbox_pool,
             limits: config.limits,

@@ -30,7 +30,7 @@ use super::redact::Redactor;
 use super::router::{self, CallHooks, Exposed, Handled, Refusal, Router, Sessions, Subset};
 use super::stdio::ServerSession;
 use super::token;
-use crate::audit::{AuditQueue, Auditor, Outcome};
+use crate::audit::{AuditQueue, Outcome};
 use crate::manifest::Manifest;
 use crate::store::{Store, now_ms};
 
@@ -221,17 +221,18 @@ struct Caller {
 impl<S: Sessions + 'static> Front<S> {
     pub fn new(
         store: Arc<dyn Store>,
-        audit: Auditor,
+        audit: impl Into<AuditQueue>,
         servers: Arc<S>,
         limits: FrontLimits,
         allowed_hosts: Vec<String>,
         allowed_origins: Vec<String>,
         redactor: Option<Arc<Redactor>>,
     ) -> Arc<Self> {
+        let audit: AuditQueue = audit.into();
         Arc::new(Self {
-            gate: Arc::new(ToolGate::new(store.clone(), audit.clone())),
+            gate: Arc::new(ToolGate::new(store.clone(), audit.auditor().clone())),
             store,
-            audit: AuditQueue::new(audit),
+            audit,
             servers,
             limits,
             allowed_hosts,

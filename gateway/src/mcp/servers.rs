@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::router::{LIST_CHANGED, Sessions};
 use super::stdio::{CallError, ServerSession, SessionLimits};
-use crate::audit::{AuditQueue, Auditor, Outcome};
+use crate::audit::{AuditQueue, Outcome};
 use crate::store::{ServerRecord, Store};
 
 /// A started server: its stdio, and whatever keeps it alive (dropping it stops the server).
@@ -164,12 +164,17 @@ impl<L> std::fmt::Debug for ServerPool<L> {
 
 impl<L: Launcher> ServerPool<L> {
     /// `audit` receives `mcp.server.failed` when a server crashes, breaks the protocol or hangs.
-    pub fn new(store: Arc<dyn Store>, audit: Auditor, launcher: L, limits: SessionLimits) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        audit: impl Into<AuditQueue>,
+        launcher: L,
+        limits: SessionLimits,
+    ) -> Self {
         Self {
             store,
             logs: Arc::default(),
             changes: tokio::sync::broadcast::channel(256).0,
-            audit: AuditQueue::new(audit),
+            audit: audit.into(),
             launcher,
             limits,
             init_timeout: Duration::from_secs(30),
@@ -238,11 +243,6 @@ impl<L: Launcher> ServerPool<L> {
     /// Starts a server now (as its first use would).
     pub async fn start_now(&self, name: &str) -> Result<(), CallError> {
         self.session(name).await.map(|_| ())
-    }
-
-    /// Waits until every audit event recorded so far is in the store.
-    pub async fn flush_audit(&self) {
-        self.audit.flush().await;
     }
 
     /// Stops every server.

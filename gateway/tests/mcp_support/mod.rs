@@ -179,9 +179,11 @@ impl Gw {
                 .unwrap();
         }
         let launcher = ChildLauncher::default();
+        // One audit queue, as in the daemon: flushing the front's flushes the pool's events.
+        let queue = gateway::audit::AuditQueue::new(Auditor::new(store.clone(), "gigmcpd"));
         let pool = Arc::new(ServerPool::new(
             store.clone(),
-            Auditor::new(store.clone(), "gigmcpd"),
+            queue.clone(),
             launcher.clone(),
             SessionLimits::default(),
         ));
@@ -189,7 +191,7 @@ impl Gw {
         let addr = listener.local_addr().unwrap();
         let front = Front::new(
             store.clone(),
-            Auditor::new(store.clone(), "gigmcpd"),
+            queue,
             pool.clone(),
             limits,
             vec![addr.to_string(), format!("localhost:{}", addr.port())],
