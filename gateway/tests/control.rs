@@ -3,17 +3,17 @@
 //! The bus, the pool and the servers are this test's own; nothing needs root except running
 //! the CLI as `nobody` for the refusals (skipped loudly without root).
 
+#[path = "../../privhelper/tests/common/mod.rs"]
+mod helper_harness;
+
 mod mcp_support;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use gateway::audit::{AuditQueue, Auditor};
 use gateway::control::Control;
 use serde_json::json;
 
-/// A private bus: the shipped policy with the daemon's user mapped to root, plus, when
-/// `let_nobody_call`, a rule letting `nobody` call (to reach the daemon's own uid check).
 /// The bus process, killed when the test ends (also when it fails).
 struct Bus(std::process::Child);
 
@@ -24,75 +24,17 @@ impl Drop for Bus {
     }
 }
 
+/// A private bus with the shipped `org.gigmcp.Gateway1` policy (daemon user mapped to root);
+/// with `let_nobody_call`, `nobody` may call too, to reach the daemon's own check.
 fn start_bus(dir: &std::path::Path, let_nobody_call: bool) -> (Bus, String) {
-    let policy = dir.join("system.d");
-    std::fs::create_dir_all(&policy).unwrap();
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../etc/dbus-1/system.d/org.gigmcp.Gateway1.conf"
-    ))
-    .unwrap();
-    assert!(shipped.contains(r#"<policy user="gigmcp">"#));
-    std::fs::write(
-        policy.join("gw.conf"),
-        shipped.replace(r#"<policy user="gigmcp">"#, r#"<policy user="root">"#),
-    )
-    .unwrap();
-    if let_nobody_call {
-        std::fs::write(
-            policy.join("zz-nobody.conf"),
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig><policy user="nobody">
-  <allow send_destination="org.gigmcp.Gateway1" send_interface="org.gigmcp.Gateway1"/>
-</policy></busconfig>"#,
-        )
-        .unwrap();
-    }
-    let conf = dir.join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-  <includedir>{}</includedir>
-</busconfig>"#,
-            dir.join("bus.sock").display(),
-            policy.display()
-        ),
-    )
-    .unwrap();
-    let mut bus = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dbus-daemon (apt-get install dbus)");
-    let mut line = String::new();
-    std::io::BufReader::new(bus.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("bus.sock"), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (Bus(bus), line.trim().to_owned())
+    let (child, address) = helper_harness::private_bus(
+        dir,
+        "org.gigmcp.Gateway1.conf",
+        let_nobody_call.then_some("org.gigmcp.Gateway1"),
+    );
+    (Bus(child), address)
 }
 
 fn cli(bus: &str, args: &[&str], as_nobody: bool) -> std::process::Output {

@@ -277,28 +277,49 @@ impl Drop for Harness {
 /// by `root` (the tests' gateway), plus `nobody` allowed to send so that the helper's own uid
 /// check can be seen refusing it.
 fn start_bus(dir: &Path) -> (Child, String) {
+    private_bus(
+        dir,
+        "org.gigmcp.PrivHelper1.conf",
+        Some("org.gigmcp.PrivHelper1"),
+    )
+}
+
+/// A private system-type bus in `dir` with one shipped policy file (`etc/dbus-1/system.d/`),
+/// its user `gigmcp` mapped to root (who runs the tests), and optionally a rule letting
+/// `nobody` call `destination` (to reach a service's own caller check past the bus policy).
+/// Returns the `dbus-daemon` child and the bus address.
+pub fn private_bus(
+    dir: &Path,
+    shipped_policy: &str,
+    nobody_may_call: Option<&str>,
+) -> (Child, String) {
     let policy_dir = dir.join("system.d");
     std::fs::create_dir_all(&policy_dir).unwrap();
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../etc/dbus-1/system.d/org.gigmcp.PrivHelper1.conf"
-    ))
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../etc/dbus-1/system.d")
+            .join(shipped_policy),
+    )
     .unwrap();
     assert!(shipped.contains("<policy user=\"gigmcp\">"));
     std::fs::write(
-        policy_dir.join("org.gigmcp.PrivHelper1.conf"),
+        policy_dir.join(shipped_policy),
         shipped.replace("<policy user=\"gigmcp\">", "<policy user=\"root\">"),
     )
     .unwrap();
-    std::fs::write(
-        policy_dir.join("zz-test-nobody.conf"),
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+    if let Some(dest) = nobody_may_call {
+        std::fs::write(
+            policy_dir.join("zz-test-nobody.conf"),
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig><policy user="nobody">
-  <allow send_destination="org.gigmcp.PrivHelper1" send_interface="org.gigmcp.PrivHelper1"/>
-</policy></busconfig>"#,
-    )
-    .unwrap();
+  <allow send_destination="{dest}" send_interface="{dest}"/>
+</policy></busconfig>"#
+            ),
+        )
+        .unwrap();
+    }
     let socket = dir.join("bus.sock");
     let conf = dir.join("bus.conf");
     std::fs::write(
