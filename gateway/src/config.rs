@@ -78,6 +78,11 @@ pub struct SandboxConfig {
     pub ca_dir: PathBuf,
     /// The port of each sandbox's egress proxy on its link's host address.
     pub proxy_port: u16,
+    /// Each server's sandbox limits (the helper caps them again with its own ceilings).
+    pub server_memory_max_bytes: u64,
+    pub server_pids_max: u32,
+    /// CPU in percent of one core.
+    pub server_cpu_percent: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -129,6 +134,9 @@ impl Default for SandboxConfig {
             images_dir: PathBuf::from("/var/lib/gigmcp/images"),
             ca_dir: PathBuf::from("/var/lib/gigmcp/ca"),
             proxy_port: 3128,
+            server_memory_max_bytes: 512 << 20,
+            server_pids_max: 256,
+            server_cpu_percent: 100,
         }
     }
 }
@@ -265,6 +273,22 @@ impl Config {
                 "gateway.tls_key_file",
                 "tls_cert_file and tls_key_file go together".into(),
             ));
+        }
+        let sb = &self.sandbox;
+        for (key, too_small) in [
+            (
+                "sandbox.server_memory_max_bytes",
+                sb.server_memory_max_bytes < (16 << 20),
+            ),
+            ("sandbox.server_pids_max", sb.server_pids_max < 8),
+            ("sandbox.server_cpu_percent", sb.server_cpu_percent == 0),
+        ] {
+            if too_small {
+                return Err((
+                    key,
+                    "too small to run a server (memory >= 16 MiB, pids >= 8, CPU > 0 %)".into(),
+                ));
+            }
         }
         if !self.gateway.state_dir.is_absolute() {
             return Err((

@@ -156,9 +156,9 @@ async fn serve(
         proxy_port: config.sandbox.proxy_port,
         ca_bundle: CA_BUNDLE.into(),
         limits: Limits {
-            memory_max_bytes: 512 << 20,
-            pids_max: 256,
-            cpu_percent: 100,
+            memory_max_bytes: config.sandbox.server_memory_max_bytes,
+            pids_max: config.sandbox.server_pids_max,
+            cpu_percent: config.sandbox.server_cpu_percent,
         },
     };
     let pool = Arc::new(ServerPool::new(

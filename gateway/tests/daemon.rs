@@ -51,6 +51,17 @@ fn check_rejects_bad_configs_with_key_and_line() {
             5,
         ),
         ("[gateway]\nlisten = \"localhost\"\n", "gateway.listen", 2),
+        (
+            "[sandbox]\nserver_pids_max = 1\n",
+            "sandbox.server_pids_max",
+            2,
+        ),
+        ("[sandbox]\nproxy_port = 443\n", "sandbox.proxy_port", 2),
+        (
+            "[gateway]\ntls_cert_file = \"/etc/c.pem\"\n",
+            "gateway.tls_key_file",
+            1,
+        ),
     ] {
         let out = check(config);
         assert_eq!(out.status.code(), Some(1), "accepted: {config}");
