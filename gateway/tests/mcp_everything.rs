@@ -37,48 +37,33 @@ async fn gw() -> Gw {
     .await
 }
 
-fn call(id: u64, tool: &str, args: Value) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-        "params":{"name":tool,"arguments":args}});
-    let headers = vec![
-        ("content-type", "application/json".to_string()),
-        ("mcp-protocol-version", "2026-07-28".to_string()),
-        ("mcp-method", "tools/call".to_string()),
-        ("mcp-name", tool.to_string()),
-    ];
-    (headers, body.to_string().into_bytes())
-}
-
-async fn post_call(gw: &Gw, bearer: &str, id: u64, tool: &str, args: Value) -> Value {
-    let (h, body) = call(id, tool, args);
-    let mut headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    headers.push(("authorization", bearer));
-    let (status, _, body) = http(gw.addr, "POST", "/mcp/e", &headers, body).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_values_are_redacted_in_arguments_and_results() {
     let gw = gw().await;
     let (token_id, token) = gw.token("e");
-    let bearer = format!("Bearer {token}");
     // Client → server: the argument never reaches the server; the echo shows the tag.
-    let r = post_call(
-        &gw,
-        &bearer,
-        1,
-        "everything__echo",
-        json!({"message": format!("key={SECRET}")}),
-    )
-    .await;
+    let r = gw
+        .rpc(
+            "e",
+            &token,
+            "tools/call",
+            json!({"name": "everything__echo", "arguments": {"message": format!("key={SECRET}")}}),
+        )
+        .await;
     let text = r["result"]["content"][0]["text"].as_str().unwrap();
     assert!(
         text.contains("[REDACTED:API_KEY]") && !text.contains(SECRET),
         "{text}"
     );
     // Server → client: the base64 of the value in the server's environment is redacted.
-    let r = post_call(&gw, &bearer, 2, "everything__get-env", json!({})).await;
+    let r = gw
+        .rpc(
+            "e",
+            &token,
+            "tools/call",
+            json!({"name": "everything__get-env", "arguments": {}}),
+        )
+        .await;
     let text = r.to_string();
     let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
     assert!(
@@ -110,15 +95,14 @@ async fn secret_values_are_redacted_in_arguments_and_results() {
 async fn a_server_killed_mid_call_fails_that_call_and_the_next_one_is_served() {
     let gw = gw().await;
     let (_, token) = gw.token("e");
-    let bearer = format!("Bearer {token}");
-    let r = post_call(
-        &gw,
-        &bearer,
-        1,
-        "everything__echo",
-        json!({"message": "warm"}),
-    )
-    .await;
+    let r = gw
+        .rpc(
+            "e",
+            &token,
+            "tools/call",
+            json!({"name": "everything__echo", "arguments": {"message": "warm"}}),
+        )
+        .await;
     assert!(r["result"].is_object(), "{r}");
     let pid = *gw.launcher.pids.lock().unwrap().last().unwrap();
     let killer = tokio::spawn(async move {
@@ -130,13 +114,7 @@ async fn a_server_killed_mid_call_fails_that_call_and_the_next_one_is_served() {
         .unwrap();
     });
     let started = std::time::Instant::now();
-    let r = post_call(
-        &gw,
-        &bearer,
-        2,
-        "everything__trigger-long-running-operation",
-        json!({"duration": 20, "steps": 4}),
-    )
+    let r = gw.rpc("e", &token, "tools/call", json!({"name": "everything__trigger-long-running-operation", "arguments": {"duration": 20, "steps": 4}}))
     .await;
     killer.await.unwrap();
     assert_eq!(r["error"]["code"], -32001, "{r}");
@@ -145,16 +123,16 @@ async fn a_server_killed_mid_call_fails_that_call_and_the_next_one_is_served() {
         "the failed call waited for a timeout"
     );
     let mut served = false;
-    for i in 0..40 {
+    for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let r = post_call(
-            &gw,
-            &bearer,
-            10 + i,
-            "everything__echo",
-            json!({"message": "again"}),
-        )
-        .await;
+        let r = gw
+            .rpc(
+                "e",
+                &token,
+                "tools/call",
+                json!({"name": "everything__echo", "arguments": {"message": "again"}}),
+            )
+            .await;
         if r["result"].is_object() {
             served = true;
             break;

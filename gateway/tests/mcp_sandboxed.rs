@@ -273,7 +273,6 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
             revoked_ms: None,
         })
         .unwrap();
-    let bearer = format!("Bearer {}", &*t.secret);
     let t2 = gateway::mcp::token::generate().unwrap();
     store
         .token_add(&TokenRecord {
@@ -286,51 +285,9 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
             revoked_ms: None,
         })
         .unwrap();
-    let time_bearer = format!("Bearer {}", &*t2.secret);
-    let rpc_on = |endpoint: &'static str, bearer: String, method: &'static str, params: Value| async move {
-        let name = params["name"].as_str().unwrap_or("").to_owned();
-        let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
-        let mut headers = vec![
-            ("authorization", bearer.as_str()),
-            ("content-type", "application/json"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", method),
-        ];
-        if !name.is_empty() {
-            headers.push(("mcp-name", name.as_str()));
-        }
-        let path = format!("/mcp/{endpoint}");
-        let (status, _, body) =
-            mcp_support::http(addr, "POST", &path, &headers, body.to_string().into_bytes()).await;
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        serde_json::from_slice::<Value>(&body).unwrap()
-    };
-    let rpc = |method: &'static str, params: Value| {
-        let bearer = bearer.clone();
-        async move {
-            let name = params["name"].as_str().unwrap_or("").to_owned();
-            let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
-            let mut headers = vec![
-                ("authorization", bearer.as_str()),
-                ("content-type", "application/json"),
-                ("mcp-protocol-version", "2026-07-28"),
-                ("mcp-method", method),
-            ];
-            if !name.is_empty() {
-                headers.push(("mcp-name", name.as_str()));
-            }
-            let (status, _, body) = mcp_support::http(
-                addr,
-                "POST",
-                "/mcp/e",
-                &headers,
-                body.to_string().into_bytes(),
-            )
-            .await;
-            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-            serde_json::from_slice::<Value>(&body).unwrap()
-        }
-    };
+    let (token_e, token_t) = (t.secret.to_string(), t2.secret.to_string());
+    let rpc =
+        |method: &'static str, params: Value| mcp_support::rpc(addr, "e", &token_e, method, params);
 
     // Started on first use, in a sandbox; the subset holds.
     let list = rpc("tools/list", json!({})).await;
@@ -383,7 +340,7 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
     assert!(text.contains("/run/gigmcp/ca.pem"), "{text}");
 
     // mcp-server-time in its sandbox: the manifest's subset (get_current_time) holds.
-    let list = rpc_on("t", time_bearer.clone(), "tools/list", json!({})).await;
+    let list = mcp_support::rpc(addr, "t", &token_t, "tools/list", json!({})).await;
     let names: Vec<&str> = list["result"]["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("{list}"))
@@ -391,17 +348,19 @@ async fn server_everything_runs_sandboxed_behind_the_front() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["time__get_current_time"], "{list}");
-    let now = rpc_on(
+    let now = mcp_support::rpc(
+        addr,
         "t",
-        time_bearer.clone(),
+        &token_t,
         "tools/call",
         json!({"name": "time__get_current_time", "arguments": {"timezone": "Europe/Paris"}}),
     )
     .await;
     assert!(now.to_string().contains("Europe/Paris"), "{now}");
-    let outside = rpc_on(
+    let outside = mcp_support::rpc(
+        addr,
         "t",
-        time_bearer.clone(),
+        &token_t,
         "tools/call",
         json!({"name": "time__convert_time", "arguments": {}}),
     )

@@ -239,38 +239,7 @@ impl Gw {
         method: &str,
         params: serde_json::Value,
     ) -> serde_json::Value {
-        let body = serde_json::json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
-        let bearer = format!("Bearer {token}");
-        let mut headers = vec![
-            ("authorization", bearer.as_str()),
-            ("content-type", "application/json"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", method),
-        ];
-        // What the stateless revision's Mcp-Name carries: the name, or a resource's URI.
-        let named = if method == "resources/read" {
-            "uri"
-        } else {
-            "name"
-        };
-        let name = params
-            .get(named)
-            .and_then(|n| n.as_str())
-            .unwrap_or("")
-            .to_owned();
-        if !name.is_empty() {
-            headers.push(("mcp-name", name.as_str()));
-        }
-        let (status, _, body) = http(
-            self.addr,
-            "POST",
-            &format!("/mcp/{endpoint}"),
-            &headers,
-            body.to_string().into_bytes(),
-        )
-        .await;
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        serde_json::from_slice(&body).unwrap()
+        rpc(self.addr, endpoint, token, method, params).await
     }
 
     /// The audit trail so far (after the queue is flushed).
@@ -280,6 +249,45 @@ impl Gw {
         a.reverse();
         a
     }
+}
+
+/// A JSON-RPC request on the stateless revision (no session), with the `Mcp-Method` and
+/// `Mcp-Name` headers matching the body, as a well-behaved client sends them; the answer must be
+/// 200 and is returned parsed.
+pub async fn rpc(
+    addr: std::net::SocketAddr,
+    endpoint: &str,
+    token: &str,
+    method: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    let body = serde_json::json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
+    let bearer = format!("Bearer {token}");
+    let mut headers = vec![
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", method),
+    ];
+    // What Mcp-Name carries: the name, or a resource's URI.
+    let named = if method == "resources/read" {
+        "uri"
+    } else {
+        "name"
+    };
+    let name = params
+        .get(named)
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_owned();
+    if !name.is_empty() {
+        headers.push(("mcp-name", name.as_str()));
+    }
+    let path = format!("/mcp/{endpoint}");
+    let (status, _, body) =
+        http(addr, "POST", &path, &headers, body.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
 }
 
 /// One raw HTTP exchange (a fresh connection each time): status, headers, body.
