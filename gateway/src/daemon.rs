@@ -12,7 +12,7 @@ use clap::Parser;
 
 use std::time::Duration;
 
-use privhelper::api::Limits;
+use privhelper_api::Limits;
 
 use crate::audit::AuditQueue;
 use crate::audit::{Auditor, Outcome};

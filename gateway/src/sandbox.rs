@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use privhelper::api::{Limits, PROXY_ADDR_TOKEN, PrivHelperProxy, SandboxSpec};
+use privhelper_api::{Limits, PROXY_ADDR_TOKEN, PrivHelperProxy, SandboxSpec};
 
 use crate::egress::{EgressProxy, EgressShared, SandboxEgress, make_placeholder};
 use crate::manifest::Manifest;

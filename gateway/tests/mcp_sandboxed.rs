@@ -22,7 +22,7 @@ use gateway::sandbox::{Helper, SandboxLauncher};
 use gateway::store::{EndpointRecord, ServerRecord, SqliteStore, Store, TokenRecord, now_ms};
 use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
 use helper_harness::{Harness, PROXY_PORT, rootfs};
-use privhelper::api::Limits;
+use privhelper_api::Limits;
 use serde_json::{Value, json};
 
 const SECRET: &str = "sk-live-SANDBOXED-5e8d1c9a7b3f2e40";

@@ -5,7 +5,7 @@
 //! Node's built-in `fetch` (which ignores proxy variables) in transparent mode.
 //!
 //! The sandbox's proxy address (N.1) is chosen by the helper, so the spec's environment says
-//! `@GIGMCP_PROXY_ADDR@` (`privhelper::api::PROXY_ADDR_TOKEN`) and the helper substitutes it.
+//! `@GIGMCP_PROXY_ADDR@` (`privhelper_api::PROXY_ADDR_TOKEN`) and the helper substitutes it.
 //! The proxy listener is bound on `host_addr:PROXY_PORT` after `CreateSandbox` returns; the
 //! clients retry or wait for a line on stdin so they never race it.
 //!
@@ -30,7 +30,7 @@ use gateway::manifest::Manifest;
 use gateway::store::{AuditEvent, SqliteStore, Store};
 use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
 use helper_harness::{Harness, PROXY_PORT, rootfs};
-use privhelper::api::{PROXY_ADDR_TOKEN, PrivHelperProxy, TransparentSockets};
+use privhelper_api::{PROXY_ADDR_TOKEN, PrivHelperProxy, TransparentSockets};
 
 const NOT_EXPANDED: &str = "$HOME ${PATH} @GIGMCP_PROXY_ADDR @HOME@ @gigmcp_proxy_addr@";
 

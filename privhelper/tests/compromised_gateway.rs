@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::{Harness, SERIAL, count_host, require_root};
-use privhelper::api::{HelperError, SandboxSpec};
+use privhelper_api::{HelperError, SandboxSpec};
 use zbus::DBusError;
 
 fn name_of(e: &HelperError) -> String {
@@ -211,9 +211,11 @@ fn the_helper_refuses_a_dynamically_linked_init() {
         return;
     }
     let dir = common::open_tempdir();
-    let init = std::path::Path::new(env!("CARGO_BIN_EXE_gigmcp-sandbox-init"));
+    // The ordinary (dynamic) build of the init, from `cargo build --workspace --bins`: the init
+    // is another package now, so cargo no longer hands this test its path.
+    let init = common::workspace_bin("gigmcp-sandbox-init");
     helper_refuses_to_start(
-        &config_with(dir.path(), dir.path(), init),
+        &config_with(dir.path(), dir.path(), &init),
         "dynamically linked",
     );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Harness, PROXY_PORT, SERIAL, count_host, require_root};
 use futures_util::StreamExt;
-use privhelper::api::{PrivHelperProxy, SandboxInfo, SandboxSpec};
+use privhelper_api::{PrivHelperProxy, SandboxInfo, SandboxSpec};
 
 /// How an attack ended.
 #[derive(Debug, PartialEq, Eq)]

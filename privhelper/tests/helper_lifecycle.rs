@@ -63,7 +63,7 @@ async fn create_talk_destroy_leaves_nothing() {
     wait_until_clean(&before).await;
     let err = client.destroy_sandbox(&info.id).await.unwrap_err();
     assert!(
-        matches!(err, privhelper::api::HelperError::NotFound(_)),
+        matches!(err, privhelper_api::HelperError::NotFound(_)),
         "{err:?}"
     );
 }

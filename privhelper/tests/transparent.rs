@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, PROXY_PORT, SERIAL, count_host, require_root};
 use futures_util::StreamExt;
-use privhelper::api::{PrivHelperProxy, SandboxInfo, SandboxSpec, TransparentSockets};
+use privhelper_api::{PrivHelperProxy, SandboxInfo, SandboxSpec, TransparentSockets};
 
 /// What the attack program sends in its probes.
 const PROBE: &[u8] = b"gigmcp-attack-probe";
@@ -661,7 +661,7 @@ async fn cycle(client: &PrivHelperProxy<'static>, h: &Harness, rootfs: &str) -> 
 }
 
 /// Waits for the `SandboxExited` of every id (announced once all its resources are gone).
-async fn settle(exits: &mut privhelper::api::SandboxExitedStream, ids: Vec<String>) {
+async fn settle(exits: &mut privhelper_api::SandboxExitedStream, ids: Vec<String>) {
     let mut left: std::collections::HashSet<String> = ids.into_iter().collect();
     while !left.is_empty() {
         let signal = tokio::time::timeout(Duration::from_secs(30), exits.next())

@@ -59,7 +59,7 @@ impl Proto {
 impl LinkRule {
     /// Exactly what the sandbox may reach on its link's host address, without duplicates.
     pub fn allowed(&self) -> Vec<(Proto, u16)> {
-        use crate::api::{DNS_PORT, TLS_PORT};
+        use privhelper_api::{DNS_PORT, TLS_PORT};
         let mut out = vec![(Proto::Tcp, self.proxy_port)];
         if self.transparent {
             out.extend([

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use super::{Helper, Service};
-use crate::api::{BUS_NAME, OBJECT_PATH};
+use privhelper_api::{BUS_NAME, OBJECT_PATH};
 use crate::config::{self, Config};
 
 #[derive(Debug, Parser)]

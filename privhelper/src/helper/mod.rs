@@ -27,13 +27,13 @@ use tokio::sync::Mutex;
 use zbus::OwnedFd as BusFd;
 use zbus::message::Header;
 
-use crate::api::{Created, HelperError, SandboxInfo, SandboxSpec, TransparentSockets};
+use privhelper_api::{Created, HelperError, SandboxInfo, SandboxSpec, TransparentSockets};
 use crate::config::Config;
 use cgroup::{CgroupLimits, Layout, SandboxCgroup};
 use firewall::{Firewall, LinkRule};
 use network::{Link, Network};
 
-use crate::init::SANDBOX_PATH as INIT_IN_SANDBOX;
+use sandbox_init::SANDBOX_PATH as INIT_IN_SANDBOX;
 /// The uid and gid the server has inside its user namespace.
 const SANDBOX_ID: &str = "65534";
 
@@ -493,7 +493,7 @@ impl Helper {
         }
         args.extend(["--chdir".into(), "/tmp".into(), "--".into()]);
         args.push(INIT_IN_SANDBOX.into());
-        let init = crate::init::args::Args {
+        let init = sandbox_init::args::Args {
             proxy_port: c.proxy_port,
             transparent: c.transparent,
             data: c.data.is_some(),
@@ -644,7 +644,7 @@ impl Helper {
         let emitted = async {
             let iface = conn
                 .object_server()
-                .interface::<_, Service>(crate::api::OBJECT_PATH)
+                .interface::<_, Service>(privhelper_api::OBJECT_PATH)
                 .await?;
             Service::sandbox_exited(iface.signal_emitter(), id, code, signal, reason).await
         }

@@ -24,7 +24,7 @@ use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::api::{DNS_PORT, TLS_PORT, TransparentSockets};
+use privhelper_api::{DNS_PORT, TLS_PORT, TransparentSockets};
 
 /// Listen backlog of the TCP sockets (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 1024;

@@ -12,7 +12,7 @@ use std::path::{Component, Path};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
-use crate::api::{DNS_PORT, HelperError, PROXY_ADDR_TOKEN, SandboxSpec, TLS_PORT};
+use privhelper_api::{DNS_PORT, HelperError, PROXY_ADDR_TOKEN, SandboxSpec, TLS_PORT};
 use crate::config::Config;
 
 pub const MAX_ARGS: usize = 256;

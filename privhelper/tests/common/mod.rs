@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use privhelper::api::{Limits, PrivHelperProxy, SandboxSpec};
+use privhelper_api::{Limits, PrivHelperProxy, SandboxSpec};
 
 /// Test instance names: distinct from a real installation's, so tests never touch it.
 pub const INSTANCE: &str = "gmtest";
@@ -70,7 +70,7 @@ pub fn static_init() -> PathBuf {
         .join("debug/gigmcp-sandbox-init");
     assert!(
         path.exists(),
-        "{} missing: scripts/test builds it (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p privhelper --bin gigmcp-sandbox-init --target {triple} --target-dir target/static-init)",
+        "{} missing: scripts/test builds it (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p sandbox-init --bin gigmcp-sandbox-init --target {triple} --target-dir target/static-init)",
         path.display()
     );
     path
@@ -467,7 +467,7 @@ fn walk_count(dir: &Path, instance: &str, depth: usize) -> usize {
 
 /// Runs the attack binary as root inside a sandbox's netns (no landlock, no seccomp): only
 /// nftables stands between it and the host.
-pub fn in_netns(info: &privhelper::api::SandboxInfo, args: &[&str]) -> String {
+pub fn in_netns(info: &privhelper_api::SandboxInfo, args: &[&str]) -> String {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &format!("{}-{}", INSTANCE, info.id)])
         .arg(workspace_bin("gigmcp-attack"))

@@ -4,6 +4,10 @@
 //! Everything in a [`SandboxSpec`] comes from the gateway, which the helper treats as untrusted:
 //! paths are names relative to directories the helper's own configuration fixes, and nothing in
 //! a spec can choose a host uid, a capability or a namespace.
+//!
+//! This crate is what the gateway links of the privileged side: the wire types, the well-known
+//! names, the error names and the generated client proxy. It knows nothing of how the helper
+//! builds a sandbox, and links nothing the gateway does not already need for D-Bus.
 
 use serde::{Deserialize, Serialize};
 use zbus::OwnedFd;
@@ -16,7 +20,7 @@ pub const OBJECT_PATH: &str = "/org/gigmcp/PrivHelper1";
 /// The interface the gateway calls to create and destroy sandboxes.
 pub const INTERFACE: &str = "org.gigmcp.PrivHelper1";
 
-/// What the gateway asks for. Bounds are checked by the helper (see `helper::validate`).
+/// What the gateway asks for. Bounds are checked by the helper (its `validate` module).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct SandboxSpec {
     /// The server's id: `[a-z0-9][a-z0-9_-]{0,63}`. Used in names and logs only.
@@ -121,7 +125,7 @@ impl TransparentSockets {
 
     /// Splits [`Created`]'s last field: `None` when it is empty (not transparent mode), an
     /// error when it has any other number of fds.
-    pub fn from_reply(fds: Vec<OwnedFd>) -> Result<Option<Self>, String> {
+    pub fn from_reply(fds: Vec<OwnedFd>) -> Result<Option<Self>, FdCountError> {
         let n = fds.len();
         let mut fds = fds.into_iter().map(std::os::fd::OwnedFd::from);
         match (fds.next(), fds.next(), fds.next(), fds.next()) {
@@ -131,10 +135,15 @@ impl TransparentSockets {
                 dns_udp,
                 dns_tcp,
             })),
-            _ => Err(format!("expected 0 or 3 transparent-mode fds, got {n}")),
+            _ => Err(FdCountError(n)),
         }
     }
 }
+
+/// A `CreateSandbox` reply whose transparent-mode fd list is neither empty nor three long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("expected 0 or 3 transparent-mode fds, got {0}")]
+pub struct FdCountError(pub usize);
 
 /// Errors on the wire are named `org.gigmcp.PrivHelper1.Error.<Variant>`.
 #[derive(Debug, zbus::DBusError)]

@@ -10,6 +10,13 @@
 
 use std::ffi::OsString;
 
+/// The TLS port `--transparent` lets the server connect to (the helper's `api::TLS_PORT`; a
+/// test in the helper checks the two agree). Here rather than imported because init links
+/// nothing of the D-Bus side.
+pub const TLS_PORT: u16 = 443;
+/// The DNS port (TCP) `--transparent` lets the server connect to (the helper's `api::DNS_PORT`).
+pub const DNS_PORT: u16 = 53;
+
 /// The synopsis printed with usage errors.
 pub const USAGE: &str = "gigmcp-sandbox-init --proxy-port PORT [--transparent] [--data] \
                          [--allow-degraded-landlock] -- SERVER [ARG...]";
@@ -19,8 +26,8 @@ pub const USAGE: &str = "gigmcp-sandbox-init --proxy-port PORT [--transparent] [
 pub struct Args {
     /// The only TCP port the server may connect to (the gateway's egress proxy), 1..=65535.
     pub proxy_port: u16,
-    /// Transparent mode: TCP connect is also allowed to ports 443 and 53 (`api::TLS_PORT`,
-    /// `api::DNS_PORT`).
+    /// Transparent mode: TCP connect is also allowed to ports 443 and 53 ([`TLS_PORT`],
+    /// [`DNS_PORT`]).
     pub transparent: bool,
     /// `/data` is mounted and the server may write there.
     pub data: bool,

@@ -22,7 +22,7 @@ use ::landlock::{
 
 use super::exit::{DEGRADED_PREFIX, WARNING_PREFIX};
 use super::sys;
-use crate::api::{DNS_PORT, TLS_PORT};
+use crate::args::{DNS_PORT, TLS_PORT};
 
 /// Read and execute everywhere.
 pub const ROOT: &str = "/";

@@ -1,4 +1,4 @@
-/* Attack/probe program for privhelper/tests/sandbox_init.rs, compiled with cc at test time.
+/* Attack/probe program for sandbox-init/tests/sandbox_init.rs, compiled with cc at test time.
  * Each subcommand tries one thing and prints "<op> ok" or "<op> errno=<n>"; a seccomp kill
  * shows as death by SIGSYS instead. */
 #define _GNU_SOURCE

@@ -3,8 +3,8 @@
 //! (not from seccompiler's tables): every syscall of DESIGN 3.3 is killed, ordinary ones are
 //! allowed, and the argument rules, the arch check and the x32 guard do what they say.
 
-use privhelper::init::bpf;
-use privhelper::init::seccomp::{ENOSYS_PROGRAM, KILL_PROGRAM, policy, programs};
+use sandbox_init::bpf;
+use sandbox_init::seccomp::{ENOSYS_PROGRAM, KILL_PROGRAM, policy, programs};
 use seccompiler::sock_filter;
 
 const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW

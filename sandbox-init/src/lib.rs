@@ -13,22 +13,39 @@
 //!
 //! Landlock goes first because it needs the filesystem (to open the rule paths) and the seccomp
 //! filters last because after them only `execve` is left to do. Each failure exits with its
-//! own code and one stderr line: see [`exit`].
+//! own code and one stderr line: see `exit`.
+//!
+//! The crate is two things by feature: without `confine` it is only [`args`] and
+//! [`SANDBOX_PATH`], the contract the root helper links to build init's command line; with
+//! `confine` (the default, and what the binary needs) it is the confinement itself. Its only
+//! runtime dependencies are libc, landlock, caps and seccompiler, and it has no async runtime:
+//! it is built static and runs before anything in the sandbox is locked.
 
 pub mod args;
+#[cfg(feature = "confine")]
 pub mod bpf;
+#[cfg(feature = "confine")]
 pub mod capabilities;
+#[cfg(feature = "confine")]
 pub mod exit;
+#[cfg(feature = "confine")]
 pub mod fds;
+#[cfg(feature = "confine")]
 pub mod landlock;
+#[cfg(feature = "confine")]
 pub mod seccomp;
+#[cfg(feature = "confine")]
 mod sys;
 
+#[cfg(feature = "confine")]
 use std::ffi::OsString;
+#[cfg(feature = "confine")]
 use std::os::unix::process::CommandExt as _;
 
+#[cfg(feature = "confine")]
 pub use exit::ExitCode;
 
+#[cfg(feature = "confine")]
 use exit::fail;
 
 /// Where the helper binds this binary inside the sandbox (`bwrap ... --tmpfs /run --ro-bind
@@ -36,6 +53,7 @@ use exit::fail;
 /// read-only image.
 pub const SANDBOX_PATH: &str = "/run/gigmcp/init";
 
+#[cfg(feature = "confine")]
 /// Runs init with `argv` (argv\[0\] included) and never returns: it either becomes the server
 /// or exits with an [`ExitCode`].
 pub fn run(argv: impl IntoIterator<Item = OsString>) -> ! {

@@ -25,14 +25,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use privhelper::init::ExitCode;
-use privhelper::init::exit::{DEGRADED_PREFIX, PREFIX, WARNING_PREFIX};
+use sandbox_init::ExitCode;
+use sandbox_init::exit::{DEGRADED_PREFIX, PREFIX, WARNING_PREFIX};
 
 const INIT: &str = env!("CARGO_BIN_EXE_gigmcp-sandbox-init");
 const NOBODY: u32 = 65534;
 const SIGSYS: i32 = libc::SIGSYS;
 /// Where the sandbox sees init and the probe.
-const INIT_IN_SANDBOX: &str = privhelper::init::SANDBOX_PATH;
+const INIT_IN_SANDBOX: &str = sandbox_init::SANDBOX_PATH;
 const PROBE_IN_SANDBOX: &str = "/run/gigmcp/probe";
 /// Namespace flags the kill filter must refuse to `clone`.
 const CLONE_NS_FLAGS: [u64; 8] = [
