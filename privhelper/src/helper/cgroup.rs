@@ -247,6 +247,15 @@ impl Layout {
         Ok(())
     }
 
+    /// Sandbox `id`'s cgroup directories as [`Layout::create`] makes them, in every hierarchy
+    /// used (whether or not each exists yet): what undoing a creation removes.
+    pub fn existing(&self, id: &str) -> SandboxCgroup {
+        SandboxCgroup {
+            dirs: self.parents().map(|p| p.join(id)).collect(),
+            v2_dir: self.v2.as_ref().map(|v| v.join(id)),
+        }
+    }
+
     /// Kills and removes every sandbox cgroup a previous run left. Returns how many.
     pub fn sweep(&self) -> usize {
         let mut removed = 0;
@@ -273,6 +282,19 @@ impl Layout {
             }
         }
         removed
+    }
+
+    /// Removes the instance's parent directories made by [`Layout::prepare`], where they are
+    /// empty (at shutdown, after the last sandbox is gone): a stopped helper leaves no
+    /// `<instance>` cgroup behind. A parent that still has children stays, quietly.
+    pub fn remove_parents(&self) {
+        for dir in self.parents() {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::debug!(dir = %dir.display(), "cgroup parent stays: {e}"),
+            }
+        }
     }
 
     /// Sandbox cgroup directories of ours that exist now, in every hierarchy.

@@ -1,41 +1,44 @@
 //! `gigmcp-privhelper`: creates and destroys sandboxes for the gateway, over D-Bus.
 //!
 //! A sandbox's life (DESIGN 4): check the spec ([`validate`]) → pick a free slot (its /30 and its
-//! host uid) → netns + veth ([`network`]) → firewall elements ([`firewall`]) → cgroups
-//! ([`cgroup`]) → bwrap ([`spawn`]) → hand the stdio fds, a pidfd and (transparent mode) the
+//! host uid) → build it on the host ([`lifecycle`], through the [`host`] seam: netns + veth
+//! ([`network`]), firewall elements ([`firewall`]), cgroups ([`cgroup`]), bwrap ([`spawn`]) with
+//! the command line of [`argv`]) → hand the stdio fds, a pidfd and (transparent mode) the
 //! sockets of [`transparent`] to the caller. It ends when `DestroySandbox` is called, when the
 //! gateway's end of stdin closes, or when the sandbox exits; teardown runs the same steps
-//! backwards. On start-up [`Helper::sweep`] removes whatever a
-//! previous run left.
+//! backwards. On start-up [`Helper::sweep`] removes whatever a previous run left. The D-Bus
+//! face is [`Service`].
 
+pub mod argv;
 pub mod cgroup;
+mod error;
 pub mod firewall;
-pub mod main;
+pub mod host;
+pub mod lifecycle;
 pub mod network;
 pub mod reaper;
+mod service;
 pub mod spawn;
 pub mod transparent;
 pub mod validate;
 
+pub use error::{StartError, StepError};
+pub use service::Service;
+
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use zbus::OwnedFd as BusFd;
-use zbus::message::Header;
 
-use privhelper_api::{Created, HelperError, SandboxInfo, SandboxSpec, TransparentSockets};
 use crate::config::Config;
-use cgroup::{CgroupLimits, Layout, SandboxCgroup};
+use cgroup::{Layout, SandboxCgroup};
 use firewall::{Firewall, LinkRule};
+use host::LinuxHost;
 use network::{Link, Network};
-
-use sandbox_init::SANDBOX_PATH as INIT_IN_SANDBOX;
-/// The uid and gid the server has inside its user namespace.
-const SANDBOX_ID: &str = "65534";
+use privhelper_api::{Created, HelperError, SandboxInfo, SandboxSpec, TransparentSockets};
 
 /// What [`Helper::build`] hands back besides the sandbox: stdin, stdout, stderr and pidfd for
 /// the caller, the helper's own watch on stdin, and the transparent-mode sockets.
@@ -59,7 +62,7 @@ struct Sandbox {
     pidfd: OwnedFd,
     data_name: Option<String>,
     /// Keeps the netns open for the sandbox's lifetime (it is pinned in /run/netns too).
-    _netns: std::fs::File,
+    _netns: network::Netns,
 }
 
 #[derive(Debug, Default)]
@@ -79,10 +82,7 @@ pub struct Helper {
 #[derive(Debug)]
 struct Inner {
     config: Config,
-    network: Network,
-    firewall: Firewall,
-    cgroups: Layout,
-    launcher: spawn::Launcher,
+    host: LinuxHost,
     state: Mutex<State>,
     /// The bus connection, once serving: used to announce exits.
     bus: std::sync::OnceLock<zbus::Connection>,
@@ -107,23 +107,26 @@ pub struct Swept {
 
 impl Helper {
     /// Sets up host-wide state: the firewall table (recreated empty) and cgroup parents.
-    pub async fn new(config: Config) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let network = Network::new(&config.instance).context("netlink")?;
+    pub async fn new(config: Config) -> Result<Self, StartError> {
+        let network = Network::new(&config.instance).map_err(StartError::Netlink)?;
         let firewall = Firewall::new(config.nft.clone(), &config.instance, &config.link_prefix);
-        reaper::become_subreaper().context("becoming a child subreaper")?;
-        let cgroups = Layout::detect(&config.instance)?;
-        let roots = validate::Roots::open(&config).map_err(anyhow::Error::msg)?;
+        reaper::become_subreaper().map_err(StartError::Subreaper)?;
+        let cgroups = Layout::detect(&config.instance).map_err(StartError::Cgroups)?;
+        let roots = validate::Roots::open(&config).map_err(StartError::Roots)?;
         let tracked = spawn::Tracked::default();
-        cgroups.prepare()?;
+        cgroups.prepare().map_err(StartError::Cgroups)?;
         tracing::info!(cgroups = %cgroups.describe(), "cgroup layout");
+        let host = LinuxHost {
+            network,
+            firewall,
+            cgroups,
+            launcher: spawn::Launcher::start(tracked.clone()),
+            bwrap: config.bwrap.clone(),
+        };
         let helper = Self {
             inner: Arc::new(Inner {
                 config,
-                network,
-                firewall,
-                cgroups,
-                launcher: spawn::Launcher::start(tracked.clone()),
+                host,
                 state: Mutex::new(State::default()),
                 bus: std::sync::OnceLock::new(),
                 tracked,
@@ -132,12 +135,12 @@ impl Helper {
                 finishing: std::sync::Mutex::new(Vec::new()),
             }),
         };
-        helper.spawn_reaper()?;
+        helper.spawn_reaper().map_err(StartError::Signal)?;
         Ok(helper)
     }
 
     /// Reaps orphaned sandbox processes whenever a child changes state.
-    fn spawn_reaper(&self) -> anyhow::Result<()> {
+    fn spawn_reaper(&self) -> std::io::Result<()> {
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let helper = self.clone();
         tokio::spawn(async move {
@@ -154,13 +157,22 @@ impl Helper {
         reaper::reap_orphans(&tracked, &bwrap.to_string_lossy())
     }
 
+    /// The one uid allowed to call (see `Service`).
+    fn caller_uid(&self) -> u32 {
+        self.inner.config.caller_uid()
+    }
+
     /// Removes everything a previous run left (its processes die with their cgroups), then
     /// installs a fresh, empty firewall table.
-    pub async fn sweep(&self) -> anyhow::Result<Swept> {
-        let i = &self.inner;
-        let cgroups = i.cgroups.sweep();
-        let (namespaces, links) = i.network.sweep(&i.config.link_prefix).await?;
-        i.firewall.install()?;
+    pub async fn sweep(&self) -> Result<Swept, StartError> {
+        let h = &self.inner.host;
+        let cgroups = h.cgroups.sweep();
+        let (namespaces, links) = h
+            .network
+            .sweep(&self.inner.config.link_prefix)
+            .await
+            .map_err(StartError::Sweep)?;
+        h.firewall.install().map_err(StartError::Firewall)?;
         Ok(Swept {
             namespaces,
             links,
@@ -168,7 +180,8 @@ impl Helper {
         })
     }
 
-    /// Destroys every live sandbox and removes the firewall table (orderly shutdown).
+    /// Destroys every live sandbox and removes the firewall table (orderly shutdown), and the
+    /// instance's cgroup parents once they are empty.
     pub async fn shutdown(&self) {
         use std::sync::atomic::Ordering;
         self.inner.shutting_down.store(true, Ordering::SeqCst);
@@ -193,9 +206,10 @@ impl Helper {
         {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        if let Err(e) = self.inner.firewall.remove_table() {
+        if let Err(e) = self.inner.host.firewall.remove_table() {
             tracing::warn!("{e}");
         }
+        self.inner.host.cgroups.remove_parents();
     }
 
     /// Lets the helper announce `SandboxExited` on `conn`.
@@ -256,263 +270,68 @@ impl Helper {
                     state.data_in_use.remove(name);
                 }
                 tracing::warn!(id, "sandbox creation failed: {e}");
-                Err(e)
+                Err(e.into())
             }
         }
     }
 
+    /// Builds the sandbox in `slot` (see [`lifecycle`]) and splits it into what the helper
+    /// keeps and what it hands to the caller.
     async fn build(
         &self,
         id: String,
         slot: u32,
         mut c: validate::Checked,
-    ) -> Result<(Sandbox, Handed), HelperError> {
-        let i = &self.inner;
-        let cfg = &i.config;
-        let failed =
-            |step: &str, e: &dyn std::fmt::Display| HelperError::Failed(format!("{step}: {e}"));
+    ) -> Result<(Sandbox, Handed), StepError> {
+        let cfg = &self.inner.config;
         let base = u32::from(cfg.pool.network()) + slot * 4;
-        let addrs = Link {
-            host: Ipv4Addr::from(base + 1),
-            sandbox: Ipv4Addr::from(base + 2),
+        let at = lifecycle::Placement {
+            link: format!("{}{id}", cfg.link_prefix),
+            id,
+            addrs: Link {
+                host: Ipv4Addr::from(base + 1),
+                sandbox: Ipv4Addr::from(base + 2),
+            },
+            uid: cfg.uid_base + slot,
+            gid: cfg.uid_base + slot,
         };
-        let link = format!("{}{id}", cfg.link_prefix);
-        let (uid, gid) = (cfg.uid_base + slot, cfg.uid_base + slot);
-        // A sandbox uid must be nobody's: a real user's files and processes would be in reach.
-        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-            return Err(HelperError::Failed(format!(
-                "sandbox uid {uid} belongs to user {}: move uid_base to a free range",
-                user.name
-            )));
-        }
-
         // The host address is known only now (it follows from the slot): put it where the
         // gateway asked for it (`api::PROXY_ADDR_TOKEN`), before anything reads the env.
-        c.env = validate::expand_env(&c.env, addrs.host);
-        let netns = i
-            .network
-            .create(&id, &link, addrs)
-            .await
-            .map_err(|e| failed("network", &e))?;
-        let rule = LinkRule {
-            link: link.clone(),
-            host: addrs.host,
-            sandbox: addrs.sandbox,
-            proxy_port: c.proxy_port,
-            transparent: c.transparent,
+        c.env = validate::expand_env(&c.env, at.addrs.host);
+        let settings = lifecycle::Settings {
+            init: &cfg.sandbox_init,
+            tmp_bytes: cfg.ceilings.tmp_bytes,
+            allow_degraded_landlock: cfg.allow_degraded_landlock,
         };
-        // From here on, undo what was done if a later step fails.
-        let undo_network = || async {
-            let _ = i.network.destroy(&id, &link).await;
-        };
-        // Bound before the firewall lets anything in: nothing can reach these ports unserved.
-        let sockets = if c.transparent {
-            match transparent::bind(addrs.host, &link) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    undo_network().await;
-                    return Err(failed("transparent mode", &e));
-                }
-            }
-        } else {
-            None
-        };
-        if let Err(e) = i.firewall.allow(&rule) {
-            undo_network().await;
-            return Err(failed("firewall", &e));
-        }
-        let cgroup = match i.cgroups.create(
-            &id,
-            CgroupLimits {
-                memory_max: c.memory_max,
-                pids_max: c.pids_max,
-                cpu_percent: c.cpu_percent,
-            },
-        ) {
-            Ok(cg) => cg,
-            Err(e) => {
-                let _ = i.firewall.revoke(&rule);
-                undo_network().await;
-                return Err(failed("cgroup", &e));
-            }
-        };
-        let launched = async {
-            if let Some(data) = &c.data {
-                validate::chown_tree(data, uid, gid).map_err(|e| {
-                    HelperError::InvalidSpec(format!(
-                        "data dir cannot be given to the sandbox: {e}"
-                    ))
-                })?;
-            }
-            let resolv_conf = if c.transparent {
-                let conf = transparent::resolv_conf(addrs.host);
-                Some(
-                    transparent::data_pipe(conf.as_bytes())
-                        .map_err(|e| failed("resolv.conf", &e))?,
-                )
-            } else {
-                None
-            };
-            let plan = self.plan(
-                &c,
-                uid,
-                gid,
-                netns.try_clone().map_err(|e| failed("netns", &e))?,
-                &cgroup,
-                resolv_conf,
-            )?;
-            i.launcher
-                .launch(plan)
-                .await
-                .map_err(|e| failed("start bwrap", &e))
-        }
-        .await;
-        let started = match launched {
-            Ok(s) => s,
-            Err(e) => {
-                cgroup.kill();
-                cgroup.remove();
-                let _ = i.firewall.revoke(&rule);
-                undo_network().await;
-                return Err(e);
-            }
-        };
+        let built = lifecycle::build(&self.inner.host, &at, &c, settings).await?;
+        let started = built.started;
         let info = SandboxInfo {
-            id: id.clone(),
-            server: c.server.clone(),
+            id: at.id,
+            server: c.server,
             slot,
-            host_addr: addrs.host.to_string(),
-            sandbox_addr: addrs.sandbox.to_string(),
+            host_addr: at.addrs.host.to_string(),
+            sandbox_addr: at.addrs.sandbox.to_string(),
             pid: started.child.id(),
         };
         let sandbox = Sandbox {
             info,
-            link,
-            rule,
-            cgroup,
+            link: at.link,
+            rule: built.rule,
+            cgroup: built.cgroup,
             child: started.child,
             pidfd: started.pidfd,
             data_name: c.data_name,
-            _netns: netns,
+            _netns: built.netns,
         };
-        Ok((
-            sandbox,
-            (
-                BusFd::from(started.stdin),
-                BusFd::from(started.stdout),
-                BusFd::from(started.stderr),
-                BusFd::from(started.pidfd_for_caller),
-                started.stdin_watch,
-                sockets,
-            ),
-        ))
-    }
-
-    /// The bwrap command line and the child's setup (see [`spawn`] for the order of steps).
-    fn plan(
-        &self,
-        c: &validate::Checked,
-        uid: u32,
-        gid: u32,
-        netns: std::fs::File,
-        cgroup: &SandboxCgroup,
-        resolv_conf: Option<OwnedFd>,
-    ) -> Result<spawn::Plan, HelperError> {
-        let cfg = &self.inner.config;
-        let dup = |fd: &OwnedFd| {
-            fd.try_clone()
-                .map_err(|e| HelperError::Failed(format!("dup: {e}")))
-        };
-        // fds are passed at fixed numbers from 3 up: rootfs, data, one per CA copy, then the
-        // transparent-mode resolv.conf.
-        let mut pass = vec![(dup(&c.rootfs)?, 3)];
-        let mut args: Vec<OsString> = Vec::new();
-        let mut arg = |a: &str| args.push(a.into());
-        for flag in [
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup",
-            "--disable-userns",
-            "--die-with-parent",
-            "--new-session",
-        ] {
-            arg(flag);
-        }
-        for a in [
-            "--uid",
-            SANDBOX_ID,
-            "--gid",
-            SANDBOX_ID,
-            "--hostname",
-            "sandbox",
-        ] {
-            arg(a);
-        }
-        for a in ["--ro-bind-fd", "3", "/", "--proc", "/proc", "--dev", "/dev"] {
-            arg(a);
-        }
-        let tmp = cfg.ceilings.tmp_bytes.to_string();
-        for a in ["--size", &tmp, "--tmpfs", "/tmp", "--tmpfs", "/run"] {
-            arg(a);
-        }
-        args.push("--ro-bind".into());
-        args.push(cfg.sandbox_init.clone().into());
-        args.push(INIT_IN_SANDBOX.into());
-        let mut next = 4;
-        if let Some(data) = &c.data {
-            pass.push((dup(data)?, next));
-            args.extend(["--bind-fd".into(), next.to_string().into(), "/data".into()]);
-            next += 1;
-        }
-        for (fd, dest) in &c.ca {
-            pass.push((dup(fd)?, next));
-            args.extend([
-                "--perms".into(),
-                "0444".into(),
-                "--ro-bind-data".into(),
-                next.to_string().into(),
-                dest.into(),
-            ]);
-            next += 1;
-        }
-        if let Some(fd) = resolv_conf {
-            pass.push((fd, next));
-            args.extend([
-                "--perms".into(),
-                "0444".into(),
-                "--ro-bind-data".into(),
-                next.to_string().into(),
-                format!("/{}", validate::RESOLV_CONF).into(),
-            ]);
-        }
-        args.push("--clearenv".into());
-        for (k, v) in &c.env {
-            args.extend(["--setenv".into(), k.into(), v.into()]);
-        }
-        args.extend(["--chdir".into(), "/tmp".into(), "--".into()]);
-        args.push(INIT_IN_SANDBOX.into());
-        let init = sandbox_init::args::Args {
-            proxy_port: c.proxy_port,
-            transparent: c.transparent,
-            data: c.data.is_some(),
-            allow_degraded_landlock: cfg.allow_degraded_landlock,
-            server: c.argv.iter().map(OsString::from).collect(),
-        };
-        args.extend(init.to_args());
-        Ok(spawn::Plan {
-            bwrap: cfg.bwrap.clone(),
-            args,
-            uid,
-            gid,
-            netns,
-            cgroup_procs: cgroup
-                .procs_files()
-                .map_err(|e| HelperError::Failed(e.to_string()))?,
-            pass_fds: pass,
-            nproc: u64::from(c.pids_max),
-        })
+        let handed = (
+            BusFd::from(started.stdin),
+            BusFd::from(started.stdout),
+            BusFd::from(started.stderr),
+            BusFd::from(started.pidfd_for_caller),
+            started.stdin_watch,
+            built.sockets,
+        );
+        Ok((sandbox, handed))
     }
 
     /// Tears a sandbox down when it exits or when the gateway's end of its stdin closes.
@@ -566,7 +385,7 @@ impl Helper {
         let _ = rustix::process::pidfd_send_signal(&sandbox.pidfd, rustix::process::Signal::KILL);
         sandbox.cgroup.kill();
         let mut problems = Vec::new();
-        if let Err(e) = i.firewall.revoke(&sandbox.rule) {
+        if let Err(e) = i.host.firewall.revoke(&sandbox.rule) {
             problems.push(e.to_string());
         }
         let status = tokio::task::spawn_blocking(move || {
@@ -589,7 +408,7 @@ impl Helper {
             let (id, reason) = (id.to_owned(), reason.to_owned());
             async move {
                 let i = &helper.inner;
-                let result = i.network.destroy(&id, &sandbox.link).await;
+                let result = i.host.network.destroy(&id, &sandbox.link).await;
                 if let Err(e) = &result {
                     tracing::error!(id, "removing the sandbox network: {e}");
                 }
@@ -626,35 +445,6 @@ impl Helper {
     }
 }
 
-impl Helper {
-    async fn announce_exit(
-        &self,
-        id: &str,
-        status: Option<&std::process::ExitStatus>,
-        reason: &str,
-    ) {
-        use std::os::unix::process::ExitStatusExt;
-        let Some(conn) = self.inner.bus.get() else {
-            return;
-        };
-        let (code, signal) = match status {
-            Some(s) => (s.code().unwrap_or(-1), s.signal().unwrap_or(0)),
-            None => (-1, 0),
-        };
-        let emitted = async {
-            let iface = conn
-                .object_server()
-                .interface::<_, Service>(privhelper_api::OBJECT_PATH)
-                .await?;
-            Service::sandbox_exited(iface.signal_emitter(), id, code, signal, reason).await
-        }
-        .await;
-        if let Err(e) = emitted {
-            tracing::warn!(id, "cannot announce the exit: {e}");
-        }
-    }
-}
-
 /// Resolves when every writer of the pipe behind `fd` has closed it.
 async fn hung_up(fd: &tokio::io::unix::AsyncFd<OwnedFd>) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -678,89 +468,12 @@ async fn hung_up(fd: &tokio::io::unix::AsyncFd<OwnedFd>) {
 fn new_id(state: &State) -> String {
     loop {
         let mut b = [0u8; 4];
-        getrandom::fill(&mut b).expect("kernel randomness");
-        let id = hex::encode(b);
+        let n = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty())
+            .expect("kernel randomness");
+        assert_eq!(n, b.len(), "getrandom returns up to 256 bytes whole");
+        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
         if !state.live.contains_key(&id) {
             return id;
         }
     }
-}
-
-/// The D-Bus face of the helper. Every method first checks the caller's uid with the bus: the
-/// bus policy is the first fence, this is the second.
-#[derive(Debug)]
-pub struct Service {
-    helper: Helper,
-}
-
-impl Service {
-    pub fn new(helper: Helper) -> Self {
-        Self { helper }
-    }
-
-    async fn authorize(
-        &self,
-        header: &Header<'_>,
-        conn: &zbus::Connection,
-    ) -> Result<(), HelperError> {
-        let sender = header
-            .sender()
-            .ok_or_else(|| HelperError::PermissionDenied("message has no sender".into()))?;
-        let uid = zbus::fdo::DBusProxy::new(conn)
-            .await?
-            .get_connection_unix_user(sender.clone().into())
-            .await
-            .map_err(zbus::Error::from)?;
-        let allowed = self.helper.inner.config.caller_uid();
-        if uid != allowed {
-            tracing::warn!(uid, sender = %sender, "refused a caller that is not the gateway");
-            return Err(HelperError::PermissionDenied(format!(
-                "uid {uid} may not use the helper"
-            )));
-        }
-        Ok(())
-    }
-}
-
-#[zbus::interface(name = "org.gigmcp.PrivHelper1")]
-impl Service {
-    async fn create_sandbox(
-        &self,
-        spec: SandboxSpec,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
-    ) -> Result<Created, HelperError> {
-        self.authorize(&header, conn).await?;
-        self.helper.create(&spec).await.inspect_err(|e| {
-            tracing::warn!(server = %spec.server, "CreateSandbox refused: {e}");
-        })
-    }
-
-    async fn destroy_sandbox(
-        &self,
-        id: String,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
-    ) -> Result<(), HelperError> {
-        self.authorize(&header, conn).await?;
-        self.helper.destroy(&id, "DestroySandbox", true).await
-    }
-
-    async fn list_sandboxes(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
-    ) -> Result<Vec<SandboxInfo>, HelperError> {
-        self.authorize(&header, conn).await?;
-        Ok(self.helper.list().await)
-    }
-
-    #[zbus(signal)]
-    async fn sandbox_exited(
-        emitter: &zbus::object_server::SignalEmitter<'_>,
-        id: &str,
-        code: i32,
-        signal: i32,
-        reason: &str,
-    ) -> zbus::Result<()>;
 }

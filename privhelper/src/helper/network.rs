@@ -58,6 +58,14 @@ pub struct Network {
     prefix: String,
 }
 
+/// A sandbox's network namespace: the pinned file (bwrap's child `setns`es into it) and a
+/// netlink handle opened inside it.
+#[derive(Debug)]
+pub struct Netns {
+    pub file: File,
+    inner: Handle,
+}
+
 /// Addresses of one /30.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
@@ -81,33 +89,18 @@ impl Network {
         Path::new(NETNS_DIR).join(format!("{}-{id}", self.prefix))
     }
 
-    /// Creates netns `<prefix>-<id>` with `eth0` (sandbox end) linked to `link_name` on the
-    /// host, both addressed, lo up, and no default route. Returns the netns.
-    pub async fn create(
-        &self,
-        id: &str,
-        link_name: &str,
-        addrs: Link,
-    ) -> Result<File, NetworkError> {
-        let path = self.netns_path(id);
-        let (ns, inner) = new_netns(&path)?;
-        let result = self.configure(&ns, &inner, link_name, addrs).await;
-        if let Err(e) = result {
-            let _ = self.destroy(id, link_name).await;
-            return Err(e);
-        }
-        Ok(ns)
+    /// Creates netns `<prefix>-<id>`, pinned in /run/netns, with IPv6 off. Undone by
+    /// [`Network::remove_netns`].
+    pub fn create_netns(&self, id: &str) -> Result<Netns, NetworkError> {
+        let (file, inner) = new_netns(&self.netns_path(id))?;
+        Ok(Netns { file, inner })
     }
 
-    async fn configure(
-        &self,
-        ns: &File,
-        inner: &Handle,
-        link_name: &str,
-        addrs: Link,
-    ) -> Result<(), NetworkError> {
+    /// Creates the veth pair: `link_name` on the host, `eth0` in `ns`. Undone by
+    /// [`Network::delete_link`] (both ends go together).
+    pub async fn create_veth(&self, ns: &Netns, link_name: &str) -> Result<(), NetworkError> {
         let peer = LinkUnspec::new_with_name(SANDBOX_IF)
-            .setns_by_fd(ns.as_raw_fd())
+            .setns_by_fd(ns.file.as_raw_fd())
             .build();
         let veth = LinkVeth::new(link_name, SANDBOX_IF)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -117,7 +110,18 @@ impl Network {
             .add(veth)
             .execute()
             .await
-            .map_err(nl("create veth"))?;
+            .map_err(nl("create veth"))
+    }
+
+    /// Addresses both ends of the link and brings them (and the sandbox's lo) up. Nothing to
+    /// undo of its own: the addresses go with the link.
+    pub async fn configure(
+        &self,
+        ns: &Netns,
+        link_name: &str,
+        addrs: Link,
+    ) -> Result<(), NetworkError> {
+        let inner = &ns.inner;
         // No IPv6 on the host end: link-local addresses would open a path the /30 does not show.
         // No forwarding of anything that arrives on it, whatever the host's ip_forward says.
         let _ = std::fs::write(
@@ -170,6 +174,12 @@ impl Network {
 
     /// Removes the link (both ends go together) and the namespace. Missing parts are fine.
     pub async fn destroy(&self, id: &str, link_name: &str) -> Result<(), NetworkError> {
+        self.delete_link(link_name).await?;
+        self.remove_netns(id)
+    }
+
+    /// Deletes the host link `link_name` (and so its peer); a missing link is fine.
+    pub async fn delete_link(&self, link_name: &str) -> Result<(), NetworkError> {
         if let Ok(idx) = index_of(&self.host, link_name).await {
             self.host
                 .link()
@@ -178,6 +188,11 @@ impl Network {
                 .await
                 .map_err(nl("delete veth"))?;
         }
+        Ok(())
+    }
+
+    /// Unpins and removes netns `<prefix>-<id>`; a missing one is fine.
+    pub fn remove_netns(&self, id: &str) -> Result<(), NetworkError> {
         remove_netns(&self.netns_path(id))
     }
 

@@ -29,8 +29,23 @@ use privhelper_api::{DNS_PORT, TLS_PORT, TransparentSockets};
 /// Listen backlog of the TCP sockets (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 1024;
 
+/// A socket of transparent mode that could not be made: which one, at which call, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{proto} {addr}: {call}: {source}{hint}", hint = if source.kind() == std::io::ErrorKind::AddrInUse {
+    " (a host service bound to the wildcard address on this port blocks transparent \
+     mode: bind it to specific addresses)"
+} else {
+    ""
+})]
+pub struct SocketError {
+    proto: &'static str,
+    addr: SocketAddrV4,
+    call: &'static str,
+    source: std::io::Error,
+}
+
 /// Binds TCP `host:443`, UDP `host:53` and TCP `host:53` on `link`, close-on-exec.
-pub fn bind(host: Ipv4Addr, link: &str) -> Result<TransparentSockets, String> {
+pub fn bind(host: Ipv4Addr, link: &str) -> Result<TransparentSockets, SocketError> {
     Ok(TransparentSockets {
         tls: socket(host, TLS_PORT, link, Proto::Tcp)?,
         dns_udp: socket(host, DNS_PORT, link, Proto::Udp)?,
@@ -44,22 +59,18 @@ enum Proto {
     Udp,
 }
 
-fn socket(host: Ipv4Addr, port: u16, link: &str, proto: Proto) -> Result<OwnedFd, String> {
+fn socket(host: Ipv4Addr, port: u16, link: &str, proto: Proto) -> Result<OwnedFd, SocketError> {
     let name = match proto {
         Proto::Tcp => "TCP",
         Proto::Udp => "UDP",
     };
     let addr = SocketAddrV4::new(host, port);
-    let step = |what: &str| {
-        let what = what.to_owned();
-        move |e: std::io::Error| {
-            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                " (a host service bound to the wildcard address on this port blocks transparent \
-                 mode: bind it to specific addresses)"
-            } else {
-                ""
-            };
-            format!("{name} {addr}: {what}: {e}{hint}")
+    let step = |call: &'static str| {
+        move |source: std::io::Error| SocketError {
+            proto: name,
+            addr,
+            call,
+            source,
         }
     };
     // socket2 creates sockets with SOCK_CLOEXEC: nothing the helper starts inherits them.

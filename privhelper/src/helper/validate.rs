@@ -12,8 +12,8 @@ use std::path::{Component, Path};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
-use privhelper_api::{DNS_PORT, HelperError, PROXY_ADDR_TOKEN, SandboxSpec, TLS_PORT};
 use crate::config::Config;
+use privhelper_api::{DNS_PORT, HelperError, PROXY_ADDR_TOKEN, SandboxSpec, TLS_PORT};
 
 pub const MAX_ARGS: usize = 256;
 pub const MAX_ENV: usize = 256;
@@ -87,9 +87,31 @@ pub struct Roots {
 const MAX_DATA_ENTRIES: usize = 100_000;
 const MAX_DATA_DEPTH: usize = 64;
 
+/// Why the configured directories could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("cannot open {} without following links: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: rustix::io::Errno,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data_root {}: {source}", path.display())]
+    Stat {
+        path: std::path::PathBuf,
+        source: rustix::io::Errno,
+    },
+    #[error("data_root {} must be owned by root and writable by nobody else", path.display())]
+    DataRootWritable { path: std::path::PathBuf },
+}
+
 impl Roots {
-    pub fn open(config: &Config) -> Result<Self, String> {
-        let open = |path: &Path| -> Result<OwnedFd, String> {
+    pub fn open(config: &Config) -> Result<Self, RootsError> {
+        let open = |path: &Path| -> Result<OwnedFd, RootsError> {
             rustix::fs::openat2(
                 rustix::fs::CWD,
                 path,
@@ -97,23 +119,24 @@ impl Roots {
                 Mode::empty(),
                 ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
             )
-            .map_err(|e| {
-                format!(
-                    "cannot open {} without following links: {e}",
-                    path.display()
-                )
+            .map_err(|source| RootsError::Open {
+                path: path.to_owned(),
+                source,
             })
         };
+        let path = || config.data_root.clone();
         // The data root is walked and re-owned as root, so nobody but root may write in it.
-        std::fs::create_dir_all(&config.data_root)
-            .map_err(|e| format!("cannot create {}: {e}", config.data_root.display()))?;
+        std::fs::create_dir_all(&config.data_root).map_err(|source| RootsError::Create {
+            path: path(),
+            source,
+        })?;
         let data = open(&config.data_root)?;
-        let st = rustix::fs::fstat(&data).map_err(|e| e.to_string())?;
+        let st = rustix::fs::fstat(&data).map_err(|source| RootsError::Stat {
+            path: path(),
+            source,
+        })?;
         if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
-            return Err(format!(
-                "data_root {} must be owned by root and writable by nobody else",
-                config.data_root.display()
-            ));
+            return Err(RootsError::DataRootWritable { path: path() });
         }
         Ok(Self {
             images: open(&config.images_dir)?,
@@ -355,16 +378,34 @@ fn regular_file_in(rootfs: &OwnedFd, path: &str) -> bool {
         .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
 }
 
+/// Why a data dir could not be given to the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: rustix::io::Errno,
+    },
+    #[error("more than {MAX_DATA_ENTRIES} entries")]
+    TooManyEntries,
+    #[error("nested deeper than {MAX_DATA_DEPTH} levels")]
+    TooDeep,
+}
+
 /// Gives a data dir and everything in it to the sandbox's uid, without following a link.
 /// Runs only while no sandbox uses the dir, so nothing can race the walk. The walk is
 /// iterative and bounded in depth and entries (the tree was made by an untrusted server), and
 /// holds one directory fd at a time: pending directories are kept as paths, each re-opened
 /// beneath `dir` without following links.
-pub fn chown_tree(dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), String> {
+pub fn chown_tree(dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), DataDirError> {
     use rustix::fs::{AtFlags, Gid, Uid};
     use std::os::unix::ffi::OsStrExt;
     let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
-    rustix::fs::fchown(dir, uid, gid).map_err(|e| e.to_string())?;
+    let at = |rel: &Path| {
+        let path = rel.to_owned();
+        move |source| DataDirError::Io { path, source }
+    };
+    rustix::fs::fchown(dir, uid, gid).map_err(at(Path::new(".")))?;
     let mut pending = vec![(std::path::PathBuf::from("."), 0usize)];
     let mut entries_seen = 0;
     while let Some((rel, depth)) = pending.pop() {
@@ -375,22 +416,22 @@ pub fn chown_tree(dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), String> {
             Mode::empty(),
             BENEATH,
         )
-        .map_err(|e| format!("{}: {e}", rel.display()))?;
-        for entry in rustix::fs::Dir::read_from(&current).map_err(|e| e.to_string())? {
-            let entry = entry.map_err(|e| e.to_string())?;
+        .map_err(at(&rel))?;
+        for entry in rustix::fs::Dir::read_from(&current).map_err(at(&rel))? {
+            let entry = entry.map_err(at(&rel))?;
             let name = entry.file_name();
             if name.to_bytes() == b"." || name.to_bytes() == b".." {
                 continue;
             }
             entries_seen += 1;
             if entries_seen > MAX_DATA_ENTRIES {
-                return Err(format!("more than {MAX_DATA_ENTRIES} entries"));
+                return Err(DataDirError::TooManyEntries);
             }
             rustix::fs::chownat(&current, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| e.to_string())?;
+                .map_err(at(&rel))?;
             if entry.file_type() == FileType::Directory {
                 if depth + 1 > MAX_DATA_DEPTH {
-                    return Err(format!("nested deeper than {MAX_DATA_DEPTH} levels"));
+                    return Err(DataDirError::TooDeep);
                 }
                 let name = std::ffi::OsStr::from_bytes(name.to_bytes());
                 pending.push((rel.join(name), depth + 1));
@@ -486,7 +527,7 @@ mod tests {
         }
         std::fs::create_dir_all(&deep).unwrap();
         let err = chown_tree(&fd, 4242, 4242).unwrap_err();
-        assert!(err.contains("deeper"), "{err}");
+        assert!(matches!(err, DataDirError::TooDeep), "{err}");
     }
 }
 

@@ -1,0 +1,237 @@
+//! bwrap's command line for one sandbox, as a pure function of the checked spec and the
+//! configuration, so that what a sandbox is made of can be read, and tested, in one place.
+//!
+//! The fds bwrap reads are passed at fixed numbers from 3 up, in this order: the rootfs, the
+//! data dir (if any), one per CA copy, then transparent mode's resolv.conf. [`numbered`] gives
+//! the numbers; [`bwrap_args`] names the same numbers in the same order.
+
+use std::ffi::OsString;
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::Path;
+
+use sandbox_init::SANDBOX_PATH as INIT_IN_SANDBOX;
+
+/// The uid and gid the server has inside its user namespace.
+const SANDBOX_ID: &str = "65534";
+/// The first fd number bwrap is handed (0-2 are the server's stdio).
+const FIRST_FD: RawFd = 3;
+
+/// What the command line depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The init binary on the host, bound read-only at [`INIT_IN_SANDBOX`].
+    pub init: &'a Path,
+    pub tmp_bytes: u64,
+    pub data: bool,
+    /// Where each CA copy goes inside the sandbox, in the order of their fds.
+    pub ca_dests: &'a [&'a str],
+    /// Transparent mode: init opens 443 and 53, and resolv.conf is replaced.
+    pub transparent: bool,
+    pub env: &'a [(String, String)],
+    pub argv: &'a [String],
+    pub proxy_port: u16,
+    pub allow_degraded_landlock: bool,
+}
+
+/// Gives `fds` (in the order the module comment lists) the numbers bwrap expects them at.
+pub fn numbered(fds: impl IntoIterator<Item = OwnedFd>) -> Vec<(OwnedFd, RawFd)> {
+    fds.into_iter().zip(FIRST_FD..).collect()
+}
+
+/// The full bwrap argv after the program name.
+pub fn bwrap_args(i: &Inputs<'_>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |list: &[&str]| args.extend(list.iter().map(OsString::from));
+    // Every namespace but the network one: the launcher's child has already entered the
+    // sandbox's own netns, which the sandbox must not be able to change. No nested user
+    // namespaces.
+    push(&[
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+    ]);
+    push(&[
+        "--uid",
+        SANDBOX_ID,
+        "--gid",
+        SANDBOX_ID,
+        "--hostname",
+        "sandbox",
+    ]);
+    push(&["--ro-bind-fd", "3", "/", "--proc", "/proc", "--dev", "/dev"]);
+    let tmp = i.tmp_bytes.to_string();
+    push(&["--size", &tmp, "--tmpfs", "/tmp", "--tmpfs", "/run"]);
+    args.push("--ro-bind".into());
+    args.push(i.init.into());
+    args.push(INIT_IN_SANDBOX.into());
+    let mut next = FIRST_FD + 1;
+    let mut fd = || {
+        let n = next;
+        next += 1;
+        OsString::from(n.to_string())
+    };
+    if i.data {
+        args.extend(["--bind-fd".into(), fd(), "/data".into()]);
+    }
+    for dest in i.ca_dests {
+        args.extend([
+            "--perms".into(),
+            "0444".into(),
+            "--ro-bind-data".into(),
+            fd(),
+            (*dest).into(),
+        ]);
+    }
+    if i.transparent {
+        let resolv_conf = format!("/{}", super::validate::RESOLV_CONF);
+        args.extend([
+            "--perms".into(),
+            "0444".into(),
+            "--ro-bind-data".into(),
+            fd(),
+            resolv_conf.into(),
+        ]);
+    }
+    args.push("--clearenv".into());
+    for (k, v) in i.env {
+        args.extend(["--setenv".into(), k.into(), v.into()]);
+    }
+    args.extend(["--chdir".into(), "/tmp".into(), "--".into()]);
+    args.push(INIT_IN_SANDBOX.into());
+    let init = sandbox_init::args::Args {
+        proxy_port: i.proxy_port,
+        transparent: i.transparent,
+        data: i.data,
+        allow_degraded_landlock: i.allow_degraded_landlock,
+        server: i.argv.iter().map(OsString::from).collect(),
+    };
+    args.extend(init.to_args());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "--unshare-user --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup \
+        --disable-userns --die-with-parent --new-session --uid 65534 --gid 65534 --hostname sandbox \
+        --ro-bind-fd 3 / --proc /proc --dev /dev --size 1048576 --tmpfs /tmp --tmpfs /run \
+        --ro-bind /usr/libexec/gigmcp/gigmcp-sandbox-init /run/gigmcp/init";
+
+    fn inputs<'a>(env: &'a [(String, String)], argv: &'a [String]) -> Inputs<'a> {
+        Inputs {
+            init: Path::new("/usr/libexec/gigmcp/gigmcp-sandbox-init"),
+            tmp_bytes: 1 << 20,
+            data: false,
+            ca_dests: &[],
+            transparent: false,
+            env,
+            argv,
+            proxy_port: 3128,
+            allow_degraded_landlock: false,
+        }
+    }
+
+    fn line(args: Vec<OsString>) -> String {
+        let words: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
+        words.join(" ")
+    }
+
+    fn env() -> Vec<(String, String)> {
+        vec![("HTTPS_PROXY".into(), "http://10.231.0.1:3128".into())]
+    }
+
+    fn argv() -> Vec<String> {
+        vec!["node".into(), "server.js".into()]
+    }
+
+    #[test]
+    fn a_plain_sandbox_gets_the_rootfs_the_init_and_the_spec_environment() {
+        let (env, argv) = (env(), argv());
+        assert_eq!(
+            line(bwrap_args(&inputs(&env, &argv))),
+            format!(
+                "{HEAD} --clearenv --setenv HTTPS_PROXY http://10.231.0.1:3128 --chdir /tmp -- \
+                 /run/gigmcp/init --proxy-port 3128 -- node server.js"
+            )
+        );
+    }
+
+    #[test]
+    fn a_data_dir_is_bound_writable_at_slash_data_from_fd_4() {
+        let (env, argv) = (env(), argv());
+        let i = Inputs {
+            data: true,
+            ..inputs(&env, &argv)
+        };
+        assert_eq!(
+            line(bwrap_args(&i)),
+            format!(
+                "{HEAD} --bind-fd 4 /data --clearenv --setenv HTTPS_PROXY \
+                 http://10.231.0.1:3128 --chdir /tmp -- /run/gigmcp/init --proxy-port 3128 \
+                 --data -- node server.js"
+            )
+        );
+    }
+
+    #[test]
+    fn a_ca_bundle_is_copied_read_only_to_every_destination_after_the_data_dir() {
+        let (env, argv) = (env(), argv());
+        let dests = ["/run/gigmcp/ca.pem", "/etc/ssl/certs/ca-certificates.crt"];
+        let i = Inputs {
+            data: true,
+            ca_dests: &dests,
+            ..inputs(&env, &argv)
+        };
+        assert_eq!(
+            line(bwrap_args(&i)),
+            format!(
+                "{HEAD} --bind-fd 4 /data --perms 0444 --ro-bind-data 5 /run/gigmcp/ca.pem \
+                 --perms 0444 --ro-bind-data 6 /etc/ssl/certs/ca-certificates.crt --clearenv \
+                 --setenv HTTPS_PROXY http://10.231.0.1:3128 --chdir /tmp -- /run/gigmcp/init \
+                 --proxy-port 3128 --data -- node server.js"
+            )
+        );
+    }
+
+    #[test]
+    fn transparent_mode_replaces_resolv_conf_and_tells_init() {
+        let (env, argv) = (env(), argv());
+        let dests = ["/run/gigmcp/ca.pem"];
+        let i = Inputs {
+            transparent: true,
+            ca_dests: &dests,
+            allow_degraded_landlock: true,
+            ..inputs(&env, &argv)
+        };
+        assert_eq!(
+            line(bwrap_args(&i)),
+            format!(
+                "{HEAD} --perms 0444 --ro-bind-data 4 /run/gigmcp/ca.pem --perms 0444 \
+                 --ro-bind-data 5 /etc/resolv.conf --clearenv --setenv HTTPS_PROXY \
+                 http://10.231.0.1:3128 --chdir /tmp -- /run/gigmcp/init --proxy-port 3128 \
+                 --transparent --allow-degraded-landlock -- node server.js"
+            )
+        );
+    }
+
+    #[test]
+    fn fds_are_numbered_from_3_in_the_order_given() {
+        let fds: Vec<OwnedFd> = (0..3)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect();
+        let numbers: Vec<RawFd> = numbered(fds).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(numbers, [3, 4, 5]);
+    }
+
+    #[test]
+    fn init_and_helper_agree_on_the_transparent_ports() {
+        assert_eq!(sandbox_init::args::TLS_PORT, privhelper_api::TLS_PORT);
+        assert_eq!(sandbox_init::args::DNS_PORT, privhelper_api::DNS_PORT);
+    }
+}

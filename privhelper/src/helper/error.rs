@@ -1,0 +1,73 @@
+//! The helper's own errors: [`StepError`], one variant per step of building a sandbox, and
+//! [`StartError`], what can stop the helper from starting.
+//!
+//! A refused or failed `CreateSandbox` must say *which* step failed, so each variant's message
+//! starts with the step's name (`veth: ...`). They reach the gateway as the D-Bus errors of
+//! `privhelper_api::HelperError` (whose names are part of the interface and do not change):
+//! a data dir that cannot be handed over is the spec's fault (`InvalidSpec`), everything else
+//! is the host's (`Failed`, with the step in the message).
+
+use privhelper_api::HelperError;
+
+use super::cgroup::CgroupError;
+use super::firewall::FirewallError;
+use super::network::NetworkError;
+use super::transparent::SocketError;
+use super::validate::DataDirError;
+
+/// A step of [`super::lifecycle::build`] that failed, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The slot's sandbox uid is a real user's: its files and processes would be in reach.
+    #[error("uid: sandbox uid {uid} belongs to user {user}: move uid_base to a free range")]
+    UidTaken { uid: u32, user: String },
+    #[error("netns: {0}")]
+    Netns(NetworkError),
+    #[error("veth: {0}")]
+    Veth(NetworkError),
+    #[error("addresses: {0}")]
+    Addresses(NetworkError),
+    #[error("transparent mode: {0}")]
+    Transparent(SocketError),
+    #[error("firewall: {0}")]
+    Firewall(FirewallError),
+    #[error("cgroup: {0}")]
+    Cgroup(CgroupError),
+    #[error("data dir cannot be given to the sandbox: {0}")]
+    DataDir(DataDirError),
+    #[error("resolv.conf: {0}")]
+    ResolvConf(std::io::Error),
+    /// Duplicating an fd to hand to bwrap (the rootfs, data dir, CA bundle or netns).
+    #[error("dup: {0}")]
+    Dup(std::io::Error),
+    #[error("start bwrap: {0}")]
+    Spawn(std::io::Error),
+}
+
+impl From<StepError> for HelperError {
+    fn from(e: StepError) -> Self {
+        match e {
+            StepError::DataDir(_) => HelperError::InvalidSpec(e.to_string()),
+            _ => HelperError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Why the helper could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("netlink: {0}")]
+    Netlink(NetworkError),
+    #[error("becoming a child subreaper: {0}")]
+    Subreaper(nix::Error),
+    #[error(transparent)]
+    Cgroups(CgroupError),
+    #[error("{0}")]
+    Roots(super::validate::RootsError),
+    #[error("SIGCHLD handler: {0}")]
+    Signal(std::io::Error),
+    #[error("sweep: {0}")]
+    Sweep(NetworkError),
+    #[error("sweep: {0}")]
+    Firewall(FirewallError),
+}

@@ -1,0 +1,207 @@
+//! The seam under a sandbox's lifecycle: [`Host`] is everything the helper asks of the host to
+//! build one (the uid check, netns, veth, addresses, transparent-mode sockets, firewall
+//! elements, cgroups, the data dir's owner, the spawn), [`LinuxHost`] the real implementation.
+//! The order of the steps, and the unwinding after a failure, live in `lifecycle` and are
+//! tested there against a recording double, without root.
+//!
+//! Every step that creates something on the host returns a [`Made`]: the value and the [`Undo`]
+//! that removes exactly what the step created. Undos are plain data, so the lifecycle can keep
+//! them in order and run them backwards, and a test can compare them.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::os::fd::{OwnedFd, RawFd};
+
+use privhelper_api::TransparentSockets;
+
+use super::StepError;
+use super::cgroup::{CgroupLimits, Layout, SandboxCgroup};
+use super::firewall::{Firewall, LinkRule};
+use super::network::{Link, Netns, Network};
+use super::spawn::{self, Launcher, Started};
+
+/// What one creation step made, and how to remove it again.
+#[derive(Debug)]
+pub struct Made<T> {
+    pub value: T,
+    pub undo: Undo,
+}
+
+/// The removal of one thing a creation step made on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undo {
+    /// Unpin and remove the sandbox's network namespace.
+    RemoveNetns { id: String },
+    /// Delete the host end of the veth pair (the peer goes with it).
+    DeleteLink { link: String },
+    /// Delete the sandbox's firewall elements.
+    Revoke(LinkRule),
+    /// Kill whatever runs in the sandbox's cgroups and remove them.
+    RemoveCgroup { id: String },
+}
+
+/// Everything bwrap is started with: its argv (see `argv`), the fds it gets at fixed numbers,
+/// and the identity and namespaces its child setup enters (see `spawn`).
+#[derive(Debug)]
+pub struct Launch<'a, N, C> {
+    pub args: Vec<OsString>,
+    pub pass_fds: Vec<(OwnedFd, RawFd)>,
+    pub uid: u32,
+    pub gid: u32,
+    pub nproc: u64,
+    pub netns: &'a N,
+    pub cgroup: &'a C,
+}
+
+/// What the helper asks of the host to build a sandbox, one call per step.
+pub trait Host: Sync {
+    type Netns: Send + Sync;
+    type Cgroup: Send + Sync;
+    type Sockets: Send;
+    type Started: Send;
+
+    /// Refuses a sandbox uid that belongs to a user.
+    fn check_uid(&self, uid: u32) -> Result<(), StepError>;
+    fn create_netns(&self, id: &str) -> Result<Made<Self::Netns>, StepError>;
+    fn create_veth(
+        &self,
+        ns: &Self::Netns,
+        link: &str,
+    ) -> impl Future<Output = Result<Made<()>, StepError>> + Send;
+    /// Addresses both ends and brings them up (the addresses go with the link: no undo).
+    fn configure_link(
+        &self,
+        ns: &Self::Netns,
+        link: &str,
+        addrs: Link,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Transparent mode's sockets (closing them is their undo).
+    fn bind_transparent(&self, host: Ipv4Addr, link: &str) -> Result<Self::Sockets, StepError>;
+    fn allow(&self, rule: &LinkRule) -> Result<Made<()>, StepError>;
+    fn create_cgroup(
+        &self,
+        id: &str,
+        limits: CgroupLimits,
+    ) -> Result<Made<Self::Cgroup>, StepError>;
+    /// Gives the data dir to the sandbox's uid (nothing to undo: the next sandbox of the same
+    /// server takes it over the same way).
+    fn give_data_dir(&self, dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), StepError>;
+    fn spawn(
+        &self,
+        launch: Launch<'_, Self::Netns, Self::Cgroup>,
+    ) -> impl Future<Output = Result<Self::Started, StepError>> + Send;
+    /// Runs one undo. Failures are logged, not returned: unwinding carries on with the rest.
+    fn undo(&self, undo: Undo) -> impl Future<Output = ()> + Send;
+}
+
+/// The real host: netlink, nftables, cgroupfs and the launcher thread.
+#[derive(Debug)]
+pub struct LinuxHost {
+    pub network: Network,
+    pub firewall: Firewall,
+    pub cgroups: Layout,
+    pub launcher: Launcher,
+    /// The bwrap binary (from the configuration).
+    pub bwrap: std::path::PathBuf,
+}
+
+impl Host for LinuxHost {
+    type Netns = Netns;
+    type Cgroup = SandboxCgroup;
+    type Sockets = TransparentSockets;
+    type Started = Started;
+
+    fn check_uid(&self, uid: u32) -> Result<(), StepError> {
+        match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            Ok(Some(user)) => Err(StepError::UidTaken {
+                uid,
+                user: user.name,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn create_netns(&self, id: &str) -> Result<Made<Netns>, StepError> {
+        let value = self.network.create_netns(id).map_err(StepError::Netns)?;
+        let undo = Undo::RemoveNetns { id: id.to_owned() };
+        Ok(Made { value, undo })
+    }
+
+    async fn create_veth(&self, ns: &Netns, link: &str) -> Result<Made<()>, StepError> {
+        self.network
+            .create_veth(ns, link)
+            .await
+            .map_err(StepError::Veth)?;
+        let undo = Undo::DeleteLink {
+            link: link.to_owned(),
+        };
+        Ok(Made { value: (), undo })
+    }
+
+    async fn configure_link(&self, ns: &Netns, link: &str, addrs: Link) -> Result<(), StepError> {
+        self.network
+            .configure(ns, link, addrs)
+            .await
+            .map_err(StepError::Addresses)
+    }
+
+    fn bind_transparent(&self, host: Ipv4Addr, link: &str) -> Result<Self::Sockets, StepError> {
+        super::transparent::bind(host, link).map_err(StepError::Transparent)
+    }
+
+    fn allow(&self, rule: &LinkRule) -> Result<Made<()>, StepError> {
+        self.firewall.allow(rule).map_err(StepError::Firewall)?;
+        let undo = Undo::Revoke(rule.clone());
+        Ok(Made { value: (), undo })
+    }
+
+    fn create_cgroup(
+        &self,
+        id: &str,
+        limits: CgroupLimits,
+    ) -> Result<Made<SandboxCgroup>, StepError> {
+        let value = self.cgroups.create(id, limits).map_err(StepError::Cgroup)?;
+        let undo = Undo::RemoveCgroup { id: id.to_owned() };
+        Ok(Made { value, undo })
+    }
+
+    fn give_data_dir(&self, dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), StepError> {
+        super::validate::chown_tree(dir, uid, gid).map_err(StepError::DataDir)
+    }
+
+    async fn spawn(&self, l: Launch<'_, Netns, SandboxCgroup>) -> Result<Started, StepError> {
+        let plan = spawn::Plan {
+            netns: l.netns.file.try_clone().map_err(StepError::Dup)?,
+            cgroup_procs: l.cgroup.procs_files().map_err(StepError::Cgroup)?,
+            bwrap: self.bwrap.clone(),
+            args: l.args,
+            uid: l.uid,
+            gid: l.gid,
+            pass_fds: l.pass_fds,
+            nproc: l.nproc,
+        };
+        self.launcher.launch(plan).await.map_err(StepError::Spawn)
+    }
+
+    async fn undo(&self, undo: Undo) {
+        let result = match &undo {
+            Undo::RemoveNetns { id } => self.network.remove_netns(id).map_err(|e| e.to_string()),
+            Undo::DeleteLink { link } => self
+                .network
+                .delete_link(link)
+                .await
+                .map_err(|e| e.to_string()),
+            Undo::Revoke(rule) => self.firewall.revoke(rule).map_err(|e| e.to_string()),
+            Undo::RemoveCgroup { id } => {
+                let cg = self.cgroups.existing(id);
+                cg.kill();
+                cg.remove();
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(?undo, "undoing a half-built sandbox: {e}");
+        }
+    }
+}
