@@ -296,15 +296,6 @@ impl Layout {
             }
         }
     }
-
-    /// Sandbox cgroup directories of ours that exist now, in every hierarchy.
-    pub fn list(&self) -> Vec<PathBuf> {
-        self.parents()
-            .filter_map(|p| std::fs::read_dir(p).ok())
-            .flat_map(|d| d.flatten().map(|e| e.path()))
-            .filter(|p| p.is_dir() && !p.ends_with("supervisor"))
-            .collect()
-    }
 }
 
 impl SandboxCgroup {
@@ -355,11 +346,6 @@ impl SandboxCgroup {
                 }
             }
         }
-    }
-
-    /// Number of processes still in the sandbox.
-    pub fn population(&self) -> usize {
-        self.dirs.first().map_or(0, |d| pids_in(d).len())
     }
 }
 

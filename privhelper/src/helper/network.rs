@@ -226,19 +226,6 @@ impl Network {
         }
         Ok((namespaces, links.len()))
     }
-
-    /// Names of the namespaces of ours that exist now.
-    pub fn list_netns(&self) -> Vec<String> {
-        let ours = format!("{}-", self.prefix);
-        std::fs::read_dir(NETNS_DIR)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&ours))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
