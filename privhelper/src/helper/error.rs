@@ -1,5 +1,6 @@
-//! The helper's own errors: [`StepError`], one variant per step of building a sandbox, and
-//! [`StartError`], what can stop the helper from starting.
+//! The helper's own errors: [`StepError`], one variant per step of building a sandbox,
+//! [`TeardownError`], one per step of destroying one, and [`StartError`], what can stop the
+//! helper from starting.
 //!
 //! A refused or failed `CreateSandbox` must say *which* step failed, so each variant's message
 //! starts with the step's name (`veth: ...`). They reach the gateway as the D-Bus errors of
@@ -18,6 +19,9 @@ use super::validate::DataDirError;
 /// A step of [`super::lifecycle::build`] that failed, with its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
+    /// `SIGTERM` arrived: live sandboxes are being destroyed, no new ones are made.
+    #[error("the helper is shutting down")]
+    ShuttingDown,
     /// The slot's sandbox uid is a real user's: its files and processes would be in reach.
     #[error("uid: sandbox uid {uid} belongs to user {user}: move uid_base to a free range")]
     UidTaken { uid: u32, user: String },
@@ -50,6 +54,23 @@ impl From<StepError> for HelperError {
             StepError::DataDir(_) => HelperError::InvalidSpec(e.to_string()),
             _ => HelperError::Failed(e.to_string()),
         }
+    }
+}
+
+/// A step of `Helper::destroy` that failed; teardown carries on with the others.
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownError {
+    #[error("firewall: {0}")]
+    Firewall(FirewallError),
+    #[error("reaping: {0}")]
+    Reap(tokio::task::JoinError),
+    #[error("network: {0}")]
+    Network(NetworkError),
+}
+
+impl From<TeardownError> for HelperError {
+    fn from(e: TeardownError) -> Self {
+        HelperError::Failed(e.to_string())
     }
 }
 

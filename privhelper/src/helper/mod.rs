@@ -22,7 +22,7 @@ pub mod spawn;
 pub mod transparent;
 pub mod validate;
 
-pub use error::{StartError, StepError};
+pub use error::{StartError, StepError, TeardownError};
 pub use service::Service;
 
 use std::collections::{BTreeSet, HashMap};
@@ -227,7 +227,7 @@ impl Helper {
     pub async fn create(&self, spec: &SandboxSpec) -> Result<Created, HelperError> {
         let i = &self.inner;
         if i.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(HelperError::Failed("the helper is shutting down".into()));
+            return Err(StepError::ShuttingDown.into());
         }
         let checked = validate::check(spec, &i.config, &i.roots)?;
         let data_name = checked.data_name.clone();
@@ -384,9 +384,10 @@ impl Helper {
         // anything that escaped the namespace's death (nothing should).
         let _ = rustix::process::pidfd_send_signal(&sandbox.pidfd, rustix::process::Signal::KILL);
         sandbox.cgroup.kill();
+        // Teardown carries on past a failed step and reports every one.
         let mut problems = Vec::new();
         if let Err(e) = i.host.firewall.revoke(&sandbox.rule) {
-            problems.push(e.to_string());
+            problems.push(TeardownError::Firewall(e));
         }
         let status = tokio::task::spawn_blocking(move || {
             let status = sandbox.child.wait();
@@ -394,7 +395,7 @@ impl Helper {
             (sandbox, status)
         })
         .await
-        .map_err(|e| HelperError::Failed(format!("reaping: {e}")))?;
+        .map_err(|e| HelperError::from(TeardownError::Reap(e)))?;
         let (sandbox, status) = status;
         i.tracked.lock().remove(&sandbox.info.pid);
         // The namespace's init outlives bwrap by a moment: reap it before reporting.
@@ -435,12 +436,13 @@ impl Helper {
             finishing.retain(|t| !t.is_finished());
             finishing.push(tokio::spawn(finish));
         } else if let Err(e) = finish.await {
-            problems.push(e.to_string());
+            problems.push(TeardownError::Network(e));
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(HelperError::Failed(problems.join("; ")))
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            Err(HelperError::Failed(all.join("; ")))
         }
     }
 }
