@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use privhelper::config::{self, Config};
-use privhelper::helper::{Helper, Service, validate};
+use privhelper::helper::{Helper, Service, is_static_elf};
 use privhelper_api::{BUS_NAME, OBJECT_PATH};
 
 const USAGE: &str = "usage: gigmcp-privhelper [--config PATH] [--bus-address ADDRESS]\n\
@@ -122,7 +122,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let config = Config::load(&args.config)?;
     raise_fd_limit();
-    match validate::is_static_elf(&config.sandbox_init) {
+    match is_static_elf(&config.sandbox_init) {
         Ok(true) => {}
         Ok(false) => anyhow::bail!(
             "{} is dynamically linked: the image's own loader would run before landlock and \

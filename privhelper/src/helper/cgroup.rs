@@ -190,9 +190,10 @@ impl Layout {
             dirs: Vec::new(),
             v2_dir: None,
         };
-        let result = self.fill(id, limits, &mut cg);
-        if let Err(e) = result {
-            cg.remove();
+        if let Err(e) = self.fill(id, limits, &mut cg) {
+            if let Err(also) = cg.remove() {
+                tracing::warn!("{also}");
+            }
             return Err(e);
         }
         Ok(cg)
@@ -277,7 +278,9 @@ impl Layout {
                     dirs: vec![path],
                 };
                 cg.kill();
-                cg.remove();
+                if let Err(e) = cg.remove() {
+                    tracing::warn!("sweep: {e}");
+                }
                 removed += 1;
             }
         }
@@ -328,9 +331,11 @@ impl SandboxCgroup {
         }
     }
 
-    /// Waits (briefly) until the cgroups are empty, then removes them.
-    pub fn remove(&self) {
+    /// Waits (briefly) until the cgroups are empty, then removes them; a directory that stays
+    /// is reported (the others are still removed).
+    pub fn remove(&self) -> Result<(), CgroupError> {
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut result = Ok(());
         for dir in self.dirs.iter().rev() {
             loop {
                 match std::fs::remove_dir(dir) {
@@ -340,12 +345,13 @@ impl SandboxCgroup {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err(e) => {
-                        tracing::warn!(dir = %dir.display(), "cannot remove cgroup: {e}");
+                        result = Err(err(dir, format!("cannot remove: {e}")));
                         break;
                     }
                 }
             }
         }
+        result
     }
 }
 

@@ -1,6 +1,6 @@
 //! The helper's own errors: [`StepError`], one variant per step of building a sandbox,
-//! [`TeardownError`], one per step of destroying one, and [`StartError`], what can stop the
-//! helper from starting.
+//! [`TeardownError`], one per step of destroying one (collected in [`TeardownErrors`]), and
+//! [`StartError`], what can stop the helper from starting.
 //!
 //! A refused or failed `CreateSandbox` must say *which* step failed, so each variant's message
 //! starts with the step's name (`veth: ...`). They reach the gateway as the D-Bus errors of
@@ -57,19 +57,44 @@ impl From<StepError> for HelperError {
     }
 }
 
-/// A step of `Helper::destroy` that failed; teardown carries on with the others.
+/// A step of tearing a sandbox down (or of unwinding a half-built one) that failed; teardown
+/// carries on with the others.
 #[derive(Debug, thiserror::Error)]
 pub enum TeardownError {
+    #[error("kill: {0}")]
+    Kill(std::io::Error),
     #[error("firewall: {0}")]
     Firewall(FirewallError),
+    /// A blocking wait (for bwrap, or for the cgroups to empty) that did not come back.
     #[error("reaping: {0}")]
-    Reap(tokio::task::JoinError),
+    Join(tokio::task::JoinError),
+    #[error("cgroup: {0}")]
+    Cgroup(CgroupError),
     #[error("network: {0}")]
-    Network(NetworkError),
+    Link(NetworkError),
+    #[error("network: {0}")]
+    Netns(NetworkError),
 }
 
-impl From<TeardownError> for HelperError {
-    fn from(e: TeardownError) -> Self {
+/// Every step of a teardown that failed, in order (as netavark's `NetavarkErrorList`): one
+/// failure never hides another.
+#[derive(Debug, Default, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct TeardownErrors(pub Vec<TeardownError>);
+
+impl TeardownErrors {
+    /// Keeps the error of one step, if it failed.
+    pub fn note<T>(&mut self, result: Result<T, TeardownError>) -> Option<T> {
+        result.map_err(|e| self.0.push(e)).ok()
+    }
+
+    pub fn into_result(self) -> Result<(), Self> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl From<TeardownErrors> for HelperError {
+    fn from(e: TeardownErrors) -> Self {
         HelperError::Failed(e.to_string())
     }
 }

@@ -1,8 +1,9 @@
 //! The seam under a sandbox's lifecycle: [`Host`] is everything the helper asks of the host to
 //! build one (the uid check, netns, veth, addresses, transparent-mode sockets, firewall
-//! elements, cgroups, the data dir's owner, the spawn), [`LinuxHost`] the real implementation.
-//! The order of the steps, and the unwinding after a failure, live in `lifecycle` and are
-//! tested there against a recording double, without root.
+//! elements, cgroups, the data dir's owner, the spawn) and to tear one down (kill, reap, and
+//! the removals of [`Undo`]); [`LinuxHost`] is the real implementation. The order of the steps,
+//! the unwinding after a failure and the teardown live in `lifecycle` and are tested there
+//! against a recording double, without root.
 //!
 //! Every step that creates something on the host returns a [`Made`]: the value and the [`Undo`]
 //! that removes exactly what the step created. Undos are plain data, so the lifecycle can keep
@@ -15,11 +16,11 @@ use std::os::fd::{OwnedFd, RawFd};
 
 use privhelper_api::TransparentSockets;
 
-use super::StepError;
 use super::cgroup::{CgroupLimits, Layout, SandboxCgroup};
 use super::firewall::{Firewall, LinkRule};
 use super::network::{Link, Netns, Network};
-use super::spawn::{self, Launcher, Started};
+use super::spawn::{self, Bwrap, Launcher, Started, Tracked};
+use super::{StepError, TeardownError, reaper};
 
 /// What one creation step made, and how to remove it again.
 #[derive(Debug)]
@@ -28,9 +29,12 @@ pub struct Made<T> {
     pub undo: Undo,
 }
 
-/// The removal of one thing a creation step made on the host.
+/// The removal of one thing a creation step made on the host (or a step of teardown).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Undo {
+    /// SIGKILL every process in the sandbox's cgroups (teardown only: creation's undo of the
+    /// cgroups kills too).
+    KillCgroup { id: String },
     /// Unpin and remove the sandbox's network namespace.
     RemoveNetns { id: String },
     /// Delete the host end of the veth pair (the peer goes with it).
@@ -60,6 +64,8 @@ pub trait Host: Sync {
     type Cgroup: Send + Sync;
     type Sockets: Send;
     type Started: Send;
+    /// What the helper keeps of a started sandbox to kill and reap it.
+    type Process: Send;
 
     /// Refuses a sandbox uid that belongs to a user.
     fn check_uid(&self, uid: u32) -> Result<(), StepError>;
@@ -91,8 +97,16 @@ pub trait Host: Sync {
         &self,
         launch: Launch<'_, Self::Netns, Self::Cgroup>,
     ) -> impl Future<Output = Result<Self::Started, StepError>> + Send;
-    /// Runs one undo. Failures are logged, not returned: unwinding carries on with the rest.
-    fn undo(&self, undo: Undo) -> impl Future<Output = ()> + Send;
+    /// Runs one undo; the caller carries on with the rest whatever it returns.
+    fn undo(&self, undo: Undo) -> impl Future<Output = Result<(), TeardownError>> + Send;
+    /// SIGKILLs the sandbox's outer bwrap: with it goes the sandbox's whole PID namespace.
+    fn kill(&self, process: &Self::Process) -> Result<(), TeardownError>;
+    /// Waits for the killed bwrap and for the namespace's init that outlives it by a moment,
+    /// and returns bwrap's exit status.
+    fn reap(
+        &self,
+        process: Self::Process,
+    ) -> impl Future<Output = Result<Option<std::process::ExitStatus>, TeardownError>> + Send;
 }
 
 /// The real host: netlink, nftables, cgroupfs and the launcher thread.
@@ -104,6 +118,18 @@ pub struct LinuxHost {
     pub launcher: Launcher,
     /// The bwrap binary (from the configuration).
     pub bwrap: std::path::PathBuf,
+    /// Host pids of outer bwraps not yet reaped by their own waiter. The launcher adds a pid
+    /// under this lock as it spawns, and [`LinuxHost::reap_orphans`] scans under it.
+    pub tracked: Tracked,
+}
+
+impl LinuxHost {
+    /// Reaps orphaned sandbox processes (see `reaper`); returns how many are still alive.
+    pub fn reap_orphans(&self) -> usize {
+        let tracked = self.tracked.lock();
+        let bwrap = self.bwrap.file_name().unwrap_or_default();
+        reaper::reap_orphans(&tracked, &bwrap.to_string_lossy())
+    }
 }
 
 impl Host for LinuxHost {
@@ -111,6 +137,7 @@ impl Host for LinuxHost {
     type Cgroup = SandboxCgroup;
     type Sockets = TransparentSockets;
     type Started = Started;
+    type Process = Bwrap;
 
     fn check_uid(&self, uid: u32) -> Result<(), StepError> {
         match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
@@ -184,24 +211,52 @@ impl Host for LinuxHost {
         self.launcher.launch(plan).await.map_err(StepError::Spawn)
     }
 
-    async fn undo(&self, undo: Undo) {
-        let result = match &undo {
-            Undo::RemoveNetns { id } => self.network.remove_netns(id).map_err(|e| e.to_string()),
-            Undo::DeleteLink { link } => self
-                .network
-                .delete_link(link)
-                .await
-                .map_err(|e| e.to_string()),
-            Undo::Revoke(rule) => self.firewall.revoke(rule).map_err(|e| e.to_string()),
-            Undo::RemoveCgroup { id } => {
-                let cg = self.cgroups.existing(id);
-                cg.kill();
-                cg.remove();
+    async fn undo(&self, undo: Undo) -> Result<(), TeardownError> {
+        match undo {
+            Undo::KillCgroup { id } => {
+                self.cgroups.existing(&id).kill();
                 Ok(())
             }
-        };
-        if let Err(e) = result {
-            tracing::warn!(?undo, "undoing a half-built sandbox: {e}");
+            Undo::RemoveNetns { id } => {
+                self.network.remove_netns(&id).map_err(TeardownError::Netns)
+            }
+            Undo::DeleteLink { link } => {
+                let deleted = self.network.delete_link(&link).await;
+                deleted.map_err(TeardownError::Link)
+            }
+            Undo::Revoke(rule) => self.firewall.revoke(&rule).map_err(TeardownError::Firewall),
+            Undo::RemoveCgroup { id } => {
+                let cg = self.cgroups.existing(&id);
+                cg.kill();
+                // Waits (up to seconds) for the cgroups to empty: not on the runtime's threads.
+                let removed = tokio::task::spawn_blocking(move || cg.remove()).await;
+                removed
+                    .map_err(TeardownError::Join)?
+                    .map_err(TeardownError::Cgroup)
+            }
         }
+    }
+
+    fn kill(&self, bwrap: &Bwrap) -> Result<(), TeardownError> {
+        use rustix::process::{Signal, pidfd_send_signal};
+        match pidfd_send_signal(&bwrap.pidfd, Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(TeardownError::Kill(e.into())),
+        }
+    }
+
+    async fn reap(
+        &self,
+        mut bwrap: Bwrap,
+    ) -> Result<Option<std::process::ExitStatus>, TeardownError> {
+        let pid = bwrap.child.id();
+        let status = tokio::task::spawn_blocking(move || bwrap.child.wait().ok()).await;
+        self.tracked.lock().remove(&pid);
+        // The namespace's init outlives bwrap by a moment: reap it before reporting.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.reap_orphans() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        status.map_err(TeardownError::Join)
     }
 }

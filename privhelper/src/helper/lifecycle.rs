@@ -11,12 +11,12 @@
 //! 7. bwrap, with its argv from `argv`.
 //!
 //! Each creation step hands back an [`Undo`]; [`Unwind`] keeps them, and on a failure at any
-//! step runs exactly the earlier ones, last first. On success they are dropped: the live
-//! sandbox is torn down by `Helper::destroy`, in its own order (processes first).
+//! step runs exactly the earlier ones, last first. On success they are dropped: a live sandbox
+//! is torn down in its own order, processes first ([`stop`], then [`unplug`]), and every step
+//! is tried whatever the earlier ones did, each failure reported ([`TeardownErrors`]).
 
 use std::os::fd::OwnedFd;
 
-use super::StepError;
 use super::argv;
 use super::cgroup::CgroupLimits;
 use super::firewall::LinkRule;
@@ -24,6 +24,7 @@ use super::host::{Host, Launch, Made, Undo};
 use super::network::Link;
 use super::transparent;
 use super::validate::Checked;
+use super::{StepError, TeardownErrors};
 
 /// Where and as whom a sandbox is built: fixed by its slot before the build starts.
 #[derive(Debug, Clone)]
@@ -48,7 +49,6 @@ pub struct Settings<'a> {
 pub struct Built<H: Host> {
     pub netns: H::Netns,
     pub rule: LinkRule,
-    pub cgroup: H::Cgroup,
     pub sockets: Option<H::Sockets>,
     pub started: H::Started,
 }
@@ -70,7 +70,9 @@ impl Unwind {
     /// Undoes every recorded step, the last one first.
     pub async fn run<H: Host>(self, host: &H) {
         for undo in self.done.into_iter().rev() {
-            host.undo(undo).await;
+            if let Err(e) = host.undo(undo.clone()).await {
+                tracing::warn!(?undo, "undoing a half-built sandbox: {e}");
+            }
         }
     }
 }
@@ -140,10 +142,40 @@ async fn steps<H: Host>(
     Ok(Built {
         netns,
         rule,
-        cgroup,
         sockets,
         started,
     })
+}
+
+/// Tears down the first part of live sandbox `id`: its processes, firewall elements and
+/// cgroups. Returns bwrap's exit status (if it could be had); failed steps go to `errors`.
+pub async fn stop<H: Host>(
+    host: &H,
+    id: &str,
+    rule: &LinkRule,
+    process: H::Process,
+    errors: &mut TeardownErrors,
+) -> Option<std::process::ExitStatus> {
+    let id = id.to_owned();
+    // bwrap first: with it goes the sandbox's PID namespace, all of it. Then the cgroup, for
+    // anything that escaped the namespace's death (nothing should).
+    errors.note(host.kill(&process));
+    errors.note(host.undo(Undo::KillCgroup { id: id.clone() }).await);
+    errors.note(host.undo(Undo::Revoke(rule.clone())).await);
+    // A cgroup cannot be removed while a process (even a zombie's) is in it.
+    let status = errors.note(host.reap(process).await).flatten();
+    errors.note(host.undo(Undo::RemoveCgroup { id }).await);
+    status
+}
+
+/// Tears down the rest: the link (its peer goes with it), then the netns. Deleting a veth
+/// waits for an RCU grace period (~20 ms), so the helper may run this in the background.
+pub async fn unplug<H: Host>(host: &H, id: &str, link: &str) -> Result<(), TeardownErrors> {
+    let mut errors = TeardownErrors::default();
+    let link = link.to_owned();
+    errors.note(host.undo(Undo::DeleteLink { link }).await);
+    errors.note(host.undo(Undo::RemoveNetns { id: id.into() }).await);
+    errors.into_result()
 }
 
 fn bwrap_args(c: &Checked, s: Settings<'_>) -> Vec<std::ffi::OsString> {
@@ -180,111 +212,16 @@ fn pass_fds(c: &Checked, at: &Placement) -> Result<Vec<OwnedFd>, StepError> {
 
 #[cfg(test)]
 mod tests {
-    // The build's order and its unwinding, against `Recording`, a host double that records each
-    // call and can fail any one step. No root needed: nothing touches the host.
+    // The build's order, its unwinding and the teardown, against `Recording`, a host double that
+    // records each call and can fail any steps. No root needed: nothing touches the host.
 
     use std::net::Ipv4Addr;
     use std::os::fd::OwnedFd;
-    use std::sync::Mutex;
+
+    use privhelper_api::HelperError;
 
     use super::*;
-    use crate::helper::host::Launch;
-
-    /// The steps of a build, as the double records them.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Step {
-        CheckUid,
-        CreateNetns,
-        CreateVeth,
-        ConfigureLink,
-        BindTransparent,
-        Allow,
-        CreateCgroup,
-        GiveDataDir,
-        Spawn,
-    }
-
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Call {
-        Did(Step),
-        Undid(Undo),
-    }
-
-    /// A host that does nothing but record, and fails at `fail_at`.
-    #[derive(Debug, Default)]
-    struct Recording {
-        calls: Mutex<Vec<Call>>,
-        fail_at: Option<Step>,
-    }
-
-    impl Recording {
-        fn failing_at(step: Step) -> Self {
-            Self {
-                fail_at: Some(step),
-                ..Self::default()
-            }
-        }
-
-        fn calls(&self) -> Vec<Call> {
-            self.calls.lock().unwrap().clone()
-        }
-
-        /// Records `step`, or fails it (a step that fails is recorded too: it was attempted).
-        fn step(&self, step: Step) -> Result<(), StepError> {
-            self.calls.lock().unwrap().push(Call::Did(step));
-            if self.fail_at == Some(step) {
-                return Err(StepError::Spawn(std::io::Error::other(format!("{step:?}"))));
-            }
-            Ok(())
-        }
-
-        fn made<T>(&self, step: Step, value: T, undo: Undo) -> Result<Made<T>, StepError> {
-            self.step(step)?;
-            Ok(Made { value, undo })
-        }
-    }
-
-    impl Host for Recording {
-        type Netns = ();
-        type Cgroup = ();
-        type Sockets = ();
-        type Started = Vec<std::ffi::OsString>;
-
-        fn check_uid(&self, _: u32) -> Result<(), StepError> {
-            self.step(Step::CheckUid)
-        }
-        fn create_netns(&self, id: &str) -> Result<Made<()>, StepError> {
-            let undo = Undo::RemoveNetns { id: id.into() };
-            self.made(Step::CreateNetns, (), undo)
-        }
-        async fn create_veth(&self, _: &(), link: &str) -> Result<Made<()>, StepError> {
-            let undo = Undo::DeleteLink { link: link.into() };
-            self.made(Step::CreateVeth, (), undo)
-        }
-        async fn configure_link(&self, _: &(), _: &str, _: Link) -> Result<(), StepError> {
-            self.step(Step::ConfigureLink)
-        }
-        fn bind_transparent(&self, _: Ipv4Addr, _: &str) -> Result<(), StepError> {
-            self.step(Step::BindTransparent)
-        }
-        fn allow(&self, rule: &LinkRule) -> Result<Made<()>, StepError> {
-            self.made(Step::Allow, (), Undo::Revoke(rule.clone()))
-        }
-        fn create_cgroup(&self, id: &str, _: CgroupLimits) -> Result<Made<()>, StepError> {
-            let undo = Undo::RemoveCgroup { id: id.into() };
-            self.made(Step::CreateCgroup, (), undo)
-        }
-        fn give_data_dir(&self, _: &OwnedFd, _: u32, _: u32) -> Result<(), StepError> {
-            self.step(Step::GiveDataDir)
-        }
-        async fn spawn(&self, launch: Launch<'_, (), ()>) -> Result<Self::Started, StepError> {
-            self.step(Step::Spawn)?;
-            Ok(launch.args)
-        }
-        async fn undo(&self, undo: Undo) {
-            self.calls.lock().unwrap().push(Call::Undid(undo));
-        }
-    }
+    use crate::helper::recording::{Call, Recording, Step};
 
     fn devnull() -> OwnedFd {
         std::fs::File::open("/dev/null").unwrap().into()
@@ -400,7 +337,7 @@ mod tests {
     #[test]
     fn a_failure_at_any_step_undoes_exactly_the_earlier_steps_last_first() {
         for (n, &failing) in ALL_STEPS.iter().enumerate() {
-            let host = Recording::failing_at(failing);
+            let host = Recording::failing_at(&[failing]);
             let err = run(&host, &checked(true, true)).expect_err("injected failure");
             assert!(err.to_string().contains(&format!("{failing:?}")), "{err}");
             let mut want: Vec<Call> = ALL_STEPS[..=n].iter().map(|s| Call::Did(*s)).collect();
@@ -422,6 +359,87 @@ mod tests {
         let c = checked(false, true);
         assert_eq!(built.started, bwrap_args(&c, settings()));
         assert_eq!(built.rule, rule(false));
+    }
+
+    /// Tears down the sandbox of `placement()` on `host`: both parts, as `Helper::destroy`
+    /// runs them.
+    fn tear_down(host: &Recording) -> Result<(), TeardownErrors> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let at = placement();
+        rt.block_on(async {
+            let mut errors = TeardownErrors::default();
+            stop(host, &at.id, &rule(false), (), &mut errors).await;
+            if let Err(e) = unplug(host, &at.id, &at.link).await {
+                errors.0.extend(e.0);
+            }
+            errors.into_result()
+        })
+    }
+
+    /// Teardown in its designed order: processes first (bwrap, then whatever is left in the
+    /// cgroups), then the firewall elements, the reaping, the cgroups, the link, the netns.
+    fn teardown_order() -> Vec<Call> {
+        let at = placement();
+        vec![
+            Call::Did(Step::Kill),
+            Call::Undid(Undo::KillCgroup { id: at.id.clone() }),
+            Call::Undid(Undo::Revoke(rule(false))),
+            Call::Did(Step::Reap),
+            Call::Undid(Undo::RemoveCgroup { id: at.id.clone() }),
+            Call::Undid(Undo::DeleteLink { link: at.link }),
+            Call::Undid(Undo::RemoveNetns { id: at.id }),
+        ]
+    }
+
+    const TEARDOWN_STEPS: [Step; 7] = [
+        Step::Kill,
+        Step::KillCgroup,
+        Step::Revoke,
+        Step::Reap,
+        Step::RemoveCgroup,
+        Step::DeleteLink,
+        Step::RemoveNetns,
+    ];
+
+    #[test]
+    fn a_live_sandbox_is_torn_down_processes_first_then_firewall_cgroups_link_and_netns() {
+        let host = Recording::default();
+        tear_down(&host).expect("torn down");
+        assert_eq!(host.calls(), teardown_order());
+    }
+
+    #[test]
+    fn a_failed_teardown_step_does_not_stop_the_later_ones_and_is_reported() {
+        for failing in TEARDOWN_STEPS {
+            let host = Recording::failing_at(&[failing]);
+            let errors = tear_down(&host).expect_err("injected failure");
+            assert_eq!(host.calls(), teardown_order(), "failure at {failing:?}");
+            assert_eq!(errors.0.len(), 1, "{errors}");
+            assert!(
+                errors.to_string().contains(&format!("{failing:?}")),
+                "{errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn when_every_teardown_step_fails_every_step_is_still_tried_and_every_error_reported() {
+        let host = Recording::failing_at(&TEARDOWN_STEPS);
+        let errors = tear_down(&host).expect_err("injected failures");
+        assert_eq!(host.calls(), teardown_order());
+        let reported: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        let want: Vec<String> = TEARDOWN_STEPS.iter().map(|s| format!("{s:?}")).collect();
+        assert_eq!(reported.len(), want.len(), "{errors}");
+        for (got, step) in reported.iter().zip(&want) {
+            assert!(got.ends_with(step.as_str()), "{got} should name {step}");
+        }
+        // The D-Bus reply carries all of them, in order.
+        let HelperError::Failed(reply) = HelperError::from(errors) else {
+            panic!("teardown failures are the host's");
+        };
+        assert_eq!(reply.matches("; ").count(), want.len() - 1, "{reply}");
     }
 
     #[test]

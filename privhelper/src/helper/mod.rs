@@ -9,21 +9,22 @@
 //! backwards. On start-up [`Helper::sweep`] removes whatever a previous run left. The D-Bus
 //! face is [`Service`].
 
-pub mod argv;
-pub mod cgroup;
+mod argv;
+mod cgroup;
 mod error;
-pub mod firewall;
-pub mod host;
-pub mod lifecycle;
-pub mod network;
-pub mod reaper;
+mod firewall;
+mod host;
+mod lifecycle;
+mod network;
+mod reaper;
 mod service;
-pub mod spawn;
-pub mod transparent;
-pub mod validate;
+mod spawn;
+mod transparent;
+mod validate;
 
-pub use error::{StartError, StepError, TeardownError};
+pub use error::{StartError, StepError, TeardownError, TeardownErrors};
 pub use service::Service;
+pub use validate::is_static_elf;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -34,7 +35,7 @@ use tokio::sync::Mutex;
 use zbus::OwnedFd as BusFd;
 
 use crate::config::Config;
-use cgroup::{Layout, SandboxCgroup};
+use cgroup::Layout;
 use firewall::{Firewall, LinkRule};
 use host::LinuxHost;
 use network::{Link, Network};
@@ -57,12 +58,10 @@ struct Sandbox {
     info: SandboxInfo,
     link: String,
     rule: LinkRule,
-    cgroup: SandboxCgroup,
-    child: std::process::Child,
-    pidfd: OwnedFd,
+    bwrap: spawn::Bwrap,
     data_name: Option<String>,
     /// Keeps the netns open for the sandbox's lifetime (it is pinned in /run/netns too).
-    _netns: network::Netns,
+    netns: network::Netns,
 }
 
 #[derive(Debug, Default)]
@@ -86,15 +85,12 @@ struct Inner {
     state: Mutex<State>,
     /// The bus connection, once serving: used to announce exits.
     bus: std::sync::OnceLock<zbus::Connection>,
-    /// Host pids of the outer bwrap of every sandbox not yet reaped by its own waiter. The
-    /// launcher adds a pid under this lock as it spawns, and the reaper scans under it.
-    tracked: spawn::Tracked,
     /// The configured directories, opened once (see `validate::Roots`).
     roots: validate::Roots,
     /// Set at shutdown: no new sandboxes.
     shutting_down: std::sync::atomic::AtomicBool,
     /// Network removals still running in the background (awaited at shutdown).
-    finishing: std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<(), network::NetworkError>>>>,
+    finishing: std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<(), TeardownErrors>>>>,
 }
 
 /// What the start-up sweep removed.
@@ -122,6 +118,7 @@ impl Helper {
             cgroups,
             launcher: spawn::Launcher::start(tracked.clone()),
             bwrap: config.bwrap.clone(),
+            tracked,
         };
         let helper = Self {
             inner: Arc::new(Inner {
@@ -129,7 +126,6 @@ impl Helper {
                 host,
                 state: Mutex::new(State::default()),
                 bus: std::sync::OnceLock::new(),
-                tracked,
                 roots,
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
                 finishing: std::sync::Mutex::new(Vec::new()),
@@ -145,16 +141,10 @@ impl Helper {
         let helper = self.clone();
         tokio::spawn(async move {
             while sigchld.recv().await.is_some() {
-                helper.reap();
+                helper.inner.host.reap_orphans();
             }
         });
         Ok(())
-    }
-
-    fn reap(&self) -> usize {
-        let tracked = self.inner.tracked.lock();
-        let bwrap = self.inner.config.bwrap.file_name().unwrap_or_default();
-        reaper::reap_orphans(&tracked, &bwrap.to_string_lossy())
     }
 
     /// The one uid allowed to call (see `Service`).
@@ -311,17 +301,15 @@ impl Helper {
             slot,
             host_addr: at.addrs.host.to_string(),
             sandbox_addr: at.addrs.sandbox.to_string(),
-            pid: started.child.id(),
+            pid: started.bwrap.child.id(),
         };
         let sandbox = Sandbox {
             info,
             link: at.link,
             rule: built.rule,
-            cgroup: built.cgroup,
-            child: started.child,
-            pidfd: started.pidfd,
+            bwrap: started.bwrap,
             data_name: c.data_name,
-            _netns: built.netns,
+            netns: built.netns,
         };
         let handed = (
             BusFd::from(started.stdin),
@@ -340,7 +328,7 @@ impl Helper {
         tokio::spawn(async move {
             let pidfd = {
                 let state = helper.inner.state.lock().await;
-                match state.live.get(&id).map(|s| s.pidfd.try_clone()) {
+                match state.live.get(&id).map(|s| s.bwrap.pidfd.try_clone()) {
                     Some(Ok(fd)) => fd,
                     Some(Err(_)) => {
                         drop(state);
@@ -364,12 +352,13 @@ impl Helper {
         });
     }
 
-    /// Kills every process of the sandbox and removes all its resources.
+    /// Kills every process of the sandbox and removes all its resources (see
+    /// [`lifecycle::stop`] and [`lifecycle::unplug`] for the order), reporting every step that
+    /// failed.
     ///
-    /// Processes, firewall elements and cgroups are gone when this returns. The network
-    /// (deleting a veth waits for an RCU grace period, ~20 ms) is removed afterwards in the
-    /// background when `network_later` is set, with the slot held until it is gone;
-    /// `SandboxExited` is announced once everything is.
+    /// Processes, firewall elements and cgroups are gone when this returns. The network is
+    /// removed afterwards in the background when `network_later` is set, with the slot held
+    /// until it is gone; `SandboxExited` is announced once everything is.
     pub async fn destroy(
         &self,
         id: &str,
@@ -377,73 +366,39 @@ impl Helper {
         network_later: bool,
     ) -> Result<(), HelperError> {
         let i = &self.inner;
-        let Some(mut sandbox) = i.state.lock().await.live.remove(id) else {
+        let Some(sandbox) = i.state.lock().await.live.remove(id) else {
             return Err(HelperError::NotFound(format!("no sandbox {id:?}")));
         };
-        // bwrap first: with it goes the sandbox's PID namespace, all of it. Then the cgroup, for
-        // anything that escaped the namespace's death (nothing should).
-        let _ = rustix::process::pidfd_send_signal(&sandbox.pidfd, rustix::process::Signal::KILL);
-        sandbox.cgroup.kill();
-        // Teardown carries on past a failed step and reports every one.
-        let mut problems = Vec::new();
-        if let Err(e) = i.host.firewall.revoke(&sandbox.rule) {
-            problems.push(TeardownError::Firewall(e));
-        }
-        let status = tokio::task::spawn_blocking(move || {
-            let status = sandbox.child.wait();
-            sandbox.cgroup.remove();
-            (sandbox, status)
-        })
-        .await
-        .map_err(|e| HelperError::from(TeardownError::Reap(e)))?;
-        let (sandbox, status) = status;
-        i.tracked.lock().remove(&sandbox.info.pid);
-        // The namespace's init outlives bwrap by a moment: reap it before reporting.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while self.reap() > 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        let status = status.ok();
-        let finish = {
-            let helper = self.clone();
-            let (id, reason) = (id.to_owned(), reason.to_owned());
-            async move {
-                let i = &helper.inner;
-                let result = i.host.network.destroy(&id, &sandbox.link).await;
-                if let Err(e) = &result {
-                    tracing::error!(id, "removing the sandbox network: {e}");
-                }
-                {
-                    let mut state = i.state.lock().await;
-                    state.slots.remove(&sandbox.info.slot);
-                    if let Some(name) = &sandbox.data_name {
-                        state.data_in_use.remove(name);
-                    }
-                }
-                helper.announce_exit(&id, status.as_ref(), &reason).await;
-                tracing::info!(
-                    id,
-                    server = %sandbox.info.server,
-                    reason,
-                    status = ?status,
-                    "sandbox destroyed"
-                );
-                result
+        let mut errors = TeardownErrors::default();
+        let status = lifecycle::stop(&i.host, id, &sandbox.rule, sandbox.bwrap, &mut errors).await;
+        let (helper, id, reason) = (self.clone(), id.to_owned(), reason.to_owned());
+        let finish = async move {
+            let i = &helper.inner;
+            let result = lifecycle::unplug(&i.host, &id, &sandbox.link).await;
+            drop(sandbox.netns);
+            if let Err(e) = &result {
+                tracing::error!(id, "removing the sandbox network: {e}");
             }
+            {
+                let mut state = i.state.lock().await;
+                state.slots.remove(&sandbox.info.slot);
+                if let Some(name) = &sandbox.data_name {
+                    state.data_in_use.remove(name);
+                }
+            }
+            helper.announce_exit(&id, status.as_ref(), &reason).await;
+            let server = &sandbox.info.server;
+            tracing::info!(id, server, reason, ?status, "sandbox destroyed");
+            result
         };
         if network_later {
             let mut finishing = i.finishing.lock().unwrap_or_else(|p| p.into_inner());
             finishing.retain(|t| !t.is_finished());
             finishing.push(tokio::spawn(finish));
         } else if let Err(e) = finish.await {
-            problems.push(TeardownError::Network(e));
+            errors.0.extend(e.0);
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            Err(HelperError::Failed(all.join("; ")))
-        }
+        Ok(errors.into_result()?)
     }
 }
 
@@ -479,3 +434,6 @@ fn new_id(state: &State) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod recording;

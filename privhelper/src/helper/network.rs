@@ -172,12 +172,6 @@ impl Network {
         Ok(())
     }
 
-    /// Removes the link (both ends go together) and the namespace. Missing parts are fine.
-    pub async fn destroy(&self, id: &str, link_name: &str) -> Result<(), NetworkError> {
-        self.delete_link(link_name).await?;
-        self.remove_netns(id)
-    }
-
     /// Deletes the host link `link_name` (and so its peer); a missing link is fine.
     pub async fn delete_link(&self, link_name: &str) -> Result<(), NetworkError> {
         if let Ok(idx) = index_of(&self.host, link_name).await {

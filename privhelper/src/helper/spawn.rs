@@ -56,11 +56,17 @@ impl Tracked {
     }
 }
 
+/// A sandbox's outer bwrap, as the helper keeps it to watch, kill and reap it.
+#[derive(Debug)]
+pub struct Bwrap {
+    pub child: Child,
+    pub pidfd: OwnedFd,
+}
+
 /// A started sandbox, as the helper keeps and hands out its parts.
 #[derive(Debug)]
 pub struct Started {
-    pub child: Child,
-    pub pidfd: OwnedFd,
+    pub bwrap: Bwrap,
     /// A second pidfd, for the gateway.
     pub pidfd_for_caller: OwnedFd,
     /// The server's stdin (write end), stdout and stderr (read ends): for the gateway.
@@ -179,8 +185,7 @@ fn start(plan: Plan, tracked: &Tracked) -> io::Result<Started> {
     };
     drop(plan);
     Ok(Started {
-        child,
-        pidfd,
+        bwrap: Bwrap { child, pidfd },
         pidfd_for_caller,
         stdin: stdin_w,
         stdout: stdout_r,
