@@ -8,50 +8,37 @@ use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/gigmcp/privhelper.toml";
 
+/// Every key is optional but one of `allowed_user`/`allowed_uid`; the defaults are
+/// [`Config::default`]'s.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The only user allowed to call the helper (the gateway's), by name...
-    #[serde(default)]
     pub allowed_user: Option<String>,
     /// ...or by uid. Exactly one of the two must be set.
-    #[serde(default)]
     pub allowed_uid: Option<u32>,
     /// Names nftables table `inet <instance>`, netns `<instance>-<id>` and the cgroup dir.
-    #[serde(default = "default_instance")]
     pub instance: String,
     /// Prefix of the host-side veth names (1-4 lowercase letters); the firewall matches on it.
-    #[serde(default = "default_link_prefix")]
     pub link_prefix: String,
     /// Where image root filesystems live; a rootfs must resolve inside it.
-    #[serde(default = "default_images_dir")]
     pub images_dir: PathBuf,
     /// Where per-server data directories live.
-    #[serde(default = "default_data_root")]
     pub data_root: PathBuf,
     /// Where the gateway puts CA bundles for sandboxes.
-    #[serde(default = "default_ca_dir")]
     pub ca_dir: PathBuf,
     /// IPv4 range carved into one /30 per sandbox; must match the gateway's.
-    #[serde(default = "default_pool")]
     pub pool: Ipv4Net,
     /// First host uid (and gid) for sandboxes; sandbox in slot N runs as `uid_base + N`.
-    #[serde(default = "default_uid_base")]
     pub uid_base: u32,
     /// How many sandbox uids there are (and so how many sandboxes at once, at most).
-    #[serde(default = "default_uid_count")]
     pub uid_count: u32,
-    #[serde(default = "default_bwrap")]
     pub bwrap: PathBuf,
-    #[serde(default = "default_nft")]
     pub nft: PathBuf,
     /// The sandbox's first program, bound read-only into every sandbox.
-    #[serde(default = "default_sandbox_init")]
     pub sandbox_init: PathBuf,
     /// Start sandboxes even where landlock is unavailable (audited). Off by default.
-    #[serde(default)]
     pub allow_degraded_landlock: bool,
-    #[serde(default)]
     pub ceilings: Ceilings,
 }
 
@@ -77,39 +64,27 @@ impl Default for Ceilings {
     }
 }
 
-fn default_instance() -> String {
-    "gigmcp".into()
-}
-fn default_link_prefix() -> String {
-    "gm".into()
-}
-fn default_images_dir() -> PathBuf {
-    "/var/lib/gigmcp/images".into()
-}
-fn default_data_root() -> PathBuf {
-    "/var/lib/gigmcp-sandbox/data".into()
-}
-fn default_ca_dir() -> PathBuf {
-    "/var/lib/gigmcp/ca".into()
-}
-fn default_pool() -> Ipv4Net {
-    "10.231.0.0/16".parse().expect("literal")
-}
-fn default_uid_base() -> u32 {
-    // Far above login and system users and the usual subuid ranges (100000 + 65536 * n).
-    0x7000_0000
-}
-fn default_uid_count() -> u32 {
-    4096
-}
-fn default_bwrap() -> PathBuf {
-    "/usr/bin/bwrap".into()
-}
-fn default_nft() -> PathBuf {
-    "/usr/sbin/nft".into()
-}
-fn default_sandbox_init() -> PathBuf {
-    "/usr/libexec/gigmcp/gigmcp-sandbox-init".into()
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            allowed_user: None,
+            allowed_uid: None,
+            instance: "gigmcp".into(),
+            link_prefix: "gm".into(),
+            images_dir: "/var/lib/gigmcp/images".into(),
+            data_root: "/var/lib/gigmcp-sandbox/data".into(),
+            ca_dir: "/var/lib/gigmcp/ca".into(),
+            pool: "10.231.0.0/16".parse().expect("literal"),
+            // Far above login and system users and the usual subuid ranges (100000 + 65536 * n).
+            uid_base: 0x7000_0000,
+            uid_count: 4096,
+            bwrap: "/usr/bin/bwrap".into(),
+            nft: "/usr/sbin/nft".into(),
+            sandbox_init: "/usr/libexec/gigmcp/gigmcp-sandbox-init".into(),
+            allow_degraded_landlock: false,
+            ceilings: Ceilings::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,9 +115,8 @@ impl Config {
         };
         let de = toml::Deserializer::parse(&text)
             .map_err(|e| invalid("(syntax)", e.message().to_owned()))?;
-        let config: Config = serde_path_to_error::deserialize(de)
+        let mut config: Config = serde_path_to_error::deserialize(de)
             .map_err(|e| invalid(&e.path().to_string(), e.into_inner().message().to_owned()))?;
-        let mut config = config;
         config.validate().map_err(|(k, m)| invalid(k, m))?;
         if let Some(name) = &config.allowed_user {
             let user = nix::unistd::User::from_name(name)
@@ -216,5 +190,29 @@ impl Config {
         u32::try_from(blocks)
             .unwrap_or(u32::MAX)
             .min(self.uid_count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_naming_only_the_caller_takes_every_other_value_from_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("privhelper.toml");
+        std::fs::write(&path, "allowed_uid = 1000\n[ceilings]\npids_max = 64\n").unwrap();
+        let want = Config {
+            allowed_uid: Some(1000),
+            ceilings: Ceilings {
+                pids_max: 64,
+                ..Ceilings::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(Config::load(&path).unwrap(), want);
+        std::fs::write(&path, "allowed_uid = 1000\nuid_bsae = 5\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("uid_bsae"), "{err}");
     }
 }

@@ -169,22 +169,6 @@ impl Layout {
             .flatten()
     }
 
-    /// Whether any hierarchy can enforce limits (otherwise only rlimits apply).
-    pub fn describe(&self) -> String {
-        format!(
-            "v2={} (memory={} pids={} cpu={}), v1 memory={} pids={} cpu={}",
-            self.v2
-                .as_ref()
-                .map_or("-".into(), |p| p.display().to_string()),
-            self.v2_memory,
-            self.v2_pids,
-            self.v2_cpu,
-            self.v1_memory.is_some(),
-            self.v1_pids.is_some(),
-            self.v1_cpu.is_some()
-        )
-    }
-
     pub fn create(&self, id: &str, limits: CgroupLimits) -> Result<SandboxCgroup, CgroupError> {
         let mut cg = SandboxCgroup {
             dirs: Vec::new(),
@@ -201,47 +185,42 @@ impl Layout {
 
     fn fill(&self, id: &str, l: CgroupLimits, cg: &mut SandboxCgroup) -> Result<(), CgroupError> {
         let quota = u64::from(l.cpu_percent) * CPU_PERIOD_US / 100;
-        if let Some(v2) = &self.v2 {
-            let dir = v2.join(id);
+        let (memory, pids) = (l.memory_max.to_string(), l.pids_max.to_string());
+        // Creates `<parent>/<id>` and records it (before writing to it, so it is removed on error).
+        let mut sub = |parent: &Option<PathBuf>| -> Result<Option<PathBuf>, CgroupError> {
+            let Some(dir) = parent.as_ref().map(|p| p.join(id)) else {
+                return Ok(None);
+            };
             mkdir(&dir)?;
             cg.dirs.push(dir.clone());
-            cg.v2_dir = Some(dir.clone());
+            Ok(Some(dir))
+        };
+        let v2 = sub(&self.v2)?;
+        let v1_memory = sub(&self.v1_memory)?;
+        let v1_pids = sub(&self.v1_pids)?;
+        let v1_cpu = sub(&self.v1_cpu)?;
+        if let Some(dir) = &v2 {
             if self.v2_memory {
-                write(&dir.join("memory.max"), &l.memory_max.to_string())?;
+                write(&dir.join("memory.max"), &memory)?;
                 write(&dir.join("memory.swap.max"), "0").ok();
             }
             if self.v2_pids {
-                write(&dir.join("pids.max"), &l.pids_max.to_string())?;
+                write(&dir.join("pids.max"), &pids)?;
             }
             if self.v2_cpu {
                 write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
             }
         }
-        if let Some(parent) = &self.v1_memory {
-            let dir = parent.join(id);
-            mkdir(&dir)?;
-            cg.dirs.push(dir.clone());
-            write(
-                &dir.join("memory.limit_in_bytes"),
-                &l.memory_max.to_string(),
-            )?;
+        cg.v2_dir = v2;
+        if let Some(dir) = v1_memory {
+            write(&dir.join("memory.limit_in_bytes"), &memory)?;
             // Best effort: memsw exists only with swap accounting.
-            write(
-                &dir.join("memory.memsw.limit_in_bytes"),
-                &l.memory_max.to_string(),
-            )
-            .ok();
+            write(&dir.join("memory.memsw.limit_in_bytes"), &memory).ok();
         }
-        if let Some(parent) = &self.v1_pids {
-            let dir = parent.join(id);
-            mkdir(&dir)?;
-            cg.dirs.push(dir.clone());
-            write(&dir.join("pids.max"), &l.pids_max.to_string())?;
+        if let Some(dir) = v1_pids {
+            write(&dir.join("pids.max"), &pids)?;
         }
-        if let Some(parent) = &self.v1_cpu {
-            let dir = parent.join(id);
-            mkdir(&dir)?;
-            cg.dirs.push(dir.clone());
+        if let Some(dir) = v1_cpu {
             write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
             write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
         }

@@ -111,7 +111,7 @@ impl Helper {
         let roots = validate::Roots::open(&config).map_err(StartError::Roots)?;
         let tracked = spawn::Tracked::default();
         cgroups.prepare().map_err(StartError::Cgroups)?;
-        tracing::info!(cgroups = %cgroups.describe(), "cgroup layout");
+        tracing::info!(?cgroups, "cgroup layout");
         let host = LinuxHost {
             network,
             firewall,

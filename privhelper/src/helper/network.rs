@@ -134,39 +134,13 @@ impl Network {
         )
         .map_err(io("disable forwarding on the host end"))?;
         let host_idx = index_of(&self.host, link_name).await?;
-        self.host
-            .address()
-            .add(host_idx, IpAddr::V4(addrs.host), 30)
-            .execute()
-            .await
-            .map_err(nl("address host end"))?;
-        self.host
-            .link()
-            .set(LinkUnspec::new_with_index(host_idx).up().build())
-            .execute()
-            .await
-            .map_err(nl("host end up"))?;
-
+        address(&self.host, host_idx, addrs.host, "address host end").await?;
+        up(&self.host, host_idx, "host end up").await?;
         let lo = index_of(inner, "lo").await?;
         let eth = index_of(inner, SANDBOX_IF).await?;
-        inner
-            .link()
-            .set(LinkUnspec::new_with_index(lo).up().build())
-            .execute()
-            .await
-            .map_err(nl("lo up"))?;
-        inner
-            .address()
-            .add(eth, IpAddr::V4(addrs.sandbox), 30)
-            .execute()
-            .await
-            .map_err(nl("address sandbox end"))?;
-        inner
-            .link()
-            .set(LinkUnspec::new_with_index(eth).up().build())
-            .execute()
-            .await
-            .map_err(nl("sandbox end up"))?;
+        up(inner, lo, "lo up").await?;
+        address(inner, eth, addrs.sandbox, "address sandbox end").await?;
+        up(inner, eth, "sandbox end up").await?;
         // No default route: the host end is on-link, and nothing else is reachable even if the
         // firewall table were flushed (the packets have no route to leave by).
         Ok(())
@@ -220,6 +194,22 @@ impl Network {
         }
         Ok((namespaces, links.len()))
     }
+}
+
+/// Gives link `index` address `ip`/30.
+async fn address(
+    h: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    step: &'static str,
+) -> Result<(), NetworkError> {
+    let add = h.address().add(index, IpAddr::V4(ip), 30);
+    add.execute().await.map_err(nl(step))
+}
+
+async fn up(h: &Handle, index: u32, step: &'static str) -> Result<(), NetworkError> {
+    let set = h.link().set(LinkUnspec::new_with_index(index).up().build());
+    set.execute().await.map_err(nl(step))
 }
 
 async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetworkError> {

@@ -160,26 +160,15 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
         return Err(invalid("server must be 1-64 of a-z 0-9 - _"));
     }
     check_command(spec)?;
-    let limits = &spec.limits;
-    let ceil = &config.ceilings;
-    if !(MIN_MEMORY..=ceil.memory_max_bytes).contains(&limits.memory_max_bytes) {
-        return Err(invalid(format!(
-            "memory_max_bytes must be between {MIN_MEMORY} and {}",
-            ceil.memory_max_bytes
-        )));
-    }
-    if !(MIN_PIDS..=ceil.pids_max).contains(&limits.pids_max) {
-        return Err(invalid(format!(
-            "pids_max must be between {MIN_PIDS} and {}",
-            ceil.pids_max
-        )));
-    }
-    if !(1..=ceil.cpu_percent).contains(&limits.cpu_percent) {
-        return Err(invalid(format!(
-            "cpu_percent must be between 1 and {}",
-            ceil.cpu_percent
-        )));
-    }
+    let (limits, ceil) = (&spec.limits, &config.ceilings);
+    within(
+        "memory_max_bytes",
+        limits.memory_max_bytes,
+        MIN_MEMORY,
+        ceil.memory_max_bytes,
+    )?;
+    within("pids_max", limits.pids_max, MIN_PIDS, ceil.pids_max)?;
+    within("cpu_percent", limits.cpu_percent, 1, ceil.cpu_percent)?;
     if spec.proxy_port == 0 {
         return Err(invalid("proxy_port must not be 0"));
     }
@@ -231,6 +220,19 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
         cpu_percent: limits.cpu_percent,
         data_name,
     })
+}
+
+/// Refuses `v` for `key` unless `lo <= v <= hi`.
+fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), HelperError> {
+    match (lo..=hi).contains(&v) {
+        true => Ok(()),
+        false => Err(invalid(format!("{key} must be between {lo} and {hi}"))),
+    }
 }
 
 fn check_command(spec: &SandboxSpec) -> Result<(), HelperError> {
@@ -451,6 +453,45 @@ pub fn expand_env(env: &[(String, String)], host: std::net::Ipv4Addr) -> Vec<(St
         .collect()
 }
 
+/// Whether `path` is an ELF executable with no program interpreter (statically linked).
+/// `gigmcp-sandbox-init` must be: a dynamic one would run the *image's* loader, with the
+/// image's code, before landlock and seccomp are in place.
+pub fn is_static_elf(path: &Path) -> std::io::Result<bool> {
+    const PT_INTERP: u32 = 3;
+    let bytes = std::fs::read(path)?;
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    let bad = || std::io::Error::other("not a 64-bit little-endian ELF file");
+    // ELF magic, 64-bit class, little-endian data.
+    if bytes.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1]) {
+        return Err(bad());
+    }
+    let phoff = usize::try_from(u64_at(0x20).ok_or_else(bad)?).map_err(|_| bad())?;
+    let phentsize = usize::from(u16_at(0x36).ok_or_else(bad)?);
+    let phnum = usize::from(u16_at(0x38).ok_or_else(bad)?);
+    for i in 0..phnum {
+        let p_type = u32_at(phoff + i * phentsize).ok_or_else(bad)?;
+        if p_type == PT_INTERP {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,45 +570,6 @@ mod tests {
         let err = chown_tree(&fd, 4242, 4242).unwrap_err();
         assert!(matches!(err, DataDirError::TooDeep), "{err}");
     }
-}
-
-/// Whether `path` is an ELF executable with no program interpreter (statically linked).
-/// `gigmcp-sandbox-init` must be: a dynamic one would run the *image's* loader, with the
-/// image's code, before landlock and seccomp are in place.
-pub fn is_static_elf(path: &Path) -> std::io::Result<bool> {
-    const PT_INTERP: u32 = 3;
-    let bytes = std::fs::read(path)?;
-    let u16_at = |o: usize| {
-        bytes
-            .get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |o: usize| {
-        bytes
-            .get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |o: usize| {
-        bytes
-            .get(o..o + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
-    };
-    let bad = || std::io::Error::other("not a 64-bit little-endian ELF file");
-    // ELF magic, 64-bit class, little-endian data.
-    if bytes.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1]) {
-        return Err(bad());
-    }
-    let phoff = usize::try_from(u64_at(0x20).ok_or_else(bad)?).map_err(|_| bad())?;
-    let phentsize = usize::from(u16_at(0x36).ok_or_else(bad)?);
-    let phnum = usize::from(u16_at(0x38).ok_or_else(bad)?);
-    for i in 0..phnum {
-        let p_type = u32_at(phoff + i * phentsize).ok_or_else(bad)?;
-        if p_type == PT_INTERP {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 #[cfg(test)]
