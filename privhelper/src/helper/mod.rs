@@ -41,17 +41,6 @@ use host::LinuxHost;
 use network::{Link, Network};
 use privhelper_api::{Created, HelperError, SandboxInfo, SandboxSpec, TransparentSockets};
 
-/// What [`Helper::build`] hands back besides the sandbox: stdin, stdout, stderr and pidfd for
-/// the caller, the helper's own watch on stdin, and the transparent-mode sockets.
-type Handed = (
-    BusFd,
-    BusFd,
-    BusFd,
-    BusFd,
-    OwnedFd,
-    Option<TransparentSockets>,
-);
-
 /// One live sandbox and everything that must be undone for it.
 #[derive(Debug)]
 struct Sandbox {
@@ -70,6 +59,16 @@ struct State {
     slots: BTreeSet<u32>,
     /// Data dirs of sandboxes being created or alive: at most one sandbox per data dir.
     data_in_use: std::collections::HashSet<String>,
+}
+
+impl State {
+    /// Frees the slot and the data dir of a sandbox that is gone (or was never made).
+    fn release(&mut self, slot: u32, data_name: Option<&String>) {
+        self.slots.remove(&slot);
+        if let Some(name) = data_name {
+            self.data_in_use.remove(name);
+        }
+    }
 }
 
 /// The helper: configuration, host resources and the live sandboxes.
@@ -242,23 +241,15 @@ impl Helper {
             (slot, new_id(&state))
         };
         match self.build(id.clone(), slot, checked).await {
-            Ok((sandbox, fds)) => {
-                let info = sandbox.info.clone();
-                let watch = fds.4;
+            Ok((sandbox, created, stdin_watch)) => {
+                let (server, transparent) = (sandbox.info.server.clone(), !created.5.is_empty());
                 i.state.lock().await.live.insert(id.clone(), sandbox);
-                self.watch(id.clone(), watch);
-                let transparent = fds.5.is_some();
-                tracing::info!(id, server = %info.server, slot, transparent, "sandbox created");
-                // The helper keeps none of these: each is closed here once the reply is sent.
-                let sockets = fds.5.map(TransparentSockets::into_vec).unwrap_or_default();
-                Ok((info, fds.0, fds.1, fds.2, fds.3, sockets))
+                self.watch(id.clone(), stdin_watch);
+                tracing::info!(id, server, slot, transparent, "sandbox created");
+                Ok(created)
             }
             Err(e) => {
-                let mut state = i.state.lock().await;
-                state.slots.remove(&slot);
-                if let Some(name) = &data_name {
-                    state.data_in_use.remove(name);
-                }
+                i.state.lock().await.release(slot, data_name.as_ref());
                 tracing::warn!(id, "sandbox creation failed: {e}");
                 Err(e.into())
             }
@@ -266,13 +257,13 @@ impl Helper {
     }
 
     /// Builds the sandbox in `slot` (see [`lifecycle`]) and splits it into what the helper
-    /// keeps and what it hands to the caller.
+    /// keeps, the reply to the caller, and the helper's own watch on the sandbox's stdin.
     async fn build(
         &self,
         id: String,
         slot: u32,
         mut c: validate::Checked,
-    ) -> Result<(Sandbox, Handed), StepError> {
+    ) -> Result<(Sandbox, Created, OwnedFd), StepError> {
         let cfg = &self.inner.config;
         let base = u32::from(cfg.pool.network()) + slot * 4;
         let at = lifecycle::Placement {
@@ -303,6 +294,18 @@ impl Helper {
             sandbox_addr: at.addrs.sandbox.to_string(),
             pid: started.bwrap.child.id(),
         };
+        // The helper keeps none of the handed fds: each is closed here once the reply is sent.
+        let created = (
+            info.clone(),
+            BusFd::from(started.stdin),
+            BusFd::from(started.stdout),
+            BusFd::from(started.stderr),
+            BusFd::from(started.pidfd_for_caller),
+            built
+                .sockets
+                .map(TransparentSockets::into_vec)
+                .unwrap_or_default(),
+        );
         let sandbox = Sandbox {
             info,
             link: at.link,
@@ -311,15 +314,7 @@ impl Helper {
             data_name: c.data_name,
             netns: built.netns,
         };
-        let handed = (
-            BusFd::from(started.stdin),
-            BusFd::from(started.stdout),
-            BusFd::from(started.stderr),
-            BusFd::from(started.pidfd_for_caller),
-            started.stdin_watch,
-            built.sockets,
-        );
-        Ok((sandbox, handed))
+        Ok((sandbox, created, started.stdin_watch))
     }
 
     /// Tears a sandbox down when it exits or when the gateway's end of its stdin closes.
@@ -379,13 +374,8 @@ impl Helper {
             if let Err(e) = &result {
                 tracing::error!(id, "removing the sandbox network: {e}");
             }
-            {
-                let mut state = i.state.lock().await;
-                state.slots.remove(&sandbox.info.slot);
-                if let Some(name) = &sandbox.data_name {
-                    state.data_in_use.remove(name);
-                }
-            }
+            let data_name = sandbox.data_name.as_ref();
+            i.state.lock().await.release(sandbox.info.slot, data_name);
             helper.announce_exit(&id, status.as_ref(), &reason).await;
             let server = &sandbox.info.server;
             tracing::info!(id, server, reason, ?status, "sandbox destroyed");

@@ -457,35 +457,24 @@ pub fn expand_env(env: &[(String, String)], host: std::net::Ipv4Addr) -> Vec<(St
 /// `gigmcp-sandbox-init` must be: a dynamic one would run the *image's* loader, with the
 /// image's code, before landlock and seccomp are in place.
 pub fn is_static_elf(path: &Path) -> std::io::Result<bool> {
-    const PT_INTERP: u32 = 3;
+    const PT_INTERP: usize = 3;
     let bytes = std::fs::read(path)?;
-    let u16_at = |o: usize| {
-        bytes
-            .get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |o: usize| {
-        bytes
-            .get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |o: usize| {
-        bytes
-            .get(o..o + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
-    };
     let bad = || std::io::Error::other("not a 64-bit little-endian ELF file");
+    // The little-endian unsigned integer of `n` bytes at offset `o`.
+    let at = |o: usize, n: usize| -> std::io::Result<usize> {
+        let b = bytes
+            .get(o..o.checked_add(n).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        let v = b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x));
+        usize::try_from(v).map_err(|_| bad())
+    };
     // ELF magic, 64-bit class, little-endian data.
     if bytes.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1]) {
         return Err(bad());
     }
-    let phoff = usize::try_from(u64_at(0x20).ok_or_else(bad)?).map_err(|_| bad())?;
-    let phentsize = usize::from(u16_at(0x36).ok_or_else(bad)?);
-    let phnum = usize::from(u16_at(0x38).ok_or_else(bad)?);
+    let (phoff, phentsize, phnum) = (at(0x20, 8)?, at(0x36, 2)?, at(0x38, 2)?);
     for i in 0..phnum {
-        let p_type = u32_at(phoff + i * phentsize).ok_or_else(bad)?;
-        if p_type == PT_INTERP {
+        if at(phoff + i * phentsize, 4)? == PT_INTERP {
             return Ok(false);
         }
     }
@@ -583,5 +572,11 @@ mod elf_tests {
         assert!(!is_static_elf(&me).unwrap());
         assert!(!is_static_elf(Path::new("/bin/sh")).unwrap());
         assert!(is_static_elf(Path::new("/etc/hostname")).is_err());
+        // The static init, where `scripts/test` has built it.
+        let init = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/static-init/x86_64-unknown-linux-gnu/debug/gigmcp-sandbox-init");
+        if init.exists() {
+            assert!(is_static_elf(&init).unwrap(), "{}", init.display());
+        }
     }
 }
