@@ -98,18 +98,15 @@ fn main() {
         )
         .with(filter)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
+        .build();
+    let ran = match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the runtime")),
     };
-    if let Err(e) = runtime.block_on(run(args)) {
+    if let Err(e) = ran {
         tracing::error!("{e:#}");
         std::process::exit(1);
     }

@@ -236,34 +236,17 @@ impl Layout {
         }
     }
 
-    /// Kills and removes every sandbox cgroup a previous run left. Returns how many.
-    pub fn sweep(&self) -> usize {
-        let mut removed = 0;
-        for parent in self.parents() {
-            let Ok(entries) = std::fs::read_dir(parent) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if !path.is_dir() || entry.file_name() == "supervisor" {
-                    continue;
-                }
-                let cg = SandboxCgroup {
-                    v2_dir: self
-                        .v2
-                        .as_ref()
-                        .filter(|v| path.starts_with(v))
-                        .map(|_| path.clone()),
-                    dirs: vec![path],
-                };
-                cg.kill();
-                if let Err(e) = cg.remove() {
-                    tracing::warn!("sweep: {e}");
-                }
-                removed += 1;
-            }
-        }
-        removed
+    /// The ids of the sandbox cgroups a previous run left, in any hierarchy.
+    pub fn leftovers(&self) -> std::collections::BTreeSet<String> {
+        let entries = self
+            .parents()
+            .filter_map(|p| std::fs::read_dir(p).ok())
+            .flatten();
+        entries
+            .flatten()
+            .filter(|e| e.path().is_dir() && e.file_name() != "supervisor")
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
     }
 
     /// Removes the instance's parent directories made by [`Layout::prepare`], where they are
@@ -343,10 +326,7 @@ fn pids_in(dir: &Path) -> Vec<i32> {
 }
 
 fn mkdir(path: &Path) -> Result<(), CgroupError> {
-    match std::fs::create_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) => Err(err(path, e)),
-    }
+    std::fs::create_dir_all(path).map_err(|e| err(path, e))
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {

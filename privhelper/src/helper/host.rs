@@ -20,7 +20,7 @@ use super::cgroup::{CgroupLimits, Layout, SandboxCgroup};
 use super::firewall::{Firewall, LinkRule};
 use super::network::{Link, Netns, Network};
 use super::spawn::{self, Bwrap, Launcher, Started, Tracked};
-use super::{StepError, TeardownError, reaper};
+use super::{StartError, StepError, TeardownError, reaper};
 
 /// What one creation step made, and how to remove it again.
 #[derive(Debug)]
@@ -97,6 +97,9 @@ pub trait Host: Sync {
         &self,
         launch: Launch<'_, Self::Netns, Self::Cgroup>,
     ) -> impl Future<Output = Result<Self::Started, StepError>> + Send;
+    /// What a previous run left on the host (found by our names' prefixes), as the removals
+    /// that clear it.
+    fn leftovers(&self) -> impl Future<Output = Result<Vec<Undo>, StartError>> + Send;
     /// Runs one undo; the caller carries on with the rest whatever it returns.
     fn undo(&self, undo: Undo) -> impl Future<Output = Result<(), TeardownError>> + Send;
     /// SIGKILLs the sandbox's outer bwrap: with it goes the sandbox's whole PID namespace.
@@ -118,6 +121,8 @@ pub struct LinuxHost {
     pub launcher: Launcher,
     /// The bwrap binary (from the configuration).
     pub bwrap: std::path::PathBuf,
+    /// The prefix of our host link names (from the configuration).
+    pub link_prefix: String,
     /// Host pids of outer bwraps not yet reaped by their own waiter. The launcher adds a pid
     /// under this lock as it spawns, and [`LinuxHost::reap_orphans`] scans under it.
     pub tracked: Tracked,
@@ -209,6 +214,21 @@ impl Host for LinuxHost {
             nproc: l.nproc,
         };
         self.launcher.launch(plan).await.map_err(StepError::Spawn)
+    }
+
+    async fn leftovers(&self) -> Result<Vec<Undo>, StartError> {
+        let cgroups = self.cgroups.leftovers();
+        let found = self.network.leftovers(&self.link_prefix).await;
+        let (namespaces, links) = found.map_err(StartError::Sweep)?;
+        let kills = cgroups.iter().map(|id| Undo::KillCgroup { id: id.clone() });
+        let removals = cgroups
+            .iter()
+            .map(|id| Undo::RemoveCgroup { id: id.clone() });
+        Ok(kills
+            .chain(removals)
+            .chain(links.into_iter().map(|link| Undo::DeleteLink { link }))
+            .chain(namespaces.into_iter().map(|id| Undo::RemoveNetns { id }))
+            .collect())
     }
 
     async fn undo(&self, undo: Undo) -> Result<(), TeardownError> {

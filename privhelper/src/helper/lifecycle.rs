@@ -24,7 +24,7 @@ use super::host::{Host, Launch, Made, Undo};
 use super::network::Link;
 use super::transparent;
 use super::validate::Checked;
-use super::{StepError, TeardownErrors};
+use super::{StartError, StepError, TeardownErrors};
 
 /// Where and as whom a sandbox is built: fixed by its slot before the build starts.
 #[derive(Debug, Clone)]
@@ -176,6 +176,28 @@ pub async fn unplug<H: Host>(host: &H, id: &str, link: &str) -> Result<(), Teard
     errors.note(host.undo(Undo::DeleteLink { link }).await);
     errors.note(host.undo(Undo::RemoveNetns { id: id.into() }).await);
     errors.into_result()
+}
+
+/// Clears what a previous run left (see [`Host::leftovers`]) in teardown's order: processes
+/// first (killing a cgroup kills them), then cgroups, links, namespaces. Every removal is
+/// tried; each failure is logged, and does not stop the helper from starting (a leftover of
+/// ours is inert: the firewall drops everything from our links until the table says
+/// otherwise). Returns the removals it ran.
+pub async fn sweep<H: Host>(host: &H) -> Result<Vec<Undo>, StartError> {
+    let mut found = host.leftovers().await?;
+    found.sort_by_key(|undo| match undo {
+        Undo::KillCgroup { .. } => 0,
+        Undo::Revoke(_) => 1,
+        Undo::RemoveCgroup { .. } => 2,
+        Undo::DeleteLink { .. } => 3,
+        Undo::RemoveNetns { .. } => 4,
+    });
+    for undo in &found {
+        if let Err(e) = host.undo(undo.clone()).await {
+            tracing::warn!(?undo, "sweeping a previous run's leftover: {e}");
+        }
+    }
+    Ok(found)
 }
 
 fn bwrap_args(c: &Checked, s: Settings<'_>) -> Vec<std::ffi::OsString> {
@@ -440,6 +462,39 @@ mod tests {
             panic!("teardown failures are the host's");
         };
         assert_eq!(reply.matches("; ").count(), want.len() - 1, "{reply}");
+    }
+
+    #[test]
+    fn the_sweep_removes_a_previous_runs_leftovers_in_teardown_order_past_failures() {
+        let (a, b) = ("0123abcd".to_owned(), "4567cdef".to_owned());
+        let mut host = Recording::failing_at(&[Step::KillCgroup, Step::DeleteLink]);
+        // As the host lists them: in no particular order.
+        host.leftovers = vec![
+            Undo::RemoveNetns { id: a.clone() },
+            Undo::DeleteLink {
+                link: format!("gm{a}"),
+            },
+            Undo::RemoveCgroup { id: a.clone() },
+            Undo::KillCgroup { id: a.clone() },
+            Undo::RemoveCgroup { id: b.clone() },
+            Undo::KillCgroup { id: b.clone() },
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let removed = rt.block_on(sweep(&host)).expect("swept");
+        let want = [
+            Undo::KillCgroup { id: a.clone() },
+            Undo::KillCgroup { id: b.clone() },
+            Undo::RemoveCgroup { id: a.clone() },
+            Undo::RemoveCgroup { id: b },
+            Undo::DeleteLink {
+                link: format!("gm{a}"),
+            },
+            Undo::RemoveNetns { id: a },
+        ];
+        assert_eq!(removed, want);
+        assert_eq!(host.calls(), want.map(Call::Undid));
     }
 
     #[test]

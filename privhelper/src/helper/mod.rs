@@ -5,8 +5,9 @@
 //! ([`network`]), firewall elements ([`firewall`]), cgroups ([`cgroup`]), bwrap ([`spawn`]) with
 //! the command line of [`argv`]) → hand the stdio fds, a pidfd and (transparent mode) the
 //! sockets of [`transparent`] to the caller. It ends when `DestroySandbox` is called, when the
-//! gateway's end of stdin closes, or when the sandbox exits; teardown runs the same steps
-//! backwards. On start-up [`Helper::sweep`] removes whatever a previous run left. The D-Bus
+//! gateway's end of stdin closes, or when the sandbox exits; teardown ([`lifecycle`] again,
+//! through the same seam) kills its processes first, then removes what the build made, trying
+//! every step. On start-up [`Helper::sweep`] removes whatever a previous run left. The D-Bus
 //! face is [`Service`].
 
 mod argv;
@@ -117,6 +118,7 @@ impl Helper {
             cgroups,
             launcher: spawn::Launcher::start(tracked.clone()),
             bwrap: config.bwrap.clone(),
+            link_prefix: config.link_prefix.clone(),
             tracked,
         };
         let helper = Self {
@@ -151,21 +153,20 @@ impl Helper {
         self.inner.config.caller_uid()
     }
 
-    /// Removes everything a previous run left (its processes die with their cgroups), then
-    /// installs a fresh, empty firewall table.
+    /// Removes everything a previous run left (see [`lifecycle::sweep`]), then installs a
+    /// fresh, empty firewall table.
     pub async fn sweep(&self) -> Result<Swept, StartError> {
-        let h = &self.inner.host;
-        let cgroups = h.cgroups.sweep();
-        let (namespaces, links) = h
-            .network
-            .sweep(&self.inner.config.link_prefix)
-            .await
-            .map_err(StartError::Sweep)?;
-        h.firewall.install().map_err(StartError::Firewall)?;
+        let removed = lifecycle::sweep(&self.inner.host).await?;
+        self.inner
+            .host
+            .firewall
+            .install()
+            .map_err(StartError::Firewall)?;
+        let count = |f: fn(&host::Undo) -> bool| removed.iter().filter(|u| f(u)).count();
         Ok(Swept {
-            namespaces,
-            links,
-            cgroups,
+            namespaces: count(|u| matches!(u, host::Undo::RemoveNetns { .. })),
+            links: count(|u| matches!(u, host::Undo::DeleteLink { .. })),
+            cgroups: count(|u| matches!(u, host::Undo::RemoveCgroup { .. })),
         })
     }
 

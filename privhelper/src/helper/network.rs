@@ -164,35 +164,27 @@ impl Network {
         remove_netns(&self.netns_path(id))
     }
 
-    /// Removes every namespace and host link of ours that a previous run left behind.
-    /// Returns how many namespaces and links were removed.
-    pub async fn sweep(&self, link_prefix: &str) -> Result<(usize, usize), NetworkError> {
-        let mut namespaces = 0;
+    /// The ids of the namespaces and the names of the host links of ours that a previous run
+    /// left behind.
+    pub async fn leftovers(
+        &self,
+        link_prefix: &str,
+    ) -> Result<(Vec<String>, Vec<String>), NetworkError> {
         let ours = format!("{}-", self.prefix);
-        if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&ours) {
-                    remove_netns(&entry.path())?;
-                    namespaces += 1;
-                }
-            }
-        }
+        let namespaces = std::fs::read_dir(NETNS_DIR).into_iter().flatten().flatten();
+        let namespaces = namespaces
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| name.strip_prefix(&ours).map(str::to_owned))
+            .collect();
         let mut links = Vec::new();
         let mut stream = self.host.link().get().execute();
         while let Some(msg) = stream.try_next().await.map_err(nl("list links"))? {
-            let name = msg.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
+            links.extend(msg.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) if n.starts_with(link_prefix) => Some(n),
                 _ => None,
-            });
-            if name.is_some_and(|n| n.starts_with(link_prefix)) {
-                links.push(msg.header.index);
-            }
+            }));
         }
-        for idx in &links {
-            // A link may already be gone with its namespace's peer.
-            let _ = self.host.link().del(*idx).execute().await;
-        }
-        Ok((namespaces, links.len()))
+        Ok((namespaces, links))
     }
 }
 

@@ -10,7 +10,7 @@ use super::cgroup::CgroupLimits;
 use super::firewall::LinkRule;
 use super::host::{Host, Launch, Made, Undo};
 use super::network::Link;
-use super::{StepError, TeardownError};
+use super::{StartError, StepError, TeardownError};
 
 /// The steps of a build and of a teardown, as the double records them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +52,13 @@ pub enum Call {
     Undid(Undo),
 }
 
-/// A host that does nothing but record, and fails every step in `fail`.
+/// A host that does nothing but record, fails every step in `fail`, and reports `leftovers`
+/// as a previous run's.
 #[derive(Debug, Default)]
 pub struct Recording {
     calls: Mutex<Vec<Call>>,
     fail: Vec<Step>,
+    pub leftovers: Vec<Undo>,
 }
 
 impl Recording {
@@ -128,6 +130,9 @@ impl Host for Recording {
     async fn spawn(&self, launch: Launch<'_, (), ()>) -> Result<Self::Started, StepError> {
         self.step(Step::Spawn)?;
         Ok(launch.args)
+    }
+    async fn leftovers(&self) -> Result<Vec<Undo>, StartError> {
+        Ok(self.leftovers.clone())
     }
     async fn undo(&self, undo: Undo) -> Result<(), TeardownError> {
         let step = Step::of(&undo);
