@@ -78,24 +78,17 @@ pub fn bwrap_args(i: &Inputs<'_>) -> Vec<OsString> {
     if i.data {
         args.extend(["--bind-fd".into(), fd(), "/data".into()]);
     }
-    for dest in i.ca_dests {
-        args.extend([
+    // Copies, not binds: the sandbox reads the CA bundle and resolv.conf, never the host's file.
+    let resolv_conf = format!("/{}", super::validate::RESOLV_CONF);
+    let transparent = i.transparent.then_some(resolv_conf.as_str());
+    for dest in i.ca_dests.iter().copied().chain(transparent) {
+        let copy = [
             "--perms".into(),
             "0444".into(),
             "--ro-bind-data".into(),
             fd(),
-            (*dest).into(),
-        ]);
-    }
-    if i.transparent {
-        let resolv_conf = format!("/{}", super::validate::RESOLV_CONF);
-        args.extend([
-            "--perms".into(),
-            "0444".into(),
-            "--ro-bind-data".into(),
-            fd(),
-            resolv_conf.into(),
-        ]);
+        ];
+        args.extend(copy.into_iter().chain([dest.into()]));
     }
     args.push("--clearenv".into());
     for (k, v) in i.env {

@@ -58,7 +58,8 @@ pub struct Launch<'a, N, C> {
     pub cgroup: &'a C,
 }
 
-/// What the helper asks of the host to build a sandbox, one call per step.
+/// What the helper asks of the host to build a sandbox, tear it down and sweep a previous
+/// run's leftovers, one call per step.
 pub trait Host: Sync {
     type Netns: Send + Sync;
     type Cgroup: Send + Sync;

@@ -24,6 +24,7 @@ use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::firewall::Proto;
 use privhelper_api::{DNS_PORT, TLS_PORT, TransparentSockets};
 
 /// Listen backlog of the TCP sockets (the kernel caps it at `net.core.somaxconn`).
@@ -51,12 +52,6 @@ pub fn bind(host: Ipv4Addr, link: &str) -> Result<TransparentSockets, SocketErro
         dns_udp: socket(host, DNS_PORT, link, Proto::Udp)?,
         dns_tcp: socket(host, DNS_PORT, link, Proto::Tcp)?,
     })
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Proto {
-    Tcp,
-    Udp,
 }
 
 fn socket(host: Ipv4Addr, port: u16, link: &str, proto: Proto) -> Result<OwnedFd, SocketError> {
