@@ -9,17 +9,17 @@
 //! that removes exactly what the step created. Undos are plain data, so the lifecycle can keep
 //! them in order and run them backwards, and a test can compare them.
 
-use std::ffi::OsString;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 
 use privhelper_api::TransparentSockets;
 
 use super::cgroup::{CgroupLimits, Layout, SandboxCgroup};
 use super::firewall::{Firewall, LinkRule};
 use super::network::{Link, Netns, Network};
-use super::spawn::{self, Bwrap, Launcher, Started, Tracked};
+pub use super::spawn::Launch;
+use super::spawn::{Bwrap, Launcher, Started, Tracked};
 use super::{StartError, StepError, TeardownError, reaper};
 
 /// What one creation step made, and how to remove it again.
@@ -43,19 +43,6 @@ pub enum Undo {
     Revoke(LinkRule),
     /// Kill whatever runs in the sandbox's cgroups and remove them.
     RemoveCgroup { id: String },
-}
-
-/// Everything bwrap is started with: its argv (see `argv`), the fds it gets at fixed numbers,
-/// and the identity and namespaces its child setup enters (see `spawn`).
-#[derive(Debug)]
-pub struct Launch<'a, N, C> {
-    pub args: Vec<OsString>,
-    pub pass_fds: Vec<(OwnedFd, RawFd)>,
-    pub uid: u32,
-    pub gid: u32,
-    pub nproc: u64,
-    pub netns: &'a N,
-    pub cgroup: &'a C,
 }
 
 /// What the helper asks of the host to build a sandbox, tear it down and sweep a previous
@@ -96,7 +83,7 @@ pub trait Host: Sync {
     fn give_data_dir(&self, dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), StepError>;
     fn spawn(
         &self,
-        launch: Launch<'_, Self::Netns, Self::Cgroup>,
+        launch: Launch<&Self::Netns, &Self::Cgroup>,
     ) -> impl Future<Output = Result<Self::Started, StepError>> + Send;
     /// What a previous run left on the host (found by our names' prefixes), as the removals
     /// that clear it.
@@ -203,15 +190,14 @@ impl Host for LinuxHost {
         super::validate::chown_tree(dir, uid, gid).map_err(StepError::DataDir)
     }
 
-    async fn spawn(&self, l: Launch<'_, Netns, SandboxCgroup>) -> Result<Started, StepError> {
-        let plan = spawn::Plan {
+    async fn spawn(&self, l: Launch<&Netns, &SandboxCgroup>) -> Result<Started, StepError> {
+        let plan = Launch {
             netns: l.netns.file.try_clone().map_err(StepError::Dup)?,
-            cgroup_procs: l.cgroup.procs_files().map_err(StepError::Cgroup)?,
-            bwrap: self.bwrap.clone(),
+            cgroup: l.cgroup.procs_files().map_err(StepError::Cgroup)?,
             args: l.args,
+            pass_fds: l.pass_fds,
             uid: l.uid,
             gid: l.gid,
-            pass_fds: l.pass_fds,
             nproc: l.nproc,
         };
         self.launcher.launch(plan).await.map_err(StepError::Spawn)

@@ -162,7 +162,8 @@ pub async fn stop<H: Host>(
     errors.note(host.kill(&process));
     errors.note(host.undo(Undo::KillCgroup { id: id.clone() }).await);
     errors.note(host.undo(Undo::Revoke(rule.clone())).await);
-    // A cgroup cannot be removed while a process (even a zombie's) is in it.
+    // The cgroups empty as their processes die: reap bwrap (and the namespace's init) before
+    // waiting for that and removing them.
     let status = errors.note(host.reap(process).await).flatten();
     errors.note(host.undo(Undo::RemoveCgroup { id }).await);
     status

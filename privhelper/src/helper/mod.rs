@@ -116,7 +116,7 @@ impl Helper {
             network,
             firewall,
             cgroups,
-            launcher: spawn::Launcher::start(tracked.clone()),
+            launcher: spawn::Launcher::start(config.bwrap.clone(), tracked.clone()),
             bwrap: config.bwrap.clone(),
             link_prefix: config.link_prefix.clone(),
             tracked,

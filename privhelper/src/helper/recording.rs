@@ -127,7 +127,7 @@ impl Host for Recording {
     fn give_data_dir(&self, _: &OwnedFd, _: u32, _: u32) -> Result<(), StepError> {
         self.step(Step::GiveDataDir)
     }
-    async fn spawn(&self, launch: Launch<'_, (), ()>) -> Result<Self::Started, StepError> {
+    async fn spawn(&self, launch: Launch<&(), &()>) -> Result<Self::Started, StepError> {
         self.step(Step::Spawn)?;
         Ok(launch.args)
     }

@@ -24,26 +24,30 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, PidfdFlags};
 
-/// Everything needed to start one sandbox.
+/// Everything bwrap is started with: its argv (see `argv`), the fds it gets at fixed numbers,
+/// and the identity, netns (`N`) and cgroups (`C`) its child setup enters. The lifecycle fills
+/// it with references to its host's values, the launcher gets the files themselves ([`Plan`]).
 #[derive(Debug)]
-pub struct Plan {
-    pub bwrap: PathBuf,
+pub struct Launch<N, C> {
     pub args: Vec<OsString>,
-    pub uid: u32,
-    pub gid: u32,
-    pub netns: File,
-    pub cgroup_procs: Vec<File>,
     /// fds to hand to bwrap, and the number each must have in the child.
     pub pass_fds: Vec<(OwnedFd, RawFd)>,
+    pub uid: u32,
+    pub gid: u32,
     pub nproc: u64,
+    pub netns: N,
+    pub cgroup: C,
 }
+
+/// What the launcher starts: the netns file and each cgroup's `cgroup.procs`, opened.
+pub type Plan = Launch<File, Vec<File>>;
 
 /// Host pids of live outer bwraps, shared by the launcher (adds as it spawns) and the reaper
 /// (scans under the lock), so a just-spawned bwrap is never mistaken for an orphan.
@@ -88,13 +92,14 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    pub fn start(tracked: Tracked) -> Self {
+    /// Starts the launcher thread, which runs `bwrap` for every plan it is sent.
+    pub fn start(bwrap: PathBuf, tracked: Tracked) -> Self {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("launcher".into())
             .spawn(move || {
                 for (plan, reply) in rx {
-                    let _ = reply.send(start(plan, &tracked));
+                    let _ = reply.send(start(&bwrap, plan, &tracked));
                 }
             })
             .expect("spawn launcher thread");
@@ -124,8 +129,8 @@ struct ChildSetup {
     nproc: libc::rlim_t,
 }
 
-fn start(plan: Plan, tracked: &Tracked) -> io::Result<Started> {
-    if plan.cgroup_procs.len() > 4 || plan.pass_fds.len() > 8 {
+fn start(bwrap: &Path, plan: Plan, tracked: &Tracked) -> io::Result<Started> {
+    if plan.cgroup.len() > 4 || plan.pass_fds.len() > 8 {
         return Err(io::Error::other("too many fds for the child setup"));
     }
     let (stdin_r, stdin_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
@@ -136,21 +141,21 @@ fn start(plan: Plan, tracked: &Tracked) -> io::Result<Started> {
     let mut setup = ChildSetup {
         netns: plan.netns.as_raw_fd(),
         procs: [-1; 4],
-        nprocs: plan.cgroup_procs.len(),
+        nprocs: plan.cgroup.len(),
         pass: [(-1, -1); 8],
         npass: plan.pass_fds.len(),
         uid: plan.uid,
         gid: plan.gid,
         nproc: plan.nproc,
     };
-    for (i, f) in plan.cgroup_procs.iter().enumerate() {
+    for (i, f) in plan.cgroup.iter().enumerate() {
         setup.procs[i] = f.as_raw_fd();
     }
     for (i, (fd, target)) in plan.pass_fds.iter().enumerate() {
         setup.pass[i] = (fd.as_raw_fd(), *target);
     }
 
-    let mut cmd = Command::new(&plan.bwrap);
+    let mut cmd = Command::new(bwrap);
     cmd.args(&plan.args)
         .env_clear()
         .stdin(Stdio::from(stdin_r))

@@ -201,11 +201,7 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
              for the helper to replace"
         )));
     }
-    let ca = if spec.ca_bundle.is_empty() {
-        Vec::new()
-    } else {
-        open_ca(&spec.ca_bundle, &rootfs, roots)?
-    };
+    let ca = open_ca(&spec.ca_bundle, &rootfs, roots)?;
     Ok(Checked {
         server: spec.server.clone(),
         rootfs,
@@ -330,12 +326,15 @@ fn open_data_dir(name: &str, roots: &Roots) -> Result<OwnedFd, HelperError> {
     .map_err(|e| outside(format!("cannot be opened as a directory ({e})")))
 }
 
-/// The CA bundle, opened once per place it is bound in the sandbox.
+/// The CA bundle (if the spec names one), opened once per place it is bound in the sandbox.
 fn open_ca(
     name: &str,
     rootfs: &OwnedFd,
     roots: &Roots,
 ) -> Result<Vec<(OwnedFd, String)>, HelperError> {
+    if name.is_empty() {
+        return Ok(Vec::new());
+    }
     let bad = |why: String| HelperError::InvalidCaBundle(format!("CA bundle {name:?}: {why}"));
     if !simple_name(name, 128) || name.contains("..") {
         return Err(bad("must be one file name".into()));
