@@ -32,27 +32,36 @@ enum Command {
     Version,
 }
 
-fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
+/// A command line that cannot be run.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum ArgError {
+    #[error("argument {0:?} is not UTF-8")]
+    NotUtf8(OsString),
+    #[error("{0} needs a value")]
+    NeedsValue(String),
+    #[error("unexpected argument {0:?}")]
+    Unexpected(String),
+}
+
+fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, ArgError> {
     let mut out = Args {
         config: PathBuf::from(config::DEFAULT_PATH),
         bus_address: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
-        let arg = arg
-            .into_string()
-            .map_err(|a| format!("argument {a:?} is not UTF-8"))?;
+        let arg = arg.into_string().map_err(ArgError::NotUtf8)?;
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
             _ => (arg, None),
         };
-        let mut value = || -> Result<String, String> {
+        let mut value = || -> Result<String, ArgError> {
             match inline.clone() {
                 Some(v) => Ok(v),
                 None => args
                     .next()
                     .and_then(|v| v.into_string().ok())
-                    .ok_or_else(|| format!("{name} needs a value")),
+                    .ok_or_else(|| ArgError::NeedsValue(name.clone())),
             }
         };
         match name.as_str() {
@@ -60,7 +69,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
             "--bus-address" => out.bus_address = Some(value()?),
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            _ => return Err(format!("unexpected argument {name:?}")),
+            _ => return Err(ArgError::Unexpected(name)),
         }
     }
     Ok(Command::Run(out))
@@ -198,7 +207,7 @@ fn sd_notify_ready() -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn p(args: &[&str]) -> Result<Command, String> {
+    fn p(args: &[&str]) -> Result<Command, ArgError> {
         parse(args.iter().map(OsString::from))
     }
 
@@ -240,8 +249,14 @@ mod tests {
 
     #[test]
     fn unknown_arguments_and_missing_values_are_refused() {
-        assert!(p(&["--conifg", "x"]).unwrap_err().contains("unexpected"));
-        assert!(p(&["--config"]).unwrap_err().contains("needs a value"));
+        assert_eq!(
+            p(&["--conifg", "x"]),
+            Err(ArgError::Unexpected("--conifg".into()))
+        );
+        assert_eq!(
+            p(&["--config"]),
+            Err(ArgError::NeedsValue("--config".into()))
+        );
     }
 
     #[test]
