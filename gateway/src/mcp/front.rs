@@ -29,10 +29,10 @@ use super::jsonrpc::{self, Message, code};
 use super::redact::Redactor;
 use super::router::{self, CallHooks, Exposed, Handled, Refusal, Router, Sessions, Subset};
 use super::stdio::ServerSession;
-use super::token;
 use crate::audit::{AuditQueue, Outcome};
 use crate::manifest::Manifest;
 use crate::store::{Store, now_ms};
+use crate::tokens as token;
 
 /// Messages queued for one streamed response.
 const STREAM_QUEUE: usize = 256;

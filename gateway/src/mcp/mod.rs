@@ -9,7 +9,9 @@
 //! - [`servers`]: server lifecycle (start on first use, restart with backoff);
 //! - [`redact`]: secret values found in tool arguments and results are redacted;
 //! - [`approval`]: tool definitions as approved; changed ones hidden until approved again;
-//! - [`token`]: bearer tokens (random, shown once, stored hashed).
+//!
+//! Bearer tokens live below both the front and admin, in [`crate::tokens`]; [`token`] is that
+//! module under its old path, which the test harnesses use.
 
 pub mod approval;
 pub mod front;
@@ -18,4 +20,5 @@ pub mod redact;
 pub mod router;
 pub mod servers;
 pub mod stdio;
-pub mod token;
+
+pub use crate::tokens as token;

@@ -6,8 +6,6 @@
 
 pub mod sqlite;
 
-use crate::vault::envelope::Sealed;
-
 pub use sqlite::SqliteStore;
 
 /// The schema version this build writes; a database with a higher one is refused.
@@ -36,6 +34,18 @@ pub enum StoreError {
     Invalid(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// A sealed secret as stored (the vault's envelope, opaque here: the store keeps bytes and
+/// knows nothing of the cryptography). Byte fields are kept as read so that a tampered length is an
+/// authentication failure, not a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub value_nonce: Vec<u8>,
+    pub value_ct: Vec<u8>,
+    pub key_nonce: Vec<u8>,
+    pub wrapped_key: Vec<u8>,
+    pub master_fp: String,
 }
 
 /// A secret row: its sealed envelope and bookkeeping. Never a plaintext.

@@ -12,10 +12,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    AuditEvent, EndpointRecord, Rewrapped, SCHEMA_VERSION, SecretMeta, SecretRecord, ServerRecord,
-    Store, StoreError, TokenRecord, ToolDefinition, now_ms,
+    AuditEvent, EndpointRecord, Rewrapped, SCHEMA_VERSION, Sealed, SecretMeta, SecretRecord,
+    ServerRecord, Store, StoreError, TokenRecord, ToolDefinition, now_ms,
 };
-use crate::vault::envelope::Sealed;
 
 pub const DB_FILE: &str = "gigmcp.db";
 
