@@ -4,6 +4,7 @@
 //! Postgres backend for several gateways sharing state would be a second implementation of the
 //! same trait: nothing outside this module names SQLite.
 
+mod schema;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -138,8 +139,19 @@ pub struct ToolDefinition {
     pub seen_ms: i64,
 }
 
+/// Where what endpoints offer stands (servers, endpoints with their subsets and descriptions,
+/// tool definitions). Two equal generations mean none of that was written in between, by this
+/// process or another one; a cache of it is valid while the generation stays the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    pub written_here: u64,
+    pub written_elsewhere: i64,
+}
+
 /// Everything the gateway persists. Implementations must make each method atomic.
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The current [`Generation`]: cheap enough to ask on every request.
+    fn offer_generation(&self) -> Result<Generation, StoreError>;
     /// Fingerprint of the master key the store's data keys are wrapped with, once one is set.
     fn master_fingerprint(&self) -> Result<Option<String>, StoreError>;
     /// Records `fp` as the store's master key if none is recorded yet; returns the recorded one.
