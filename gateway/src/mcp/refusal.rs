@@ -20,15 +20,26 @@ const INVALID_TOKEN: &str = "Bearer realm=\"gigmcp\", error=\"invalid_token\"";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// `Host` (or `:authority`) not one of the configured names (DNS rebinding).
-    HostNotAllowed { host: String },
-    OriginNotAllowed { origin: String },
+    HostNotAllowed {
+        host: String,
+    },
+    OriginNotAllowed {
+        origin: String,
+    },
     MissingToken,
     MalformedToken,
     UnknownToken,
-    RevokedToken { token: String },
-    ExpiredToken { token: String },
+    RevokedToken {
+        token: String,
+    },
+    ExpiredToken {
+        token: String,
+    },
     /// Answered like an unknown token: a token does not reveal other endpoints.
-    TokenForAnotherEndpoint { token: String, endpoint: String },
+    TokenForAnotherEndpoint {
+        token: String,
+        endpoint: String,
+    },
     TokenLookupFailed,
     MethodNotAllowed,
     NotJson,
@@ -37,7 +48,9 @@ pub enum Refusal {
     MalformedJson,
     Batch,
     InvalidMessage,
-    UnsupportedVersion { version: String },
+    UnsupportedVersion {
+        version: String,
+    },
     /// 2026-07-28: `Mcp-Method`/`Mcp-Name` say something else than the body.
     HeadersMismatch,
     MissingSession,
@@ -51,10 +64,16 @@ pub enum Refusal {
     NoStreamWithoutSession,
     StreamOpenAlready,
     /// A routed name that no server of the endpoint has.
-    UnknownTool { name: String },
-    NotInSubset { name: String },
+    UnknownTool {
+        name: String,
+    },
+    NotInSubset {
+        name: String,
+    },
     /// Its definition changed since it was approved.
-    NotApproved { name: String },
+    NotApproved {
+        name: String,
+    },
 }
 
 impl Refusal {
@@ -104,9 +123,7 @@ impl Refusal {
             | Self::ExpiredToken { .. }
             | Self::TokenForAnotherEndpoint { .. } => StatusCode::UNAUTHORIZED,
             Self::TokenLookupFailed | Self::NoRandomness => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::MethodNotAllowed | Self::NoStreamWithoutSession => {
-                StatusCode::METHOD_NOT_ALLOWED
-            }
+            Self::MethodNotAllowed | Self::NoStreamWithoutSession => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::JsonNotAccepted | Self::StreamNotAccepted => StatusCode::NOT_ACCEPTABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -9,12 +9,12 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::approval::ToolGate;
-use super::progress::Relay;
-use super::refusal::Refusal;
-use super::view::EndpointView;
 use super::jsonrpc::{self, Id, code};
+use super::progress::Relay;
 use super::redact::Redactor;
+use super::refusal::Refusal;
 use super::stdio::{CallError, ServerSession, ToolList};
+use super::view::EndpointView;
 
 /// Separator between server and tool (and prompt) names in what clients see.
 pub const SEP: &str = "__";

@@ -55,7 +55,12 @@ fn initialized(id: &Id, revision: &str) -> Value {
 }
 
 impl<S: Sessions + 'static> Front<S> {
-    pub(super) async fn dispatch(self: &Arc<Self>, caller: &Caller, msg: Message, sse: bool) -> Resp {
+    pub(super) async fn dispatch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        msg: Message,
+        sse: bool,
+    ) -> Resp {
         let (id, method) = match &msg {
             Message::Request { id, method, .. } => (id.clone(), method.clone()),
             Message::Notification { method, .. } if method == "notifications/cancelled" => {
@@ -84,7 +89,11 @@ impl<S: Sessions + 'static> Front<S> {
         let servers = &*self.servers;
         let handled = match method.as_str() {
             "initialize" => return self.initialize(caller, &id, params),
-            "tools/call" => return self.tools_call(caller, router, id, params.cloned(), sse).await,
+            "tools/call" => {
+                return self
+                    .tools_call(caller, router, id, params.cloned(), sse)
+                    .await;
+            }
             "ping" => Handled::ok(jsonrpc::result(&id, json!({}))),
             "tools/list" => router.list_tools(servers, &id, params).await,
             "prompts/list" => {
@@ -184,9 +193,10 @@ impl<S: Sessions + 'static> Front<S> {
         if let Some(rx) = events {
             return sse::relayed(rx);
         }
-        let response = task.await.ok().flatten().unwrap_or_else(|| {
-            jsonrpc::error(Some(&id), code::INTERNAL_ERROR, "internal error")
-        });
+        let response =
+            task.await.ok().flatten().unwrap_or_else(|| {
+                jsonrpc::error(Some(&id), code::INTERNAL_ERROR, "internal error")
+            });
         json_response(StatusCode::OK, &response)
     }
 
@@ -196,9 +206,7 @@ impl<S: Sessions + 'static> Front<S> {
         let Some(rid) = params.and_then(|p| p.get("requestId")) else {
             return;
         };
-        let reason = params
-            .and_then(|p| p.get("reason"))
-            .and_then(Value::as_str);
+        let reason = params.and_then(|p| p.get("reason")).and_then(Value::as_str);
         if let Some((session, gid)) = self.inflight.cancel(caller, rid) {
             session.cancel(gid, reason).await;
             self.record(

@@ -64,7 +64,11 @@ impl ClientSessions {
     }
 
     /// A new session of `caller` at `revision`; its id (128 random bits, hex).
-    pub(super) fn create(&self, caller: &Caller, revision: &'static str) -> Result<String, Refusal> {
+    pub(super) fn create(
+        &self,
+        caller: &Caller,
+        revision: &'static str,
+    ) -> Result<String, Refusal> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let idle = self.idle;
         if table.len() >= self.max {
@@ -187,10 +191,7 @@ mod tests {
     fn a_full_table_refuses_new_sessions() {
         let s = ClientSessions::new(1, Duration::from_secs(60));
         s.create(&caller("a"), REV).unwrap();
-        assert_eq!(
-            s.create(&caller("b"), REV),
-            Err(Refusal::TooManySessions)
-        );
+        assert_eq!(s.create(&caller("b"), REV), Err(Refusal::TooManySessions));
     }
 
     #[test]

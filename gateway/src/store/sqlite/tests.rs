@@ -122,3 +122,50 @@ fn non_database_file_is_refused_and_untouched() {
     assert!(matches!(err, StoreError::NotADatabase { .. }), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), vec![b'x'; 4096]);
 }
+
+#[test]
+fn the_offer_generation_stays_while_only_the_audit_trail_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    let before = store.offer_generation().unwrap();
+    store
+        .audit_append(&AuditEvent {
+            ts_ms: 1,
+            actor: "t".into(),
+            action: "a".into(),
+            target: "x".into(),
+            outcome: "ok".into(),
+            detail: String::new(),
+        })
+        .unwrap();
+    assert_eq!(store.offer_generation().unwrap(), before);
+}
+
+#[test]
+fn the_offer_generation_moves_with_an_endpoint_written_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    let before = store.offer_generation().unwrap();
+    store
+        .endpoint_add(&EndpointRecord {
+            name: "e".into(),
+            servers: Vec::new(),
+        })
+        .unwrap();
+    assert_ne!(store.offer_generation().unwrap(), before);
+}
+
+#[test]
+fn the_offer_generation_moves_with_a_write_from_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    let before = store.offer_generation().unwrap();
+    let other = SqliteStore::open_in(dir.path()).unwrap();
+    other
+        .endpoint_add(&EndpointRecord {
+            name: "e".into(),
+            servers: Vec::new(),
+        })
+        .unwrap();
+    assert_ne!(store.offer_generation().unwrap(), before);
+}
