@@ -13,11 +13,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::audit::{Deny, redact_path};
-use super::listener::refusal;
+use super::context::{SandboxCtx, UpBody, refusal};
 use super::policy::Target;
 use super::request::{self, ScrubPair};
 use super::rewrite::Replacements;
-use super::sandbox::{SandboxCtx, UpBody};
 use super::scrub::{BoxError, Counted, Scan, Scrub, first_index, scrub_headers};
 
 /// A request inside an intercepted TLS connection to `target`.

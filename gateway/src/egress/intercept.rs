@@ -11,9 +11,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::audit::Deny;
+use super::context::{Conn, SandboxCtx};
 use super::forward;
 use super::policy::{Target, parse_authority};
-use super::sandbox::{Conn, SandboxCtx};
 
 #[derive(Debug)]
 pub(crate) enum Expect {
