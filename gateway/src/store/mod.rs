@@ -4,6 +4,7 @@
 //! Postgres backend for several gateways sharing state would be a second implementation of the
 //! same trait: nothing outside this module names SQLite.
 
+mod generation;
 mod schema;
 pub mod sqlite;
 

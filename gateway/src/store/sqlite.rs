@@ -5,18 +5,19 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::hooks::Action;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::generation;
 use super::schema::{header_user_version, migrate};
 use super::{
-    AuditEvent, EndpointRecord, Generation, Rewrapped, SCHEMA_VERSION, Sealed, SecretMeta,
-    SecretRecord, ServerRecord, Store, StoreError, TokenRecord, ToolDefinition, now_ms,
+    AuditEvent, EndpointRecord, Generation, Rewrapped, SCHEMA_VERSION, SecretMeta, SecretRecord,
+    ServerRecord, Store, StoreError, TokenRecord, ToolDefinition, now_ms,
 };
+use rows::{SECRET_COLUMNS, secret_from_row, to_i64, to_u64};
 
 pub const DB_FILE: &str = "gigmcp.db";
 
@@ -25,20 +26,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Rows of [`OFFER_TABLES`] written through this connection (see [`Store::offer_generation`]).
+    /// Rows written through this connection to the tables endpoint views are built from.
     offer_writes: Arc<AtomicU64>,
 }
-
-/// The tables that say what an endpoint offers. Every row written to one of them, by any method
-/// present or future, moves [`Store::offer_generation`]: the connection's update hook counts
-/// them, so no write path can forget to invalidate the views built on them.
-const OFFER_TABLES: [&str; 5] = [
-    "servers",
-    "endpoints",
-    "endpoint_servers",
-    "endpoint_tool_descriptions",
-    "tool_definitions",
-];
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,13 +84,7 @@ impl SqliteStore {
         // FULL: a committed secret or audit entry survives power loss, not just a crash.
         conn.pragma_update(None, "synchronous", "full")?;
         migrate(&mut conn, &shown)?;
-        let offer_writes = Arc::new(AtomicU64::new(0));
-        let counter = offer_writes.clone();
-        conn.update_hook(Some(move |_: Action, _: &str, table: &str, _: i64| {
-            if OFFER_TABLES.contains(&table) {
-                counter.fetch_add(1, Ordering::Release);
-            }
-        }))?;
+        let offer_writes = generation::count_offer_writes(&mut conn)?;
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -117,35 +101,6 @@ impl SqliteStore {
         // drop), so a poisoned lock is safe to keep using.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-const SECRET_COLUMNS: &str = "id, name, version, value_nonce, value_ct, key_nonce, wrapped_key, \
-     master_fp, created_ms, updated_ms, last_used_ms";
-
-fn secret_from_row(row: &Row<'_>) -> rusqlite::Result<SecretRecord> {
-    Ok(SecretRecord {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        version: to_u64(row.get(2)?),
-        sealed: Sealed {
-            value_nonce: row.get(3)?,
-            value_ct: row.get(4)?,
-            key_nonce: row.get(5)?,
-            wrapped_key: row.get(6)?,
-            master_fp: row.get(7)?,
-        },
-        created_ms: row.get(8)?,
-        updated_ms: row.get(9)?,
-        last_used_ms: row.get(10)?,
-    })
 }
 
 impl SqliteStore {
@@ -172,16 +127,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn offer_generation(&self) -> Result<Generation, StoreError> {
-        // Read in this order: a view built after this call sees at least these writes.
-        let written_here = self.offer_writes.load(Ordering::Acquire);
-        // Moves whenever another connection (the CLI, another process) committed anything.
-        let written_elsewhere = self
-            .conn()
-            .pragma_query_value(None, "data_version", |r| r.get(0))?;
-        Ok(Generation {
-            written_here,
-            written_elsewhere,
-        })
+        generation::current(&self.offer_writes, &self.conn())
     }
 
     fn master_fingerprint(&self) -> Result<Option<String>, StoreError> {
@@ -630,5 +576,6 @@ impl Store for SqliteStore {
     }
 }
 
+mod rows;
 #[cfg(test)]
 mod tests;
