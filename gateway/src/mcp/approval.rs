@@ -137,84 +137,43 @@ impl ToolGate {
                 return Vec::new();
             }
         };
-        let approved: HashMap<&str, &str> = known
-            .iter()
-            .filter(|d| d.approved)
-            .map(|d| (d.tool.as_str(), d.digest.as_str()))
-            .collect();
-        let pending: HashMap<&str, &str> = known
-            .iter()
-            .filter(|d| !d.approved)
-            .map(|d| (d.tool.as_str(), d.digest.as_str()))
-            .collect();
-        let now = now_ms();
-        let mut seen: Vec<(&Map<String, Value>, String, String, String)> = Vec::new();
-        for t in tools {
-            let Some(name) = t.get("name").and_then(Value::as_str).map(str::to_owned) else {
-                continue;
-            };
-            let (text, digest) = definition(&t);
-            seen.push((t, name, text, digest));
-        }
+        let seen: Vec<Listed<'_>> = tools.iter().filter_map(Listed::of).collect();
         if known.is_empty() {
             // The first listing since the server was installed, even if empty (a marker row
             // records it): what comes later waits for approval.
-            let mut defs: Vec<ToolDefinition> = seen
-                .iter()
-                .map(|(_, name, text, digest)| ToolDefinition {
-                    server: server.to_owned(),
-                    tool: name.clone(),
-                    approved: true,
-                    definition: text.clone(),
-                    digest: digest.clone(),
-                    seen_ms: now,
-                })
-                .collect();
-            defs.push(ToolDefinition {
-                server: server.to_owned(),
-                tool: FIRST_LISTING.to_owned(),
-                approved: true,
-                definition: "first listing recorded".into(),
-                digest: String::new(),
-                seen_ms: now,
-            });
-            if let Err(e) = self.store.tool_definitions_put(&defs) {
-                tracing::error!(server, error = %e, "mcp: cannot record tool definitions");
+            if !self.record_first_listing(server, &seen) {
                 return Vec::new();
             }
-            self.record(
-                "mcp.tools.recorded",
-                server,
-                Outcome::Ok,
-                &format!("tools={}", defs.len() - 1),
-            );
-            return seen.into_iter().map(|(t, ..)| t.clone()).collect();
+            return seen.into_iter().map(|l| l.tool.clone()).collect();
         }
+        let digests = |approved: bool| -> HashMap<&str, &str> {
+            known
+                .iter()
+                .filter(|d| d.approved == approved)
+                .map(|d| (d.tool.as_str(), d.digest.as_str()))
+                .collect()
+        };
+        let (approved, pending) = (digests(true), digests(false));
+        let now = now_ms();
         let mut out = Vec::new();
         let mut changed = Vec::new();
-        for (t, name, text, digest) in seen {
-            match approved.get(name.as_str()) {
-                Some(a) if *a == digest => out.push(t.clone()),
+        for l in seen {
+            match approved.get(l.name.as_str()) {
+                Some(a) if *a == l.digest => out.push(l.tool.clone()),
+                // Already waiting for approval as it is: recorded and audited once.
+                _ if pending.get(l.name.as_str()) == Some(&l.digest.as_str()) => {}
                 was => {
-                    if pending.get(name.as_str()) != Some(&digest.as_str()) {
-                        let what = if was.is_some() { "changed" } else { "new" };
-                        self.record(
-                            "mcp.tool.changed",
-                            server,
-                            Outcome::Denied,
-                            &format!(
-                                "tool={name} kind={what} digest={digest} hidden until approved"
-                            ),
-                        );
-                        changed.push(ToolDefinition {
-                            server: server.to_owned(),
-                            tool: name,
-                            approved: false,
-                            definition: text,
-                            digest,
-                            seen_ms: now,
-                        });
-                    }
+                    let what = if was.is_some() { "changed" } else { "new" };
+                    self.record(
+                        "mcp.tool.changed",
+                        server,
+                        Outcome::Denied,
+                        &format!(
+                            "tool={} kind={what} digest={} hidden until approved",
+                            l.name, l.digest
+                        ),
+                    );
+                    changed.push(l.definition(server, false, now));
                 }
             }
         }
@@ -224,6 +183,68 @@ impl ToolGate {
             tracing::error!(server, error = %e, "mcp: cannot record changed tool definitions");
         }
         out
+    }
+
+    /// Records every definition of a server's first listing as approved, and the listing
+    /// itself; `false` if the store refused.
+    fn record_first_listing(&self, server: &str, seen: &[Listed<'_>]) -> bool {
+        let now = now_ms();
+        let mut defs: Vec<ToolDefinition> = seen
+            .iter()
+            .map(|l| l.definition(server, true, now))
+            .collect();
+        defs.push(ToolDefinition {
+            server: server.to_owned(),
+            tool: FIRST_LISTING.to_owned(),
+            approved: true,
+            definition: "first listing recorded".into(),
+            digest: String::new(),
+            seen_ms: now,
+        });
+        if let Err(e) = self.store.tool_definitions_put(&defs) {
+            tracing::error!(server, error = %e, "mcp: cannot record tool definitions");
+            return false;
+        }
+        self.record(
+            "mcp.tools.recorded",
+            server,
+            Outcome::Ok,
+            &format!("tools={}", defs.len() - 1),
+        );
+        true
+    }
+}
+
+/// A listed tool with a name, its canonical definition and digest.
+struct Listed<'a> {
+    tool: &'a Map<String, Value>,
+    name: String,
+    text: String,
+    digest: String,
+}
+
+impl<'a> Listed<'a> {
+    /// `None` for a tool without a name (ignored: it cannot be called).
+    fn of(tool: &'a Map<String, Value>) -> Option<Self> {
+        let name = tool.get("name").and_then(Value::as_str)?.to_owned();
+        let (text, digest) = definition(tool);
+        Some(Self {
+            tool,
+            name,
+            text,
+            digest,
+        })
+    }
+
+    fn definition(&self, server: &str, approved: bool, seen_ms: i64) -> ToolDefinition {
+        ToolDefinition {
+            server: server.to_owned(),
+            tool: self.name.clone(),
+            approved,
+            definition: self.text.clone(),
+            digest: self.digest.clone(),
+            seen_ms,
+        }
     }
 }
 
