@@ -90,13 +90,6 @@ async fn forward(
         Ok(swapped) => swapped,
         Err(deny) => return deny_request(&ctx, &target, &parts, &deny),
     };
-    let scrubbing = !pairs.is_empty();
-    if scrubbing {
-        // An encoded echo would carry the value past the scrubber.
-        parts
-            .headers
-            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    }
     // The body: placeholders of credentials not bound here must not leave.
     let unbound: Vec<String> = creds
         .iter()
@@ -159,7 +152,8 @@ async fn forward(
 }
 
 /// The swap: only over TLS, only to a bound host, only in the declared place. The names of the
-/// credentials injected, and the (real value, placeholder) pairs the response is scrubbed of.
+/// credentials injected, and the (real value, placeholder) pairs the response is scrubbed of
+/// (asked unencoded when there are any).
 async fn swap_credentials(
     ctx: &SandboxCtx,
     target: &Target,
@@ -203,6 +197,12 @@ async fn swap_credentials(
                 zeroize::Zeroizing::new(cred.placeholder.as_bytes().to_vec()),
             ));
         }
+    }
+    if !pairs.is_empty() {
+        // An encoded echo would carry the value past the scrubber.
+        parts
+            .headers
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
     Ok((used, pairs))
 }
