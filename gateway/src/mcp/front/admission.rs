@@ -26,7 +26,7 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 const METHOD_HEADER: &str = "mcp-method";
 const NAME_HEADER: &str = "mcp-name";
 
-fn text<'a>(h: &'a HeaderMap, name: impl http::header::AsHeaderName) -> Option<&'a str> {
+fn text(h: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
