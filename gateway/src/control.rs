@@ -13,6 +13,7 @@ use zbus::message::Header;
 
 use crate::audit::{AuditQueue, Outcome};
 use crate::mcp::servers::{Launcher, ServerPool};
+use crate::mcp::stdio::CallError;
 
 pub const BUS_NAME: &str = "org.gigmcp.Gateway1";
 pub const OBJECT_PATH: &str = "/org/gigmcp/Gateway1";
@@ -33,14 +34,14 @@ type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the interface needs of the server pool (object-safe, so the interface is not generic).
 pub trait PoolControl: Send + Sync {
-    fn start<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<(), String>>;
+    fn start<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<(), CallError>>;
     fn stop<'a>(&'a self, name: &'a str) -> BoxFut<'a, bool>;
     fn logs(&self, name: &str, lines: usize) -> Vec<String>;
 }
 
 impl<L: Launcher> PoolControl for ServerPool<L> {
-    fn start<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<(), String>> {
-        Box::pin(async move { self.start_now(name).await.map_err(|e| e.to_string()) })
+    fn start<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<(), CallError>> {
+        Box::pin(self.start_now(name))
     }
 
     fn stop<'a>(&'a self, name: &'a str) -> BoxFut<'a, bool> {
@@ -133,7 +134,7 @@ impl Control {
             Err(e) => (Outcome::Failed, format!("uid={uid} error=\"{e}\"")),
         };
         self.audit.record("server.start", &name, outcome, detail);
-        r.map_err(ControlError::Failed)
+        r.map_err(|e| ControlError::Failed(e.to_string()))
     }
 
     /// Stops a server; false if it was not running.

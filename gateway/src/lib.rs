@@ -1,7 +1,7 @@
 //! Gig'MCP gateway: the unprivileged daemon `gigmcpd` and the admin CLI `gigmcp`.
 //!
 //! See `docs/ARCHITECTURE.md` for the map. Layers, bottom up: [`store`] (persistence behind a
-//! trait), [`vault`] (envelope encryption over the store), [`audit`], [`admin`] (the command
+//! trait), [`tokens`] (bearer tokens, shared by admin and the MCP front), [`vault`] (envelope encryption over the store), [`audit`], [`admin`] (the command
 //! layer, transport-independent), then the front ends [`cli`] and [`daemon`].
 
 pub mod admin;
@@ -16,4 +16,5 @@ pub mod manifest;
 pub mod mcp;
 pub mod sandbox;
 pub mod store;
+pub mod tokens;
 pub mod vault;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use super::{AdminApi, AdminError};
 use crate::audit::{Auditor, Outcome};
 use crate::manifest::Manifest;
-use crate::mcp::token::{self, NewToken};
 use crate::store::{
     EndpointRecord, SecretMeta, ServerRecord, SqliteStore, Store, TokenRecord, ToolDefinition,
     now_ms,
 };
+use crate::tokens::{self, NewToken};
 use crate::vault::{
     Fingerprint, MasterKey, SecretName, SecretValue, SetOutcome, Vault, VaultStatus,
 };
@@ -252,7 +252,7 @@ impl AdminApi for LocalAdmin {
             if self.store.endpoint_get(endpoint)?.is_none() {
                 return Err(AdminError::Refused(format!("no endpoint named {endpoint}")));
             }
-            let t = token::generate().map_err(|e| AdminError::Refused(e.to_string()))?;
+            let t = tokens::generate().map_err(|e| AdminError::Refused(e.to_string()))?;
             self.store.token_add(&TokenRecord {
                 id: t.id.clone(),
                 endpoint: endpoint.to_owned(),

@@ -6,8 +6,8 @@ pub mod local;
 
 use std::path::Path;
 
-use crate::mcp::token::NewToken;
 use crate::store::{SecretMeta, ServerRecord, StoreError, ToolDefinition};
+use crate::tokens::NewToken;
 use crate::vault::{
     Fingerprint, InvalidSecretName, MasterKey, SecretValue, SetOutcome, VaultError, VaultStatus,
 };

@@ -68,6 +68,43 @@ pub fn answer(query: &[u8], allowlist: &HashSet<String>, answer_ip: Ipv4Addr) ->
     answer_verdict(query, allowlist, answer_ip).map(|(reply, _)| reply)
 }
 
+/// The question's name as labels, and the offset just past it; `None` if it runs past the
+/// end or uses compression (not allowed in a question).
+fn question_labels(query: &[u8]) -> Option<(Vec<&[u8]>, usize)> {
+    let mut pos = 12;
+    let mut labels: Vec<&[u8]> = Vec::new();
+    loop {
+        let len = *query.get(pos)?;
+        pos += 1;
+        if len == 0 {
+            return Some((labels, pos));
+        }
+        if len & 0xc0 != 0 {
+            return None; // a compression pointer or extended label in a question
+        }
+        labels.push(query.get(pos..pos + len as usize)?);
+        pos += len as usize;
+    }
+}
+
+/// A host name we could have on an allowlist: 1 to 63 bytes a label of letters, digits, `-`
+/// and `_`, at most 253 in all.
+fn sane_name(labels: &[&[u8]]) -> bool {
+    let text_len: usize = labels
+        .iter()
+        .map(|l| l.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    !labels.is_empty()
+        && text_len <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        })
+}
+
 /// [`answer`] with what happened.
 pub fn answer_verdict(
     query: &[u8],
@@ -92,25 +129,9 @@ pub fn answer_verdict(
         return Some((header(query, FORMERR, 0, 0), Verdict::FormErr));
     }
     let formerr = || Some((header(query, FORMERR, 0, 0), Verdict::FormErr));
-    let mut pos = 12;
-    let mut labels: Vec<&[u8]> = Vec::new();
-    loop {
-        let Some(&len) = query.get(pos) else {
-            return formerr();
-        };
-        pos += 1;
-        if len == 0 {
-            break;
-        }
-        if len & 0xc0 != 0 {
-            return formerr(); // a compression pointer or extended label in a question
-        }
-        let Some(label) = query.get(pos..pos + len as usize) else {
-            return formerr();
-        };
-        labels.push(label);
-        pos += len as usize;
-    }
+    let Some((labels, pos)) = question_labels(query) else {
+        return formerr();
+    };
     let (Some(qtype), Some(qclass)) = (be16(query, pos), be16(query, pos + 2)) else {
         return formerr();
     };
@@ -120,20 +141,7 @@ pub fn answer_verdict(
         out.extend_from_slice(question);
         out
     };
-    let text_len: usize = labels
-        .iter()
-        .map(|l| l.len() + 1)
-        .sum::<usize>()
-        .saturating_sub(1);
-    let sane = !labels.is_empty()
-        && text_len <= 253
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.iter()
-                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
-        });
-    if !sane {
+    if !sane_name(&labels) {
         return Some((reply(REFUSED, 0), Verdict::Refused("malformed name")));
     }
     if qclass != CLASS_IN {

@@ -11,9 +11,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::audit::Deny;
+use super::context::{Conn, SandboxCtx};
 use super::forward;
 use super::policy::{Target, parse_authority};
-use super::sandbox::{Conn, SandboxCtx};
 
 #[derive(Debug)]
 pub(crate) enum Expect {
@@ -80,8 +80,21 @@ where
         Ok(Ok(tls)) => tls,
         _ => return ctx.audit_denied(&target.to_string(), &Deny::HandshakeFailed, kind),
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_tunneled(ctx.clone(), target, tls).await;
+    drop(conn);
+}
 
+/// The requests inside an intercepted connection to `target`, over HTTP/2 or HTTP/1.1 as
+/// negotiated, each forwarded on its own.
+async fn serve_tunneled<IO>(
+    ctx: Arc<SandboxCtx>,
+    target: Target,
+    tls: tokio_rustls::server::TlsStream<IO>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &ctx.shared.limits;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| forward::tunneled(svc_ctx.clone(), target.clone(), req));
     let io = TokioIo::new(tls);
@@ -104,5 +117,4 @@ where
             .keep_alive(true);
         let _ = builder.serve_connection(io, svc).await;
     }
-    drop(conn);
 }

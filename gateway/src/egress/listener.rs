@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,9 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::audit::Deny;
+use super::context::{Conn, SandboxCtx, UpBody, refusal};
 use super::idle::IdleIo;
 use super::policy::parse_authority;
-use super::sandbox::{Conn, SandboxCtx, UpBody};
 use super::{forward, intercept};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,21 +82,6 @@ async fn refuse_busy(mut tcp: TcpStream) {
     );
     let _ = tcp.write_all(head.as_bytes()).await;
     let _ = tcp.shutdown().await;
-}
-
-pub(crate) fn refusal(deny: &Deny) -> Response<UpBody> {
-    let text = format!("gigmcp egress: {}\n", deny.reason());
-    let mut r = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *r.status_mut() = deny.status();
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
-    );
-    r
 }
 
 async fn serve_proxy(ctx: Arc<SandboxCtx>, io: IdleIo<TcpStream>, conn: Conn) {

@@ -10,11 +10,16 @@
 //! - transparent mode: TLS arriving on N.1:443, host from SNI; DNS answers ([`dns`]).
 //!
 //! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`rewrite`].
+//!
+//! The private modules form a stack, each importing only modules below it: `sandbox` (the
+//! handle) → `listener` → `intercept` → `forward` → `context` (what a sandbox's connections
+//! share) → the pure parts, `connector`, `secrets`, `idle`, [`audit`].
 
 pub mod addresses;
 pub mod audit;
 pub mod ca;
 mod connector;
+mod context;
 pub mod dns;
 mod forward;
 mod idle;

@@ -248,83 +248,114 @@ pub fn inject(
             name,
             prefix,
             suffix,
-        } => {
-            let wanted = format!("{prefix}{}{suffix}", cred.placeholder);
-            let mut real = Zeroizing::new(prefix.as_bytes().to_vec());
-            real.extend_from_slice(value);
-            real.extend_from_slice(suffix.as_bytes());
-            let values: Vec<HeaderValue> = parts.headers.get_all(name).iter().cloned().collect();
-            parts.headers.remove(name);
-            for v in values {
-                if v.as_bytes() == wanted.as_bytes() {
-                    parts.headers.append(name, sensitive(&real, cred)?);
-                } else {
-                    parts.headers.append(name, v);
-                }
-            }
-        }
-        Presentation::Basic => {
-            let values: Vec<HeaderValue> = parts
-                .headers
-                .get_all(AUTHORIZATION)
-                .iter()
-                .cloned()
-                .collect();
-            parts.headers.remove(AUTHORIZATION);
-            for v in values {
-                match basic_decoded(&v).filter(|d| contains(d, ph)) {
-                    Some(d) => {
-                        let swapped = replace_all(&d, ph, value);
-                        let encoded = Zeroizing::new(B64.encode(&*swapped));
-                        let mut header = Zeroizing::new(b"Basic ".to_vec());
-                        header.extend_from_slice(encoded.as_bytes());
-                        parts
-                            .headers
-                            .append(AUTHORIZATION, sensitive(&header, cred)?);
-                        pairs.push((
-                            Zeroizing::new(encoded.as_bytes().to_vec()),
-                            Zeroizing::new(B64.encode(&*d).into_bytes()),
-                        ));
-                    }
-                    None => {
-                        parts.headers.append(AUTHORIZATION, v);
-                    }
-                }
-            }
-        }
-        Presentation::Query { param } => {
-            let Some(query) = parts.uri.query() else {
-                return Ok(pairs);
-            };
-            let encoded = Zeroizing::new(
-                utf8_percent_encode(&String::from_utf8_lossy(value), QUERY_VALUE).to_string(),
-            );
-            if encoded.as_bytes() != value {
-                pairs.push((
-                    Zeroizing::new(encoded.as_bytes().to_vec()),
-                    Zeroizing::new(ph.to_vec()),
-                ));
-            }
-            let rebuilt: Vec<String> = query
-                .split('&')
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    if decoded(k) == param.as_bytes() && decoded(v) == ph {
-                        format!("{k}={}", encoded.as_str())
-                    } else {
-                        kv.to_owned()
-                    }
-                })
-                .collect();
-            let pq = Zeroizing::new(format!("{}?{}", parts.uri.path(), rebuilt.join("&")));
-            let mut uri = parts.uri.clone().into_parts();
-            uri.path_and_query = Some(pq.parse().map_err(|_| Deny::CredentialUnavailable {
-                credential: cred.name.to_string(),
-            })?);
-            parts.uri = http::Uri::from_parts(uri).map_err(|_| Deny::BadAuthority)?;
-        }
+        } => inject_header(parts, cred, value, (name, prefix, suffix))?,
+        Presentation::Basic => inject_basic(parts, cred, value, &mut pairs)?,
+        Presentation::Query { param } => inject_query(parts, cred, value, param, &mut pairs)?,
     }
     Ok(pairs)
+}
+
+/// In a header: a value exactly `prefix placeholder suffix` becomes the real one.
+fn inject_header(
+    parts: &mut Parts,
+    cred: &CredentialRule,
+    value: &[u8],
+    (name, prefix, suffix): (&http::HeaderName, &str, &str),
+) -> Result<(), Deny> {
+    let wanted = format!("{prefix}{}{suffix}", cred.placeholder);
+    let mut real = Zeroizing::new(prefix.as_bytes().to_vec());
+    real.extend_from_slice(value);
+    real.extend_from_slice(suffix.as_bytes());
+    let values: Vec<HeaderValue> = parts.headers.get_all(name).iter().cloned().collect();
+    parts.headers.remove(name);
+    for v in values {
+        if v.as_bytes() == wanted.as_bytes() {
+            parts.headers.append(name, sensitive(&real, cred)?);
+        } else {
+            parts.headers.append(name, v);
+        }
+    }
+    Ok(())
+}
+
+/// HTTP Basic: the placeholder inside the decoded `user:password` is swapped, and the encoded
+/// forms are scrubbed from the response too.
+fn inject_basic(
+    parts: &mut Parts,
+    cred: &CredentialRule,
+    value: &[u8],
+    pairs: &mut Vec<ScrubPair>,
+) -> Result<(), Deny> {
+    let ph = cred.placeholder.as_bytes();
+    let values: Vec<HeaderValue> = parts
+        .headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .cloned()
+        .collect();
+    parts.headers.remove(AUTHORIZATION);
+    for v in values {
+        match basic_decoded(&v).filter(|d| contains(d, ph)) {
+            Some(d) => {
+                let swapped = replace_all(&d, ph, value);
+                let encoded = Zeroizing::new(B64.encode(&*swapped));
+                let mut header = Zeroizing::new(b"Basic ".to_vec());
+                header.extend_from_slice(encoded.as_bytes());
+                parts
+                    .headers
+                    .append(AUTHORIZATION, sensitive(&header, cred)?);
+                pairs.push((
+                    Zeroizing::new(encoded.as_bytes().to_vec()),
+                    Zeroizing::new(B64.encode(&*d).into_bytes()),
+                ));
+            }
+            None => {
+                parts.headers.append(AUTHORIZATION, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A query parameter whose decoded value is the placeholder gets the real value, encoded.
+fn inject_query(
+    parts: &mut Parts,
+    cred: &CredentialRule,
+    value: &[u8],
+    param: &str,
+    pairs: &mut Vec<ScrubPair>,
+) -> Result<(), Deny> {
+    let ph = cred.placeholder.as_bytes();
+    let Some(query) = parts.uri.query() else {
+        return Ok(());
+    };
+    let encoded = Zeroizing::new(
+        utf8_percent_encode(&String::from_utf8_lossy(value), QUERY_VALUE).to_string(),
+    );
+    if encoded.as_bytes() != value {
+        pairs.push((
+            Zeroizing::new(encoded.as_bytes().to_vec()),
+            Zeroizing::new(ph.to_vec()),
+        ));
+    }
+    let rebuilt: Vec<String> = query
+        .split('&')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            if decoded(k) == param.as_bytes() && decoded(v) == ph {
+                format!("{k}={}", encoded.as_str())
+            } else {
+                kv.to_owned()
+            }
+        })
+        .collect();
+    let pq = Zeroizing::new(format!("{}?{}", parts.uri.path(), rebuilt.join("&")));
+    let mut uri = parts.uri.clone().into_parts();
+    uri.path_and_query = Some(pq.parse().map_err(|_| Deny::CredentialUnavailable {
+        credential: cred.name.to_string(),
+    })?);
+    parts.uri = http::Uri::from_parts(uri).map_err(|_| Deny::BadAuthority)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,124 +1,21 @@
-//! One sandbox's proxy: its context (policy, pooled upstream client, connection semaphore,
-//! credentials) and the handle the daemon holds. Dropping the handle stops every task.
+//! One sandbox's proxy: the handle the daemon holds, which builds the sandbox's context
+//! ([`super::context`]) and starts its listeners. Dropping the handle stops every task. The top
+//! of the egress stack: nothing below imports it.
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::Instant;
+use tokio::sync::{Semaphore, watch};
 
-use crate::audit::Outcome;
-
-use super::addresses::{fold_mapped, resolve_checked};
-use super::audit::Deny;
 use super::connector::{Admitted, CheckedConnector};
-use super::policy::{Policy, Target};
-use super::scrub::BoxError;
+use super::context::SandboxCtx;
+use super::policy::Policy;
 use super::secrets::SecretCache;
 use super::{EgressError, EgressShared, SandboxEgress, dns, listener};
-
-pub(crate) type UpBody = UnsyncBoxBody<Bytes, BoxError>;
-pub(crate) type UpClient = Client<HttpsConnector<CheckedConnector>, UpBody>;
-
-/// Everything a connection of this sandbox needs.
-#[derive(Debug)]
-pub(crate) struct SandboxCtx {
-    pub id: String,
-    pub expected_peer: Ipv4Addr,
-    pub policy: Policy,
-    pub approved: Vec<IpNet>,
-    pub shared: Arc<EgressShared>,
-    pub client: UpClient,
-    pub admitted: Admitted,
-    pub conns: Arc<Semaphore>,
-    pub secrets: SecretCache,
-    stop: watch::Receiver<()>,
-}
-
-impl SandboxCtx {
-    /// Runs `fut` until it ends or the proxy is stopped.
-    pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        let mut stop = self.stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.changed() => {}
-                _ = fut => {}
-            }
-        });
-    }
-
-    /// Attribution and the connection limit, for a connection just accepted from `peer`.
-    pub fn admit_peer(self: &Arc<Self>, peer: SocketAddr) -> Result<Conn, Deny> {
-        if fold_mapped(peer.ip()) != IpAddr::V4(self.expected_peer) {
-            return Err(Deny::Unattributed);
-        }
-        let permit = self
-            .conns
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Deny::TooManyConnections)?;
-        Ok(Conn {
-            _permit: Arc::new(permit),
-            deadline: Instant::now() + self.shared.limits.max_connection_lifetime,
-        })
-    }
-
-    /// Resolves `t` once (or reuses a fresh check) and records the checked addresses for the
-    /// connector.
-    pub async fn admit_target(&self, t: &Target) -> Result<(), Deny> {
-        let limits = &self.shared.limits;
-        if self.admitted.fresh(t, limits.resolve_ttl).is_some() {
-            return Ok(());
-        }
-        let addrs = resolve_checked(
-            &*self.shared.resolver,
-            &t.host,
-            t.port,
-            &self.shared.pool,
-            &self.approved,
-            limits.resolve_timeout,
-        )
-        .await?;
-        self.admitted.insert(t.clone(), addrs);
-        Ok(())
-    }
-
-    pub fn audit_denied(&self, target: &str, deny: &Deny, extra: &str) {
-        let flood = matches!(
-            deny,
-            Deny::Unattributed | Deny::TooManyConnections | Deny::NotTls | Deny::HandshakeFailed
-        );
-        self.shared
-            .audit
-            .denied(&self.id, target, deny, extra, flood);
-    }
-
-    pub fn audit_ok(&self, action: &'static str, target: &str, detail: String) {
-        self.shared.audit.record(
-            action,
-            target,
-            Outcome::Ok,
-            format!("sandbox={} {detail}", self.id),
-        );
-    }
-}
-
-/// An admitted client connection: its slot under the limit and its end of life.
-#[derive(Debug, Clone)]
-pub(crate) struct Conn {
-    /// Held, never read: the slot is free again when the last clone is dropped.
-    pub _permit: Arc<OwnedSemaphorePermit>,
-    pub deadline: Instant,
-}
 
 /// A running per-sandbox proxy. Dropping it (or [`EgressProxy::stop`]) ends every listener and
 /// connection of the sandbox.

@@ -7,13 +7,14 @@
 //! if called; its new definition waits as `pending` for `gigmcp server tools NAME --approve`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::stdio::ToolList;
 use crate::audit::{Auditor, Outcome};
-use crate::store::{Store, ToolDefinition, now_ms};
+use crate::store::{Generation, Store, ToolDefinition, now_ms};
 
 /// The tool name of the row that marks a server's first listing as recorded (no tool has an
 /// empty name: listed tools without a name are ignored).
@@ -23,6 +24,18 @@ pub const FIRST_LISTING: &str = "";
 pub struct ToolGate {
     store: Arc<dyn Store>,
     audit: Auditor,
+    /// Per server, the last verdict: the listing it judged, the store's generation then, and
+    /// what it let through. Reused while both stay the same, so a request neither reads the
+    /// approved digests nor hashes any tool; an approval (here or from the CLI's process) moves
+    /// the generation and so the next request judges again.
+    verdicts: Mutex<HashMap<String, Verdict>>,
+}
+
+#[derive(Debug)]
+struct Verdict {
+    generation: Generation,
+    listed: ToolList,
+    visible: ToolList,
 }
 
 /// JSON with object keys sorted at every level: the same definition always hashes the same.
@@ -67,7 +80,11 @@ pub fn definition(tool: &Map<String, Value>) -> (String, String) {
 
 impl ToolGate {
     pub fn new(store: Arc<dyn Store>, audit: Auditor) -> Self {
-        Self { store, audit }
+        Self {
+            store,
+            audit,
+            verdicts: Mutex::default(),
+        }
     }
 
     fn record(&self, action: &str, target: &str, outcome: Outcome, detail: &str) {
@@ -78,7 +95,41 @@ impl ToolGate {
 
     /// The tools of `server` that may be offered, in the order listed. Store errors hide
     /// everything (fail closed).
-    pub fn visible(&self, server: &str, tools: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
+    pub fn visible(&self, server: &str, listed: ToolList) -> ToolList {
+        // Asked before judging: writes made while judging move it, so they are judged again.
+        let generation = match self.store.offer_generation() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(server, error = %e, "mcp: cannot read the store's generation");
+                return ToolList::default();
+            }
+        };
+        let cached = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = cached.get(server)
+            && v.generation == generation
+            && Arc::ptr_eq(&v.listed, &listed)
+        {
+            return v.visible.clone();
+        }
+        drop(cached);
+        let visible = Arc::new(self.judge(server, &listed));
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                server.to_owned(),
+                Verdict {
+                    generation,
+                    listed,
+                    visible: visible.clone(),
+                },
+            );
+        visible
+    }
+
+    /// Compares every listed definition with the approved ones, recording a first listing and
+    /// changed definitions.
+    fn judge(&self, server: &str, tools: &[Map<String, Value>]) -> Vec<Map<String, Value>> {
         let known = match self.store.tool_definitions(server) {
             Ok(d) => d,
             Err(e) => {
@@ -86,84 +137,43 @@ impl ToolGate {
                 return Vec::new();
             }
         };
-        let approved: HashMap<&str, &str> = known
-            .iter()
-            .filter(|d| d.approved)
-            .map(|d| (d.tool.as_str(), d.digest.as_str()))
-            .collect();
-        let pending: HashMap<&str, &str> = known
-            .iter()
-            .filter(|d| !d.approved)
-            .map(|d| (d.tool.as_str(), d.digest.as_str()))
-            .collect();
-        let now = now_ms();
-        let mut seen: Vec<(Map<String, Value>, String, String, String)> = Vec::new();
-        for t in tools {
-            let Some(name) = t.get("name").and_then(Value::as_str).map(str::to_owned) else {
-                continue;
-            };
-            let (text, digest) = definition(&t);
-            seen.push((t, name, text, digest));
-        }
+        let seen: Vec<Listed<'_>> = tools.iter().filter_map(Listed::of).collect();
         if known.is_empty() {
             // The first listing since the server was installed, even if empty (a marker row
             // records it): what comes later waits for approval.
-            let mut defs: Vec<ToolDefinition> = seen
-                .iter()
-                .map(|(_, name, text, digest)| ToolDefinition {
-                    server: server.to_owned(),
-                    tool: name.clone(),
-                    approved: true,
-                    definition: text.clone(),
-                    digest: digest.clone(),
-                    seen_ms: now,
-                })
-                .collect();
-            defs.push(ToolDefinition {
-                server: server.to_owned(),
-                tool: FIRST_LISTING.to_owned(),
-                approved: true,
-                definition: "first listing recorded".into(),
-                digest: String::new(),
-                seen_ms: now,
-            });
-            if let Err(e) = self.store.tool_definitions_put(&defs) {
-                tracing::error!(server, error = %e, "mcp: cannot record tool definitions");
+            if !self.record_first_listing(server, &seen) {
                 return Vec::new();
             }
-            self.record(
-                "mcp.tools.recorded",
-                server,
-                Outcome::Ok,
-                &format!("tools={}", defs.len() - 1),
-            );
-            return seen.into_iter().map(|(t, ..)| t).collect();
+            return seen.into_iter().map(|l| l.tool.clone()).collect();
         }
+        let digests = |approved: bool| -> HashMap<&str, &str> {
+            known
+                .iter()
+                .filter(|d| d.approved == approved)
+                .map(|d| (d.tool.as_str(), d.digest.as_str()))
+                .collect()
+        };
+        let (approved, pending) = (digests(true), digests(false));
+        let now = now_ms();
         let mut out = Vec::new();
         let mut changed = Vec::new();
-        for (t, name, text, digest) in seen {
-            match approved.get(name.as_str()) {
-                Some(a) if *a == digest => out.push(t),
+        for l in seen {
+            match approved.get(l.name.as_str()) {
+                Some(a) if *a == l.digest => out.push(l.tool.clone()),
+                // Already waiting for approval as it is: recorded and audited once.
+                _ if pending.get(l.name.as_str()) == Some(&l.digest.as_str()) => {}
                 was => {
-                    if pending.get(name.as_str()) != Some(&digest.as_str()) {
-                        let what = if was.is_some() { "changed" } else { "new" };
-                        self.record(
-                            "mcp.tool.changed",
-                            server,
-                            Outcome::Denied,
-                            &format!(
-                                "tool={name} kind={what} digest={digest} hidden until approved"
-                            ),
-                        );
-                        changed.push(ToolDefinition {
-                            server: server.to_owned(),
-                            tool: name,
-                            approved: false,
-                            definition: text,
-                            digest,
-                            seen_ms: now,
-                        });
-                    }
+                    let what = if was.is_some() { "changed" } else { "new" };
+                    self.record(
+                        "mcp.tool.changed",
+                        server,
+                        Outcome::Denied,
+                        &format!(
+                            "tool={} kind={what} digest={} hidden until approved",
+                            l.name, l.digest
+                        ),
+                    );
+                    changed.push(l.definition(server, false, now));
                 }
             }
         }
@@ -173,6 +183,68 @@ impl ToolGate {
             tracing::error!(server, error = %e, "mcp: cannot record changed tool definitions");
         }
         out
+    }
+
+    /// Records every definition of a server's first listing as approved, and the listing
+    /// itself; `false` if the store refused.
+    fn record_first_listing(&self, server: &str, seen: &[Listed<'_>]) -> bool {
+        let now = now_ms();
+        let mut defs: Vec<ToolDefinition> = seen
+            .iter()
+            .map(|l| l.definition(server, true, now))
+            .collect();
+        defs.push(ToolDefinition {
+            server: server.to_owned(),
+            tool: FIRST_LISTING.to_owned(),
+            approved: true,
+            definition: "first listing recorded".into(),
+            digest: String::new(),
+            seen_ms: now,
+        });
+        if let Err(e) = self.store.tool_definitions_put(&defs) {
+            tracing::error!(server, error = %e, "mcp: cannot record tool definitions");
+            return false;
+        }
+        self.record(
+            "mcp.tools.recorded",
+            server,
+            Outcome::Ok,
+            &format!("tools={}", defs.len() - 1),
+        );
+        true
+    }
+}
+
+/// A listed tool with a name, its canonical definition and digest.
+struct Listed<'a> {
+    tool: &'a Map<String, Value>,
+    name: String,
+    text: String,
+    digest: String,
+}
+
+impl<'a> Listed<'a> {
+    /// `None` for a tool without a name (ignored: it cannot be called).
+    fn of(tool: &'a Map<String, Value>) -> Option<Self> {
+        let name = tool.get("name").and_then(Value::as_str)?.to_owned();
+        let (text, digest) = definition(tool);
+        Some(Self {
+            tool,
+            name,
+            text,
+            digest,
+        })
+    }
+
+    fn definition(&self, server: &str, approved: bool, seen_ms: i64) -> ToolDefinition {
+        ToolDefinition {
+            server: server.to_owned(),
+            tool: self.name.clone(),
+            approved,
+            definition: self.text.clone(),
+            digest: self.digest.clone(),
+            seen_ms,
+        }
     }
 }
 

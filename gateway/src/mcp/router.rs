@@ -10,8 +10,11 @@ use serde_json::{Map, Value, json};
 
 use super::approval::ToolGate;
 use super::jsonrpc::{self, Id, code};
+use super::progress::Relay;
 use super::redact::Redactor;
-use super::stdio::{CallError, ServerSession};
+use super::refusal::Refusal;
+use super::stdio::{CallError, ServerSession, ToolList};
+use super::view::EndpointView;
 
 /// Separator between server and tool (and prompt) names in what clients see.
 pub const SEP: &str = "__";
@@ -56,8 +59,6 @@ fn shown(server: &str, field: &str, value: &str) -> String {
 const PAGE: usize = 100;
 /// Pages read from one server's `tools/list` before giving up (a server paging forever).
 const MAX_SERVER_PAGES: usize = 100;
-
-static NEXT_PROGRESS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Told the server session and the gateway's id of a request once it is sent.
 pub type Started = Box<dyn FnOnce(Arc<ServerSession>, u64) + Send>;
@@ -150,15 +151,6 @@ pub const LIST_CHANGED: [&str; 3] = [
     "notifications/resources/list_changed",
 ];
 
-/// Why a client's call is refused before it reaches a server (for the audit).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    UnknownTool(String),
-    NotInSubset(String),
-    /// Its definition changed since it was approved.
-    NotApproved(String),
-}
-
 /// What handling one request produced: the response, a refusal to audit if any, and the
 /// secrets redacted (`arguments:<name>` / `result:<name>`).
 #[derive(Debug)]
@@ -180,7 +172,8 @@ impl Handled {
 
 #[derive(Debug)]
 pub struct Router {
-    pub servers: Vec<Exposed>,
+    /// What the endpoint offers.
+    pub view: Arc<EndpointView>,
     pub call_timeout: Duration,
     /// Scans tool arguments and results for secret values.
     pub redactor: Option<Arc<Redactor>>,
@@ -190,7 +183,7 @@ pub struct Router {
 
 impl Router {
     fn exposed(&self, server: &str) -> Option<&Exposed> {
-        self.servers.iter().find(|e| e.server == server)
+        self.view.servers.iter().find(|e| e.server == server)
     }
 
     /// `tools/list`: every allowed tool of every server, namespaced, in pages of [`PAGE`].
@@ -221,10 +214,10 @@ impl Router {
             }
         };
         let mut all = Vec::new();
-        for e in &self.servers {
+        for e in &self.view.servers {
             match self.server_tools(sessions, &e.server).await {
                 Ok(tools) => {
-                    for mut t in tools {
+                    for t in tools.iter() {
                         let Some(name) = t.get("name").and_then(Value::as_str) else {
                             continue;
                         };
@@ -232,6 +225,7 @@ impl Router {
                             continue;
                         }
                         let shown = format!("{}{SEP}{name}", e.server);
+                        let mut t = t.clone();
                         if let Some(d) = e.descriptions.get(name) {
                             t.insert("description".into(), Value::String(d.clone()));
                         }
@@ -259,7 +253,7 @@ impl Router {
         &self,
         sessions: &S,
         server: &str,
-    ) -> Result<Vec<Map<String, Value>>, CallError> {
+    ) -> Result<ToolList, CallError> {
         let s = sessions.session(server).await?;
         let listed = match s.cached_tools() {
             Some(t) => t,
@@ -282,7 +276,6 @@ impl Router {
                 out
             }
         };
-        let listed = (*listed).clone();
         Ok(match &self.gate {
             Some(g) => g.visible(server, listed),
             None => listed,
@@ -310,7 +303,7 @@ impl Router {
             }
         };
         let mut all = Vec::new();
-        for e in &self.servers {
+        for e in &self.view.servers {
             let Ok(s) = sessions.session(&e.server).await else {
                 continue;
             };
@@ -384,7 +377,7 @@ impl Router {
                     code::INVALID_PARAMS,
                     &format!("unknown {field}: {value}"),
                 ),
-                refused: Some(Refusal::UnknownTool(value.into())),
+                refused: Some(Refusal::UnknownTool { name: value.into() }),
                 redacted: Vec::new(),
             };
         };
@@ -434,8 +427,8 @@ impl Router {
         }
     }
 
-    /// `tools/call` of `<server>__<tool>`: refused unless in the subset; otherwise forwarded
-    /// with the server's own tool name and every other field as the client sent it.
+    /// `tools/call` of `<server>__<tool>`: refused unless in the subset and approved; otherwise
+    /// forwarded with the server's own tool name and every other field as the client sent it.
     pub async fn call_tool<S: Sessions>(
         &self,
         sessions: &S,
@@ -450,127 +443,26 @@ impl Router {
                 "tools/call needs a tool name",
             ));
         };
-        let refuse = |r: Refusal, text: String| Handled {
-            response: jsonrpc::error(Some(id), code::INVALID_PARAMS, &text),
+        let refused = |r: Refusal| Handled {
+            response: r.answer(id),
             refused: Some(r),
             redacted: Vec::new(),
         };
-        let Some((server, tool)) = name.split_once(SEP) else {
-            return refuse(
-                Refusal::UnknownTool(name.into()),
-                format!("unknown tool: {name}"),
-            );
+        let (server, tool) = match self.allowed(name) {
+            Ok(found) => found,
+            Err(r) => return refused(r),
         };
-        let Some(e) = self.exposed(server) else {
-            return refuse(
-                Refusal::UnknownTool(name.into()),
-                format!("unknown tool: {name}"),
-            );
-        };
-        if !e.allows(tool) {
-            return refuse(
-                Refusal::NotInSubset(name.into()),
-                format!("tool {name} is not available on this endpoint"),
-            );
-        }
-        // Only a tool whose current definition is approved may be called.
-        match self.server_tools(sessions, server).await {
-            Ok(tools) => {
-                let offered = tools
-                    .iter()
-                    .any(|t| t.get("name").and_then(Value::as_str) == Some(tool));
-                if !offered {
-                    return refuse(
-                        Refusal::NotApproved(name.into()),
-                        format!("tool {name} is not available on this endpoint"),
-                    );
-                }
-            }
+        match self.offered(sessions, server, tool).await {
+            Ok(true) => {}
+            Ok(false) => return refused(Refusal::NotApproved { name: name.into() }),
             Err(err) => return Handled::ok(unavailable(id, &err)),
         }
-        let mut fwd = params.cloned().unwrap_or_default();
-        fwd.insert("name".into(), Value::String(tool.into()));
-        let mut redacted = Vec::new();
-        if let Some(r) = &self.redactor {
-            // Everything forwarded, not only the arguments (`_meta`, unknown fields).
-            let mut all = Value::Object(std::mem::take(&mut fwd));
-            redacted.extend(
-                r.redact(&mut all)
-                    .into_iter()
-                    .map(|n| format!("arguments:{n}")),
-            );
-            if let Value::Object(m) = all {
-                fwd = m;
-            }
-        }
+        let (mut fwd, mut redacted) = self.forwarded(params, tool);
         let session = match sessions.session(server).await {
             Ok(s) => s,
             Err(err) => return Handled::ok(unavailable(id, &err)),
         };
-        let progress_hits: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        // The client's progress token is replaced by one unique in the gateway (two clients may
-        // pick the same), and the server's progress for it is relayed back under the client's.
-        let relay = fwd
-            .get_mut("_meta")
-            .and_then(Value::as_object_mut)
-            .and_then(|meta| {
-                let theirs = meta.get("progressToken")?.clone();
-                let ours = format!(
-                    "gmcp-progress-{}",
-                    NEXT_PROGRESS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                );
-                meta.insert("progressToken".into(), Value::String(ours.clone()));
-                Some((theirs, ours))
-            })
-            .and_then(|(theirs, ours)| {
-                let sink = hooks.progress.clone()?;
-                let redactor = self.redactor.clone();
-                let progress_hits = progress_hits.clone();
-                let mut notes = session.subscribe();
-                let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
-                let relay = move |mut n: Value| {
-                    let mine = n["method"] == "notifications/progress"
-                        && n["params"]["progressToken"].as_str() == Some(ours.as_str());
-                    if mine {
-                        n["params"]["progressToken"] = theirs.clone();
-                        if let Some(r) = &redactor {
-                            let hits = r.redact(&mut n);
-                            progress_hits
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .extend(hits);
-                        }
-                        return match sink.try_send(n) {
-                            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => true,
-                            Err(_) => false,
-                        };
-                    }
-                    true
-                };
-                let task = tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            biased;
-                            n = notes.recv() => match n {
-                                Ok(n) => if !relay(n) { return },
-                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                                Err(_) => return,
-                            },
-                            _ = &mut finished => {
-                                // The server sent its progress before its response: whatever
-                                // is queued now belongs before the response.
-                                while let Ok(n) = notes.try_recv() {
-                                    if !relay(n) {
-                                        return;
-                                    }
-                                }
-                                return;
-                            }
-                        }
-                    }
-                });
-                Some((task, done))
-            });
+        let relay = Relay::start(&mut fwd, &session, hooks.progress, self.redactor.clone());
         let started = hooks.started;
         let call_session = session.clone();
         let result = session
@@ -585,10 +477,10 @@ impl Router {
                 },
             )
             .await;
-        if let Some((task, done)) = relay {
-            let _ = done.send(());
-            let _ = task.await;
-        }
+        let in_progress = match relay {
+            Some(relay) => relay.finish().await,
+            None => Vec::new(),
+        };
         let mut response = match result {
             Ok(r) => jsonrpc::result(id, r),
             Err(CallError::Remote(err)) => json!({"jsonrpc": "2.0", "id": id, "error": err}),
@@ -597,15 +489,7 @@ impl Router {
             }
             Err(err) => unavailable(id, &err),
         };
-        if let Some(r) = &self.redactor {
-            redacted.extend(
-                r.redact(&mut response)
-                    .into_iter()
-                    .map(|n| format!("result:{n}")),
-            );
-        }
-        let in_progress =
-            std::mem::take(&mut *progress_hits.lock().unwrap_or_else(|e| e.into_inner()));
+        redacted.extend(self.redact(&mut response, "result"));
         redacted.extend(in_progress.into_iter().map(|n| format!("progress:{n}")));
         Handled {
             response,
@@ -614,18 +498,68 @@ impl Router {
         }
     }
 
+    /// The server and its own name for the tool shown as `name`, if the endpoint offers it.
+    fn allowed<'a>(&self, name: &'a str) -> Result<(&'a str, &'a str), Refusal> {
+        let unknown = || Refusal::UnknownTool { name: name.into() };
+        let (server, tool) = name.split_once(SEP).ok_or_else(unknown)?;
+        let e = self.exposed(server).ok_or_else(unknown)?;
+        if !e.allows(tool) {
+            return Err(Refusal::NotInSubset { name: name.into() });
+        }
+        Ok((server, tool))
+    }
+
+    /// Whether the server lists `tool` with its approved definition: only such a tool may be
+    /// called.
+    async fn offered<S: Sessions>(
+        &self,
+        sessions: &S,
+        server: &str,
+        tool: &str,
+    ) -> Result<bool, CallError> {
+        let tools = self.server_tools(sessions, server).await?;
+        Ok(tools
+            .iter()
+            .any(|t| t.get("name").and_then(Value::as_str) == Some(tool)))
+    }
+
+    /// The call's parameters as the server gets them: its own tool name, secrets redacted from
+    /// everything forwarded (not only the arguments: `_meta`, unknown fields); and what was
+    /// redacted.
+    fn forwarded(
+        &self,
+        params: Option<&Map<String, Value>>,
+        tool: &str,
+    ) -> (Map<String, Value>, Vec<String>) {
+        let mut fwd = params.cloned().unwrap_or_default();
+        fwd.insert("name".into(), Value::String(tool.into()));
+        let mut all = Value::Object(fwd);
+        let redacted = self.redact(&mut all, "arguments");
+        // Redaction rewrites strings inside; an object stays an object.
+        let fwd = match all {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        (fwd, redacted)
+    }
+
+    /// Redacts secret values in `v`; what was found, as `<place>:<name>`.
+    fn redact(&self, v: &mut Value, place: &str) -> Vec<String> {
+        match &self.redactor {
+            Some(r) => r
+                .redact(v)
+                .into_iter()
+                .map(|n| format!("{place}:{n}"))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// A list answer, scanned for secrets before it leaves (a server's descriptions can carry
     /// what an upstream echoed).
     fn listed(&self, id: &Id, result: Value) -> Handled {
         let mut response = jsonrpc::result(id, result);
-        let mut redacted = Vec::new();
-        if let Some(r) = &self.redactor {
-            redacted.extend(
-                r.redact(&mut response)
-                    .into_iter()
-                    .map(|n| format!("result:{n}")),
-            );
-        }
+        let redacted = self.redact(&mut response, "result");
         Handled {
             response,
             refused: None,

@@ -303,7 +303,7 @@ impl ServerSession {
             match read_line_bounded(&mut r, &mut line, self.limits.max_message_bytes).await {
                 Ok(0) => return "server closed its stdout".into(),
                 Ok(_) => {}
-                Err(e) => return e,
+                Err(e) => return e.to_string(),
             }
             let text = line.trim_ascii();
             if text.is_empty() {
@@ -369,17 +369,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut stdin: W, mut rx: mpsc::Receiver<
     }
 }
 
+/// Why a server's stdout cannot give another line: the session ends with this as its reason.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("reading the server's stdout: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("protocol violation: a message over {0} bytes")]
+    TooLong(usize),
+}
+
 /// Reads one `\n`-terminated line into `buf`, refusing to buffer more than `max` bytes.
 async fn read_line_bounded<R: AsyncBufReadExt + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
-) -> Result<usize, String> {
+) -> Result<usize, LineError> {
     loop {
-        let avail = r
-            .fill_buf()
-            .await
-            .map_err(|e| format!("reading the server's stdout: {e}"))?;
+        let avail = r.fill_buf().await?;
         if avail.is_empty() {
             return Ok(buf.len());
         }
@@ -388,7 +394,7 @@ async fn read_line_bounded<R: AsyncBufReadExt + Unpin>(
             None => (avail.len(), false),
         };
         if buf.len() + take > max + 1 {
-            return Err(format!("protocol violation: a message over {max} bytes"));
+            return Err(LineError::TooLong(max));
         }
         buf.extend_from_slice(&avail[..take]);
         r.consume(take);

@@ -4,9 +4,9 @@
 //! Postgres backend for several gateways sharing state would be a second implementation of the
 //! same trait: nothing outside this module names SQLite.
 
+mod generation;
+mod schema;
 pub mod sqlite;
-
-use crate::vault::envelope::Sealed;
 
 pub use sqlite::SqliteStore;
 
@@ -36,6 +36,18 @@ pub enum StoreError {
     Invalid(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// A sealed secret as stored (the vault's envelope, opaque here: the store keeps bytes and
+/// knows nothing of the cryptography). Byte fields are kept as read so that a tampered length is an
+/// authentication failure, not a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub value_nonce: Vec<u8>,
+    pub value_ct: Vec<u8>,
+    pub key_nonce: Vec<u8>,
+    pub wrapped_key: Vec<u8>,
+    pub master_fp: String,
 }
 
 /// A secret row: its sealed envelope and bookkeeping. Never a plaintext.
@@ -128,8 +140,19 @@ pub struct ToolDefinition {
     pub seen_ms: i64,
 }
 
+/// Where what endpoints offer stands (servers, endpoints with their subsets and descriptions,
+/// tool definitions). Two equal generations mean none of that was written in between, by this
+/// process or another one; a cache of it is valid while the generation stays the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    pub written_here: u64,
+    pub written_elsewhere: i64,
+}
+
 /// Everything the gateway persists. Implementations must make each method atomic.
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The current [`Generation`]: cheap enough to ask on every request.
+    fn offer_generation(&self) -> Result<Generation, StoreError>;
     /// Fingerprint of the master key the store's data keys are wrapped with, once one is set.
     fn master_fingerprint(&self) -> Result<Option<String>, StoreError>;
     /// Records `fp` as the store's master key if none is recorded yet; returns the recorded one.

@@ -3,35 +3,31 @@
 
 use std::fmt;
 use std::fs::OpenOptions;
-use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::generation;
+use super::schema::{header_user_version, migrate};
 use super::{
-    AuditEvent, EndpointRecord, Rewrapped, SCHEMA_VERSION, SecretMeta, SecretRecord, ServerRecord,
-    Store, StoreError, TokenRecord, ToolDefinition, now_ms,
+    AuditEvent, EndpointRecord, Generation, Rewrapped, SCHEMA_VERSION, SecretMeta, SecretRecord,
+    ServerRecord, Store, StoreError, TokenRecord, ToolDefinition, now_ms,
 };
-use crate::vault::envelope::Sealed;
+use rows::{SECRET_COLUMNS, secret_from_row, to_i64, to_u64};
 
 pub const DB_FILE: &str = "gigmcp.db";
-
-/// Migrations, applied in order; entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/0001_initial.sql"),
-    include_str!("migrations/0002_tool_definitions.sql"),
-    include_str!("migrations/0003_endpoint_descriptions.sql"),
-];
-const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Rows written through this connection to the tables endpoint views are built from.
+    offer_writes: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -88,9 +84,11 @@ impl SqliteStore {
         // FULL: a committed secret or audit entry survives power loss, not just a crash.
         conn.pragma_update(None, "synchronous", "full")?;
         migrate(&mut conn, &shown)?;
+        let offer_writes = generation::count_offer_writes(&mut conn)?;
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            offer_writes,
         })
     }
 
@@ -103,97 +101,6 @@ impl SqliteStore {
         // drop), so a poisoned lock is safe to keep using.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// `Some(user_version)` from the header of an existing database, `None` if the file is absent
-/// or empty.
-fn header_user_version(path: &Path) -> Result<Option<u32>, StoreError> {
-    let shown = || path.display().to_string();
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: shown(),
-                source,
-            });
-        }
-    };
-    let mut header = [0u8; 100];
-    let mut read = 0;
-    while read < header.len() {
-        match file.read(&mut header[read..]) {
-            Ok(0) => break,
-            Ok(n) => read += n,
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: shown(),
-                    source,
-                });
-            }
-        }
-    }
-    if read == 0 {
-        return Ok(None);
-    }
-    if read < header.len() || &header[..16] != b"SQLite format 3\0" {
-        return Err(StoreError::NotADatabase { path: shown() });
-    }
-    // The header's "user version" field: 4 bytes, big-endian, at offset 60.
-    let version = u32::from_be_bytes([header[60], header[61], header[62], header[63]]);
-    Ok(Some(version))
-}
-
-fn migrate(conn: &mut Connection, shown: &str) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // Checked again under the write lock: a newer writer may have committed to the WAL.
-    let current: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if current > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            path: shown.to_owned(),
-            found: current,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(sql)?;
-        tx.pragma_update(
-            None,
-            "user_version",
-            u32::try_from(i + 1).expect("few migrations"),
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-const SECRET_COLUMNS: &str = "id, name, version, value_nonce, value_ct, key_nonce, wrapped_key, \
-     master_fp, created_ms, updated_ms, last_used_ms";
-
-fn secret_from_row(row: &Row<'_>) -> rusqlite::Result<SecretRecord> {
-    Ok(SecretRecord {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        version: to_u64(row.get(2)?),
-        sealed: Sealed {
-            value_nonce: row.get(3)?,
-            value_ct: row.get(4)?,
-            key_nonce: row.get(5)?,
-            wrapped_key: row.get(6)?,
-            master_fp: row.get(7)?,
-        },
-        created_ms: row.get(8)?,
-        updated_ms: row.get(9)?,
-        last_used_ms: row.get(10)?,
-    })
 }
 
 impl SqliteStore {
@@ -219,6 +126,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn offer_generation(&self) -> Result<Generation, StoreError> {
+        generation::current(&self.offer_writes, &self.conn())
+    }
+
     fn master_fingerprint(&self) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()
@@ -665,129 +576,6 @@ impl Store for SqliteStore {
     }
 }
 
+mod rows;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn checksum(dir: &Path) -> Vec<(String, Vec<u8>)> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    std::fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect();
-        files.sort();
-        files
-    }
-
-    #[test]
-    fn fresh_store_has_current_schema_and_settings() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_in(dir.path()).unwrap();
-        let conn = store.conn();
-        let v: u32 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, SCHEMA_VERSION);
-        let mode: String = conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
-        let fk: i64 = conn
-            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
-            .unwrap();
-        assert_eq!(fk, 1);
-        for table in [
-            "secrets",
-            "servers",
-            "endpoints",
-            "endpoint_servers",
-            "tokens",
-            "audit_events",
-            "registry_state",
-        ] {
-            let n: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1",
-                    [table],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert_eq!(n, 1, "missing table {table}");
-        }
-    }
-
-    #[test]
-    fn reopening_is_idempotent_and_keeps_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let ev = AuditEvent {
-            ts_ms: 1,
-            actor: "a".into(),
-            action: "b".into(),
-            target: "c".into(),
-            outcome: "ok".into(),
-            detail: String::new(),
-        };
-        SqliteStore::open_in(dir.path())
-            .unwrap()
-            .audit_append(&ev)
-            .unwrap();
-        let store = SqliteStore::open_in(dir.path()).unwrap();
-        assert_eq!(store.audit_recent(10).unwrap(), vec![ev]);
-    }
-
-    #[test]
-    fn files_are_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let store = SqliteStore::open_in(&state).unwrap();
-        store.claim_master_fingerprint("x").unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&state), 0o700);
-        for entry in std::fs::read_dir(&state).unwrap() {
-            let p = entry.unwrap().path();
-            assert_eq!(mode(&p), 0o600, "{}", p.display());
-        }
-    }
-
-    #[test]
-    fn newer_schema_is_refused_and_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DB_FILE);
-        {
-            // A database as a future gigmcp would leave it: WAL, cleanly closed.
-            let conn = Connection::open(&path).unwrap();
-            conn.pragma_update(None, "journal_mode", "wal").unwrap();
-            conn.execute_batch("CREATE TABLE future (x INTEGER); INSERT INTO future VALUES (42);")
-                .unwrap();
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-                .unwrap();
-        }
-        let before = checksum(dir.path());
-        let err = SqliteStore::open(&path).unwrap_err();
-        assert!(
-            matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1)
-        );
-        assert!(err.to_string().contains("nothing was changed"), "{err}");
-        assert_eq!(
-            checksum(dir.path()),
-            before,
-            "refused open modified the state dir"
-        );
-    }
-
-    #[test]
-    fn non_database_file_is_refused_and_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DB_FILE);
-        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
-        let err = SqliteStore::open(&path).unwrap_err();
-        assert!(matches!(err, StoreError::NotADatabase { .. }), "{err}");
-        assert_eq!(std::fs::read(&path).unwrap(), vec![b'x'; 4096]);
-    }
-}
+mod tests;

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::master_key::{Fingerprint, MasterKey};
 use super::secret::SecretValue;
+use crate::store::Sealed;
 
 pub const NONCE_LEN: usize = 24;
 const DATA_KEY_LEN: usize = 32;
@@ -32,17 +33,6 @@ pub struct Binding<'a> {
     pub id: &'a str,
     pub name: &'a str,
     pub version: u64,
-}
-
-/// A sealed secret as stored. Byte fields are kept as read so that a tampered length is an
-/// authentication failure, not a panic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
-    pub value_nonce: Vec<u8>,
-    pub value_ct: Vec<u8>,
-    pub key_nonce: Vec<u8>,
-    pub wrapped_key: Vec<u8>,
-    pub master_fp: String,
 }
 
 /// Which layer of the envelope failed.

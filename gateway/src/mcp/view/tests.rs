@@ -1,0 +1,74 @@
+//! Views against a real store: reused while nothing changes, rebuilt after a change made
+//! through this connection or another one (another process, such as the CLI).
+
+use super::*;
+use crate::store::{EndpointRecord, ServerRecord, SqliteStore, now_ms};
+
+fn store(dir: &std::path::Path) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open_in(dir).unwrap())
+}
+
+fn install(store: &dyn Store) {
+    let manifest = serde_json::json!({"name": "s", "version": "1", "command": ["/bin/s"]});
+    store
+        .server_add(&ServerRecord {
+            name: "s".into(),
+            version: "1".into(),
+            image_digest: "dir:/".into(),
+            manifest: manifest.to_string(),
+            source: "unsigned".into(),
+            approved_ranges: Vec::new(),
+            installed_ms: now_ms(),
+        })
+        .unwrap();
+    store
+        .endpoint_add(&EndpointRecord {
+            name: "e".into(),
+            servers: vec![("s".into(), vec!["*".into()])],
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_view_is_reused_while_the_store_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    install(&*store);
+    let views = Views::new(store.clone());
+    let first = views.get("e").unwrap();
+    assert!(Arc::ptr_eq(&first, &views.get("e").unwrap()));
+}
+
+#[test]
+fn a_change_through_the_same_store_is_seen_by_the_next_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    install(&*store);
+    let views = Views::new(store.clone());
+    assert!(views.get("e").unwrap().servers[0].descriptions.is_empty());
+    store.endpoint_describe("e", "s", "t", "mine").unwrap();
+    assert_eq!(views.get("e").unwrap().servers[0].descriptions["t"], "mine");
+}
+
+#[test]
+fn a_change_from_another_connection_is_seen_by_the_next_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    install(&*store);
+    let views = Views::new(store.clone());
+    assert!(views.get("e").unwrap().servers[0].descriptions.is_empty());
+    let cli = SqliteStore::open_in(dir.path()).unwrap();
+    cli.endpoint_describe("e", "s", "t", "from the CLI")
+        .unwrap();
+    assert_eq!(
+        views.get("e").unwrap().servers[0].descriptions["t"],
+        "from the CLI"
+    );
+}
+
+#[test]
+fn an_unknown_endpoint_has_no_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let views = Views::new(store(dir.path()));
+    assert!(matches!(views.get("nope"), Err(ViewError::NoSuchEndpoint)));
+}
