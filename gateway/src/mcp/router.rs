@@ -2,7 +2,6 @@
 //! the endpoint's subset ∩ the manifest's, and calls routed to the server that owns the tool.
 //! Anything outside the subset is neither listed nor callable.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use super::progress::Relay;
 use super::redact::Redactor;
 use super::refusal::Refusal;
 use super::stdio::{CallError, ServerSession, ToolList};
-use super::view::EndpointView;
+use super::view::{EndpointView, Exposed};
 
 /// Separator between server and tool (and prompt) names in what clients see.
 pub const SEP: &str = "__";
@@ -77,58 +76,6 @@ pub struct CallHooks {
 impl std::fmt::Debug for CallHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CallHooks")
-    }
-}
-
-/// Which tools of a server are allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Subset {
-    All,
-    Only(BTreeSet<String>),
-}
-
-impl Subset {
-    /// An endpoint's list: only `*` means every tool (an empty list offers none).
-    pub fn for_endpoint(tools: &[String]) -> Self {
-        if tools.iter().any(|t| t == "*") {
-            Self::All
-        } else {
-            Self::Only(tools.iter().cloned().collect())
-        }
-    }
-
-    /// A manifest's list: absent (empty) or `*` means every tool the server offers.
-    pub fn for_manifest(tools: &[String]) -> Self {
-        if tools.is_empty() {
-            Self::All
-        } else {
-            Self::for_endpoint(tools)
-        }
-    }
-
-    pub fn allows(&self, tool: &str) -> bool {
-        match self {
-            Self::All => true,
-            Self::Only(s) => s.contains(tool),
-        }
-    }
-}
-
-/// One server as an endpoint exposes it.
-#[derive(Debug, Clone)]
-pub struct Exposed {
-    pub server: String,
-    /// The endpoint's subset.
-    pub endpoint_tools: Subset,
-    /// The manifest's subset.
-    pub manifest_tools: Subset,
-    /// The endpoint's own descriptions of some tools (tool → description).
-    pub descriptions: std::collections::HashMap<String, String>,
-}
-
-impl Exposed {
-    fn allows(&self, tool: &str) -> bool {
-        self.endpoint_tools.allows(tool) && self.manifest_tools.allows(tool)
     }
 }
 

@@ -8,10 +8,9 @@
 //! Asking it costs one pragma per request instead of reading and parsing the endpoint, its
 //! overrides and every manifest.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::router::{Exposed, Subset};
 use crate::manifest::{Manifest, ManifestError};
 use crate::store::{Generation, Store, StoreError};
 
@@ -29,6 +28,58 @@ pub enum ViewError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Which tools of a server are allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subset {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl Subset {
+    /// An endpoint's list: only `*` means every tool (an empty list offers none).
+    pub fn for_endpoint(tools: &[String]) -> Self {
+        if tools.iter().any(|t| t == "*") {
+            Self::All
+        } else {
+            Self::Only(tools.iter().cloned().collect())
+        }
+    }
+
+    /// A manifest's list: absent (empty) or `*` means every tool the server offers.
+    pub fn for_manifest(tools: &[String]) -> Self {
+        if tools.is_empty() {
+            Self::All
+        } else {
+            Self::for_endpoint(tools)
+        }
+    }
+
+    pub fn allows(&self, tool: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(s) => s.contains(tool),
+        }
+    }
+}
+
+/// One server as an endpoint exposes it.
+#[derive(Debug, Clone)]
+pub struct Exposed {
+    pub server: String,
+    /// The endpoint's subset.
+    pub endpoint_tools: Subset,
+    /// The manifest's subset.
+    pub manifest_tools: Subset,
+    /// The endpoint's own descriptions of some tools (tool → description).
+    pub descriptions: std::collections::HashMap<String, String>,
+}
+
+impl Exposed {
+    pub fn allows(&self, tool: &str) -> bool {
+        self.endpoint_tools.allows(tool) && self.manifest_tools.allows(tool)
+    }
 }
 
 /// What one endpoint offers.
