@@ -118,7 +118,7 @@ async fn progress_relayed_over_sse_is_redacted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listings_and_prompt_arguments_are_redacted_both_ways() {
+async fn listings_and_prompt_arguments_are_redacted_both_ways_and_audited() {
     let d = tempfile::tempdir().unwrap();
     let seen = d.path().join("seen");
     let gw = Gw::with(
@@ -145,6 +145,13 @@ async fn listings_and_prompt_arguments_are_redacted_both_ways() {
     }
     if server_saw.contains(SECRET) {
         problems.push("prompts/get arguments reached the server unredacted".to_string());
+    }
+    let audit = gw.audit().await;
+    if !audit
+        .iter()
+        .any(|e| e.action == "mcp.redacted" && e.detail.contains("arguments:API_KEY"))
+    {
+        problems.push("the redacted prompts/get arguments were not audited".to_string());
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }

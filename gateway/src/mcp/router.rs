@@ -359,7 +359,6 @@ impl Router {
             Err(CallError::Remote(err)) => json!({"jsonrpc": "2.0", "id": id, "error": err}),
             Err(err) => unavailable(id, &err),
         };
-        let mut redacted = Vec::new();
         if let Some(r) = &self.redactor {
             redacted.extend(
                 r.redact(&mut response)
