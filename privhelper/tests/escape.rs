@@ -2,7 +2,7 @@
 //! attack runs in a fresh sandbox and the test asserts its exact outcome; at the end the host is
 //! checked for harm. Privileged: needs root.
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::TcpListener;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -273,10 +273,12 @@ fn the_proxy_port_is_the_only_way_out() {
             &rootfs,
             &["/bin/gigmcp-attack", "connect", "10.232.0.5", "3128"],
         );
-        // The kernel completes the handshake from the listen backlog: no accept needed.
+        // The kernel completes the handshake from the listen backlog: no accept needed. Bound
+        // before the sandbox starts: the probe connects once, at once.
+        let listener = testkit::helper::listen_before_link("10.232.0.5:3128".parse().unwrap());
         let (got, _listener) = attack_with(&client, spec, |info| {
             assert_eq!(info.host_addr, "10.232.0.5");
-            TcpListener::bind("10.232.0.5:3128").unwrap()
+            listener
         })
         .await;
         assert_eq!(
@@ -310,8 +312,10 @@ fn the_proxy_port_is_the_only_way_out() {
             &rootfs,
             &["/bin/gigmcp-attack", "udp-send", "10.232.0.5", "5353"],
         );
+        // Bound before the sandbox starts, so a datagram that got through would be seen.
+        let udp = testkit::helper::udp_before_link("10.232.0.5:5353".parse().unwrap());
         let (got, udp) = attack_with(&client, spec, |info| {
-            let udp = UdpSocket::bind((info.host_addr.as_str(), 5353)).unwrap();
+            assert_eq!(info.host_addr, "10.232.0.5");
             udp.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
             udp

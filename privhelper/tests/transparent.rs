@@ -318,11 +318,15 @@ fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
             from_sandbox(peer);
 
             // The proxy port still works.
+            let proxy = testkit::helper::listen_before_link(SocketAddr::new(
+                own_host.parse().unwrap(),
+                PROXY_PORT,
+            ));
             let (_, got, ()) = run(
                 &client,
                 transparent(&h, &rootfs, &["connect", own_host, "3128"]),
-                |info, _| {
-                    let proxy = TcpListener::bind((info.host_addr.as_str(), PROXY_PORT)).unwrap();
+                // Bound before the sandbox starts: the probe connects once, at once.
+                move |_, _| {
                     std::thread::spawn(move || drop(accept_within(&proxy, Duration::from_secs(10))))
                 },
             )
@@ -353,13 +357,15 @@ fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
             }
             // UDP to other ports: nftables drops it (landlock does not cover UDP).
             for port in [443u16, 3128, 54, 5353] {
+                let udp = testkit::helper::udp_before_link(SocketAddr::new(
+                    own_host.parse().unwrap(),
+                    port,
+                ));
                 let (_, got, udp) = run(
                     &client,
                     transparent(&h, &rootfs, &["udp-send", own_host, &port.to_string()]),
-                    move |info, _| {
-                        let udp = UdpSocket::bind((info.host_addr.as_str(), port)).unwrap();
-                        std::thread::spawn(move || udp)
-                    },
+                    // Bound before the sandbox starts, so a datagram that got through is seen.
+                    move |_, _| std::thread::spawn(move || udp),
                 )
                 .await;
                 assert!(got.starts_with("RESULT sent"), "{got}");
@@ -407,13 +413,12 @@ fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
                 .await;
                 assert_eq!(got, "BLOCKED EACCES", "not transparent: TCP {port}");
             }
+            let udp =
+                testkit::helper::udp_before_link(SocketAddr::new(own_host.parse().unwrap(), 53));
             let (_, got, udp) = run(
                 &client,
                 h.spec(&rootfs, &["/bin/gigmcp-attack", "udp-send", own_host, "53"]),
-                |info, _| {
-                    let udp = UdpSocket::bind((info.host_addr.as_str(), 53)).unwrap();
-                    std::thread::spawn(move || udp)
-                },
+                move |_, _| std::thread::spawn(move || udp),
             )
             .await;
             assert!(got.starts_with("RESULT sent"), "{got}");

@@ -337,3 +337,28 @@ pub fn read_all(fd: zbus::OwnedFd, timeout: Duration) -> Vec<u8> {
     });
     rx.recv_timeout(timeout).unwrap_or_default()
 }
+
+/// A TCP listener on a sandbox link's host address, bound *before* the sandbox (and its link)
+/// exists: `IP_FREEBIND` lets it take an address not yet configured. A probe that connects once,
+/// as soon as the sandbox starts, then always finds it listening (binding after CreateSandbox
+/// returned raced the probe and lost now and then).
+pub fn listen_before_link(addr: std::net::SocketAddr) -> std::net::TcpListener {
+    let socket = socket_before_link(addr, socket2::Type::STREAM);
+    socket.listen(128).expect("listen");
+    socket.into()
+}
+
+/// A UDP socket on a sandbox link's host address, bound before the link exists (see
+/// [`listen_before_link`]), so "nothing arrived" means nothing was sent through.
+pub fn udp_before_link(addr: std::net::SocketAddr) -> std::net::UdpSocket {
+    socket_before_link(addr, socket2::Type::DGRAM).into()
+}
+
+fn socket_before_link(addr: std::net::SocketAddr, ty: socket2::Type) -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, ty, None).expect("socket");
+    socket.set_freebind_v4(true).expect("IP_FREEBIND");
+    socket
+        .bind(&addr.into())
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    socket
+}

@@ -8,7 +8,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Prefixes of names this kit generates; only names with these are ever swept.
-const PREFIXES: &[&str] = &["gt", "gmeg"];
+const PREFIXES: &[&str] = &["gt", "gmeg", "gx"];
 
 /// `<prefix><pid>n<counter>`: unique on this host while this process lives. Lowercase letters
 /// and digits only, as the helper's `instance` requires; `gt` names fit its 16 characters.

@@ -71,11 +71,12 @@ impl Netns {
         Self(File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}")))
     }
 
-    /// Whether this is the host's (PID 1's) namespace: a privileged test that is still there
-    /// would share links, tables and ports with every other test run on the machine.
+    /// Whether this is the namespace the test process started in (its main thread's,
+    /// `/proc/self/ns/net`): a privileged test still there would share links, tables and
+    /// ports with every other test run on the machine.
     pub fn is_host(&self) -> bool {
         let ino = |m: std::fs::Metadata| (m.dev(), m.ino());
-        let host = std::fs::metadata("/proc/1/ns/net").expect("stat /proc/1/ns/net");
+        let host = std::fs::metadata("/proc/self/ns/net").expect("stat /proc/self/ns/net");
         ino(self.0.metadata().expect("stat netns")) == ino(host)
     }
 
