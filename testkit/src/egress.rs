@@ -57,7 +57,7 @@ pub struct Net {
 impl Net {
     /// Must be called inside the test's own namespace: the host sides and the 10.240/10.241
     /// addresses are fixed per index, unique only within it.
-    pub fn new() -> Self {
+    fn new() -> Self {
         static NEXT: AtomicU8 = AtomicU8::new(1);
         assert!(
             !Netns::current().is_host(),
