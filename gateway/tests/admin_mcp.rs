@@ -1,6 +1,6 @@
 //! `gigmcp server|endpoint` through the real CLI binary on a real SQLite state directory.
 
-mod common;
+use testkit::env as common;
 
 use common::{TestEnv, text};
 

@@ -3,7 +3,7 @@
 //! The bus, the pool and the servers are this test's own; nothing needs root except running
 //! the CLI as `nobody` for the refusals (skipped loudly without root).
 
-mod mcp_support;
+use testkit::mcp as mcp_support;
 
 use std::process::Command;
 

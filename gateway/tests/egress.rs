@@ -575,10 +575,7 @@ fn hundred_megabytes_each_way_byte_exact() {
         );
         let got = std::fs::read(&down).unwrap();
         assert_eq!(got.len(), N);
-        assert!(
-            got == testkit::upstream::pattern(0, N),
-            "download differs"
-        );
+        assert!(got == testkit::upstream::pattern(0, N), "download differs");
     });
 }
 

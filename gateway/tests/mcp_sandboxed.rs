@@ -4,7 +4,7 @@
 //!
 //! Root only (namespaces, nftables, cgroups): a loud SKIP without root, a failure on CI.
 
-mod mcp_support;
+use testkit::mcp as mcp_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

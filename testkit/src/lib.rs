@@ -1,7 +1,8 @@
 //! The test kit shared by every crate's integration tests and benchmarks: one root check, a
 //! private D-Bus owned by a guard, child processes that cannot outlive the test, a fresh network
 //! namespace per privileged test, generated names, the helper harness, rootfs builders and (with
-//! the `gateway` feature) the fake HTTPS upstream and the egress proxy fixture.
+//! the `gateway` feature) the fake HTTPS upstream, the egress proxy fixture, the gateway's state
+//! directory and CLI runner, and the MCP front on real servers.
 //!
 //! Privileged tests share nothing host-wide: each runs in its own network namespace (links,
 //! addresses, nftables tables and ports are private to it) and names what is host-wide (named
@@ -22,6 +23,10 @@ pub mod helper;
 
 #[cfg(feature = "gateway")]
 pub mod egress;
+#[cfg(feature = "gateway")]
+pub mod env;
+#[cfg(feature = "gateway")]
+pub mod mcp;
 #[cfg(feature = "gateway")]
 pub mod upstream;
 

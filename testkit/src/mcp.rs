@@ -1,10 +1,11 @@
-#![allow(dead_code)] // each test file uses part of the shared support
 //! The MCP front with real parts: a SQLite store in a temp dir, the front on loopback, and real
 //! servers nobody here wrote (`mcp-server-time` from PyPI, in `target/mcp-venv`, made by
 //! `scripts/install-deps`).
 //!
 //! Servers are started by [`ChildLauncher`], a plain child process: these tests are about the
 //! HTTP front, tokens, routing and lifecycle. Sandboxed launching is tested with the helper.
+
+#![allow(missing_debug_implementations)] // Gw holds the front and pool, which have no Debug
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
