@@ -20,11 +20,13 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A random first sandbox uid for a helper instance: 1024 uids that no other run on this host
-/// is likely to use, so counting processes by uid counts only this test's.
+/// is likely to use, so counting processes by uid counts only this test's. Drawn from
+/// 0x2000_0000..0x3000_0000: below the helper's default (0x7000_0000) and the range older
+/// checkouts' tests use (0x7100_0000), above every subuid range in use.
 pub fn uid_base() -> u32 {
     let mut b = [0u8; 4];
     getrandom::fill(&mut b).expect("random");
-    0x4000_0000 + (u32::from_le_bytes(b) % 0x10_0000) * 1024
+    0x2000_0000 + (u32::from_le_bytes(b) % 0x4_0000) * 1024
 }
 
 /// The pid inside a generated name, if it is one.
