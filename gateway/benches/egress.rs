@@ -5,21 +5,17 @@
 //!
 //! `cargo bench -p gateway --bench egress` (add `--profile dev` for a quick debug-build run;
 //! the numbers are then only comparable with each other).
-#![allow(dead_code)]
-
-#[path = "../tests/egress_support/mod.rs"]
-mod egress_support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use egress_support::{Fixture, h1_tunnel, tls_client};
 use gateway::egress::EgressLimits;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use testkit::egress::{Fixture, h1_tunnel, tls_client};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 const WARMUP: usize = 200;
@@ -171,11 +167,12 @@ fn show(name: &str, s: &Stats, cores: f64) {
     );
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    if !egress_support::require_root("bench egress") {
-        return;
-    }
+fn main() {
+    // In a fresh network namespace, as the privileged tests run (the fixture's links are ours).
+    testkit::privileged("bench egress", 2, bench);
+}
+
+async fn bench() {
     let fx = Fixture::new(EgressLimits::default()).await;
     println!("keep-alive HTTPS GET, 1 KiB body, {REQUESTS} requests per run, one connection");
     let mut best: Option<(Stats, Stats)> = None;

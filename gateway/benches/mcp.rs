@@ -8,8 +8,7 @@
 //!
 //! `cargo bench -p gateway --bench mcp`
 
-#[path = "../tests/mcp_support/mod.rs"]
-mod mcp_support;
+use testkit::mcp as mcp_support;
 
 use std::path::PathBuf;
 use std::process::Stdio;

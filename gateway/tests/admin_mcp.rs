@@ -1,6 +1,6 @@
 //! `gigmcp server|endpoint` through the real CLI binary on a real SQLite state directory.
 
-mod common;
+use testkit::env as common;
 
 use common::{TestEnv, text};
 
@@ -209,7 +209,7 @@ fn unsigned_servers_endpoints_and_tokens() {
     );
     let rec = env
         .store()
-        .token_by_hash(&gateway::mcp::token::hash(&secret))
+        .token_by_hash(&gateway::tokens::hash(&secret))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -222,7 +222,7 @@ fn unsigned_servers_endpoints_and_tokens() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         env.store()
-            .token_by_hash(&gateway::mcp::token::hash(&secret))
+            .token_by_hash(&gateway::tokens::hash(&secret))
             .unwrap()
             .unwrap()
             .revoked_ms

@@ -3,38 +3,28 @@
 //! The bus, the pool and the servers are this test's own; nothing needs root except running
 //! the CLI as `nobody` for the refusals (skipped loudly without root).
 
-#[path = "../../privhelper/tests/common/mod.rs"]
-mod helper_harness;
-
-mod mcp_support;
+use testkit::mcp as mcp_support;
 
 use std::process::Command;
 
 use gateway::audit::{AuditQueue, Auditor};
 use gateway::control::Control;
 use serde_json::json;
-
-/// The bus process, killed when the test ends (also when it fails).
-struct Bus(std::process::Child);
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testkit::bus::PrivateBus;
 
 /// A private bus with the shipped `org.gigmcp.Gateway1` policy (daemon user mapped to root);
-/// with `let_nobody_call`, `nobody` may call too, to reach the daemon's own check.
-fn start_bus(dir: &std::path::Path, let_nobody_call: bool) -> (Bus, String) {
+/// with `let_nobody_call`, `nobody` may call too, to reach the daemon's own check. The guard
+/// kills the bus when the test ends (also when it fails).
+fn start_bus(dir: &std::path::Path, let_nobody_call: bool) -> (PrivateBus, String) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (child, address) = helper_harness::private_bus(
+    let bus = PrivateBus::start(
         dir,
         "org.gigmcp.Gateway1.conf",
         let_nobody_call.then_some("org.gigmcp.Gateway1"),
     );
-    (Bus(child), address)
+    let address = bus.address.clone();
+    (bus, address)
 }
 
 fn cli(bus: &str, args: &[&str], as_nobody: bool) -> std::process::Output {

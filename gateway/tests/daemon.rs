@@ -1,6 +1,6 @@
 //! `gigmcpd` as a process: configuration checking, start-up, and SIGTERM/SIGINT shutdown.
 
-mod common;
+use testkit::env as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

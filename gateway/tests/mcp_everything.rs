@@ -2,7 +2,7 @@
 //! official TypeScript SDK as the client: subsets, secret redaction both ways, a server killed
 //! in the middle of a call.
 
-mod mcp_support;
+use testkit::mcp as mcp_support;
 
 use std::time::Duration;
 

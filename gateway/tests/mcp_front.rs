@@ -1,7 +1,7 @@
 //! Issue 5, the MCP front over real parts: the official Python MCP SDK as the client, the
 //! community server `mcp-server-time` (PyPI) behind the gateway, a real SQLite store.
 
-mod mcp_support;
+use testkit::mcp as mcp_support;
 
 use std::time::Duration;
 

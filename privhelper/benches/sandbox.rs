@@ -6,9 +6,6 @@
 //! - destroy: DestroySandbox of a live sandbox, p50/p95;
 //! - helper RSS idle and with 200 live sandboxes.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
@@ -36,16 +33,12 @@ fn first_byte(fd: OwnedFd) -> Instant {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("sandbox bench: SKIPPED, needs root");
-        return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(bench());
+    // In a fresh network namespace, as the privileged tests run (the helper's links are ours).
+    testkit::privileged("sandbox bench", 2, bench);
 }
 
 async fn bench() {
-    let h = common::Harness::start(0).await;
+    let h = testkit::helper::Harness::start(0).await;
     let client = h.client().await;
     let rootfs = h.attack_rootfs("bench");
     let rootfs_path = h.images.join(&rootfs);

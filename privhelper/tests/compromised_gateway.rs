@@ -2,12 +2,10 @@
 //! host identities or unbounded resources is refused with a named D-Bus error, and nothing is
 //! created. Privileged: needs root.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Harness, SERIAL, count_host, require_root};
 use privhelper_api::{HelperError, SandboxSpec};
+use testkit::helper::Harness;
 use zbus::DBusError;
 
 fn name_of(e: &HelperError) -> String {
@@ -15,7 +13,7 @@ fn name_of(e: &HelperError) -> String {
 }
 
 async fn refused(h: &Harness, spec: &SandboxSpec, expected: &str) -> String {
-    let before = count_host();
+    let before = h.count_host();
     let client = h.client().await;
     let err = match client.create_sandbox(spec).await {
         Ok((info, ..)) => panic!("accepted: {spec:?} → {info:?}"),
@@ -26,140 +24,140 @@ async fn refused(h: &Harness, spec: &SandboxSpec, expected: &str) -> String {
         format!("org.gigmcp.PrivHelper1.Error.{expected}"),
         "{err:?}"
     );
-    assert_eq!(count_host(), before, "a refused request created something");
+    assert_eq!(
+        h.count_host(),
+        before,
+        "a refused request created something"
+    );
     assert!(client.list_sandboxes().await.unwrap().is_empty());
     format!("{err:?}")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hostile_rootfs_paths_are_refused() {
-    if !require_root("hostile_rootfs_paths_are_refused") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let good = h.attack_rootfs("good");
-    // A symlink inside the images dir pointing at /etc, and one to a real image.
-    std::os::unix::fs::symlink("/etc", h.images.join("etc-link")).unwrap();
-    std::os::unix::fs::symlink(h.images.join(&good), h.images.join("good-link")).unwrap();
-    std::fs::create_dir_all(h.images.join("nested")).unwrap();
-    std::os::unix::fs::symlink("/", h.images.join("nested/root")).unwrap();
-    let argv = ["/bin/gigmcp-attack", "hello"];
-    let images = h.images.display().to_string();
-    for rootfs in [
-        "/".to_owned(),
-        "/etc".to_owned(),
-        "etc-link".to_owned(),
-        "good-link".to_owned(),
-        "nested/root".to_owned(),
-        "../../../../etc".to_owned(),
-        format!("{good}/../../.."),
-        format!("{images}/../images/{good}"),
-        format!("{images}/etc-link"),
-        images.clone(),
-        String::new(),
-        "does-not-exist".to_owned(),
-    ] {
-        let msg = refused(&h, &h.spec(&rootfs, &argv), "RootfsOutsideImages").await;
-        assert!(msg.contains("rootfs"), "{msg}");
-    }
-    // Sanity: the same request with the real image is accepted.
-    let client = h.client().await;
-    let (info, ..) = client.create_sandbox(&h.spec(&good, &argv)).await.unwrap();
-    let _ = client.destroy_sandbox(&info.id).await;
+#[test]
+fn hostile_rootfs_paths_are_refused() {
+    testkit::privileged("hostile_rootfs_paths_are_refused", 2, || async {
+        let h = Harness::start(0).await;
+        let good = h.attack_rootfs("good");
+        // A symlink inside the images dir pointing at /etc, and one to a real image.
+        std::os::unix::fs::symlink("/etc", h.images.join("etc-link")).unwrap();
+        std::os::unix::fs::symlink(h.images.join(&good), h.images.join("good-link")).unwrap();
+        std::fs::create_dir_all(h.images.join("nested")).unwrap();
+        std::os::unix::fs::symlink("/", h.images.join("nested/root")).unwrap();
+        let argv = ["/bin/gigmcp-attack", "hello"];
+        let images = h.images.display().to_string();
+        for rootfs in [
+            "/".to_owned(),
+            "/etc".to_owned(),
+            "etc-link".to_owned(),
+            "good-link".to_owned(),
+            "nested/root".to_owned(),
+            "../../../../etc".to_owned(),
+            format!("{good}/../../.."),
+            format!("{images}/../images/{good}"),
+            format!("{images}/etc-link"),
+            images.clone(),
+            String::new(),
+            "does-not-exist".to_owned(),
+        ] {
+            let msg = refused(&h, &h.spec(&rootfs, &argv), "RootfsOutsideImages").await;
+            assert!(msg.contains("rootfs"), "{msg}");
+        }
+        // Sanity: the same request with the real image is accepted.
+        let client = h.client().await;
+        let (info, ..) = client.create_sandbox(&h.spec(&good, &argv)).await.unwrap();
+        let _ = client.destroy_sandbox(&info.id).await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn incomplete_rootfs_is_refused_by_name() {
-    if !require_root("incomplete_rootfs_is_refused_by_name") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let name = h.attack_rootfs("noproc");
-    std::fs::remove_dir(h.images.join(&name).join("proc")).unwrap();
-    let msg = refused(
-        &h,
-        &h.spec(&name, &["/bin/gigmcp-attack"]),
-        "RootfsIncomplete",
-    )
-    .await;
-    assert!(msg.contains("/proc"), "{msg}");
+#[test]
+fn incomplete_rootfs_is_refused_by_name() {
+    testkit::privileged("incomplete_rootfs_is_refused_by_name", 2, || async {
+        let h = Harness::start(0).await;
+        let name = h.attack_rootfs("noproc");
+        std::fs::remove_dir(h.images.join(&name).join("proc")).unwrap();
+        let msg = refused(
+            &h,
+            &h.spec(&name, &["/bin/gigmcp-attack"]),
+            "RootfsIncomplete",
+        )
+        .await;
+        assert!(msg.contains("/proc"), "{msg}");
 
-    // Transparent mode replaces /etc/resolv.conf: it must be a regular file, never a link
-    // (bwrap would follow it) and never missing (no mount point in a read-only image).
-    let name = h.attack_rootfs("noresolv");
-    let resolv = h.images.join(&name).join("etc/resolv.conf");
-    let mut spec = h.spec(&name, &["/bin/gigmcp-attack"]);
-    spec.transparent = true;
-    std::fs::remove_file(&resolv).unwrap();
-    let msg = refused(&h, &spec, "RootfsIncomplete").await;
-    assert!(msg.contains("/etc/resolv.conf"), "{msg}");
-    std::os::unix::fs::symlink("/run/resolv.conf", &resolv).unwrap();
-    let msg = refused(&h, &spec, "RootfsIncomplete").await;
-    assert!(msg.contains("/etc/resolv.conf"), "{msg}");
-    // The same image is fine without transparent mode.
-    let mut spec = h.spec(&name, &["/bin/gigmcp-attack", "ping-sleep", "600"]);
-    spec.transparent = false;
-    let client = h.client().await;
-    let created = client.create_sandbox(&spec).await.unwrap();
-    client.destroy_sandbox(&created.0.id).await.unwrap();
+        // Transparent mode replaces /etc/resolv.conf: it must be a regular file, never a link
+        // (bwrap would follow it) and never missing (no mount point in a read-only image).
+        let name = h.attack_rootfs("noresolv");
+        let resolv = h.images.join(&name).join("etc/resolv.conf");
+        let mut spec = h.spec(&name, &["/bin/gigmcp-attack"]);
+        spec.transparent = true;
+        std::fs::remove_file(&resolv).unwrap();
+        let msg = refused(&h, &spec, "RootfsIncomplete").await;
+        assert!(msg.contains("/etc/resolv.conf"), "{msg}");
+        std::os::unix::fs::symlink("/run/resolv.conf", &resolv).unwrap();
+        let msg = refused(&h, &spec, "RootfsIncomplete").await;
+        assert!(msg.contains("/etc/resolv.conf"), "{msg}");
+        // The same image is fine without transparent mode.
+        let mut spec = h.spec(&name, &["/bin/gigmcp-attack", "ping-sleep", "600"]);
+        spec.transparent = false;
+        let client = h.client().await;
+        let created = client.create_sandbox(&spec).await.unwrap();
+        client.destroy_sandbox(&created.0.id).await.unwrap();
+    });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hostile_data_dirs_and_ca_bundles_are_refused() {
-    if !require_root("hostile_data_dirs_and_ca_bundles_are_refused") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let rootfs = h.attack_rootfs("img");
-    std::os::unix::fs::symlink("/root", h.data_root.join("evil")).unwrap();
-    for data in ["../../etc", "/etc", "evil", "a/b", ".."] {
+#[test]
+fn hostile_data_dirs_and_ca_bundles_are_refused() {
+    testkit::privileged(
+        "hostile_data_dirs_and_ca_bundles_are_refused",
+        2,
+        || async {
+            let h = Harness::start(0).await;
+            let rootfs = h.attack_rootfs("img");
+            std::os::unix::fs::symlink("/root", h.data_root.join("evil")).unwrap();
+            for data in ["../../etc", "/etc", "evil", "a/b", ".."] {
+                let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
+                spec.data_dir = data.into();
+                refused(&h, &spec, "DataDirOutsideRoot").await;
+            }
+            std::os::unix::fs::symlink("/etc/shadow", h.ca_dir.join("shadow.pem")).unwrap();
+            std::fs::create_dir(h.ca_dir.join("dir.pem")).unwrap();
+            for ca in [
+                "../../etc/shadow",
+                "/etc/shadow",
+                "shadow.pem",
+                "dir.pem",
+                "missing.pem",
+            ] {
+                let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
+                spec.ca_bundle = ca.into();
+                refused(&h, &spec, "InvalidCaBundle").await;
+            }
+        },
+    );
+}
+
+#[test]
+fn a_data_dir_too_deep_to_walk_is_refused() {
+    testkit::privileged("a_data_dir_too_deep_to_walk_is_refused", 2, || async {
+        let h = Harness::start(0).await;
+        let rootfs = h.attack_rootfs("img");
+        // What a server could leave behind in its own data dir.
+        let mut deep = h.data_root.join("deep");
+        for _ in 0..100 {
+            deep = deep.join("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
         let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
-        spec.data_dir = data.into();
-        refused(&h, &spec, "DataDirOutsideRoot").await;
-    }
-    std::os::unix::fs::symlink("/etc/shadow", h.ca_dir.join("shadow.pem")).unwrap();
-    std::fs::create_dir(h.ca_dir.join("dir.pem")).unwrap();
-    for ca in [
-        "../../etc/shadow",
-        "/etc/shadow",
-        "shadow.pem",
-        "dir.pem",
-        "missing.pem",
-    ] {
-        let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
-        spec.ca_bundle = ca.into();
-        refused(&h, &spec, "InvalidCaBundle").await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_data_dir_too_deep_to_walk_is_refused() {
-    if !require_root("a_data_dir_too_deep_to_walk_is_refused") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let rootfs = h.attack_rootfs("img");
-    // What a server could leave behind in its own data dir.
-    let mut deep = h.data_root.join("deep");
-    for _ in 0..100 {
-        deep = deep.join("d");
-    }
-    std::fs::create_dir_all(&deep).unwrap();
-    let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
-    spec.data_dir = "deep".into();
-    let msg = refused(&h, &spec, "InvalidSpec").await;
-    assert!(msg.contains("deeper"), "{msg}");
-    // The helper is still serving.
-    assert!(h.client().await.list_sandboxes().await.is_ok());
+        spec.data_dir = "deep".into();
+        let msg = refused(&h, &spec, "InvalidSpec").await;
+        assert!(msg.contains("deeper"), "{msg}");
+        // The helper is still serving.
+        assert!(h.client().await.list_sandboxes().await.is_ok());
+    });
 }
 
 /// Starts the helper on `config_body` and expects it to refuse to start, saying `why`.
 fn helper_refuses_to_start(config_body: &str, why: &str) {
-    let dir = common::open_tempdir();
+    let dir = testkit::helper::open_tempdir();
     let config = dir.path().join("privhelper.toml");
     std::fs::write(&config, config_body).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gigmcp-privhelper"))
@@ -181,10 +179,11 @@ fn config_with(
     format!(
         "allowed_uid = 0\ninstance = \"{}\"\nlink_prefix = \"{}\"\npool = \"{}\"\nuid_base = {}\n\
          images_dir = \"{o}\"\nca_dir = \"{o}\"\ndata_root = \"{}\"\nsandbox_init = \"{}\"\n",
-        common::INSTANCE,
-        common::LINK_PREFIX,
-        common::POOL,
-        common::UID_BASE,
+        // Generated like a harness's: refusing must not depend on a fixed name being free.
+        testkit::names::unique("gt"),
+        "gt",
+        testkit::helper::POOL,
+        testkit::names::uid_base(),
         data_root.display(),
         init.display(),
         o = other_dirs.display(),
@@ -193,136 +192,136 @@ fn config_with(
 
 #[test]
 fn the_helper_refuses_configured_dirs_behind_symlinks() {
-    if !require_root("the_helper_refuses_configured_dirs_behind_symlinks") {
+    if !testkit::require_root("the_helper_refuses_configured_dirs_behind_symlinks") {
         return;
     }
-    let dir = common::open_tempdir();
+    let dir = testkit::helper::open_tempdir();
     let link = dir.path().join("data-link");
     std::os::unix::fs::symlink("/", &link).unwrap();
     helper_refuses_to_start(
-        &config_with(&link, dir.path(), &common::static_init()),
+        &config_with(&link, dir.path(), &testkit::bins::static_init()),
         "without following links",
     );
 }
 
 #[test]
 fn the_helper_refuses_a_dynamically_linked_init() {
-    if !require_root("the_helper_refuses_a_dynamically_linked_init") {
+    if !testkit::require_root("the_helper_refuses_a_dynamically_linked_init") {
         return;
     }
-    let dir = common::open_tempdir();
+    let dir = testkit::helper::open_tempdir();
     // The ordinary (dynamic) build of the init, from `cargo build --workspace --bins`: the init
     // is another package now, so cargo no longer hands this test its path.
-    let init = common::workspace_bin("gigmcp-sandbox-init");
+    let init = testkit::bins::workspace_bin("gigmcp-sandbox-init");
     helper_refuses_to_start(
         &config_with(dir.path(), dir.path(), &init),
         "dynamically linked",
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn oversized_or_malformed_specs_are_refused() {
-    if !require_root("oversized_or_malformed_specs_are_refused") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let rootfs = h.attack_rootfs("img");
-    let base = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
-    let mut cases: Vec<(&str, SandboxSpec)> = Vec::new();
-    let mut s = base.clone();
-    s.env = (0..300).map(|i| (format!("K{i}"), "v".into())).collect();
-    cases.push(("too many env entries", s));
-    let mut s = base.clone();
-    s.env = (0..100)
-        .map(|i| (format!("K{i}"), "x".repeat(4000)))
-        .collect();
-    cases.push(("huge env", s));
-    let mut s = base.clone();
-    s.env = vec![("BAD=NAME".into(), "v".into())];
-    cases.push(("env name with =", s));
-    let mut s = base.clone();
-    s.argv = vec!["x".repeat(10_000)];
-    cases.push(("huge argument", s));
-    let mut s = base.clone();
-    s.argv = vec![];
-    cases.push(("empty argv", s));
-    let mut s = base.clone();
-    s.server = "../etc".into();
-    cases.push(("bad server id", s));
-    let mut s = base.clone();
-    s.limits.memory_max_bytes = u64::MAX;
-    cases.push(("memory above ceiling", s));
-    let mut s = base.clone();
-    s.limits.pids_max = 1_000_000;
-    cases.push(("pids above ceiling", s));
-    let mut s = base.clone();
-    s.limits.cpu_percent = 0;
-    cases.push(("no cpu", s));
-    let mut s = base.clone();
-    s.proxy_port = 0;
-    cases.push(("port 0", s));
-    // Transparent mode's ports are the helper's to bind.
-    for port in [443, 53] {
+#[test]
+fn oversized_or_malformed_specs_are_refused() {
+    testkit::privileged("oversized_or_malformed_specs_are_refused", 2, || async {
+        let h = Harness::start(0).await;
+        let rootfs = h.attack_rootfs("img");
+        let base = h.spec(&rootfs, &["/bin/gigmcp-attack", "hello"]);
+        let mut cases: Vec<(&str, SandboxSpec)> = Vec::new();
         let mut s = base.clone();
-        s.transparent = true;
-        s.proxy_port = port;
-        cases.push(("transparent with a proxy port the helper binds", s));
-    }
-    for (what, spec) in cases {
-        let msg = refused(&h, &spec, "InvalidSpec").await;
-        assert!(!msg.is_empty(), "{what}");
-    }
+        s.env = (0..300).map(|i| (format!("K{i}"), "v".into())).collect();
+        cases.push(("too many env entries", s));
+        let mut s = base.clone();
+        s.env = (0..100)
+            .map(|i| (format!("K{i}"), "x".repeat(4000)))
+            .collect();
+        cases.push(("huge env", s));
+        let mut s = base.clone();
+        s.env = vec![("BAD=NAME".into(), "v".into())];
+        cases.push(("env name with =", s));
+        let mut s = base.clone();
+        s.argv = vec!["x".repeat(10_000)];
+        cases.push(("huge argument", s));
+        let mut s = base.clone();
+        s.argv = vec![];
+        cases.push(("empty argv", s));
+        let mut s = base.clone();
+        s.server = "../etc".into();
+        cases.push(("bad server id", s));
+        let mut s = base.clone();
+        s.limits.memory_max_bytes = u64::MAX;
+        cases.push(("memory above ceiling", s));
+        let mut s = base.clone();
+        s.limits.pids_max = 1_000_000;
+        cases.push(("pids above ceiling", s));
+        let mut s = base.clone();
+        s.limits.cpu_percent = 0;
+        cases.push(("no cpu", s));
+        let mut s = base.clone();
+        s.proxy_port = 0;
+        cases.push(("port 0", s));
+        // Transparent mode's ports are the helper's to bind.
+        for port in [443, 53] {
+            let mut s = base.clone();
+            s.transparent = true;
+            s.proxy_port = port;
+            cases.push(("transparent with a proxy port the helper binds", s));
+        }
+        for (what, spec) in cases {
+            let msg = refused(&h, &spec, "InvalidSpec").await;
+            assert!(!msg.is_empty(), "{what}");
+        }
+    });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_unauthorised_uid_is_refused_by_policy_and_by_the_helper() {
-    if !require_root("an_unauthorised_uid_is_refused_by_policy_and_by_the_helper") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let before = count_host();
-    let call = |user: &str| {
-        let gid = match user {
-            "root" => 0,
-            "daemon" => 1,
-            _ => 65534,
-        };
-        Command::new("setpriv")
-            .args([
-                &format!("--reuid={user}"),
-                &format!("--regid={gid}"),
-                "--clear-groups",
-                "dbus-send",
-                &format!("--bus={}", h.address),
-                "--print-reply",
-                "--dest=org.gigmcp.PrivHelper1",
-                "/org/gigmcp/PrivHelper1",
-                "org.gigmcp.PrivHelper1.ListSandboxes",
-            ])
-            .output()
-            .unwrap()
-    };
-    // `daemon` is not in the bus policy: the bus itself refuses.
-    let out = call("daemon");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(text.contains("AccessDenied"), "{text}");
-    // `nobody` gets past the (test) policy, and the helper's own uid check refuses it.
-    let out = call("nobody");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        text.contains("org.gigmcp.PrivHelper1.Error.PermissionDenied"),
-        "{text}"
+#[test]
+fn an_unauthorised_uid_is_refused_by_policy_and_by_the_helper() {
+    testkit::privileged(
+        "an_unauthorised_uid_is_refused_by_policy_and_by_the_helper",
+        2,
+        || async {
+            let h = Harness::start(0).await;
+            let before = h.count_host();
+            let call = |user: &str| {
+                let gid = match user {
+                    "root" => 0,
+                    "daemon" => 1,
+                    _ => 65534,
+                };
+                Command::new("setpriv")
+                    .args([
+                        &format!("--reuid={user}"),
+                        &format!("--regid={gid}"),
+                        "--clear-groups",
+                        "dbus-send",
+                        &format!("--bus={}", h.address),
+                        "--print-reply",
+                        "--dest=org.gigmcp.PrivHelper1",
+                        "/org/gigmcp/PrivHelper1",
+                        "org.gigmcp.PrivHelper1.ListSandboxes",
+                    ])
+                    .output()
+                    .unwrap()
+            };
+            // `daemon` is not in the bus policy: the bus itself refuses.
+            let out = call("daemon");
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(text.contains("AccessDenied"), "{text}");
+            // `nobody` gets past the (test) policy, and the helper's own uid check refuses it.
+            let out = call("nobody");
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(
+                text.contains("org.gigmcp.PrivHelper1.Error.PermissionDenied"),
+                "{text}"
+            );
+            // Root, the configured caller, is served.
+            let out = call("root");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(h.count_host(), before);
+        },
     );
-    // Root, the configured caller, is served.
-    let out = call("root");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(count_host(), before);
 }

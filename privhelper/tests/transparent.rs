@@ -2,8 +2,6 @@
 //! hands the sockets over; the sandbox reaches exactly those and its proxy port, nothing else,
 //! and the helper keeps no copy. Privileged: needs root.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,9 +9,9 @@ use std::os::unix::fs::MetadataExt;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Harness, PROXY_PORT, SERIAL, count_host, require_root};
 use futures_util::StreamExt;
 use privhelper_api::{PrivHelperProxy, SandboxInfo, SandboxSpec, TransparentSockets};
+use testkit::helper::{Harness, PROXY_PORT};
 
 /// What the attack program sends in its probes.
 const PROBE: &[u8] = b"gigmcp-attack-probe";
@@ -50,8 +48,8 @@ async fn run<T: Send + 'static>(
         "sockets iff transparent"
     );
     let served = serve(&info, sockets);
-    let out = common::read_all(stdout, Duration::from_secs(60));
-    let err = common::read_all(stderr, Duration::from_secs(5));
+    let out = testkit::helper::read_all(stdout, Duration::from_secs(60));
+    let err = testkit::helper::read_all(stderr, Duration::from_secs(5));
     drop(stdin);
     loop {
         let signal = tokio::time::timeout(Duration::from_secs(60), exits.next())
@@ -187,466 +185,481 @@ fn socket_facts(fd: &OwnedFd) -> (SocketAddr, bool, socket2::Type, Option<String
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_sockets_are_bound_to_the_link_and_held_by_the_caller_alone() {
-    if !require_root("the_sockets_are_bound_to_the_link_and_held_by_the_caller_alone") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let before = count_host();
-    let rootfs = h.attack_rootfs("attack");
-    let client = h.client().await;
+#[test]
+fn the_sockets_are_bound_to_the_link_and_held_by_the_caller_alone() {
+    testkit::privileged(
+        "the_sockets_are_bound_to_the_link_and_held_by_the_caller_alone",
+        2,
+        || async {
+            let h = Harness::start(0).await;
+            let before = h.count_host();
+            let rootfs = h.attack_rootfs("attack");
+            let client = h.client().await;
 
-    // Not transparent: no sockets, two firewall elements, and nothing of the helper's on the
-    // ports (the test can bind them itself).
-    let (plain, _i, _o, _e, _p, none) = client
-        .create_sandbox(&sleeper(&h, &rootfs, false))
-        .await
-        .unwrap();
-    assert!(none.is_empty());
-    assert_eq!(count_host().elements, before.elements + 2);
-    let host = plain.host_addr.as_str();
-    let _t443 = TcpListener::bind((host, 443)).expect("nothing listens on 443");
-    let _t53 = TcpListener::bind((host, 53)).expect("nothing listens on TCP 53");
-    let _u53 = UdpSocket::bind((host, 53)).expect("nothing bound to UDP 53");
+            // Not transparent: no sockets, two firewall elements, and nothing of the helper's on the
+            // ports (the test can bind them itself).
+            let (plain, _i, _o, _e, _p, none) = client
+                .create_sandbox(&sleeper(&h, &rootfs, false))
+                .await
+                .unwrap();
+            assert!(none.is_empty());
+            assert_eq!(h.count_host().elements, before.elements + 2);
+            let host = plain.host_addr.as_str();
+            let _t443 = TcpListener::bind((host, 443)).expect("nothing listens on 443");
+            let _t53 = TcpListener::bind((host, 53)).expect("nothing listens on TCP 53");
+            let _u53 = UdpSocket::bind((host, 53)).expect("nothing bound to UDP 53");
 
-    // Transparent: three sockets, bound to the host address *and* the link.
-    let (info, _i, _o, _e, _p, fds) = client
-        .create_sandbox(&sleeper(&h, &rootfs, true))
-        .await
-        .unwrap();
-    assert_eq!(count_host().elements, before.elements + 2 + 5);
-    let link = format!("{}{}", common::LINK_PREFIX, info.id);
-    let s = TransparentSockets::from_reply(fds)
-        .unwrap()
-        .expect("3 sockets");
-    let at = |port: u16| SocketAddr::new(info.host_addr.parse().unwrap(), port);
-    assert_eq!(
-        socket_facts(&s.tls),
-        (at(443), true, socket2::Type::STREAM, Some(link.clone()))
-    );
-    assert_eq!(
-        socket_facts(&s.dns_udp),
-        (at(53), false, socket2::Type::DGRAM, Some(link.clone()))
-    );
-    assert_eq!(
-        socket_facts(&s.dns_tcp),
-        (at(53), true, socket2::Type::STREAM, Some(link.clone()))
-    );
-    // Nobody else holds them: not the helper, not bwrap, not the sandbox.
-    let me = std::process::id();
-    for fd in [&s.tls, &s.dns_udp, &s.dns_tcp] {
-        assert_eq!(holders(fd), [me], "a socket is held by another process");
-    }
-    // The host's own connections do reach the listener (local delivery), but never with the
-    // sandbox's address as the peer: that is how the gateway tells them apart.
-    let tls = TcpListener::from(s.tls.try_clone().unwrap());
-    let _host_side = TcpStream::connect_timeout(&at(443), Duration::from_secs(2)).unwrap();
-    let (_, peer) = accept_within(&tls, Duration::from_secs(2)).expect("local connection");
-    assert_ne!(peer.ip().to_string(), info.sandbox_addr);
-    drop(tls);
-    // Once the caller closes them, the ports are free: the helper kept no copy.
-    drop(s);
-    let _t443 = TcpListener::bind(at(443)).expect("443 free after the caller closed it");
-    let _t53 = TcpListener::bind(at(53)).expect("TCP 53 free");
-    let _u53 = UdpSocket::bind(at(53)).expect("UDP 53 free");
+            // Transparent: three sockets, bound to the host address *and* the link.
+            let (info, _i, _o, _e, _p, fds) = client
+                .create_sandbox(&sleeper(&h, &rootfs, true))
+                .await
+                .unwrap();
+            assert_eq!(h.count_host().elements, before.elements + 2 + 5);
+            let link = format!("{}{}", h.link_prefix, info.id);
+            let s = TransparentSockets::from_reply(fds)
+                .unwrap()
+                .expect("3 sockets");
+            let at = |port: u16| SocketAddr::new(info.host_addr.parse().unwrap(), port);
+            assert_eq!(
+                socket_facts(&s.tls),
+                (at(443), true, socket2::Type::STREAM, Some(link.clone()))
+            );
+            assert_eq!(
+                socket_facts(&s.dns_udp),
+                (at(53), false, socket2::Type::DGRAM, Some(link.clone()))
+            );
+            assert_eq!(
+                socket_facts(&s.dns_tcp),
+                (at(53), true, socket2::Type::STREAM, Some(link.clone()))
+            );
+            // Nobody else holds them: not the helper, not bwrap, not the sandbox.
+            let me = std::process::id();
+            for fd in [&s.tls, &s.dns_udp, &s.dns_tcp] {
+                assert_eq!(holders(fd), [me], "a socket is held by another process");
+            }
+            // The host's own connections do reach the listener (local delivery), but never with the
+            // sandbox's address as the peer: that is how the gateway tells them apart.
+            let tls = TcpListener::from(s.tls.try_clone().unwrap());
+            let _host_side = TcpStream::connect_timeout(&at(443), Duration::from_secs(2)).unwrap();
+            let (_, peer) = accept_within(&tls, Duration::from_secs(2)).expect("local connection");
+            assert_ne!(peer.ip().to_string(), info.sandbox_addr);
+            drop(tls);
+            // Once the caller closes them, the ports are free: the helper kept no copy.
+            drop(s);
+            let _t443 = TcpListener::bind(at(443)).expect("443 free after the caller closed it");
+            let _t53 = TcpListener::bind(at(53)).expect("TCP 53 free");
+            let _u53 = UdpSocket::bind(at(53)).expect("UDP 53 free");
 
-    client.destroy_sandbox(&info.id).await.unwrap();
-    client.destroy_sandbox(&plain.id).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
-    if !require_root("from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let rootfs = h.attack_rootfs("attack");
-    let client = h.client().await;
-    let t = Duration::from_secs(10);
-
-    // A transparent neighbour in slot 0 (10.232.0.1 / .2); every attack runs in slot 1
-    // (10.232.0.5 / .6).
-    let (neighbour, _i, _o, _e, _p, fds) = client
-        .create_sandbox(&sleeper(&h, &rootfs, true))
-        .await
-        .unwrap();
-    assert_eq!(neighbour.host_addr, "10.232.0.1");
-    let theirs = TransparentSockets::from_reply(fds).unwrap().unwrap();
-    let their_tls = TcpListener::from(theirs.tls);
-    let their_udp = UdpSocket::from(theirs.dns_udp);
-    let their_tcp53 = TcpListener::from(theirs.dns_tcp);
-    let (own_host, own_sandbox) = ("10.232.0.5", "10.232.0.6");
-    let from_sandbox = |peer: Option<SocketAddr>| {
-        let peer = peer.expect("nothing arrived");
-        assert_eq!(
-            peer.ip().to_string(),
-            own_sandbox,
-            "peer is not the sandbox"
-        );
-    };
-
-    // TLS: connection and data both ways, on the handed-over socket, from the sandbox.
-    let (info, got, peer) = run(
-        &client,
-        transparent(&h, &rootfs, &["tcp-roundtrip", own_host, "443"]),
-        |_, s| serve_tcp(s.unwrap().tls, b"tls-ok", t),
-    )
-    .await;
-    assert_eq!(info.host_addr, own_host);
-    assert_eq!(got, "RESULT reply tls-ok");
-    from_sandbox(peer);
-
-    // DNS over UDP, and over TCP.
-    let (_, got, peer) = run(
-        &client,
-        transparent(&h, &rootfs, &["udp-roundtrip", own_host, "53"]),
-        |_, s| serve_udp(s.unwrap().dns_udp, b"dns-ok", t),
-    )
-    .await;
-    assert_eq!(got, "RESULT reply dns-ok");
-    from_sandbox(peer);
-    let (_, got, peer) = run(
-        &client,
-        transparent(&h, &rootfs, &["tcp-roundtrip", own_host, "53"]),
-        |_, s| serve_tcp(s.unwrap().dns_tcp, b"dns-tcp-ok", t),
-    )
-    .await;
-    assert_eq!(got, "RESULT reply dns-tcp-ok");
-    from_sandbox(peer);
-
-    // The proxy port still works.
-    let (_, got, ()) = run(
-        &client,
-        transparent(&h, &rootfs, &["connect", own_host, "3128"]),
-        |info, _| {
-            let proxy = TcpListener::bind((info.host_addr.as_str(), PROXY_PORT)).unwrap();
-            std::thread::spawn(move || drop(accept_within(&proxy, Duration::from_secs(10))))
+            client.destroy_sandbox(&info.id).await.unwrap();
+            client.destroy_sandbox(&plain.id).await.unwrap();
         },
-    )
-    .await;
-    assert_eq!(got, "SUCCEEDED connected to 10.232.0.5:3128");
-
-    // The resolver is the link's host address.
-    let (_, got, ()) = run(
-        &client,
-        transparent(&h, &rootfs, &["read-file", "/etc/resolv.conf"]),
-        |_, _| done(),
-    )
-    .await;
-    assert!(
-        got.starts_with("SUCCEEDED read 32 bytes: nameserver 10.232.0.5\\noptions"),
-        "{got}"
     );
+}
 
-    // Other ports on the own host address: landlock refuses TCP (nftables would drop it).
-    for port in ["80", "8443", "3129", "22"] {
-        let (_, got, ()) = run(
-            &client,
-            transparent(&h, &rootfs, &["connect", own_host, port, "1500"]),
-            |_, _| done(),
-        )
-        .await;
-        assert_eq!(got, "BLOCKED EACCES", "TCP {port}");
-    }
-    // UDP to other ports: nftables drops it (landlock does not cover UDP).
-    for port in [443u16, 3128, 54, 5353] {
-        let (_, got, udp) = run(
-            &client,
-            transparent(&h, &rootfs, &["udp-send", own_host, &port.to_string()]),
-            move |info, _| {
-                let udp = UdpSocket::bind((info.host_addr.as_str(), port)).unwrap();
-                std::thread::spawn(move || udp)
-            },
-        )
-        .await;
-        assert!(got.starts_with("RESULT sent"), "{got}");
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            nothing_arrived_udp(&udp),
-            "a UDP datagram to port {port} arrived"
-        );
-    }
+#[test]
+fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
+    testkit::privileged(
+        "from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable",
+        2,
+        || async {
+            let h = Harness::start(0).await;
+            let rootfs = h.attack_rootfs("attack");
+            let client = h.client().await;
+            let t = Duration::from_secs(10);
 
-    // The neighbour's TLS and DNS: landlock allows the ports, but a sandbox has no route to
-    // any other link.
-    for (proto, port) in [("tcp", "443"), ("tcp", "53"), ("udp", "53")] {
-        let args = match proto {
-            "tcp" => ["connect", "10.232.0.1", port, "1500"],
-            _ => ["udp-roundtrip", "10.232.0.1", port, "1500"],
-        };
-        let (_, got, ()) = run(&client, transparent(&h, &rootfs, &args), |_, _| done()).await;
-        assert_eq!(got, "BLOCKED ENETUNREACH", "neighbour {proto} {port}");
-    }
-    assert!(
-        nothing_arrived_tcp(&their_tls),
-        "reached the neighbour's TLS socket"
-    );
-    assert!(
-        nothing_arrived_tcp(&their_tcp53),
-        "reached the neighbour's TCP 53"
-    );
-    assert!(
-        nothing_arrived_udp(&their_udp),
-        "reached the neighbour's UDP 53"
-    );
+            // A transparent neighbour in slot 0 (10.232.0.1 / .2); every attack runs in slot 1
+            // (10.232.0.5 / .6).
+            let (neighbour, _i, _o, _e, _p, fds) = client
+                .create_sandbox(&sleeper(&h, &rootfs, true))
+                .await
+                .unwrap();
+            assert_eq!(neighbour.host_addr, "10.232.0.1");
+            let theirs = TransparentSockets::from_reply(fds).unwrap().unwrap();
+            let their_tls = TcpListener::from(theirs.tls);
+            let their_udp = UdpSocket::from(theirs.dns_udp);
+            let their_tcp53 = TcpListener::from(theirs.dns_tcp);
+            let (own_host, own_sandbox) = ("10.232.0.5", "10.232.0.6");
+            let from_sandbox = |peer: Option<SocketAddr>| {
+                let peer = peer.expect("nothing arrived");
+                assert_eq!(
+                    peer.ip().to_string(),
+                    own_sandbox,
+                    "peer is not the sandbox"
+                );
+            };
 
-    // A sandbox that is not transparent: 443 refused by landlock, 53 too, UDP 53 dropped.
-    for port in ["443", "53"] {
-        let (_, got, ()) = run(
-            &client,
-            h.spec(
-                &rootfs,
-                &["/bin/gigmcp-attack", "connect", own_host, port, "1500"],
-            ),
-            |_, _| done(),
-        )
-        .await;
-        assert_eq!(got, "BLOCKED EACCES", "not transparent: TCP {port}");
-    }
-    let (_, got, udp) = run(
-        &client,
-        h.spec(&rootfs, &["/bin/gigmcp-attack", "udp-send", own_host, "53"]),
-        |info, _| {
-            let udp = UdpSocket::bind((info.host_addr.as_str(), 53)).unwrap();
-            std::thread::spawn(move || udp)
+            // TLS: connection and data both ways, on the handed-over socket, from the sandbox.
+            let (info, got, peer) = run(
+                &client,
+                transparent(&h, &rootfs, &["tcp-roundtrip", own_host, "443"]),
+                |_, s| serve_tcp(s.unwrap().tls, b"tls-ok", t),
+            )
+            .await;
+            assert_eq!(info.host_addr, own_host);
+            assert_eq!(got, "RESULT reply tls-ok");
+            from_sandbox(peer);
+
+            // DNS over UDP, and over TCP.
+            let (_, got, peer) = run(
+                &client,
+                transparent(&h, &rootfs, &["udp-roundtrip", own_host, "53"]),
+                |_, s| serve_udp(s.unwrap().dns_udp, b"dns-ok", t),
+            )
+            .await;
+            assert_eq!(got, "RESULT reply dns-ok");
+            from_sandbox(peer);
+            let (_, got, peer) = run(
+                &client,
+                transparent(&h, &rootfs, &["tcp-roundtrip", own_host, "53"]),
+                |_, s| serve_tcp(s.unwrap().dns_tcp, b"dns-tcp-ok", t),
+            )
+            .await;
+            assert_eq!(got, "RESULT reply dns-tcp-ok");
+            from_sandbox(peer);
+
+            // The proxy port still works.
+            let proxy = testkit::helper::listen_before_link(SocketAddr::new(
+                own_host.parse().unwrap(),
+                PROXY_PORT,
+            ));
+            let (_, got, ()) = run(
+                &client,
+                transparent(&h, &rootfs, &["connect", own_host, "3128"]),
+                // Bound before the sandbox starts: the probe connects once, at once.
+                move |_, _| {
+                    std::thread::spawn(move || drop(accept_within(&proxy, Duration::from_secs(10))))
+                },
+            )
+            .await;
+            assert_eq!(got, "SUCCEEDED connected to 10.232.0.5:3128");
+
+            // The resolver is the link's host address.
+            let (_, got, ()) = run(
+                &client,
+                transparent(&h, &rootfs, &["read-file", "/etc/resolv.conf"]),
+                |_, _| done(),
+            )
+            .await;
+            assert!(
+                got.starts_with("SUCCEEDED read 32 bytes: nameserver 10.232.0.5\\noptions"),
+                "{got}"
+            );
+
+            // Other ports on the own host address: landlock refuses TCP (nftables would drop it).
+            for port in ["80", "8443", "3129", "22"] {
+                let (_, got, ()) = run(
+                    &client,
+                    transparent(&h, &rootfs, &["connect", own_host, port, "1500"]),
+                    |_, _| done(),
+                )
+                .await;
+                assert_eq!(got, "BLOCKED EACCES", "TCP {port}");
+            }
+            // UDP to other ports: nftables drops it (landlock does not cover UDP).
+            for port in [443u16, 3128, 54, 5353] {
+                let udp = testkit::helper::udp_before_link(SocketAddr::new(
+                    own_host.parse().unwrap(),
+                    port,
+                ));
+                let (_, got, udp) = run(
+                    &client,
+                    transparent(&h, &rootfs, &["udp-send", own_host, &port.to_string()]),
+                    // Bound before the sandbox starts, so a datagram that got through is seen.
+                    move |_, _| std::thread::spawn(move || udp),
+                )
+                .await;
+                assert!(got.starts_with("RESULT sent"), "{got}");
+                std::thread::sleep(Duration::from_millis(300));
+                assert!(
+                    nothing_arrived_udp(&udp),
+                    "a UDP datagram to port {port} arrived"
+                );
+            }
+
+            // The neighbour's TLS and DNS: landlock allows the ports, but a sandbox has no route to
+            // any other link.
+            for (proto, port) in [("tcp", "443"), ("tcp", "53"), ("udp", "53")] {
+                let args = match proto {
+                    "tcp" => ["connect", "10.232.0.1", port, "1500"],
+                    _ => ["udp-roundtrip", "10.232.0.1", port, "1500"],
+                };
+                let (_, got, ()) =
+                    run(&client, transparent(&h, &rootfs, &args), |_, _| done()).await;
+                assert_eq!(got, "BLOCKED ENETUNREACH", "neighbour {proto} {port}");
+            }
+            assert!(
+                nothing_arrived_tcp(&their_tls),
+                "reached the neighbour's TLS socket"
+            );
+            assert!(
+                nothing_arrived_tcp(&their_tcp53),
+                "reached the neighbour's TCP 53"
+            );
+            assert!(
+                nothing_arrived_udp(&their_udp),
+                "reached the neighbour's UDP 53"
+            );
+
+            // A sandbox that is not transparent: 443 refused by landlock, 53 too, UDP 53 dropped.
+            for port in ["443", "53"] {
+                let (_, got, ()) = run(
+                    &client,
+                    h.spec(
+                        &rootfs,
+                        &["/bin/gigmcp-attack", "connect", own_host, port, "1500"],
+                    ),
+                    |_, _| done(),
+                )
+                .await;
+                assert_eq!(got, "BLOCKED EACCES", "not transparent: TCP {port}");
+            }
+            let udp =
+                testkit::helper::udp_before_link(SocketAddr::new(own_host.parse().unwrap(), 53));
+            let (_, got, udp) = run(
+                &client,
+                h.spec(&rootfs, &["/bin/gigmcp-attack", "udp-send", own_host, "53"]),
+                move |_, _| std::thread::spawn(move || udp),
+            )
+            .await;
+            assert!(got.starts_with("RESULT sent"), "{got}");
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(nothing_arrived_udp(&udp), "not transparent: UDP 53 arrived");
+
+            client.destroy_sandbox(&neighbour.id).await.unwrap();
         },
-    )
-    .await;
-    assert!(got.starts_with("RESULT sent"), "{got}");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(nothing_arrived_udp(&udp), "not transparent: UDP 53 arrived");
-
-    client.destroy_sandbox(&neighbour.id).await.unwrap();
+    );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
-    // Root in the sandbox's netns, without landlock or seccomp: only the firewall decides.
-    if !require_root("nftables_alone_allows_exactly_proxy_tls_and_dns") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let rootfs = h.attack_rootfs("attack");
-    let client = h.client().await;
+#[test]
+fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
+    testkit::privileged(
+        "nftables_alone_allows_exactly_proxy_tls_and_dns",
+        2,
+        || async {
+            // Root in the sandbox's netns, without landlock or seccomp: only the firewall decides.
+            let h = Harness::start(0).await;
+            let rootfs = h.attack_rootfs("attack");
+            let client = h.client().await;
 
-    let (tr, _i, _o, _e, _p, fds) = client
-        .create_sandbox(&sleeper(&h, &rootfs, true))
-        .await
-        .unwrap();
-    let (plain, _i2, _o2, _e2, _p2, none) = client
-        .create_sandbox(&sleeper(&h, &rootfs, false))
-        .await
-        .unwrap();
-    assert!(none.is_empty());
-    let s = TransparentSockets::from_reply(fds).unwrap().unwrap();
-    let tls = TcpListener::from(s.tls);
-    let tcp53 = TcpListener::from(s.dns_tcp);
-    let udp53 = UdpSocket::from(s.dns_udp);
-    let host = tr.host_addr.as_str();
-    let _proxy = TcpListener::bind((host, PROXY_PORT)).unwrap();
-    // Listeners on other ports of the same address, TCP and UDP.
-    let _tcp_others: Vec<TcpListener> = [80u16, 8443, 3129]
-        .iter()
-        .map(|p| TcpListener::bind((host, *p)).unwrap())
-        .collect();
-    let udp_others: Vec<UdpSocket> = [443u16, 3128, 54]
-        .iter()
-        .map(|p| UdpSocket::bind((host, *p)).unwrap())
-        .collect();
+            let (tr, _i, _o, _e, _p, fds) = client
+                .create_sandbox(&sleeper(&h, &rootfs, true))
+                .await
+                .unwrap();
+            let (plain, _i2, _o2, _e2, _p2, none) = client
+                .create_sandbox(&sleeper(&h, &rootfs, false))
+                .await
+                .unwrap();
+            assert!(none.is_empty());
+            let s = TransparentSockets::from_reply(fds).unwrap().unwrap();
+            let tls = TcpListener::from(s.tls);
+            let tcp53 = TcpListener::from(s.dns_tcp);
+            let udp53 = UdpSocket::from(s.dns_udp);
+            let host = tr.host_addr.as_str();
+            let _proxy = TcpListener::bind((host, PROXY_PORT)).unwrap();
+            // Listeners on other ports of the same address, TCP and UDP.
+            let _tcp_others: Vec<TcpListener> = [80u16, 8443, 3129]
+                .iter()
+                .map(|p| TcpListener::bind((host, *p)).unwrap())
+                .collect();
+            let udp_others: Vec<UdpSocket> = [443u16, 3128, 54]
+                .iter()
+                .map(|p| UdpSocket::bind((host, *p)).unwrap())
+                .collect();
 
-    // Exactly four ways in.
-    assert_eq!(
-        common::in_netns(&tr, &["connect", host, "3128"]),
-        format!("SUCCEEDED connected to {host}:3128")
-    );
-    assert_eq!(
-        common::in_netns(&tr, &["connect", host, "443"]),
-        format!("SUCCEEDED connected to {host}:443")
-    );
-    assert!(accept_within(&tls, Duration::from_secs(2)).is_some());
-    assert_eq!(
-        common::in_netns(&tr, &["connect", host, "53"]),
-        format!("SUCCEEDED connected to {host}:53")
-    );
-    assert!(accept_within(&tcp53, Duration::from_secs(2)).is_some());
-    let echo = serve_udp(
-        udp53.try_clone().unwrap().into(),
-        b"answer",
-        Duration::from_secs(5),
-    );
-    assert_eq!(
-        common::in_netns(&tr, &["udp-roundtrip", host, "53"]),
-        "RESULT reply answer"
-    );
-    assert_eq!(
-        echo.join().unwrap().map(|p| p.ip().to_string()),
-        Some(tr.sandbox_addr.clone())
-    );
+            // Exactly four ways in.
+            assert_eq!(
+                h.in_netns(&tr, &["connect", host, "3128"]),
+                format!("SUCCEEDED connected to {host}:3128")
+            );
+            assert_eq!(
+                h.in_netns(&tr, &["connect", host, "443"]),
+                format!("SUCCEEDED connected to {host}:443")
+            );
+            assert!(accept_within(&tls, Duration::from_secs(2)).is_some());
+            assert_eq!(
+                h.in_netns(&tr, &["connect", host, "53"]),
+                format!("SUCCEEDED connected to {host}:53")
+            );
+            assert!(accept_within(&tcp53, Duration::from_secs(2)).is_some());
+            let echo = serve_udp(
+                udp53.try_clone().unwrap().into(),
+                b"answer",
+                Duration::from_secs(5),
+            );
+            assert_eq!(
+                h.in_netns(&tr, &["udp-roundtrip", host, "53"]),
+                "RESULT reply answer"
+            );
+            assert_eq!(
+                echo.join().unwrap().map(|p| p.ip().to_string()),
+                Some(tr.sandbox_addr.clone())
+            );
 
-    // Everything else on the own address: dropped (ETIMEDOUT, not a refusal).
-    for port in ["80", "8443", "3129", "22"] {
-        assert_eq!(
-            common::in_netns(&tr, &["connect", host, port, "1000"]),
-            "BLOCKED ETIMEDOUT",
-            "TCP {port}"
-        );
-    }
-    for port in ["443", "3128", "54"] {
-        let got = common::in_netns(&tr, &["udp-send", host, port]);
-        assert!(got.starts_with("RESULT sent"), "{got}");
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    for u in &udp_others {
-        assert!(
-            nothing_arrived_udp(u),
-            "UDP to {:?} arrived",
-            u.local_addr()
-        );
-    }
-    // The other sandbox's address (not transparent): its 443 and 53 are dropped too, and a
-    // spoofed source cannot use the transparent sandbox's ports.
-    for (args, what, expected) in [
-        (
-            vec!["connect", plain.host_addr.as_str(), "443", "1000"],
-            "their 443",
-            "BLOCKED ENETUNREACH",
-        ),
-        (
-            vec!["connect", plain.host_addr.as_str(), "53", "1000"],
-            "their TCP 53",
-            "BLOCKED ENETUNREACH",
-        ),
-        (
-            vec![
-                "spoof-source",
-                plain.sandbox_addr.as_str(),
-                host,
-                "443",
-                "1000",
-            ],
-            "spoofed source to 443",
-            "BLOCKED ETIMEDOUT",
-        ),
-    ] {
-        // Other links have no route from inside; the own link's firewall drops the spoof.
-        assert_eq!(common::in_netns(&tr, &args), expected, "{what}");
-    }
-    assert!(nothing_arrived_tcp(&tls));
-    assert_eq!(
-        common::in_netns(
-            &tr,
-            &["udp-roundtrip", plain.host_addr.as_str(), "53", "1000"]
-        ),
-        "BLOCKED ENETUNREACH"
-    );
+            // Everything else on the own address: dropped (ETIMEDOUT, not a refusal).
+            for port in ["80", "8443", "3129", "22"] {
+                assert_eq!(
+                    h.in_netns(&tr, &["connect", host, port, "1000"]),
+                    "BLOCKED ETIMEDOUT",
+                    "TCP {port}"
+                );
+            }
+            for port in ["443", "3128", "54"] {
+                let got = h.in_netns(&tr, &["udp-send", host, port]);
+                assert!(got.starts_with("RESULT sent"), "{got}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            for u in &udp_others {
+                assert!(
+                    nothing_arrived_udp(u),
+                    "UDP to {:?} arrived",
+                    u.local_addr()
+                );
+            }
+            // The other sandbox's address (not transparent): its 443 and 53 are dropped too, and a
+            // spoofed source cannot use the transparent sandbox's ports.
+            for (args, what, expected) in [
+                (
+                    vec!["connect", plain.host_addr.as_str(), "443", "1000"],
+                    "their 443",
+                    "BLOCKED ENETUNREACH",
+                ),
+                (
+                    vec!["connect", plain.host_addr.as_str(), "53", "1000"],
+                    "their TCP 53",
+                    "BLOCKED ENETUNREACH",
+                ),
+                (
+                    vec![
+                        "spoof-source",
+                        plain.sandbox_addr.as_str(),
+                        host,
+                        "443",
+                        "1000",
+                    ],
+                    "spoofed source to 443",
+                    "BLOCKED ETIMEDOUT",
+                ),
+            ] {
+                // Other links have no route from inside; the own link's firewall drops the spoof.
+                assert_eq!(h.in_netns(&tr, &args), expected, "{what}");
+            }
+            assert!(nothing_arrived_tcp(&tls));
+            assert_eq!(
+                h.in_netns(
+                    &tr,
+                    &["udp-roundtrip", plain.host_addr.as_str(), "53", "1000"]
+                ),
+                "BLOCKED ENETUNREACH"
+            );
 
-    // The sandbox that is not transparent: proxy port only; 443 and 53 dropped even with
-    // listeners there.
-    let phost = plain.host_addr.as_str();
-    let _pproxy = TcpListener::bind((phost, PROXY_PORT)).unwrap();
-    let _p443 = TcpListener::bind((phost, 443)).unwrap();
-    let _p53 = TcpListener::bind((phost, 53)).unwrap();
-    let pudp53 = UdpSocket::bind((phost, 53)).unwrap();
-    assert_eq!(
-        common::in_netns(&plain, &["connect", phost, "3128"]),
-        format!("SUCCEEDED connected to {phost}:3128")
-    );
-    for port in ["443", "53"] {
-        assert_eq!(
-            common::in_netns(&plain, &["connect", phost, port, "1000"]),
-            "BLOCKED ETIMEDOUT",
-            "not transparent: TCP {port}"
-        );
-    }
-    assert!(common::in_netns(&plain, &["udp-send", phost, "53"]).starts_with("RESULT sent"));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        nothing_arrived_udp(&pudp53),
-        "not transparent: UDP 53 arrived"
-    );
-    // Nor can it reach the transparent sandbox's sockets: no route to another link.
-    assert_eq!(
-        common::in_netns(&plain, &["connect", host, "443", "1000"]),
-        "BLOCKED ENETUNREACH"
-    );
-    assert!(nothing_arrived_tcp(&tls));
-    assert!(nothing_arrived_udp(&udp53));
+            // The sandbox that is not transparent: proxy port only; 443 and 53 dropped even with
+            // listeners there.
+            let phost = plain.host_addr.as_str();
+            let _pproxy = TcpListener::bind((phost, PROXY_PORT)).unwrap();
+            let _p443 = TcpListener::bind((phost, 443)).unwrap();
+            let _p53 = TcpListener::bind((phost, 53)).unwrap();
+            let pudp53 = UdpSocket::bind((phost, 53)).unwrap();
+            assert_eq!(
+                h.in_netns(&plain, &["connect", phost, "3128"]),
+                format!("SUCCEEDED connected to {phost}:3128")
+            );
+            for port in ["443", "53"] {
+                assert_eq!(
+                    h.in_netns(&plain, &["connect", phost, port, "1000"]),
+                    "BLOCKED ETIMEDOUT",
+                    "not transparent: TCP {port}"
+                );
+            }
+            assert!(
+                h.in_netns(&plain, &["udp-send", phost, "53"])
+                    .starts_with("RESULT sent")
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                nothing_arrived_udp(&pudp53),
+                "not transparent: UDP 53 arrived"
+            );
+            // Nor can it reach the transparent sandbox's sockets: no route to another link.
+            assert_eq!(
+                h.in_netns(&plain, &["connect", host, "443", "1000"]),
+                "BLOCKED ENETUNREACH"
+            );
+            assert!(nothing_arrived_tcp(&tls));
+            assert!(nothing_arrived_udp(&udp53));
 
-    client.destroy_sandbox(&tr.id).await.unwrap();
-    client.destroy_sandbox(&plain.id).await.unwrap();
+            client.destroy_sandbox(&tr.id).await.unwrap();
+            client.destroy_sandbox(&plain.id).await.unwrap();
+        },
+    );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_reused_slot_gets_fresh_sockets_while_the_old_ones_are_still_held() {
-    if !require_root("a_reused_slot_gets_fresh_sockets_while_the_old_ones_are_still_held") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let rootfs = h.attack_rootfs("attack");
-    let client = h.client().await;
-    let mut exits = client.receive_sandbox_exited().await.unwrap();
+#[test]
+fn a_reused_slot_gets_fresh_sockets_while_the_old_ones_are_still_held() {
+    testkit::privileged(
+        "a_reused_slot_gets_fresh_sockets_while_the_old_ones_are_still_held",
+        2,
+        || async {
+            let h = Harness::start(0).await;
+            let rootfs = h.attack_rootfs("attack");
+            let client = h.client().await;
+            let mut exits = client.receive_sandbox_exited().await.unwrap();
 
-    // The gateway is slow to close a destroyed sandbox's sockets.
-    let (old, _i, _o, _e, _p, fds) = client
-        .create_sandbox(&sleeper(&h, &rootfs, true))
-        .await
-        .unwrap();
-    let stale = TransparentSockets::from_reply(fds).unwrap().unwrap();
-    client.destroy_sandbox(&old.id).await.unwrap();
-    loop {
-        let signal = tokio::time::timeout(Duration::from_secs(30), exits.next())
-            .await
-            .unwrap()
-            .unwrap();
-        if signal.args().unwrap().id == old.id {
-            break;
+            // The gateway is slow to close a destroyed sandbox's sockets.
+            let (old, _i, _o, _e, _p, fds) = client
+                .create_sandbox(&sleeper(&h, &rootfs, true))
+                .await
+                .unwrap();
+            let stale = TransparentSockets::from_reply(fds).unwrap().unwrap();
+            client.destroy_sandbox(&old.id).await.unwrap();
+            loop {
+                let signal = tokio::time::timeout(Duration::from_secs(30), exits.next())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if signal.args().unwrap().id == old.id {
+                    break;
+                }
+            }
+            // Same slot, same address: the new sockets bind (another link) and get the traffic.
+            let (new, got, peer) = run(
+                &client,
+                transparent(&h, &rootfs, &["tcp-roundtrip", &old.host_addr, "443"]),
+                |_, s| serve_tcp(s.unwrap().tls, b"fresh", Duration::from_secs(10)),
+            )
+            .await;
+            assert_eq!(new.host_addr, old.host_addr);
+            assert_eq!(got, "RESULT reply fresh");
+            assert_eq!(peer.unwrap().ip().to_string(), new.sandbox_addr);
+            assert!(nothing_arrived_tcp(&TcpListener::from(stale.tls)));
+        },
+    );
+}
+
+#[test]
+fn fifty_cycles_leak_no_fd_in_the_helper() {
+    testkit::privileged("fifty_cycles_leak_no_fd_in_the_helper", 2, || async {
+        let h = Harness::start(0).await;
+        let before = h.count_host();
+        let rootfs = h.attack_rootfs("attack");
+        let client = h.client().await;
+        let mut exits = client.receive_sandbox_exited().await.unwrap();
+        // Warm up (the bus connection and runtime allocate what they keep on first use).
+        let warm = vec![
+            cycle(&client, &h, &rootfs).await,
+            cycle(&client, &h, &rootfs).await,
+        ];
+        settle(&mut exits, warm).await;
+        let pid = h.helper_pid();
+        let start = fd_count(pid);
+        let mut ids = Vec::new();
+        for _ in 0..50 {
+            ids.push(cycle(&client, &h, &rootfs).await);
         }
-    }
-    // Same slot, same address: the new sockets bind (another link) and get the traffic.
-    let (new, got, peer) = run(
-        &client,
-        transparent(&h, &rootfs, &["tcp-roundtrip", &old.host_addr, "443"]),
-        |_, s| serve_tcp(s.unwrap().tls, b"fresh", Duration::from_secs(10)),
-    )
-    .await;
-    assert_eq!(new.host_addr, old.host_addr);
-    assert_eq!(got, "RESULT reply fresh");
-    assert_eq!(peer.unwrap().ip().to_string(), new.sandbox_addr);
-    assert!(nothing_arrived_tcp(&TcpListener::from(stale.tls)));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn fifty_cycles_leak_no_fd_in_the_helper() {
-    if !require_root("fifty_cycles_leak_no_fd_in_the_helper") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let before = count_host();
-    let rootfs = h.attack_rootfs("attack");
-    let client = h.client().await;
-    let mut exits = client.receive_sandbox_exited().await.unwrap();
-    // Warm up (the bus connection and runtime allocate what they keep on first use).
-    let warm = vec![
-        cycle(&client, &h, &rootfs).await,
-        cycle(&client, &h, &rootfs).await,
-    ];
-    settle(&mut exits, warm).await;
-    let pid = h.helper_pid();
-    let start = fd_count(pid);
-    let mut ids = Vec::new();
-    for _ in 0..50 {
-        ids.push(cycle(&client, &h, &rootfs).await);
-    }
-    settle(&mut exits, ids).await;
-    let end = fd_count(pid);
-    assert_eq!(end, start, "the helper's fd count changed over 50 cycles");
-    assert_eq!(count_host(), before, "resources left");
+        settle(&mut exits, ids).await;
+        let end = fd_count(pid);
+        assert_eq!(end, start, "the helper's fd count changed over 50 cycles");
+        assert_eq!(h.count_host(), before, "resources left");
+    });
 }
 
 /// Creates a transparent sandbox and destroys it; every received fd is dropped on the way.
@@ -672,19 +685,17 @@ async fn settle(exits: &mut privhelper_api::SandboxExitedStream, ids: Vec<String
     }
 }
 
-/// A network namespace linked to the host by a veth outside the sandbox prefix (so this
-/// helper's firewall does not filter it): stands for the host's LAN side. Removed on drop; a
-/// leftover namespace is swept by the next helper start (its name has the instance prefix),
-/// and the link goes with it.
+/// A network namespace linked to the test's namespace by a veth outside the sandbox prefix (so
+/// this helper's firewall does not filter it): stands for the host's LAN side. Its name is
+/// generated (`/run/netns` is host-wide); deleting it on drop deletes the veth pair too.
 struct Outside {
-    netns: String,
+    netns: testkit::netns::NamedNetns,
 }
 
 impl Outside {
     const LINK: &str = "gxout0";
 
     fn new() -> Self {
-        let netns = format!("{}-outside", common::INSTANCE);
         let ip = |args: &[&str]| {
             let out = std::process::Command::new("ip")
                 .args(args)
@@ -696,12 +707,10 @@ impl Outside {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &netns])
-            .output();
-        ip(&["netns", "add", &netns]);
-        let outside = Self { netns };
-        let ns = outside.netns.as_str();
+        let outside = Self {
+            netns: testkit::netns::NamedNetns::add(testkit::names::unique("gx")),
+        };
+        let ns = outside.netns.name.as_str();
         ip(&[
             "link",
             "add",
@@ -724,8 +733,8 @@ impl Outside {
 
     fn attack(&self, args: &[&str]) -> String {
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(common::workspace_bin("gigmcp-attack"))
+            .args(["netns", "exec", &self.netns.name])
+            .arg(testkit::bins::workspace_bin("gigmcp-attack"))
             .args(args)
             .output()
             .unwrap();
@@ -736,65 +745,56 @@ impl Outside {
     }
 }
 
-impl Drop for Outside {
-    fn drop(&mut self) {
-        for args in [
-            vec!["link", "del", Self::LINK],
-            vec!["netns", "del", &self.netns],
-        ] {
-            let _ = std::process::Command::new("ip").args(&args).output();
-        }
-    }
-}
+#[test]
+fn traffic_arriving_on_another_interface_never_reaches_the_sockets() {
+    testkit::privileged(
+        "traffic_arriving_on_another_interface_never_reaches_the_sockets",
+        2,
+        || async {
+            // The firewall only filters sandbox links; a LAN host can send to N.1 through the host's
+            // other interfaces. The sockets are bound to the sandbox's link, so that traffic misses them.
+            let h = Harness::start(0).await;
+            let rootfs = h.attack_rootfs("attack");
+            let client = h.client().await;
+            let (info, _i, _o, _e, _p, fds) = client
+                .create_sandbox(&sleeper(&h, &rootfs, true))
+                .await
+                .unwrap();
+            let s = TransparentSockets::from_reply(fds).unwrap().unwrap();
+            let (tls, udp53, tcp53) = (
+                TcpListener::from(s.tls),
+                UdpSocket::from(s.dns_udp),
+                TcpListener::from(s.dns_tcp),
+            );
+            let host = info.host_addr.as_str();
+            let outside = Outside::new();
 
-#[tokio::test(flavor = "multi_thread")]
-async fn traffic_arriving_on_another_interface_never_reaches_the_sockets() {
-    // The firewall only filters sandbox links; a LAN host can send to N.1 through the host's
-    // other interfaces. The sockets are bound to the sandbox's link, so that traffic misses them.
-    if !require_root("traffic_arriving_on_another_interface_never_reaches_the_sockets") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let h = Harness::start(0).await;
-    let rootfs = h.attack_rootfs("attack");
-    let client = h.client().await;
-    let (info, _i, _o, _e, _p, fds) = client
-        .create_sandbox(&sleeper(&h, &rootfs, true))
-        .await
-        .unwrap();
-    let s = TransparentSockets::from_reply(fds).unwrap().unwrap();
-    let (tls, udp53, tcp53) = (
-        TcpListener::from(s.tls),
-        UdpSocket::from(s.dns_udp),
-        TcpListener::from(s.dns_tcp),
+            // Control: a socket bound to the address alone is reachable from there.
+            let _unbound = TcpListener::bind((host, 8443)).unwrap();
+            assert_eq!(
+                outside.attack(&["connect", host, "8443", "1000"]),
+                format!("SUCCEEDED connected to {host}:8443")
+            );
+            // The helper's sockets are not.
+            for port in ["443", "53"] {
+                assert!(
+                    outside
+                        .attack(&["connect", host, port, "1000"])
+                        .starts_with("BLOCKED"),
+                    "TCP {port} from another interface"
+                );
+            }
+            assert!(
+                outside
+                    .attack(&["udp-roundtrip", host, "53", "1000"])
+                    .starts_with("BLOCKED")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(nothing_arrived_tcp(&tls));
+            assert!(nothing_arrived_tcp(&tcp53));
+            assert!(nothing_arrived_udp(&udp53));
+            drop(outside);
+            client.destroy_sandbox(&info.id).await.unwrap();
+        },
     );
-    let host = info.host_addr.as_str();
-    let outside = Outside::new();
-
-    // Control: a socket bound to the address alone is reachable from there.
-    let _unbound = TcpListener::bind((host, 8443)).unwrap();
-    assert_eq!(
-        outside.attack(&["connect", host, "8443", "1000"]),
-        format!("SUCCEEDED connected to {host}:8443")
-    );
-    // The helper's sockets are not.
-    for port in ["443", "53"] {
-        assert!(
-            outside
-                .attack(&["connect", host, port, "1000"])
-                .starts_with("BLOCKED"),
-            "TCP {port} from another interface"
-        );
-    }
-    assert!(
-        outside
-            .attack(&["udp-roundtrip", host, "53", "1000"])
-            .starts_with("BLOCKED")
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(nothing_arrived_tcp(&tls));
-    assert!(nothing_arrived_tcp(&tcp53));
-    assert!(nothing_arrived_udp(&udp53));
-    drop(outside);
-    client.destroy_sandbox(&info.id).await.unwrap();
 }

@@ -18,7 +18,7 @@
 
 use std::net::TcpListener;
 use std::os::linux::net::SocketAddrExt as _;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{SocketAddr, UnixListener};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
@@ -46,21 +46,10 @@ const CLONE_NS_FLAGS: [u64; 8] = [
     0x0000_0080, // CLONE_NEWTIME
 ];
 
-fn require_root() {
-    let uid = std::fs::metadata("/proc/self")
-        .expect("stat /proc/self")
-        .uid();
-    assert_eq!(
-        uid, 0,
-        "these tests run as root (CI does): they switch uids and start bwrap"
-    );
-}
-
 /// The probe binary, compiled once per test run into cargo's per-target scratch dir.
 fn probe() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
     PROBE.get_or_init(|| {
-        require_root();
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/probe.c");
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-init");
         std::fs::create_dir_all(&dir).expect("create probe dir");
@@ -315,7 +304,9 @@ fn usage_errors_exit_120_with_one_line() {
 
 #[test]
 fn missing_or_non_executable_server_exits_126() {
-    require_root();
+    if !testkit::require_root("missing_or_non_executable_server_exits_126") {
+        return;
+    }
     let out = direct(&["--proxy-port", "3128"], &["/nonexistent/gigmcp-server"]);
     let err = assert_refused(&out, ExitCode::ExecNotFound);
     assert!(
@@ -336,7 +327,9 @@ fn missing_or_non_executable_server_exits_126() {
 
 #[test]
 fn other_exec_failures_exit_127() {
-    require_root();
+    if !testkit::require_root("other_exec_failures_exit_127") {
+        return;
+    }
     // A binary that is open for writing cannot be executed (ETXTBSY).
     let dir = scratch(0);
     let bin = dir.path().join("server");
@@ -357,7 +350,9 @@ fn other_exec_failures_exit_127() {
 
 #[test]
 fn server_starts_confined_when_init_runs_as_root() {
-    require_root();
+    if !testkit::require_root("server_starts_confined_when_init_runs_as_root") {
+        return;
+    }
     let control = host(&["/bin/cat", "/proc/self/status"]);
     let control = stdout(&control);
     assert_ne!(
@@ -376,7 +371,9 @@ fn server_starts_confined_when_init_runs_as_root() {
 
 #[test]
 fn server_starts_confined_in_a_sandbox() {
-    require_root();
+    if !testkit::require_root("server_starts_confined_in_a_sandbox") {
+        return;
+    }
     let out = sandboxed_init(
         &Binds::default(),
         3128,
@@ -393,7 +390,9 @@ fn server_starts_confined_in_a_sandbox() {
 
 #[test]
 fn allow_degraded_landlock_changes_nothing_when_landlock_is_enforced() {
-    require_root();
+    if !testkit::require_root("allow_degraded_landlock_changes_nothing_when_landlock_is_enforced") {
+        return;
+    }
     let out = sandboxed_init(
         &Binds::default(),
         3128,
@@ -410,7 +409,9 @@ fn allow_degraded_landlock_changes_nothing_when_landlock_is_enforced() {
 
 #[test]
 fn capabilities_that_cannot_be_dropped_exit_123() {
-    require_root();
+    if !testkit::require_root("capabilities_that_cannot_be_dropped_exit_123") {
+        return;
+    }
     // uid 65534 on the host, not in a user namespace: no CAP_SETPCAP to empty the full bounding
     // set it inherited. Init must refuse rather than exec with it.
     let out = Command::new(INIT)
@@ -426,7 +427,9 @@ fn capabilities_that_cannot_be_dropped_exit_123() {
 
 #[test]
 fn fds_above_2_are_closed() {
-    require_root();
+    if !testkit::require_root("fds_above_2_are_closed") {
+        return;
+    }
     let probe = probe().to_str().expect("utf-8 path");
     let open = "exec 7</etc/hostname 100>/dev/null 1000</dev/null";
     let control = host(&["/bin/bash", "-c", &format!("{open}; exec {probe} fds")]);
@@ -449,7 +452,9 @@ fn fds_above_2_are_closed() {
 
 #[test]
 fn landlock_allows_writes_only_to_tmp_data_and_devices() {
-    require_root();
+    if !testkit::require_root("landlock_allows_writes_only_to_tmp_data_and_devices") {
+        return;
+    }
     let data = scratch(NOBODY);
     let var_tmp = scratch(NOBODY);
     let binds = Binds {
@@ -488,7 +493,9 @@ fn landlock_allows_writes_only_to_tmp_data_and_devices() {
 
 #[test]
 fn landlock_refuses_to_start_without_the_data_dir_it_was_told_about() {
-    require_root();
+    if !testkit::require_root("landlock_refuses_to_start_without_the_data_dir_it_was_told_about") {
+        return;
+    }
     let out = sandboxed_init(&Binds::default(), 3128, &["--data"], &["/bin/true"]);
     let err = assert_refused(&out, ExitCode::Landlock);
     assert!(err.contains("/data"), "{err}");
@@ -496,7 +503,9 @@ fn landlock_refuses_to_start_without_the_data_dir_it_was_told_about() {
 
 #[test]
 fn landlock_allows_tcp_connect_only_to_the_proxy_port_and_no_bind() {
-    require_root();
+    if !testkit::require_root("landlock_allows_tcp_connect_only_to_the_proxy_port_and_no_bind") {
+        return;
+    }
     let proxy = TcpListener::bind("127.0.0.1:0").expect("listen");
     let other = TcpListener::bind("127.0.0.1:0").expect("listen");
     let proxy_port = proxy.local_addr().expect("addr").port();
@@ -530,7 +539,9 @@ fn landlock_allows_tcp_connect_only_to_the_proxy_port_and_no_bind() {
 
 #[test]
 fn landlock_allows_tls_and_dns_ports_only_with_transparent() {
-    require_root();
+    if !testkit::require_root("landlock_allows_tls_and_dns_ports_only_with_transparent") {
+        return;
+    }
     let other = TcpListener::bind("127.0.0.1:0").expect("listen");
     let other_port = other.local_addr().expect("addr").port().to_string();
     let binds = Binds::default();
@@ -571,7 +582,9 @@ fn landlock_allows_tls_and_dns_ports_only_with_transparent() {
 
 #[test]
 fn landlock_scopes_signals_and_abstract_unix_sockets() {
-    require_root();
+    if !testkit::require_root("landlock_scopes_signals_and_abstract_unix_sockets") {
+        return;
+    }
     let binds = Binds::default();
     // pid 1 of the sandbox is bwrap, outside init's landlock domain.
     let control = sandboxed(&binds, &[PROBE_IN_SANDBOX, "kill", "1"]);
@@ -593,7 +606,9 @@ fn landlock_scopes_signals_and_abstract_unix_sockets() {
 
 #[test]
 fn seccomp_kills_namespace_creation() {
-    require_root();
+    if !testkit::require_root("seccomp_kills_namespace_creation") {
+        return;
+    }
     let probe = probe().to_str().expect("utf-8 path");
     let init = ["--proxy-port", "3128"];
 
@@ -640,7 +655,9 @@ fn seccomp_kills_namespace_creation() {
 
 #[test]
 fn clone3_answers_enosys() {
-    require_root();
+    if !testkit::require_root("clone3_answers_enosys") {
+        return;
+    }
     let probe = probe().to_str().expect("utf-8 path");
     // Control: clone3(NULL, 0) is EINVAL (size too small) without the filter.
     assert_eq!(assert_ran(&host(&[probe, "clone3"])), "clone3 errno=22\n");
@@ -651,7 +668,9 @@ fn clone3_answers_enosys() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn x32_syscalls_are_killed() {
-    require_root();
+    if !testkit::require_root("x32_syscalls_are_killed") {
+        return;
+    }
     let probe = probe().to_str().expect("utf-8 path");
     // Control: without the filter an x32 getpid is ENOSYS (CONFIG_X86_X32_ABI off) or works;
     // either way the process survives.
@@ -668,7 +687,9 @@ fn x32_syscalls_are_killed() {
 
 #[test]
 fn personality_may_be_queried_but_not_changed() {
-    require_root();
+    if !testkit::require_root("personality_may_be_queried_but_not_changed") {
+        return;
+    }
     let probe = probe().to_str().expect("utf-8 path");
     let init = ["--proxy-port", "3128"];
     assert_eq!(

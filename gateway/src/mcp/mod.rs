@@ -14,8 +14,7 @@
 //! - [`redact`]: secret values found in tool arguments and results are redacted;
 //! - [`approval`]: tool definitions as approved; changed ones hidden until approved again;
 //!
-//! Bearer tokens live below both the front and admin, in [`crate::tokens`]; [`token`] is that
-//! module under its old path, which the test harnesses use.
+//! Bearer tokens live below both the front and admin, in [`crate::tokens`].
 
 pub mod approval;
 pub mod front;
@@ -27,5 +26,3 @@ pub mod router;
 pub mod servers;
 pub mod stdio;
 pub mod view;
-
-pub use crate::tokens as token;

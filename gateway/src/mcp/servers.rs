@@ -98,11 +98,14 @@ impl std::fmt::Debug for Launched {
 }
 
 /// Starts a server's process (in production, in a sandbox through the privileged helper).
+/// Its error names the step that failed; the pool reports it to the caller and the audit.
 pub trait Launcher: Send + Sync + 'static {
+    type Error: std::error::Error + Send + Sync + 'static;
+
     fn launch(
         &self,
         server: &ServerRecord,
-    ) -> impl Future<Output = Result<Launched, String>> + Send;
+    ) -> impl Future<Output = Result<Launched, Self::Error>> + Send;
 }
 
 /// What keeps a started server alive. Shared with the session's watcher, which drops it (so
@@ -265,7 +268,7 @@ impl<L: Launcher> ServerPool<L> {
         let mut launched = tokio::time::timeout(self.init_timeout, self.launcher.launch(&record))
             .await
             .map_err(|_| unavailable("the sandbox did not start in time".into()))?
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(e.to_string()))?;
         if let Some(err) = launched.stderr.take() {
             tokio::spawn(capture_stderr(name.to_owned(), err, self.logs.clone()));
         }

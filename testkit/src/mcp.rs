@@ -1,10 +1,11 @@
-#![allow(dead_code)] // each test file uses part of the shared support
 //! The MCP front with real parts: a SQLite store in a temp dir, the front on loopback, and real
 //! servers nobody here wrote (`mcp-server-time` from PyPI, in `target/mcp-venv`, made by
 //! `scripts/install-deps`).
 //!
 //! Servers are started by [`ChildLauncher`], a plain child process: these tests are about the
 //! HTTP front, tokens, routing and lifecycle. Sandboxed launching is tested with the helper.
+
+#![allow(missing_debug_implementations)] // Gw holds the front and pool, which have no Debug
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,10 @@ use gateway::mcp::front::{Front, FrontLimits};
 use gateway::mcp::redact::Redactor;
 use gateway::mcp::servers::{Launched, Launcher, ServerPool};
 use gateway::mcp::stdio::SessionLimits;
-use gateway::mcp::token;
 use gateway::store::{
     AuditEvent, EndpointRecord, ServerRecord, SqliteStore, Store, TokenRecord, now_ms,
 };
+use gateway::tokens as token;
 
 pub fn venv() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/mcp-venv/bin")
@@ -40,10 +41,23 @@ pub struct ChildLauncher {
     pub pids: Arc<Mutex<Vec<u32>>>,
 }
 
+/// Why a test server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildLaunchError {
+    #[error("manifest: {0}")]
+    Manifest(#[from] gateway::manifest::ManifestError),
+    #[error("spawn {command}: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+}
+
 impl Launcher for ChildLauncher {
-    async fn launch(&self, server: &ServerRecord) -> Result<Launched, String> {
-        let m =
-            gateway::manifest::Manifest::from_json(&server.manifest).map_err(|e| e.to_string())?;
+    type Error = ChildLaunchError;
+
+    async fn launch(&self, server: &ServerRecord) -> Result<Launched, ChildLaunchError> {
+        let m = gateway::manifest::Manifest::from_json(&server.manifest)?;
         let mut child = tokio::process::Command::new(&m.command[0])
             .args(&m.command[1..])
             .env_clear()
@@ -54,7 +68,10 @@ impl Launcher for ChildLauncher {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("spawn {}: {e}", m.command[0]))?;
+            .map_err(|source| ChildLaunchError::Spawn {
+                command: m.command[0].clone(),
+                source,
+            })?;
         self.pids.lock().unwrap().push(child.id().unwrap_or(0));
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take().unwrap();

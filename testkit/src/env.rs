@@ -1,6 +1,5 @@
 //! Shared set-up for the gateway's integration tests: a temporary state directory, master key
 //! files, and runners for the real `gigmcp` and `gigmcpd` binaries.
-#![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -11,10 +10,17 @@ use std::sync::Arc;
 use gateway::store::{SqliteStore, Store};
 use gateway::vault::{MasterKey, Vault};
 
+#[derive(Debug)]
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub state_dir: PathBuf,
     pub key_file: PathBuf,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TestEnv {
@@ -60,7 +66,7 @@ impl TestEnv {
 
     pub fn cli_with_key(&self, key: &Path, args: &[&str], stdin: &[u8]) -> Output {
         run_with_stdin(
-            Command::new(env!("CARGO_BIN_EXE_gigmcp"))
+            Command::new(crate::bins::workspace_bin("gigmcp"))
                 .arg("--state-dir")
                 .arg(&self.state_dir)
                 .arg("--master-key-file")

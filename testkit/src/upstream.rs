@@ -19,12 +19,13 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
-use super::in_netns;
+use crate::egress::{contains, in_netns};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A test CA and one leaf for several names.
+#[derive(Debug)]
 pub struct TestCa {
     pub ca_pem: String,
     pub leaf: CertificateDer<'static>,
@@ -95,6 +96,7 @@ impl Seen {
     }
 }
 
+#[derive(Debug)]
 pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
@@ -209,9 +211,7 @@ impl Upstream {
 
     /// Whether `needle` appeared anywhere in anything received.
     pub fn ever_saw(&self, needle: &[u8]) -> bool {
-        self.seen()
-            .iter()
-            .any(|s| super::contains(&s.all_bytes(), needle))
+        self.seen().iter().any(|s| contains(&s.all_bytes(), needle))
     }
 }
 

@@ -1,17 +1,16 @@
 //! Real network namespaces for the egress tests: an "upstream" netns running a fake HTTPS
 //! server (test CA, records what it receives, echoes), and a "client" netns playing the
-//! sandbox, whose host-side veth address the proxy listens on. Names start with `gmeg-`
-//! (netns) and `ge` (host links); a Drop guard removes them, even when a test panics.
-#![allow(dead_code)]
-
-pub mod upstream;
+//! sandbox, whose host-side veth address the proxy listens on. The host sides live in the
+//! test's own namespace (see [`crate::privileged`]), so their names and addresses are the
+//! test's alone; the two named namespaces get generated names and go when [`Net`] drops, even
+//! when a test panics.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use gateway::audit::Auditor;
@@ -23,28 +22,13 @@ use gateway::manifest::Manifest;
 use gateway::store::{AuditEvent, SqliteStore, Store};
 use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
 
-pub const NETNS_PREFIX: &str = "gmeg-";
+use crate::netns::{NamedNetns, Netns};
+use crate::upstream;
 
 /// Real credential values the tests put in the vault.
 pub const TOKEN_VALUE: &str = "sk-live-REALtoken-7f3a9c2e41d85b60";
 pub const BASIC_VALUE: &str = "pw-REALbasic-93ab0cd1e2";
 pub const QKEY_VALUE: &str = "qk-REAL/query+key 42";
-
-/// True if the test may run (root, `ip`, `curl`); false after a loud message.
-pub fn require_root(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let tools = ["ip", "curl"].iter().all(|t| {
-        Command::new(t).arg("-V").output().is_ok() || Command::new(t).arg("-h").output().is_ok()
-    });
-    if root && tools {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: privileged egress test run without root (or without ip/curl) on CI");
-    }
-    eprintln!("\n*** SKIPPED {test}: needs root, ip and curl (network namespaces). ***\n");
-    false
-}
 
 fn ip(args: &[&str]) -> Output {
     Command::new("ip").args(args).output().expect("run ip")
@@ -60,56 +44,42 @@ fn ip_ok(args: &[&str]) {
     );
 }
 
-/// Removes leftovers of a crashed earlier run (once per test binary).
-fn sweep() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let list = ip(&["netns", "list"]);
-        for line in String::from_utf8_lossy(&list.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or("");
-            if name.starts_with(NETNS_PREFIX) {
-                ip(&["netns", "del", name]);
-            }
-        }
-        let links = ip(&["-o", "link", "show"]);
-        for line in String::from_utf8_lossy(&links.stdout).lines() {
-            if let Some(name) = line.split(": ").nth(1) {
-                let name = name.split('@').next().unwrap_or("");
-                if name.starts_with("ge") && name.len() <= 6 {
-                    ip(&["link", "del", name]);
-                }
-            }
-        }
-    });
-}
-
-/// Two namespaces and their veths; removed on drop.
+/// Two named namespaces and their veths; removed on drop (deleting a namespace deletes the
+/// veth pair, host side included).
+#[derive(Debug)]
 pub struct Net {
     pub index: u8,
     pub up_ns: String,
     pub client_ns: String,
-    host_links: Vec<String>,
+    _named: [NamedNetns; 2],
 }
 
 impl Net {
-    pub fn new() -> Self {
+    /// Must be called inside the test's own namespace: the host sides and the 10.240/10.241
+    /// addresses are fixed per index, unique only within it.
+    fn new() -> Self {
         static NEXT: AtomicU8 = AtomicU8::new(1);
-        sweep();
+        assert!(
+            !Netns::current().is_host(),
+            "an egress test must run in its own network namespace: wrap it in testkit::privileged"
+        );
         let index = NEXT.fetch_add(1, Ordering::SeqCst);
+        let base = crate::names::unique("gmeg");
+        let up = NamedNetns::add(format!("{base}-up"));
+        let client = NamedNetns::add(format!("{base}-cl"));
         let net = Self {
             index,
-            up_ns: format!("{NETNS_PREFIX}{index}-up"),
-            client_ns: format!("{NETNS_PREFIX}{index}-cl"),
-            host_links: vec![format!("ge{index}u"), format!("ge{index}c")],
+            up_ns: up.name.clone(),
+            client_ns: client.name.clone(),
+            _named: [up, client],
         };
-        net.pair(&net.up_ns, &net.host_links[0], 240);
-        net.pair(&net.client_ns, &net.host_links[1], 241);
+        net.pair(&net.up_ns, &format!("ge{index}u"), 240);
+        net.pair(&net.client_ns, &format!("ge{index}c"), 241);
         net
     }
 
     fn pair(&self, ns: &str, host_link: &str, second: u8) {
         let i = self.index;
-        ip_ok(&["netns", "add", ns]);
         ip_ok(&[
             "link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ]);
@@ -159,26 +129,9 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        ip(&["netns", "del", &self.up_ns]);
-        ip(&["netns", "del", &self.client_ns]);
-        for l in &self.host_links {
-            ip(&["link", "del", l]);
-        }
-    }
-}
-
 /// Runs `f` on a thread that joined network namespace `ns`; sockets made there stay in it.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
+    Netns::open(&format!("/run/netns/{ns}")).run(f)
 }
 
 /// A TCP connection from inside `ns`.
@@ -201,6 +154,15 @@ pub struct Fixture {
     pub ca_pem: PathBuf,
     /// credential name → placeholder
     pub ph: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Fixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fixture")
+            .field("net", &self.net)
+            .field("proxy", &self.proxy.local_addr())
+            .finish_non_exhaustive()
+    }
 }
 
 pub fn manifest() -> Manifest {

@@ -1,0 +1,34 @@
+//! The test kit shared by every crate's integration tests and benchmarks: one root check, a
+//! private D-Bus owned by a guard, child processes that cannot outlive the test, a fresh network
+//! namespace per privileged test, generated names, the helper harness, rootfs builders and (with
+//! the `gateway` feature) the fake HTTPS upstream, the egress proxy fixture, the gateway's state
+//! directory and CLI runner, and the MCP front on real servers.
+//!
+//! Privileged tests share nothing host-wide: each runs in its own network namespace (links,
+//! addresses, nftables tables and ports are private to it) and names what is host-wide (named
+//! network namespaces under `/run/netns`, cgroup directories, sandbox uids) after its own process
+//! and a counter, so two test runs on one machine never meet and need no lock.
+
+pub mod bins;
+pub mod bus;
+pub mod cgroups;
+pub mod names;
+pub mod netns;
+pub mod process;
+pub mod root;
+pub mod rootfs;
+
+#[cfg(feature = "helper")]
+pub mod helper;
+
+#[cfg(feature = "gateway")]
+pub mod egress;
+#[cfg(feature = "gateway")]
+pub mod env;
+#[cfg(feature = "gateway")]
+pub mod mcp;
+#[cfg(feature = "gateway")]
+pub mod upstream;
+
+pub use netns::privileged;
+pub use root::require_root;
