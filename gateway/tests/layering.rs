@@ -524,3 +524,62 @@ fn a_layer_may_only_name_layers_below_it() {
         "a dependency on a later line must be refused"
     );
 }
+
+/// The files the ```` ```unsafe ```` block of ARCHITECTURE.md allows `unsafe` in.
+fn unsafe_allowed(doc: &str) -> BTreeSet<String> {
+    let mut lines = doc.lines().skip_while(|l| l.trim() != "```unsafe");
+    assert!(
+        lines.next().is_some(),
+        "ARCHITECTURE.md must state an ```unsafe block"
+    );
+    lines
+        .take_while(|l| l.trim() != "```")
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if path.is_dir() && name != "target" && !name.starts_with('.') {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn unsafe_code_lives_only_in_the_syscall_modules_the_architecture_page_names() {
+    let root = repo();
+    let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let allowed = unsafe_allowed(&doc);
+    let mut files = Vec::new();
+    for dir in [
+        "gateway",
+        "privhelper",
+        "privhelper-api",
+        "sandbox-init",
+        "testkit",
+        "tests",
+    ] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let mut found = BTreeSet::new();
+    for file in files {
+        let source = strip(&std::fs::read_to_string(&file).unwrap());
+        if tokens(&source).contains(&Token::Ident("unsafe".into())) {
+            found.insert(file.strip_prefix(&root).unwrap().display().to_string());
+        }
+    }
+    // This file names the word in its own test data; it has no unsafe code.
+    found.remove("gateway/tests/layering.rs");
+    let unlisted: Vec<_> = found.difference(&allowed).collect();
+    let stale: Vec<_> = allowed.difference(&found).collect();
+    assert!(
+        unlisted.is_empty() && stale.is_empty(),
+        "unsafe outside the listed modules: {unlisted:?}; listed but without unsafe: {stale:?}"
+    );
+}
