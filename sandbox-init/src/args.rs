@@ -37,8 +37,35 @@ pub struct Args {
     pub server: Vec<OsString>,
 }
 
-/// Parses the arguments after argv\[0\]. The error is one line, without the synopsis.
-pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
+/// Why a command line was refused; each names the argument at fault. One line, without the
+/// synopsis (init appends it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// The arguments ended before `--`.
+    #[error("missing `--` before the server command")]
+    MissingSeparator,
+    /// An option came twice: rather than guess which one the helper meant, refuse.
+    #[error("{0} given twice")]
+    Repeated(&'static str),
+    /// An option that takes a value came last.
+    #[error("{0} needs a value")]
+    MissingValue(&'static str),
+    /// `--proxy-port`'s value is not a decimal number in 1..=65535.
+    #[error("--proxy-port {0:?} is not a port number in 1..=65535")]
+    BadPort(OsString),
+    /// Not one of the options (also an `--option=value` spelling, or the server before `--`).
+    #[error("unknown argument {0:?}")]
+    Unknown(OsString),
+    /// `--proxy-port` was not given.
+    #[error("--proxy-port is required")]
+    MissingProxyPort,
+    /// Nothing, or an empty program name, after `--`.
+    #[error("no server command after `--`")]
+    NoServer,
+}
+
+/// Parses the arguments after argv\[0\].
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, ArgsError> {
     let mut args = args.into_iter();
     let mut proxy_port = None;
     let mut transparent = false;
@@ -46,11 +73,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut allow_degraded_landlock = false;
     loop {
         let Some(arg) = args.next() else {
-            return Err("missing `--` before the server command".into());
+            return Err(ArgsError::MissingSeparator);
         };
-        let flag = |seen: &mut bool, name: &str| {
+        let flag = |seen: &mut bool, name: &'static str| {
             if std::mem::replace(seen, true) {
-                Err(format!("{name} given twice"))
+                Err(ArgsError::Repeated(name))
             } else {
                 Ok(())
             }
@@ -64,18 +91,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
             }
             Some("--proxy-port") => {
                 if proxy_port.is_some() {
-                    return Err("--proxy-port given twice".into());
+                    return Err(ArgsError::Repeated("--proxy-port"));
                 }
-                let value = args.next().ok_or("--proxy-port needs a value")?;
-                proxy_port = Some(port(&value)?);
+                let value = args.next().ok_or(ArgsError::MissingValue("--proxy-port"))?;
+                proxy_port = Some(port(value)?);
             }
-            _ => return Err(format!("unknown argument {arg:?}")),
+            _ => return Err(ArgsError::Unknown(arg)),
         }
     }
-    let proxy_port = proxy_port.ok_or("--proxy-port is required")?;
+    let proxy_port = proxy_port.ok_or(ArgsError::MissingProxyPort)?;
     let server: Vec<OsString> = args.collect();
     if server.first().is_none_or(|p| p.is_empty()) {
-        return Err("no server command after `--`".into());
+        return Err(ArgsError::NoServer);
     }
     Ok(Args {
         proxy_port,
@@ -107,20 +134,20 @@ impl Args {
     }
 }
 
-fn port(value: &OsString) -> Result<u16, String> {
+fn port(value: OsString) -> Result<u16, ArgsError> {
     value
         .to_str()
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u16>().ok())
         .filter(|&p| p != 0)
-        .ok_or_else(|| format!("--proxy-port {value:?} is not a port number in 1..=65535"))
+        .ok_or(ArgsError::BadPort(value))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(args: &[&str]) -> Result<Args, String> {
+    fn p(args: &[&str]) -> Result<Args, ArgsError> {
         parse(args.iter().map(OsString::from))
     }
 
@@ -177,7 +204,30 @@ mod tests {
     }
 
     #[test]
-    fn errors() {
+    fn errors_name_the_argument_at_fault() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(vec![b'-', 0xff]);
+        let args = ["--proxy-port", "1"]
+            .map(OsString::from)
+            .into_iter()
+            .chain([odd.clone()]);
+        assert_eq!(parse(args), Err(ArgsError::Unknown(odd)));
+        assert_eq!(
+            p(&["--proxy-port", "99999", "--", "x"]),
+            Err(ArgsError::BadPort("99999".into()))
+        );
+        assert_eq!(
+            p(&["--data", "--proxy-port", "1", "--data", "--", "x"]),
+            Err(ArgsError::Repeated("--data"))
+        );
+        assert_eq!(
+            p(&["--proxy-port"]),
+            Err(ArgsError::MissingValue("--proxy-port"))
+        );
+    }
+
+    #[test]
+    fn error_messages() {
         for (args, want) in [
             (&[][..], "missing `--`"),
             (&["--proxy-port", "3128"][..], "missing `--`"),
@@ -221,7 +271,9 @@ mod tests {
                 "unknown argument \"node\"",
             ),
         ] {
-            let err = p(args).expect_err(&format!("{args:?} must fail"));
+            let err = p(args)
+                .expect_err(&format!("{args:?} must fail"))
+                .to_string();
             assert!(err.contains(want), "{args:?}: {err}");
             assert!(!err.contains('\n'));
         }

@@ -58,29 +58,56 @@ pub const X32_GUARD: [sock_filter; 3] = [
     insn(RET_K, 0, 0, RET_KILL_PROCESS),
 ];
 
+/// Why [`splice_x32_guard`] refused a program (at build time: the build fails).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpliceError {
+    /// The program does not start with the arch check of [`arch_prologue`] for x86_64.
+    #[error("unexpected seccompiler prologue {found:?}; expected {expected:?}")]
+    UnexpectedPrologue {
+        /// Up to the first three instructions.
+        found: Vec<sock_filter>,
+        /// What seccompiler 0.5 emits.
+        expected: [sock_filter; 3],
+    },
+    /// The arch check is not followed by the syscall-number load the guard must precede.
+    #[error("unexpected instruction after seccompiler's arch check: {0:?}")]
+    UnexpectedLoad(sock_filter),
+    /// With the guard, the program passes [`MAX_INSNS`].
+    #[error("program too long: {0} instructions")]
+    TooLong(usize),
+}
+
+/// Why [`decode`] refused the bytes of a program.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Empty, or not a multiple of [`INSN_BYTES`].
+    #[error("{0} bytes is not a whole, non-empty number of instructions")]
+    Ragged(usize),
+    /// More than [`MAX_INSNS`] instructions: the kernel would refuse the program.
+    #[error("{0} instructions is over the kernel's limit")]
+    TooLong(usize),
+}
+
 /// Inserts [`X32_GUARD`] right after seccompiler's x86_64 arch check.
 ///
 /// Sound because classic BPF only jumps forward and the only jump that crosses index 3 is the
 /// arch check's "matched" branch (`jt = 1` from index 1), which must land on the guard. Refuses
 /// any program that does not start with exactly that prologue followed by the syscall-number
 /// load seccompiler emits for a non-empty filter.
-pub fn splice_x32_guard(prog: &mut Vec<sock_filter>) -> Result<(), String> {
+pub fn splice_x32_guard(prog: &mut Vec<sock_filter>) -> Result<(), SpliceError> {
     let prologue = arch_prologue(AUDIT_ARCH_X86_64);
     if prog.len() < 4 || prog[..3] != prologue {
-        return Err(format!(
-            "unexpected seccompiler prologue {:?}; expected {prologue:?}",
-            &prog[..prog.len().min(3)]
-        ));
+        return Err(SpliceError::UnexpectedPrologue {
+            found: prog[..prog.len().min(3)].to_vec(),
+            expected: prologue,
+        });
     }
     if prog[3] != insn(LD_W_ABS, 0, 0, DATA_NR) {
-        return Err(format!(
-            "unexpected instruction after seccompiler's arch check: {:?}",
-            prog[3]
-        ));
+        return Err(SpliceError::UnexpectedLoad(prog[3].clone()));
     }
     prog.splice(3..3, X32_GUARD);
     if prog.len() > MAX_INSNS {
-        return Err(format!("program too long: {} instructions", prog.len()));
+        return Err(SpliceError::TooLong(prog.len()));
     }
     Ok(())
 }
@@ -104,18 +131,12 @@ pub fn encode(prog: &[sock_filter]) -> Vec<u8> {
 }
 
 /// The inverse of [`encode`]; refuses empty, ragged or over-long input.
-pub fn decode(bytes: &[u8]) -> Result<Vec<sock_filter>, String> {
+pub fn decode(bytes: &[u8]) -> Result<Vec<sock_filter>, DecodeError> {
     if bytes.is_empty() || bytes.len() % INSN_BYTES != 0 {
-        return Err(format!(
-            "{} bytes is not a whole, non-empty number of instructions",
-            bytes.len()
-        ));
+        return Err(DecodeError::Ragged(bytes.len()));
     }
     if bytes.len() / INSN_BYTES > MAX_INSNS {
-        return Err(format!(
-            "{} instructions is over the kernel's limit",
-            bytes.len() / INSN_BYTES
-        ));
+        return Err(DecodeError::TooLong(bytes.len() / INSN_BYTES));
     }
     Ok(bytes
         .chunks_exact(INSN_BYTES)
@@ -196,7 +217,10 @@ mod tests {
     #[test]
     fn splice_refuses_an_unexpected_layout() {
         let mut aarch64 = compiled(TargetArch::aarch64);
-        assert!(splice_x32_guard(&mut aarch64).is_err());
+        assert!(matches!(
+            splice_x32_guard(&mut aarch64),
+            Err(SpliceError::UnexpectedPrologue { .. })
+        ));
 
         let mut shifted = compiled(TargetArch::x86_64);
         shifted.insert(0, insn(LD_W_ABS, 0, 0, DATA_NR));
@@ -209,7 +233,10 @@ mod tests {
         let mut no_rules = compiled(TargetArch::x86_64);
         no_rules.truncate(3);
         no_rules.push(insn(RET_K, 0, 0, 0x7fff_0000));
-        assert!(splice_x32_guard(&mut no_rules).is_err());
+        assert_eq!(
+            splice_x32_guard(&mut no_rules),
+            Err(SpliceError::UnexpectedLoad(insn(RET_K, 0, 0, 0x7fff_0000)))
+        );
 
         let mut empty = Vec::new();
         assert!(splice_x32_guard(&mut empty).is_err());
@@ -222,8 +249,14 @@ mod tests {
         assert_eq!(bytes.len(), prog.len() * INSN_BYTES);
         assert_eq!(decode(&bytes).expect("decode"), prog);
         assert_eq!(&bytes[..8], &[0x20, 0, 0, 0, 4, 0, 0, 0]);
-        assert!(decode(&[]).is_err());
-        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
-        assert!(decode(&vec![0u8; (MAX_INSNS + 1) * INSN_BYTES]).is_err());
+        assert_eq!(decode(&[]), Err(DecodeError::Ragged(0)));
+        assert_eq!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Ragged(bytes.len() - 1))
+        );
+        assert_eq!(
+            decode(&vec![0u8; (MAX_INSNS + 1) * INSN_BYTES]),
+            Err(DecodeError::TooLong(MAX_INSNS + 1))
+        );
     }
 }

@@ -6,7 +6,60 @@
 //! tolerated only if the kernel's view afterwards (`/proc/self/status`, all 64 bits, so also
 //! capabilities newer than the `caps` crate) shows every set empty; otherwise this step fails.
 
+use std::num::ParseIntError;
+
+use ::caps::errors::CapsError;
 use ::caps::{CapSet, Capability};
+
+/// Why step 3 failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CapabilitiesError {
+    /// `capset`/`prctl` refused to empty a set (ambient, effective, permitted or inheritable).
+    #[error("clear {set}: {source}")]
+    Clear {
+        /// The set, as `/proc/self/status` names it in long form.
+        set: &'static str,
+        /// The `caps` crate's error.
+        source: CapsError,
+    },
+    /// The kernel's view could not be read, so the drop cannot be verified.
+    #[error("read /proc/self/status to verify: {0}")]
+    ReadStatus(#[source] std::io::Error),
+    /// `/proc/self/status` has no line for one of the five sets.
+    #[error("no {0} line in /proc/self/status")]
+    MissingMask(&'static str),
+    /// A `Cap*:` line's value is not a hexadecimal mask.
+    #[error("{name} {value:?}: {source}")]
+    BadMask {
+        /// The line's name (`CapInh`, ...).
+        name: &'static str,
+        /// The value as the kernel wrote it.
+        value: String,
+        /// Why it is not a mask.
+        source: ParseIntError,
+    },
+    /// A set still holds capabilities after the drop.
+    #[error("still held: {}", .held.non_empty().join(" "))]
+    StillHeld {
+        /// The kernel's view after the drop.
+        held: Masks,
+    },
+    /// A set still holds capabilities, and dropping from the bounding set had failed: the
+    /// likely cause, so it is named.
+    #[error(
+        "still held: {} (dropping from the bounding set failed: {cap}: {source}; it needs \
+         CAP_SETPCAP in the sandbox's user namespace)",
+        .held.non_empty().join(" ")
+    )]
+    BoundingNotDropped {
+        /// The kernel's view after the drop.
+        held: Masks,
+        /// The first capability that could not be dropped from the bounding set.
+        cap: Capability,
+        /// The `caps` crate's error for it.
+        source: CapsError,
+    },
+}
 
 /// The five capability masks of `/proc/self/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,13 +78,17 @@ pub struct Masks {
 
 impl Masks {
     /// Parses the `Cap*:` lines of a `/proc/<pid>/status` text; all five must be present.
-    pub fn parse(status: &str) -> Result<Self, String> {
-        let field = |name: &str| -> Result<u64, String> {
+    pub fn parse(status: &str) -> Result<Self, CapabilitiesError> {
+        let field = |name: &'static str| -> Result<u64, CapabilitiesError> {
             let value = status
                 .lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .ok_or_else(|| format!("no {name} line in /proc/self/status"))?;
-            u64::from_str_radix(value.trim(), 16).map_err(|e| format!("{name} {value:?}: {e}"))
+                .ok_or(CapabilitiesError::MissingMask(name))?;
+            u64::from_str_radix(value.trim(), 16).map_err(|source| CapabilitiesError::BadMask {
+                name,
+                value: value.to_owned(),
+                source,
+            })
         };
         Ok(Masks {
             inheritable: field("CapInh")?,
@@ -59,8 +116,11 @@ impl Masks {
 }
 
 /// Empties all five sets and checks the result with the kernel.
-pub fn drop_all() -> Result<(), String> {
-    ::caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient: {e}"))?;
+pub fn drop_all() -> Result<(), CapabilitiesError> {
+    ::caps::clear(None, CapSet::Ambient).map_err(|source| CapabilitiesError::Clear {
+        set: "ambient",
+        source,
+    })?;
 
     // Before the effective set goes: PR_CAPBSET_DROP needs CAP_SETPCAP effective.
     let mut bounding_error = None;
@@ -70,7 +130,7 @@ pub fn drop_all() -> Result<(), String> {
         // Err: the kernel is older than this capability, so no set can hold it.
         if ::caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
             if let Err(e) = ::caps::drop(None, CapSet::Bounding, cap) {
-                bounding_error.get_or_insert(format!("{cap}: {e}"));
+                bounding_error.get_or_insert((cap, e));
             }
         }
     }
@@ -81,20 +141,17 @@ pub fn drop_all() -> Result<(), String> {
         (CapSet::Permitted, "permitted"),
         (CapSet::Inheritable, "inheritable"),
     ] {
-        ::caps::clear(None, set).map_err(|e| format!("clear {name}: {e}"))?;
+        ::caps::clear(None, set)
+            .map_err(|source| CapabilitiesError::Clear { set: name, source })?;
     }
 
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("read /proc/self/status to verify: {e}"))?;
-    let left = Masks::parse(&status)?.non_empty();
-    match (left.is_empty(), bounding_error) {
-        (true, _) => Ok(()),
-        (false, Some(e)) => Err(format!(
-            "still held: {} (dropping from the bounding set failed: {e}; it needs CAP_SETPCAP \
-             in the sandbox's user namespace)",
-            left.join(" ")
-        )),
-        (false, None) => Err(format!("still held: {}", left.join(" "))),
+    let status =
+        std::fs::read_to_string("/proc/self/status").map_err(CapabilitiesError::ReadStatus)?;
+    let held = Masks::parse(&status)?;
+    match bounding_error {
+        _ if held == Masks::default() => Ok(()),
+        Some((cap, source)) => Err(CapabilitiesError::BoundingNotDropped { held, cap, source }),
+        None => Err(CapabilitiesError::StillHeld { held }),
     }
 }
 
@@ -122,8 +179,33 @@ mod tests {
 
     #[test]
     fn refuses_incomplete_or_garbled_status() {
-        assert!(Masks::parse(&STATUS.replace("CapAmb", "Nope")).is_err());
-        assert!(Masks::parse(&STATUS.replace("000001ffffffffff", "xyz")).is_err());
+        assert!(matches!(
+            Masks::parse(&STATUS.replace("CapAmb", "Nope")),
+            Err(CapabilitiesError::MissingMask("CapAmb"))
+        ));
+        let garbled = Masks::parse(&STATUS.replace("000001ffffffffff", "xyz")).expect_err("xyz");
+        assert!(
+            matches!(&garbled, CapabilitiesError::BadMask { name: "CapBnd", value, .. }
+                if value == "\txyz"),
+            "{garbled:?}"
+        );
+        assert!(
+            garbled.to_string().starts_with("CapBnd \"\\txyz\": "),
+            "{garbled}"
+        );
         assert!(Masks::parse("").is_err());
+    }
+
+    #[test]
+    fn still_held_names_every_non_empty_set() {
+        let held = Masks {
+            effective: 0x20,
+            bounding: 0x1ff_ffff_ffff,
+            ..Masks::default()
+        };
+        assert_eq!(
+            CapabilitiesError::StillHeld { held }.to_string(),
+            "still held: effective=0000000000000020 bounding=000001ffffffffff"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! Every failure before the server starts exits with its own code and prints exactly one line,
 //! `gigmcp-sandbox-init: <step>: <detail>`, on stderr. Once `execve` succeeds, exit codes and
 //! stderr belong to the server; a server may exit with any of these codes too, so a reader
-//! should trust a code only together with its stderr line.
+//! should trust a code only together with its stderr line. Which code a failure gets is
+//! decided in one place, `InitError::exit_code`.
 //!
 //! | code | step | meaning |
 //! |---|---|---|
@@ -23,6 +24,8 @@
 //! enforced by an older kernel).
 
 use std::io::Write as _;
+
+use crate::error::InitError;
 
 /// What every line `gigmcp-sandbox-init` prints starts with.
 pub const PREFIX: &str = "gigmcp-sandbox-init: ";
@@ -120,9 +123,14 @@ pub fn one_line(detail: &str) -> String {
         .collect()
 }
 
-/// Prints `gigmcp-sandbox-init: <step>: <detail>` and exits with `code`.
-pub(crate) fn fail(code: ExitCode, detail: &str) -> ! {
-    line(&format!("{PREFIX}{}: {}", code.step(), one_line(detail)));
+/// Prints `gigmcp-sandbox-init: <step>: <detail>` for `error` and exits with its code.
+pub(crate) fn fail(error: &InitError) -> ! {
+    let code = error.exit_code();
+    line(&format!(
+        "{PREFIX}{}: {}",
+        code.step(),
+        one_line(&error.to_string())
+    ));
     std::process::exit(code.code())
 }
 

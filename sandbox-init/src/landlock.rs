@@ -16,8 +16,8 @@
 
 use ::landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, LandlockStatus, NetPort, PathBeneath, PathFd,
-    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus,
-    Scope,
+    PathFdError, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
+    RulesetError, RulesetStatus, Scope,
 };
 
 use super::exit::{DEGRADED_PREFIX, WARNING_PREFIX};
@@ -34,6 +34,59 @@ pub const DATA: &str = "/data";
 pub const DEV_WRITABLE: [&str; 3] = ["/dev/null", "/dev/zero", "/dev/full"];
 /// Device nodes the server may read.
 pub const DEV_READABLE: [&str; 2] = ["/dev/urandom", "/dev/random"];
+
+/// Why step 1 refused to go on; each names the part of the ruleset that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockError {
+    /// The ruleset could not handle the filesystem rights of the ABI asked for.
+    #[error("handle filesystem access: {0}")]
+    HandleFs(#[source] RulesetError),
+    /// The ruleset could not handle TCP bind and connect.
+    #[error("handle TCP access: {0}")]
+    HandleTcp(#[source] RulesetError),
+    /// The ruleset could not scope abstract unix sockets and signals.
+    #[error("scope: {0}")]
+    Scope(#[source] RulesetError),
+    /// `landlock_create_ruleset` failed.
+    #[error("create ruleset: {0}")]
+    Create(#[source] RulesetError),
+    /// A rule's path could not be opened (e.g. `/data` with `--data` but no mount there).
+    #[error("{path}: {source}")]
+    OpenPath {
+        /// The path, as the sandbox sees it.
+        path: &'static str,
+        /// Why it could not be opened.
+        source: PathFdError,
+    },
+    /// The rule for a path could not be added.
+    #[error("{path}: {source}")]
+    PathRule {
+        /// The path, as the sandbox sees it.
+        path: &'static str,
+        /// Why the kernel or the crate refused the rule.
+        source: RulesetError,
+    },
+    /// The rule for a TCP port could not be added.
+    #[error("TCP port {port} rule: {source}")]
+    PortRule {
+        /// The port `connect` was to be allowed to.
+        port: u16,
+        /// Why the kernel or the crate refused the rule.
+        source: RulesetError,
+    },
+    /// `landlock_restrict_self` failed.
+    #[error("restrict_self: {0}")]
+    RestrictSelf(#[source] RulesetError),
+    /// The kernel enforces nothing and `--allow-degraded-landlock` was not given.
+    #[error(
+        "not enforced: {why}; refusing to start the server (--allow-degraded-landlock would run \
+         it unconfined)"
+    )]
+    NotEnforced {
+        /// Why, in a few words (see [`Enforcement::NotEnforced`]).
+        why: &'static str,
+    },
+}
 
 /// What to allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +161,8 @@ impl Enforcement {
     }
 
     /// What init does about it: `Ok(None)` go on silently, `Ok(Some(line))` print the line and
-    /// go on, `Err(reason)` refuse to start the server.
-    pub fn verdict(&self, allow_degraded: bool) -> Result<Option<String>, String> {
+    /// go on, `Err(_)` refuse to start the server.
+    pub fn verdict(&self, allow_degraded: bool) -> Result<Option<String>, LandlockError> {
         match self {
             Enforcement::Full { .. } => Ok(None),
             Enforcement::Partial { abi } => Ok(Some(format!(
@@ -120,20 +173,17 @@ impl Enforcement {
                 "{DEGRADED_PREFIX}landlock not enforced ({why}); running the server without \
                  filesystem and network confinement because --allow-degraded-landlock was given"
             ))),
-            Enforcement::NotEnforced { why } => Err(format!(
-                "not enforced: {why}; refusing to start the server (--allow-degraded-landlock \
-                 would run it unconfined)"
-            )),
+            Enforcement::NotEnforced { why } => Err(LandlockError::NotEnforced { why }),
         }
     }
 }
 
 /// Builds the ruleset for `policy` and restricts the calling thread (init is single-threaded,
 /// and the domain is inherited across `execve`). Also sets no_new_privs, as landlock requires.
-pub fn restrict(policy: &Policy) -> Result<Enforcement, String> {
+pub fn restrict(policy: &Policy) -> Result<Enforcement, LandlockError> {
     let status = ruleset(policy)?
         .restrict_self()
-        .map_err(|e| format!("restrict_self: {e}"))?;
+        .map_err(LandlockError::RestrictSelf)?;
     let RestrictionStatus {
         ruleset, landlock, ..
     } = status;
@@ -149,22 +199,18 @@ fn fs_abi() -> ABI {
     }
 }
 
-fn ruleset(policy: &Policy) -> Result<RulesetCreated, String> {
+fn ruleset(policy: &Policy) -> Result<RulesetCreated, LandlockError> {
     let abi = fs_abi();
     let all = AccessFs::from_all(abi);
-    let err = |what: &str| {
-        let what = what.to_owned();
-        move |e: ::landlock::RulesetError| format!("{what}: {e}")
-    };
     let mut created = Ruleset::default()
         .handle_access(all)
-        .map_err(err("handle filesystem access"))?
+        .map_err(LandlockError::HandleFs)?
         .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
-        .map_err(err("handle TCP access"))?
+        .map_err(LandlockError::HandleTcp)?
         .scope(Scope::AbstractUnixSocket | Scope::Signal)
-        .map_err(err("scope"))?
+        .map_err(LandlockError::Scope)?
         .create()
-        .map_err(err("create ruleset"))?;
+        .map_err(LandlockError::Create)?;
 
     let mut paths: Vec<(&str, BitFlags<AccessFs>)> =
         vec![(ROOT, AccessFs::from_read(abi)), (TMP, all)];
@@ -174,15 +220,15 @@ fn ruleset(policy: &Policy) -> Result<RulesetCreated, String> {
     paths.extend(DEV_WRITABLE.map(|p| (p, AccessFs::ReadFile | AccessFs::WriteFile)));
     paths.extend(DEV_READABLE.map(|p| (p, BitFlags::from(AccessFs::ReadFile))));
     for (path, access) in paths {
-        let fd = PathFd::new(path).map_err(|e| format!("{path}: {e}"))?;
+        let fd = PathFd::new(path).map_err(|source| LandlockError::OpenPath { path, source })?;
         created = created
             .add_rule(PathBeneath::new(fd, access))
-            .map_err(err(path))?;
+            .map_err(|source| LandlockError::PathRule { path, source })?;
     }
     for port in policy.connect_ports() {
         created = created
             .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
-            .map_err(err(&format!("TCP port {port} rule")))?;
+            .map_err(|source| LandlockError::PortRule { port, source })?;
     }
     Ok(created)
 }
@@ -241,8 +287,8 @@ mod tests {
     #[test]
     fn verdicts() {
         let full = Enforcement::Full { abi: ABI::V6 };
-        assert_eq!(full.verdict(false), Ok(None));
-        assert_eq!(full.verdict(true), Ok(None));
+        assert!(matches!(full.verdict(false), Ok(None)));
+        assert!(matches!(full.verdict(true), Ok(None)));
 
         let partial = Enforcement::Partial { abi: ABI::V3 };
         for allow in [false, true] {
@@ -255,7 +301,15 @@ mod tests {
             why: "the kernel has no landlock support",
         };
         let refusal = none.verdict(false).expect_err("refuses");
-        assert!(refusal.contains("no landlock support"), "{refusal}");
+        assert!(
+            matches!(refusal, LandlockError::NotEnforced { why } if why.contains("no landlock")),
+            "{refusal:?}"
+        );
+        assert_eq!(
+            refusal.to_string(),
+            "not enforced: the kernel has no landlock support; refusing to start the server \
+             (--allow-degraded-landlock would run it unconfined)"
+        );
         let line = none.verdict(true).expect("runs").expect("warns");
         assert!(line.starts_with(DEGRADED_PREFIX), "{line}");
         assert!(!line.contains('\n'));

@@ -13,12 +13,14 @@
 //!
 //! Landlock goes first because it needs the filesystem (to open the rule paths) and the seccomp
 //! filters last because after them only `execve` is left to do. Each failure exits with its
-//! own code and one stderr line: see `exit`.
+//! own code and one stderr line: each step's error is a variant of [`InitError`], which decides
+//! the code; see `exit` for the table.
 //!
 //! The crate is two things by feature: without `confine` it is only [`args`] and
 //! [`SANDBOX_PATH`], the contract the root helper links to build init's command line; with
 //! `confine` (the default, and what the binary needs) it is the confinement itself. Its only
-//! runtime dependencies are libc, landlock, caps and seccompiler, and it has no async runtime:
+//! runtime dependencies are libc, landlock, caps, seccompiler and thiserror (which landlock
+//! links anyway), and it has no async runtime:
 //! it is built static and runs before anything in the sandbox is locked.
 
 pub mod args;
@@ -26,6 +28,8 @@ pub mod args;
 pub mod bpf;
 #[cfg(feature = "confine")]
 pub mod capabilities;
+#[cfg(feature = "confine")]
+pub mod error;
 #[cfg(feature = "confine")]
 pub mod exit;
 #[cfg(feature = "confine")]
@@ -38,13 +42,19 @@ pub mod seccomp;
 mod sys;
 
 #[cfg(feature = "confine")]
+use std::convert::Infallible;
+#[cfg(feature = "confine")]
 use std::ffi::OsString;
 #[cfg(feature = "confine")]
 use std::os::unix::process::CommandExt as _;
 
 #[cfg(feature = "confine")]
+pub use error::InitError;
+#[cfg(feature = "confine")]
 pub use exit::ExitCode;
 
+#[cfg(feature = "confine")]
+use error::NoNewPrivsError;
 #[cfg(feature = "confine")]
 use exit::fail;
 
@@ -55,66 +65,58 @@ pub const SANDBOX_PATH: &str = "/run/gigmcp/init";
 
 #[cfg(feature = "confine")]
 /// Runs init with `argv` (argv\[0\] included) and never returns: it either becomes the server
-/// or exits with an [`ExitCode`].
+/// or exits with the [`ExitCode`] of the step that failed.
 pub fn run(argv: impl IntoIterator<Item = OsString>) -> ! {
-    let args = args::parse(argv.into_iter().skip(1))
-        .unwrap_or_else(|e| fail(ExitCode::Usage, &format!("{e}; usage: {}", args::USAGE)));
+    match confine_and_exec(argv) {
+        Ok(never) => match never {},
+        Err(e) => fail(&e),
+    }
+}
+
+/// The steps of the module docs, in their order; only returns on failure.
+#[cfg(feature = "confine")]
+fn confine_and_exec(argv: impl IntoIterator<Item = OsString>) -> Result<Infallible, InitError> {
+    let args = args::parse(argv.into_iter().skip(1))?;
 
     let policy = landlock::Policy {
         proxy_port: args.proxy_port,
         transparent: args.transparent,
         data: args.data,
     };
-    match landlock::restrict(&policy).and_then(|e| e.verdict(args.allow_degraded_landlock)) {
-        Ok(None) => {}
-        Ok(Some(warning)) => exit::line(&warning),
-        Err(e) => fail(ExitCode::Landlock, &e),
+    if let Some(warning) = landlock::restrict(&policy)?.verdict(args.allow_degraded_landlock)? {
+        exit::line(&warning);
     }
 
-    if let Err(e) = sys::set_no_new_privs() {
-        fail(
-            ExitCode::NoNewPrivs,
-            &format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"),
-        );
-    }
-    match sys::no_new_privs() {
-        Ok(true) => {}
-        Ok(false) => fail(ExitCode::NoNewPrivs, "the flag did not stick"),
-        Err(e) => fail(
-            ExitCode::NoNewPrivs,
-            &format!("prctl(PR_GET_NO_NEW_PRIVS): {e}"),
-        ),
-    }
+    set_no_new_privs()?;
 
-    if let Err(e) = capabilities::drop_all() {
-        fail(ExitCode::Capabilities, &e);
-    }
+    capabilities::drop_all()?;
 
-    if let Err(e) = fds::close_above_stderr() {
-        fail(ExitCode::Fds, &e);
-    }
+    fds::close_above_stderr()?;
 
     let mut server = std::process::Command::new(&args.server[0]);
     // bwrap always exports PWD (of its --chdir); the server's environment must be exactly the
     // spec's, and the helper refuses specs that set PWD themselves.
     server.args(&args.server[1..]).env_remove("PWD");
 
-    if let Err(e) = seccomp::install() {
-        fail(ExitCode::Seccomp, &e);
-    }
+    seccomp::install()?;
 
     // Only returns on failure. std resets the signal mask and SIGPIPE before execvp.
-    let e = server.exec();
-    let code = match e.raw_os_error() {
-        Some(
-            libc::ENOENT
-            | libc::ENOTDIR
-            | libc::EACCES
-            | libc::EPERM
-            | libc::ELOOP
-            | libc::ENAMETOOLONG,
-        ) => ExitCode::ExecNotFound,
-        _ => ExitCode::Exec,
-    };
-    fail(code, &format!("{:?}: {e}", args.server[0]))
+    let source = server.exec();
+    Err(InitError::Exec {
+        program: args.server[0].clone(),
+        source,
+    })
+}
+
+/// Step 2, checked: landlock's `restrict_self` tries to set the flag too, but best effort; the
+/// server must never run without it (or a setuid binary could undo steps 3 and 5), so init sets
+/// it itself and reads it back.
+#[cfg(feature = "confine")]
+fn set_no_new_privs() -> Result<(), NoNewPrivsError> {
+    sys::set_no_new_privs().map_err(NoNewPrivsError::Set)?;
+    match sys::no_new_privs() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(NoNewPrivsError::DidNotStick),
+        Err(e) => Err(NoNewPrivsError::Get(e)),
+    }
 }
