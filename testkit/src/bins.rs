@@ -42,8 +42,9 @@ fn static_init_command() -> String {
 }
 
 /// The statically linked `gigmcp-sandbox-init` (the helper refuses a dynamic one) in
-/// `target/static-init`. Built here on first use if missing; a failed build fails the test
-/// with the exact command to run.
+/// `target/static-init`. Brought up to date by cargo on first use in each test process (a no-op
+/// when nothing changed), so a test never runs a stale init; a failed build fails the test with
+/// the exact command to run.
 pub fn static_init() -> PathBuf {
     static INIT: OnceLock<PathBuf> = OnceLock::new();
     INIT.get_or_init(|| {
@@ -52,25 +53,18 @@ pub fn static_init() -> PathBuf {
         let path = static_dir
             .join(host_triple())
             .join("debug/gigmcp-sandbox-init");
-        if path.exists() {
-            return path;
-        }
-        eprintln!(
-            "testkit: building the static sandbox init: {}",
-            static_init_command()
-        );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&workspace)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .args(["build", "--locked", "-p", "sandbox-init", "--bin"])
-            .args(["gigmcp-sandbox-init", "--target", host_triple()])
+            .args(["build", "--quiet", "--locked", "-p", "sandbox-init"])
+            .args(["--bin", "gigmcp-sandbox-init", "--target", host_triple()])
             .arg("--target-dir")
             .arg(&static_dir)
             .status();
         assert!(
             status.is_ok_and(|s| s.success()) && path.exists(),
-            "{} missing and building it failed: run `{}` in {}",
+            "building {} failed: run `{}` in {}",
             path.display(),
             static_init_command(),
             workspace.display()
