@@ -117,23 +117,10 @@ mod tests {
 
     #[test]
     fn each_step_exits_with_its_documented_code() {
-        let table: Vec<(i32, &str)> = one_of_each()
-            .iter()
-            .map(|e| (e.exit_code().code(), e.exit_code().step()))
-            .collect();
-        assert_eq!(
-            table,
-            [
-                (120, "usage"),
-                (121, "landlock"),
-                (122, "no_new_privs"),
-                (123, "capabilities"),
-                (124, "fds"),
-                (125, "seccomp"),
-                (126, "exec"),
-                (127, "exec"),
-            ]
-        );
+        // One error of each step, in step order, lands on the documented table (`exit.rs`
+        // tests the table's numbers and names), so no step borrows another's code.
+        let codes: Vec<ExitCode> = one_of_each().iter().map(InitError::exit_code).collect();
+        assert_eq!(codes, ExitCode::ALL);
     }
 
     #[test]
