@@ -72,3 +72,72 @@ fn an_unknown_endpoint_has_no_view() {
     let views = Views::new(store(dir.path()));
     assert!(matches!(views.get("nope"), Err(ViewError::NoSuchEndpoint)));
 }
+
+/// Another process writing the same file with plain SQL (as a CLI of another version might):
+/// only SQLite's `data_version` can tell the gateway's connection.
+fn other_process(dir: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join(crate::store::sqlite::DB_FILE)).unwrap();
+    conn.pragma_update(None, "foreign_keys", true).unwrap();
+    conn
+}
+
+#[test]
+fn a_subset_narrowed_by_another_process_is_seen_by_the_next_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    install(&*store);
+    let views = Views::new(store.clone());
+    assert!(views.get("e").unwrap().servers[0].allows("secret_tool"));
+    other_process(dir.path())
+        .execute(
+            "UPDATE endpoint_servers SET tools = '[\"harmless\"]' WHERE endpoint = 'e'",
+            [],
+        )
+        .unwrap();
+    let view = views.get("e").unwrap();
+    assert!(!view.servers[0].allows("secret_tool"));
+    assert!(view.servers[0].allows("harmless"));
+}
+
+#[test]
+fn a_server_removed_by_another_process_is_gone_from_the_next_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    install(&*store);
+    let views = Views::new(store.clone());
+    assert_eq!(views.get("e").unwrap().servers.len(), 1);
+    other_process(dir.path())
+        .execute("DELETE FROM servers WHERE name = 's'", [])
+        .unwrap();
+    assert!(views.get("e").unwrap().servers.is_empty());
+}
+
+#[test]
+fn an_endpoint_removed_by_another_process_has_no_view_any_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    install(&*store);
+    let views = Views::new(store.clone());
+    views.get("e").unwrap();
+    other_process(dir.path())
+        .execute("DELETE FROM endpoints WHERE name = 'e'", [])
+        .unwrap();
+    assert!(matches!(views.get("e"), Err(ViewError::NoSuchEndpoint)));
+}
+
+#[test]
+fn a_manifest_subset_changed_by_another_process_is_seen_by_the_next_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    install(&*store);
+    let views = Views::new(store.clone());
+    assert!(views.get("e").unwrap().servers[0].allows("secret_tool"));
+    let narrowed = serde_json::json!({"name": "s", "version": "1", "command": ["/bin/s"], "tools": ["harmless"]});
+    other_process(dir.path())
+        .execute(
+            "UPDATE servers SET manifest = ?1 WHERE name = 's'",
+            [narrowed.to_string()],
+        )
+        .unwrap();
+    assert!(!views.get("e").unwrap().servers[0].allows("secret_tool"));
+}
