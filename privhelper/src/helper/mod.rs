@@ -244,7 +244,17 @@ impl Helper {
         match self.build(id.clone(), slot, checked).await {
             Ok((sandbox, created, stdin_watch)) => {
                 let (server, transparent) = (sandbox.info.server.clone(), !created.5.is_empty());
-                i.state.lock().await.live.insert(id.clone(), sandbox);
+                let mut state = i.state.lock().await;
+                state.live.insert(id.clone(), sandbox);
+                // Checked under the lock `shutdown` takes to collect the live sandboxes: one
+                // that finished building after that collection would otherwise outlive the
+                // firewall table (its link then under the host's policy).
+                if i.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(state);
+                    let _ = self.destroy(&id, "helper shutdown", false).await;
+                    return Err(StepError::ShuttingDown.into());
+                }
+                drop(state);
                 self.watch(id.clone(), stdin_watch);
                 tracing::info!(id, server, slot, transparent, "sandbox created");
                 Ok(created)
