@@ -20,6 +20,8 @@ pub mod rootfs;
 
 #[cfg(feature = "helper")]
 pub mod helper;
+#[cfg(feature = "helper")]
+pub mod transparent;
 
 #[cfg(feature = "gateway")]
 pub mod egress;
