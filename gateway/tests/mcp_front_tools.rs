@@ -116,7 +116,6 @@ async fn a_changed_tool_definition_is_hidden_until_approved() {
 }
 
 /// A server that answers `initialize` properly, then misbehaves as `MODE` says: `garbage`
-
 /// (writes a line that is not JSON-RPC) or `hang` (never answers again).
 const BAD_SERVER: &str = r#"
 import json, os, sys, time
