@@ -12,6 +12,7 @@
 pub mod bins;
 pub mod bus;
 pub mod cgroups;
+pub mod init;
 pub mod names;
 pub mod netns;
 pub mod process;
