@@ -44,7 +44,7 @@ pub struct UpNet {
 }
 
 impl UpNet {
-    pub fn new() -> Self {
+    fn new() -> Self {
         let ip = |args: &[&str]| {
             let out = std::process::Command::new("ip")
                 .args(args)
