@@ -249,20 +249,47 @@ fn daemon_command(c: &ServerCommand, default_bus: &str, out: &mut dyn Write) -> 
     })
 }
 
+/// Runs one admin command against the open store, one function per command group. Commands
+/// that need no store (keygen) or the running daemon (start, stop, logs) never get here.
 fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> anyhow::Result<()> {
     match command {
-        Command::Secret(SecretCommand::Set { name, from_file }) => {
+        Command::Secret(c) => secret(admin, c, out),
+        Command::Vault(c) => vault(admin, c, out),
+        Command::Server(c) => server(admin, c, out),
+        Command::Endpoint(c) => endpoint(admin, c, out),
+    }
+}
+
+/// `secret set|list|rm`.
+fn secret(
+    admin: &mut dyn AdminApi,
+    command: SecretCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match command {
+        SecretCommand::Set { name, from_file } => {
             let value = read_value(from_file)?;
             let o = admin.secret_set(&name, &value)?;
             let verb = if o.created { "created" } else { "updated" };
             writeln!(out, "{verb} secret {name} (version {})", o.version)?;
         }
-        Command::Secret(SecretCommand::List) => print_secrets(&admin.secret_list()?, out)?,
-        Command::Secret(SecretCommand::Rm { name }) => {
+        SecretCommand::List => print_secrets(&admin.secret_list()?, out)?,
+        SecretCommand::Rm { name } => {
             admin.secret_remove(&name)?;
             writeln!(out, "removed secret {name}")?;
         }
-        Command::Vault(VaultCommand::Status) => {
+    }
+    Ok(())
+}
+
+/// `vault status|rotate`: status fails if any secret no longer opens.
+fn vault(
+    admin: &mut dyn AdminApi,
+    command: VaultCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match command {
+        VaultCommand::Status => {
             let s = admin.vault_status()?;
             writeln!(out, "master key fingerprint: {}", s.fingerprint)?;
             writeln!(out, "secrets: {}", s.secrets)?;
@@ -278,9 +305,9 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
             }
             writeln!(out, "all secrets open")?;
         }
-        Command::Vault(VaultCommand::Rotate {
+        VaultCommand::Rotate {
             new_master_key_file,
-        }) => {
+        } => {
             let new = MasterKey::from_file(&new_master_key_file)?;
             let fp = admin.vault_rotate(new)?;
             writeln!(
@@ -289,14 +316,25 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
                 new_master_key_file.display()
             )?;
         }
-        Command::Vault(VaultCommand::Keygen { .. }) => unreachable!("handled before opening"),
-        Command::Server(ServerCommand::Add {
+        VaultCommand::Keygen { .. } => unreachable!("handled before opening"),
+    }
+    Ok(())
+}
+
+/// `server add|list|tools`; start, stop and logs talk to the daemon instead.
+fn server(
+    admin: &mut dyn AdminApi,
+    command: ServerCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match command {
+        ServerCommand::Add {
             name,
             rootfs,
             manifest,
             unsigned: _,
             approve_ranges,
-        }) => {
+        } => {
             let text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("reading {}", manifest.display()))?;
             eprintln!(
@@ -309,10 +347,10 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
                 r.name, r.version, r.image_digest
             )?;
         }
-        Command::Server(
-            ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. },
-        ) => unreachable!("handled before opening"),
-        Command::Server(ServerCommand::List) => {
+        ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. } => {
+            unreachable!("handled before opening")
+        }
+        ServerCommand::List => {
             writeln!(
                 out,
                 "{:24}  {:12}  {:9}  INSTALLED",
@@ -329,45 +367,23 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
                 )?;
             }
         }
-        Command::Server(ServerCommand::Tools {
+        ServerCommand::Tools {
             name,
             diff,
             approve,
-        }) => {
-            if let Some(tool) = approve {
-                admin.server_tool_approve(&name, &tool)?;
-                writeln!(out, "approved the new definition of {name}/{tool}")?;
-                return Ok(());
-            }
-            // The empty name marks the first listing, not a tool.
-            let defs: Vec<_> = admin
-                .server_tools(&name)?
-                .into_iter()
-                .filter(|d| !d.tool.is_empty())
-                .collect();
-            for d in defs.iter().filter(|d| d.approved) {
-                let pending = defs.iter().find(|p| !p.approved && p.tool == d.tool);
-                let state = if pending.is_some() {
-                    "CHANGED (hidden)"
-                } else {
-                    "approved"
-                };
-                writeln!(out, "{:32}  {state}", d.tool)?;
-                if let (true, Some(p)) = (diff, pending) {
-                    writeln!(out, "  - approved: {}", d.definition)?;
-                    writeln!(out, "  + now:      {}", p.definition)?;
-                }
-            }
-            for p in defs.iter().filter(|p| !p.approved) {
-                if !defs.iter().any(|d| d.approved && d.tool == p.tool) {
-                    writeln!(out, "{:32}  NEW (hidden)", p.tool)?;
-                    if diff {
-                        writeln!(out, "  + now:      {}", p.definition)?;
-                    }
-                }
-            }
-        }
-        Command::Endpoint(EndpointCommand::Add { name, servers }) => {
+        } => server_tools(admin, &name, diff, approve, out)?,
+    }
+    Ok(())
+}
+
+/// `endpoint add|describe|token`.
+fn endpoint(
+    admin: &mut dyn AdminApi,
+    command: EndpointCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match command {
+        EndpointCommand::Add { name, servers } => {
             let servers = servers
                 .iter()
                 .map(|s| match s.split_once('=') {
@@ -385,18 +401,18 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
             admin.endpoint_add(&name, servers)?;
             writeln!(out, "created endpoint {name} at /mcp/{name}")?;
         }
-        Command::Endpoint(EndpointCommand::Describe {
+        EndpointCommand::Describe {
             endpoint,
             tool,
             description,
-        }) => {
+        } => {
             let Some((server, own)) = tool.split_once("__") else {
                 bail!("name the tool as SERVER__TOOL, as clients see it");
             };
             admin.endpoint_describe(&endpoint, server, own, &description)?;
             writeln!(out, "endpoint {endpoint} now describes {tool} its own way")?;
         }
-        Command::Endpoint(EndpointCommand::Token(TokenCommand::Create { endpoint, label })) => {
+        EndpointCommand::Token(TokenCommand::Create { endpoint, label }) => {
             let t = admin.token_create(&endpoint, &label)?;
             writeln!(
                 out,
@@ -405,9 +421,53 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
             )?;
             writeln!(out, "{}", &*t.secret)?;
         }
-        Command::Endpoint(EndpointCommand::Token(TokenCommand::Revoke { id })) => {
+        EndpointCommand::Token(TokenCommand::Revoke { id }) => {
             admin.token_revoke(&id)?;
             writeln!(out, "revoked token {id}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `server tools`: approves a changed definition, or lists each tool as approved, changed or
+/// new (the last two hidden from clients until approved), with `diff` showing old and new.
+fn server_tools(
+    admin: &mut dyn AdminApi,
+    name: &str,
+    diff: bool,
+    approve: Option<String>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if let Some(tool) = approve {
+        admin.server_tool_approve(name, &tool)?;
+        writeln!(out, "approved the new definition of {name}/{tool}")?;
+        return Ok(());
+    }
+    // The empty name marks the first listing, not a tool.
+    let defs: Vec<_> = admin
+        .server_tools(name)?
+        .into_iter()
+        .filter(|d| !d.tool.is_empty())
+        .collect();
+    for d in defs.iter().filter(|d| d.approved) {
+        let pending = defs.iter().find(|p| !p.approved && p.tool == d.tool);
+        let state = if pending.is_some() {
+            "CHANGED (hidden)"
+        } else {
+            "approved"
+        };
+        writeln!(out, "{:32}  {state}", d.tool)?;
+        if let (true, Some(p)) = (diff, pending) {
+            writeln!(out, "  - approved: {}", d.definition)?;
+            writeln!(out, "  + now:      {}", p.definition)?;
+        }
+    }
+    for p in defs.iter().filter(|p| !p.approved) {
+        if !defs.iter().any(|d| d.approved && d.tool == p.tool) {
+            writeln!(out, "{:32}  NEW (hidden)", p.tool)?;
+            if diff {
+                writeln!(out, "  + now:      {}", p.definition)?;
+            }
         }
     }
     Ok(())

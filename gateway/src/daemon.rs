@@ -123,6 +123,8 @@ fn publish_ca(ca_dir: &std::path::Path, pem: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the daemon until SIGTERM or SIGINT: the sandboxed server pool, the MCP front, the admin
+/// interface and the idle reaper, then an orderly shutdown.
 async fn serve(
     config: &Config,
     store: Arc<dyn Store>,
@@ -130,11 +132,63 @@ async fn serve(
     audit: &Auditor,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: a SIGTERM that arrives while starting up waits for the orderly shutdown
+    // below instead of killing the process with servers half started.
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
-    let state_dir = &config.gateway.state_dir;
-    let mut egress_config = EgressConfig::new(state_dir.join("egress-ca.pem"));
+    // One queue (one writer thread) for every request-path event source.
+    let queue = AuditQueue::new(audit.clone());
+    let (helper, pool) = server_pool(config, store.clone(), &vault, &queue)?;
+    let serving = start_front(config, store, &vault, &queue, &pool).await?;
+    // The admin interface on the bus; the gateway serves without it if the bus is not there.
+    let control = Control::new(pool.clone(), queue.clone());
+    let _control = match crate::control::serve(&config.sandbox.bus, control).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(bus = %config.sandbox.bus, "org.gigmcp.Gateway1 not served: {e}");
+            None
+        }
+    };
+    let reaper = spawn_reaper(pool.clone(), config.gateway.server_idle_stop);
+
+    // Started and ready only once the front is listening: systemd orders dependants on READY.
+    audit.record(
+        "daemon.start",
+        "gigmcpd",
+        Outcome::Ok,
+        &format!("version {}", env!("CARGO_PKG_VERSION")),
+    )?;
+    tracing::info!(
+        state_dir = %config.gateway.state_dir.display(),
+        listen = %config.gateway.listen,
+        pool = %config.sandbox.pool,
+        master_key = %vault.fingerprint(),
+        "gigmcpd ready"
+    );
+    notify(&[sd_notify::NotifyState::Ready]);
+
+    let signal_name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!(signal = signal_name, "shutting down");
+    // No new requests or idle stops while the servers are being stopped.
+    serving.abort();
+    reaper.abort();
+    pool.stop_all().await;
+    destroy_leftover_sandboxes(&helper).await;
+    // Queued audit events are written before the process ends.
+    queue.flush().await;
+    audit.record("daemon.stop", "gigmcpd", Outcome::Ok, signal_name)?;
+    Ok(())
+}
+
+/// The egress proxy's configuration: its CA file in the state directory, the sandbox pool it
+/// serves, an extra upstream CA and the configured hosts ahead of the system resolver.
+fn egress_config(config: &Config) -> EgressConfig {
+    let mut egress_config = EgressConfig::new(config.gateway.state_dir.join("egress-ca.pem"));
     egress_config.sandbox_pool = ipnet::IpNet::V4(config.sandbox.pool);
     egress_config.extra_upstream_ca = config.egress.extra_ca_file.clone();
     let mut resolver = HostsThenSystem::default();
@@ -142,10 +196,20 @@ async fn serve(
         resolver.hosts.insert(name, addrs.clone());
     }
     egress_config.resolver = Arc::new(resolver);
-    // One queue (one writer thread) for every request-path event source.
-    let queue = AuditQueue::new(audit.clone());
-    let egress = EgressShared::new(vault.clone(), queue.clone(), egress_config)
+    egress_config
+}
+
+/// The egress proxy, the helper on the bus and the pool of sandboxed servers launched through
+/// them.
+fn server_pool(
+    config: &Config,
+    store: Arc<dyn Store>,
+    vault: &Arc<Vault>,
+    queue: &AuditQueue,
+) -> anyhow::Result<(Arc<Helper>, Arc<ServerPool<SandboxLauncher>>)> {
+    let egress = EgressShared::new(vault.clone(), queue.clone(), egress_config(config))
         .context("starting the egress proxy")?;
+    // The CA bundle is published before any sandbox can start: servers trust the proxy by it.
     std::fs::create_dir_all(&config.sandbox.ca_dir)
         .with_context(|| format!("creating {}", config.sandbox.ca_dir.display()))?;
     publish_ca(&config.sandbox.ca_dir, egress.ca_cert_pem())?;
@@ -162,11 +226,22 @@ async fn serve(
         },
     };
     let pool = Arc::new(ServerPool::new(
-        store.clone(),
+        store,
         queue.clone(),
         launcher,
         SessionLimits::default(),
     ));
+    Ok((helper, pool))
+}
+
+/// Binds the MCP front's listener (plain or TLS) and serves it in the background.
+async fn start_front(
+    config: &Config,
+    store: Arc<dyn Store>,
+    vault: &Arc<Vault>,
+    queue: &AuditQueue,
+    pool: &Arc<ServerPool<SandboxLauncher>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listen = config.gateway.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -195,57 +270,32 @@ async fn serve(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("MCP front on {scheme}://{listen}/mcp/<endpoint>");
-    let serving = tokio::spawn(front.clone().serve_with(listener, tls));
-    // The admin interface on the bus; the gateway serves without it if the bus is not there.
-    let control = Control::new(pool.clone(), queue.clone());
-    let _control = match crate::control::serve(&config.sandbox.bus, control).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(bus = %config.sandbox.bus, "org.gigmcp.Gateway1 not served: {e}");
-            None
-        }
-    };
-    let idle = config.gateway.server_idle_stop;
-    let reaper_pool = pool.clone();
-    let reaper = tokio::spawn(async move {
+    Ok(tokio::spawn(front.clone().serve_with(listener, tls)))
+}
+
+/// Stops servers idle for `idle`, checking every 30 s at most (every `idle` if shorter, at
+/// least every second).
+fn spawn_reaper(
+    pool: Arc<ServerPool<SandboxLauncher>>,
+    idle: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(
             idle.min(Duration::from_secs(30))
                 .max(Duration::from_secs(1)),
         );
         loop {
             tick.tick().await;
-            for name in reaper_pool.stop_idle(idle).await {
+            for name in pool.stop_idle(idle).await {
                 tracing::info!(server = %name, "stopped after {}", humantime::format_duration(idle));
             }
         }
-    });
+    })
+}
 
-    audit.record(
-        "daemon.start",
-        "gigmcpd",
-        Outcome::Ok,
-        &format!("version {}", env!("CARGO_PKG_VERSION")),
-    )?;
-    tracing::info!(
-        state_dir = %config.gateway.state_dir.display(),
-        listen = %config.gateway.listen,
-        pool = %config.sandbox.pool,
-        master_key = %vault.fingerprint(),
-        "gigmcpd ready"
-    );
-    notify(&[sd_notify::NotifyState::Ready]);
-
-    let signal_name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    notify(&[sd_notify::NotifyState::Stopping]);
-    tracing::info!(signal = signal_name, "shutting down");
-    serving.abort();
-    reaper.abort();
-    pool.stop_all().await;
-    // The sandboxes' guards ask the helper to destroy them in the background; make sure
-    // before exiting (the helper serves this gateway only).
+/// The sandboxes' guards ask the helper to destroy them in the background; make sure before
+/// exiting (the helper serves this gateway only).
+async fn destroy_leftover_sandboxes(helper: &Helper) {
     if let Some(h) = helper.get_if_connected()
         && let Ok(live) = h.list_sandboxes().await
     {
@@ -253,10 +303,6 @@ async fn serve(
             let _ = h.destroy_sandbox(&sb.id).await;
         }
     }
-    // Queued audit events are written before the process ends.
-    queue.flush().await;
-    audit.record("daemon.stop", "gigmcpd", Outcome::Ok, signal_name)?;
-    Ok(())
 }
 
 /// Tells systemd about state changes; a no-op when not started by systemd.

@@ -332,6 +332,23 @@ impl Curl {
     }
 }
 
+/// Limits small enough for tests to reach: a 2 s header read, a 3 s handshake, 16 connections.
+pub fn limits() -> EgressLimits {
+    EgressLimits {
+        header_read_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(3),
+        max_connections: 16,
+        ..EgressLimits::default()
+    }
+}
+
+/// Whether `events` hold an `egress.denied` for `target` whose detail names `reason`.
+pub fn denied_with(events: &[AuditEvent], target: &str, reason: &str) -> bool {
+    events.iter().any(|e| {
+        e.action == "egress.denied" && e.target.contains(target) && e.detail.contains(reason)
+    })
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -12,6 +12,7 @@
 pub mod bins;
 pub mod bus;
 pub mod cgroups;
+pub mod init;
 pub mod names;
 pub mod netns;
 pub mod process;
@@ -20,6 +21,8 @@ pub mod rootfs;
 
 #[cfg(feature = "helper")]
 pub mod helper;
+#[cfg(feature = "helper")]
+pub mod transparent;
 
 #[cfg(feature = "gateway")]
 pub mod egress;
@@ -27,6 +30,8 @@ pub mod egress;
 pub mod env;
 #[cfg(feature = "gateway")]
 pub mod mcp;
+#[cfg(feature = "gateway")]
+pub mod sandbox_egress;
 #[cfg(feature = "gateway")]
 pub mod upstream;
 

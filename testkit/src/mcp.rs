@@ -307,6 +307,18 @@ pub async fn rpc(
     serde_json::from_slice(&body).unwrap()
 }
 
+/// The headers of a Streamable HTTP POST with `authorization` (a whole `Bearer …` value), JSON
+/// in and JSON or SSE out, then `extra`.
+pub fn post_headers<'a>(token: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        ("authorization", token),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    h.extend_from_slice(extra);
+    h
+}
+
 /// One raw HTTP exchange (a fresh connection each time): status, headers, body.
 pub async fn http(
     addr: std::net::SocketAddr,
