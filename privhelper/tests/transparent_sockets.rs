@@ -43,6 +43,23 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// The helper's fd count once it has stopped moving (the same for half a second, at most 10 s
+/// of waiting). `SandboxExited` comes once a sandbox's processes are gone, while the helper may
+/// still hold a short-lived fd (the background removal of the last link and netns, a netlink
+/// connection closing): measured mid-flight, either end of the comparison could be off by one
+/// (it was, both ways, under load). A leak does not settle back; a transient does.
+async fn settled_fd_count(pid: u32) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut last, mut same) = (fd_count(pid), 0);
+    while same < 10 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = fd_count(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
 fn socket_facts(fd: &OwnedFd) -> (SocketAddr, bool, socket2::Type, Option<String>) {
     let s = socket2::SockRef::from(fd);
     (
@@ -181,21 +198,13 @@ fn fifty_cycles_leak_no_fd_in_the_helper() {
         ];
         settle(&mut exits, warm).await;
         let pid = h.helper_pid();
-        let start = fd_count(pid);
+        let start = settled_fd_count(pid).await;
         let mut ids = Vec::new();
         for _ in 0..50 {
             ids.push(cycle(&client, &h, &rootfs).await);
         }
         settle(&mut exits, ids).await;
-        // `SandboxExited` comes once the processes are gone; the link and netns of the last
-        // sandboxes are removed in the background (their slot held) a moment later, with an fd
-        // open while they are. A leak stays; background teardown ends: wait for that, bounded.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut end = fd_count(pid);
-        while end != start && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            end = fd_count(pid);
-        }
+        let end = settled_fd_count(pid).await;
         assert_eq!(end, start, "the helper's fd count changed over 50 cycles");
         assert_eq!(h.count_host(), before, "resources left");
     });
