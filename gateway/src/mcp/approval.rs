@@ -275,17 +275,8 @@ mod tests {
 
     fn gate_on(dir: &std::path::Path) -> (Arc<dyn Store>, ToolGate) {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(dir).unwrap());
-        let manifest = json!({"name": "s", "version": "1", "command": ["/bin/s"]});
         store
-            .server_add(&ServerRecord {
-                name: "s".into(),
-                version: "1".into(),
-                image_digest: "dir:/".into(),
-                manifest: manifest.to_string(),
-                source: "unsigned".into(),
-                approved_ranges: Vec::new(),
-                installed_ms: now_ms(),
-            })
+            .server_add(&ServerRecord::unsigned_for_test("s", "/bin/s"))
             .unwrap();
         let gate = ToolGate::new(store.clone(), Auditor::new(store.clone(), "test"));
         (store, gate)

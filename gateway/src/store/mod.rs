@@ -108,6 +108,23 @@ pub struct ServerRecord {
     pub installed_ms: i64,
 }
 
+#[cfg(test)]
+impl ServerRecord {
+    /// An unsigned server whose manifest only names `command`: what the unit tests install.
+    pub(crate) fn unsigned_for_test(name: &str, command: &str) -> Self {
+        let manifest = serde_json::json!({"name": name, "version": "1", "command": [command]});
+        Self {
+            name: name.into(),
+            version: "1".into(),
+            image_digest: "dir:/".into(),
+            manifest: manifest.to_string(),
+            source: "unsigned".into(),
+            approved_ranges: Vec::new(),
+            installed_ms: now_ms(),
+        }
+    }
+}
+
 /// An endpoint and its servers, each with its tool subset (`["*"]`: all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointRecord {

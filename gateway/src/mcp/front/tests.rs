@@ -77,17 +77,8 @@ struct Rig {
 fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
-    let manifest = json!({"name": "files", "version": "1", "command": ["/bin/files"]});
     store
-        .server_add(&ServerRecord {
-            name: "files".into(),
-            version: "1".into(),
-            image_digest: "dir:/".into(),
-            manifest: manifest.to_string(),
-            source: "unsigned".into(),
-            approved_ranges: Vec::new(),
-            installed_ms: now_ms(),
-        })
+        .server_add(&ServerRecord::unsigned_for_test("files", "/bin/files"))
         .unwrap();
     store
         .endpoint_add(&EndpointRecord {

@@ -2,24 +2,15 @@
 //! through this connection or another one (another process, such as the CLI).
 
 use super::*;
-use crate::store::{EndpointRecord, ServerRecord, SqliteStore, now_ms};
+use crate::store::{EndpointRecord, ServerRecord, SqliteStore};
 
 fn store(dir: &std::path::Path) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open_in(dir).unwrap())
 }
 
 fn install(store: &dyn Store) {
-    let manifest = serde_json::json!({"name": "s", "version": "1", "command": ["/bin/s"]});
     store
-        .server_add(&ServerRecord {
-            name: "s".into(),
-            version: "1".into(),
-            image_digest: "dir:/".into(),
-            manifest: manifest.to_string(),
-            source: "unsigned".into(),
-            approved_ranges: Vec::new(),
-            installed_ms: now_ms(),
-        })
+        .server_add(&ServerRecord::unsigned_for_test("s", "/bin/s"))
         .unwrap();
     store
         .endpoint_add(&EndpointRecord {
