@@ -357,17 +357,7 @@ impl Outside {
     const LINK: &str = "gxout0";
 
     fn new() -> Self {
-        let ip = |args: &[&str]| {
-            let out = std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let ip = testkit::netns::ip_ok;
         let outside = Self {
             netns: testkit::netns::NamedNetns::add(testkit::names::unique("gx")),
         };

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -22,27 +22,13 @@ use gateway::manifest::Manifest;
 use gateway::store::{AuditEvent, SqliteStore, Store};
 use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
 
-use crate::netns::{NamedNetns, Netns};
+use crate::netns::{NamedNetns, Netns, ip_ok};
 use crate::upstream;
 
 /// Real credential values the tests put in the vault.
 pub const TOKEN_VALUE: &str = "sk-live-REALtoken-7f3a9c2e41d85b60";
 pub const BASIC_VALUE: &str = "pw-REALbasic-93ab0cd1e2";
 pub const QKEY_VALUE: &str = "qk-REAL/query+key 42";
-
-fn ip(args: &[&str]) -> Output {
-    Command::new("ip").args(args).output().expect("run ip")
-}
-
-fn ip_ok(args: &[&str]) {
-    let out = ip(args);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Two named namespaces and their veths; removed on drop (deleting a namespace deletes the
 /// veth pair, host side included).

@@ -137,3 +137,22 @@ impl Drop for NamedNetns {
             .output();
     }
 }
+
+/// Runs `ip ARGS` (iproute2) in the caller's network namespace.
+pub fn ip(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip")
+}
+
+/// Runs `ip ARGS` and fails the test, with ip's own message, if it fails.
+pub fn ip_ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

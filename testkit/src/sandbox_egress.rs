@@ -45,17 +45,7 @@ pub struct UpNet {
 
 impl UpNet {
     fn new() -> Self {
-        let ip = |args: &[&str]| {
-            let out = std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let ip = crate::netns::ip_ok;
         let net = Self {
             ns: NamedNetns::add(crate::names::unique("gmeg")),
         };
