@@ -11,6 +11,7 @@ use crate::admin::AdminApi;
 use crate::admin::local::{AdminSettings, LocalAdmin};
 use crate::config::{self, Config};
 use crate::store::SecretMeta;
+use crate::terminal;
 use crate::vault::{MAX_VALUE_LEN, MasterKey, SecretValue};
 
 #[derive(Debug, Parser)]
@@ -239,8 +240,10 @@ fn daemon_command(c: &ServerCommand, default_bus: &str, out: &mut dyn Write) -> 
                 }
             }
             ServerCommand::Logs { lines, .. } => {
+                // The daemon escaped each line already; a line that was not (an older daemon)
+                // is made safe here all the same: the server's text never drives the terminal.
                 for l in gw.server_logs(name, *lines).await? {
-                    writeln!(out, "{l}")?;
+                    writeln!(out, "{}", terminal::sanitize(&l))?;
                 }
             }
             _ => unreachable!("only daemon commands come here"),
@@ -449,6 +452,10 @@ fn server_tools(
         .into_iter()
         .filter(|d| !d.tool.is_empty())
         .collect();
+    // Names and definitions are the server's words: escaped (`terminal`), so that a name
+    // cannot hide a character from the admin approving it, nor drive the terminal. A
+    // definition is JSON, whose own escapes keep backslashes: `sanitize` keeps it readable.
+    let (shown, json) = (terminal::escape, terminal::sanitize);
     for d in defs.iter().filter(|d| d.approved) {
         let pending = defs.iter().find(|p| !p.approved && p.tool == d.tool);
         let state = if pending.is_some() {
@@ -456,17 +463,17 @@ fn server_tools(
         } else {
             "approved"
         };
-        writeln!(out, "{:32}  {state}", d.tool)?;
+        writeln!(out, "{:32}  {state}", shown(&d.tool))?;
         if let (true, Some(p)) = (diff, pending) {
-            writeln!(out, "  - approved: {}", d.definition)?;
-            writeln!(out, "  + now:      {}", p.definition)?;
+            writeln!(out, "  - approved: {}", json(&d.definition))?;
+            writeln!(out, "  + now:      {}", json(&p.definition))?;
         }
     }
     for p in defs.iter().filter(|p| !p.approved) {
         if !defs.iter().any(|d| d.approved && d.tool == p.tool) {
-            writeln!(out, "{:32}  NEW (hidden)", p.tool)?;
+            writeln!(out, "{:32}  NEW (hidden)", shown(&p.tool))?;
             if diff {
-                writeln!(out, "  + now:      {}", p.definition)?;
+                writeln!(out, "  + now:      {}", json(&p.definition))?;
             }
         }
     }

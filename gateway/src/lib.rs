@@ -16,5 +16,6 @@ pub mod manifest;
 pub mod mcp;
 pub mod sandbox;
 pub mod store;
+pub mod terminal;
 pub mod tokens;
 pub mod vault;

@@ -247,3 +247,60 @@ fn unsigned_servers_endpoints_and_tokens() {
     );
     assert!(!audit.iter().any(|e| e.detail.contains(&secret)));
 }
+
+#[test]
+fn server_tools_show_a_servers_names_and_definitions_escaped() {
+    use gateway::store::ToolDefinition;
+    let env = TestEnv::new();
+    let (server, marker) = (format!("s{}", common::random_hex(4)), common::random_hex(6));
+    // A name that looks like `read_<marker>` but reads backwards and hides a zero-width
+    // joiner, and definitions that clear the screen and carry a bidi isolate.
+    let tool = format!("read_\u{202e}{marker}\u{200d}\u{1b}[2J");
+    let def = |approved: bool, extra: &str| ToolDefinition {
+        server: server.clone(),
+        tool: tool.clone(),
+        approved,
+        definition: format!(
+            "{{\"name\":\"{tool}\",\"description\":\"{extra}\u{2066}{marker}\u{2069}\\\\\"}}"
+        ),
+        digest: common::random_hex(32),
+        seen_ms: 1,
+    };
+    let store = env.store();
+    store
+        .server_add(&gateway::store::ServerRecord {
+            name: server.clone(),
+            version: "1".into(),
+            image_digest: "dir:/".into(),
+            manifest: format!(r#"{{"name":"{server}","version":"1","command":["/s"]}}"#),
+            source: "unsigned".into(),
+            approved_ranges: Vec::new(),
+            installed_ms: 1,
+        })
+        .unwrap();
+    store
+        .tool_definitions_put(&[def(true, "old"), def(false, "new\r\u{9b}")])
+        .unwrap();
+    let out = env.cli(&["server", "tools", &server, "--diff"], b"");
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8(out.stdout).expect("the rendering is UTF-8");
+    let hidden: Vec<char> = shown
+        .chars()
+        .filter(|&c| c != '\n' && gateway::terminal::is_hidden(c))
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "hidden characters {hidden:?} in {shown:?}"
+    );
+    let name = format!("read_\\u{{202e}}{marker}\\u{{200d}}\\x1b[2J");
+    assert!(
+        shown.contains(&format!("{name}  CHANGED (hidden)")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "\"description\":\"new\\x0d\\u{{009b}}\\u{{2066}}{marker}\\u{{2069}}\\\\\""
+        )),
+        "{shown}"
+    );
+}

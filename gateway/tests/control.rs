@@ -176,3 +176,81 @@ async fn callers_that_are_not_admins_are_refused_by_the_bus_and_by_the_daemon() 
         }
     }
 }
+
+/// A server whose stderr carries what would drive the admin's terminal: an OSC title
+/// sequence, a screen clear, a carriage return over the line, a bidi override, zero-width and
+/// tag characters and bytes that are not UTF-8, around a random marker (from argv).
+const HOSTILE_STDERR: &str = r#"
+import json, sys
+m = sys.argv[1].encode()
+line = (b"\x1b]0;" + m + b"\x07\x1b[2J" + m + b"\rOK \xe2\x80\xae" + m + b"\xe2\x80\x8b\xf3\xa0\x81\x81"
+        + b"\xff\xfe\x9b" + m + b"\n")
+sys.stderr.buffer.write(line)
+sys.stderr.flush()
+for l in sys.stdin:
+    q = json.loads(l)
+    if q.get("method") == "initialize":
+        print(json.dumps({"jsonrpc": "2.0", "id": q["id"], "result": {"protocolVersion": "2025-06-18",
+              "capabilities": {}, "serverInfo": {"name": "h", "version": "1"}}}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_logs_show_a_servers_control_and_bidi_characters_escaped() {
+    mcp_support::require_venv();
+    let py = mcp_support::venv().join("python");
+    let marker = testkit::env::random_hex(6);
+    let hostile = json!({"name": "hostile", "version": "1",
+        "command": [py.to_str().unwrap(), "-c", HOSTILE_STDERR, marker]});
+    let gw = mcp_support::Gw::with(
+        vec![("hostile", hostile)],
+        vec![("e", vec![("hostile", vec!["*"])])],
+        &[],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, address) = start_bus(dir.path(), false);
+    let audit = AuditQueue::new(Auditor::new(gw.store.clone(), "gigmcpd"));
+    let _conn = gateway::control::serve(&address, Control::new(gw.pool.clone(), audit))
+        .await
+        .unwrap();
+    let run = |args: Vec<String>| {
+        let address = address.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                cli(&address, &args, false)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let out = run(args(&["server", "start", "hostile"])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut shown = Vec::new();
+    for _ in 0..50 {
+        shown = run(args(&["server", "logs", "hostile"])).await.stdout;
+        if String::from_utf8_lossy(&shown).matches(&marker).count() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let text = String::from_utf8(shown).expect("the rendering is UTF-8");
+    let hidden: Vec<char> = text
+        .chars()
+        .filter(|&c| c != '\n' && gateway::terminal::is_hidden(c))
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "hidden characters {hidden:?} in {text:?}"
+    );
+    let want = format!(
+        "\\x1b]0;{marker}\\x07\\x1b[2J{marker}\\x0dOK \\u{{202e}}{marker}\\u{{200b}}\\u{{e0041}}\
+         \\xff\\xfe\\x9b{marker}"
+    );
+    assert!(text.contains(&want), "{text:?}\nwant {want:?}");
+}

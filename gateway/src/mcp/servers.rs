@@ -27,7 +27,8 @@ const STDERR_LINE: usize = 2048;
 const STDERR_LINES_PER_MINUTE: u32 = 600;
 const KEPT_LINES: usize = 1000;
 
-/// The last [`KEPT_LINES`] stderr lines of each server (for `gigmcp server logs`).
+/// The last [`KEPT_LINES`] stderr lines of each server (for `gigmcp server logs`), escaped
+/// ([`crate::terminal::escape_bytes`]).
 #[derive(Debug, Default)]
 pub struct ServerLogs {
     lines: std::sync::Mutex<HashMap<String, std::collections::VecDeque<String>>>,
@@ -85,7 +86,11 @@ async fn capture_stderr(
             continue;
         }
         let end = buf.len().min(STDERR_LINE);
-        let line = String::from_utf8_lossy(&buf[..end]).trim_end().to_owned();
+        // Escaped from the raw bytes, before anything keeps or logs the line: the journal and
+        // `gigmcp server logs` show what the server wrote, never obey it (and invalid UTF-8
+        // stays visible as `\xNN` rather than lost as U+FFFD).
+        let raw = buf[..end].trim_ascii_end();
+        let line = crate::terminal::escape_bytes(raw);
         tracing::info!(%server, "stderr: {line}");
         logs.push(&server, line);
     }
