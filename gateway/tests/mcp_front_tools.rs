@@ -175,13 +175,16 @@ async fn a_server_writing_garbage_or_hanging_is_killed_and_reported_while_others
     .await;
     let (_, token) = gw.token("e");
 
-    // tools/list asks every server: the broken ones fail, the good one's tools are listed.
+    // tools/list asks every server: the broken ones fail, and the answer is an error naming
+    // them (a list without them would pass them off as servers with no tools).
     let started = std::time::Instant::now();
     let list = gw.rpc("e", &token, "tools/list", json!({})).await;
+    let message = list["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        tool_names(&list).contains(&"time__get_current_time".to_string()),
+        message.contains("server garbage") && message.contains("server hang"),
         "{list}"
     );
+    assert!(list.get("result").is_none(), "{list}");
     assert!(started.elapsed() < Duration::from_secs(10));
     let pids = gw.launcher.pids.lock().unwrap().clone();
     assert_eq!(pids.len(), 3, "{pids:?}");
@@ -474,4 +477,76 @@ async fn initialize_on(gw: &Gw, endpoint: &str, bearer: &str) -> String {
     .await;
     assert_eq!(status, 200);
     headers["mcp-session-id"].to_str().unwrap().to_owned()
+}
+
+/// A server name and a missing command path chosen at random, so that nothing but this test's
+/// failure can produce the reason the client and the audit must show.
+fn random_missing_server() -> (&'static str, String) {
+    let name: &'static str =
+        Box::leak(format!("s{}", testkit::env::random_hex(5)).into_boxed_str());
+    let missing = format!("/nonexistent-{}/server", testkit::env::random_hex(6));
+    (name, missing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_start_is_a_tools_list_error_naming_it_not_an_empty_list() {
+    mcp_support::require_venv();
+    let (broken, missing) = random_missing_server();
+    let time = json!({"name": "time", "version": "1",
+        "command": [venv().join("mcp-server-time").to_str().unwrap(), "--local-timezone", "UTC"]});
+    let gw = Gw::with(
+        vec![
+            (
+                broken,
+                json!({"name": broken, "version": "1", "command": [missing]}),
+            ),
+            ("time", time),
+        ],
+        vec![
+            ("alone", vec![(broken, vec!["*"])]),
+            ("mixed", vec![("time", vec!["*"]), (broken, vec!["*"])]),
+        ],
+        &[],
+    )
+    .await;
+    for endpoint in ["alone", "mixed"] {
+        let (_, token) = gw.token(endpoint);
+        let list = gw.rpc(endpoint, &token, "tools/list", json!({})).await;
+        assert!(list.get("result").is_none(), "{endpoint}: {list}");
+        let message = list["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("server {broken}")) && message.contains(&missing),
+            "{endpoint}: the error does not name the server and the reason: {list}"
+        );
+        assert_eq!(
+            list["error"]["data"]["servers"][0]["server"], broken,
+            "{list}"
+        );
+        // Still an error while the pool waits out its backoff, with the reason.
+        let again = gw.rpc(endpoint, &token, "tools/list", json!({})).await;
+        let again = again["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            again.contains(broken) && again.contains(&missing),
+            "{again}"
+        );
+    }
+    let audit = gw.audit().await;
+    assert!(
+        audit.iter().any(|e| e.action == "mcp.server.failed"
+            && e.target == broken
+            && e.outcome == "failed"
+            && e.detail.contains(&missing)),
+        "no mcp.server.failed with the reason: {audit:#?}"
+    );
+    let listed: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "mcp.call" && e.detail.contains("method=tools/list"))
+        .collect();
+    assert_eq!(listed.len(), 4, "{listed:#?}");
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.outcome == "failed" && e.detail.contains(broken)),
+        "a failed tools/list was audited as ok: {listed:#?}"
+    );
 }

@@ -1,6 +1,8 @@
 //! What an endpoint offers: the tools of its servers, namespaced `<server>__<tool>`, filtered to
 //! the endpoint's subset ∩ the manifest's, and calls routed to the server that owns the tool.
-//! Anything outside the subset is neither listed nor callable.
+//! Anything outside the subset is neither listed nor callable. A list a server of the endpoint
+//! cannot contribute to (it cannot start, fails or hangs) is an error naming that server and why
+//! (`not_listed`), never a shorter list.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,6 +163,7 @@ impl Router {
             }
         };
         let mut all = Vec::new();
+        let mut failed = Vec::new();
         for e in &self.view.servers {
             match self.server_tools(sessions, &e.server).await {
                 Ok(tools) => {
@@ -180,11 +183,14 @@ impl Router {
                         all.push(Value::Object(t));
                     }
                 }
-                // One broken server does not hide the others' tools.
                 Err(err) => {
-                    tracing::warn!(server = %e.server, error = %err, "mcp: tools/list failed")
+                    tracing::warn!(server = %e.server, error = %err, "mcp: tools/list failed");
+                    failed.push((e.server.as_str(), err));
                 }
             }
+        }
+        if !failed.is_empty() {
+            return Handled::ok(not_listed(id, &failed));
         }
         let page: Vec<Value> = all.iter().skip(start).take(PAGE).cloned().collect();
         let mut result = json!({ "tools": page });
@@ -251,8 +257,11 @@ impl Router {
         };
         let mut all = Vec::new();
         for e in &self.view.servers {
-            let Ok(s) = sessions.session(&e.server).await else {
-                continue;
+            // A server that cannot start is an error (as in `tools/list`); one that runs but
+            // does not offer this kind of list is skipped.
+            let s = match sessions.session(&e.server).await {
+                Ok(s) => s,
+                Err(err) => return Handled::ok(not_listed(id, &[(e.server.as_str(), err)])),
             };
             let mut cursor: Option<Value> = None;
             for _ in 0..MAX_SERVER_PAGES {
@@ -511,6 +520,44 @@ impl Router {
             refused: None,
             redacted,
         }
+    }
+}
+
+/// The answer to a list some server of the endpoint could not contribute to: an error naming
+/// every such server and why, not the others' items alone. A list result cannot say "and one
+/// server is missing" (MCP lists carry no partial errors), so a partial list would make a
+/// server that cannot start (incomplete image, helper refusal) look like a server with no
+/// tools: the client would plan without them and nobody would notice. An error makes the
+/// failure visible to the client and, through the audit, to the admin.
+fn not_listed(id: &Id, failed: &[(&str, CallError)]) -> Value {
+    let message = failed
+        .iter()
+        .map(|(server, err)| format!("server {server} is not available: {}", why(err)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let servers: Vec<Value> = failed
+        .iter()
+        .map(|(server, err)| json!({"server": server, "reason": why(err)}))
+        .collect();
+    let mut answer = jsonrpc::error(Some(id), code::SERVER_UNAVAILABLE, &message);
+    answer["error"]["data"] = json!({ "servers": servers });
+    answer
+}
+
+/// Why a server could not answer, without its name (the caller puts it in front).
+fn why(err: &CallError) -> String {
+    match err {
+        CallError::Closed { reason, .. } => reason.clone(),
+        CallError::Timeout { method, secs, .. } => {
+            format!("did not answer {method} within {secs} s")
+        }
+        CallError::Remote(e) => format!(
+            "answered with an error: {}",
+            e.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)")
+        ),
+        CallError::Cancelled => "request cancelled".into(),
     }
 }
 

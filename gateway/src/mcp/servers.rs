@@ -137,6 +137,8 @@ struct State {
     failures: u32,
     /// No new start before this.
     not_before: Option<Instant>,
+    /// Why the last start failed: callers refused during the backoff are told it too.
+    last_failure: Option<String>,
 }
 
 /// First retry after this; doubled per consecutive failure up to [`BACKOFF_MAX`].
@@ -270,10 +272,24 @@ impl<L: Launcher> ServerPool<L> {
             .server_get(name)
             .map_err(|e| unavailable(e.to_string()))?
             .ok_or_else(|| unavailable("not installed".into()))?;
-        let mut launched = tokio::time::timeout(self.init_timeout, self.launcher.launch(&record))
+        let launched = tokio::time::timeout(self.init_timeout, self.launcher.launch(&record))
             .await
-            .map_err(|_| unavailable("the sandbox did not start in time".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|_| "the sandbox did not start in time".to_owned())
+            .and_then(|r| r.map_err(|e| format!("cannot start: {e}")));
+        let mut launched = match launched {
+            Ok(l) => l,
+            Err(reason) => {
+                // Audited here, once per attempt: no session exists for the watcher below to
+                // report (a failed `initialize` is reported by the watcher).
+                self.audit.record(
+                    "mcp.server.failed",
+                    name,
+                    Outcome::Failed,
+                    format!("reason=\"{reason}\" not started; retried after a backoff"),
+                );
+                return Err(unavailable(reason));
+            }
+        };
         if let Some(err) = launched.stderr.take() {
             tokio::spawn(capture_stderr(name.to_owned(), err, self.logs.clone()));
         }
@@ -359,10 +375,15 @@ impl<L: Launcher> Sessions for ServerPool<L> {
         if let Some(t) = state.not_before
             && Instant::now() < t
         {
+            let last = state
+                .last_failure
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
             return Err(CallError::Closed {
                 server: name.to_owned(),
                 reason: format!(
-                    "restarting after a failure, in {} ms",
+                    "restarting after a failure{last}, in {} ms",
                     (t - Instant::now()).as_millis()
                 ),
             });
@@ -370,11 +391,16 @@ impl<L: Launcher> Sessions for ServerPool<L> {
         match self.start(name).await {
             Ok((session, live)) => {
                 state.live = Some(live);
+                state.last_failure = None;
                 Ok(session)
             }
             Err(e) => {
                 state.failures += 1;
                 state.not_before = Some(Instant::now() + backoff(state.failures));
+                state.last_failure = Some(match &e {
+                    CallError::Closed { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                });
                 Err(e)
             }
         }

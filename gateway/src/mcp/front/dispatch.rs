@@ -246,14 +246,17 @@ impl<S: Sessions + 'static> Front<S> {
                 Outcome::Denied,
                 &format!("{what} reason=\"{}\"", r.reason()),
             ),
-            None => {
-                let outcome = if handled.response.get("error").is_some() {
-                    Outcome::Failed
-                } else {
-                    Outcome::Ok
-                };
-                self.record("mcp.call", &caller.endpoint, outcome, &what);
-            }
+            None => match handled.response.get("error") {
+                // The error's message says which server failed and why (e.g. one that could
+                // not start): the trail keeps it, cut short.
+                Some(e) => {
+                    let message = e.get("message").and_then(Value::as_str).unwrap_or("");
+                    let message: String = message.chars().take(300).collect();
+                    let detail = format!("{what} error=\"{message}\"");
+                    self.record("mcp.call", &caller.endpoint, Outcome::Failed, &detail);
+                }
+                None => self.record("mcp.call", &caller.endpoint, Outcome::Ok, &what),
+            },
         }
         if !handled.redacted.is_empty() {
             self.record(
