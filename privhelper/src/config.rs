@@ -1,12 +1,19 @@
 //! `privhelper.toml`: the helper's configuration. It is root's, not the gateway's: every path a
 //! sandbox can see and every identity it can run as is fixed here, never in a request.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/gigmcp/privhelper.toml";
+
+/// The lowest sandbox uid: above system and login users.
+const MIN_UID_BASE: u32 = 100_000;
+/// Every sandbox uid is below this (2^31).
+const UID_END: u32 = 1 << 31;
+/// 1000 CPUs' worth: a higher ceiling is a typo, not a machine.
+const MAX_CPU_PERCENT: u32 = 100_000;
 
 /// Every key is optional but one of `allowed_user`/`allowed_uid`; the defaults are
 /// [`Config::default`]'s.
@@ -51,6 +58,43 @@ pub struct Ceilings {
     pub cpu_percent: u32,
     /// Size of each sandbox's private /tmp (tmpfs, counts against memory).
     pub tmp_bytes: u64,
+}
+
+impl Ceilings {
+    /// Ceilings some spec can meet: at least the smallest limits the helper accepts, and a
+    /// private /tmp with a size (tmpfs takes a size of 0 as "no limit").
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        use crate::helper::{MIN_MEMORY, MIN_PIDS};
+        if self.memory_max_bytes < MIN_MEMORY {
+            return Err((
+                "ceilings.memory_max_bytes",
+                format!("must be at least {MIN_MEMORY} (the smallest limit a sandbox may ask)"),
+            ));
+        }
+        if self.pids_max < MIN_PIDS {
+            return Err((
+                "ceilings.pids_max",
+                format!("must be at least {MIN_PIDS} (the smallest limit a sandbox may ask)"),
+            ));
+        }
+        if !(1..=MAX_CPU_PERCENT).contains(&self.cpu_percent) {
+            return Err((
+                "ceilings.cpu_percent",
+                format!("must be 1 to {MAX_CPU_PERCENT}"),
+            ));
+        }
+        if self.tmp_bytes == 0 || self.tmp_bytes > self.memory_max_bytes {
+            return Err((
+                "ceilings.tmp_bytes",
+                format!(
+                    "must be 1 to memory_max_bytes ({}): /tmp counts against the memory limit, \
+                     and tmpfs reads 0 as no limit",
+                    self.memory_max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Ceilings {
@@ -124,6 +168,10 @@ impl Config {
                 .ok_or_else(|| invalid("allowed_user", format!("no user named {name}")))?;
             config.allowed_uid = Some(user.uid.as_raw());
         }
+        // Again once a name is resolved: the caller's uid must be outside the sandbox range.
+        config
+            .caller_outside_sandbox_uids()
+            .map_err(|(k, m)| invalid(k, m))?;
         Ok(config)
     }
 
@@ -152,33 +200,135 @@ impl Config {
         {
             return Err(("link_prefix", "use 1-4 of a-z".into()));
         }
-        if self.pool != self.pool.trunc() || self.pool.prefix_len() > 24 {
-            return Err((
-                "pool",
-                format!("{} must be a /24 or larger network", self.pool),
-            ));
+        self.check_pool()?;
+        self.check_uids()?;
+        self.caller_outside_sandbox_uids()?;
+        self.check_paths()?;
+        self.ceilings.check()
+    }
+
+    /// A pool the links can use: a network address, room for at least 64 /30s, and no range
+    /// with a meaning of its own (a sandbox link in loopback, link-local, multicast or
+    /// reserved space would not route as the firewall expects, or would shadow the host's).
+    fn check_pool(&self) -> Result<(), (&'static str, String)> {
+        let pool = self.pool;
+        if pool != pool.trunc() || pool.prefix_len() > 24 {
+            return Err(("pool", format!("{pool} must be a /24 or larger network")));
         }
+        let special: [(&str, Ipv4Net); 5] = [
+            ("this-network", "0.0.0.0/8".parse().expect("literal")),
+            ("loopback", "127.0.0.0/8".parse().expect("literal")),
+            ("link-local", "169.254.0.0/16".parse().expect("literal")),
+            ("multicast", "224.0.0.0/4".parse().expect("literal")),
+            ("reserved", "240.0.0.0/4".parse().expect("literal")),
+        ];
+        for (what, range) in special {
+            if range.contains(&pool) || pool.contains(&range) {
+                return Err(("pool", format!("{pool} overlaps the {what} range {range}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sandbox uids (and gids) that every sandbox can run as: above system and login users,
+    /// and below 2^31. bwrap's user namespace maps, the kernel's `/proc/<pid>/uid_map` parsing
+    /// and many tools take ids as signed 32-bit numbers, and (uid_t)-1 means "no change":
+    /// a range reaching 2^31 is accepted at start and then fails in every sandbox.
+    fn check_uids(&self) -> Result<(), (&'static str, String)> {
         // Never root, never a system or login user: uid 0 would be catastrophic and a shared uid
         // would let sandboxes signal each other or the user's processes.
-        if self.uid_base < 100_000 {
-            return Err(("uid_base", "must be at least 100000".into()));
+        if self.uid_base < MIN_UID_BASE {
+            return Err(("uid_base", format!("must be at least {MIN_UID_BASE}")));
         }
-        if self.uid_count == 0 || self.uid_base.checked_add(self.uid_count).is_none() {
+        if self.uid_base >= UID_END {
             return Err((
-                "uid_count",
-                "must be at least 1 and fit above uid_base".into(),
+                "uid_base",
+                format!("{} is not below 2^31 ({UID_END})", self.uid_base),
             ));
         }
-        for (key, path) in [
+        if self.uid_count == 0 {
+            return Err(("uid_count", "must be at least 1".into()));
+        }
+        let end = u64::from(self.uid_base) + u64::from(self.uid_count);
+        if end > u64::from(UID_END) {
+            return Err((
+                "uid_count",
+                format!(
+                    "uid_base {} + uid_count {} = {end} passes 2^31 ({UID_END}): the last \
+                     sandboxes would get uids bwrap cannot map",
+                    self.uid_base, self.uid_count
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The gateway's uid must not be one a sandbox runs as: a sandbox could then signal,
+    /// trace or write as the gateway.
+    fn caller_outside_sandbox_uids(&self) -> Result<(), (&'static str, String)> {
+        let Some(uid) = self.allowed_uid else {
+            return Ok(()); // a name, resolved later (`load` checks again)
+        };
+        let range = u64::from(self.uid_base)..u64::from(self.uid_base) + u64::from(self.uid_count);
+        if range.contains(&u64::from(uid)) {
+            let key = if self.allowed_user.is_some() {
+                "allowed_user"
+            } else {
+                "allowed_uid"
+            };
+            return Err((
+                key,
+                format!(
+                    "uid {uid} is in the sandbox range {}..{}: sandboxes would run as the gateway",
+                    range.start, range.end
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every path absolute and plain (no `.` or `..`), no root directory as a root of
+    /// requests (a rootfs "beneath /" is the host), and `data_root` apart from the two
+    /// gateway-written roots: a data dir beneath `images_dir` could be named as another
+    /// server's rootfs, and the gateway could plant entries in a data root inside its own.
+    fn check_paths(&self) -> Result<(), (&'static str, String)> {
+        let roots = [
             ("images_dir", &self.images_dir),
             ("data_root", &self.data_root),
             ("ca_dir", &self.ca_dir),
+        ];
+        let tools = [
             ("bwrap", &self.bwrap),
             ("nft", &self.nft),
             ("sandbox_init", &self.sandbox_init),
-        ] {
+        ];
+        for (key, path) in roots.iter().chain(&tools) {
             if !path.is_absolute() {
                 return Err((key, format!("{} is not absolute", path.display())));
+            }
+            if path
+                .components()
+                .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+            {
+                return Err((key, format!("{} has a . or .. component", path.display())));
+            }
+        }
+        for (key, path) in roots {
+            if path.parent().is_none() {
+                return Err((key, "must not be /".into()));
+            }
+        }
+        let data = &self.data_root;
+        for (key, path) in [("images_dir", &self.images_dir), ("ca_dir", &self.ca_dir)] {
+            if data.starts_with(path) || path.starts_with(data) {
+                return Err((
+                    "data_root",
+                    format!(
+                        "{} and {key} {} must not contain one another",
+                        data.display(),
+                        path.display()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -196,6 +346,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::helper::{MIN_MEMORY, MIN_PIDS};
 
     #[test]
     fn a_config_naming_only_the_caller_takes_every_other_value_from_the_defaults() {
@@ -214,5 +365,116 @@ mod tests {
         std::fs::write(&path, "allowed_uid = 1000\nuid_bsae = 5\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("uid_bsae"), "{err}");
+    }
+
+    fn random_u64() -> u64 {
+        let mut b = [0u8; 8];
+        rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).unwrap();
+        u64::from_le_bytes(b)
+    }
+
+    /// A random number in `range`.
+    fn pick(range: std::ops::Range<u64>) -> u64 {
+        range.start + random_u64() % (range.end - range.start)
+    }
+
+    /// Loads `extra` (with `allowed_uid = 1000` unless it names a caller); the key the
+    /// refusal names.
+    fn refused_key(extra: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("privhelper.toml");
+        let caller = if extra.contains("allowed_uid") {
+            ""
+        } else {
+            "allowed_uid = 1000\n"
+        };
+        std::fs::write(&path, format!("{caller}{extra}")).unwrap();
+        match Config::load(&path) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{extra:?} was not refused as invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_naming_their_key() {
+        let base = pick(u64::from(MIN_UID_BASE)..u64::from(UID_END) - 4096);
+        let room = u64::from(UID_END) - base;
+        let sandbox_uid = pick(base..base + 4096);
+        let cases: Vec<(String, &str)> = vec![
+            // bwrap cannot map uids at or above 2^31: every sandbox would fail.
+            (
+                format!("uid_base = {}", pick(u64::from(UID_END)..1 << 32)),
+                "uid_base",
+            ),
+            (
+                format!(
+                    "uid_base = {base}\nuid_count = {}",
+                    pick(room + 1..room + 1_000_000)
+                ),
+                "uid_count",
+            ),
+            (
+                format!("uid_base = {}", pick(0..u64::from(MIN_UID_BASE))),
+                "uid_base",
+            ),
+            ("uid_count = 0".into(), "uid_count"),
+            // The gateway's own uid among the sandboxes'.
+            (
+                format!("allowed_uid = {sandbox_uid}\nuid_base = {base}\nuid_count = 4096"),
+                "allowed_uid",
+            ),
+            (format!("pool = \"127.{}.0.0/16\"", pick(0..256)), "pool"),
+            (format!("pool = \"169.254.{}.0/24\"", pick(0..256)), "pool"),
+            (format!("pool = \"{}.0.0.0/8\"", pick(224..256)), "pool"),
+            ("pool = \"10.231.0.0/25\"".into(), "pool"),
+            (
+                format!(
+                    "images_dir = \"/srv/i{0}\"\ndata_root = \"/srv/i{0}/data\"",
+                    pick(0..1 << 30)
+                ),
+                "data_root",
+            ),
+            ("images_dir = \"/\"".into(), "images_dir"),
+            (
+                format!("bwrap = \"/usr/bin/../tmp/b{}\"", pick(0..1000)),
+                "bwrap",
+            ),
+            (format!("nft = \"sbin/nft{}\"", pick(0..1000)), "nft"),
+            (
+                format!("[ceilings]\nmemory_max_bytes = {}", pick(0..MIN_MEMORY)),
+                "ceilings.memory_max_bytes",
+            ),
+            (
+                format!("[ceilings]\npids_max = {}", pick(0..u64::from(MIN_PIDS))),
+                "ceilings.pids_max",
+            ),
+            ("[ceilings]\ncpu_percent = 0".into(), "ceilings.cpu_percent"),
+            ("[ceilings]\ntmp_bytes = 0".into(), "ceilings.tmp_bytes"),
+            (
+                format!(
+                    "[ceilings]\nmemory_max_bytes = {MIN_MEMORY}\ntmp_bytes = {}",
+                    pick(MIN_MEMORY + 1..1 << 40)
+                ),
+                "ceilings.tmp_bytes",
+            ),
+        ];
+        for (extra, key) in &cases {
+            assert_eq!(refused_key(extra), *key, "{extra}");
+        }
+    }
+
+    #[test]
+    fn the_widest_uid_range_below_2_pow_31_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("privhelper.toml");
+        let count = pick(1..1 << 20);
+        let base = u64::from(UID_END) - count;
+        std::fs::write(
+            &path,
+            format!("allowed_uid = 1000\nuid_base = {base}\nuid_count = {count}\n"),
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(u64::from(c.uid_base) + u64::from(c.uid_count), 1 << 31);
     }
 }

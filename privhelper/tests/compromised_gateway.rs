@@ -198,8 +198,10 @@ fn the_helper_refuses_configured_dirs_behind_symlinks() {
     let dir = testkit::helper::open_tempdir();
     let link = dir.path().join("data-link");
     std::os::unix::fs::symlink("/", &link).unwrap();
+    // Images and CA apart from the data root (the helper refuses nested roots).
+    let other = dir.path().join("other");
     helper_refuses_to_start(
-        &config_with(&link, dir.path(), &testkit::bins::static_init()),
+        &config_with(&link, &other, &testkit::bins::static_init()),
         "without following links",
     );
 }
@@ -214,7 +216,7 @@ fn the_helper_refuses_a_dynamically_linked_init() {
     // is another package now, so cargo no longer hands this test its path.
     let init = testkit::bins::workspace_bin("gigmcp-sandbox-init");
     helper_refuses_to_start(
-        &config_with(dir.path(), dir.path(), &init),
+        &config_with(&dir.path().join("data"), &dir.path().join("other"), &init),
         "dynamically linked",
     );
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use privhelper::config::{self, Config};
 use privhelper::helper::{Helper, Service, is_static_elf};
+use privhelper::ownership;
 use privhelper_api::{BUS_NAME, OBJECT_PATH};
 
 const USAGE: &str = "usage: gigmcp-privhelper [--config PATH] [--bus-address ADDRESS]\n\
@@ -126,7 +127,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("gigmcp-privhelper must run as root");
     }
+    // StrictModes: a configuration, bwrap, nft or init that anyone but root can change would
+    // let that user run code as root. The file first, before its contents are believed.
+    let owners = ownership::Owners {
+        helper_uid: nix::unistd::geteuid().as_raw(),
+        gateway_uid: None,
+        gateway_gid: None,
+    };
+    ownership::check_file(&args.config, owners).context("the configuration file")?;
     let config = Config::load(&args.config)?;
+    ownership::check_tools(&config).context("a program the helper runs as root")?;
     raise_fd_limit();
     match is_static_elf(&config.sandbox_init) {
         Ok(true) => {}

@@ -25,7 +25,7 @@ mod validate;
 
 pub use error::{StartError, StepError, TeardownError, TeardownErrors};
 pub use service::Service;
-pub use validate::is_static_elf;
+pub use validate::{MIN_MEMORY, MIN_PIDS, is_static_elf};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
