@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+/// The server's `PATH` when its manifest sets none (the sandbox's environment and the image
+/// layout check both use it).
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {

@@ -148,7 +148,7 @@ fn env_for(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if !env.iter().any(|(k, _)| k == "PATH") {
-        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+        env.push(("PATH".into(), crate::manifest::DEFAULT_PATH.into()));
     }
     for (name, ph) in placeholders {
         env.push((name.clone(), ph.clone()));

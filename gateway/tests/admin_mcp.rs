@@ -14,6 +14,20 @@ fn manifest(env: &TestEnv) -> std::path::PathBuf {
     p
 }
 
+/// A root filesystem with what an image must contain (docs/SANDBOX.md) and `command` as an
+/// executable.
+fn complete_rootfs(env: &TestEnv, name: &str, command: &str) -> std::path::PathBuf {
+    let rootfs = env.dir.path().join(name);
+    for dir in gateway::admin::image_layout::MOUNT_POINTS {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    let program = rootfs.join(command.trim_start_matches('/'));
+    std::fs::create_dir_all(program.parent().unwrap()).unwrap();
+    std::fs::write(&program, b"\x7fELF").unwrap();
+    common::chmod(&program, 0o755);
+    rootfs
+}
+
 fn config(env: &TestEnv, allow: bool) -> std::path::PathBuf {
     let p = env.dir.path().join(format!("gigmcp-{allow}.toml"));
     let images = env.dir.path().join("images");
@@ -31,9 +45,7 @@ fn config(env: &TestEnv, allow: bool) -> std::path::PathBuf {
 #[test]
 fn unsigned_servers_endpoints_and_tokens() {
     let env = TestEnv::new();
-    let rootfs = env.dir.path().join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::write(rootfs.join("bin/server"), b"#!/bin/sh\n").unwrap();
+    let rootfs = complete_rootfs(&env, "rootfs", "/bin/server");
     let m = manifest(&env);
     let (m, r) = (m.to_str().unwrap(), rootfs.to_str().unwrap());
 
@@ -303,4 +315,71 @@ fn server_tools_show_a_servers_names_and_definitions_escaped() {
         )),
         "{shown}"
     );
+}
+
+#[test]
+fn server_add_refuses_an_image_that_cannot_run_naming_what_is_missing() {
+    use gateway::admin::image_layout::MOUNT_POINTS;
+    let env = TestEnv::new();
+    let c = config(&env, true);
+    let name = format!("s{}", common::random_hex(4));
+    let command = format!("/opt/{}/server", common::random_hex(4));
+    let manifest = env.dir.path().join("m.json");
+    std::fs::write(
+        &manifest,
+        format!(r#"{{"name":"{name}","version":"1","command":["{command}"]}}"#),
+    )
+    .unwrap();
+    let add = |rootfs: &std::path::Path| {
+        env.cli(
+            &[
+                "--config",
+                c.to_str().unwrap(),
+                "server",
+                "add",
+                &name,
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "--unsigned",
+            ],
+            b"",
+        )
+    };
+    let pick = MOUNT_POINTS[usize::from(common::random_hex(1).as_bytes()[0]) % MOUNT_POINTS.len()];
+    let mut cases: Vec<(std::path::PathBuf, String)> = Vec::new();
+    // A mount point missing, then one that is a symbolic link.
+    let r = complete_rootfs(&env, "missing", &command);
+    std::fs::remove_dir(r.join(pick)).unwrap();
+    cases.push((r, format!("no /{pick} directory")));
+    let r = complete_rootfs(&env, "linked", &command);
+    std::fs::remove_dir(r.join(pick)).unwrap();
+    std::os::unix::fs::symlink("/", r.join(pick)).unwrap();
+    cases.push((r, format!("/{pick} in the image is a symbolic link")));
+    // The command absent (the host has /bin/sh; the image must have its own command).
+    let r = complete_rootfs(&env, "nocommand", "/bin/other");
+    cases.push((r, format!("the command \"{command}\" is not in the image")));
+    // The command present but not executable.
+    let r = complete_rootfs(&env, "noexec", &command);
+    common::chmod(&r.join(command.trim_start_matches('/')), 0o644);
+    cases.push((r, "has no execute permission".into()));
+    for (rootfs, why) in &cases {
+        let out = add(rootfs);
+        assert!(!out.status.success(), "{} was installed", rootfs.display());
+        assert!(text(&out).contains(why), "{why:?} not in: {}", text(&out));
+        assert!(
+            !env.dir.path().join("images").join(&name).exists(),
+            "the refused copy was left in images_dir"
+        );
+    }
+    let audit = env.store().audit_recent(100).unwrap();
+    let failed = audit
+        .iter()
+        .filter(|e| e.action == "server.add" && e.target == name && e.outcome == "failed")
+        .count();
+    assert_eq!(failed, cases.len(), "{audit:#?}");
+    // Complete, it installs.
+    let out = add(&complete_rootfs(&env, "complete", &command));
+    assert!(out.status.success(), "{}", text(&out));
 }

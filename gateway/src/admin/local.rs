@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{AdminApi, AdminError};
+use super::{AdminApi, AdminError, image_layout};
 use crate::audit::{Auditor, Outcome};
 use crate::manifest::Manifest;
 use crate::store::{
@@ -339,6 +339,15 @@ impl LocalAdmin {
                 "copying {} to {} failed",
                 rootfs.display(),
                 dest.display()
+            )));
+        }
+        // The copy is what runs: checked, so that an image that cannot start is refused here,
+        // by name, rather than at the server's first call (docs/SANDBOX.md, the image layout).
+        if let Err(e) = image_layout::check(&dest, &manifest) {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(AdminError::Refused(format!(
+                "{}: {e} (see \"What an image must contain\" in docs/SANDBOX.md)",
+                rootfs.display()
             )));
         }
         let record = ServerRecord {

@@ -2,6 +2,7 @@
 //! travels. [`local::LocalAdmin`] works on a state directory directly; a D-Bus client of
 //! `org.gigmcp.Gateway1` will implement the same trait, so the CLI does not change.
 
+pub mod image_layout;
 pub mod local;
 
 use std::path::Path;
