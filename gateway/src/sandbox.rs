@@ -2,6 +2,13 @@
 //! starts the sandbox's egress proxy and hands the server's stdio (stderr included, which the
 //! pool logs) to the MCP layer. This is the production [`Launcher`].
 //!
+//! A sandbox's end is learnt from the fds the helper handed over (the server's stdout reaching
+//! EOF ends the session, and the guard destroys the sandbox), never from the helper's
+//! `SandboxExited` signal: anyone on the bus can emit one, and the fds tell the same news no
+//! later (bwrap's death ends its PID namespace, and with it every holder of the pipe). The
+//! gateway does not subscribe to it; a forged one changes nothing
+//! (`tests/helper_signals.rs`).
+//!
 //! The server's environment is the manifest's, plus one random placeholder per credential
 //! (never the value), the proxy variables (`@GIGMCP_PROXY_ADDR@` is filled in by the helper,
 //! which picks the link) and the CA variables pointing at the bundle the helper mounts.
