@@ -7,7 +7,7 @@
 //! `SandboxExited` signal: anyone on the bus can emit one, and the fds tell the same news no
 //! later (bwrap's death ends its PID namespace, and with it every holder of the pipe). The
 //! gateway does not subscribe to it; a forged one changes nothing
-//! (`tests/helper_signals.rs`).
+//! (`tests/sandbox_launcher.rs`).
 //!
 //! The server's environment is the manifest's, plus one random placeholder per credential
 //! (never the value), the proxy variables (`@GIGMCP_PROXY_ADDR@` is filled in by the helper,

@@ -5,7 +5,7 @@
 //! bus lets everyone send signals). The stream from `receive_sandbox_exited` keeps only those
 //! whose sender is the unique name that owns [`crate::BUS_NAME`] (zbus matches on the owner and
 //! follows `NameOwnerChanged`), so listen through this proxy, never through a bare match rule
-//! on the interface (`gateway/tests/helper_signals.rs` forges one).
+//! on the interface (`gateway/tests/sandbox_launcher.rs` forges one).
 
 use crate::{Created, HelperError, SandboxInfo, SandboxSpec};
 

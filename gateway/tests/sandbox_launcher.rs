@@ -1,3 +1,10 @@
+//! The gateway's `SandboxLauncher` against the real helper: what it makes of the helper's
+//! signals and of its refusals.
+//!
+//! A server the helper refuses to start (an incomplete image) must reach the MCP client as a
+//! `tools/list` error naming the server and the helper's reason, and the audit as a failure,
+//! never as a server with no tools.
+//!
 //! `SandboxExited` can be emitted by anyone on the bus (signals are broadcast, and the system
 //! bus lets every connection send them): only the helper's own unique name may be believed.
 //! The gateway drives a sandbox's life from the fds the helper handed over (stdout's EOF, the
@@ -155,5 +162,101 @@ fn a_forged_sandbox_exited_tears_nothing_down_and_is_not_reported() {
         let args = real.args().unwrap();
         assert_eq!(args.id, id);
         assert_ne!(args.reason, reason);
+    });
+}
+
+#[test]
+fn a_server_the_helper_refuses_is_a_tools_list_error_with_the_helpers_reason() {
+    use gateway::mcp::front::{Front, FrontLimits};
+    use gateway::mcp::servers::ServerPool;
+    use gateway::mcp::stdio::SessionLimits;
+    use gateway::store::{EndpointRecord, TokenRecord};
+    testkit::privileged("helper_refusal_reaches_the_client", 2, || async {
+        let h = Harness::start(0).await;
+        // An image without one of the directories bwrap mounts over: the helper refuses it.
+        let image = h.attack_rootfs(&format!("img{}", random_hex(3)));
+        let gone = ["proc", "dev", "tmp", "run"][usize::from(random_hex(1).as_bytes()[1] % 4)];
+        std::fs::remove_dir(h.images.join(&image).join(gone)).unwrap();
+        let server = format!("s{}", random_hex(4));
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in(&h.dir.path().join("state")).unwrap());
+        store
+            .server_add(&ServerRecord {
+                name: server.clone(),
+                version: "1".into(),
+                image_digest: format!("dir:{image}"),
+                manifest: json!({"name": server, "version": "1",
+                    "command": ["/bin/gigmcp-attack", "echo-stdio"]})
+                .to_string(),
+                source: "unsigned".into(),
+                approved_ranges: Vec::new(),
+                installed_ms: now_ms(),
+            })
+            .unwrap();
+        store
+            .endpoint_add(&EndpointRecord {
+                name: "e".into(),
+                servers: vec![(server.clone(), vec!["*".into()])],
+            })
+            .unwrap();
+        let audit = gateway::audit::AuditQueue::new(Auditor::new(store.clone(), "gigmcpd"));
+        let pool = Arc::new(ServerPool::new(
+            store.clone(),
+            audit.clone(),
+            launcher(&h, store.clone(), h.client().await),
+            SessionLimits::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let front = Front::new(
+            store.clone(),
+            audit.clone(),
+            pool,
+            FrontLimits::default(),
+            vec![addr.to_string()],
+            vec![],
+            None,
+        );
+        let serving = tokio::spawn(front.clone().serve(listener));
+        let t = gateway::tokens::generate().unwrap();
+        store
+            .token_add(&TokenRecord {
+                id: t.id.clone(),
+                endpoint: "e".into(),
+                hash: t.hash.to_vec(),
+                label: String::new(),
+                created_ms: now_ms(),
+                expires_ms: None,
+                revoked_ms: None,
+            })
+            .unwrap();
+        let token = t.secret.to_string();
+        let list = testkit::mcp::rpc(addr, "e", &token, "tools/list", json!({})).await;
+        let message = list["error"]["message"].as_str().unwrap_or_default();
+        let why = format!("no /{gone} directory");
+        assert!(
+            list.get("result").is_none()
+                && message.contains(&format!("server {server}"))
+                && message.contains(&why),
+            "{list}"
+        );
+        audit.flush().await;
+        let audit = store.audit_recent(1000).unwrap();
+        assert!(
+            audit.iter().any(|e| e.action == "mcp.server.failed"
+                && e.target == server
+                && e.outcome == "failed"
+                && e.detail.contains(&why)),
+            "{audit:#?}"
+        );
+        assert!(
+            audit.iter().any(|e| e.action == "mcp.call"
+                && e.outcome == "failed"
+                && e.detail.contains("method=tools/list")
+                && e.detail.contains(&why)),
+            "{audit:#?}"
+        );
+        assert!(h.client().await.list_sandboxes().await.unwrap().is_empty());
+        serving.abort();
     });
 }
