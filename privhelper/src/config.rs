@@ -231,9 +231,10 @@ impl Config {
     }
 
     /// Sandbox uids (and gids) that every sandbox can run as: above system and login users,
-    /// and below 2^31. bwrap's user namespace maps, the kernel's `/proc/<pid>/uid_map` parsing
-    /// and many tools take ids as signed 32-bit numbers, and (uid_t)-1 means "no change":
-    /// a range reaching 2^31 is accepted at start and then fails in every sandbox.
+    /// and below 2^31. Run as a host uid at or above 2^31, bwrap fails with "setting up uid
+    /// map: Invalid argument" (checked on this project's kernel, 6.18, with uids 2^31 + 52 and
+    /// 3e9; 2^31 - 648 works), so such a range would be accepted at start and then fail in
+    /// every sandbox.
     fn check_uids(&self) -> Result<(), (&'static str, String)> {
         // Never root, never a system or login user: uid 0 would be catastrophic and a shared uid
         // would let sandboxes signal each other or the user's processes.

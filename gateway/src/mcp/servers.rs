@@ -360,11 +360,12 @@ impl<L: Launcher> Sessions for ServerPool<L> {
         let mut state = state.lock().await;
         state.last_used = Some(Instant::now());
         if let Some(live) = &state.live {
-            if live.session.closed_reason().is_none() {
+            let Some(ended) = live.session.closed_reason() else {
                 return Ok(live.session.clone());
-            }
+            };
             let lived = live.started.elapsed();
             state.live = None;
+            state.last_failure = Some(ended);
             state.failures = if lived >= STABLE {
                 1
             } else {
