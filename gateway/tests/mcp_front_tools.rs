@@ -185,6 +185,14 @@ async fn a_server_writing_garbage_or_hanging_is_killed_and_reported_while_others
         "{list}"
     );
     assert!(list.get("result").is_none(), "{list}");
+    // Asked again at once, the pool is in its backoff and says why the session ended.
+    let again = gw.rpc("e", &token, "tools/list", json!({})).await;
+    let again = again["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        again.contains("server garbage is not available: restarting after a failure (")
+            && again.contains("protocol violation"),
+        "{again}"
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     let pids = gw.launcher.pids.lock().unwrap().clone();
     assert_eq!(pids.len(), 3, "{pids:?}");
