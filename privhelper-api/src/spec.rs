@@ -23,7 +23,9 @@ pub struct SandboxSpec {
     /// CA bundle file name inside the helper's `ca_dir`; empty for none.
     pub ca_bundle: String,
     /// The one TCP port the sandbox may connect to, on its link's host address (the proxy).
-    /// With `transparent` it may not be `TLS_PORT` or `DNS_PORT`.
+    /// The helper binds it there before the server starts and hands the listener over (see
+    /// `Listeners`). At least 1024, and not one of the host service ports the helper's
+    /// configuration reserves.
     pub proxy_port: u16,
     /// Transparent mode, for servers that ignore proxy variables: the sandbox may also reach
     /// its link's host address on TCP `TLS_PORT`, UDP `DNS_PORT` and TCP `DNS_PORT`, the
