@@ -2,7 +2,8 @@
 //! sandbox's proxy listener (and, in transparent mode, TLS and DNS sockets) before the server
 //! starts; the gateway serves the sandbox's egress on those sockets ([`serve_egress`]) and
 //! hands the server's stdio (stderr included, which the pool logs) to the MCP layer. This is
-//! the production [`Launcher`].
+//! the production [`Launcher`]. Transparent mode follows the manifest
+//! ([`Manifest::transparent_mode`]: on by default for servers that declare egress).
 //!
 //! The server's environment is the manifest's, plus one random placeholder per credential
 //! (never the value), the proxy variables (`@GIGMCP_PROXY_ADDR@` is filled in by the helper,
@@ -200,7 +201,7 @@ impl SandboxLauncher {
             data_dir: String::new(),
             ca_bundle: self.ca_bundle.clone(),
             proxy_port: self.proxy_port,
-            transparent: false,
+            transparent: manifest.transparent_mode(),
             limits: self.limits,
         };
         let helper = self.helper.get().await?.clone();
