@@ -29,8 +29,8 @@ pub struct SandboxSpec {
     pub proxy_port: u16,
     /// Transparent mode, for servers that ignore proxy variables: the sandbox may also reach
     /// its link's host address on TCP `TLS_PORT`, UDP `DNS_PORT` and TCP `DNS_PORT`, the
-    /// helper binds those three sockets and returns them in `Created` (see
-    /// `TransparentSockets`), and the image's `/etc/resolv.conf` (which must be a regular
+    /// helper binds those three sockets and returns them in `Created` after the proxy's (see
+    /// `Listeners`), and the image's `/etc/resolv.conf` (which must be a regular
     /// file) is replaced by one naming the host address as the only nameserver.
     pub transparent: bool,
     pub limits: Limits,
