@@ -72,12 +72,15 @@ fn fetcher_rootfs(root: &Path) {
     assert!(ok);
 }
 
+/// The helper's default `host_service_ports` (`privhelper::config`; the gateway's tests do not
+/// link the helper) and the fixtures' usual proxy port: a random proxy port avoids them all.
+const NOT_PROXY_PORTS: [u16; 9] = [3128, 8750, 2375, 2376, 3306, 5432, 6379, 11211, 27017];
+
 /// A random port above the privileged range and outside the helper's host service ports.
 fn random_port() -> u16 {
     loop {
         let port = u16::from_str_radix(&random_hex(2), 16).unwrap();
-        if port >= 1024 && ![3128, 8750, 2375, 2376, 3306, 5432, 6379, 11211, 27017].contains(&port)
-        {
+        if port >= 1024 && !NOT_PROXY_PORTS.contains(&port) {
             return port;
         }
     }
