@@ -259,11 +259,13 @@ impl Config {
                 return Err((key, format!("{} is not an absolute path", dir.display())));
             }
         }
-        if self.sandbox.proxy_port == 0 || [53, 443].contains(&self.sandbox.proxy_port) {
+        // The helper binds the proxy port as root and refuses privileged ports (transparent
+        // mode's 443 and 53 among them): say so at start, not at the first launch.
+        if self.sandbox.proxy_port < 1024 {
             return Err((
                 "sandbox.proxy_port",
                 format!(
-                    "{} is not usable (0, 53 and 443 are taken)",
+                    "{} is below 1024 (the helper refuses privileged ports)",
                     self.sandbox.proxy_port
                 ),
             ));

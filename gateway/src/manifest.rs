@@ -1,6 +1,6 @@
 //! A server's manifest: what it is entitled to (DESIGN 5). The egress proxy enforces `egress`
-//! and `credentials`; the MCP front enforces `tools`; the helper gets `command`, `env` and
-//! `limits`.
+//! and `credentials`; the MCP front enforces `tools`; the helper gets `command`, `env`,
+//! `limits` and `transparent` (transparent mode, on by default for servers with egress).
 //!
 //! Parsing is strict (unknown fields are errors) and [`Manifest::check`] refuses what the proxy
 //! could not enforce exactly: wildcards, IP literals, plain HTTP with a credential, a
@@ -28,6 +28,14 @@ pub struct Manifest {
     pub credentials: Vec<Credential>,
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Transparent mode (DESIGN 3.5): the sandbox's DNS answers allowlisted names with its
+    /// proxy's address and the proxy takes TLS on port 443 too, so clients that ignore
+    /// `HTTPS_PROXY` (Node's `fetch`, Go's default dialer with a custom transport, ...) still
+    /// reach their hosts, with credentials swapped. Absent: on when the manifest declares
+    /// egress, off otherwise (see [`Manifest::transparent_mode`]). Needs a regular
+    /// `/etc/resolv.conf` in the image.
+    #[serde(default)]
+    pub transparent: Option<bool>,
 }
 
 /// One host the server may reach through the proxy.
@@ -157,6 +165,12 @@ impl Manifest {
         Ok(())
     }
 
+    /// Whether the server's sandbox runs in transparent mode: as the manifest says, else
+    /// whenever it declares egress (a server without egress has nothing to resolve or reach).
+    pub fn transparent_mode(&self) -> bool {
+        self.transparent.unwrap_or(!self.egress.is_empty())
+    }
+
     /// The egress rule for `host`, if any.
     pub fn egress_for(&self, host: &str) -> Option<&Egress> {
         self.egress.iter().find(|e| e.host == host)
@@ -210,6 +224,21 @@ mod tests {
                 .problem
                 .contains("plain HTTP")
         );
+    }
+
+    #[test]
+    fn transparent_mode_is_on_by_default_only_for_servers_that_declare_egress() {
+        let with_egress = Manifest::from_json(GOOD).unwrap();
+        assert_eq!(with_egress.transparent, None);
+        assert!(with_egress.transparent_mode());
+        let off = GOOD.replacen("\"tools\"", "\"transparent\": false, \"tools\"", 1);
+        assert!(!Manifest::from_json(&off).unwrap().transparent_mode());
+        let none = r#"{"name": "t", "version": "1", "command": ["/bin/t"]}"#;
+        assert!(!Manifest::from_json(none).unwrap().transparent_mode());
+        let on = r#"{"name": "t", "version": "1", "command": ["/bin/t"], "transparent": true}"#;
+        assert!(Manifest::from_json(on).unwrap().transparent_mode());
+        let wrong = r#"{"name": "t", "version": "1", "command": ["/bin/t"], "transparent": "yes"}"#;
+        assert!(Manifest::from_json(wrong).is_err());
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Running a server in a sandbox: the privileged helper builds it (over D-Bus), the gateway
-//! starts the sandbox's egress proxy and hands the server's stdio (stderr included, which the
-//! pool logs) to the MCP layer. This is the production [`Launcher`].
+//! Running a server in a sandbox: the privileged helper builds it (over D-Bus), binding the
+//! sandbox's proxy listener (and, in transparent mode, TLS and DNS sockets) before the server
+//! starts; the gateway serves the sandbox's egress on those sockets ([`serve_egress`]) and
+//! hands the server's stdio (stderr included, which the pool logs) to the MCP layer. This is
+//! the production [`Launcher`]. Transparent mode follows the manifest
+//! ([`Manifest::transparent_mode`]: on by default for servers that declare egress).
 //!
 //! A sandbox's end is learnt from the fds the helper handed over (the server's stdout reaching
 //! EOF ends the session, and the guard destroys the sandbox), never from the helper's
@@ -16,7 +19,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use privhelper_api::{Limits, PROXY_ADDR_TOKEN, PrivHelperProxy, SandboxSpec};
+use privhelper_api::{
+    FdCountError, Limits, Listeners, PROXY_ADDR_TOKEN, PrivHelperProxy, SandboxInfo, SandboxSpec,
+};
 
 use crate::egress::{EgressError, EgressProxy, EgressShared, SandboxEgress, make_placeholder};
 use crate::manifest::Manifest;
@@ -104,6 +109,8 @@ pub enum LaunchError {
     BadHostAddress(String),
     #[error("bad sandbox address {0}")]
     BadSandboxAddress(String),
+    #[error("the helper's listening sockets: {0}")]
+    Listeners(FdCountError),
     #[error("egress proxy: {0}")]
     Egress(EgressError),
     #[error("server {stream}: {source}")]
@@ -201,7 +208,7 @@ impl SandboxLauncher {
             data_dir: String::new(),
             ca_bundle: self.ca_bundle.clone(),
             proxy_port: self.proxy_port,
-            transparent: false,
+            transparent: manifest.transparent_mode(),
             limits: self.limits,
         };
         let helper = self.helper.get().await?.clone();
@@ -209,8 +216,6 @@ impl SandboxLauncher {
             .create_sandbox(&spec)
             .await
             .map_err(|e| LaunchError::Refused(Box::new(e)))?;
-        drop(fds); // transparent-mode sockets: not asked for, so none
-        // Addresses unset here: [`Self::egress_for`] sets them from the helper's answer.
         let egress = SandboxEgress {
             sandbox_id: info.id.clone(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.proxy_port),
@@ -223,10 +228,7 @@ impl SandboxLauncher {
                 .filter_map(|r| r.parse().ok())
                 .collect(),
         };
-        let proxy = match self
-            .egress_for(egress, &info.host_addr, &info.sandbox_addr)
-            .await
-        {
+        let proxy = match self.egress_for(egress, &info, fds) {
             Ok(p) => p,
             Err(e) => {
                 // Nothing holds the sandbox yet: it goes now, not when the helper sweeps.
@@ -250,24 +252,47 @@ impl SandboxLauncher {
         Ok(launched)
     }
 
-    /// The sandbox's egress proxy on its host-side address, serving only its sandbox-side one.
-    async fn egress_for(
+    /// The sandbox's egress proxy on the sockets the helper bound on its host-side address,
+    /// serving only its sandbox-side one.
+    fn egress_for(
         &self,
         mut egress: SandboxEgress,
-        host: &str,
-        sandbox: &str,
+        info: &SandboxInfo,
+        fds: Vec<zbus::OwnedFd>,
     ) -> Result<EgressProxy, LaunchError> {
-        let host: Ipv4Addr = host
+        let host: Ipv4Addr = info
+            .host_addr
             .parse()
-            .map_err(|_| LaunchError::BadHostAddress(host.into()))?;
-        egress.expected_peer = sandbox
+            .map_err(|_| LaunchError::BadHostAddress(info.host_addr.clone()))?;
+        egress.expected_peer = info
+            .sandbox_addr
             .parse()
-            .map_err(|_| LaunchError::BadSandboxAddress(sandbox.into()))?;
+            .map_err(|_| LaunchError::BadSandboxAddress(info.sandbox_addr.clone()))?;
         egress.listen = SocketAddr::new(IpAddr::V4(host), self.proxy_port);
-        EgressProxy::spawn(egress, self.egress.clone())
-            .await
-            .map_err(LaunchError::Egress)
+        let listeners = Listeners::from_reply(fds).map_err(LaunchError::Listeners)?;
+        serve_egress(egress, self.egress.clone(), listeners, host).map_err(LaunchError::Egress)
     }
+}
+
+/// Serves a sandbox's egress on the sockets the helper bound for it before its server started:
+/// the proxy port, and in transparent mode TLS on `host:443` and DNS on `host:53` (allowlisted
+/// names answer `host`). The gateway binds nothing itself, so the server's first connection
+/// always finds its proxy listening, and a port someone else holds has already failed the
+/// sandbox closed. Must be called within a tokio runtime.
+pub fn serve_egress(
+    egress: SandboxEgress,
+    shared: Arc<EgressShared>,
+    listeners: Listeners,
+    host: Ipv4Addr,
+) -> Result<EgressProxy, EgressError> {
+    use std::net::{TcpListener, UdpSocket};
+    let proxy = EgressProxy::from_listener(egress, shared, TcpListener::from(listeners.proxy))?;
+    if let Some(t) = listeners.transparent {
+        proxy.adopt_transparent_listener(TcpListener::from(t.tls))?;
+        let (udp, tcp) = (UdpSocket::from(t.dns_udp), TcpListener::from(t.dns_tcp));
+        proxy.adopt_dns(Some(udp), Some(tcp), host)?;
+    }
+    Ok(proxy)
 }
 
 fn receiver(

@@ -6,8 +6,9 @@
 //!
 //! The sandbox's proxy address (N.1) is chosen by the helper, so the spec's environment says
 //! `@GIGMCP_PROXY_ADDR@` (`privhelper_api::PROXY_ADDR_TOKEN`) and the helper substitutes it.
-//! The proxy listener is bound on `host_addr:PROXY_PORT` after `CreateSandbox` returns; the
-//! clients retry or wait for a line on stdin so they never race it.
+//! The proxy listener is the helper's, bound on `host_addr:PROXY_PORT` before the client starts
+//! and served by the gateway once `CreateSandbox` returns (the backlog holds an early
+//! connection); the Python client still waits for a line on stdin before it fetches.
 //!
 //! The fixture (gateway side, upstream namespace, client rootfs, one sandboxed run) is
 //! `testkit::sandbox_egress`; what the clients do and what must never happen is here.

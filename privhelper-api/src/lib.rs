@@ -16,7 +16,9 @@ mod spec;
 
 pub use error::HelperError;
 pub use proxy::{PrivHelperProxy, SandboxExited, SandboxExitedArgs, SandboxExitedStream};
-pub use reply::{Created, DNS_PORT, FdCountError, SandboxInfo, TLS_PORT, TransparentSockets};
+pub use reply::{
+    Created, DNS_PORT, FdCountError, Listeners, SandboxInfo, TLS_PORT, TransparentSockets,
+};
 pub use spec::{Limits, PROXY_ADDR_TOKEN, SandboxSpec};
 
 /// The helper's well-known name on the system bus.

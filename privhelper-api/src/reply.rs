@@ -1,5 +1,5 @@
-//! What `CreateSandbox` and `ListSandboxes` answer: the sandbox, its fds and, in transparent
-//! mode, the sockets the helper bound for it.
+//! What `CreateSandbox` and `ListSandboxes` answer: the sandbox, its fds and the listening
+//! sockets the helper bound for it (the proxy's always, transparent mode's three besides).
 
 use serde::{Deserialize, Serialize};
 use zbus::OwnedFd;
@@ -21,9 +21,9 @@ pub struct SandboxInfo {
 }
 
 /// What `CreateSandbox` returns: the sandbox, the server's stdin (write end), stdout and
-/// stderr (read ends), a pidfd of the sandbox's outermost process, and the transparent-mode
-/// sockets: `[tls, dns_udp, dns_tcp]` when the spec asked for transparent mode, else empty
-/// (see [`TransparentSockets`]).
+/// stderr (read ends), a pidfd of the sandbox's outermost process, and the sockets the helper
+/// bound for the sandbox before its server started: `[proxy]`, or `[proxy, tls, dns_udp,
+/// dns_tcp]` when the spec asked for transparent mode (split by [`Listeners::from_reply`]).
 pub type Created = (
     SandboxInfo,
     OwnedFd,
@@ -56,29 +56,79 @@ pub struct TransparentSockets {
 }
 
 impl TransparentSockets {
-    /// The order of the sockets in [`Created`]'s last field.
-    pub fn into_vec(self) -> Vec<OwnedFd> {
+    /// Their order in [`Created`]'s last field, after the proxy's.
+    fn into_vec(self) -> Vec<OwnedFd> {
         vec![self.tls.into(), self.dns_udp.into(), self.dns_tcp.into()]
-    }
-
-    /// Splits [`Created`]'s last field: `None` when it is empty (not transparent mode), an
-    /// error when it has any other number of fds.
-    pub fn from_reply(fds: Vec<OwnedFd>) -> Result<Option<Self>, FdCountError> {
-        let n = fds.len();
-        let mut fds = fds.into_iter().map(std::os::fd::OwnedFd::from);
-        match (fds.next(), fds.next(), fds.next(), fds.next()) {
-            (None, ..) => Ok(None),
-            (Some(tls), Some(dns_udp), Some(dns_tcp), None) => Ok(Some(Self {
-                tls,
-                dns_udp,
-                dns_tcp,
-            })),
-            _ => Err(FdCountError(n)),
-        }
     }
 }
 
-/// A `CreateSandbox` reply whose transparent-mode fd list is neither empty nor three long.
+/// Every socket the helper bound for a sandbox, all before its server started: whatever the
+/// server connects to first is listening already (a gateway binding after `CreateSandbox`
+/// returned would race the server's first connection, and lose now and then).
+#[derive(Debug)]
+pub struct Listeners {
+    /// A listening TCP socket on `host_addr:proxy_port`, bound like the transparent sockets
+    /// (to the link's host address and to the link itself; blocking mode).
+    pub proxy: std::os::fd::OwnedFd,
+    /// Transparent mode's sockets, when the spec asked for it.
+    pub transparent: Option<TransparentSockets>,
+}
+
+impl Listeners {
+    /// The order of the sockets in [`Created`]'s last field.
+    pub fn into_vec(self) -> Vec<OwnedFd> {
+        let mut fds = vec![self.proxy.into()];
+        fds.extend(
+            self.transparent
+                .map(TransparentSockets::into_vec)
+                .unwrap_or_default(),
+        );
+        fds
+    }
+
+    /// Splits [`Created`]'s last field: one fd (the proxy's) or four (the proxy's, then
+    /// transparent mode's); any other number is an error.
+    pub fn from_reply(fds: Vec<OwnedFd>) -> Result<Self, FdCountError> {
+        let n = fds.len();
+        let mut fds = fds.into_iter().map(std::os::fd::OwnedFd::from);
+        let proxy = fds.next().ok_or(FdCountError(n))?;
+        let transparent = match (fds.next(), fds.next(), fds.next(), fds.next()) {
+            (None, ..) => None,
+            (Some(tls), Some(dns_udp), Some(dns_tcp), None) => Some(TransparentSockets {
+                tls,
+                dns_udp,
+                dns_tcp,
+            }),
+            _ => return Err(FdCountError(n)),
+        };
+        Ok(Self { proxy, transparent })
+    }
+}
+
+/// A `CreateSandbox` reply whose listener fd list is neither one nor four long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("expected 0 or 3 transparent-mode fds, got {0}")]
+#[error("expected 1 or 4 listener fds (the proxy's, then transparent mode's), got {0}")]
 pub struct FdCountError(pub usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fds(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .map(|f| OwnedFd::from(std::os::fd::OwnedFd::from(f)))
+            .collect()
+    }
+
+    #[test]
+    fn a_reply_holds_the_proxy_listener_and_optionally_the_three_transparent_sockets() {
+        assert!(Listeners::from_reply(fds(1)).unwrap().transparent.is_none());
+        let four = Listeners::from_reply(fds(4)).unwrap();
+        assert!(four.transparent.is_some());
+        assert_eq!(four.into_vec().len(), 4);
+        for n in [0, 2, 3, 5] {
+            assert_eq!(Listeners::from_reply(fds(n)).unwrap_err(), FdCountError(n));
+        }
+    }
+}

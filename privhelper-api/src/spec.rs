@@ -23,12 +23,14 @@ pub struct SandboxSpec {
     /// CA bundle file name inside the helper's `ca_dir`; empty for none.
     pub ca_bundle: String,
     /// The one TCP port the sandbox may connect to, on its link's host address (the proxy).
-    /// With `transparent` it may not be `TLS_PORT` or `DNS_PORT`.
+    /// The helper binds it there before the server starts and hands the listener over (see
+    /// `Listeners`). At least 1024, and not one of the host service ports the helper's
+    /// configuration reserves.
     pub proxy_port: u16,
     /// Transparent mode, for servers that ignore proxy variables: the sandbox may also reach
     /// its link's host address on TCP `TLS_PORT`, UDP `DNS_PORT` and TCP `DNS_PORT`, the
-    /// helper binds those three sockets and returns them in `Created` (see
-    /// `TransparentSockets`), and the image's `/etc/resolv.conf` (which must be a regular
+    /// helper binds those three sockets and returns them in `Created` after the proxy's (see
+    /// `Listeners`), and the image's `/etc/resolv.conf` (which must be a regular
     /// file) is replaced by one naming the host address as the only nameserver.
     pub transparent: bool,
     pub limits: Limits,

@@ -46,8 +46,18 @@ pub struct Config {
     pub sandbox_init: PathBuf,
     /// Start sandboxes even where landlock is unavailable (audited). Off by default.
     pub allow_degraded_landlock: bool,
+    /// Ports of the host's own services (1024 and up: lower ones are refused anyway), refused
+    /// as a sandbox's proxy port: the helper binds the proxy port as root on the link's host
+    /// address, and the sandbox may connect there.
+    pub host_service_ports: Vec<u16>,
     pub ceilings: Ceilings,
 }
+
+/// [`Config::host_service_ports`]' default: gigmcpd's own MCP front (8750), and the usual
+/// local services of a server that must never look like a sandbox's proxy: the Docker API
+/// (2375, 2376), MySQL (3306), PostgreSQL (5432), Redis (6379), memcached (11211), MongoDB
+/// (27017).
+pub const DEFAULT_HOST_SERVICE_PORTS: [u16; 8] = [8750, 2375, 2376, 3306, 5432, 6379, 11211, 27017];
 
 /// Upper bounds on what a spec may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -126,6 +136,7 @@ impl Default for Config {
             nft: "/usr/sbin/nft".into(),
             sandbox_init: "/usr/libexec/gigmcp/gigmcp-sandbox-init".into(),
             allow_degraded_landlock: false,
+            host_service_ports: DEFAULT_HOST_SERVICE_PORTS.to_vec(),
             ceilings: Ceilings::default(),
         }
     }

@@ -260,12 +260,17 @@ fn oversized_or_malformed_specs_are_refused() {
         let mut s = base.clone();
         s.proxy_port = 0;
         cases.push(("port 0", s));
-        // Transparent mode's ports are the helper's to bind.
+        // Transparent mode's ports are the helper's to bind; every privileged port is the host's.
         for port in [443, 53] {
             let mut s = base.clone();
             s.transparent = true;
             s.proxy_port = port;
             cases.push(("transparent with a proxy port the helper binds", s));
+        }
+        for port in [22, 80, 1023] {
+            let mut s = base.clone();
+            s.proxy_port = port;
+            cases.push(("a privileged proxy port", s));
         }
         for (what, spec) in cases {
             let msg = refused(&h, &spec, "InvalidSpec").await;

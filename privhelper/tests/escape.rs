@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use privhelper_api::{PrivHelperProxy, SandboxInfo, SandboxSpec};
+use privhelper_api::{Listeners, PrivHelperProxy, SandboxInfo, SandboxSpec};
 use testkit::helper::{Harness, PROXY_PORT};
 
 /// How an attack ended.
@@ -263,22 +263,20 @@ fn the_proxy_port_is_the_only_way_out() {
         let client = h.client().await;
 
         // A neighbour sandbox (slot 0) to attack from a second one (slot 1).
-        let (neighbour, _i, _o, _e, _p, _t) = client
+        let (neighbour, _i, _o, _e, _p, neighbour_fds) = client
             .create_sandbox(&h.spec(&rootfs, &["/bin/gigmcp-attack", "ping-sleep", "600"]))
             .await
             .unwrap();
-        // Listeners where the proxy would be (slot 1's host end is 10.232.0.5) and on the
-        // neighbour's host end: only the first may be reached, and only from slot 1's sandbox.
+        // The helper's proxy listeners (slot 1's host end is 10.232.0.5) and the neighbour's:
+        // only the first may be reached, and only from slot 1's sandbox.
         let spec = h.spec(
             &rootfs,
             &["/bin/gigmcp-attack", "connect", "10.232.0.5", "3128"],
         );
-        // The kernel completes the handshake from the listen backlog: no accept needed. Bound
-        // before the sandbox starts: the probe connects once, at once.
-        let listener = testkit::helper::listen_before_link("10.232.0.5:3128".parse().unwrap());
-        let (got, _listener) = attack_with(&client, spec, |info| {
+        // The kernel completes the handshake from the listen backlog: no accept needed. The
+        // helper bound it before the sandbox started: the probe connects once, at once.
+        let (got, ()) = attack_with(&client, spec, |info| {
             assert_eq!(info.host_addr, "10.232.0.5");
-            listener
         })
         .await;
         assert_eq!(
@@ -288,7 +286,7 @@ fn the_proxy_port_is_the_only_way_out() {
         );
 
         let neighbour_listener =
-            TcpListener::bind((neighbour.host_addr.as_str(), PROXY_PORT)).unwrap();
+            TcpListener::from(Listeners::from_reply(neighbour_fds).unwrap().proxy);
         neighbour_listener.set_nonblocking(true).unwrap();
         // A sandbox has no default route: other links are not even routable from inside.
         for target in [
@@ -345,11 +343,11 @@ fn the_firewall_alone_drops_spoofed_and_stray_packets() {
             let h = Harness::start(0).await;
             let rootfs = h.attack_rootfs("attack");
             let client = h.client().await;
-            let (info, _i, _o, _e, _p, _t) = client
+            let (info, _i, _o, _e, _p, fds) = client
                 .create_sandbox(&h.spec(&rootfs, &["/bin/gigmcp-attack", "ping-sleep", "600"]))
                 .await
                 .unwrap();
-            let _proxy = TcpListener::bind((info.host_addr.as_str(), PROXY_PORT)).unwrap();
+            let _proxy = TcpListener::from(Listeners::from_reply(fds).unwrap().proxy);
             let _other = TcpListener::bind((info.host_addr.as_str(), 2222)).unwrap();
             let port = PROXY_PORT.to_string();
             assert!(

@@ -83,14 +83,14 @@ fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
             );
 
             // 20 live sandboxes, half in transparent mode, then the helper dies without any chance to
-            // clean up. The gateway keeps the transparent sockets through the restart.
+            // clean up. The gateway keeps the handed-over sockets through the restart.
             let mut fds = Vec::new();
             let mut held_sockets = Vec::new();
             for n in 0..20 {
                 let mut spec = spec.clone();
                 spec.transparent = n % 2 == 0;
                 let (info, i, o, e, p, sockets) = client.create_sandbox(&spec).await.unwrap();
-                assert_eq!(sockets.len(), if spec.transparent { 3 } else { 0 });
+                assert_eq!(sockets.len(), if spec.transparent { 4 } else { 1 });
                 held_sockets.push(sockets);
                 fds.push((info, i, o, e, p));
             }
@@ -115,7 +115,7 @@ fn two_hundred_concurrent_sandboxes_then_a_crash_leave_nothing() {
             let (info, _stdin, _stdout, _stderr, _pidfd, sockets) =
                 client.create_sandbox(&transparent).await.unwrap();
             assert_eq!(info.slot, 0);
-            assert_eq!(sockets.len(), 3);
+            assert_eq!(sockets.len(), 4);
             client.destroy_sandbox(&info.id).await.unwrap();
             drop(held_sockets);
         },

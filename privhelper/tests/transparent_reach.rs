@@ -5,8 +5,8 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
-use privhelper_api::TransparentSockets;
-use testkit::helper::{Harness, PROXY_PORT};
+use privhelper_api::Listeners;
+use testkit::helper::Harness;
 use testkit::transparent::*;
 
 #[test]
@@ -27,7 +27,7 @@ fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
                 .await
                 .unwrap();
             assert_eq!(neighbour.host_addr, "10.232.0.1");
-            let theirs = TransparentSockets::from_reply(fds).unwrap().unwrap();
+            let theirs = Listeners::from_reply(fds).unwrap().transparent.unwrap();
             let their_tls = TcpListener::from(theirs.tls);
             let their_udp = UdpSocket::from(theirs.dns_udp);
             let their_tcp53 = TcpListener::from(theirs.dns_tcp);
@@ -45,7 +45,7 @@ fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
             let (info, got, peer) = run(
                 &client,
                 transparent(&h, &rootfs, &["tcp-roundtrip", own_host, "443"]),
-                |_, s| serve_tcp(s.unwrap().tls, b"tls-ok", t),
+                |_, s| serve_tcp(s.transparent.unwrap().tls, b"tls-ok", t),
             )
             .await;
             assert_eq!(info.host_addr, own_host);
@@ -56,7 +56,7 @@ fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
             let (_, got, peer) = run(
                 &client,
                 transparent(&h, &rootfs, &["udp-roundtrip", own_host, "53"]),
-                |_, s| serve_udp(s.unwrap().dns_udp, b"dns-ok", t),
+                |_, s| serve_udp(s.transparent.unwrap().dns_udp, b"dns-ok", t),
             )
             .await;
             assert_eq!(got, "RESULT reply dns-ok");
@@ -64,27 +64,25 @@ fn from_inside_the_sandbox_only_its_own_tls_and_dns_and_proxy_are_reachable() {
             let (_, got, peer) = run(
                 &client,
                 transparent(&h, &rootfs, &["tcp-roundtrip", own_host, "53"]),
-                |_, s| serve_tcp(s.unwrap().dns_tcp, b"dns-tcp-ok", t),
+                |_, s| serve_tcp(s.transparent.unwrap().dns_tcp, b"dns-tcp-ok", t),
             )
             .await;
             assert_eq!(got, "RESULT reply dns-tcp-ok");
             from_sandbox(peer);
 
-            // The proxy port still works.
-            let proxy = testkit::helper::listen_before_link(SocketAddr::new(
-                own_host.parse().unwrap(),
-                PROXY_PORT,
-            ));
-            let (_, got, ()) = run(
+            // The proxy port still works: the helper's listener, bound before the probe started
+            // (which connects once, at once).
+            let (_, got, peer) = run(
                 &client,
                 transparent(&h, &rootfs, &["connect", own_host, "3128"]),
-                // Bound before the sandbox starts: the probe connects once, at once.
-                move |_, _| {
-                    std::thread::spawn(move || drop(accept_within(&proxy, Duration::from_secs(10))))
+                move |_, s| {
+                    let proxy = TcpListener::from(s.proxy);
+                    std::thread::spawn(move || accept_within(&proxy, t).map(|(_, peer)| peer))
                 },
             )
             .await;
             assert_eq!(got, "SUCCEEDED connected to 10.232.0.5:3128");
+            from_sandbox(peer);
 
             // The resolver is the link's host address.
             let (_, got, ()) = run(
@@ -198,17 +196,19 @@ fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
                 .create_sandbox(&sleeper(&h, &rootfs, true))
                 .await
                 .unwrap();
-            let (plain, _i2, _o2, _e2, _p2, none) = client
+            let (plain, _i2, _o2, _e2, _p2, plain_fds) = client
                 .create_sandbox(&sleeper(&h, &rootfs, false))
                 .await
                 .unwrap();
-            assert!(none.is_empty());
-            let s = TransparentSockets::from_reply(fds).unwrap().unwrap();
+            let plain_listeners = Listeners::from_reply(plain_fds).unwrap();
+            assert!(plain_listeners.transparent.is_none());
+            let listeners = Listeners::from_reply(fds).unwrap();
+            let _proxy = TcpListener::from(listeners.proxy);
+            let s = listeners.transparent.unwrap();
             let tls = TcpListener::from(s.tls);
             let tcp53 = TcpListener::from(s.dns_tcp);
             let udp53 = UdpSocket::from(s.dns_udp);
             let host = tr.host_addr.as_str();
-            let _proxy = TcpListener::bind((host, PROXY_PORT)).unwrap();
             // Listeners on other ports of the same address, TCP and UDP.
             let _tcp_others: Vec<TcpListener> = [80u16, 8443, 3129]
                 .iter()
@@ -308,7 +308,7 @@ fn nftables_alone_allows_exactly_proxy_tls_and_dns() {
             // The sandbox that is not transparent: proxy port only; 443 and 53 dropped even with
             // listeners there.
             let phost = plain.host_addr.as_str();
-            let _pproxy = TcpListener::bind((phost, PROXY_PORT)).unwrap();
+            let _pproxy = TcpListener::from(plain_listeners.proxy);
             let _p443 = TcpListener::bind((phost, 443)).unwrap();
             let _p53 = TcpListener::bind((phost, 53)).unwrap();
             let pudp53 = UdpSocket::bind((phost, 53)).unwrap();
@@ -411,7 +411,7 @@ fn traffic_arriving_on_another_interface_never_reaches_the_sockets() {
                 .create_sandbox(&sleeper(&h, &rootfs, true))
                 .await
                 .unwrap();
-            let s = TransparentSockets::from_reply(fds).unwrap().unwrap();
+            let s = Listeners::from_reply(fds).unwrap().transparent.unwrap();
             let (tls, udp53, tcp53) = (
                 TcpListener::from(s.tls),
                 UdpSocket::from(s.dns_udp),

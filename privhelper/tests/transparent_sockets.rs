@@ -1,5 +1,6 @@
-//! Transparent mode, the sockets themselves: the helper binds TCP 443, UDP 53 and TCP 53 on a
-//! sandbox's host address and hands them over bound to the link and held by the caller alone, a
+//! The sockets themselves: the helper binds the proxy port (every sandbox) and, in transparent
+//! mode, TCP 443, UDP 53 and TCP 53 on a sandbox's host address and hands them over bound to
+//! the link and held by the caller alone, a
 //! reused slot gets fresh sockets while the old ones are still held, and fifty cycles leak no fd
 //! in the helper. Privileged: needs root.
 
@@ -9,8 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use privhelper_api::{PrivHelperProxy, TransparentSockets};
-use testkit::helper::Harness;
+use privhelper_api::{Listeners, PrivHelperProxy};
+use testkit::helper::{Harness, PROXY_PORT};
 use testkit::transparent::*;
 
 /// The pids holding the socket behind `fd` (by inode, over all of /proc).
@@ -81,15 +82,23 @@ fn the_sockets_are_bound_to_the_link_and_held_by_the_caller_alone() {
             let rootfs = h.attack_rootfs("attack");
             let client = h.client().await;
 
-            // Not transparent: no sockets, two firewall elements, and nothing of the helper's on the
-            // ports (the test can bind them itself).
-            let (plain, _i, _o, _e, _p, none) = client
+            // Not transparent: the proxy listener alone, two firewall elements, and nothing of
+            // the helper's on transparent mode's ports (the test can bind them itself).
+            let (plain, _i, _o, _e, _p, fds) = client
                 .create_sandbox(&sleeper(&h, &rootfs, false))
                 .await
                 .unwrap();
-            assert!(none.is_empty());
+            let plain_listeners = Listeners::from_reply(fds).unwrap();
+            assert!(plain_listeners.transparent.is_none());
             assert_eq!(h.count_host().elements, before.elements + 2);
             let host = plain.host_addr.as_str();
+            let plain_link = format!("{}{}", h.link_prefix, plain.id);
+            let proxy_at = SocketAddr::new(host.parse().unwrap(), PROXY_PORT);
+            assert_eq!(
+                socket_facts(&plain_listeners.proxy),
+                (proxy_at, true, socket2::Type::STREAM, Some(plain_link))
+            );
+            assert_eq!(holders(&plain_listeners.proxy), [std::process::id()]);
             let _t443 = TcpListener::bind((host, 443)).expect("nothing listens on 443");
             let _t53 = TcpListener::bind((host, 53)).expect("nothing listens on TCP 53");
             let _u53 = UdpSocket::bind((host, 53)).expect("nothing bound to UDP 53");
@@ -101,10 +110,18 @@ fn the_sockets_are_bound_to_the_link_and_held_by_the_caller_alone() {
                 .unwrap();
             assert_eq!(h.count_host().elements, before.elements + 2 + 5);
             let link = format!("{}{}", h.link_prefix, info.id);
-            let s = TransparentSockets::from_reply(fds)
-                .unwrap()
-                .expect("3 sockets");
+            let listeners = Listeners::from_reply(fds).unwrap();
+            let s = listeners.transparent.expect("3 sockets");
             let at = |port: u16| SocketAddr::new(info.host_addr.parse().unwrap(), port);
+            assert_eq!(
+                socket_facts(&listeners.proxy),
+                (
+                    at(PROXY_PORT),
+                    true,
+                    socket2::Type::STREAM,
+                    Some(link.clone())
+                )
+            );
             assert_eq!(
                 socket_facts(&s.tls),
                 (at(443), true, socket2::Type::STREAM, Some(link.clone()))
@@ -119,7 +136,7 @@ fn the_sockets_are_bound_to_the_link_and_held_by_the_caller_alone() {
             );
             // Nobody else holds them: not the helper, not bwrap, not the sandbox.
             let me = std::process::id();
-            for fd in [&s.tls, &s.dns_udp, &s.dns_tcp] {
+            for fd in [&listeners.proxy, &s.tls, &s.dns_udp, &s.dns_tcp] {
                 assert_eq!(holders(fd), [me], "a socket is held by another process");
             }
             // The host's own connections do reach the listener (local delivery), but never with the
@@ -130,7 +147,8 @@ fn the_sockets_are_bound_to_the_link_and_held_by_the_caller_alone() {
             assert_ne!(peer.ip().to_string(), info.sandbox_addr);
             drop(tls);
             // Once the caller closes them, the ports are free: the helper kept no copy.
-            drop(s);
+            drop((s, listeners.proxy));
+            let _proxy = TcpListener::bind(at(PROXY_PORT)).expect("proxy port free");
             let _t443 = TcpListener::bind(at(443)).expect("443 free after the caller closed it");
             let _t53 = TcpListener::bind(at(53)).expect("TCP 53 free");
             let _u53 = UdpSocket::bind(at(53)).expect("UDP 53 free");
@@ -157,7 +175,7 @@ fn a_reused_slot_gets_fresh_sockets_while_the_old_ones_are_still_held() {
                 .create_sandbox(&sleeper(&h, &rootfs, true))
                 .await
                 .unwrap();
-            let stale = TransparentSockets::from_reply(fds).unwrap().unwrap();
+            let stale = Listeners::from_reply(fds).unwrap();
             client.destroy_sandbox(&old.id).await.unwrap();
             loop {
                 let signal = tokio::time::timeout(Duration::from_secs(30), exits.next())
@@ -172,13 +190,21 @@ fn a_reused_slot_gets_fresh_sockets_while_the_old_ones_are_still_held() {
             let (new, got, peer) = run(
                 &client,
                 transparent(&h, &rootfs, &["tcp-roundtrip", &old.host_addr, "443"]),
-                |_, s| serve_tcp(s.unwrap().tls, b"fresh", Duration::from_secs(10)),
+                |_, s| {
+                    serve_tcp(
+                        s.transparent.unwrap().tls,
+                        b"fresh",
+                        Duration::from_secs(10),
+                    )
+                },
             )
             .await;
             assert_eq!(new.host_addr, old.host_addr);
             assert_eq!(got, "RESULT reply fresh");
             assert_eq!(peer.unwrap().ip().to_string(), new.sandbox_addr);
-            assert!(nothing_arrived_tcp(&TcpListener::from(stale.tls)));
+            let stale_tls = stale.transparent.unwrap().tls;
+            assert!(nothing_arrived_tcp(&TcpListener::from(stale_tls)));
+            assert!(nothing_arrived_tcp(&TcpListener::from(stale.proxy)));
         },
     );
 }

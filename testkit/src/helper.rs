@@ -339,9 +339,9 @@ pub fn read_all(fd: zbus::OwnedFd, timeout: Duration) -> Vec<u8> {
 }
 
 /// A TCP listener on a sandbox link's host address, bound *before* the sandbox (and its link)
-/// exists: `IP_FREEBIND` lets it take an address not yet configured. A probe that connects once,
-/// as soon as the sandbox starts, then always finds it listening (binding after CreateSandbox
-/// returned raced the probe and lost now and then).
+/// exists: `IP_FREEBIND` lets it take an address not yet configured. It stands for someone else
+/// holding the port the helper must bind there (which must fail the sandbox closed); the proxy
+/// listener itself is the helper's, handed over with the sandbox.
 pub fn listen_before_link(addr: std::net::SocketAddr) -> std::net::TcpListener {
     let socket = socket_before_link(addr, socket2::Type::STREAM);
     socket.listen(128).expect("listen");

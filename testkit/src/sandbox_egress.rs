@@ -7,12 +7,12 @@
 
 use gateway::audit::Auditor;
 use gateway::egress::{
-    EgressConfig, EgressProxy, EgressShared, SandboxEgress, StaticResolver, make_placeholder,
+    EgressConfig, EgressShared, SandboxEgress, StaticResolver, make_placeholder,
 };
 use gateway::manifest::Manifest;
 use gateway::store::{AuditEvent, SqliteStore, Store};
 use gateway::vault::{MasterKey, SecretName, SecretValue, Vault};
-use privhelper_api::{PROXY_ADDR_TOKEN, PrivHelperProxy, TransparentSockets};
+use privhelper_api::{Listeners, PROXY_ADDR_TOKEN, PrivHelperProxy};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +44,8 @@ pub struct UpNet {
 }
 
 impl UpNet {
-    fn new() -> Self {
+    /// Creates the namespace, its veth pair and addresses.
+    pub fn create() -> Self {
         let ip = crate::netns::ip_ok;
         let net = Self {
             ns: NamedNetns::add(crate::names::unique("gmeg")),
@@ -101,7 +102,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(h: &Harness) -> Self {
-        let net = UpNet::new();
+        let net = UpNet::create();
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
@@ -221,8 +222,8 @@ pub fn sandbox_env(ph: &str) -> Vec<(String, String)> {
     env
 }
 
-/// Creates a sandbox running `argv` in `rootfs`, starts its egress proxy (and, in transparent
-/// mode, adopts the helper's sockets), sends one line on stdin (the Python client waits for it),
+/// Creates a sandbox running `argv` in `rootfs`, serves its egress on the sockets the helper
+/// bound for it (the proxy listener; in transparent mode TLS and DNS too), sends one line on stdin (the Python client waits for it),
 /// and collects everything the sandbox printed until it exits.
 pub async fn run_in_sandbox(
     h: &Harness,
@@ -253,23 +254,10 @@ pub async fn run_in_sandbox(
             .collect(),
         approved_ranges: vec![UPSTREAM_NET.parse().unwrap()],
     };
-    let proxy = EgressProxy::spawn(sb, gw.shared.clone()).await.unwrap();
-    match TransparentSockets::from_reply(fds).unwrap() {
-        Some(t) => {
-            assert!(transparent);
-            proxy
-                .adopt_transparent_listener(std::net::TcpListener::from(t.tls))
-                .unwrap();
-            proxy
-                .adopt_dns(
-                    Some(std::net::UdpSocket::from(t.dns_udp)),
-                    Some(std::net::TcpListener::from(t.dns_tcp)),
-                    host_addr,
-                )
-                .unwrap();
-        }
-        None => assert!(!transparent),
-    }
+    let listeners = Listeners::from_reply(fds).unwrap();
+    assert_eq!(listeners.transparent.is_some(), transparent);
+    let proxy =
+        gateway::sandbox::serve_egress(sb, gw.shared.clone(), listeners, host_addr).unwrap();
     let stdin: std::os::fd::OwnedFd = stdin.into();
     let mut stdin = std::fs::File::from(stdin);
     {

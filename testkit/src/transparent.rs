@@ -1,6 +1,7 @@
 //! Transparent-mode sandboxes for the helper's tests: the attack program as a sandbox, a
 //! sleeper, one attack run to its verdict, and one-shot TCP and UDP servers on the sockets the
-//! helper hands over, with non-blocking checks that nothing arrived.
+//! helper hands over (the proxy listener and transparent mode's three), with non-blocking
+//! checks that nothing arrived.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -9,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use privhelper_api::{PrivHelperProxy, SandboxInfo, SandboxSpec, TransparentSockets};
+use privhelper_api::{Listeners, PrivHelperProxy, SandboxInfo, SandboxSpec};
 
 use crate::helper::Harness;
 
@@ -32,22 +33,22 @@ pub fn sleeper(h: &Harness, rootfs: &str, transparent_mode: bool) -> SandboxSpec
     spec
 }
 
-/// Runs one attack in a fresh sandbox. `serve` gets the sandbox and its transparent sockets as
-/// soon as it exists; its thread's result is returned with the attack's verdict (the line
+/// Runs one attack in a fresh sandbox. `serve` gets the sandbox and the sockets the helper bound
+/// for it (listening since before the attack started) as soon as it exists; its thread's result is returned with the attack's verdict (the line
 /// without `ATTACK <name> `). Returns once the sandbox is gone and its slot free again.
 pub async fn run<T: Send + 'static>(
     client: &PrivHelperProxy<'static>,
     spec: SandboxSpec,
-    serve: impl FnOnce(&SandboxInfo, Option<TransparentSockets>) -> JoinHandle<T>,
+    serve: impl FnOnce(&SandboxInfo, Listeners) -> JoinHandle<T>,
 ) -> (SandboxInfo, String, T) {
     let mut exits = client.receive_sandbox_exited().await.unwrap();
     let (info, stdin, stdout, stderr, _pidfd, sockets) =
         client.create_sandbox(&spec).await.expect("create sandbox");
-    let sockets = TransparentSockets::from_reply(sockets).expect("0 or 3 sockets");
+    let sockets = Listeners::from_reply(sockets).expect("1 or 4 sockets");
     assert_eq!(
-        sockets.is_some(),
+        sockets.transparent.is_some(),
         spec.transparent,
-        "sockets iff transparent"
+        "transparent sockets iff transparent"
     );
     let served = serve(&info, sockets);
     let out = crate::helper::read_all(stdout, Duration::from_secs(60));

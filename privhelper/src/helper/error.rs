@@ -31,8 +31,10 @@ pub enum StepError {
     Veth(NetworkError),
     #[error("addresses: {0}")]
     Addresses(NetworkError),
-    #[error("transparent mode: {0}")]
-    Transparent(SocketError),
+    /// The proxy listener or a transparent-mode socket could not be bound (a port held by
+    /// someone else ends here: the sandbox is not started).
+    #[error("listener: {0}")]
+    Listener(SocketError),
     #[error("firewall: {0}")]
     Firewall(FirewallError),
     #[error("cgroup: {0}")]

@@ -1,5 +1,5 @@
 //! The seam under a sandbox's lifecycle: [`Host`] is everything the helper asks of the host to
-//! build one (the uid check, netns, veth, addresses, transparent-mode sockets, firewall
+//! build one (the uid check, netns, veth, addresses, the listening sockets, firewall
 //! elements, cgroups, the data dir's owner, the spawn) and to tear one down (kill, reap, and
 //! the removals of [`Undo`]); [`LinuxHost`] is the real implementation. The order of the steps,
 //! the unwinding after a failure and the teardown live in `lifecycle` and are tested there
@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
-use privhelper_api::TransparentSockets;
+use privhelper_api::Listeners;
 
 use super::cgroup::{CgroupLimits, Layout, SandboxCgroup};
 use super::firewall::{Firewall, LinkRule};
@@ -45,6 +45,16 @@ pub enum Undo {
     RemoveCgroup { id: String },
 }
 
+/// Where a sandbox's listening sockets go: its link and host address, its proxy port, and
+/// whether transparent mode's three sockets are wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOn<'a> {
+    pub host: Ipv4Addr,
+    pub link: &'a str,
+    pub proxy_port: u16,
+    pub transparent: bool,
+}
+
 /// What the helper asks of the host to build a sandbox, tear it down and sweep a previous
 /// run's leftovers, one call per step.
 pub trait Host: Sync {
@@ -70,8 +80,9 @@ pub trait Host: Sync {
         link: &str,
         addrs: Link,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
-    /// Transparent mode's sockets (closing them is their undo).
-    fn bind_transparent(&self, host: Ipv4Addr, link: &str) -> Result<Self::Sockets, StepError>;
+    /// The proxy listener and, in transparent mode, its three sockets (closing them is their
+    /// undo: they are dropped with the half-built sandbox).
+    fn bind_listeners(&self, on: ListenOn<'_>) -> Result<Self::Sockets, StepError>;
     fn allow(&self, rule: &LinkRule) -> Result<Made<()>, StepError>;
     fn create_cgroup(
         &self,
@@ -128,7 +139,7 @@ impl LinuxHost {
 impl Host for LinuxHost {
     type Netns = Netns;
     type Cgroup = SandboxCgroup;
-    type Sockets = TransparentSockets;
+    type Sockets = Listeners;
     type Started = Started;
     type Process = Bwrap;
 
@@ -166,8 +177,9 @@ impl Host for LinuxHost {
             .map_err(StepError::Addresses)
     }
 
-    fn bind_transparent(&self, host: Ipv4Addr, link: &str) -> Result<Self::Sockets, StepError> {
-        super::transparent::bind(host, link).map_err(StepError::Transparent)
+    fn bind_listeners(&self, on: ListenOn<'_>) -> Result<Listeners, StepError> {
+        super::transparent::bind(on.host, on.link, on.proxy_port, on.transparent)
+            .map_err(StepError::Listener)
     }
 
     fn allow(&self, rule: &LinkRule) -> Result<Made<()>, StepError> {

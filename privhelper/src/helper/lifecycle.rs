@@ -3,7 +3,10 @@
 //! The order (DESIGN 4), and why each step comes where it does:
 //! 1. the slot's uid must be nobody's, before anything runs as it;
 //! 2. netns, then the veth pair into it, then its addresses: the sandbox's only way out;
-//! 3. transparent mode's sockets, bound *before* the firewall lets anything reach their ports;
+//! 3. the listening sockets (the proxy's, and transparent mode's), bound once the link's host
+//!    address exists and *before* the firewall lets anything reach their ports: every port the
+//!    server may use is listening before it starts, and a port someone else holds stops the
+//!    build here, before anything runs (their undo is closing them, as a failed build returns);
 //! 4. the firewall elements for this link;
 //! 5. the cgroups, which bwrap's child joins before it execs;
 //! 6. the data dir given to the slot's uid, last before the spawn: by then the uid is known to
@@ -20,7 +23,7 @@ use std::os::fd::OwnedFd;
 use super::argv;
 use super::cgroup::CgroupLimits;
 use super::firewall::LinkRule;
-use super::host::{Host, Launch, Made, Undo};
+use super::host::{Host, Launch, ListenOn, Made, Undo};
 use super::network::Link;
 use super::transparent;
 use super::validate::Checked;
@@ -49,7 +52,7 @@ pub struct Settings<'a> {
 pub struct Built<H: Host> {
     pub netns: H::Netns,
     pub rule: LinkRule,
-    pub sockets: Option<H::Sockets>,
+    pub sockets: H::Sockets,
     pub started: H::Started,
 }
 
@@ -108,10 +111,12 @@ async fn steps<H: Host>(
     let netns = unwind.keep(host.create_netns(&at.id)?);
     unwind.keep(host.create_veth(&netns, &at.link).await?);
     host.configure_link(&netns, &at.link, at.addrs).await?;
-    let sockets = match c.transparent {
-        true => Some(host.bind_transparent(at.addrs.host, &at.link)?),
-        false => None,
-    };
+    let sockets = host.bind_listeners(ListenOn {
+        host: at.addrs.host,
+        link: &at.link,
+        proxy_port: c.proxy_port,
+        transparent: c.transparent,
+    })?;
     let rule = LinkRule {
         link: at.link.clone(),
         host: at.addrs.host,
@@ -304,7 +309,7 @@ mod tests {
         Step::CreateNetns,
         Step::CreateVeth,
         Step::ConfigureLink,
-        Step::BindTransparent,
+        Step::BindListeners,
         Step::Allow,
         Step::CreateCgroup,
         Step::GiveDataDir,
@@ -339,15 +344,67 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_sandbox_skips_only_the_transparent_sockets_and_the_data_dir() {
+    fn a_plain_sandbox_skips_only_the_data_dir_and_binds_its_proxy_listener_alone() {
         let host = Recording::default();
         run(&host, &checked(false, false)).expect("built");
         let want: Vec<Call> = ALL_STEPS
             .iter()
-            .filter(|s| !matches!(s, Step::BindTransparent | Step::GiveDataDir))
+            .filter(|s| !matches!(s, Step::GiveDataDir))
             .map(|s| Call::Did(*s))
             .collect();
         assert_eq!(host.calls(), want);
+        let link = placement().link;
+        let on = |transparent| {
+            let on = ListenOn {
+                host: placement().addrs.host,
+                link: &link,
+                proxy_port: 3128,
+                transparent,
+            };
+            format!("{on:?}")
+        };
+        assert_eq!(host.listened(), [on(false)]);
+        let host = Recording::default();
+        run(&host, &checked(true, false)).expect("built");
+        assert_eq!(host.listened(), [on(true)]);
+    }
+
+    #[test]
+    fn the_listeners_are_bound_before_the_firewall_opens_and_the_server_starts() {
+        let host = Recording::default();
+        run(&host, &checked(false, false)).expect("built");
+        let at = |step| host.calls().iter().position(|c| *c == Call::Did(step));
+        let listen = at(Step::BindListeners).expect("listeners bound");
+        assert!(
+            listen > at(Step::ConfigureLink).unwrap(),
+            "before its address"
+        );
+        assert!(
+            listen < at(Step::Allow).unwrap(),
+            "after the firewall opened"
+        );
+        assert!(
+            listen < at(Step::Spawn).unwrap(),
+            "after the server started"
+        );
+    }
+
+    #[test]
+    fn the_listeners_are_closed_when_a_later_step_fails_and_kept_when_the_build_succeeds() {
+        let later = ALL_STEPS
+            .iter()
+            .skip_while(|s| **s != Step::BindListeners)
+            .skip(1);
+        for &failing in later {
+            let host = Recording::failing_at(&[failing]);
+            run(&host, &checked(true, true)).expect_err("injected failure");
+            assert_eq!(host.open_listeners(), 0, "failure at {failing:?}");
+        }
+        let host = Recording::default();
+        let built = run(&host, &checked(true, true)).expect("built");
+        assert_eq!(host.open_listeners(), 1, "handed out with the sandbox");
+        drop(built);
+        assert_eq!(host.open_listeners(), 0);
     }
 
     #[test]

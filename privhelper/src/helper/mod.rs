@@ -3,8 +3,8 @@
 //! A sandbox's life (DESIGN 4): check the spec ([`validate`]) → pick a free slot (its /30 and its
 //! host uid) → build it on the host ([`lifecycle`], through the [`host`] seam: netns + veth
 //! ([`network`]), firewall elements ([`firewall`]), cgroups ([`cgroup`]), bwrap ([`spawn`]) with
-//! the command line of [`argv`]) → hand the stdio fds, a pidfd and (transparent mode) the
-//! sockets of [`transparent`] to the caller. It ends when `DestroySandbox` is called, when the
+//! the command line of [`argv`]) → hand the stdio fds, a pidfd and the listening sockets of
+//! [`transparent`] (the proxy's, and transparent mode's) to the caller. It ends when `DestroySandbox` is called, when the
 //! gateway's end of stdin closes, or when the sandbox exits; teardown ([`lifecycle`] again,
 //! through the same seam) kills its processes first, then removes what the build made, trying
 //! every step. On start-up [`Helper::sweep`] removes whatever a previous run left. The D-Bus
@@ -40,7 +40,7 @@ use cgroup::Layout;
 use firewall::{Firewall, LinkRule};
 use host::LinuxHost;
 use network::{Link, Network};
-use privhelper_api::{Created, HelperError, SandboxInfo, SandboxSpec, TransparentSockets};
+use privhelper_api::{Created, HelperError, SandboxInfo, SandboxSpec};
 
 /// One live sandbox and everything that must be undone for it.
 #[derive(Debug)]
@@ -243,7 +243,7 @@ impl Helper {
         };
         match self.build(id.clone(), slot, checked).await {
             Ok((sandbox, created, stdin_watch)) => {
-                let (server, transparent) = (sandbox.info.server.clone(), !created.5.is_empty());
+                let (server, transparent) = (sandbox.info.server.clone(), created.5.len() > 1);
                 let mut state = i.state.lock().await;
                 state.live.insert(id.clone(), sandbox);
                 // Checked under the lock `shutdown` takes to collect the live sandboxes: one
@@ -312,10 +312,7 @@ impl Helper {
             BusFd::from(started.stdout),
             BusFd::from(started.stderr),
             BusFd::from(started.pidfd_for_caller),
-            built
-                .sockets
-                .map(TransparentSockets::into_vec)
-                .unwrap_or_default(),
+            built.sockets.into_vec(),
         );
         let sandbox = Sandbox {
             info,

@@ -2,13 +2,13 @@
 //! records each call and can fail any set of steps, and touches nothing on the host, so the
 //! order of building, unwinding and teardown is tested without root.
 
-use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::cgroup::CgroupLimits;
 use super::firewall::LinkRule;
-use super::host::{Host, Launch, Made, Undo};
+use super::host::{Host, Launch, ListenOn, Made, Undo};
 use super::network::Link;
 use super::{StartError, StepError, TeardownError};
 
@@ -19,7 +19,7 @@ pub enum Step {
     CreateNetns,
     CreateVeth,
     ConfigureLink,
-    BindTransparent,
+    BindListeners,
     Allow,
     CreateCgroup,
     GiveDataDir,
@@ -59,6 +59,21 @@ pub struct Recording {
     calls: Mutex<Vec<Call>>,
     fail: Vec<Step>,
     pub leftovers: Vec<Undo>,
+    /// What each `bind_listeners` was asked for (`ListenOn`'s `Debug`).
+    listened: Mutex<Vec<String>>,
+    /// Listener sets handed out and not dropped yet.
+    open: Arc<AtomicUsize>,
+}
+
+/// The double's listening sockets: counts itself open until dropped, as the real fds are
+/// closed when the half-built sandbox holding them goes.
+#[derive(Debug)]
+pub struct OpenListeners(Arc<AtomicUsize>);
+
+impl Drop for OpenListeners {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Recording {
@@ -71,6 +86,14 @@ impl Recording {
 
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+
+    pub fn listened(&self) -> Vec<String> {
+        self.listened.lock().unwrap().clone()
+    }
+
+    pub fn open_listeners(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Whether `step` is to fail; the message of its error names it.
@@ -96,7 +119,7 @@ impl Recording {
 impl Host for Recording {
     type Netns = ();
     type Cgroup = ();
-    type Sockets = ();
+    type Sockets = OpenListeners;
     type Started = Vec<std::ffi::OsString>;
     type Process = ();
 
@@ -114,8 +137,11 @@ impl Host for Recording {
     async fn configure_link(&self, _: &(), _: &str, _: Link) -> Result<(), StepError> {
         self.step(Step::ConfigureLink)
     }
-    fn bind_transparent(&self, _: Ipv4Addr, _: &str) -> Result<(), StepError> {
-        self.step(Step::BindTransparent)
+    fn bind_listeners(&self, on: ListenOn<'_>) -> Result<OpenListeners, StepError> {
+        self.step(Step::BindListeners)?;
+        self.listened.lock().unwrap().push(format!("{on:?}"));
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Ok(OpenListeners(self.open.clone()))
     }
     fn allow(&self, rule: &LinkRule) -> Result<Made<()>, StepError> {
         self.made(Step::Allow, (), Undo::Revoke(rule.clone()))

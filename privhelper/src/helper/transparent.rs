@@ -1,10 +1,18 @@
-//! Transparent mode's sockets and resolver file.
+//! The sockets the helper binds for a sandbox before its server starts, and transparent
+//! mode's resolver file.
+//!
+//! The proxy listener (TCP `host:proxy_port`) is bound for every sandbox: the server may
+//! connect to its proxy as its very first act, so the port must be listening before bwrap
+//! runs, and a port someone else holds must stop the build (fail closed) instead of leaving
+//! the sandbox talking to whoever holds it. The helper binds it, as it does the privileged
+//! ports of transparent mode, and hands it over with the sandbox's other fds; the gateway
+//! accepts on it.
 //!
 //! Some servers ignore proxy variables. For them the gateway answers DNS on the link's host
 //! address (allowlisted names resolve to it) and takes the TLS connections that follow on port
-//! 443, reading the host from the SNI. Ports below 1024 need privilege, so the helper binds the
-//! three sockets (TCP 443, UDP 53, TCP 53) and hands them over with the sandbox's other fds; the
-//! gateway serves them. No NAT and no connection tracking: the socket *is* the attribution.
+//! 443, reading the host from the SNI. Ports below 1024 need privilege, so the helper binds
+//! those three sockets (TCP 443, UDP 53, TCP 53) too. No NAT and no connection tracking: the
+//! socket *is* the attribution.
 //!
 //! Each socket is bound to the link's host address and to the link itself (`SO_BINDTODEVICE`):
 //! - packets arriving on another interface never reach it (the table only filters sandbox
@@ -16,8 +24,11 @@
 //!   in the same slot (same address, new link), and never receives its traffic: the kernel
 //!   sees two sockets bound to different devices as no conflict.
 //!
-//! A host service bound to the wildcard address on 443 or 53 *does* conflict (the kernel treats
-//! a wildcard bind as covering every address): creation then fails with a message saying so.
+//! A socket bound to the same port without a device *does* conflict, on the wildcard address
+//! or on the link's host address (bound before the link existed, with `IP_FREEBIND`): the
+//! kernel treats a device-less bind as covering every device. Creation then fails with a
+//! message saying so, and nothing of the sandbox is left. No socket here sets `SO_REUSEPORT`,
+//! so nobody can share a port with one.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
@@ -25,16 +36,16 @@ use std::os::fd::OwnedFd;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::firewall::Proto;
-use privhelper_api::{DNS_PORT, TLS_PORT, TransparentSockets};
+use privhelper_api::{DNS_PORT, Listeners, TLS_PORT, TransparentSockets};
 
 /// Listen backlog of the TCP sockets (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 1024;
 
-/// A socket of transparent mode that could not be made: which one, at which call, and why.
+/// A socket that could not be made: which one, at which call, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{proto} {addr}: {call}: {source}{hint}", hint = if source.kind() == std::io::ErrorKind::AddrInUse {
-    " (a host service bound to the wildcard address on this port blocks transparent \
-     mode: bind it to specific addresses)"
+    " (another socket holds this port on the wildcard address or on this one: the sandbox \
+     is not started; bind host services to specific addresses, or choose another port)"
 } else {
     ""
 })]
@@ -45,8 +56,25 @@ pub struct SocketError {
     source: std::io::Error,
 }
 
-/// Binds TCP `host:443`, UDP `host:53` and TCP `host:53` on `link`, close-on-exec.
-pub fn bind(host: Ipv4Addr, link: &str) -> Result<TransparentSockets, SocketError> {
+/// Binds the proxy listener on `host:proxy_port` and, in transparent mode, the three sockets
+/// of [`transparent`], all on `link` and close-on-exec.
+pub fn bind(
+    host: Ipv4Addr,
+    link: &str,
+    proxy_port: u16,
+    transparent_mode: bool,
+) -> Result<Listeners, SocketError> {
+    Ok(Listeners {
+        proxy: socket(host, proxy_port, link, Proto::Tcp)?,
+        transparent: match transparent_mode {
+            true => Some(transparent(host, link)?),
+            false => None,
+        },
+    })
+}
+
+/// Binds TCP `host:443`, UDP `host:53` and TCP `host:53` on `link`.
+fn transparent(host: Ipv4Addr, link: &str) -> Result<TransparentSockets, SocketError> {
     Ok(TransparentSockets {
         tls: socket(host, TLS_PORT, link, Proto::Tcp)?,
         dns_udp: socket(host, DNS_PORT, link, Proto::Udp)?,

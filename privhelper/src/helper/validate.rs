@@ -13,7 +13,7 @@ use std::path::{Component, Path};
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
 use crate::config::Config;
-use privhelper_api::{DNS_PORT, HelperError, PROXY_ADDR_TOKEN, SandboxSpec, TLS_PORT};
+use privhelper_api::{HelperError, PROXY_ADDR_TOKEN, SandboxSpec};
 
 pub const MAX_ARGS: usize = 256;
 pub const MAX_ENV: usize = 256;
@@ -169,15 +169,7 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
     )?;
     within("pids_max", limits.pids_max, MIN_PIDS, ceil.pids_max)?;
     within("cpu_percent", limits.cpu_percent, 1, ceil.cpu_percent)?;
-    if spec.proxy_port == 0 {
-        return Err(invalid("proxy_port must not be 0"));
-    }
-    if spec.transparent && [TLS_PORT, DNS_PORT].contains(&spec.proxy_port) {
-        return Err(invalid(format!(
-            "with transparent mode, proxy_port must not be {TLS_PORT} or {DNS_PORT} (the helper \
-             binds those)"
-        )));
-    }
+    check_proxy_port(spec.proxy_port, config)?;
     let rootfs = open_rootfs(&spec.rootfs, config, roots)?;
     for dir in MOUNT_POINTS {
         open_beneath(&rootfs, dir, OFlags::PATH | OFlags::DIRECTORY).map_err(|_| {
@@ -216,6 +208,29 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
         cpu_percent: limits.cpu_percent,
         data_name,
     })
+}
+
+/// The lowest proxy port a spec may ask for: the helper binds it as root, so a lower one would
+/// let the gateway take a privileged port (transparent mode's 443 and 53 among them) it could
+/// not bind itself.
+pub const MIN_PROXY_PORT: u16 = 1024;
+
+/// Refuses a proxy port below [`MIN_PROXY_PORT`] or among the configured host service ports:
+/// the sandbox may connect to its proxy port on its link's host address, and the helper binds
+/// it there as root, so it must be nobody else's.
+fn check_proxy_port(port: u16, config: &Config) -> Result<(), HelperError> {
+    if port < MIN_PROXY_PORT {
+        return Err(invalid(format!(
+            "proxy_port {port} is below {MIN_PROXY_PORT}: privileged ports are the host's"
+        )));
+    }
+    if config.host_service_ports.contains(&port) {
+        return Err(invalid(format!(
+            "proxy_port {port} is one of the host's service ports (host_service_ports in the \
+             helper's configuration)"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses `v` for `key` unless `lo <= v <= hi`.
@@ -577,5 +592,52 @@ mod elf_tests {
         if init.exists() {
             assert!(is_static_elf(&init).unwrap(), "{}", init.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod proxy_port_tests {
+    use super::*;
+
+    /// A random number below `n` (kernel randomness: each run tries other ports).
+    fn below(n: u32) -> u32 {
+        let mut b = [0u8; 4];
+        rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).unwrap();
+        u32::from_ne_bytes(b) % n
+    }
+
+    fn refusal(port: u16, config: &Config) -> String {
+        match check_proxy_port(port, config) {
+            Err(HelperError::InvalidSpec(m)) => m,
+            other => panic!("port {port} not refused as invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn proxy_ports_below_1024_are_refused() {
+        let config = Config::default();
+        let mut ports = vec![0, 22, 53, 443, 1023];
+        ports.extend((0..32).map(|_| below(1024) as u16));
+        for port in ports {
+            assert!(refusal(port, &config).contains("below 1024"), "{port}");
+        }
+        assert!(check_proxy_port(MIN_PROXY_PORT, &config).is_ok());
+    }
+
+    #[test]
+    fn the_hosts_configured_service_ports_are_refused_as_proxy_ports() {
+        let mut config = Config::default();
+        for port in config.host_service_ports.clone() {
+            assert!(
+                refusal(port, &config).contains("host_service_ports"),
+                "{port}"
+            );
+        }
+        // A port the admin names, chosen at random: refused once named, accepted before.
+        let port = 1024 + below(64_000) as u16;
+        config.host_service_ports.retain(|p| *p != port);
+        assert!(check_proxy_port(port, &config).is_ok(), "{port}");
+        config.host_service_ports.push(port);
+        assert!(refusal(port, &config).contains("service ports"), "{port}");
     }
 }
