@@ -31,6 +31,7 @@ pub mod rewrite;
 mod sandbox;
 pub mod scrub;
 mod secrets;
+mod slots;
 pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -66,8 +67,17 @@ pub enum EgressError {
 /// Limits and timeouts, the same for every sandbox.
 #[derive(Debug, Clone)]
 pub struct EgressLimits {
-    /// Open client connections per sandbox (proxy port and transparent 443 together).
+    /// Open client connections per sandbox (proxy port and transparent 443 together); past it a
+    /// new connection is closed at once.
     pub max_connections: usize,
+    /// Open DNS-over-TCP connections per sandbox (transparent mode).
+    pub max_dns_connections: usize,
+    /// Upstream connections the proxy holds open for one sandbox (pooled or in use); a request
+    /// needing another waits up to `connect_timeout` for one to close.
+    pub max_upstream_connections: usize,
+    /// Every socket the egress proxy holds, all sandboxes together: a bound below the daemon's
+    /// fd limit, so the MCP front, the store and the bus always find an fd.
+    pub max_gateway_connections: usize,
     /// Time to send a complete request head (slowloris).
     pub header_read_timeout: Duration,
     /// Time to finish the TLS handshake with the sandbox.
@@ -97,6 +107,9 @@ impl Default for EgressLimits {
     fn default() -> Self {
         Self {
             max_connections: 256,
+            max_dns_connections: 16,
+            max_upstream_connections: 128,
+            max_gateway_connections: 8192,
             header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -152,6 +165,8 @@ pub struct EgressShared {
     pool: IpNet,
     limits: EgressLimits,
     resolver: Arc<dyn Resolve>,
+    /// The gateway-wide socket bound every sandbox's slots draw from.
+    slots: slots::GatewaySlots,
 }
 
 impl EgressShared {
@@ -170,6 +185,7 @@ impl EgressShared {
             audit: audit::EgressAudit::new(audit.into()),
             vault,
             pool: config.sandbox_pool,
+            slots: slots::GatewaySlots::new(config.limits.max_gateway_connections),
             limits: config.limits,
             resolver: config.resolver,
         }))
@@ -187,6 +203,12 @@ impl EgressShared {
 
     pub fn limits(&self) -> &EgressLimits {
         &self.limits
+    }
+
+    /// Sockets the egress proxy holds now, every sandbox together (at most
+    /// [`EgressLimits::max_gateway_connections`]).
+    pub fn open_connections(&self) -> usize {
+        self.limits.max_gateway_connections - self.slots.available()
     }
 
     /// Waits until every audit event recorded so far is in the store.
