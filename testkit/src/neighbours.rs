@@ -133,7 +133,9 @@ pub fn percentile(samples: &[u64], p: f64) -> u64 {
 /// new connection waited on until closed) until its stdin closes, and prints how many of those
 /// the other side closed.
 const STORM_PY: &str = r#"
-import json, selectors, socket, sys, threading, time
+import json, resource, selectors, socket, sys, threading, time
+# Thousands of sockets: as many as this process may have.
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 host, port, count, wave = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 sel = selectors.DefaultSelector()
 open_at, failed, closed, answered, slowest_connect = {}, 0, [], 0, 0.0

@@ -9,11 +9,15 @@
 //! - plain-HTTP absolute-form requests, only to hosts the manifest allows over HTTP;
 //! - transparent mode: TLS arriving on N.1:443, host from SNI; DNS answers ([`dns`]).
 //!
+//! No sandbox can starve another or the daemon: every socket held for a sandbox takes a slot
+//! under that sandbox's caps and under one gateway-wide bound (`slots`); past a cap a new
+//! connection is closed at once.
+//!
 //! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`rewrite`].
 //!
 //! The private modules form a stack, each importing only modules below it: `sandbox` (the
 //! handle) → `listener` → `intercept` → `forward` → `context` (what a sandbox's connections
-//! share) → the pure parts, `connector`, `secrets`, `idle`, [`audit`].
+//! share) → the pure parts, `connector`, `secrets`, `idle`, `slots`, [`audit`].
 
 pub mod addresses;
 pub mod audit;
