@@ -62,9 +62,10 @@ fn show(name: &str, f: &Figures) {
     );
 }
 
-/// `TcpExt` counters of this network namespace (where the proxies listen).
+/// `TcpExt` counters of this thread's network namespace (where the proxies listen; the main
+/// thread is still in the host's).
 fn tcp_ext(names: &[&str]) -> Vec<(String, u64)> {
-    let text = std::fs::read_to_string("/proc/self/net/netstat").unwrap_or_default();
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default();
     let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
     let (Some(keys), Some(values)) = (lines.next(), lines.next()) else {
         return Vec::new();
@@ -81,7 +82,13 @@ fn main() {
 }
 
 async fn bench() {
-    let fx = Fixture::new(EgressLimits::default()).await;
+    // The default caps; A's admitted connections are held for the whole run (the worst case
+    // for its neighbours), not freed by the 10 s header timeout halfway through.
+    let fx = Fixture::new(EgressLimits {
+        header_read_timeout: Duration::from_secs(120),
+        ..EgressLimits::default()
+    })
+    .await;
     let b = Neighbour::start(&fx).await;
     let server = json!({"name": "bench", "version": "1",
         "command": [testkit::bins::workspace_bin("gigmcp-demo-server").to_str().unwrap()]});

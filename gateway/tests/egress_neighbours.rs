@@ -20,6 +20,8 @@ use testkit::names::random_in;
 use testkit::neighbours::{Neighbour, Storm, Wave, get_through, open_fds};
 
 /// A refused connection must be closed by then (the old refusal waited 500 ms for a request).
+/// Every first wave here refuses fewer than one listener's refusal budget for a tick (500), so
+/// none of it waits in the kernel's queue for the next tick.
 const AT_ONCE: f64 = 0.3;
 
 fn storm_limits(cap: usize, bound: usize) -> EgressLimits {

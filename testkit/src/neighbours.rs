@@ -128,8 +128,8 @@ pub fn percentile(samples: &[u64], p: f64) -> u64 {
 }
 
 /// The storm client: opens `count` TCP connections one after the other, sends nothing, and
-/// notes when each is closed by the other side (watching while it opens the rest, then for
-/// `wave` seconds); prints that as one JSON line; then keeps connecting from four threads (each
+/// notes when each is closed by the other side (a watcher thread, from the moment each is
+/// connected until `wave` seconds after the last one); prints that as one JSON line; then keeps connecting from four threads (each
 /// new connection waited on until closed) until its stdin closes, and prints how many of those
 /// the other side closed.
 const STORM_PY: &str = r#"
@@ -137,22 +137,35 @@ import json, resource, selectors, socket, sys, threading, time
 # Thousands of sockets: as many as this process may have.
 resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 host, port, count, wave = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-sel = selectors.DefaultSelector()
-open_at, failed, closed, answered, slowest_connect = {}, 0, [], 0, 0.0
-def watch(timeout):
-    global answered
-    for key, _ in sel.select(timeout=timeout):
-        s = key.fileobj
-        try:
-            data = s.recv(4096)
-        except OSError:
-            data = b""
-        if data:
-            answered += data.startswith(b"HTTP/1.1 503 ")
+sel, lock = selectors.DefaultSelector(), threading.Lock()
+open_at, closed, stats = {}, [], {"failed": 0, "answered": 0, "slowest_connect": 0.0}
+connected, deadline = threading.Event(), [0.0]
+# A watcher of its own: a connect the kernel delays (the listener's queue full) must not delay
+# noticing the closes of the connections already made.
+def watch():
+    while not (connected.is_set() and (not open_at or time.monotonic() > deadline[0])):
+        if not open_at:
+            time.sleep(0.01)
             continue
-        closed.append(time.monotonic() - open_at.pop(s))
-        sel.unregister(s)
-        s.close()
+        events = sel.select(timeout=0.01)
+        now = time.monotonic()
+        with lock:
+            for key, _ in events:
+                s = key.fileobj
+                if s not in open_at:
+                    continue
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b""
+                if data:
+                    stats["answered"] += data.startswith(b"HTTP/1.1 503 ")
+                    continue
+                closed.append(now - open_at.pop(s))
+                sel.unregister(s)
+                s.close()
+watcher = threading.Thread(target=watch)
+watcher.start()
 for _ in range(count):
     s = socket.socket()
     s.settimeout(5)
@@ -160,20 +173,21 @@ for _ in range(count):
     try:
         s.connect((host, port))
     except OSError:
-        failed += 1
+        stats["failed"] += 1
         s.close()
         continue
-    slowest_connect = max(slowest_connect, time.monotonic() - t)
+    now = time.monotonic()
+    stats["slowest_connect"] = max(stats["slowest_connect"], now - t)
     s.setblocking(False)
-    open_at[s] = time.monotonic()
-    sel.register(s, selectors.EVENT_READ)
-    watch(0)
-deadline = time.monotonic() + wave
-while open_at and time.monotonic() < deadline:
-    watch(max(0.0, deadline - time.monotonic()))
-print(json.dumps({"opened": len(open_at) + len(closed), "failed": failed, "closed": closed,
-                  "answered_503": answered, "held": len(open_at),
-                  "slowest_connect": slowest_connect}), flush=True)
+    with lock:
+        open_at[s] = now
+        sel.register(s, selectors.EVENT_READ)
+deadline[0] = time.monotonic() + wave
+connected.set()
+watcher.join()
+print(json.dumps({"opened": len(open_at) + len(closed), "failed": stats["failed"],
+                  "closed": closed, "answered_503": stats["answered"], "held": len(open_at),
+                  "slowest_connect": stats["slowest_connect"]}), flush=True)
 stop, made = threading.Event(), [0] * 4
 def storm(i):
     while not stop.is_set():

@@ -55,10 +55,50 @@ impl Kind {
     }
 }
 
+/// Refusals one listener makes per [`TICK`] before it pauses for the rest of the tick (5000 a
+/// second: far more than a client that backs off ever causes).
+const REFUSALS_PER_TICK: u32 = 500;
+const TICK: Duration = Duration::from_millis(100);
+
+/// How much refusing one listener may do: a sandbox reconnecting in a loop must not turn the
+/// daemon's CPU into its own. Past the budget the loop stops accepting until the tick ends:
+/// the storm waits in that listener's own kernel queue (no fd of the daemon, and no other
+/// sandbox's listener), and what overflows it the kernel drops.
+struct RefusalBudget {
+    tick: tokio::time::Instant,
+    used: u32,
+}
+
+impl RefusalBudget {
+    fn new() -> Self {
+        Self {
+            tick: tokio::time::Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Counts one refusal; waits for the next tick once this one's budget is spent.
+    async fn spend(&mut self) {
+        if self.tick.elapsed() >= TICK {
+            *self = Self::new();
+        }
+        self.used += 1;
+        if self.used >= REFUSALS_PER_TICK {
+            tokio::time::sleep_until(self.tick + TICK).await;
+            *self = Self::new();
+        }
+    }
+}
+
 pub(crate) async fn accept_loop(ctx: Arc<SandboxCtx>, listener: TcpListener, kind: Kind) {
+    let mut budget = RefusalBudget::new();
     loop {
         match listener.accept().await {
-            Ok((tcp, peer)) => accepted(&ctx, tcp, peer, &kind),
+            Ok((tcp, peer)) => {
+                if !accepted(&ctx, tcp, peer, &kind) {
+                    budget.spend().await;
+                }
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning. The gateway-wide bound keeps
                 // egress below the fd limit, so this means something else holds the fds.
@@ -69,15 +109,20 @@ pub(crate) async fn accept_loop(ctx: Arc<SandboxCtx>, listener: TcpListener, kin
     }
 }
 
-/// A connection just accepted on one of the sandbox's listeners.
-pub(crate) fn accepted(ctx: &Arc<SandboxCtx>, tcp: TcpStream, peer: SocketAddr, kind: &Kind) {
+/// A connection just accepted on one of the sandbox's listeners: served, or (false) refused.
+pub(crate) fn accepted(
+    ctx: &Arc<SandboxCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: &Kind,
+) -> bool {
     let conn = match ctx.admit_peer(peer, kind.pool()) {
         Ok(c) => c,
         Err(deny) => {
             let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
             ctx.audit_denied(&local, &deny, &format!("peer={peer} {}", kind.audit_name()));
             refuse_at_once(tcp, kind, &deny);
-            return;
+            return false;
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -87,7 +132,7 @@ pub(crate) fn accepted(ctx: &Arc<SandboxCtx>, tcp: TcpStream, peer: SocketAddr, 
             dns::serve_tcp_connection(tcp, served).await;
             drop(conn);
         });
-        return;
+        return true;
     }
     let task_ctx = ctx.clone();
     let io = IdleIo::new(tcp, ctx.shared.limits.idle_timeout);
@@ -105,6 +150,7 @@ pub(crate) fn accepted(ctx: &Arc<SandboxCtx>, tcp: TcpStream, peer: SocketAddr, 
         };
         let _ = tokio::time::timeout_at(deadline, serve).await;
     });
+    true
 }
 
 /// Closes a refused connection now, without waiting for anything. On the proxy port the
@@ -196,4 +242,29 @@ async fn outer(
     let mut ok = Response::new(UpBody::default());
     *ok.status_mut() = StatusCode::OK;
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn past_its_refusal_budget_a_listener_waits_for_the_next_tick() {
+        let mut budget = RefusalBudget::new();
+        let start = tokio::time::Instant::now();
+        for _ in 1..REFUSALS_PER_TICK {
+            budget.spend().await;
+        }
+        assert!(start.elapsed() < TICK / 2, "within the budget: no wait");
+        budget.spend().await;
+        assert!(
+            start.elapsed() >= TICK,
+            "the last one of the tick waits it out"
+        );
+        budget.spend().await;
+        assert!(
+            start.elapsed() < TICK * 3 / 2,
+            "and the next tick starts afresh"
+        );
+    }
 }

@@ -116,7 +116,8 @@ impl EgressProxy {
 
     /// Transparent mode: serves one connection accepted on N.1:443 (TLS; host from SNI).
     pub fn serve_transparent(&self, stream: TcpStream, peer: SocketAddr) {
-        listener::accepted(&self.ctx, stream, peer, &listener::Kind::Transparent);
+        // One connection handed over: no loop whose pace a refusal budget could set.
+        let _served = listener::accepted(&self.ctx, stream, peer, &listener::Kind::Transparent);
     }
 
     /// Transparent mode: serves every connection on a listener bound to N.1:443.
