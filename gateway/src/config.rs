@@ -23,7 +23,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressSettings {
     /// A CA (PEM) trusted for upstream TLS besides the system's roots (internal APIs).
@@ -31,6 +31,29 @@ pub struct EgressSettings {
     /// Names resolved here instead of by the system (internal APIs without DNS). Private
     /// addresses still need the server's approved ranges.
     pub hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// Open client connections per sandbox on its proxy port and transparent 443 together;
+    /// past it a new connection is closed at once.
+    pub max_connections_per_sandbox: usize,
+    /// Open DNS-over-TCP connections per sandbox (transparent mode).
+    pub max_dns_connections_per_sandbox: usize,
+    /// Upstream connections the proxy holds for one sandbox.
+    pub max_upstream_connections_per_sandbox: usize,
+    /// File descriptors kept for the MCP front, the store, the bus and the daemon itself: the
+    /// egress proxy's sockets, every sandbox together, stay below the fd limit minus this.
+    pub reserved_fds: usize,
+}
+
+impl Default for EgressSettings {
+    fn default() -> Self {
+        Self {
+            extra_ca_file: None,
+            hosts: Default::default(),
+            max_connections_per_sandbox: 256,
+            max_dns_connections_per_sandbox: 16,
+            max_upstream_connections_per_sandbox: 128,
+            reserved_fds: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -292,6 +315,35 @@ impl Config {
                 ));
             }
         }
+        let eg = &self.egress;
+        for (key, value) in [
+            (
+                "egress.max_connections_per_sandbox",
+                eg.max_connections_per_sandbox,
+            ),
+            (
+                "egress.max_dns_connections_per_sandbox",
+                eg.max_dns_connections_per_sandbox,
+            ),
+            (
+                "egress.max_upstream_connections_per_sandbox",
+                eg.max_upstream_connections_per_sandbox,
+            ),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        // The store, the bus, the journal and the front's listener alone take a few dozen.
+        if eg.reserved_fds < 64 {
+            return Err((
+                "egress.reserved_fds",
+                format!(
+                    "{} leaves the daemon too few fds: use 64 or more",
+                    eg.reserved_fds
+                ),
+            ));
+        }
         if !self.gateway.state_dir.is_absolute() {
             return Err((
                 "gateway.state_dir",
@@ -393,6 +445,21 @@ mod tests {
         assert!(err.to_string().contains("host bits"), "{err}");
         let err = parse("[gateway]\nstate_dir = \"relative\"\n").unwrap_err();
         assert_eq!(err.key(), Some("gateway.state_dir"), "{err}");
+    }
+
+    #[test]
+    fn egress_caps_are_checked() {
+        let err = parse("[egress]\nmax_connections_per_sandbox = 0\n").unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("egress.max_connections_per_sandbox"),
+            "{err}"
+        );
+        assert_eq!(err.line(), Some(2), "{err}");
+        let err = parse("[egress]\nreserved_fds = 10\n").unwrap_err();
+        assert_eq!(err.key(), Some("egress.reserved_fds"), "{err}");
+        let ok = parse("[egress]\nmax_dns_connections_per_sandbox = 4\n").unwrap();
+        assert_eq!(ok.egress.max_dns_connections_per_sandbox, 4);
     }
 
     #[test]

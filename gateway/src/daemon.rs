@@ -187,16 +187,60 @@ async fn serve(
 
 /// The egress proxy's configuration: its CA file in the state directory, the sandbox pool it
 /// serves, an extra upstream CA and the configured hosts ahead of the system resolver.
-fn egress_config(config: &Config) -> EgressConfig {
+fn egress_config(config: &Config) -> anyhow::Result<EgressConfig> {
     let mut egress_config = EgressConfig::new(config.gateway.state_dir.join("egress-ca.pem"));
     egress_config.sandbox_pool = ipnet::IpNet::V4(config.sandbox.pool);
     egress_config.extra_upstream_ca = config.egress.extra_ca_file.clone();
+    let settings = &config.egress;
+    let limits = &mut egress_config.limits;
+    limits.max_connections = settings.max_connections_per_sandbox;
+    limits.max_dns_connections = settings.max_dns_connections_per_sandbox;
+    limits.max_upstream_connections = settings.max_upstream_connections_per_sandbox;
+    let nofile = raise_fd_limit().context("reading the fd limit (RLIMIT_NOFILE)")?;
+    limits.max_gateway_connections = egress_fd_bound(nofile, settings)
+        .map_err(|e| anyhow::anyhow!("egress.reserved_fds: {e}"))?;
+    tracing::info!(
+        nofile,
+        egress_bound = limits.max_gateway_connections,
+        reserved = settings.reserved_fds,
+        "egress connection bound"
+    );
     let mut resolver = HostsThenSystem::default();
     for (name, addrs) in &config.egress.hosts {
         resolver.hosts.insert(name, addrs.clone());
     }
     egress_config.resolver = Arc::new(resolver);
-    egress_config
+    Ok(egress_config)
+}
+
+/// Raises the soft fd limit to the hard one (the soft default of 1024 is a legacy of
+/// `select(2)`, which nothing here uses) and returns it. An unlimited hard limit is taken as
+/// the kernel's default `nr_open`, the most `setrlimit` accepts there.
+fn raise_fd_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const NR_OPEN: u64 = 1 << 20;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let soft = hard.min(NR_OPEN);
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+    Ok(soft)
+}
+
+/// The egress proxy's socket bound, every sandbox together: the fd limit minus what is kept
+/// for the front, the store and the bus. It must leave room for at least one sandbox's caps,
+/// or the proxy would refuse a lone sandbox what its caps promise.
+fn egress_fd_bound(nofile: u64, settings: &config::EgressSettings) -> Result<usize, String> {
+    let one_sandbox = settings.max_connections_per_sandbox
+        + settings.max_dns_connections_per_sandbox
+        + settings.max_upstream_connections_per_sandbox;
+    let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+    match nofile.checked_sub(settings.reserved_fds) {
+        Some(bound) if bound >= one_sandbox => Ok(bound),
+        _ => Err(format!(
+            "the fd limit {nofile} minus {} reserved leaves less than one sandbox's caps \
+             ({one_sandbox}): raise LimitNOFILE= or lower the caps",
+            settings.reserved_fds
+        )),
+    }
 }
 
 /// The egress proxy, the helper on the bus and the pool of sandboxed servers launched through
@@ -207,7 +251,7 @@ fn server_pool(
     vault: &Arc<Vault>,
     queue: &AuditQueue,
 ) -> anyhow::Result<(Arc<Helper>, Arc<ServerPool<SandboxLauncher>>)> {
-    let egress = EgressShared::new(vault.clone(), queue.clone(), egress_config(config))
+    let egress = EgressShared::new(vault.clone(), queue.clone(), egress_config(config)?)
         .context("starting the egress proxy")?;
     // The CA bundle is published before any sandbox can start: servers trust the proxy by it.
     std::fs::create_dir_all(&config.sandbox.ca_dir)
@@ -309,5 +353,21 @@ async fn destroy_leftover_sandboxes(helper: &Helper) {
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!("sd_notify failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_egress_bound_keeps_the_reserve_and_fits_one_sandbox() {
+        let settings = config::EgressSettings::default();
+        assert_eq!(egress_fd_bound(65536, &settings), Ok(65536 - 1024));
+        // 256 + 16 + 128 = 400 for one sandbox: 1024 + 399 is one short.
+        assert!(egress_fd_bound(1024 + 399, &settings).is_err());
+        assert_eq!(egress_fd_bound(1024 + 400, &settings), Ok(400));
+        let err = egress_fd_bound(1024, &settings).unwrap_err();
+        assert!(err.contains("LimitNOFILE"), "{err}");
     }
 }

@@ -68,6 +68,10 @@ pub struct Ceilings {
     pub cpu_percent: u32,
     /// Size of each sandbox's private /tmp (tmpfs, counts against memory).
     pub tmp_bytes: u64,
+    /// `RLIMIT_NOFILE` of every sandbox process, soft and hard, set while the child is still
+    /// root: unprivileged, the server can lower it but never raise it again, so a storm of
+    /// connections from one sandbox is bounded before it reaches the gateway's caps.
+    pub nofile: u64,
 }
 
 impl Ceilings {
@@ -114,6 +118,7 @@ impl Default for Ceilings {
             pids_max: 512,
             cpu_percent: 200,
             tmp_bytes: 256 << 20,
+            nofile: 1024,
         }
     }
 }

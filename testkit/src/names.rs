@@ -29,6 +29,15 @@ pub fn uid_base() -> u32 {
     0x2000_0000 + (u32::from_le_bytes(b) % 0x4_0000) * 1024
 }
 
+/// A random value in `range` (non-empty): attack tests choose their counts at random and print
+/// them, so a failure names the values that caused it.
+pub fn random_in(range: std::ops::Range<usize>) -> usize {
+    assert!(!range.is_empty(), "empty range");
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("random");
+    range.start + (u64::from_le_bytes(b) % (range.end - range.start) as u64) as usize
+}
+
 /// The pid inside a generated name, if it is one.
 fn owner_pid(name: &str) -> Option<i32> {
     let rest = PREFIXES.iter().find_map(|p| name.strip_prefix(p))?;

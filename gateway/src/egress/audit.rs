@@ -17,6 +17,8 @@ use crate::audit::{AuditQueue, Outcome};
 pub enum Deny {
     Unattributed,
     TooManyConnections,
+    /// The gateway-wide socket bound is reached (every sandbox together).
+    GatewayBusy,
     BadAuthority,
     IpLiteral,
     NotAllowlisted,
@@ -51,6 +53,7 @@ impl Deny {
         match self {
             Self::Unattributed => "connection not from the sandbox's address",
             Self::TooManyConnections => "too many connections from this sandbox",
+            Self::GatewayBusy => "the gateway's egress connection bound is reached",
             Self::BadAuthority => "malformed destination",
             Self::IpLiteral => "IP-literal destination",
             Self::NotAllowlisted => "host not on the egress allowlist",
@@ -79,7 +82,7 @@ impl Deny {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyConnections | Self::GatewayBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadAuthority | Self::BadHeader | Self::NotProxyRequest => StatusCode::BAD_REQUEST,
             Self::ResolveFailed
             | Self::CredentialUnavailable { .. }
@@ -141,20 +144,51 @@ struct Limiter {
     suppressed: u64,
 }
 
+impl Limiter {
+    fn new() -> Self {
+        Self {
+            window: Instant::now(),
+            count: 0,
+            suppressed: 0,
+        }
+    }
+}
+
 /// Refusals that a sandbox can cause at will (floods) are audited at most this often per second
-/// per proxy; the rest are counted and the count is reported with the next one recorded.
-const FLOOD_PER_SECOND: u32 = 50;
+/// per sandbox; the rest are counted and the count is reported with the next one recorded (or
+/// when the sandbox's proxy stops, [`EgressAudit::report_suppressed`]).
+pub const FLOOD_PER_SECOND: u32 = 50;
 
 impl EgressAudit {
     pub fn new(queue: AuditQueue) -> Self {
         Self {
             queue,
-            limiter: Arc::new(Mutex::new(Limiter {
-                window: Instant::now(),
-                count: 0,
-                suppressed: 0,
-            })),
+            limiter: Arc::new(Mutex::new(Limiter::new())),
         }
+    }
+
+    /// The same queue with a flood limit of its own, for one sandbox: a storm of refusals from
+    /// one sandbox must not silence the audit of another's.
+    pub fn for_sandbox(&self) -> Self {
+        Self::new(self.queue.clone())
+    }
+
+    /// Records how many flood refusals were counted but not recorded since the last one that was
+    /// (`egress.denied`, detail `suppressed=N`): no refusal goes uncounted when a storm ends.
+    pub fn report_suppressed(&self, sandbox: &str) {
+        let suppressed = std::mem::take(&mut self.limiter().suppressed);
+        if suppressed > 0 {
+            self.record(
+                "egress.denied",
+                "(flood)",
+                Outcome::Denied,
+                format!("sandbox={sandbox} reason=\"refusals not recorded one by one\" suppressed={suppressed}"),
+            );
+        }
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, Limiter> {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn record(&self, action: &'static str, target: &str, outcome: Outcome, detail: String) {
@@ -169,7 +203,7 @@ impl EgressAudit {
             detail.push_str(extra);
         }
         if flood {
-            let mut l = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+            let mut l = self.limiter();
             if l.window.elapsed() >= Duration::from_secs(1) {
                 l.window = Instant::now();
                 l.count = 0;
@@ -196,6 +230,42 @@ impl EgressAudit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::Auditor;
+    use crate::store::{SqliteStore, Store};
+
+    #[tokio::test]
+    async fn one_sandbox_flood_neither_silences_another_nor_goes_uncounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+        let shared = EgressAudit::new(AuditQueue::new(Auditor::new(store.clone(), "test")));
+        let (a, b) = (shared.for_sandbox(), shared.for_sandbox());
+        let storm = FLOOD_PER_SECOND + 150;
+        for _ in 0..storm {
+            a.denied("a", "x", &Deny::TooManyConnections, "", true);
+        }
+        b.denied("b", "x", &Deny::TooManyConnections, "", true);
+        a.report_suppressed("a");
+        shared.flush().await;
+        let events = store.audit_recent(10_000).unwrap();
+        let of = |who: &str| {
+            let tag = format!("sandbox={who} ");
+            events
+                .iter()
+                .filter(|e| e.detail.starts_with(&tag))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of("b").len(), 1, "B's refusal is recorded during A's flood");
+        let rows = of("a");
+        assert_eq!(
+            rows.len() as u32,
+            FLOOD_PER_SECOND + 1,
+            "A's: the limit plus a summary"
+        );
+        assert!(
+            rows.iter().any(|e| e.detail.ends_with("suppressed=150")),
+            "the rest are counted"
+        );
+    }
 
     #[test]
     fn query_values_are_not_kept() {

@@ -1,5 +1,5 @@
 //! What every connection of one sandbox shares (policy, pooled upstream client, connection
-//! semaphore, credentials, audit), and the plain-text answer to a refused request. Below the
+//! slots, credentials, audit), and the plain-text answer to a refused request. Below the
 //! listener, interception and forwarding, which all use it; it uses none of them.
 
 use std::future::Future;
@@ -13,16 +13,17 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use ipnet::IpNet;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::EgressShared;
 use super::addresses::{fold_mapped, resolve_checked};
-use super::audit::Deny;
+use super::audit::{Deny, EgressAudit};
 use super::connector::{Admitted, CheckedConnector};
 use super::policy::{Policy, Target};
 use super::scrub::BoxError;
 use super::secrets::SecretCache;
+use super::slots::{Exhausted, Pool, SandboxSlots, Slot};
 use crate::audit::Outcome;
 
 pub(crate) type UpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -38,8 +39,12 @@ pub(crate) struct SandboxCtx {
     pub shared: Arc<EgressShared>,
     pub client: UpClient,
     pub admitted: Admitted,
-    pub conns: Arc<Semaphore>,
+    /// This sandbox's caps over the gateway-wide bound (shared with the upstream connector).
+    pub slots: Arc<SandboxSlots>,
     pub secrets: SecretCache,
+    /// The shared audit with this sandbox's own flood limit: one sandbox's storm of refusals
+    /// cannot use up the audit budget of another.
+    pub audit: EgressAudit,
     /// Changes when the proxy stops (see [`Self::spawn`]).
     pub stop: watch::Receiver<()>,
 }
@@ -56,18 +61,18 @@ impl SandboxCtx {
         });
     }
 
-    /// Attribution and the connection limit, for a connection just accepted from `peer`.
-    pub fn admit_peer(self: &Arc<Self>, peer: SocketAddr) -> Result<Conn, Deny> {
+    /// Attribution and the connection caps, for a connection just accepted from `peer` on a
+    /// listener drawing from `pool`. Never waits: a connection past a cap is refused at once.
+    pub fn admit_peer(self: &Arc<Self>, peer: SocketAddr, pool: Pool) -> Result<Conn, Deny> {
         if fold_mapped(peer.ip()) != IpAddr::V4(self.expected_peer) {
             return Err(Deny::Unattributed);
         }
-        let permit = self
-            .conns
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Deny::TooManyConnections)?;
+        let slot = self.slots.try_take(pool).map_err(|full| match full {
+            Exhausted::Sandbox => Deny::TooManyConnections,
+            Exhausted::Gateway => Deny::GatewayBusy,
+        })?;
         Ok(Conn {
-            _permit: Arc::new(permit),
+            _slot: Arc::new(slot),
             deadline: Instant::now() + self.shared.limits.max_connection_lifetime,
         })
     }
@@ -95,15 +100,17 @@ impl SandboxCtx {
     pub fn audit_denied(&self, target: &str, deny: &Deny, extra: &str) {
         let flood = matches!(
             deny,
-            Deny::Unattributed | Deny::TooManyConnections | Deny::NotTls | Deny::HandshakeFailed
+            Deny::Unattributed
+                | Deny::TooManyConnections
+                | Deny::GatewayBusy
+                | Deny::NotTls
+                | Deny::HandshakeFailed
         );
-        self.shared
-            .audit
-            .denied(&self.id, target, deny, extra, flood);
+        self.audit.denied(&self.id, target, deny, extra, flood);
     }
 
     pub fn audit_ok(&self, action: &'static str, target: &str, detail: String) {
-        self.shared.audit.record(
+        self.audit.record(
             action,
             target,
             Outcome::Ok,
@@ -112,11 +119,11 @@ impl SandboxCtx {
     }
 }
 
-/// An admitted client connection: its slot under the limit and its end of life.
+/// An admitted client connection: its slot under the caps and its end of life.
 #[derive(Debug, Clone)]
 pub(crate) struct Conn {
     /// Held, never read: the slot is free again when the last clone is dropped.
-    pub _permit: Arc<OwnedSemaphorePermit>,
+    pub _slot: Arc<Slot>,
     pub deadline: Instant,
 }
 

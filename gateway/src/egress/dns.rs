@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 
 use super::addresses::fold_mapped;
 use super::audit::EgressAudit;
@@ -218,22 +218,14 @@ pub async fn serve_udp(socket: UdpSocket, served: Arc<Served>) {
     }
 }
 
-/// Answers DNS over TCP (2-byte length prefix) on `listener` until dropped.
-pub async fn serve_tcp(listener: TcpListener, served: Arc<Served>) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        if fold_mapped(peer.ip()) != served.expected_peer {
-            continue;
-        }
-        let served = served.clone();
-        tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(10), tcp_session(stream, served)).await;
-        });
-    }
+/// A DNS-over-TCP connection lives at most this long, whatever it sends: an idle or slow one
+/// gives its slot back (the listener's accept loop caps how many a sandbox holds).
+pub const TCP_SESSION_TIME: Duration = Duration::from_secs(10);
+
+/// Answers one DNS-over-TCP connection (2-byte length prefix, up to 16 queries), accepted and
+/// attributed by the listener, for at most [`TCP_SESSION_TIME`].
+pub async fn serve_tcp_connection(stream: TcpStream, served: Arc<Served>) {
+    let _ = tokio::time::timeout(TCP_SESSION_TIME, tcp_session(stream, served)).await;
 }
 
 async fn tcp_session(mut stream: TcpStream, served: Arc<Served>) -> std::io::Result<()> {

@@ -9,11 +9,15 @@
 //! - plain-HTTP absolute-form requests, only to hosts the manifest allows over HTTP;
 //! - transparent mode: TLS arriving on N.1:443, host from SNI; DNS answers ([`dns`]).
 //!
+//! No sandbox can starve another or the daemon: every socket held for a sandbox takes a slot
+//! under that sandbox's caps and under one gateway-wide bound (`slots`); past a cap a new
+//! connection is closed at once.
+//!
 //! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`rewrite`].
 //!
 //! The private modules form a stack, each importing only modules below it: `sandbox` (the
 //! handle) → `listener` → `intercept` → `forward` → `context` (what a sandbox's connections
-//! share) → the pure parts, `connector`, `secrets`, `idle`, [`audit`].
+//! share) → the pure parts, `connector`, `secrets`, `idle`, `slots`, [`audit`].
 
 pub mod addresses;
 pub mod audit;
@@ -31,6 +35,7 @@ pub mod rewrite;
 mod sandbox;
 pub mod scrub;
 mod secrets;
+mod slots;
 pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -66,8 +71,17 @@ pub enum EgressError {
 /// Limits and timeouts, the same for every sandbox.
 #[derive(Debug, Clone)]
 pub struct EgressLimits {
-    /// Open client connections per sandbox (proxy port and transparent 443 together).
+    /// Open client connections per sandbox (proxy port and transparent 443 together); past it a
+    /// new connection is closed at once.
     pub max_connections: usize,
+    /// Open DNS-over-TCP connections per sandbox (transparent mode).
+    pub max_dns_connections: usize,
+    /// Upstream connections the proxy holds open for one sandbox (pooled or in use); a request
+    /// needing another waits up to `connect_timeout` for one to close.
+    pub max_upstream_connections: usize,
+    /// Every socket the egress proxy holds, all sandboxes together: a bound below the daemon's
+    /// fd limit, so the MCP front, the store and the bus always find an fd.
+    pub max_gateway_connections: usize,
     /// Time to send a complete request head (slowloris).
     pub header_read_timeout: Duration,
     /// Time to finish the TLS handshake with the sandbox.
@@ -97,6 +111,9 @@ impl Default for EgressLimits {
     fn default() -> Self {
         Self {
             max_connections: 256,
+            max_dns_connections: 16,
+            max_upstream_connections: 128,
+            max_gateway_connections: 8192,
             header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -152,6 +169,8 @@ pub struct EgressShared {
     pool: IpNet,
     limits: EgressLimits,
     resolver: Arc<dyn Resolve>,
+    /// The gateway-wide socket bound every sandbox's slots draw from.
+    slots: slots::GatewaySlots,
 }
 
 impl EgressShared {
@@ -170,6 +189,7 @@ impl EgressShared {
             audit: audit::EgressAudit::new(audit.into()),
             vault,
             pool: config.sandbox_pool,
+            slots: slots::GatewaySlots::new(config.limits.max_gateway_connections),
             limits: config.limits,
             resolver: config.resolver,
         }))
@@ -187,6 +207,12 @@ impl EgressShared {
 
     pub fn limits(&self) -> &EgressLimits {
         &self.limits
+    }
+
+    /// Sockets the egress proxy holds now, every sandbox together (at most
+    /// [`EgressLimits::max_gateway_connections`]).
+    pub fn open_connections(&self) -> usize {
+        self.limits.max_gateway_connections - self.slots.available()
     }
 
     /// Waits until every audit event recorded so far is in the store.

@@ -9,12 +9,13 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use super::connector::{Admitted, CheckedConnector};
 use super::context::SandboxCtx;
 use super::policy::Policy;
 use super::secrets::SecretCache;
+use super::slots::{Caps, SandboxSlots};
 use super::{EgressError, EgressShared, SandboxEgress, dns, listener};
 
 /// A running per-sandbox proxy. Dropping it (or [`EgressProxy::stop`]) ends every listener and
@@ -54,6 +55,12 @@ impl EgressProxy {
         let policy = Policy::new(&sb.manifest, &sb.placeholders)?;
         let limits = shared.limits.clone();
         let admitted = Admitted::default();
+        let caps = Caps {
+            clients: limits.max_connections,
+            dns: limits.max_dns_connections,
+            upstream: limits.max_upstream_connections,
+        };
+        let slots = Arc::new(SandboxSlots::new(caps, shared.slots.clone()));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*shared.client_tls).clone())
             .https_or_http()
@@ -61,6 +68,7 @@ impl EgressProxy {
             .wrap_connector(CheckedConnector::new(
                 admitted.clone(),
                 limits.connect_timeout,
+                slots.clone(),
             ));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -78,10 +86,11 @@ impl EgressProxy {
             policy,
             approved: sb.approved_ranges,
             secrets: SecretCache::new(shared.vault.clone(), limits.secret_ttl),
+            audit: shared.audit.for_sandbox(),
             shared,
             client,
             admitted,
-            conns: Arc::new(Semaphore::new(limits.max_connections)),
+            slots,
             stop: stop_rx,
         });
         ctx.spawn(listener::accept_loop(
@@ -107,7 +116,8 @@ impl EgressProxy {
 
     /// Transparent mode: serves one connection accepted on N.1:443 (TLS; host from SNI).
     pub fn serve_transparent(&self, stream: TcpStream, peer: SocketAddr) {
-        listener::accepted(self.ctx.clone(), stream, peer, listener::Kind::Transparent);
+        // One connection handed over: no loop whose pace a refusal budget could set.
+        let _served = listener::accepted(&self.ctx, stream, peer, &listener::Kind::Transparent);
     }
 
     /// Transparent mode: serves every connection on a listener bound to N.1:443.
@@ -137,7 +147,7 @@ impl EgressProxy {
             answer_ip,
             expected_peer: IpAddr::V4(self.ctx.expected_peer),
             sandbox_id: self.ctx.id.clone(),
-            audit: Some(self.ctx.shared.audit.clone()),
+            audit: Some(self.ctx.audit.clone()),
         });
         if let Some(udp) = udp {
             udp.set_nonblocking(true)
@@ -148,7 +158,11 @@ impl EgressProxy {
         }
         if let Some(tcp) = tcp {
             let tcp = to_tokio(tcp)?;
-            self.ctx.spawn(dns::serve_tcp(tcp, served));
+            self.ctx.spawn(listener::accept_loop(
+                self.ctx.clone(),
+                tcp,
+                listener::Kind::Dns(served),
+            ));
         }
         Ok(())
     }
@@ -162,6 +176,7 @@ impl EgressProxy {
 impl Drop for EgressProxy {
     fn drop(&mut self) {
         let _ = self.stop.send(());
+        self.ctx.audit.report_suppressed(&self.ctx.id);
     }
 }
 

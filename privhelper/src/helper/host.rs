@@ -211,6 +211,7 @@ impl Host for LinuxHost {
             uid: l.uid,
             gid: l.gid,
             nproc: l.nproc,
+            nofile: l.nofile,
         };
         self.launcher.launch(plan).await.map_err(StepError::Spawn)
     }

@@ -45,6 +45,8 @@ pub struct Settings<'a> {
     pub init: &'a std::path::Path,
     pub tmp_bytes: u64,
     pub allow_degraded_landlock: bool,
+    /// The sandbox's `RLIMIT_NOFILE` (soft and hard).
+    pub nofile: u64,
 }
 
 /// A built sandbox: everything the helper keeps or hands out.
@@ -140,6 +142,7 @@ async fn steps<H: Host>(
         uid: at.uid,
         gid: at.gid,
         nproc: u64::from(c.pids_max),
+        nofile: settings.nofile,
         netns: &netns,
         cgroup: &cgroup,
     };
@@ -290,6 +293,7 @@ mod tests {
             init: std::path::Path::new("/usr/libexec/gigmcp/gigmcp-sandbox-init"),
             tmp_bytes: 1 << 20,
             allow_degraded_landlock: false,
+            nofile: 256,
         }
     }
 

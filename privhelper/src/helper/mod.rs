@@ -294,6 +294,7 @@ impl Helper {
             init: &cfg.sandbox_init,
             tmp_bytes: cfg.ceilings.tmp_bytes,
             allow_degraded_landlock: cfg.allow_degraded_landlock,
+            nofile: cfg.ceilings.nofile,
         };
         let built = lifecycle::build(&self.inner.host, &at, &c, settings).await?;
         let started = built.started;

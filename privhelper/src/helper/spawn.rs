@@ -8,7 +8,9 @@
 //! 2. `setns` into the sandbox's network namespace, while still root;
 //! 3. put the fds bwrap needs at fixed numbers (without close-on-exec);
 //! 4. rlimits: no core dumps, `RLIMIT_NPROC` = the sandbox's pids ceiling (the uid is the
-//!    sandbox's alone, so this counts exactly its processes);
+//!    sandbox's alone, so this counts exactly its processes), `RLIMIT_NOFILE` soft = hard =
+//!    the configured bound (raising a hard limit takes `CAP_SYS_RESOURCE` in the initial user
+//!    namespace, which nothing in the sandbox has, so the server cannot undo it);
 //! 5. drop supplementary groups, then gid, then uid (real, effective and saved) — uid last,
 //!    since after it nothing privileged is possible.
 //!
@@ -42,6 +44,7 @@ pub struct Launch<N, C> {
     pub uid: u32,
     pub gid: u32,
     pub nproc: u64,
+    pub nofile: u64,
     pub netns: N,
     pub cgroup: C,
 }
@@ -127,6 +130,7 @@ struct ChildSetup {
     uid: libc::uid_t,
     gid: libc::gid_t,
     nproc: libc::rlim_t,
+    nofile: libc::rlim_t,
 }
 
 fn start(bwrap: &Path, plan: Plan, tracked: &Tracked) -> io::Result<Started> {
@@ -147,6 +151,7 @@ fn start(bwrap: &Path, plan: Plan, tracked: &Tracked) -> io::Result<Started> {
         uid: plan.uid,
         gid: plan.gid,
         nproc: plan.nproc,
+        nofile: plan.nofile,
     };
     for (i, f) in plan.cgroup.iter().enumerate() {
         setup.procs[i] = f.as_raw_fd();
@@ -254,8 +259,14 @@ fn child_setup(s: &ChildSetup) -> io::Result<()> {
     };
     // SAFETY: setrlimit with pointers to stack values.
     check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) })?;
+    let nofile = libc::rlimit {
+        rlim_cur: s.nofile,
+        rlim_max: s.nofile,
+    };
     // SAFETY: as above.
     check(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &nproc) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) })?;
     // SAFETY: an empty group list; a null pointer with size 0 is allowed.
     check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
     // SAFETY: plain syscalls on integers.

@@ -57,6 +57,7 @@ pub const ATTACKS: &[(&str, &str)] = &[
     ("gain-capability", ""),
     ("fork-bomb", "<n>"),
     ("memory-hog", "<mib>"),
+    ("fd-limit", "<n>"),
     // Helpers for tests that need a live or trivial server.
     ("ping-sleep", "<seconds>"),
     ("echo-stdio", ""),
@@ -173,6 +174,10 @@ pub enum Attack {
     },
     MemoryHog {
         mib: u64,
+    },
+    /// Reports `RLIMIT_NOFILE`, tries to raise it to `n`, then opens files until refused.
+    FdLimit {
+        n: u64,
     },
     PingSleep {
         seconds: u64,
@@ -322,6 +327,7 @@ pub fn parse(args: &[String]) -> Result<Command, ParseError> {
         "memory-hog" => Attack::MemoryHog {
             mib: a.parsed("mib")?,
         },
+        "fd-limit" => Attack::FdLimit { n: a.parsed("n")? },
         "ping-sleep" => Attack::PingSleep {
             seconds: a.parsed("seconds")?,
         },
@@ -441,7 +447,7 @@ mod tests {
                 "connect" | "udp-send" | "udp-roundtrip" | "tcp-roundtrip" => {
                     vec!["10.231.0.1", "3128"]
                 }
-                "fork-bomb" | "memory-hog" | "ping-sleep" => vec!["3"],
+                "fork-bomb" | "memory-hog" | "ping-sleep" | "fd-limit" => vec!["3"],
                 _ => vec![],
             }
         };

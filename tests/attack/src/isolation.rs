@@ -254,6 +254,45 @@ pub fn fork_bomb(n: u32) -> Outcome {
     })
 }
 
+/// The fd limit as the server sees it: soft and hard `RLIMIT_NOFILE`, whether both can be raised
+/// to `n` (raising a hard limit needs `CAP_SYS_RESOURCE` in the initial user namespace), and how
+/// many files open before the limit refuses one (at most `n`).
+pub fn fd_limit(n: u64) -> Outcome {
+    let mut now = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a stack value.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) } != 0 {
+        return Outcome::Blocked(Errno::last());
+    }
+    let wanted = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads a stack value.
+    let raise = match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } {
+        0 => "ok".to_owned(),
+        _ => Errno::last().to_string(),
+    };
+    let mut held = Vec::new();
+    let end = loop {
+        if held.len() as u64 >= n {
+            break "stopped at n".to_owned();
+        }
+        match fs::File::open("/dev/null") {
+            Ok(f) => held.push(f),
+            Err(e) => break Errno::from_io(&e).to_string(),
+        }
+    };
+    Outcome::Result(format!(
+        "soft={} hard={} raise={raise} opened={} then {end}",
+        now.rlim_cur,
+        now.rlim_max,
+        held.len()
+    ))
+}
+
 pub fn memory_hog(mib: u64) -> Outcome {
     const STEP_MIB: u64 = 16;
     const MIB: usize = 1 << 20;

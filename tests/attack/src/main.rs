@@ -173,6 +173,7 @@ fn run(attack: Attack) -> Done {
         Attack::GainCapability => isolation::gain_capability(),
         Attack::ForkBomb { n } => isolation::fork_bomb(n),
         Attack::MemoryHog { mib } => isolation::memory_hog(mib),
+        Attack::FdLimit { n } => isolation::fd_limit(n),
         Attack::PingSleep { seconds } => {
             let ready = report::line("ping-sleep", &Outcome::Result("ready".into()));
             let code = emit(&format!("{ready}\n"));
