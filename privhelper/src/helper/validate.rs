@@ -180,25 +180,29 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
     }
     let rootfs = open_rootfs(&spec.rootfs, config, roots)?;
     for dir in MOUNT_POINTS {
-        open_beneath(&rootfs, dir, OFlags::PATH | OFlags::DIRECTORY).map_err(|_| {
-            HelperError::RootfsIncomplete(format!("the image has no /{dir} directory"))
-        })?;
+        if image_entry(&rootfs, dir)? != Some(FileType::Directory) {
+            return Err(HelperError::RootfsIncomplete(format!(
+                "the image has no /{dir} directory"
+            )));
+        }
     }
     let (data, data_name) = if spec.data_dir.is_empty() {
         (None, None)
     } else {
-        open_beneath(&rootfs, "data", OFlags::PATH | OFlags::DIRECTORY).map_err(|_| {
-            HelperError::RootfsIncomplete("a data dir needs a /data directory in the image".into())
-        })?;
+        if image_entry(&rootfs, "data")? != Some(FileType::Directory) {
+            return Err(HelperError::RootfsIncomplete(
+                "a data dir needs a /data directory in the image".into(),
+            ));
+        }
         (
             Some(open_data_dir(&spec.data_dir, roots)?),
             Some(spec.data_dir.clone()),
         )
     };
-    if spec.transparent && !regular_file_in(&rootfs, RESOLV_CONF) {
+    if spec.transparent && image_entry(&rootfs, RESOLV_CONF)? != Some(FileType::RegularFile) {
         return Err(HelperError::RootfsIncomplete(format!(
-            "transparent mode needs /{RESOLV_CONF} as a regular file (not a link) in the image, \
-             for the helper to replace"
+            "transparent mode needs /{RESOLV_CONF} as a regular file in the image, for the \
+             helper to replace"
         )));
     }
     let ca = open_ca(&spec.ca_bundle, &rootfs, roots)?;
@@ -365,18 +369,45 @@ fn open_ca(
     };
     let mut out = vec![(open()?, CA_IN_SANDBOX.to_owned())];
     for path in CA_PATHS {
-        if regular_file_in(rootfs, path) {
+        if image_entry(rootfs, path)? == Some(FileType::RegularFile) {
             out.push((open()?, format!("/{path}")));
         }
     }
     Ok(out)
 }
 
-/// Whether `path` is a regular file beneath `rootfs`, reached without any symbolic link.
-fn regular_file_in(rootfs: &OwnedFd, path: &str) -> bool {
-    open_beneath(rootfs, path, OFlags::PATH | OFlags::NOFOLLOW)
-        .and_then(|fd| rustix::fs::fstat(&fd))
-        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+/// What `path` is in the image, found one component at a time without following any link;
+/// `None` if it, or a directory above it, is missing. Only called for places bwrap mounts
+/// over: a symbolic link there, or in a directory above, is refused by name. bwrap would follow
+/// it while it builds the mount tree (with the host's tree still reachable), so the mount would
+/// land on whatever the image's author pointed it at, which the helper never checked; silently
+/// skipping it (as a missing CA path) would leave the image's own CA bundle in force.
+fn image_entry(rootfs: &OwnedFd, path: &str) -> Result<Option<FileType>, HelperError> {
+    let mut kind = None;
+    for (end, _) in path.match_indices('/').chain([(path.len(), "")]) {
+        let prefix = &path[..end];
+        // With O_PATH | O_NOFOLLOW, openat2 opens a trailing link itself instead of refusing.
+        let stat = open_beneath(rootfs, prefix, OFlags::PATH | OFlags::NOFOLLOW)
+            .and_then(|fd| rustix::fs::fstat(&fd));
+        let st = match stat {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
+            Err(e) => {
+                return Err(HelperError::RootfsIncomplete(format!(
+                    "the image's /{prefix} cannot be examined ({e})"
+                )));
+            }
+        };
+        let this = FileType::from_raw_mode(st.st_mode);
+        if this == FileType::Symlink {
+            return Err(HelperError::RootfsSymlink(format!(
+                "the image's /{prefix} is a symbolic link: the sandbox mounts over /{path}, and \
+                 a link on the way is refused, not followed"
+            )));
+        }
+        kind = Some(this);
+    }
+    Ok(kind)
 }
 
 /// Why a data dir could not be given to the sandbox.
@@ -524,6 +555,37 @@ mod tests {
         let widest = std::net::Ipv4Addr::new(255, 255, 255, 255);
         for ((_, a), (_, b)) in env.iter().zip(expand_env(&env, widest)) {
             assert!(b.len() <= a.len());
+        }
+    }
+
+    #[test]
+    fn image_entries_are_found_without_following_links_and_a_link_is_refused_by_name() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/ssl/certs")).unwrap();
+        std::fs::write(root.join("etc/ssl/certs/ca.crt"), "x").unwrap();
+        symlink("certs/ca.crt", root.join("etc/ssl/cert.pem")).unwrap();
+        symlink("/etc", root.join("etc/pki")).unwrap();
+        symlink("/", root.join("tmp")).unwrap();
+        let fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let kind = |p: &str| image_entry(&fd, p).unwrap();
+        assert_eq!(kind("etc/ssl/certs/ca.crt"), Some(FileType::RegularFile));
+        assert_eq!(kind("etc/ssl"), Some(FileType::Directory));
+        assert_eq!(kind("etc/missing/x"), None);
+        assert_eq!(kind("etc/ssl/certs/ca.crt/x"), None);
+        for (path, link) in [
+            ("etc/ssl/cert.pem", "/etc/ssl/cert.pem"),
+            ("etc/pki/tls/certs/ca-bundle.crt", "/etc/pki"),
+            ("tmp", "/tmp"),
+        ] {
+            match image_entry(&fd, path) {
+                Err(HelperError::RootfsSymlink(msg)) => assert!(
+                    msg.starts_with(&format!("the image's {link} is a symbolic link")),
+                    "{msg}"
+                ),
+                other => panic!("{path}: {other:?}"),
+            }
         }
     }
 
