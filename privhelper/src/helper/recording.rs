@@ -97,7 +97,7 @@ impl Host for Recording {
     type Netns = ();
     type Cgroup = ();
     type Sockets = ();
-    type Started = Vec<std::ffi::OsString>;
+    type Started = super::argv::Argv;
     type Process = ();
 
     fn check_uid(&self, _: u32) -> Result<(), StepError> {

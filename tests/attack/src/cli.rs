@@ -57,6 +57,15 @@ pub const ATTACKS: &[(&str, &str)] = &[
     ("gain-capability", ""),
     ("fork-bomb", "<n>"),
     ("memory-hog", "<mib>"),
+    // The sandbox's pid 1 (bwrap) and the kernel keyrings.
+    ("pid1-cmdline", ""),
+    ("pid1-environ", ""),
+    ("pid1-mem", ""),
+    ("pid1-fds", ""),
+    ("signal-pid1", "<signal number>"),
+    ("pidfd-signal-pid1", "<signal number>"),
+    ("pidfd-getfd-pid1", ""),
+    ("session-keyrings", ""),
     // Helpers for tests that need a live or trivial server.
     ("ping-sleep", "<seconds>"),
     ("echo-stdio", ""),
@@ -174,6 +183,18 @@ pub enum Attack {
     MemoryHog {
         mib: u64,
     },
+    Pid1Cmdline,
+    Pid1Environ,
+    Pid1Mem,
+    Pid1Fds,
+    SignalPid1 {
+        signal: i32,
+    },
+    PidfdSignalPid1 {
+        signal: i32,
+    },
+    PidfdGetfdPid1,
+    SessionKeyrings,
     PingSleep {
         seconds: u64,
     },
@@ -322,6 +343,18 @@ pub fn parse(args: &[String]) -> Result<Command, ParseError> {
         "memory-hog" => Attack::MemoryHog {
             mib: a.parsed("mib")?,
         },
+        "pid1-cmdline" => Attack::Pid1Cmdline,
+        "pid1-environ" => Attack::Pid1Environ,
+        "pid1-mem" => Attack::Pid1Mem,
+        "pid1-fds" => Attack::Pid1Fds,
+        "signal-pid1" => Attack::SignalPid1 {
+            signal: a.parsed("signal number")?,
+        },
+        "pidfd-signal-pid1" => Attack::PidfdSignalPid1 {
+            signal: a.parsed("signal number")?,
+        },
+        "pidfd-getfd-pid1" => Attack::PidfdGetfdPid1,
+        "session-keyrings" => Attack::SessionKeyrings,
         "ping-sleep" => Attack::PingSleep {
             seconds: a.parsed("seconds")?,
         },
@@ -442,6 +475,7 @@ mod tests {
                     vec!["10.231.0.1", "3128"]
                 }
                 "fork-bomb" | "memory-hog" | "ping-sleep" => vec!["3"],
+                "signal-pid1" | "pidfd-signal-pid1" => vec!["9"],
                 _ => vec![],
             }
         };
