@@ -12,6 +12,7 @@ use std::path::{Component, Path};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
+use super::image::image_entry;
 use crate::config::Config;
 use privhelper_api::{DNS_PORT, HelperError, PROXY_ADDR_TOKEN, SandboxSpec, TLS_PORT};
 
@@ -67,7 +68,11 @@ const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS);
 
-fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+pub(super) fn open_beneath(
+    dir: impl AsFd,
+    rel: &str,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat2(dir, rel, flags | OFlags::CLOEXEC, Mode::empty(), BENEATH)
 }
 
@@ -376,40 +381,6 @@ fn open_ca(
     Ok(out)
 }
 
-/// What `path` is in the image, found one component at a time without following any link;
-/// `None` if it, or a directory above it, is missing. Only called for places bwrap mounts
-/// over: a symbolic link there, or in a directory above, is refused by name. bwrap would follow
-/// it while it builds the mount tree (with the host's tree still reachable), so the mount would
-/// land on whatever the image's author pointed it at, which the helper never checked; silently
-/// skipping it (as a missing CA path) would leave the image's own CA bundle in force.
-fn image_entry(rootfs: &OwnedFd, path: &str) -> Result<Option<FileType>, HelperError> {
-    let mut kind = None;
-    for (end, _) in path.match_indices('/').chain([(path.len(), "")]) {
-        let prefix = &path[..end];
-        // With O_PATH | O_NOFOLLOW, openat2 opens a trailing link itself instead of refusing.
-        let stat = open_beneath(rootfs, prefix, OFlags::PATH | OFlags::NOFOLLOW)
-            .and_then(|fd| rustix::fs::fstat(&fd));
-        let st = match stat {
-            Ok(st) => st,
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
-            Err(e) => {
-                return Err(HelperError::RootfsIncomplete(format!(
-                    "the image's /{prefix} cannot be examined ({e})"
-                )));
-            }
-        };
-        let this = FileType::from_raw_mode(st.st_mode);
-        if this == FileType::Symlink {
-            return Err(HelperError::RootfsSymlink(format!(
-                "the image's /{prefix} is a symbolic link: the sandbox mounts over /{path}, and \
-                 a link on the way is refused, not followed"
-            )));
-        }
-        kind = Some(this);
-    }
-    Ok(kind)
-}
-
 /// Why a data dir could not be given to the sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -555,37 +526,6 @@ mod tests {
         let widest = std::net::Ipv4Addr::new(255, 255, 255, 255);
         for ((_, a), (_, b)) in env.iter().zip(expand_env(&env, widest)) {
             assert!(b.len() <= a.len());
-        }
-    }
-
-    #[test]
-    fn image_entries_are_found_without_following_links_and_a_link_is_refused_by_name() {
-        use std::os::unix::fs::symlink;
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("etc/ssl/certs")).unwrap();
-        std::fs::write(root.join("etc/ssl/certs/ca.crt"), "x").unwrap();
-        symlink("certs/ca.crt", root.join("etc/ssl/cert.pem")).unwrap();
-        symlink("/etc", root.join("etc/pki")).unwrap();
-        symlink("/", root.join("tmp")).unwrap();
-        let fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
-        let kind = |p: &str| image_entry(&fd, p).unwrap();
-        assert_eq!(kind("etc/ssl/certs/ca.crt"), Some(FileType::RegularFile));
-        assert_eq!(kind("etc/ssl"), Some(FileType::Directory));
-        assert_eq!(kind("etc/missing/x"), None);
-        assert_eq!(kind("etc/ssl/certs/ca.crt/x"), None);
-        for (path, link) in [
-            ("etc/ssl/cert.pem", "/etc/ssl/cert.pem"),
-            ("etc/pki/tls/certs/ca-bundle.crt", "/etc/pki"),
-            ("tmp", "/tmp"),
-        ] {
-            match image_entry(&fd, path) {
-                Err(HelperError::RootfsSymlink(msg)) => assert!(
-                    msg.starts_with(&format!("the image's {link} is a symbolic link")),
-                    "{msg}"
-                ),
-                other => panic!("{path}: {other:?}"),
-            }
         }
     }
 
