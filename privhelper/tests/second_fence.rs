@@ -8,7 +8,9 @@
 //! `/proc/1/fd`, pidfd_getfd) are out of reach because init's landlock domain denies
 //! ptrace-mode access to any process outside it (and seccomp kills ptrace, process_vm_* and
 //! pidfd_getfd); signals to it are refused by landlock's signal scope; the session keyring is a
-//! fresh one that the helper's launcher joins before it execs bwrap.
+//! fresh one that the helper's launcher joins before it execs bwrap. Last, the network paths
+//! landlock's TCP rule does not see (TCP Fast Open, MPTCP) die by SIGSYS in a real sandbox too
+//! (`sandbox-init/tests/sandbox_init_network.rs` shows them reaching a listener without init).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -165,6 +167,31 @@ fn nothing_in_the_sandbox_can_write_pid1s_memory_reopen_its_fds_or_signal_it() {
                 }
             }
             assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        },
+    );
+}
+
+#[test]
+fn the_network_paths_landlock_misses_are_killed_in_a_real_sandbox() {
+    testkit::privileged(
+        "the_network_paths_landlock_misses_are_killed_in_a_real_sandbox",
+        2,
+        || async {
+            let h = Harness::start(0).await;
+            let rootfs = h.attack_rootfs("img");
+            let client = h.client().await;
+            // The kill comes at the syscall, before any packet: the sandbox's own loopback, a
+            // random port that is not the proxy's.
+            let port = loop {
+                let p = 1024 + (testkit::init::random_u64() % 60000) as u16;
+                if p != testkit::helper::PROXY_PORT {
+                    break p.to_string();
+                }
+            };
+            for attack in ["tcp-fastopen", "mptcp-connect"] {
+                let (s, ..) = spec(&h, &rootfs, &[attack, "127.0.0.1", &port]);
+                assert_eq!(run(&client, s).await, Outcome::Killed(SIGSYS), "{attack}");
+            }
         },
     );
 }

@@ -52,6 +52,8 @@ pub const ATTACKS: &[(&str, &str)] = &[
     ("udp-send", "<ip> <port>"),
     ("udp-roundtrip", "<ip> <port> [timeout_ms (default 2000)]"),
     ("tcp-roundtrip", "<ip> <port> [timeout_ms (default 2000)]"),
+    ("tcp-fastopen", "<ip> <port>"),
+    ("mptcp-connect", "<ip> <port> [timeout_ms (default 2000)]"),
     ("dbus-system", ""),
     ("env", ""),
     ("gain-capability", ""),
@@ -170,6 +172,15 @@ pub enum Attack {
         timeout_ms: u64,
     },
     TcpRoundtrip {
+        ip: IpAddr,
+        port: u16,
+        timeout_ms: u64,
+    },
+    TcpFastopen {
+        ip: IpAddr,
+        port: u16,
+    },
+    MptcpConnect {
         ip: IpAddr,
         port: u16,
         timeout_ms: u64,
@@ -336,6 +347,15 @@ pub fn parse(args: &[String]) -> Result<Command, ParseError> {
             port: a.parsed("port")?,
             timeout_ms: a.parsed_or("timeout_ms", &DEFAULT_TIMEOUT_MS.to_string())?,
         },
+        "tcp-fastopen" => Attack::TcpFastopen {
+            ip: a.parsed("ip")?,
+            port: a.parsed("port")?,
+        },
+        "mptcp-connect" => Attack::MptcpConnect {
+            ip: a.parsed("ip")?,
+            port: a.parsed("port")?,
+            timeout_ms: a.parsed_or("timeout_ms", &DEFAULT_TIMEOUT_MS.to_string())?,
+        },
         "dbus-system" => Attack::DbusSystem,
         "env" => Attack::Env,
         "gain-capability" => Attack::GainCapability,
@@ -471,7 +491,8 @@ mod tests {
             match name {
                 "read-file" | "write-rootfs" => vec!["/etc/x"],
                 "spoof-source" => vec!["10.231.0.6", "10.231.0.1", "3128"],
-                "connect" | "udp-send" | "udp-roundtrip" | "tcp-roundtrip" => {
+                "connect" | "udp-send" | "udp-roundtrip" | "tcp-roundtrip" | "tcp-fastopen"
+                | "mptcp-connect" => {
                     vec!["10.231.0.1", "3128"]
                 }
                 "fork-bomb" | "memory-hog" | "ping-sleep" => vec!["3"],

@@ -172,6 +172,12 @@ fn run(attack: Attack) -> Done {
             port,
             timeout_ms,
         } => net::tcp_roundtrip(ip, port, timeout_ms),
+        Attack::TcpFastopen { ip, port } => net::tcp_fastopen(ip, port),
+        Attack::MptcpConnect {
+            ip,
+            port,
+            timeout_ms,
+        } => net::mptcp_connect(ip, port, timeout_ms),
         Attack::DbusSystem => net::dbus_system(),
         Attack::Env => isolation::env(),
         Attack::GainCapability => isolation::gain_capability(),
