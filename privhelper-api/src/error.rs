@@ -14,6 +14,9 @@ pub enum HelperError {
     RootfsOutsideImages(String),
     /// The rootfs lacks a directory the sandbox needs as a mount point.
     RootfsIncomplete(String),
+    /// A place the sandbox mounts over (a mount point, a CA bundle path, resolv.conf), or a
+    /// directory above it, is a symbolic link in the image.
+    RootfsSymlink(String),
     /// The data dir does not resolve inside the data root.
     DataDirOutsideRoot(String),
     /// The CA bundle does not resolve to a regular file inside the CA directory.

@@ -93,7 +93,7 @@ fn incomplete_rootfs_is_refused_by_name() {
         let msg = refused(&h, &spec, "RootfsIncomplete").await;
         assert!(msg.contains("/etc/resolv.conf"), "{msg}");
         std::os::unix::fs::symlink("/run/resolv.conf", &resolv).unwrap();
-        let msg = refused(&h, &spec, "RootfsIncomplete").await;
+        let msg = refused(&h, &spec, "RootfsSymlink").await;
         assert!(msg.contains("/etc/resolv.conf"), "{msg}");
         // The same image is fine without transparent mode.
         let mut spec = h.spec(&name, &["/bin/gigmcp-attack", "ping-sleep", "600"]);
@@ -102,6 +102,82 @@ fn incomplete_rootfs_is_refused_by_name() {
         let created = client.create_sandbox(&spec).await.unwrap();
         client.destroy_sandbox(&created.0.id).await.unwrap();
     });
+}
+
+/// A random name for a link's target, so that no fixed path can be special-cased.
+fn random_target() -> String {
+    format!("/gx{:016x}", testkit::init::random_u64())
+}
+
+/// Waits until a destroyed sandbox's netns is gone (teardown finishes after the reply).
+async fn settle(h: &Harness) {
+    for _ in 0..100 {
+        if h.count_host().netns == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("a destroyed sandbox left {:?}", h.count_host());
+}
+
+#[test]
+fn images_whose_mount_points_or_ca_paths_are_links_are_refused_by_name() {
+    testkit::privileged(
+        "images_whose_mount_points_or_ca_paths_are_links_are_refused_by_name",
+        2,
+        || async {
+            let h = Harness::start(0).await;
+            std::fs::write(h.ca_dir.join("gateway-ca.pem"), "not checked here\n").unwrap();
+            let argv = ["/bin/gigmcp-attack", "ping-sleep", "600"];
+            // (the path made a link, the place the error must name, what the spec asks for)
+            for (n, (link, named)) in [
+                ("proc", "/proc"),
+                ("dev", "/dev"),
+                ("tmp", "/tmp"),
+                ("run", "/run"),
+                ("data", "/data"),
+                ("etc/resolv.conf", "/etc/resolv.conf"),
+                (
+                    "etc/ssl/certs/ca-certificates.crt",
+                    "/etc/ssl/certs/ca-certificates.crt",
+                ),
+                ("etc/ssl/cert.pem", "/etc/ssl/cert.pem"),
+                ("etc/ssl/certs", "/etc/ssl/certs"),
+                ("etc/pki", "/etc/pki"),
+                ("etc", "/etc"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let name = h.attack_rootfs(&format!("link{n}"));
+                let image = h.images.join(&name);
+                let mut spec = h.spec(&name, &argv);
+                spec.data_dir = format!("d{n}");
+                spec.ca_bundle = "gateway-ca.pem".into();
+                spec.transparent = true;
+                // Control: the image as built is accepted with the same spec.
+                let client = h.client().await;
+                let created = client.create_sandbox(&spec).await.expect("control");
+                client.destroy_sandbox(&created.0.id).await.unwrap();
+                drop(created);
+                settle(&h).await;
+
+                let path = image.join(link);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path).unwrap(),
+                    Ok(_) => std::fs::remove_file(&path).unwrap(),
+                    Err(_) => {}
+                }
+                std::os::unix::fs::symlink(random_target(), &path).unwrap();
+                let msg = refused(&h, &spec, "RootfsSymlink").await;
+                assert!(
+                    msg.contains(&format!("the image's {named} is a symbolic link")),
+                    "{link}: {msg}"
+                );
+            }
+        },
+    );
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! `build.rs` (see there and `bpf.rs`), embedded here, checked and installed.
 //!
 //! Two filters, both installed: `kill` (kill the process on namespace, mount, tracing, kernel
-//! attack surface and whole-system syscalls) and `enosys` (`clone3` fails with ENOSYS so libc
+//! attack surface and whole-system syscalls, and on the network paths landlock's TCP rule
+//! cannot see: IP protocols other than TCP and UDP, netlink other than NETLINK_ROUTE, TCP Fast
+//! Open) and `enosys` (`clone3` fails with ENOSYS so libc
 //! falls back to `clone`, whose flags `kill` can see). The kernel applies the most severe
 //! verdict of all installed filters.
 
@@ -131,8 +133,18 @@ mod tests {
         "nfsservctl",
         "uselib",
     ];
-    /// Killed only for some arguments: namespace flags, personality changes.
-    const DESIGN_KILL_WHEN_ARGS_MATCH: &[&str] = &["clone", "personality", "socket", "socketpair"];
+    /// Killed only for some arguments: namespace flags, personality changes, socket families
+    /// and protocols landlock cannot see, TCP Fast Open.
+    const DESIGN_KILL_WHEN_ARGS_MATCH: &[&str] = &[
+        "clone",
+        "personality",
+        "socket",
+        "socketpair",
+        "sendto",
+        "sendmsg",
+        "sendmmsg",
+        "setsockopt",
+    ];
 
     /// Syscalls an arch may lack: only these may be left out of the programs.
     fn may_be_absent(name: &str) -> bool {

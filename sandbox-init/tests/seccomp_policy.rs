@@ -341,3 +341,116 @@ fn programs_are_the_checked_ones_init_installs() {
     assert_eq!(kp, kill());
     assert_eq!(ep, enosys());
 }
+
+/// `socket(family, kind, protocol)` as the filter sees it.
+fn socket(family: i32, kind: i32, protocol: i32) -> Data {
+    let arg = |v: i32| u64::from(v as u32);
+    Data::call(libc::SYS_socket, &[arg(family), arg(kind), arg(protocol)])
+}
+
+#[test]
+fn ip_sockets_are_tcp_or_udp_only() {
+    const IPPROTO_MPTCP: i32 = 262;
+    const IPPROTO_DCCP: i32 = 33;
+    const SOCK_DCCP: i32 = 6;
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        for (kind, protocol) in [
+            (libc::SOCK_STREAM, 0),
+            (libc::SOCK_STREAM, libc::IPPROTO_TCP),
+            (libc::SOCK_DGRAM, 0),
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+            (
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            ),
+        ] {
+            let v = verdict(&socket(family, kind, protocol));
+            assert_eq!(
+                v, ALLOW,
+                "family {family} type {kind:#x} protocol {protocol}"
+            );
+        }
+        for (kind, protocol) in [
+            (libc::SOCK_STREAM, IPPROTO_MPTCP),
+            (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+            (libc::SOCK_SEQPACKET, libc::IPPROTO_SCTP),
+            (libc::SOCK_SEQPACKET, 0),
+            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0),
+            (SOCK_DCCP, 0),
+            (SOCK_DCCP, IPPROTO_DCCP),
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+            (libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+            (libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+            (libc::SOCK_RAW, libc::IPPROTO_RAW),
+            (libc::SOCK_STREAM, -1),
+        ] {
+            let v = verdict(&socket(family, kind, protocol));
+            assert_eq!(
+                v, KILL,
+                "family {family} type {kind:#x} protocol {protocol}"
+            );
+        }
+    }
+}
+
+#[test]
+fn netlink_is_netlink_route_only() {
+    let v = verdict(&socket(
+        libc::AF_NETLINK,
+        libc::SOCK_RAW,
+        libc::NETLINK_ROUTE,
+    ));
+    assert_eq!(v, ALLOW);
+    for protocol in [
+        libc::NETLINK_AUDIT,
+        libc::NETLINK_KOBJECT_UEVENT,
+        libc::NETLINK_NETFILTER,
+        libc::NETLINK_CRYPTO,
+        libc::NETLINK_GENERIC,
+        libc::NETLINK_SOCK_DIAG,
+    ] {
+        let v = verdict(&socket(libc::AF_NETLINK, libc::SOCK_RAW, protocol));
+        assert_eq!(v, KILL, "netlink protocol {protocol}");
+    }
+}
+
+#[test]
+fn tcp_fast_open_is_killed_on_every_send_path() {
+    let fastopen = libc::MSG_FASTOPEN as u32 as u64;
+    let other = (libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u32 as u64;
+    // (syscall, index of flags, number of arguments)
+    for (name, nr, flags_at) in [
+        ("sendto", libc::SYS_sendto, 3),
+        ("sendmsg", libc::SYS_sendmsg, 2),
+        ("sendmmsg", libc::SYS_sendmmsg, 3),
+    ] {
+        let call = |flags: u64| {
+            let mut args = [3u64, 0x1000, 1, 0, 0, 0];
+            args[flags_at] = flags;
+            verdict(&Data::call(nr, &args))
+        };
+        assert_eq!(call(0), ALLOW, "{name}(0)");
+        assert_eq!(call(other), ALLOW, "{name}({other:#x})");
+        assert_eq!(call(fastopen), KILL, "{name}(MSG_FASTOPEN)");
+        assert_eq!(call(fastopen | other), KILL, "{name}(MSG_FASTOPEN|…)");
+        // The kernel reads an int: high bits do not hide the flag.
+        assert_eq!(call(0xffff_ffff_0000_0000 | fastopen), KILL, "{name} high");
+    }
+    let setsockopt = |level: i32, name: i32| {
+        let (level, name) = (u64::from(level as u32), u64::from(name as u32));
+        verdict(&Data::call(
+            libc::SYS_setsockopt,
+            &[3, level, name, 0x1000, 4],
+        ))
+    };
+    assert_eq!(
+        setsockopt(libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT),
+        KILL
+    );
+    assert_eq!(setsockopt(libc::IPPROTO_TCP, libc::TCP_NODELAY), ALLOW);
+    assert_eq!(
+        setsockopt(libc::SOL_SOCKET, libc::TCP_FASTOPEN_CONNECT),
+        ALLOW
+    );
+    assert_eq!(setsockopt(libc::SOL_SOCKET, libc::SO_REUSEADDR), ALLOW);
+}

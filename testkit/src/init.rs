@@ -256,3 +256,84 @@ pub fn assert_confined(status: &str) {
         "kill + enosys"
     );
 }
+
+/// A random 64-bit value, for attack tests' arguments.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("random");
+    u64::from_le_bytes(b)
+}
+
+/// The number of `name` on the arch under test, from libc (not from seccompiler's tables, so
+/// that a wrong table there cannot hide a rule from the kernel tests); `None` for a name this
+/// list does not know, which those tests treat as a failure (add the name here).
+pub fn syscall_nr(name: &str) -> Option<libc::c_long> {
+    use libc::*;
+    Some(match name {
+        "unshare" => SYS_unshare,
+        "setns" => SYS_setns,
+        "clone" => SYS_clone,
+        "clone3" => SYS_clone3,
+        "mount" => SYS_mount,
+        "umount2" => SYS_umount2,
+        "fsopen" => SYS_fsopen,
+        "fsconfig" => SYS_fsconfig,
+        "fsmount" => SYS_fsmount,
+        "fspick" => SYS_fspick,
+        "open_tree" => SYS_open_tree,
+        "move_mount" => SYS_move_mount,
+        "mount_setattr" => SYS_mount_setattr,
+        "pivot_root" => SYS_pivot_root,
+        "chroot" => SYS_chroot,
+        "ptrace" => SYS_ptrace,
+        "process_vm_readv" => SYS_process_vm_readv,
+        "process_vm_writev" => SYS_process_vm_writev,
+        "bpf" => SYS_bpf,
+        "perf_event_open" => SYS_perf_event_open,
+        "keyctl" => SYS_keyctl,
+        "add_key" => SYS_add_key,
+        "request_key" => SYS_request_key,
+        "kexec_load" => SYS_kexec_load,
+        "kexec_file_load" => SYS_kexec_file_load,
+        "init_module" => SYS_init_module,
+        "finit_module" => SYS_finit_module,
+        "delete_module" => SYS_delete_module,
+        "userfaultfd" => SYS_userfaultfd,
+        "io_uring_setup" => SYS_io_uring_setup,
+        "io_uring_enter" => SYS_io_uring_enter,
+        "io_uring_register" => SYS_io_uring_register,
+        "open_by_handle_at" => SYS_open_by_handle_at,
+        "name_to_handle_at" => SYS_name_to_handle_at,
+        "personality" => SYS_personality,
+        "socket" => SYS_socket,
+        "socketpair" => SYS_socketpair,
+        "sendto" => SYS_sendto,
+        "sendmsg" => SYS_sendmsg,
+        "sendmmsg" => SYS_sendmmsg,
+        "setsockopt" => SYS_setsockopt,
+        "pidfd_getfd" => SYS_pidfd_getfd,
+        "process_madvise" => SYS_process_madvise,
+        "kcmp" => SYS_kcmp,
+        "swapon" => SYS_swapon,
+        "swapoff" => SYS_swapoff,
+        "reboot" => SYS_reboot,
+        "acct" => SYS_acct,
+        "quotactl" => SYS_quotactl,
+        "quotactl_fd" => SYS_quotactl_fd,
+        "settimeofday" => SYS_settimeofday,
+        "clock_settime" => SYS_clock_settime,
+        "clock_adjtime" => SYS_clock_adjtime,
+        "adjtimex" => SYS_adjtimex,
+        "syslog" => SYS_syslog,
+        "lookup_dcookie" => SYS_lookup_dcookie,
+        "vhangup" => SYS_vhangup,
+        "nfsservctl" => SYS_nfsservctl,
+        #[cfg(target_arch = "x86_64")]
+        "iopl" => SYS_iopl,
+        #[cfg(target_arch = "x86_64")]
+        "ioperm" => SYS_ioperm,
+        #[cfg(target_arch = "x86_64")]
+        "uselib" => SYS_uselib,
+        _ => return None,
+    })
+}

@@ -4,9 +4,15 @@
 //! The fds bwrap reads are passed at fixed numbers from 3 up, in this order: the rootfs, the
 //! data dir (if any), one per CA copy, then transparent mode's resolv.conf. [`numbered`] gives
 //! the numbers; [`bwrap_args`] names the same numbers in the same order.
+//!
+//! bwrap gets its options through one more fd, after all of them ([`Argv::through_fd`]: its
+//! argv is only `--args N -- <init and its arguments>`): bwrap stays in the sandbox as its pid 1, and anything in the sandbox
+//! can read `/proc/1/cmdline`, which would otherwise show the init's host path and the server's
+//! whole environment.
 
 use std::ffi::OsString;
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
 use sandbox_init::SANDBOX_PATH as INIT_IN_SANDBOX;
@@ -38,8 +44,56 @@ pub fn numbered(fds: impl IntoIterator<Item = OwnedFd>) -> Vec<(OwnedFd, RawFd)>
     fds.into_iter().zip(FIRST_FD..).collect()
 }
 
-/// The full bwrap argv after the program name.
-pub fn bwrap_args(i: &Inputs<'_>) -> Vec<OsString> {
+/// bwrap's command line: its options, then `--` and the command it runs in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Argv {
+    pub options: Vec<OsString>,
+    /// The init and its own arguments (the server's argv among them): inside-sandbox paths
+    /// only, as `/proc/2/cmdline` shows them anyway.
+    pub command: Vec<OsString>,
+}
+
+impl Argv {
+    /// The whole argv after the program name.
+    pub fn all(&self) -> Vec<OsString> {
+        let mut out = self.options.clone();
+        out.push("--".into());
+        out.extend(self.command.iter().cloned());
+        out
+    }
+
+    /// The same command line with the options read from fd `fd` (`--args`), which holds
+    /// [`args_file`] of them; bwrap reads only options there, the command stays in its argv.
+    pub fn through_fd(self, fd: RawFd) -> Self {
+        Argv {
+            options: vec!["--args".into(), fd.to_string().into()],
+            command: self.command,
+        }
+    }
+}
+
+/// The number of the `--args` fd: the first after those of `pass_fds`.
+pub fn args_fd(pass_fds: &[(OwnedFd, RawFd)]) -> RawFd {
+    pass_fds
+        .iter()
+        .map(|&(_, n)| n + 1)
+        .max()
+        .unwrap_or(FIRST_FD)
+}
+
+/// The contents of the `--args` file, in bwrap's format: every argument followed by a NUL
+/// (an argument cannot hold a NUL itself: the spec's strings are checked C strings by then).
+pub fn args_file(args: &[OsString]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(args.iter().map(|a| a.len() + 1).sum());
+    for a in args {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// bwrap's full command line for the inputs.
+pub fn bwrap_args(i: &Inputs<'_>) -> Argv {
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |list: &[&str]| args.extend(list.iter().map(OsString::from));
     // Every namespace but the network one: the launcher's child has already entered the
@@ -94,8 +148,8 @@ pub fn bwrap_args(i: &Inputs<'_>) -> Vec<OsString> {
     for (k, v) in i.env {
         args.extend(["--setenv".into(), k.into(), v.into()]);
     }
-    args.extend(["--chdir".into(), "/tmp".into(), "--".into()]);
-    args.push(INIT_IN_SANDBOX.into());
+    args.extend(["--chdir".into(), "/tmp".into()]);
+    let mut command = vec![OsString::from(INIT_IN_SANDBOX)];
     let init = sandbox_init::args::Args {
         proxy_port: i.proxy_port,
         transparent: i.transparent,
@@ -103,8 +157,11 @@ pub fn bwrap_args(i: &Inputs<'_>) -> Vec<OsString> {
         allow_degraded_landlock: i.allow_degraded_landlock,
         server: i.argv.iter().map(OsString::from).collect(),
     };
-    args.extend(init.to_args());
-    args
+    command.extend(init.to_args());
+    Argv {
+        options: args,
+        command,
+    }
 }
 
 #[cfg(test)]
@@ -147,7 +204,7 @@ mod tests {
     fn a_plain_sandbox_gets_the_rootfs_the_init_and_the_spec_environment() {
         let (env, argv) = (env(), argv());
         assert_eq!(
-            line(bwrap_args(&inputs(&env, &argv))),
+            line(bwrap_args(&inputs(&env, &argv)).all()),
             format!(
                 "{HEAD} --clearenv --setenv HTTPS_PROXY http://10.231.0.1:3128 --chdir /tmp -- \
                  /run/gigmcp/init --proxy-port 3128 -- node server.js"
@@ -163,7 +220,7 @@ mod tests {
             ..inputs(&env, &argv)
         };
         assert_eq!(
-            line(bwrap_args(&i)),
+            line(bwrap_args(&i).all()),
             format!(
                 "{HEAD} --bind-fd 4 /data --clearenv --setenv HTTPS_PROXY \
                  http://10.231.0.1:3128 --chdir /tmp -- /run/gigmcp/init --proxy-port 3128 \
@@ -182,7 +239,7 @@ mod tests {
             ..inputs(&env, &argv)
         };
         assert_eq!(
-            line(bwrap_args(&i)),
+            line(bwrap_args(&i).all()),
             format!(
                 "{HEAD} --bind-fd 4 /data --perms 0444 --ro-bind-data 5 /run/gigmcp/ca.pem \
                  --perms 0444 --ro-bind-data 6 /etc/ssl/certs/ca-certificates.crt --clearenv \
@@ -203,7 +260,7 @@ mod tests {
             ..inputs(&env, &argv)
         };
         assert_eq!(
-            line(bwrap_args(&i)),
+            line(bwrap_args(&i).all()),
             format!(
                 "{HEAD} --perms 0444 --ro-bind-data 4 /run/gigmcp/ca.pem --perms 0444 \
                  --ro-bind-data 5 /etc/resolv.conf --clearenv --setenv HTTPS_PROXY \
@@ -220,6 +277,34 @@ mod tests {
             .collect();
         let numbers: Vec<RawFd> = numbered(fds).into_iter().map(|(_, n)| n).collect();
         assert_eq!(numbers, [3, 4, 5]);
+    }
+
+    #[test]
+    fn bwrap_reads_its_arguments_from_the_fd_after_the_others() {
+        let fds: Vec<OwnedFd> = (0..2)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect();
+        let fd = args_fd(&numbered(fds));
+        assert_eq!(fd, 5);
+        assert_eq!(args_fd(&[]), FIRST_FD);
+        let (env, argv) = (env(), argv());
+        let full = bwrap_args(&inputs(&env, &argv));
+        let file = args_file(&full.options);
+        assert_eq!(
+            line(full.clone().through_fd(fd).all()),
+            "--args 5 -- /run/gigmcp/init --proxy-port 3128 -- node server.js"
+        );
+        assert_eq!(file.last(), Some(&0));
+        let words: Vec<&[u8]> = file[..file.len() - 1].split(|&b| b == 0).collect();
+        assert_eq!(words.len(), full.options.len());
+        for (w, a) in words.iter().zip(&full.options) {
+            assert_eq!(*w, a.as_bytes());
+        }
+        // Nothing of the host and nothing of the environment is left in bwrap's own argv.
+        let argv = line(full.through_fd(fd).all());
+        for leak in ["/usr/libexec", "HTTPS_PROXY", "10.231.0.1"] {
+            assert!(!argv.contains(leak), "{leak} in {argv}");
+        }
     }
 
     #[test]

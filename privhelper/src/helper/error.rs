@@ -46,6 +46,9 @@ pub enum StepError {
     /// Duplicating an fd to hand to bwrap (the rootfs, data dir, CA bundle or netns).
     #[error("dup: {0}")]
     Dup(std::io::Error),
+    /// Writing bwrap's arguments into the file it reads them from (`--args`).
+    #[error("bwrap arguments: {0}")]
+    BwrapArgs(std::io::Error),
     #[error("start bwrap: {0}")]
     Spawn(std::io::Error),
 }

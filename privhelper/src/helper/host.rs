@@ -203,11 +203,16 @@ impl Host for LinuxHost {
     }
 
     async fn spawn(&self, l: Launch<&Netns, &SandboxCgroup>) -> Result<Started, StepError> {
+        // The arguments go to bwrap through an fd, never its argv (see `argv`).
+        let mut pass_fds = l.pass_fds;
+        let fd = super::argv::args_fd(&pass_fds);
+        let file = super::argv::args_file(&l.args.options);
+        pass_fds.push((args_memfd(&file).map_err(StepError::BwrapArgs)?, fd));
         let plan = Launch {
             netns: l.netns.file.try_clone().map_err(StepError::Dup)?,
             cgroup: l.cgroup.procs_files().map_err(StepError::Cgroup)?,
-            args: l.args,
-            pass_fds: l.pass_fds,
+            args: l.args.through_fd(fd),
+            pass_fds,
             uid: l.uid,
             gid: l.gid,
             nproc: l.nproc,
@@ -279,4 +284,27 @@ impl Host for LinuxHost {
         }
         status.map_err(TeardownError::Join)
     }
+}
+
+/// A sealed memfd holding `data`, read from its start: bwrap's `--args` file. A memfd rather
+/// than a pipe because the arguments (up to the spec's 64 KiB of argv and environment, plus
+/// bwrap's own) can pass a pipe's capacity, and nobody would read the pipe before the write
+/// had to finish.
+fn args_memfd(data: &[u8]) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags, SeekFrom};
+    let fd = rustix::fs::memfd_create(
+        "gigmcp-bwrap-args",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = rustix::io::write(&fd, rest)?;
+        rest = &rest[n..];
+    }
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )?;
+    rustix::fs::seek(&fd, SeekFrom::Start(0))?;
+    Ok(fd)
 }

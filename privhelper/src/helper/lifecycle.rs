@@ -209,7 +209,7 @@ pub async fn sweep<H: Host>(host: &H) -> Result<Vec<Undo>, StartError> {
     Ok(found)
 }
 
-fn bwrap_args(c: &Checked, s: Settings<'_>) -> Vec<std::ffi::OsString> {
+fn bwrap_args(c: &Checked, s: Settings<'_>) -> argv::Argv {
     let ca_dests: Vec<&str> = c.ca.iter().map(|(_, dest)| dest.as_str()).collect();
     argv::bwrap_args(&argv::Inputs {
         init: s.init,

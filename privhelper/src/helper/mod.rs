@@ -15,6 +15,7 @@ mod cgroup;
 mod error;
 mod firewall;
 mod host;
+mod image;
 mod lifecycle;
 mod network;
 mod reaper;

@@ -120,7 +120,7 @@ impl Host for Recording {
     type Netns = ();
     type Cgroup = ();
     type Sockets = OpenListeners;
-    type Started = Vec<std::ffi::OsString>;
+    type Started = super::argv::Argv;
     type Process = ();
 
     fn check_uid(&self, _: u32) -> Result<(), StepError> {

@@ -12,7 +12,10 @@
 //!    the configured bound (raising a hard limit takes `CAP_SYS_RESOURCE` in the initial user
 //!    namespace, which nothing in the sandbox has, so the server cannot undo it);
 //! 5. drop supplementary groups, then gid, then uid (real, effective and saved) — uid last,
-//!    since after it nothing privileged is possible.
+//!    since after it nothing privileged is possible;
+//! 6. join a new anonymous session keyring, owned by the sandbox's uid: otherwise the sandbox
+//!    would possess the helper's session keyring and every key linked from it (keyrings are
+//!    not namespaced; the server's seccomp filter kills keyctl, bwrap's pid 1 has none).
 //!
 //! It also registers a started sandbox's fds with the async reactor ([`watchable`]), which tokio
 //! marks `unsafe` because the fd must stay open while registered.
@@ -21,7 +24,6 @@
 //! `setns` would fail.
 #![allow(unsafe_code)]
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -38,7 +40,7 @@ use rustix::process::{Pid, PidfdFlags};
 /// it with references to its host's values, the launcher gets the files themselves ([`Plan`]).
 #[derive(Debug)]
 pub struct Launch<N, C> {
-    pub args: Vec<OsString>,
+    pub args: super::argv::Argv,
     /// fds to hand to bwrap, and the number each must have in the child.
     pub pass_fds: Vec<(OwnedFd, RawFd)>,
     pub uid: u32,
@@ -161,7 +163,9 @@ fn start(bwrap: &Path, plan: Plan, tracked: &Tracked) -> io::Result<Started> {
     }
 
     let mut cmd = Command::new(bwrap);
-    cmd.args(&plan.args)
+    // Not the host path: bwrap's argv is what the sandbox reads in /proc/1/cmdline.
+    cmd.arg0("bwrap")
+        .args(plan.args.all())
         .env_clear()
         .stdin(Stdio::from(stdin_r))
         .stdout(Stdio::from(stdout_w))
@@ -273,6 +277,18 @@ fn child_setup(s: &ChildSetup) -> io::Result<()> {
     check(unsafe { libc::setresgid(s.gid, s.gid, s.gid) })?;
     // SAFETY: as above; after this the child has no privilege left.
     check(unsafe { libc::setresuid(s.uid, s.uid, s.uid) })?;
+    // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a null name makes an anonymous keyring; the
+    // kernel reads no memory of ours and returns its serial.
+    let keyring = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if keyring < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 

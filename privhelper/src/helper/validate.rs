@@ -12,6 +12,7 @@ use std::path::{Component, Path};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
+use super::image::image_entry;
 use crate::config::Config;
 use privhelper_api::{HelperError, PROXY_ADDR_TOKEN, SandboxSpec};
 
@@ -67,7 +68,11 @@ const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS);
 
-fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+pub(super) fn open_beneath(
+    dir: impl AsFd,
+    rel: &str,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat2(dir, rel, flags | OFlags::CLOEXEC, Mode::empty(), BENEATH)
 }
 
@@ -172,25 +177,29 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
     check_proxy_port(spec.proxy_port, config)?;
     let rootfs = open_rootfs(&spec.rootfs, config, roots)?;
     for dir in MOUNT_POINTS {
-        open_beneath(&rootfs, dir, OFlags::PATH | OFlags::DIRECTORY).map_err(|_| {
-            HelperError::RootfsIncomplete(format!("the image has no /{dir} directory"))
-        })?;
+        if image_entry(&rootfs, dir)? != Some(FileType::Directory) {
+            return Err(HelperError::RootfsIncomplete(format!(
+                "the image has no /{dir} directory"
+            )));
+        }
     }
     let (data, data_name) = if spec.data_dir.is_empty() {
         (None, None)
     } else {
-        open_beneath(&rootfs, "data", OFlags::PATH | OFlags::DIRECTORY).map_err(|_| {
-            HelperError::RootfsIncomplete("a data dir needs a /data directory in the image".into())
-        })?;
+        if image_entry(&rootfs, "data")? != Some(FileType::Directory) {
+            return Err(HelperError::RootfsIncomplete(
+                "a data dir needs a /data directory in the image".into(),
+            ));
+        }
         (
             Some(open_data_dir(&spec.data_dir, roots)?),
             Some(spec.data_dir.clone()),
         )
     };
-    if spec.transparent && !regular_file_in(&rootfs, RESOLV_CONF) {
+    if spec.transparent && image_entry(&rootfs, RESOLV_CONF)? != Some(FileType::RegularFile) {
         return Err(HelperError::RootfsIncomplete(format!(
-            "transparent mode needs /{RESOLV_CONF} as a regular file (not a link) in the image, \
-             for the helper to replace"
+            "transparent mode needs /{RESOLV_CONF} as a regular file in the image, for the \
+             helper to replace"
         )));
     }
     let ca = open_ca(&spec.ca_bundle, &rootfs, roots)?;
@@ -380,18 +389,11 @@ fn open_ca(
     };
     let mut out = vec![(open()?, CA_IN_SANDBOX.to_owned())];
     for path in CA_PATHS {
-        if regular_file_in(rootfs, path) {
+        if image_entry(rootfs, path)? == Some(FileType::RegularFile) {
             out.push((open()?, format!("/{path}")));
         }
     }
     Ok(out)
-}
-
-/// Whether `path` is a regular file beneath `rootfs`, reached without any symbolic link.
-fn regular_file_in(rootfs: &OwnedFd, path: &str) -> bool {
-    open_beneath(rootfs, path, OFlags::PATH | OFlags::NOFOLLOW)
-        .and_then(|fd| rustix::fs::fstat(&fd))
-        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
 }
 
 /// Why a data dir could not be given to the sandbox.

@@ -52,12 +52,23 @@ pub const ATTACKS: &[(&str, &str)] = &[
     ("udp-send", "<ip> <port>"),
     ("udp-roundtrip", "<ip> <port> [timeout_ms (default 2000)]"),
     ("tcp-roundtrip", "<ip> <port> [timeout_ms (default 2000)]"),
+    ("tcp-fastopen", "<ip> <port>"),
+    ("mptcp-connect", "<ip> <port> [timeout_ms (default 2000)]"),
     ("dbus-system", ""),
     ("env", ""),
     ("gain-capability", ""),
     ("fork-bomb", "<n>"),
     ("memory-hog", "<mib>"),
     ("fd-limit", "<n>"),
+    // The sandbox's pid 1 (bwrap) and the kernel keyrings.
+    ("pid1-cmdline", ""),
+    ("pid1-environ", ""),
+    ("pid1-mem", ""),
+    ("pid1-fds", ""),
+    ("signal-pid1", "<signal number>"),
+    ("pidfd-signal-pid1", "<signal number>"),
+    ("pidfd-getfd-pid1", ""),
+    ("session-keyrings", ""),
     // Helpers for tests that need a live or trivial server.
     ("ping-sleep", "<seconds>"),
     ("echo-stdio", ""),
@@ -166,6 +177,15 @@ pub enum Attack {
         port: u16,
         timeout_ms: u64,
     },
+    TcpFastopen {
+        ip: IpAddr,
+        port: u16,
+    },
+    MptcpConnect {
+        ip: IpAddr,
+        port: u16,
+        timeout_ms: u64,
+    },
     DbusSystem,
     Env,
     GainCapability,
@@ -179,6 +199,18 @@ pub enum Attack {
     FdLimit {
         n: u64,
     },
+    Pid1Cmdline,
+    Pid1Environ,
+    Pid1Mem,
+    Pid1Fds,
+    SignalPid1 {
+        signal: i32,
+    },
+    PidfdSignalPid1 {
+        signal: i32,
+    },
+    PidfdGetfdPid1,
+    SessionKeyrings,
     PingSleep {
         seconds: u64,
     },
@@ -320,6 +352,15 @@ pub fn parse(args: &[String]) -> Result<Command, ParseError> {
             port: a.parsed("port")?,
             timeout_ms: a.parsed_or("timeout_ms", &DEFAULT_TIMEOUT_MS.to_string())?,
         },
+        "tcp-fastopen" => Attack::TcpFastopen {
+            ip: a.parsed("ip")?,
+            port: a.parsed("port")?,
+        },
+        "mptcp-connect" => Attack::MptcpConnect {
+            ip: a.parsed("ip")?,
+            port: a.parsed("port")?,
+            timeout_ms: a.parsed_or("timeout_ms", &DEFAULT_TIMEOUT_MS.to_string())?,
+        },
         "dbus-system" => Attack::DbusSystem,
         "env" => Attack::Env,
         "gain-capability" => Attack::GainCapability,
@@ -328,6 +369,18 @@ pub fn parse(args: &[String]) -> Result<Command, ParseError> {
             mib: a.parsed("mib")?,
         },
         "fd-limit" => Attack::FdLimit { n: a.parsed("n")? },
+        "pid1-cmdline" => Attack::Pid1Cmdline,
+        "pid1-environ" => Attack::Pid1Environ,
+        "pid1-mem" => Attack::Pid1Mem,
+        "pid1-fds" => Attack::Pid1Fds,
+        "signal-pid1" => Attack::SignalPid1 {
+            signal: a.parsed("signal number")?,
+        },
+        "pidfd-signal-pid1" => Attack::PidfdSignalPid1 {
+            signal: a.parsed("signal number")?,
+        },
+        "pidfd-getfd-pid1" => Attack::PidfdGetfdPid1,
+        "session-keyrings" => Attack::SessionKeyrings,
         "ping-sleep" => Attack::PingSleep {
             seconds: a.parsed("seconds")?,
         },
@@ -444,10 +497,12 @@ mod tests {
             match name {
                 "read-file" | "write-rootfs" => vec!["/etc/x"],
                 "spoof-source" => vec!["10.231.0.6", "10.231.0.1", "3128"],
-                "connect" | "udp-send" | "udp-roundtrip" | "tcp-roundtrip" => {
+                "connect" | "udp-send" | "udp-roundtrip" | "tcp-roundtrip" | "tcp-fastopen"
+                | "mptcp-connect" => {
                     vec!["10.231.0.1", "3128"]
                 }
                 "fork-bomb" | "memory-hog" | "ping-sleep" | "fd-limit" => vec!["3"],
+                "signal-pid1" | "pidfd-signal-pid1" => vec!["9"],
                 _ => vec![],
             }
         };

@@ -24,6 +24,7 @@ mod cli;
 mod errno;
 mod isolation;
 mod net;
+mod pid1;
 mod report;
 mod sys;
 
@@ -93,6 +94,9 @@ fn host_safety(attack: &Attack) -> Option<&'static str> {
                 "host root in the host mount namespace, or one it cannot tell apart (run it \
                  in a private one, e.g. `unshare -U -r -m`)",
             )
+        }
+        Attack::SignalPid1 { .. } | Attack::PidfdSignalPid1 { .. } if child::is_host_root() => {
+            Some("host root in the initial user namespace: pid 1 would be the host's init")
         }
         Attack::Reboot | Attack::Settimeofday | Attack::KexecLoad if child::is_host_root() => {
             Some("host root in the initial user namespace: it would change global kernel state")
@@ -168,12 +172,26 @@ fn run(attack: Attack) -> Done {
             port,
             timeout_ms,
         } => net::tcp_roundtrip(ip, port, timeout_ms),
+        Attack::TcpFastopen { ip, port } => net::tcp_fastopen(ip, port),
+        Attack::MptcpConnect {
+            ip,
+            port,
+            timeout_ms,
+        } => net::mptcp_connect(ip, port, timeout_ms),
         Attack::DbusSystem => net::dbus_system(),
         Attack::Env => isolation::env(),
         Attack::GainCapability => isolation::gain_capability(),
         Attack::ForkBomb { n } => isolation::fork_bomb(n),
         Attack::MemoryHog { mib } => isolation::memory_hog(mib),
         Attack::FdLimit { n } => isolation::fd_limit(n),
+        Attack::Pid1Cmdline => pid1::pid1_cmdline(),
+        Attack::Pid1Environ => pid1::pid1_environ(),
+        Attack::Pid1Mem => pid1::pid1_mem(),
+        Attack::Pid1Fds => pid1::pid1_fds(),
+        Attack::SignalPid1 { signal } => pid1::signal_pid1(signal),
+        Attack::PidfdSignalPid1 { signal } => pid1::pidfd_signal_pid1(signal),
+        Attack::PidfdGetfdPid1 => pid1::pidfd_getfd_pid1(),
+        Attack::SessionKeyrings => pid1::session_keyrings(),
         Attack::PingSleep { seconds } => {
             let ready = report::line("ping-sleep", &Outcome::Result("ready".into()));
             let code = emit(&format!("{ready}\n"));

@@ -264,6 +264,53 @@ pub fn tcp_roundtrip(ip: IpAddr, port: u16, timeout_ms: u64) -> Outcome {
     }
 }
 
+/// TCP Fast Open to ip:port with `sendto(MSG_FASTOPEN)`: the connect happens inside the send,
+/// where landlock's TCP rule does not look (seccomp kills it).
+pub fn tcp_fastopen(ip: IpAddr, port: u16) -> Outcome {
+    let addr = SockAddr::new(ip, port);
+    let fd = match socket(addr.family(), libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Outcome::Blocked(e),
+    };
+    let (sa, len) = addr.as_ptr();
+    let data = b"gigmcp-attack";
+    // SAFETY: data and sa point at live buffers of the lengths passed.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN,
+            sa,
+            len,
+        )
+    };
+    match r {
+        -1 => Outcome::Blocked(Errno::last()),
+        n => Outcome::Succeeded(format!(
+            "sent {n} bytes with the SYN to {}",
+            fmt_endpoint(ip, port)
+        )),
+    }
+}
+
+/// An MPTCP connection to ip:port: landlock's TCP rule does not apply to MPTCP sockets
+/// (seccomp kills the socket).
+pub fn mptcp_connect(ip: IpAddr, port: u16, timeout_ms: u64) -> Outcome {
+    const IPPROTO_MPTCP: libc::c_int = 262;
+    let addr = SockAddr::new(ip, port);
+    let result = socket(
+        addr.family(),
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
+        IPPROTO_MPTCP,
+    )
+    .and_then(|fd| connect_with_timeout(&fd, &addr, timeout_ms));
+    match result {
+        Ok(()) => Outcome::Succeeded(format!("MPTCP to {}", fmt_endpoint(ip, port))),
+        Err(e) => Outcome::Blocked(e),
+    }
+}
+
 fn fmt_endpoint(ip: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }
