@@ -694,6 +694,18 @@ fn a_client_chosen_session_id_is_ignored_and_a_guessed_one_is_unknown() {
                 .await;
                 assert_eq!(status, 404, "session id {id}");
             }
+            // The session the front chose works, and its sized answer says its size (the
+            // connection's bookkeeping around the body must not turn it chunked).
+            let (status, headers, _) = http(
+                gw.addr,
+                "POST",
+                &format!("/mcp/{endpoint}"),
+                &post_headers(&bearer, &[("mcp-session-id", &sid)]),
+                ping.clone().into_bytes(),
+            )
+            .await;
+            assert_eq!(status, 200);
+            assert!(headers.contains_key("content-length"), "{headers:?}");
         },
     );
 }

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -184,6 +186,34 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that holds its request's [`InFlight`] until hyper drops it (a stream is
+/// activity until it ends). Size and end are passed on, so a sized answer keeps its
+/// `Content-Length` (`map_frame` would lose it and turn every answer chunked).
+struct Tracked {
+    body: BoxBody<Bytes, Infallible>,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl<S: Sessions + 'static> Front<S> {
     /// Serves connections from `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -259,12 +289,11 @@ impl<S: Sessions + 'static> Front<S> {
             let in_flight = on_conn.begin();
             async move {
                 let resp = front.handle(req).await;
-                // The guard lives as long as the body: a stream is activity until it ends.
-                Ok::<_, Infallible>(resp.map(|b| {
-                    b.map_frame(move |f| {
-                        let _ = &in_flight;
-                        f
-                    })
+                Ok::<_, Infallible>(resp.map(|body| {
+                    Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    }
                     .boxed()
                 }))
             }
