@@ -131,6 +131,8 @@ fn http_builder(l: &ConnLimits) -> auto::Builder<TokioExecutor> {
 struct Activity {
     state: std::sync::Mutex<(usize, Instant)>,
     changed: Notify,
+    /// Whether any request reached the front: an idle keep-alive closing is no refusal.
+    served: std::sync::atomic::AtomicBool,
 }
 
 /// A request in flight on a connection; dropped with the response's body (so a long stream
@@ -143,11 +145,14 @@ impl Activity {
         Arc::new(Self {
             state: std::sync::Mutex::new((0, Instant::now())),
             changed: Notify::new(),
+            served: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+        self.served
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.changed.notify_one();
         InFlight(self.clone())
     }
@@ -308,6 +313,8 @@ impl<S: Sessions + 'static> Front<S> {
         // keep-alive): closed, with a moment to finish a response being written.
         conn.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(limits.close_grace, conn).await;
-        self.refuse_connection(peer, "no request within the header timeout");
+        if !activity.served.load(std::sync::atomic::Ordering::Relaxed) {
+            self.refuse_connection(peer, "no request within the header timeout");
+        }
     }
 }
