@@ -192,6 +192,18 @@ impl<S: Sessions + 'static> Front<S> {
         );
     }
 
+    /// The listener could not accept (descriptors or memory exhausted): audited within the
+    /// unauthenticated budget, since a flood is what causes it.
+    fn accept_failed(&self, e: &std::io::Error) {
+        self.audit.record_throttled(
+            &self.unauthenticated,
+            "accept failed",
+            "listener",
+            Outcome::Failed,
+            format!("reason=\"accept failed\" error=\"{e}\""),
+        );
+    }
+
     /// Answers a refusal with its status and body, and audits it: in full for a caller whose
     /// token checked out, within the unauthenticated budget for anyone else (a flood of bad
     /// tokens costs the trail a few rows a second and one summary, never a row per request).

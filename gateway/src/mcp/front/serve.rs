@@ -230,10 +230,15 @@ impl<S: Sessions + 'static> Front<S> {
     pub async fn serve_with(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         let http = Arc::new(http_builder(&self.limits.connections));
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                // Out of descriptors, most likely: a pause instead of a busy loop.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: audited, and a pause instead of a busy
+                    // loop.
+                    self.accept_failed(&e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let slot = match self.slots.take(peer.ip()) {
                 Ok(slot) => slot,
