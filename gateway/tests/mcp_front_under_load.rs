@@ -181,7 +181,7 @@ fn raise_nofile() -> u64 {
 const IDLE: usize = 2000;
 const MAX_CONNECTIONS: usize = 4096;
 const AUDIT_PER_SECOND: u32 = 20;
-const ATTACK_SECONDS: u64 = 20;
+const ATTACK_SECONDS: u64 = 24;
 
 #[test]
 fn the_python_sdk_is_served_in_under_5_s_while_the_front_is_under_abuse() {
@@ -202,7 +202,9 @@ fn the_python_sdk_is_served_in_under_5_s_while_the_front_is_under_abuse() {
                 body_read: Duration::from_secs(8),
                 unauthenticated_audit_per_second: AUDIT_PER_SECOND,
                 connections: ConnLimits {
-                    header_read: Duration::from_secs(8),
+                    // The default: idle connections are held as long as a real deployment
+                    // holds them.
+                    header_read: ConnLimits::default().header_read,
                     max_connections: MAX_CONNECTIONS,
                     max_connections_per_peer: 64,
                     ..ConnLimits::default()
