@@ -21,6 +21,66 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub egress: EgressSettings,
     pub log: LogConfig,
+    pub front: FrontConfig,
+}
+
+/// The MCP front's defences against clients that hold connections or flood it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontConfig {
+    /// A request head must arrive within this, from the connection's start (after TLS) or the
+    /// end of the previous request; otherwise the connection is closed.
+    #[serde(with = "humantime_serde_secs")]
+    pub header_timeout: std::time::Duration,
+    /// A request body must arrive within this once its head has (else 408).
+    #[serde(with = "humantime_serde_secs")]
+    pub body_timeout: std::time::Duration,
+    #[serde(with = "humantime_serde_secs")]
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Connections open at once; unset: derived from the daemon's descriptor limit
+    /// ([`FrontConfig::max_connections_for`]).
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one address (IPv6: one /64).
+    pub max_connections_per_peer: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_bytes: u32,
+    /// Refusals of unauthenticated requests audited per second; the rest are summarised.
+    pub unauthenticated_audit_per_second: u32,
+}
+
+/// Descriptors kept for everything but the front's connections (store, sandboxes' stdio and
+/// pidfds, egress listeners and upstream connections).
+const FD_RESERVE: u64 = 256;
+/// The most connections a derived default allows (memory, not descriptors, is then the bound).
+const DERIVED_MAX_CONNECTIONS: u64 = 16_384;
+
+impl FrontConfig {
+    /// The connection cap: the configured one, or half of what `nofile` (the soft
+    /// `RLIMIT_NOFILE`) leaves beyond [`FD_RESERVE`], so that a flood of connections can never
+    /// take the descriptors sandboxes and the store need.
+    pub fn max_connections_for(&self, nofile: u64) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let derived =
+                (nofile.saturating_sub(FD_RESERVE) / 2).clamp(16, DERIVED_MAX_CONNECTIONS);
+            usize::try_from(derived).unwrap_or(usize::MAX)
+        })
+    }
+}
+
+impl Default for FrontConfig {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: None,
+            max_connections_per_peer: 64,
+            h2_max_concurrent_streams: 32,
+            h2_max_header_list_bytes: 65536,
+            unauthenticated_audit_per_second: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -221,6 +281,36 @@ impl ConfigError {
 }
 
 impl Config {
+    fn validate_front(&self) -> Result<(), (&'static str, String)> {
+        let f = &self.front;
+        for (key, d) in [
+            ("front.header_timeout", f.header_timeout),
+            ("front.body_timeout", f.body_timeout),
+            ("front.tls_handshake_timeout", f.tls_handshake_timeout),
+        ] {
+            if d.is_zero() {
+                return Err((key, "must be longer than zero".into()));
+            }
+        }
+        for (key, n) in [
+            ("front.max_connections", f.max_connections.unwrap_or(1)),
+            ("front.max_connections_per_peer", f.max_connections_per_peer),
+            (
+                "front.h2_max_concurrent_streams",
+                f.h2_max_concurrent_streams as usize,
+            ),
+            (
+                "front.h2_max_header_list_bytes",
+                f.h2_max_header_list_bytes as usize,
+            ),
+        ] {
+            if n == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -254,6 +344,7 @@ impl Config {
 
     /// Checks that need more than a type: returns the dotted key and what is wrong with it.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.validate_front()?;
         let pool = self.sandbox.pool;
         if pool != pool.trunc() {
             return Err((
@@ -467,6 +558,27 @@ mod tests {
         let err = parse("[log]\nformat = \"xml\"\n").unwrap_err();
         assert_eq!(err.key(), Some("log.format"), "{err}");
         assert_eq!(err.line(), Some(2), "{err}");
+    }
+
+    #[test]
+    fn a_zero_front_limit_names_its_key() {
+        let e = parse("[front]\nmax_connections_per_peer = 0\n").unwrap_err();
+        assert_eq!(e.key(), Some("front.max_connections_per_peer"));
+        let e = parse("[front]\nheader_timeout = \"0s\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("front.header_timeout"));
+    }
+
+    #[test]
+    fn the_connection_cap_is_derived_from_the_descriptor_limit_unless_set() {
+        let f = FrontConfig::default();
+        assert_eq!(f.max_connections_for(1024), 384);
+        assert_eq!(f.max_connections_for(100), 16);
+        assert_eq!(f.max_connections_for(u64::MAX), 16_384);
+        let set = FrontConfig {
+            max_connections: Some(7),
+            ..FrontConfig::default()
+        };
+        assert_eq!(set.max_connections_for(1 << 20), 7);
     }
 
     #[test]

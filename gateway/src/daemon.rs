@@ -19,7 +19,7 @@ use crate::audit::{Auditor, Outcome};
 use crate::config::{self, Config};
 use crate::control::Control;
 use crate::egress::{EgressConfig, EgressShared, HostsThenSystem};
-use crate::mcp::front::{Front, FrontLimits};
+use crate::mcp::front::{ConnLimits, Front, FrontLimits};
 use crate::mcp::redact::Redactor;
 use crate::mcp::servers::ServerPool;
 use crate::mcp::stdio::SessionLimits;
@@ -300,7 +300,7 @@ async fn start_front(
         store,
         queue.clone(),
         pool.clone(),
-        FrontLimits::default(),
+        front_limits(&config.front, raise_descriptor_limit()),
         hosts,
         config.gateway.allowed_origins.clone(),
         Some(Arc::new(Redactor::new(vault.clone()))),
@@ -315,6 +315,42 @@ async fn start_front(
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("MCP front on {scheme}://{listen}/mcp/<endpoint>");
     Ok(tokio::spawn(front.clone().serve_with(listener, tls)))
+}
+
+/// The soft `RLIMIT_NOFILE` raised to the hard one (the soft default of 1024 is a leftover of
+/// `select(2)`, which this process does not use); the limit in force is returned.
+fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(e) => {
+            tracing::warn!("cannot raise RLIMIT_NOFILE to {hard}: {e}");
+            soft
+        }
+    }
+}
+
+/// The front's limits from `[front]`, the connection cap derived from `nofile` unless set.
+fn front_limits(f: &config::FrontConfig, nofile: u64) -> FrontLimits {
+    let max_connections = f.max_connections_for(nofile);
+    tracing::info!(max_connections, nofile, "MCP front connection cap");
+    FrontLimits {
+        body_read: f.body_timeout,
+        unauthenticated_audit_per_second: f.unauthenticated_audit_per_second,
+        connections: ConnLimits {
+            tls_handshake: f.tls_handshake_timeout,
+            header_read: f.header_timeout,
+            max_connections,
+            max_connections_per_peer: f.max_connections_per_peer,
+            h2_max_concurrent_streams: f.h2_max_concurrent_streams,
+            h2_max_header_list_bytes: f.h2_max_header_list_bytes,
+            ..ConnLimits::default()
+        },
+        ..FrontLimits::default()
+    }
 }
 
 /// Stops servers idle for `idle`, checking every 30 s at most (every `idle` if shorter, at

@@ -90,6 +90,21 @@ pub struct ManifestError {
 
 /// A host name the proxy can match exactly: lower-case LDH labels, at least two, no wildcard,
 /// not an IP literal.
+/// Whether `name` can name a server (endpoints follow the same rule): 1-32 of `a-z 0-9 - _`,
+/// starting with a letter or digit, without `__` and not ending in `_`. The last two make tool
+/// names unambiguous: the first `__` of `<server>__<tool>` is then always the separator, whatever
+/// the tool is called (`_x`, `a__b`), so no two servers' tools can be shown under one name.
+pub fn valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.contains("__")
+        && !name.ends_with('_')
+}
+
 pub fn valid_host(host: &str) -> bool {
     let labels: Vec<&str> = host.split('.').collect();
     host.len() <= 253
@@ -180,6 +195,16 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_names_that_would_make_tool_names_ambiguous_are_refused() {
+        for bad in ["x_", "x__y", "_x", "", "X", "a+b", &"a".repeat(33)] {
+            assert!(!valid_server_name(bad), "{bad:?}");
+        }
+        for good in ["x", "x_y", "x-y_z", "0a", &"a".repeat(32)] {
+            assert!(valid_server_name(good), "{good:?}");
+        }
+    }
 
     const GOOD: &str = r#"{
         "name": "github", "version": "1.0.0", "command": ["/bin/server"],

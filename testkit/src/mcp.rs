@@ -227,6 +227,11 @@ impl Gw {
         }
     }
 
+    /// The directory of the gateway's SQLite files (to measure what a test makes them grow by).
+    pub fn state_dir(&self) -> PathBuf {
+        self._dir.path().join("state")
+    }
+
     pub fn url(&self, endpoint: &str) -> String {
         format!("http://{}/mcp/{endpoint}", self.addr)
     }

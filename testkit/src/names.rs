@@ -38,6 +38,25 @@ pub fn random_in(range: std::ops::Range<usize>) -> usize {
     range.start + (u64::from_le_bytes(b) % (range.end - range.start) as u64) as usize
 }
 
+/// A random `u64`, for attack tests' values.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("random");
+    u64::from_le_bytes(b)
+}
+
+/// A random value in `lo..hi`.
+pub fn between(lo: u64, hi: u64) -> u64 {
+    lo + random_u64() % (hi - lo)
+}
+
+/// A random lowercase name of `n` letters.
+pub fn random_name(n: usize) -> String {
+    (0..n)
+        .map(|_| char::from(b'a' + (random_u64() % 26) as u8))
+        .collect()
+}
+
 /// The pid inside a generated name, if it is one.
 fn owner_pid(name: &str) -> Option<i32> {
     let rest = PREFIXES.iter().find_map(|p| name.strip_prefix(p))?;

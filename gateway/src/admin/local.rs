@@ -34,18 +34,11 @@ pub struct LocalAdmin {
 
 /// Server and endpoint names: they appear in URLs, tool names (`<server>__<tool>`) and paths.
 fn check_name(kind: &str, name: &str) -> Result<(), AdminError> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && !name.contains("__");
-    if ok {
+    if crate::manifest::valid_server_name(name) {
         Ok(())
     } else {
         Err(AdminError::Refused(format!(
-            "{kind} name {name:?}: use 1-32 of a-z 0-9 - _, starting with a letter or digit, without \"__\""
+            "{kind} name {name:?}: use 1-32 of a-z 0-9 - _, starting with a letter or digit, without \"__\" and not ending in \"_\""
         )))
     }
 }

@@ -41,10 +41,14 @@ pub enum Refusal {
         endpoint: String,
     },
     TokenLookupFailed,
+    /// A path other than `/mcp/<endpoint>`.
+    NoSuchPath,
     MethodNotAllowed,
     NotJson,
     JsonNotAccepted,
     BodyTooLarge,
+    /// The body did not arrive within the body deadline.
+    BodyTimeout,
     MalformedJson,
     Batch,
     InvalidMessage,
@@ -89,10 +93,12 @@ impl Refusal {
             Self::ExpiredToken { .. } => "expired token",
             Self::TokenForAnotherEndpoint { .. } => "token for another endpoint",
             Self::TokenLookupFailed => "token lookup failed",
+            Self::NoSuchPath => "not found",
             Self::MethodNotAllowed => "method not allowed",
             Self::NotJson => "Content-Type must be application/json",
             Self::JsonNotAccepted => "Accept must allow application/json",
             Self::BodyTooLarge => "request body too large",
+            Self::BodyTimeout => "request body not received in time",
             Self::MalformedJson => "malformed JSON",
             Self::Batch => "JSON-RPC batches are not supported",
             Self::InvalidMessage => "invalid JSON-RPC message",
@@ -127,6 +133,7 @@ impl Refusal {
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::JsonNotAccepted | Self::StreamNotAccepted => StatusCode::NOT_ACCEPTABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MalformedJson
             | Self::Batch
             | Self::InvalidMessage
@@ -134,7 +141,7 @@ impl Refusal {
             | Self::HeadersMismatch
             | Self::MissingSession
             | Self::VersionDiffersFromSession => StatusCode::BAD_REQUEST,
-            Self::UnknownSession | Self::NoSuchSession => StatusCode::NOT_FOUND,
+            Self::UnknownSession | Self::NoSuchSession | Self::NoSuchPath => StatusCode::NOT_FOUND,
             Self::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             Self::StreamOpenAlready => StatusCode::CONFLICT,
             Self::UnknownTool { .. } | Self::NotInSubset { .. } | Self::NotApproved { .. } => {

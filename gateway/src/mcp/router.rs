@@ -3,6 +3,12 @@
 //! Anything outside the subset is neither listed nor callable. A list a server of the endpoint
 //! cannot contribute to (it cannot start, fails or hangs) is an error naming that server and why
 //! (`not_listed`), never a shorter list.
+//!
+//! Names are unambiguous: server names never contain `__` nor end in `_`
+//! ([`crate::manifest::valid_server_name`], checked at install), so the first `__` of a shown
+//! name is its separator and [`split`] inverts [`namespaced`] for every tool name. A server
+//! whose stored name breaks the rule (installed before it) is not offered at all, and a name a
+//! server lists twice is shown once: both are reported in [`Handled::hidden`] for the audit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +22,7 @@ use super::redact::Redactor;
 use super::refusal::Refusal;
 use super::stdio::{CallError, ServerSession, ToolList};
 use super::view::{EndpointView, Exposed};
+use crate::manifest::valid_server_name;
 
 /// Separator between server and tool (and prompt) names in what clients see.
 pub const SEP: &str = "__";
@@ -47,12 +54,52 @@ pub const TEMPLATES: Listing = Listing {
     field: "uriTemplate",
 };
 
+/// The name clients see for `tool` (or a prompt) of `server`.
+pub fn namespaced(server: &str, tool: &str) -> String {
+    format!("{server}{SEP}{tool}")
+}
+
+/// The server and its own name behind a shown name: split at the first `__`, which for a valid
+/// server name is the separator [`namespaced`] put there.
+pub fn split(name: &str) -> Option<(&str, &str)> {
+    name.split_once(SEP)
+        .filter(|(server, _)| valid_server_name(server))
+}
+
 /// How a passed-through name is shown: `server__name` for prompts, `server+uri` for resources.
 fn shown(server: &str, field: &str, value: &str) -> String {
     if field == "name" {
-        format!("{server}{SEP}{value}")
+        namespaced(server, value)
     } else {
         format!("{server}{URI_SEP}{value}")
+    }
+}
+
+/// Names shown so far in one listing, and what had to be hidden.
+#[derive(Debug, Default)]
+struct Shown {
+    names: std::collections::HashSet<String>,
+    hidden: Vec<String>,
+}
+
+impl Shown {
+    /// Whether `server` may be offered at all: not if its name could be read as another's.
+    fn server(&mut self, server: &str) -> bool {
+        let ok = valid_server_name(server);
+        if !ok {
+            self.hidden
+                .push(format!("server {server}: name ends in _ or contains __"));
+        }
+        ok
+    }
+
+    /// Whether `name` is new in this listing; a second item under it is hidden.
+    fn first(&mut self, name: &str) -> bool {
+        let new = self.names.insert(name.to_owned());
+        if !new {
+            self.hidden.push(format!("{name}: listed twice"));
+        }
+        new
     }
 }
 
@@ -100,21 +147,21 @@ pub const LIST_CHANGED: [&str; 3] = [
     "notifications/resources/list_changed",
 ];
 
-/// What handling one request produced: the response, a refusal to audit if any, and the
-/// secrets redacted (`arguments:<name>` / `result:<name>`).
-#[derive(Debug)]
+/// What handling one request produced: the response, a refusal to audit if any, the secrets
+/// redacted (`arguments:<name>` / `result:<name>`), and what a listing hid (ambiguous names).
+#[derive(Debug, Default)]
 pub struct Handled {
     pub response: Value,
     pub refused: Option<Refusal>,
     pub redacted: Vec<String>,
+    pub hidden: Vec<String>,
 }
 
 impl Handled {
     pub fn ok(response: Value) -> Self {
         Self {
             response,
-            refused: None,
-            redacted: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -164,7 +211,11 @@ impl Router {
         };
         let mut all = Vec::new();
         let mut failed = Vec::new();
+        let mut seen = Shown::default();
         for e in &self.view.servers {
+            if !seen.server(&e.server) {
+                continue;
+            }
             match self.server_tools(sessions, &e.server).await {
                 Ok(tools) => {
                     for t in tools.iter() {
@@ -174,7 +225,10 @@ impl Router {
                         if !e.allows(name) {
                             continue;
                         }
-                        let shown = format!("{}{SEP}{name}", e.server);
+                        let shown = namespaced(&e.server, name);
+                        if !seen.first(&shown) {
+                            continue;
+                        }
                         let mut t = t.clone();
                         if let Some(d) = e.descriptions.get(name) {
                             t.insert("description".into(), Value::String(d.clone()));
@@ -197,7 +251,10 @@ impl Router {
         if start + PAGE < all.len() {
             result["nextCursor"] = Value::String((start + PAGE).to_string());
         }
-        self.listed(id, result)
+        Handled {
+            hidden: seen.hidden,
+            ..self.listed(id, result)
+        }
     }
 
     /// The tools a server offers: everything it lists (following its cursors, bounded; cached
@@ -256,7 +313,11 @@ impl Router {
             }
         };
         let mut all = Vec::new();
+        let mut seen = Shown::default();
         for e in &self.view.servers {
+            if !seen.server(&e.server) {
+                continue;
+            }
             // A server that cannot start is an error (as in `tools/list`); one that runs but
             // does not offer this kind of list is skipped.
             let s = match sessions.session(&e.server).await {
@@ -282,6 +343,9 @@ impl Router {
                         continue;
                     };
                     let v = shown(&e.server, what.field, v);
+                    if !seen.first(&v) {
+                        continue;
+                    }
                     item.insert(what.field.into(), Value::String(v));
                     all.push(Value::Object(item));
                 }
@@ -296,7 +360,10 @@ impl Router {
         if start + PAGE < all.len() {
             result["nextCursor"] = Value::String((start + PAGE).to_string());
         }
-        self.listed(id, result)
+        Handled {
+            hidden: seen.hidden,
+            ..self.listed(id, result)
+        }
     }
 
     /// `prompts/get` (by `server__name`) or `resources/read` (by `server+uri`): routed to the
@@ -322,9 +389,11 @@ impl Router {
             ));
         };
         let split = if field == "name" {
-            value.split_once(SEP)
+            split(value)
         } else {
-            value.split_once(URI_SEP)
+            value
+                .split_once(URI_SEP)
+                .filter(|(server, _)| valid_server_name(server))
         };
         let Some((server, own)) = split.filter(|(s, _)| self.exposed(s).is_some()) else {
             return Handled {
@@ -334,7 +403,7 @@ impl Router {
                     &format!("unknown {field}: {value}"),
                 ),
                 refused: Some(Refusal::UnknownTool { name: value.into() }),
-                redacted: Vec::new(),
+                ..Handled::default()
             };
         };
         let mut fwd = Value::Object(params.cloned().unwrap_or_default());
@@ -377,8 +446,8 @@ impl Router {
         }
         Handled {
             response,
-            refused: None,
             redacted,
+            ..Handled::default()
         }
     }
 
@@ -401,7 +470,7 @@ impl Router {
         let refused = |r: Refusal| Handled {
             response: r.answer(id),
             refused: Some(r),
-            redacted: Vec::new(),
+            ..Handled::default()
         };
         let (server, tool) = match self.allowed(name) {
             Ok(found) => found,
@@ -448,15 +517,15 @@ impl Router {
         redacted.extend(in_progress.into_iter().map(|n| format!("progress:{n}")));
         Handled {
             response,
-            refused: None,
             redacted,
+            ..Handled::default()
         }
     }
 
     /// The server and its own name for the tool shown as `name`, if the endpoint offers it.
     fn allowed<'a>(&self, name: &'a str) -> Result<(&'a str, &'a str), Refusal> {
         let unknown = || Refusal::UnknownTool { name: name.into() };
-        let (server, tool) = name.split_once(SEP).ok_or_else(unknown)?;
+        let (server, tool) = split(name).ok_or_else(unknown)?;
         let e = self.exposed(server).ok_or_else(unknown)?;
         if !e.allows(tool) {
             return Err(Refusal::NotInSubset { name: name.into() });
@@ -517,8 +586,8 @@ impl Router {
         let redacted = self.redact(&mut response, "result");
         Handled {
             response,
-            refused: None,
             redacted,
+            ..Handled::default()
         }
     }
 }
@@ -563,4 +632,89 @@ fn why(err: &CallError) -> String {
 
 fn unavailable(id: &Id, err: &CallError) -> Value {
     jsonrpc::error(Some(id), code::SERVER_UNAVAILABLE, &err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Random bytes, drawn once per test.
+    struct Random(std::vec::IntoIter<u8>);
+
+    impl Random {
+        fn new() -> Self {
+            let mut b = vec![0u8; 1 << 20];
+            getrandom::fill(&mut b).expect("random");
+            Self(b.into_iter())
+        }
+
+        fn byte(&mut self) -> u8 {
+            self.0.next().expect("enough random bytes")
+        }
+
+        /// A string over `alphabet`, 1 to `max` long.
+        fn word(&mut self, alphabet: &[u8], max: usize) -> String {
+            let len = 1 + usize::from(self.byte()) % max;
+            (0..len)
+                .map(|_| char::from(alphabet[usize::from(self.byte()) % alphabet.len()]))
+                .collect()
+        }
+
+        /// A server name the rule lets through, from candidates full of underscores (so that
+        /// loosening the rule lets `x_` or `x__y` through, and the properties below fail).
+        fn server(&mut self) -> String {
+            loop {
+                let name = self.word(b"ab0", 1) + &self.word(b"___ab-", 6);
+                if valid_server_name(&name) {
+                    return name;
+                }
+            }
+        }
+    }
+
+    /// Underscores are most of the alphabet: `_x`, `x_`, `a__b`, `___` come up all the time.
+    const HOSTILE: &[u8] = b"_____ab-";
+
+    #[test]
+    fn every_shown_name_splits_back_into_its_server_and_tool() {
+        let mut r = Random::new();
+        for _ in 0..20_000 {
+            let server = r.server();
+            let tool = r.word(HOSTILE, 8);
+            let shown = namespaced(&server, &tool);
+            assert_eq!(
+                split(&shown),
+                Some((server.as_str(), tool.as_str())),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_two_servers_show_a_tool_under_one_name() {
+        // Split is the inverse of namespaced, so a collision would split two ways: check it
+        // directly on pairs anyway, as an attacker choosing two server names would.
+        let mut r = Random::new();
+        let mut seen: HashMap<String, (String, String)> = HashMap::new();
+        for _ in 0..20_000 {
+            let server = r.server();
+            let tool = r.word(HOSTILE, 4);
+            let shown = namespaced(&server, &tool);
+            let owner = seen
+                .entry(shown.clone())
+                .or_insert_with(|| (server.clone(), tool.clone()));
+            assert_eq!(owner, &(server, tool), "{shown} shown for two tools");
+        }
+    }
+
+    #[test]
+    fn the_server_name_rule_is_what_makes_names_unambiguous() {
+        // Without it: server `x_` with tool `y` and server `x` with tool `_y` both show `x___y`.
+        assert_eq!(namespaced("x_", "y"), namespaced("x", "_y"));
+        assert!(!valid_server_name("x_") && !valid_server_name("x__y"));
+        assert_eq!(split("x___y"), Some(("x", "_y")));
+        assert_eq!(split("x__y__z"), Some(("x", "y__z")));
+    }
 }

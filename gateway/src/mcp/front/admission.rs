@@ -130,15 +130,21 @@ pub(super) fn check_post_headers(h: &HeaderMap, max_body: usize) -> Result<(), R
     Ok(())
 }
 
-/// The body, read up to `max_body` bytes, as one JSON-RPC message.
-pub(super) async fn read_message<B>(body: B, max_body: usize) -> Result<Message, Refusal>
+/// The body, read up to `max_body` bytes within `deadline`, as one JSON-RPC message.
+pub(super) async fn read_message<B>(
+    body: B,
+    max_body: usize,
+    deadline: std::time::Duration,
+) -> Result<Message, Refusal>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let bytes = Limited::new(body, max_body)
-        .collect()
+    // One deadline for the whole body, not per read: a byte a second would satisfy any idle
+    // timeout and hold the connection and its buffer for as long as the client likes.
+    let bytes = tokio::time::timeout(deadline, Limited::new(body, max_body).collect())
         .await
+        .map_err(|_| Refusal::BodyTimeout)?
         .map_err(|_| Refusal::BodyTooLarge)?
         .to_bytes();
     parse_message(&bytes)

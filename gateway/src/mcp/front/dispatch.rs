@@ -54,6 +54,18 @@ fn initialized(id: &Id, revision: &str) -> Value {
     )
 }
 
+/// What a listing hid, for the audit: bounded, since the names come from a server (one that
+/// lists a million duplicates gets a count, not a million names).
+fn hidden_detail(hidden: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let names: Vec<String> = hidden
+        .iter()
+        .take(SHOWN)
+        .map(|h| h.chars().take(160).collect::<String>().replace('"', "'"))
+        .collect();
+    format!("hidden={} names=\"{}\"", hidden.len(), names.join("; "))
+}
+
 impl<S: Sessions + 'static> Front<S> {
     pub(super) async fn dispatch(
         self: &Arc<Self>,
@@ -257,6 +269,14 @@ impl<S: Sessions + 'static> Front<S> {
                 }
                 None => self.record("mcp.call", &caller.endpoint, Outcome::Ok, &what),
             },
+        }
+        if !handled.hidden.is_empty() {
+            self.record(
+                "mcp.hidden",
+                &caller.endpoint,
+                Outcome::Denied,
+                &format!("{what} {}", hidden_detail(&handled.hidden)),
+            );
         }
         if !handled.redacted.is_empty() {
             self.record(

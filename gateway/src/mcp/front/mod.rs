@@ -9,6 +9,7 @@
 //! and TLS are [`serve`]'s.
 
 mod admission;
+mod conns;
 mod dispatch;
 mod inflight;
 mod serve;
@@ -33,15 +34,22 @@ use super::redact::Redactor;
 use super::refusal::Refusal;
 use super::router::{Router, Sessions};
 use super::view::{ViewError, Views};
-use crate::audit::{AuditQueue, Outcome};
+use crate::audit::{AuditQueue, Outcome, Throttle};
 use crate::store::Store;
 
 pub use admission::{SESSION_REVISIONS, STATELESS_REVISION};
-pub use serve::{TlsError, tls_acceptor};
+pub use serve::{ConnLimits, TlsError, tls_acceptor};
 
 #[derive(Debug, Clone)]
 pub struct FrontLimits {
     pub max_body_bytes: usize,
+    /// Time for a request's whole body to arrive once its head has: a body that trickles in is
+    /// refused (408) when it runs out.
+    pub body_read: Duration,
+    /// Refusals of requests that are not authenticated are audited at most this often per
+    /// second; the rest are counted and summarised (`audit.suppressed`).
+    pub unauthenticated_audit_per_second: u32,
+    pub connections: ConnLimits,
     pub max_sessions: usize,
     /// A session unused this long is forgotten.
     pub session_idle: Duration,
@@ -52,6 +60,9 @@ impl Default for FrontLimits {
     fn default() -> Self {
         Self {
             max_body_bytes: 4 << 20,
+            body_read: Duration::from_secs(30),
+            unauthenticated_audit_per_second: 20,
+            connections: ConnLimits::default(),
             max_sessions: 10_000,
             session_idle: Duration::from_secs(3600),
             call_timeout: Duration::from_secs(120),
@@ -76,6 +87,10 @@ pub struct Front<S> {
     /// Scans tool arguments and results for the vault's secret values.
     redactor: Option<Arc<Redactor>>,
     gate: Arc<ToolGate>,
+    /// Connections open, capped in total and per peer.
+    slots: conns::Slots,
+    /// The audit budget of refusals anyone can cause without a token.
+    unauthenticated: Arc<Throttle>,
 }
 
 impl<S> std::fmt::Debug for Front<S> {
@@ -125,6 +140,11 @@ impl<S: Sessions + 'static> Front<S> {
         redactor: Option<Arc<Redactor>>,
     ) -> Arc<Self> {
         let audit: AuditQueue = audit.into();
+        let unauthenticated = audit.throttle("mcp.denied", limits.unauthenticated_audit_per_second);
+        let slots = conns::Slots::new(
+            limits.connections.max_connections,
+            limits.connections.max_connections_per_peer,
+        );
         Arc::new(Self {
             gate: Arc::new(ToolGate::new(store.clone(), audit.auditor().clone())),
             views: Views::new(store.clone()),
@@ -140,6 +160,8 @@ impl<S: Sessions + 'static> Front<S> {
             inflight: inflight::Inflight::default(),
             streams: sse::OpenStreams::default(),
             redactor,
+            slots,
+            unauthenticated,
         })
     }
 
@@ -153,7 +175,38 @@ impl<S: Sessions + 'static> Front<S> {
         self.audit.flush().await;
     }
 
-    /// Answers a refusal with its status and body, and audits it.
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.slots.open()
+    }
+
+    /// A connection refused or closed before any request of it was authenticated: audited
+    /// within the unauthenticated budget.
+    fn refuse_connection(&self, peer: std::net::SocketAddr, reason: &'static str) {
+        self.audit.record_throttled(
+            &self.unauthenticated,
+            reason,
+            "connection",
+            Outcome::Denied,
+            format!("reason=\"{reason}\" peer={}", peer.ip()),
+        );
+    }
+
+    /// The listener could not accept (descriptors or memory exhausted): audited within the
+    /// unauthenticated budget, since a flood is what causes it.
+    fn accept_failed(&self, e: &std::io::Error) {
+        self.audit.record_throttled(
+            &self.unauthenticated,
+            "accept failed",
+            "listener",
+            Outcome::Failed,
+            format!("reason=\"accept failed\" error=\"{e}\""),
+        );
+    }
+
+    /// Answers a refusal with its status and body, and audits it: in full for a caller whose
+    /// token checked out, within the unauthenticated budget for anyone else (a flood of bad
+    /// tokens costs the trail a few rows a second and one summary, never a row per request).
     fn refuse(&self, endpoint: &str, caller: Option<&Caller>, r: Refusal) -> Resp {
         let who = caller.map(|c| format!("token={}", c.token_id));
         let what = r.detail();
@@ -163,12 +216,17 @@ impl<S: Sessions + 'static> Front<S> {
             .chain([what.as_str()])
             .filter(|d| !d.is_empty())
             .collect();
-        self.record(
-            "mcp.denied",
-            endpoint,
-            Outcome::Denied,
-            &format!("reason=\"{}\" {}", r.reason(), detail.join(" ")),
-        );
+        let detail = format!("reason=\"{}\" {}", r.reason(), detail.join(" "));
+        match caller {
+            Some(_) => self.record("mcp.denied", endpoint, Outcome::Denied, &detail),
+            None => self.audit.record_throttled(
+                &self.unauthenticated,
+                r.reason(),
+                endpoint,
+                Outcome::Denied,
+                detail,
+            ),
+        }
         let mut resp = json_response(r.status(), &r.body());
         if let Some(w) = r.www_authenticate() {
             resp.headers_mut()
@@ -184,7 +242,7 @@ impl<S: Sessions + 'static> Front<S> {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(endpoint) = endpoint_of(req.uri().path()).map(str::to_owned) else {
-            return json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
+            return self.refuse("", None, Refusal::NoSuchPath);
         };
         let admitted = self
             .origins
@@ -212,7 +270,8 @@ impl<S: Sessions + 'static> Front<S> {
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
         admission::check_post_headers(h, self.limits.max_body_bytes)?;
-        let msg = admission::read_message(body, self.limits.max_body_bytes).await?;
+        let msg = admission::read_message(body, self.limits.max_body_bytes, self.limits.body_read)
+            .await?;
         if let admission::Revision::Sessions { named } = admission::revision(h, &msg)? {
             let is_init = matches!(&msg, super::jsonrpc::Message::Request { method, .. }
                 if method == "initialize");

@@ -78,8 +78,24 @@ fn a_declared_length_over_the_limit_is_refused_before_reading() {
 async fn a_body_longer_than_the_limit_is_refused_while_reading() {
     let body = http_body_util::Full::new(Bytes::from(vec![b' '; 11]));
     assert_eq!(
-        read_message(body, 10).await.unwrap_err(),
+        read_message(body, 10, std::time::Duration::from_secs(5))
+            .await
+            .unwrap_err(),
         Refusal::BodyTooLarge
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_refused() {
+    // A body that never ends: the deadline is for the whole of it.
+    let body = http_body_util::StreamBody::new(futures_util::stream::pending::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >());
+    assert_eq!(
+        read_message(body, 10, std::time::Duration::from_millis(50))
+            .await
+            .unwrap_err(),
+        Refusal::BodyTimeout
     );
 }
 
