@@ -248,11 +248,12 @@ impl<S: Sessions + 'static> Front<S> {
             ),
             None => match handled.response.get("error") {
                 // The error's message says which server failed and why (e.g. one that could
-                // not start): the trail keeps it, cut short.
+                // not start): the trail keeps it, cut short, and quoted by `{:?}`: the
+                // message can be a server's own words, whose `"` must not end the field.
                 Some(e) => {
                     let message = e.get("message").and_then(Value::as_str).unwrap_or("");
                     let message: String = message.chars().take(300).collect();
-                    let detail = format!("{what} error=\"{message}\"");
+                    let detail = format!("{what} error={message:?}");
                     self.record("mcp.call", &caller.endpoint, Outcome::Failed, &detail);
                 }
                 None => self.record("mcp.call", &caller.endpoint, Outcome::Ok, &what),
