@@ -622,12 +622,25 @@ async fn a_reason_quoting_a_servers_words_cannot_forge_audit_fields() {
     let (_, token) = gw.token("alone");
     let list = gw.rpc("alone", &token, "tools/list", json!({})).await;
     assert!(list.get("error").is_some(), "{list}");
+    // The client's words too: a tool name that would add a field to the call's record.
+    let name = format!("{broken}__x\" {forged}=\"1");
+    let call = gw
+        .rpc(
+            "alone",
+            &token,
+            "tools/call",
+            json!({"name": name, "arguments": {}}),
+        )
+        .await;
+    assert!(call.get("error").is_some(), "{call}");
     let audit = gw.audit().await;
     let mut seen = 0;
-    for e in audit
-        .iter()
-        .filter(|e| e.action == "mcp.server.failed" || e.action == "mcp.call")
-    {
+    for e in audit.iter().filter(|e| {
+        matches!(
+            e.action.as_str(),
+            "mcp.server.failed" | "mcp.call" | "mcp.denied"
+        )
+    }) {
         seen += 1;
         assert!(e.detail.contains(&forged), "the reason is kept: {e:?}");
         let keys = detail_keys(&e.detail).unwrap();
@@ -637,5 +650,5 @@ async fn a_reason_quoting_a_servers_words_cannot_forge_audit_fields() {
         );
         assert!(!e.detail.chars().any(char::is_control), "{e:?}");
     }
-    assert_eq!(seen, 2, "{audit:#?}");
+    assert_eq!(seen, 3, "{audit:#?}");
 }

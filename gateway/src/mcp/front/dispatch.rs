@@ -229,15 +229,21 @@ impl<S: Sessions + 'static> Front<S> {
         params: Option<&Map<String, Value>>,
         handled: &Handled,
     ) {
+        // The method and the tool's name are the client's words: quoted unless plain.
         let tool = params
             .and_then(|p| p.get("name"))
             .and_then(Value::as_str)
-            .map(|n| format!(" tool={}", n.chars().take(128).collect::<String>()))
+            .map(|n| {
+                format!(
+                    " tool={}",
+                    audit_value(&n.chars().take(128).collect::<String>())
+                )
+            })
             .unwrap_or_default();
         let what = format!(
             "token={} method={}{tool}",
             caller.token_id,
-            method.chars().take(64).collect::<String>()
+            audit_value(&method.chars().take(64).collect::<String>())
         );
         match &handled.refused {
             Some(r) => self.record(
@@ -267,5 +273,20 @@ impl<S: Sessions + 'static> Front<S> {
                 &format!("{what} secrets={}", handled.redacted.join(",")),
             );
         }
+    }
+}
+
+/// `value` as one audit field's value: as is when plain (a name or a method), else quoted by
+/// `{:?}`, so that a space, a `"` or a `key=` inside cannot end the field and write another,
+/// nor a control character reach the table and the journal.
+fn audit_value(value: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':'));
+    if plain {
+        value.into()
+    } else {
+        format!("{value:?}").into()
     }
 }
