@@ -170,7 +170,9 @@ pub fn main() -> i32 {
     match run(cli, &mut std::io::stdout().lock()) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("gigmcp: error: {e:#}");
+            // An error can quote a server's words (a manifest's value, a name in its image,
+            // the daemon's or helper's refusal): made safe for the terminal like the rest.
+            eprintln!("gigmcp: error: {}", terminal::sanitize(&format!("{e:#}")));
             1
         }
     }
@@ -344,10 +346,13 @@ fn server(
                 "gigmcp: WARNING: installing {name} UNSIGNED: no registry vouches for this code; it runs sandboxed, but review it yourself"
             );
             let r = admin.server_add_unsigned(&name, &rootfs, &text, &approve_ranges)?;
+            // The version is the manifest's, the server author's words.
             writeln!(
                 out,
                 "installed server {} {} (unsigned, image {})",
-                r.name, r.version, r.image_digest
+                r.name,
+                terminal::escape(&r.version),
+                r.image_digest
             )?;
         }
         ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. } => {
@@ -364,7 +369,7 @@ fn server(
                     out,
                     "{:24}  {:12}  {:9}  {}",
                     s.name,
-                    s.version,
+                    terminal::escape(&s.version),
                     s.source,
                     timestamp(s.installed_ms)
                 )?;

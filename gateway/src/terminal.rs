@@ -11,7 +11,10 @@
 //! - C0 controls (tab and newline included), DEL and bytes that are not UTF-8: `\xNN`;
 //! - C1 controls, every format character (Unicode category Cf: bidi embeddings, overrides and
 //!   isolates, zero-width space/joiners, word joiner, BOM, tags, …), the line and paragraph
-//!   separators, variation selectors and the fillers that render as nothing: `\u{XXXX}`;
+//!   separators, and every other default-ignorable code point (Unicode's
+//!   Default_Ignorable_Code_Point: variation selectors, Mongolian free variation selectors,
+//!   Hangul fillers, and the unassigned ones a terminal must render as nothing, such as
+//!   U+FFF0..U+FFF8 and the rest of plane 14): `\u{XXXX}`;
 //! - the backslash itself: `\\`, so that a server cannot write something that looks like an
 //!   escape of another character: [`escape`] is injective.
 //!
@@ -45,17 +48,24 @@ const FORMAT: &[(u32, u32)] = &[
     (0xE0020, 0xE007F),
 ];
 
-/// Not Cf, but shown as nothing (or as a line break) by terminals: line/paragraph separators,
-/// the combining grapheme joiner, Hangul fillers, variation selectors.
+/// Not Cf, but shown as nothing (or as a line break) by terminals: line/paragraph separators
+/// and the rest of Default_Ignorable_Code_Point (Unicode 15.1, DerivedCoreProperties.txt):
+/// the combining grapheme joiner, Hangul fillers, Mongolian and other variation selectors,
+/// and the unassigned code points Unicode reserves as ignorable (U+2065, U+FFF0..U+FFF8,
+/// plane 14), which a future font or terminal renders as nothing too.
 const INVISIBLE: &[(u32, u32)] = &[
     (0x034F, 0x034F),
     (0x115F, 0x1160),
     (0x17B4, 0x17B5),
+    (0x180B, 0x180D),
+    (0x180F, 0x180F),
     (0x2028, 0x2029),
+    (0x2065, 0x2065),
     (0x3164, 0x3164),
     (0xFE00, 0xFE0F),
     (0xFFA0, 0xFFA0),
-    (0xE0100, 0xE01EF),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
 ];
 
 fn in_table(table: &[(u32, u32)], c: char) -> bool {
@@ -257,6 +267,44 @@ mod tests {
             for n in lo..=hi {
                 let c = char::from_u32(n).unwrap();
                 assert_eq!(escape(&c.to_string()), format!("\\u{{{n:04x}}}"));
+            }
+        }
+    }
+
+    /// Default_Ignorable_Code_Point, Unicode 15.1 (DerivedCoreProperties.txt), copied from
+    /// the standard rather than from the tables above: what a terminal renders as nothing.
+    const DEFAULT_IGNORABLE: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x034F, 0x034F),
+        (0x061C, 0x061C),
+        (0x115F, 0x1160),
+        (0x17B4, 0x17B5),
+        (0x180B, 0x180F),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x206F),
+        (0x3164, 0x3164),
+        (0xFE00, 0xFE0F),
+        (0xFEFF, 0xFEFF),
+        (0xFFA0, 0xFFA0),
+        (0xFFF0, 0xFFF8),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0000, 0xE0FFF),
+    ];
+
+    #[test]
+    fn every_default_ignorable_code_point_is_escaped() {
+        // Two tool names that differ by one of these would look the same to the admin.
+        for &(lo, hi) in DEFAULT_IGNORABLE {
+            for n in lo..=hi {
+                let c = char::from_u32(n).unwrap();
+                let name = format!("read{c}_file");
+                assert_eq!(
+                    escape(&name),
+                    format!("read\\u{{{n:04x}}}_file"),
+                    "U+{n:04X}"
+                );
             }
         }
     }

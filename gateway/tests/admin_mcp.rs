@@ -383,3 +383,100 @@ fn server_add_refuses_an_image_that_cannot_run_naming_what_is_missing() {
     let out = add(&complete_rootfs(&env, "complete", &command));
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// The characters of `out` (stdout and stderr) a terminal would obey or hide.
+fn hidden_in(out: &std::process::Output) -> Vec<char> {
+    let shown = format!(
+        "{}{}",
+        String::from_utf8(out.stdout.clone()).expect("the rendering is UTF-8"),
+        String::from_utf8(out.stderr.clone()).expect("the rendering is UTF-8")
+    );
+    shown
+        .chars()
+        .filter(|&c| c != '\n' && gateway::terminal::is_hidden(c))
+        .collect()
+}
+
+#[test]
+fn a_manifests_version_and_an_images_names_reach_the_terminal_escaped() {
+    let env = TestEnv::new();
+    let allow = config(&env, true);
+    let c = allow.to_str().unwrap();
+    let marker = common::random_hex(6);
+    // The manifest is the server author's: its version sets the window title, clears the
+    // screen and reverses what follows.
+    let (server, m) = (
+        format!("s{}", common::random_hex(4)),
+        env.dir.path().join("m.json"),
+    );
+    let version = format!("1.0\\u001b]0;{marker}\\u0007\\u001b[2J\\u202e{marker}");
+    std::fs::write(
+        &m,
+        format!(r#"{{"name":"{server}","version":"{version}","command":["/bin/server"]}}"#),
+    )
+    .unwrap();
+    let rootfs = complete_rootfs(&env, &format!("r{marker}"), "/bin/server");
+    let add = |name: &str, rootfs: &std::path::Path, m: &std::path::Path| {
+        env.cli(
+            &[
+                "--config",
+                c,
+                "server",
+                "add",
+                name,
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+                "--manifest",
+                m.to_str().unwrap(),
+                "--unsigned",
+            ],
+            b"",
+        )
+    };
+    let out = add(&server, &rootfs, &m);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        hidden_in(&out),
+        Vec::<char>::new(),
+        "server add: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&format!("\\x1b]0;{marker}\\x07")),
+        "{}",
+        text(&out)
+    );
+    let out = env.cli(&["server", "list"], b"");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        hidden_in(&out),
+        Vec::<char>::new(),
+        "server list: {}",
+        text(&out)
+    );
+
+    // The image is the author's too: a `#!` line naming an interpreter the image lacks is
+    // quoted in the refusal, escaped.
+    let rootfs = complete_rootfs(&env, &format!("s{marker}"), "/bin/server");
+    std::fs::write(
+        rootfs.join("bin/server"),
+        format!("#!/opt/\u{1b}]0;{marker}\u{7}\u{202e}x\n"),
+    )
+    .unwrap();
+    let other = format!("t{}", common::random_hex(4));
+    let m2 = env.dir.path().join("m2.json");
+    std::fs::write(
+        &m2,
+        format!(r#"{{"name":"{other}","version":"1","command":["/bin/server"]}}"#),
+    )
+    .unwrap();
+    let out = add(&other, &rootfs, &m2);
+    assert!(!out.status.success());
+    assert!(text(&out).contains(&marker), "{}", text(&out));
+    assert_eq!(
+        hidden_in(&out),
+        Vec::<char>::new(),
+        "refusal: {}",
+        text(&out)
+    );
+}

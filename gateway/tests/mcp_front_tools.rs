@@ -558,3 +558,97 @@ async fn a_server_that_cannot_start_is_a_tools_list_error_naming_it_not_an_empty
         "a failed tools/list was audited as ok: {listed:#?}"
     );
 }
+
+/// The keys of an audit detail written as `key=value` and `key="quoted"` words (bare words
+/// are not keys); `Err` if a quoted value is not closed or runs into the next word.
+fn detail_keys(detail: &str) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    let mut chars = detail.chars().peekable();
+    loop {
+        let mut word = String::new();
+        let end = loop {
+            match chars.next() {
+                Some(c @ (' ' | '=')) => break Some(c),
+                Some(c) => word.push(c),
+                None => break None,
+            }
+        };
+        match end {
+            None => return Ok(keys),
+            Some(' ') => continue,
+            _ => keys.push(word),
+        }
+        if chars.peek() != Some(&'"') {
+            chars.by_ref().take_while(|&c| c != ' ').for_each(drop);
+            continue;
+        }
+        chars.next();
+        loop {
+            match chars.next() {
+                Some('\\') => {
+                    chars.next();
+                }
+                Some('"') => break,
+                Some(_) => {}
+                None => return Err(format!("unclosed quote in {detail:?}")),
+            }
+        }
+        match chars.next() {
+            None | Some(' ') => {}
+            Some(c) => return Err(format!("{c:?} after a quoted value in {detail:?}")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reason_quoting_a_servers_words_cannot_forge_audit_fields() {
+    let (broken, _) = random_missing_server();
+    // The command is the manifest's, the server author's words: a quote that would close
+    // the audit's `error="…"` early and add a field of its own, and a screen clear.
+    let forged = format!("f{}", testkit::env::random_hex(4));
+    let command = format!(
+        "/nonexistent-{}\u{1b}[2J\" {forged}=\"1/server",
+        testkit::env::random_hex(6)
+    );
+    let gw = Gw::with(
+        vec![(
+            broken,
+            json!({"name": broken, "version": "1", "command": [command]}),
+        )],
+        vec![("alone", vec![(broken, vec!["*"])])],
+        &[],
+    )
+    .await;
+    let (_, token) = gw.token("alone");
+    let list = gw.rpc("alone", &token, "tools/list", json!({})).await;
+    assert!(list.get("error").is_some(), "{list}");
+    // The client's words too: a tool name that would add a field to the call's record.
+    let name = format!("{broken}__x\" {forged}=\"1");
+    let call = gw
+        .rpc(
+            "alone",
+            &token,
+            "tools/call",
+            json!({"name": name, "arguments": {}}),
+        )
+        .await;
+    assert!(call.get("error").is_some(), "{call}");
+    let audit = gw.audit().await;
+    let mut seen = 0;
+    for e in audit.iter().filter(|e| {
+        matches!(
+            e.action.as_str(),
+            "mcp.server.failed" | "mcp.call" | "mcp.denied"
+        )
+    }) {
+        seen += 1;
+        assert!(e.detail.contains(&forged), "the reason is kept: {e:?}");
+        let keys = detail_keys(&e.detail).unwrap();
+        assert!(
+            !keys.contains(&forged),
+            "a forged field: {e:?} has keys {keys:?}"
+        );
+        assert!(!e.detail.chars().any(char::is_control), "{e:?}");
+    }
+    assert_eq!(seen, 3, "{audit:#?}");
+}

@@ -9,8 +9,11 @@
 //! other), so a root-owned link into a directory the gateway owns is refused too.
 //!
 //! Checked once at start: what is written only by root stays so until root changes it, so the
-//! paths can be used later without a race. POSIX ACLs are not read: a directory whose ACL lets
-//! someone else write is not seen here (the modes are what `ls -l` and OpenSSH look at).
+//! paths can be used later without a race. POSIX ACLs need not be read: a named user or group
+//! entry is bounded by the ACL's mask, which the kernel shows as the group bits of the mode,
+//! so an ACL that lets anyone but the owner write sets g+w and is refused here as "writable by
+//! its group" (checked on ext4: `u:<uid>:rwx` with mask `rwx` shows as 0775; with mask `r-x`,
+//! where that entry cannot write, as 0755).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;

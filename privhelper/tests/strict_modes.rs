@@ -297,3 +297,33 @@ fn the_helper_refuses_to_start_with_a_uid_range_bwrap_cannot_map() {
         helper_refuses(&config, &["uid_base", &base.to_string(), "2^31"]);
     });
 }
+
+#[test]
+fn the_helper_refuses_a_link_prefix_that_a_host_link_already_starts_with() {
+    testkit::privileged("strict_modes_link_prefix", 1, || async {
+        // The firewall matches sandbox links by `iifname "<prefix>*"`: with link_prefix "e",
+        // "eth0"'s traffic would be dropped as a sandbox's, and the start-up sweep would
+        // delete any such link it can as a leftover.
+        let prefix: String = (0..3)
+            .map(|_| char::from(b'q' + (random_u32() % 10) as u8))
+            .collect();
+        let host_link = format!("{prefix}eth{}", random_u32() % 1000);
+        let peer = format!("p{}", random_u32() % 100_000);
+        testkit::netns::ip_ok(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &peer,
+        ]);
+        let dir = testkit::helper::open_tempdir();
+        let config = dir.path().join("privhelper.toml");
+        let text = config_text(dir.path(), "").replace(
+            "link_prefix = \"gt\"",
+            &format!("link_prefix = \"{prefix}\""),
+        );
+        std::fs::write(&config, text).unwrap();
+        helper_refuses(&config, &["link_prefix", &prefix, &host_link]);
+        let still = testkit::netns::ip(&["link", "show", &host_link]);
+        assert!(
+            still.status.success(),
+            "the helper deleted the host's link {host_link}"
+        );
+    });
+}

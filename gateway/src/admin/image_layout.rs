@@ -10,8 +10,11 @@
 //!   path from the image's root, a bare name through the server's `PATH`; symbolic links are
 //!   followed inside the image (an absolute target is the image's, not the host's, and `..`
 //!   stops at the image's root), and what it names is a regular file with an execute bit.
-//! - A script's `#!` interpreter resolves the same way (and for `#!/usr/bin/env NAME`, NAME
-//!   through the `PATH` too).
+//!   A relative path with a slash (`bin/server`) is refused: exec resolves it from the
+//!   working directory, the sandbox's empty private `/tmp`, where it never exists.
+//! - A script's `#!` interpreter resolves the same way, except that it must be absolute: the
+//!   kernel looks it up in no `PATH`, so a bare name is relative to `/tmp` too (and for
+//!   `#!/usr/bin/env NAME`, NAME is looked up through the `PATH`, as env does).
 //!
 //! The image is read as data: nothing in it is run, and no link leads outside it.
 
@@ -52,6 +55,11 @@ pub enum LayoutError {
     CommandNotExecutable { command: String, resolved: String },
     #[error("resolving {0:?} in the image meets more than {MAX_LINKS} symbolic links")]
     TooManyLinks(String),
+    #[error(
+        "{0:?} is a relative path: the sandbox starts in an empty /tmp, so it would never be \
+         found; name it from the image's root (/{0})"
+    )]
+    RelativePath(String),
     #[error("the manifest's command is empty")]
     EmptyCommand,
     #[error("reading the image at {path}: {message}")]
@@ -83,6 +91,9 @@ pub fn check(rootfs: &Path, manifest: &Manifest) -> Result<(), LayoutError> {
     let program = find_executable(rootfs, command, path)?;
     if let Some(interpreter) = shebang(rootfs, &program)? {
         let (first, rest) = interpreter;
+        if !first.starts_with('/') {
+            return Err(LayoutError::RelativePath(first));
+        }
         let found = find_executable(rootfs, &first, path)?;
         // `#!/usr/bin/env python3`: the program env will look up.
         if found.file_name().is_some_and(|n| n == "env") {
@@ -123,8 +134,10 @@ fn io_error(path: &Path, e: &std::io::Error) -> LayoutError {
 /// `command` as the sandbox's exec would find it: a path (from the image's root) or a bare
 /// name through `path`; the image-relative path of a regular, executable file.
 fn find_executable(rootfs: &Path, command: &str, path: &str) -> Result<PathBuf, LayoutError> {
-    let candidates: Vec<PathBuf> = if command.contains('/') {
-        vec![PathBuf::from("/").join(command)]
+    let candidates: Vec<PathBuf> = if command.starts_with('/') {
+        vec![PathBuf::from(command)]
+    } else if command.contains('/') {
+        return Err(LayoutError::RelativePath(command.to_owned()));
     } else {
         path.split(':')
             .filter(|d| d.starts_with('/'))
@@ -353,6 +366,38 @@ mod tests {
             ),
             Err(LayoutError::EmptyCommand)
         );
+    }
+
+    #[test]
+    fn a_relative_command_or_interpreter_is_refused_although_the_image_has_it() {
+        // Exec resolves both from the sandbox's working directory, an empty /tmp.
+        let name = random_name();
+        let root = image("/bin", &name, b"\x7fELF");
+        let relative = format!("bin/{name}");
+        assert_eq!(
+            check(root.path(), &manifest(&relative, None)),
+            Err(LayoutError::RelativePath(relative))
+        );
+        let interp = random_name();
+        let usr_bin = root.path().join("usr/bin");
+        std::fs::create_dir_all(&usr_bin).unwrap();
+        std::fs::write(usr_bin.join(&interp), b"\x7fELF").unwrap();
+        std::fs::set_permissions(
+            usr_bin.join(&interp),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let m = manifest(&format!("/bin/{name}"), None);
+        for line in [interp.clone(), format!("usr/bin/{interp}")] {
+            std::fs::write(root.path().join("bin").join(&name), format!("#!{line}\n")).unwrap();
+            assert_eq!(check(root.path(), &m), Err(LayoutError::RelativePath(line)));
+        }
+        std::fs::write(
+            root.path().join("bin").join(&name),
+            format!("#!/usr/bin/{interp}\n"),
+        )
+        .unwrap();
+        assert_eq!(check(root.path(), &m), Ok(()));
     }
 
     #[test]

@@ -280,12 +280,14 @@ impl<L: Launcher> ServerPool<L> {
             Ok(l) => l,
             Err(reason) => {
                 // Audited here, once per attempt: no session exists for the watcher below to
-                // report (a failed `initialize` is reported by the watcher).
+                // report (a failed `initialize` is reported by the watcher). The reason can
+                // quote the manifest (its command): `{:?}` quotes it, so that its own `"`
+                // cannot end the field and write another, nor a control reach the journal.
                 self.audit.record(
                     "mcp.server.failed",
                     name,
                     Outcome::Failed,
-                    format!("reason=\"{reason}\" not started; retried after a backoff"),
+                    format!("reason={reason:?} not started; retried after a backoff"),
                 );
                 return Err(unavailable(reason));
             }
@@ -328,7 +330,7 @@ impl<L: Launcher> ServerPool<L> {
                     "mcp.server.failed",
                     &server,
                     Outcome::Failed,
-                    format!("reason=\"{reason}\" stopped; restarted on next use"),
+                    format!("reason={reason:?} stopped; restarted on next use"),
                 );
             }
         });

@@ -121,4 +121,13 @@ pub enum StartError {
     Sweep(NetworkError),
     #[error("sweep: {0}")]
     Firewall(FirewallError),
+    /// A host link that is not a sandbox's starts with `link_prefix`: the firewall matches
+    /// sandbox links by that prefix (`iifname "gm*"`), so it would drop that link's traffic
+    /// as a sandbox's, and the sweep would delete it as a leftover.
+    #[error(
+        "link_prefix {prefix:?} matches the host's link {link}, which is not a sandbox link \
+         ({prefix} + 8 hex digits): the firewall would drop its traffic as a sandbox's; choose \
+         another link_prefix"
+    )]
+    LinkPrefixTaken { prefix: String, link: String },
 }

@@ -225,6 +225,18 @@ impl Host for LinuxHost {
         let cgroups = self.cgroups.leftovers();
         let found = self.network.leftovers(&self.link_prefix).await;
         let (namespaces, links) = found.map_err(StartError::Sweep)?;
+        // Only a link named as the helper names them is a leftover; any other under the
+        // prefix is the host's, and the firewall's wildcard would catch it: refused, not
+        // deleted.
+        if let Some(link) = links
+            .iter()
+            .find(|l| !super::is_sandbox_link(&self.link_prefix, l))
+        {
+            return Err(StartError::LinkPrefixTaken {
+                prefix: self.link_prefix.clone(),
+                link: link.clone(),
+            });
+        }
         let kills = cgroups.iter().map(|id| Undo::KillCgroup { id: id.clone() });
         let removals = cgroups
             .iter()

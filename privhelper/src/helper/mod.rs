@@ -422,6 +422,14 @@ async fn hung_up(fd: &tokio::io::unix::AsyncFd<OwnedFd>) {
     }
 }
 
+/// Whether `link` is named as [`Helper::build`] names a sandbox's host link: `link_prefix`
+/// and an id of [`new_id`]'s form (8 lowercase hex digits).
+fn is_sandbox_link(link_prefix: &str, link: &str) -> bool {
+    link.strip_prefix(link_prefix).is_some_and(|id| {
+        id.len() == 8 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 fn new_id(state: &State) -> String {
     loop {
         let mut b = [0u8; 4];

@@ -241,15 +241,21 @@ impl<S: Sessions + 'static> Front<S> {
         params: Option<&Map<String, Value>>,
         handled: &Handled,
     ) {
+        // The method and the tool's name are the client's words: quoted unless plain.
         let tool = params
             .and_then(|p| p.get("name"))
             .and_then(Value::as_str)
-            .map(|n| format!(" tool={}", n.chars().take(128).collect::<String>()))
+            .map(|n| {
+                format!(
+                    " tool={}",
+                    audit_value(&n.chars().take(128).collect::<String>())
+                )
+            })
             .unwrap_or_default();
         let what = format!(
             "token={} method={}{tool}",
             caller.token_id,
-            method.chars().take(64).collect::<String>()
+            audit_value(&method.chars().take(64).collect::<String>())
         );
         match &handled.refused {
             Some(r) => self.record(
@@ -260,11 +266,12 @@ impl<S: Sessions + 'static> Front<S> {
             ),
             None => match handled.response.get("error") {
                 // The error's message says which server failed and why (e.g. one that could
-                // not start): the trail keeps it, cut short.
+                // not start): the trail keeps it, cut short, and quoted by `{:?}`: the
+                // message can be a server's own words, whose `"` must not end the field.
                 Some(e) => {
                     let message = e.get("message").and_then(Value::as_str).unwrap_or("");
                     let message: String = message.chars().take(300).collect();
-                    let detail = format!("{what} error=\"{message}\"");
+                    let detail = format!("{what} error={message:?}");
                     self.record("mcp.call", &caller.endpoint, Outcome::Failed, &detail);
                 }
                 None => self.record("mcp.call", &caller.endpoint, Outcome::Ok, &what),
@@ -286,5 +293,20 @@ impl<S: Sessions + 'static> Front<S> {
                 &format!("{what} secrets={}", handled.redacted.join(",")),
             );
         }
+    }
+}
+
+/// `value` as one audit field's value: as is when plain (a name or a method), else quoted by
+/// `{:?}`, so that a space, a `"` or a `key=` inside cannot end the field and write another,
+/// nor a control character reach the table and the journal.
+fn audit_value(value: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':'));
+    if plain {
+        value.into()
+    } else {
+        format!("{value:?}").into()
     }
 }
