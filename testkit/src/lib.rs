@@ -31,6 +31,8 @@ pub mod env;
 #[cfg(feature = "gateway")]
 pub mod mcp;
 #[cfg(feature = "gateway")]
+pub mod reflect;
+#[cfg(feature = "gateway")]
 pub mod sandbox_egress;
 #[cfg(feature = "gateway")]
 pub mod upstream;

@@ -224,6 +224,55 @@ fn query_param(q: Option<&str>, key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
+fn query_str<'q>(q: Option<&'q str>, key: &str) -> Option<&'q str> {
+    q?.split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// `/reflect`: what an API that echoes a credential back does, in the encoding `form` (see
+/// [`crate::reflect`]) of `pre` + the request's `Authorization` value (or, with `from=last`,
+/// the last one this upstream received) + `post` (`pre`/`post` in hex), in a header
+/// `x-reflect`, split over two `x-reflect-split` headers at byte `split`, in the body (as
+/// frames of `chunk` bytes) and, with `trailer=1`, in a trailer; with status `status`.
+fn reflect(source: &[u8], query: Option<&str>) -> Response<Body> {
+    let bytes = |key| hex::decode(query_str(query, key).unwrap_or("")).unwrap_or_default();
+    let plain = [&bytes("pre")[..], source, &bytes("post")[..]].concat();
+    let form = query_str(query, "form").unwrap_or("raw");
+    let text = crate::reflect::encode(form, &plain);
+    let status = query_param(query, "status").unwrap_or(200) as u16;
+    let mut b = Response::builder().status(status);
+    if let Ok(v) = http::HeaderValue::from_bytes(&text) {
+        b = b.header("x-reflect", v);
+    }
+    let split = (query_param(query, "split").unwrap_or(1) as usize).clamp(1, text.len().max(1));
+    if let (Ok(a), Ok(z)) = (
+        http::HeaderValue::from_bytes(&text[..split]),
+        http::HeaderValue::from_bytes(&text[split..]),
+    ) {
+        b = b.header("x-reflect-split", a).header("x-reflect-split", z);
+    }
+    if status == 206 {
+        b = b.header("content-range", format!("bytes 0-{}/*", text.len()));
+    }
+    let mut body = b"reflected: ".to_vec();
+    body.extend_from_slice(&text);
+    body.extend_from_slice(b" end\n");
+    let chunk = query_param(query, "chunk").unwrap_or(4096).max(1) as usize;
+    let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = body
+        .chunks(chunk)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    if query_param(query, "trailer") == Some(1)
+        && let Ok(v) = http::HeaderValue::from_bytes(&text)
+    {
+        let mut t = http::HeaderMap::new();
+        t.insert("x-reflect-trailer", v);
+        frames.push(Ok(Frame::trailers(t)));
+    }
+    b.body(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
+        .unwrap()
+}
+
 async fn handle(
     records: Arc<Mutex<Vec<Seen>>>,
     req: Request<Incoming>,
@@ -271,7 +320,15 @@ async fn handle(
         body_len: len,
         body: kept.clone(),
     };
-    records.lock().unwrap().push(seen.clone());
+    let remembered = {
+        let mut all = records.lock().unwrap();
+        let last_auth = all
+            .iter()
+            .rev()
+            .find_map(|s| s.header("authorization").map(<[u8]>::to_vec));
+        all.push(seen.clone());
+        last_auth
+    };
     let query = parts.uri.query();
     let resp = match parts.uri.path() {
         "/echo" => {
@@ -298,6 +355,13 @@ async fn handle(
             Response::new(StreamBody::new(frames).boxed_unsync())
         }
         "/sum" => Response::new(full(format!("{len} {}", hex::encode(hasher.finalize())))),
+        "/reflect" => {
+            let source = match query_str(query, "from") {
+                Some("last") => remembered.unwrap_or_default(),
+                _ => seen.header("authorization").unwrap_or_default().to_vec(),
+            };
+            reflect(&source, query)
+        }
         "/gzip" => Response::builder()
             .header("content-encoding", "gzip")
             .body(full(kept))

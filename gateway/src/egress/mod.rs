@@ -9,7 +9,8 @@
 //! - plain-HTTP absolute-form requests, only to hosts the manifest allows over HTTP;
 //! - transparent mode: TLS arriving on N.1:443, host from SNI; DNS answers ([`dns`]).
 //!
-//! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`rewrite`].
+//! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`forms`] (a
+//! value's encoded forms, shared with the MCP front's redaction), [`rewrite`], `needles`.
 //!
 //! The private modules form a stack, each importing only modules below it: `sandbox` (the
 //! handle) → `listener` → `intercept` → `forward` → `context` (what a sandbox's connections
@@ -21,10 +22,12 @@ pub mod ca;
 mod connector;
 mod context;
 pub mod dns;
+pub mod forms;
 mod forward;
 mod idle;
 mod intercept;
 mod listener;
+mod needles;
 pub mod policy;
 pub mod request;
 pub mod rewrite;

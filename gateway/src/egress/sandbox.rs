@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::connector::{Admitted, CheckedConnector};
 use super::context::SandboxCtx;
+use super::needles::NeedleCache;
 use super::policy::Policy;
 use super::secrets::SecretCache;
 use super::{EgressError, EgressShared, SandboxEgress, dns, listener};
@@ -78,6 +79,7 @@ impl EgressProxy {
             policy,
             approved: sb.approved_ranges,
             secrets: SecretCache::new(shared.vault.clone(), limits.secret_ttl),
+            needles: NeedleCache::default(),
             shared,
             client,
             admitted,
