@@ -136,6 +136,8 @@ pub struct Fixture {
     pub shared: Arc<EgressShared>,
     pub proxy: EgressProxy,
     pub upstream: upstream::Upstream,
+    /// The CA the proxy trusts for upstreams (besides the system's).
+    pub test_ca: upstream::TestCa,
     /// The gateway's CA certificate (what sandboxes trust).
     pub ca_pem: PathBuf,
     /// credential name → placeholder
@@ -160,7 +162,8 @@ pub fn manifest() -> Manifest {
           {"host":"loop.test.example"},
           {"host":"meta.test.example"},
           {"host":"pool.test.example"},
-          {"host":"plain.test.example","ports":[80],"http":true}
+          {"host":"plain.test.example","ports":[80],"http":true},
+          {"host":"badtls.test.example","ports":[8441,8442,8443,8444,8445,8446]}
         ],
         "credentials":[
           {"name":"API_TOKEN","hosts":["api.test.example"],
@@ -216,6 +219,7 @@ impl Fixture {
             .insert("other.test.example", vec![up])
             .insert("notlisted.test.example", vec![up])
             .insert("plain.test.example", vec![up])
+            .insert("badtls.test.example", vec![up])
             .insert("loop.test.example", vec!["127.0.0.1".parse().unwrap()])
             .insert(
                 "meta.test.example",
@@ -252,6 +256,7 @@ impl Fixture {
             shared,
             proxy,
             upstream,
+            test_ca,
             ca_pem,
             ph,
         }

@@ -24,22 +24,31 @@ use crate::egress::{contains, in_netns};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 
+/// The test CA's name and constraints (the same each time: [`TestCa::issue`] signs with them).
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "egress test upstream CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    p
+}
+
 /// A test CA and one leaf for several names.
 #[derive(Debug)]
 pub struct TestCa {
     pub ca_pem: String,
     pub leaf: CertificateDer<'static>,
     pub leaf_key: Vec<u8>,
+    /// The CA's key (PKCS#8), for [`TestCa::issue`].
+    ca_key: Vec<u8>,
 }
 
 impl TestCa {
     pub fn new(names: &[&str]) -> Self {
         let ca_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name
-            .push(DnType::CommonName, "egress test upstream CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_key_der = ca_key.serialize_der();
+        let p = ca_params();
         let ca_cert = p.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(p, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
@@ -52,7 +61,24 @@ impl TestCa {
             ca_pem: ca_cert.pem(),
             leaf: leaf.der().clone(),
             leaf_key: leaf_key.serialize_der(),
+            ca_key: ca_key_der,
         }
+    }
+
+    /// Another leaf from this CA for `names`, valid only in 2000 when `expired`: its
+    /// certificate and key, both PEM.
+    pub fn issue(&self, names: &[&str], expired: bool) -> (String, String) {
+        let key = KeyPair::try_from(self.ca_key.as_slice()).unwrap();
+        let issuer = Issuer::new(ca_params(), key);
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut p = CertificateParams::new(names).unwrap();
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        }
+        let leaf_key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&leaf_key, &issuer).unwrap();
+        (cert.pem(), leaf_key.serialize_pem())
     }
 }
 
