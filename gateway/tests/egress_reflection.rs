@@ -69,6 +69,16 @@ fn a_bound_upstream_cannot_reflect_the_value_in_any_form() {
                         String::from_utf8_lossy(&leak),
                         String::from_utf8_lossy(&r.all())
                     );
+                    // The two halves of a value split over repeated headers, joined back.
+                    let joined: Vec<u8> = String::from_utf8_lossy(&r.head)
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("x-reflect-split: "))
+                        .collect::<String>()
+                        .into_bytes();
+                    assert!(
+                        !holds(&joined, &leak),
+                        "{form} h2={h2}: split header rejoined"
+                    );
                     assert!(r.body.starts_with(b"reflected: "), "{form}");
                     cases += 1;
                 }
