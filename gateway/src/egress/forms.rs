@@ -254,7 +254,12 @@ pub fn paired(value: &[u8], replacement: &[u8]) -> Vec<(Form, Bytes)> {
         let Some(form) = e.apply(value) else {
             continue;
         };
-        if form.bytes.is_empty() || out.iter().any(|(f, _)| f.same_as(&form)) {
+        // A folded form with nothing escaped (a percent form of an alphanumeric value) is the
+        // raw value: folding it would only match the value's letters in the wrong case.
+        let repeated = out
+            .iter()
+            .any(|(f, _)| f.same_as(&form) || f.bytes == form.bytes);
+        if form.bytes.is_empty() || repeated {
             continue;
         }
         let with = e
@@ -322,6 +327,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_alphanumeric_value_is_not_matched_in_the_wrong_case() {
+        let f = paired(b"AbcDef0123456789", b"gmcp_ph_x");
+        let folded: Vec<_> = f.iter().filter(|(n, _)| n.folded).collect();
+        assert!(
+            folded
+                .iter()
+                .all(|(n, _)| n.bytes.as_slice() != b"AbcDef0123456789")
+        );
     }
 
     #[test]
