@@ -123,20 +123,22 @@ fn credential_is_swapped_in_the_declared_place_only_and_scrubbed_back() {
             );
 
             // A bound host's responses are scrubbed even when this request carried no placeholder
-            // (here the upstream "knows" the value because the test sends it).
-            let unprompted = fx.curl(&[
-                "-i",
-                "-H",
-                &format!("X-Known: {TOKEN_VALUE}"),
-                "https://api.test.example/echo?chunk=2",
-            ]);
+            // (the upstream knows the value from an earlier request: the Basic one above).
+            let unprompted = fx.curl(&["-i", "https://api.test.example/reflect?from=last&chunk=2"]);
             assert_eq!(unprompted.code, 0);
             assert!(
-                !contains(&unprompted.stdout, TOKEN_VALUE.as_bytes()),
+                !contains(&unprompted.stdout, B64.encode(BASIC_VALUE).as_bytes()),
                 "{}",
                 unprompted.text()
             );
-            assert!(unprompted.text().contains(&format!("x-echo-x-known: {ph}")));
+            let basic_ph = B64.encode(format!("alice:{}", fx.ph["BASIC_PW"]));
+            assert!(
+                unprompted
+                    .text()
+                    .contains(&format!("reflected: Basic {basic_ph} end")),
+                "{}",
+                unprompted.text()
+            );
 
             // A compressed response to a request that carried a credential is refused.
             let gz = fx.curl(&[

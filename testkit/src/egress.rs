@@ -136,6 +136,8 @@ pub struct Fixture {
     pub shared: Arc<EgressShared>,
     pub proxy: EgressProxy,
     pub upstream: upstream::Upstream,
+    /// The CA the proxy trusts for upstreams (besides the system's).
+    pub test_ca: upstream::TestCa,
     /// The gateway's CA certificate (what sandboxes trust).
     pub ca_pem: PathBuf,
     /// credential name → placeholder
@@ -160,7 +162,8 @@ pub fn manifest() -> Manifest {
           {"host":"loop.test.example"},
           {"host":"meta.test.example"},
           {"host":"pool.test.example"},
-          {"host":"plain.test.example","ports":[80],"http":true}
+          {"host":"plain.test.example","ports":[80],"http":true},
+          {"host":"badtls.test.example","ports":[8441,8442,8443,8444,8445,8446]}
         ],
         "credentials":[
           {"name":"API_TOKEN","hosts":["api.test.example"],
@@ -174,16 +177,20 @@ pub fn manifest() -> Manifest {
 
 impl Fixture {
     pub async fn new(limits: EgressLimits) -> Self {
+        Self::with_values(limits, [TOKEN_VALUE, BASIC_VALUE, QKEY_VALUE]).await
+    }
+
+    /// With these real values of API_TOKEN, BASIC_PW and QUERY_KEY (attack tests: random ones).
+    pub async fn with_values(limits: EgressLimits, values: [&str; 3]) -> Self {
         let net = Net::new();
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open_in(&dir.path().join("state")).unwrap());
         let vault = Arc::new(Vault::open(store.clone(), MasterKey::generate().unwrap()).unwrap());
-        for (name, value) in [
-            ("API_TOKEN", TOKEN_VALUE),
-            ("BASIC_PW", BASIC_VALUE),
-            ("QUERY_KEY", QKEY_VALUE),
-        ] {
+        for (name, value) in ["API_TOKEN", "BASIC_PW", "QUERY_KEY"]
+            .into_iter()
+            .zip(values)
+        {
             vault
                 .set(
                     &SecretName::parse(name).unwrap(),
@@ -212,6 +219,7 @@ impl Fixture {
             .insert("other.test.example", vec![up])
             .insert("notlisted.test.example", vec![up])
             .insert("plain.test.example", vec![up])
+            .insert("badtls.test.example", vec![up])
             .insert("loop.test.example", vec!["127.0.0.1".parse().unwrap()])
             .insert(
                 "meta.test.example",
@@ -248,6 +256,7 @@ impl Fixture {
             shared,
             proxy,
             upstream,
+            test_ca,
             ca_pem,
             ph,
         }
@@ -454,4 +463,90 @@ pub async fn read_body<S: tokio::io::AsyncRead + Unpin>(s: &mut S, head: &str) -
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await.unwrap();
     body
+}
+
+/// A whole response as the sandbox received it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// Every header as `name: value` lines.
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Every trailer as `name: value` lines.
+    pub trailers: Vec<u8>,
+}
+
+impl Reply {
+    /// Head, body and trailers together (for "did X reach the sandbox" checks).
+    pub fn all(&self) -> Vec<u8> {
+        [&self.head[..], &self.body, &self.trailers].concat()
+    }
+}
+
+fn lines(h: &http::HeaderMap) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in h {
+        out.extend_from_slice(n.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// One request from the sandbox through an intercepted tunnel to `host`, over HTTP/2 (ALPN h2)
+/// or HTTP/1.1, with hyper as the client: `headers` and `body` as given, nothing added but
+/// Host (or :authority).
+pub async fn send(
+    fx: &Fixture,
+    host: &str,
+    h2: bool,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: Vec<u8>,
+) -> Reply {
+    use http_body_util::{BodyExt, Full};
+    let (s, head) = connect_tunnel(fx, &format!("{host}:443")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT {host}: {head}");
+    let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+    let tls = tls_client(s, fx.cacert(), host, &[alpn])
+        .await
+        .expect("TLS through the proxy");
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let mut req = http::Request::builder().method(method);
+    req = if h2 {
+        req.uri(format!("https://{host}{path}"))
+            .version(http::Version::HTTP_2)
+    } else {
+        req.uri(path).header("host", host)
+    };
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap();
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        send.send_request(req).await
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
+        tokio::spawn(conn);
+        send.send_request(req).await
+    }
+    .expect("response");
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().map(lines).unwrap_or_default();
+    Reply {
+        status: parts.status.as_u16(),
+        head: lines(&parts.headers),
+        body: collected.to_bytes().to_vec(),
+        trailers,
+    }
 }

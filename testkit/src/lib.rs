@@ -32,6 +32,7 @@ pub mod env;
 pub mod mcp;
 #[cfg(feature = "gateway")]
 pub mod neighbours;
+pub mod reflect;
 #[cfg(feature = "gateway")]
 pub mod sandbox_egress;
 #[cfg(feature = "gateway")]

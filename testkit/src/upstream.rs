@@ -24,22 +24,31 @@ use crate::egress::{contains, in_netns};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 
+/// The test CA's name and constraints (the same each time: [`TestCa::issue`] signs with them).
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "egress test upstream CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    p
+}
+
 /// A test CA and one leaf for several names.
 #[derive(Debug)]
 pub struct TestCa {
     pub ca_pem: String,
     pub leaf: CertificateDer<'static>,
     pub leaf_key: Vec<u8>,
+    /// The CA's key (PKCS#8), for [`TestCa::issue`].
+    ca_key: Vec<u8>,
 }
 
 impl TestCa {
     pub fn new(names: &[&str]) -> Self {
         let ca_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name
-            .push(DnType::CommonName, "egress test upstream CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_key_der = ca_key.serialize_der();
+        let p = ca_params();
         let ca_cert = p.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(p, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
@@ -52,7 +61,24 @@ impl TestCa {
             ca_pem: ca_cert.pem(),
             leaf: leaf.der().clone(),
             leaf_key: leaf_key.serialize_der(),
+            ca_key: ca_key_der,
         }
+    }
+
+    /// Another leaf from this CA for `names`, valid only in 2000 when `expired`: its
+    /// certificate and key, both PEM.
+    pub fn issue(&self, names: &[&str], expired: bool) -> (String, String) {
+        let key = KeyPair::try_from(self.ca_key.as_slice()).unwrap();
+        let issuer = Issuer::new(ca_params(), key);
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut p = CertificateParams::new(names).unwrap();
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        }
+        let leaf_key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&leaf_key, &issuer).unwrap();
+        (cert.pem(), leaf_key.serialize_pem())
     }
 }
 
@@ -224,6 +250,55 @@ fn query_param(q: Option<&str>, key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
+fn query_str<'q>(q: Option<&'q str>, key: &str) -> Option<&'q str> {
+    q?.split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// `/reflect`: what an API that echoes a credential back does, in the encoding `form` (see
+/// [`crate::reflect`]) of `pre` + the request's `Authorization` value (or, with `from=last`,
+/// the last one this upstream received) + `post` (`pre`/`post` in hex), in a header
+/// `x-reflect`, split over two `x-reflect-split` headers at byte `split`, in the body (as
+/// frames of `chunk` bytes) and, with `trailer=1`, in a trailer; with status `status`.
+fn reflect(source: &[u8], query: Option<&str>) -> Response<Body> {
+    let bytes = |key| hex::decode(query_str(query, key).unwrap_or("")).unwrap_or_default();
+    let plain = [&bytes("pre")[..], source, &bytes("post")[..]].concat();
+    let form = query_str(query, "form").unwrap_or("raw");
+    let text = crate::reflect::encode(form, &plain);
+    let status = query_param(query, "status").unwrap_or(200) as u16;
+    let mut b = Response::builder().status(status);
+    if let Ok(v) = http::HeaderValue::from_bytes(&text) {
+        b = b.header("x-reflect", v);
+    }
+    let split = (query_param(query, "split").unwrap_or(1) as usize).clamp(1, text.len().max(1));
+    if let (Ok(a), Ok(z)) = (
+        http::HeaderValue::from_bytes(&text[..split]),
+        http::HeaderValue::from_bytes(&text[split..]),
+    ) {
+        b = b.header("x-reflect-split", a).header("x-reflect-split", z);
+    }
+    if status == 206 {
+        b = b.header("content-range", format!("bytes 0-{}/*", text.len()));
+    }
+    let mut body = b"reflected: ".to_vec();
+    body.extend_from_slice(&text);
+    body.extend_from_slice(b" end\n");
+    let chunk = query_param(query, "chunk").unwrap_or(4096).max(1) as usize;
+    let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = body
+        .chunks(chunk)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    if query_param(query, "trailer") == Some(1)
+        && let Ok(v) = http::HeaderValue::from_bytes(&text)
+    {
+        let mut t = http::HeaderMap::new();
+        t.insert("x-reflect-trailer", v);
+        frames.push(Ok(Frame::trailers(t)));
+    }
+    b.body(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
+        .unwrap()
+}
+
 async fn handle(
     records: Arc<Mutex<Vec<Seen>>>,
     req: Request<Incoming>,
@@ -271,7 +346,15 @@ async fn handle(
         body_len: len,
         body: kept.clone(),
     };
-    records.lock().unwrap().push(seen.clone());
+    let remembered = {
+        let mut all = records.lock().unwrap();
+        let last_auth = all
+            .iter()
+            .rev()
+            .find_map(|s| s.header("authorization").map(<[u8]>::to_vec));
+        all.push(seen.clone());
+        last_auth
+    };
     let query = parts.uri.query();
     let resp = match parts.uri.path() {
         "/echo" => {
@@ -298,6 +381,13 @@ async fn handle(
             Response::new(StreamBody::new(frames).boxed_unsync())
         }
         "/sum" => Response::new(full(format!("{len} {}", hex::encode(hasher.finalize())))),
+        "/reflect" => {
+            let source = match query_str(query, "from") {
+                Some("last") => remembered.unwrap_or_default(),
+                _ => seen.header("authorization").unwrap_or_default().to_vec(),
+            };
+            reflect(&source, query)
+        }
         "/gzip" => Response::builder()
             .header("content-encoding", "gzip")
             .body(full(kept))

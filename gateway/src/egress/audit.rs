@@ -40,10 +40,22 @@ pub enum Deny {
         credential: String,
         place: &'static str,
     },
+    /// A credential's real value (in some encoded form) in a request from the sandbox, which
+    /// never holds one legitimately: it leaked, and is on its way out.
+    ValueExfiltration {
+        credential: String,
+        place: &'static str,
+    },
     CredentialUnavailable {
         credential: String,
     },
+    /// TRACE/TRACK: the upstream would echo the request, credential and all.
+    TraceMethod,
     EncodedResponse,
+    /// A partial response from a host a credential is bound to (its Range was stripped).
+    RangedResponse,
+    /// The search for real values could not be built: nothing is forwarded unscrubbed.
+    ScrubUnavailable,
     UpstreamFailed,
     UpstreamTimeout,
 }
@@ -73,8 +85,12 @@ impl Deny {
             Self::Exfiltration { .. } => {
                 "placeholder sent to a host its credential is not bound to"
             }
+            Self::ValueExfiltration { .. } => "exfiltration: a real credential value in a request",
             Self::CredentialUnavailable { .. } => "credential unavailable",
+            Self::TraceMethod => "TRACE/TRACK not allowed",
             Self::EncodedResponse => "encoded response where a credential must be scrubbed",
+            Self::RangedResponse => "partial response where a credential must be scrubbed",
+            Self::ScrubUnavailable => "credential scrubber unavailable",
             Self::UpstreamFailed => "upstream connection failed",
             Self::UpstreamTimeout => "upstream timed out",
         }
@@ -84,9 +100,12 @@ impl Deny {
         match self {
             Self::TooManyConnections | Self::GatewayBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadAuthority | Self::BadHeader | Self::NotProxyRequest => StatusCode::BAD_REQUEST,
+            Self::TraceMethod => StatusCode::METHOD_NOT_ALLOWED,
             Self::ResolveFailed
             | Self::CredentialUnavailable { .. }
             | Self::EncodedResponse
+            | Self::RangedResponse
+            | Self::ScrubUnavailable
             | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::FORBIDDEN,
@@ -96,7 +115,8 @@ impl Deny {
     /// `reason=…` plus the credential name where there is one.
     pub fn detail(&self) -> String {
         match self {
-            Self::Exfiltration { credential, place } => format!(
+            Self::Exfiltration { credential, place }
+            | Self::ValueExfiltration { credential, place } => format!(
                 "reason=\"{}\" credential={credential} place={place}",
                 self.reason()
             ),

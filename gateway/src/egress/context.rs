@@ -1,6 +1,7 @@
 //! What every connection of one sandbox shares (policy, pooled upstream client, connection
-//! slots, credentials, audit), and the plain-text answer to a refused request. Below the
-//! listener, interception and forwarding, which all use it; it uses none of them.
+//! slots, credentials and the searches built from them, audit), and the plain-text answer to a
+//! refused request. Below the listener, interception and forwarding, which all use it; it uses
+//! none of them.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,11 +21,13 @@ use super::EgressShared;
 use super::addresses::{fold_mapped, resolve_checked};
 use super::audit::{Deny, EgressAudit};
 use super::connector::{Admitted, CheckedConnector};
+use super::needles::{HostNeedles, NeedleCache};
 use super::policy::{Policy, Target};
 use super::scrub::BoxError;
 use super::secrets::SecretCache;
 use super::slots::{Exhausted, Pool, SandboxSlots, Slot};
 use crate::audit::Outcome;
+use crate::vault::SecretValue;
 
 pub(crate) type UpBody = UnsyncBoxBody<Bytes, BoxError>;
 pub(crate) type UpClient = Client<HttpsConnector<CheckedConnector>, UpBody>;
@@ -45,6 +48,8 @@ pub(crate) struct SandboxCtx {
     /// The shared audit with this sandbox's own flood limit: one sandbox's storm of refusals
     /// cannot use up the audit budget of another.
     pub audit: EgressAudit,
+    /// What this sandbox's traffic is searched for, per host, for the current values.
+    pub needles: NeedleCache,
     /// Changes when the proxy stops (see [`Self::spawn`]).
     pub stop: watch::Receiver<()>,
 }
@@ -95,6 +100,34 @@ impl SandboxCtx {
         .await?;
         self.admitted.insert(t.clone(), addrs);
         Ok(())
+    }
+
+    /// The real value of every credential of the policy, in its order (`None`: the vault
+    /// cannot give it).
+    pub async fn credential_values(&self) -> Vec<Option<SecretValue>> {
+        let mut out = Vec::with_capacity(self.policy.credentials.len());
+        for cred in &self.policy.credentials {
+            out.push(self.secrets.get(&cred.name).await);
+        }
+        out
+    }
+
+    /// The searches for traffic with `host`, built from `values` once per set of values.
+    pub fn needles_for(
+        &self,
+        host: &str,
+        values: &[Option<SecretValue>],
+    ) -> Result<Arc<HostNeedles>, Deny> {
+        let exposed: Vec<Option<&[u8]>> = values
+            .iter()
+            .map(|v| v.as_ref().map(SecretValue::expose))
+            .collect();
+        self.needles
+            .get(&self.policy.credentials, &exposed, host)
+            .map_err(|e| {
+                tracing::error!(sandbox = %self.id, error = %e, "egress: no scrubber");
+                Deny::ScrubUnavailable
+            })
     }
 
     pub fn audit_denied(&self, target: &str, deny: &Deny, extra: &str) {

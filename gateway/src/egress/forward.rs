@@ -1,23 +1,29 @@
-//! One request, from the sandbox to the upstream and back: checks, placeholder search,
-//! credential swap, body scan, pooled upstream request, response scrub, audit.
+//! One request, from the sandbox to the upstream and back: checks, the search of the head for
+//! what must not leave, credential swap, body scan, pooled upstream request, response checks
+//! (nothing the scrubber cannot read: no content or transfer coding, no partial content) and
+//! scrub, audit.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, EXPECT, HOST};
+use http::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING,
+};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::audit::{Deny, redact_path};
 use super::context::{SandboxCtx, UpBody, refusal};
+use super::needles::{HostNeedles, Owner};
 use super::policy::Target;
-use super::request::{self, ScrubPair};
+use super::request;
 use super::rewrite::Replacements;
-use super::scrub::{BoxError, Counted, Scan, Scrub, first_index, scrub_headers};
+use super::scrub::{BoxError, Counted, Scan, Scrub, scrub_headers};
+use crate::vault::SecretValue;
 
 /// A request inside an intercepted TLS connection to `target`.
 pub(crate) async fn tunneled(
@@ -82,25 +88,33 @@ async fn forward(
     request::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(HOST); // the client derives it from the URI
     parts.headers.remove(EXPECT); // answered on our side by hyper
-    let creds = &ctx.policy.credentials;
-    if let Err(deny) = request::find_exfiltration(&parts, creds, &target.host) {
-        return deny_request(&ctx, &target, &parts, &deny);
-    }
-    let (used, pairs) = match swap_credentials(&ctx, &target, scheme, &mut parts).await {
-        Ok(swapped) => swapped,
+    let values = ctx.credential_values().await;
+    let needles = match ctx.needles_for(&target.host, &values) {
+        Ok(n) => n,
         Err(deny) => return deny_request(&ctx, &target, &parts, &deny),
     };
-    // The body: placeholders of credentials not bound here must not leave.
-    let unbound: Vec<String> = creds
-        .iter()
-        .filter(|c| !c.bound_to(&target.host))
-        .map(|c| c.placeholder.clone())
-        .collect();
+    // Before the swap: what the sandbox itself sent must not carry a real value, nor another
+    // host's placeholder.
+    if let Some(deny) = head_leak(&ctx, &parts, &needles) {
+        return deny_request(&ctx, &target, &parts, &deny);
+    }
+    let used = match swap_credentials(&ctx, &target, scheme, &mut parts, &values) {
+        Ok(used) => used,
+        Err(deny) => return deny_request(&ctx, &target, &parts, &deny),
+    };
+    if needles.scrub.is_some() {
+        // The scrubber reads whole, uncoded responses: an encoded or partial echo would carry
+        // a value past it.
+        request::strip_ranges(&mut parts.headers);
+        parts
+            .headers
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
     let found = Arc::new(Mutex::new(None));
     let up_bytes = Arc::new(AtomicU64::new(0));
     let counter = up_bytes.clone();
     let counted = Counted::new(body, move |n, _| counter.store(n, Ordering::Relaxed));
-    let checked = checked_body(&ctx, counted, &unbound, &found).await;
+    let checked = checked_body(&ctx, counted, &needles, &found).await;
     let up_body = match checked.and_then(|b| Ok((b, upstream_uri(scheme, &target, &parts)?))) {
         Ok((b, uri)) => {
             parts.uri = uri;
@@ -113,7 +127,7 @@ async fn forward(
     let result = tokio::time::timeout(ctx.shared.limits.upstream_timeout, upstream).await;
     let tripped = *found.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(i) = tripped {
-        let deny = exfiltration_in_body(&ctx, &unbound[i]);
+        let deny = leak_denial(&ctx, &needles, i, "body");
         return deny_with(&ctx, &target, &detail, &deny);
     }
     let resp = match result {
@@ -125,8 +139,7 @@ async fn forward(
         Err(_) => return deny_with(&ctx, &target, &detail, &Deny::UpstreamTimeout),
     };
     let (mut rparts, rbody) = resp.into_parts();
-    request::strip_hop_by_hop(&mut rparts.headers);
-    let body = match response_body(&mut rparts, rbody, pairs) {
+    let body = match response_body(&mut rparts, rbody, needles.scrub.clone()) {
         Ok(b) => b,
         Err(deny) => return deny_with(&ctx, &target, &detail, &deny),
     };
@@ -151,91 +164,76 @@ async fn forward(
     Response::from_parts(rparts, body.boxed_unsync())
 }
 
-/// The swap: only over TLS, only to a bound host, only in the declared place. The names of the
-/// credentials injected, and the (real value, placeholder) pairs the response is scrubbed of
-/// (asked unencoded when there are any).
-async fn swap_credentials(
+/// The refusal for scan needle `i` found in `place`: a placeholder sent to a host its
+/// credential is not bound to, or a real value anywhere.
+fn leak_denial(ctx: &SandboxCtx, needles: &HostNeedles, i: usize, place: &'static str) -> Deny {
+    let Owner { credential, real } = needles.owners[i];
+    let credential = ctx.policy.credentials[credential].name.to_string();
+    if real {
+        Deny::ValueExfiltration { credential, place }
+    } else {
+        Deny::Exfiltration { credential, place }
+    }
+}
+
+/// What in the request's head must not leave, if anything.
+fn head_leak(ctx: &SandboxCtx, parts: &Parts, needles: &HostNeedles) -> Option<Deny> {
+    let set = needles.scan.as_ref()?;
+    let (i, place) = request::needle_place(parts, set)?;
+    Some(leak_denial(ctx, needles, i, place))
+}
+
+/// The swap: only over TLS, only to a bound host, only in the declared place. Returns the
+/// names of the credentials injected. `values` are the policy's credentials' real values.
+fn swap_credentials(
     ctx: &SandboxCtx,
     target: &Target,
     scheme: &str,
     parts: &mut Parts,
-) -> Result<(Vec<String>, Vec<ScrubPair>), Deny> {
+    values: &[Option<SecretValue>],
+) -> Result<Vec<String>, Deny> {
     let mut used: Vec<String> = Vec::new();
-    let mut pairs: Vec<ScrubPair> = Vec::new();
     if scheme != "https" {
-        return Ok((used, pairs));
+        return Ok(used);
     }
-    let bound = || {
-        ctx.policy
-            .credentials
-            .iter()
-            .filter(|c| c.bound_to(&target.host))
-    };
-    for cred in bound() {
+    let creds = ctx.policy.credentials.iter().zip(values);
+    for (cred, value) in creds.filter(|(c, _)| c.bound_to(&target.host)) {
         if !request::wants(parts, cred) {
             continue;
         }
-        let value =
-            ctx.secrets
-                .get(&cred.name)
-                .await
-                .ok_or_else(|| Deny::CredentialUnavailable {
-                    credential: cred.name.to_string(),
-                })?;
-        pairs.extend(request::inject(parts, cred, value.expose())?);
+        let value = value.as_ref().ok_or_else(|| Deny::CredentialUnavailable {
+            credential: cred.name.to_string(),
+        })?;
+        request::inject(parts, cred, value.expose())?;
         used.push(cred.name.to_string());
     }
-    // Responses from a bound host are scrubbed of every credential bound to it, injected in
-    // this request or not (the host knows them all).
-    for cred in bound() {
-        if used.iter().any(|u| u == cred.name.as_str()) {
-            continue;
-        }
-        if let Some(value) = ctx.secrets.get(&cred.name).await {
-            pairs.push((
-                zeroize::Zeroizing::new(value.expose().to_vec()),
-                zeroize::Zeroizing::new(cred.placeholder.as_bytes().to_vec()),
-            ));
-        }
-    }
-    if !pairs.is_empty() {
-        // An encoded echo would carry the value past the scrubber.
-        parts
-            .headers
-            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    }
-    Ok((used, pairs))
+    Ok(used)
 }
 
-/// The request body, checked for `unbound` placeholders: whole before anything is sent when
+/// The request body, searched for what must not leave: whole before anything is sent when
 /// its declared length is small enough, else as it streams (a hit is put in `found`).
 async fn checked_body(
     ctx: &SandboxCtx,
     counted: Counted<Incoming>,
-    unbound: &[String],
+    needles: &HostNeedles,
     found: &Arc<Mutex<Option<usize>>>,
 ) -> Result<UpBody, Deny> {
     let limit = ctx.shared.limits.max_buffered_body as u64;
-    if unbound.is_empty() {
+    let Some(set) = needles.scan.clone() else {
         return Ok(counted.map_err(BoxError::from).boxed_unsync());
-    }
+    };
     if counted.size_hint().exact().is_some_and(|n| n <= limit) {
         let whole = counted
             .collect()
             .await
             .map_err(|_| Deny::BadHeader)?
             .to_bytes();
-        if let Some(i) = unbound
-            .iter()
-            .position(|p| first_index(&whole, p.as_bytes()).is_some())
-        {
-            return Err(exfiltration_in_body(ctx, &unbound[i]));
+        if let Some(i) = set.first_in(&whole) {
+            return Err(leak_denial(ctx, needles, i, "body"));
         }
         return Ok(Full::new(whole).map_err(|e| match e {}).boxed_unsync());
     }
-    Scan::new(counted, unbound.to_vec(), found.clone())
-        .map(|scan| scan.boxed_unsync())
-        .ok_or(Deny::BadHeader)
+    Ok(Scan::new(counted, set, found.clone()).boxed_unsync())
 }
 
 /// The absolute URI the upstream client is given: the checked target, the request's path.
@@ -250,44 +248,45 @@ fn upstream_uri(scheme: &str, target: &Target, parts: &Parts) -> Result<Uri, Den
     uri.parse::<Uri>().map_err(|_| Deny::BadAuthority)
 }
 
-/// The response body, scrubbed of `pairs`' real values (an encoded one is refused: it would
-/// carry them past the scrubber).
+/// Whether a response from a host a credential is bound to is one the scrubber can read:
+/// no content coding (asked for identity), no transfer coding but chunked (hyper removes only
+/// that one), no partial content (the request's Range was stripped).
+fn check_scrubbable(rparts: &http::response::Parts) -> Result<(), Deny> {
+    let coded = |h: &HeaderMap, name, allowed: &[u8]| {
+        h.get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(allowed))
+        })
+    };
+    if coded(&rparts.headers, CONTENT_ENCODING, b"identity")
+        || coded(&rparts.headers, TRANSFER_ENCODING, b"chunked")
+    {
+        return Err(Deny::EncodedResponse);
+    }
+    if rparts.status == StatusCode::PARTIAL_CONTENT {
+        return Err(Deny::RangedResponse);
+    }
+    Ok(())
+}
+
+/// The response: hop-by-hop headers removed, and with `scrub` (a credential is bound to the
+/// host) checked, then scrubbed of every form of the real values, head, body and trailers.
 fn response_body(
     rparts: &mut http::response::Parts,
     rbody: Incoming,
-    pairs: Vec<ScrubPair>,
+    scrub: Option<Replacements>,
 ) -> Result<UpBody, Deny> {
-    if pairs.is_empty() {
+    let Some(set) = scrub else {
+        request::strip_hop_by_hop(&mut rparts.headers);
         return Ok(rbody.map_err(BoxError::from).boxed_unsync());
-    }
-    let encoded = rparts
-        .headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        return Err(Deny::EncodedResponse);
-    }
-    Ok(match Replacements::new(pairs) {
-        Some(set) => {
-            scrub_headers(&mut rparts.headers, &set);
-            rparts.headers.remove(CONTENT_LENGTH);
-            Scrub::new(rbody, set).boxed_unsync()
-        }
-        None => rbody.map_err(BoxError::from).boxed_unsync(),
-    })
-}
-
-fn exfiltration_in_body(ctx: &SandboxCtx, placeholder: &str) -> Deny {
-    let credential = ctx
-        .policy
-        .credentials
-        .iter()
-        .find(|c| c.placeholder == placeholder)
-        .map(|c| c.name.to_string())
-        .unwrap_or_default();
-    Deny::Exfiltration {
-        credential,
-        place: "body",
-    }
+    };
+    check_scrubbable(rparts)?;
+    request::strip_hop_by_hop(&mut rparts.headers);
+    // An HTTP/1.1 upstream's own reason phrase would be relayed unscrubbed.
+    rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    scrub_headers(&mut rparts.headers, &set);
+    rparts.headers.remove(CONTENT_LENGTH);
+    Ok(Scrub::new(rbody, set).boxed_unsync())
 }

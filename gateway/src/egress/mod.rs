@@ -13,7 +13,8 @@
 //! under that sandbox's caps and under one gateway-wide bound (`slots`); past a cap a new
 //! connection is closed at once.
 //!
-//! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`rewrite`].
+//! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`forms`] (a
+//! value's encoded forms, shared with the MCP front's redaction), [`rewrite`], `needles`.
 //!
 //! The private modules form a stack, each importing only modules below it: `sandbox` (the
 //! handle) → `listener` → `intercept` → `forward` → `context` (what a sandbox's connections
@@ -25,10 +26,12 @@ pub mod ca;
 mod connector;
 mod context;
 pub mod dns;
+pub mod forms;
 mod forward;
 mod idle;
 mod intercept;
 mod listener;
+mod needles;
 pub mod policy;
 pub mod request;
 pub mod rewrite;

@@ -1,10 +1,11 @@
 //! Pure per-request logic: the checks every inner request (each HTTP/1.1 request, each HTTP/2
-//! stream) must pass, hop-by-hop headers (RFC 9110 7.6.1), the placeholder search, and the
-//! credential swap in the declared place (header, Basic auth, query parameter).
+//! stream) must pass, hop-by-hop headers (RFC 9110 7.6.1), the search of a request's head for
+//! what must not leave (placeholders of other hosts' credentials, real values in any form),
+//! and the credential swap in the declared place (header, Basic auth, query parameter).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use http::header::{AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION};
+use http::header::{AUTHORIZATION, CONNECTION, HOST, IF_RANGE, PROXY_AUTHORIZATION, RANGE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
@@ -12,9 +13,7 @@ use zeroize::Zeroizing;
 
 use super::audit::Deny;
 use super::policy::{CredentialRule, Presentation, Target, parse_authority};
-
-/// (needle, replacement) for the response scrubber: a real value's forms → the placeholder's.
-pub type ScrubPair = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
+use super::rewrite::Replacements;
 
 /// Hop-by-hop headers: never forwarded in either direction.
 const HOP_BY_HOP: &[&str] = &[
@@ -59,11 +58,21 @@ fn host_headers_match(headers: &HeaderMap, target: &Target, required: bool) -> R
     }
 }
 
+/// TRACE (and IIS's TRACK) answer with the request as the upstream received it: with the real
+/// credential in it, past the response scrubber's forms if the upstream encodes it.
+fn check_method(method: &Method) -> Result<(), Deny> {
+    if method == Method::TRACE || method.as_str().eq_ignore_ascii_case("TRACK") {
+        return Err(Deny::TraceMethod);
+    }
+    Ok(())
+}
+
 /// Checks one request inside an intercepted TLS connection to `target`.
 pub fn check_tunneled(parts: &Parts, target: &Target) -> Result<(), Deny> {
     if parts.method == Method::CONNECT {
         return Err(Deny::ConnectInTunnel);
     }
+    check_method(&parts.method)?;
     check_header_bytes(&parts.headers)?;
     if parts.version == Version::HTTP_2 {
         if parts.uri.scheme_str() != Some("https") {
@@ -88,6 +97,7 @@ pub fn check_tunneled(parts: &Parts, target: &Target) -> Result<(), Deny> {
 
 /// Checks a plain-HTTP proxy request (absolute-form `http://host[:port]/…`); returns its target.
 pub fn check_plain(parts: &Parts) -> Result<Target, Deny> {
+    check_method(&parts.method)?;
     check_header_bytes(&parts.headers)?;
     if parts.uri.scheme_str() != Some("http") {
         return Err(Deny::NotProxyRequest);
@@ -122,6 +132,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// For a host a credential is bound to: a ranged response could hand out a slice of a
+/// reflected value that no form of the whole value matches, so the whole is always asked for.
+pub fn strip_ranges(headers: &mut HeaderMap) {
+    headers.remove(RANGE);
+    headers.remove(IF_RANGE);
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -136,45 +153,35 @@ fn basic_decoded(value: &HeaderValue) -> Option<Zeroizing<Vec<u8>>> {
     B64.decode(rest.trim()).ok().map(Zeroizing::new)
 }
 
-/// Where, if anywhere outside the body, `placeholder` occurs in the request.
-pub fn placeholder_place(parts: &Parts, placeholder: &str) -> Option<&'static str> {
-    let p = placeholder.as_bytes();
+/// The first needle of `set` in the request's head, and where: header names and values (Basic
+/// credentials decoded), the path and the query, each as sent and percent-decoded.
+pub fn needle_place(parts: &Parts, set: &Replacements) -> Option<(usize, &'static str)> {
     for (name, value) in &parts.headers {
-        if contains(name.as_str().as_bytes(), p) || contains(value.as_bytes(), p) {
-            return Some("header");
-        }
-        if (name == AUTHORIZATION || name == PROXY_AUTHORIZATION)
-            && basic_decoded(value).is_some_and(|d| contains(&d, p))
-        {
-            return Some("header");
+        let decoded = (name == AUTHORIZATION || name == PROXY_AUTHORIZATION)
+            .then(|| basic_decoded(value))
+            .flatten();
+        let found = set
+            .first_in(name.as_str().as_bytes())
+            .or_else(|| set.first_in(value.as_bytes()))
+            .or_else(|| decoded.and_then(|d| set.first_in(&d)));
+        if let Some(i) = found {
+            return Some((i, "header"));
         }
     }
     let path = parts.uri.path();
-    if contains(path.as_bytes(), p) || contains(&percent_decode_str(path).collect::<Vec<u8>>(), p) {
-        return Some("path");
+    let decoded = Zeroizing::new(percent_decode_str(path).collect::<Vec<u8>>());
+    if let Some(i) = set
+        .first_in(path.as_bytes())
+        .or_else(|| set.first_in(&decoded))
+    {
+        return Some((i, "path"));
     }
-    if let Some(q) = parts.uri.query() {
-        let plus_as_space = q.replace('+', " ");
-        if contains(q.as_bytes(), p)
-            || contains(&percent_decode_str(&plus_as_space).collect::<Vec<u8>>(), p)
-        {
-            return Some("query");
-        }
-    }
-    None
-}
-
-/// Refuses the request if it carries the placeholder of a credential not bound to `host`.
-pub fn find_exfiltration(parts: &Parts, creds: &[CredentialRule], host: &str) -> Result<(), Deny> {
-    for c in creds.iter().filter(|c| !c.bound_to(host)) {
-        if let Some(place) = placeholder_place(parts, &c.placeholder) {
-            return Err(Deny::Exfiltration {
-                credential: c.name.to_string(),
-                place,
-            });
-        }
-    }
-    Ok(())
+    let q = parts.uri.query()?;
+    let plus_as_space = Zeroizing::new(q.replace('+', " "));
+    let decoded = Zeroizing::new(percent_decode_str(&plus_as_space).collect::<Vec<u8>>());
+    set.first_in(q.as_bytes())
+        .or_else(|| set.first_in(&decoded))
+        .map(|i| (i, "query"))
 }
 
 fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
@@ -234,25 +241,18 @@ fn sensitive(bytes: &[u8], cred: &CredentialRule) -> Result<HeaderValue, Deny> {
     Ok(v)
 }
 
-/// Puts the real `value` of `cred` where its placeholder stands in the declared place.
-/// Returns the forms of the value to scrub from the response.
-pub fn inject(
-    parts: &mut Parts,
-    cred: &CredentialRule,
-    value: &[u8],
-) -> Result<Vec<ScrubPair>, Deny> {
-    let ph = cred.placeholder.as_bytes();
-    let mut pairs = vec![(Zeroizing::new(value.to_vec()), Zeroizing::new(ph.to_vec()))];
+/// Puts the real `value` of `cred` where its placeholder stands in the declared place. (What
+/// comes back is scrubbed of every form of the value: `super::needles`.)
+pub fn inject(parts: &mut Parts, cred: &CredentialRule, value: &[u8]) -> Result<(), Deny> {
     match &cred.inject {
         Presentation::Header {
             name,
             prefix,
             suffix,
-        } => inject_header(parts, cred, value, (name, prefix, suffix))?,
-        Presentation::Basic => inject_basic(parts, cred, value, &mut pairs)?,
-        Presentation::Query { param } => inject_query(parts, cred, value, param, &mut pairs)?,
+        } => inject_header(parts, cred, value, (name, prefix, suffix)),
+        Presentation::Basic => inject_basic(parts, cred, value),
+        Presentation::Query { param } => inject_query(parts, cred, value, param),
     }
-    Ok(pairs)
 }
 
 /// In a header: a value exactly `prefix placeholder suffix` becomes the real one.
@@ -278,14 +278,8 @@ fn inject_header(
     Ok(())
 }
 
-/// HTTP Basic: the placeholder inside the decoded `user:password` is swapped, and the encoded
-/// forms are scrubbed from the response too.
-fn inject_basic(
-    parts: &mut Parts,
-    cred: &CredentialRule,
-    value: &[u8],
-    pairs: &mut Vec<ScrubPair>,
-) -> Result<(), Deny> {
+/// HTTP Basic: the placeholder inside the decoded `user:password` is swapped.
+fn inject_basic(parts: &mut Parts, cred: &CredentialRule, value: &[u8]) -> Result<(), Deny> {
     let ph = cred.placeholder.as_bytes();
     let values: Vec<HeaderValue> = parts
         .headers
@@ -304,10 +298,6 @@ fn inject_basic(
                 parts
                     .headers
                     .append(AUTHORIZATION, sensitive(&header, cred)?);
-                pairs.push((
-                    Zeroizing::new(encoded.as_bytes().to_vec()),
-                    Zeroizing::new(B64.encode(&*d).into_bytes()),
-                ));
             }
             None => {
                 parts.headers.append(AUTHORIZATION, v);
@@ -323,7 +313,6 @@ fn inject_query(
     cred: &CredentialRule,
     value: &[u8],
     param: &str,
-    pairs: &mut Vec<ScrubPair>,
 ) -> Result<(), Deny> {
     let ph = cred.placeholder.as_bytes();
     let Some(query) = parts.uri.query() else {
@@ -332,12 +321,6 @@ fn inject_query(
     let encoded = Zeroizing::new(
         utf8_percent_encode(&String::from_utf8_lossy(value), QUERY_VALUE).to_string(),
     );
-    if encoded.as_bytes() != value {
-        pairs.push((
-            Zeroizing::new(encoded.as_bytes().to_vec()),
-            Zeroizing::new(ph.to_vec()),
-        ));
-    }
     let rebuilt: Vec<String> = query
         .split('&')
         .map(|kv| {
@@ -495,10 +478,9 @@ mod tests {
         });
         let mut p = parts(http::Request::get("/").header("authorization", format!("Bearer {PH}")));
         assert!(wants(&p, &c));
-        let pairs = inject(&mut p, &c, b"sk-real").unwrap();
+        inject(&mut p, &c, b"sk-real").unwrap();
         assert_eq!(p.headers["authorization"], "Bearer sk-real");
         assert!(p.headers["authorization"].is_sensitive());
-        assert_eq!(&pairs[0].0[..], b"sk-real");
         // Not the declared format: nothing injected.
         let p = parts(http::Request::get("/").header("authorization", format!("token {PH}")));
         assert!(!wants(&p, &c));
@@ -514,14 +496,9 @@ mod tests {
         let mut p =
             parts(http::Request::get("/").header("authorization", format!("Basic {user_ph}")));
         assert!(wants(&p, &c));
-        let pairs = inject(&mut p, &c, b"s3cr:et").unwrap();
+        inject(&mut p, &c, b"s3cr:et").unwrap();
         let sent = p.headers["authorization"].to_str().unwrap().to_owned();
         assert_eq!(sent, format!("Basic {}", B64.encode("alice:s3cr:et")));
-        // The echoed base64 form is scrubbed back to the placeholder's base64 form.
-        assert!(pairs.iter().any(
-            |(n, r)| n.as_slice() == B64.encode("alice:s3cr:et").as_bytes()
-                && r.as_slice() == user_ph.as_bytes()
-        ));
     }
 
     #[test]
@@ -538,31 +515,50 @@ mod tests {
     }
 
     #[test]
-    fn placeholder_search() {
-        let mut c = cred(Presentation::Basic);
-        c.hosts = vec!["api.example.com".into()];
-        let creds = vec![c];
-        for req in [
-            http::Request::get("/").header("x-anything", format!("pre{PH}post")),
-            http::Request::get("/").header(
-                "authorization",
-                format!("Basic {}", B64.encode(format!("u:{PH}"))),
+    fn the_head_is_searched_everywhere_a_value_can_hide() {
+        let ph = Zeroizing::new(PH.as_bytes().to_vec());
+        let set = Replacements::exact(vec![(ph.clone(), ph)])
+            .unwrap()
+            .unwrap();
+        for (req, place) in [
+            (
+                http::Request::get("/").header("x-anything", format!("pre{PH}post")),
+                "header",
             ),
-            http::Request::get(format!("/files/{PH}")),
-            http::Request::get(format!("/files/%67mcp_ph_{}", &PH[8..])),
-            http::Request::get(format!("/?q={PH}")),
+            (
+                http::Request::get("/").header(
+                    "authorization",
+                    format!("Basic {}", B64.encode(format!("u:{PH}"))),
+                ),
+                "header",
+            ),
+            (http::Request::get(format!("/files/{PH}")), "path"),
+            (
+                http::Request::get(format!("/files/%67mcp_ph_{}", &PH[8..])),
+                "path",
+            ),
+            (http::Request::get(format!("/?q={PH}")), "query"),
+            (
+                http::Request::get(format!("/?q=%67mcp_ph_{}", &PH[8..])),
+                "query",
+            ),
         ] {
-            let p = parts(req);
-            assert!(matches!(
-                find_exfiltration(&p, &creds, "other.example.com"),
-                Err(Deny::Exfiltration { .. })
-            ));
-            assert_eq!(find_exfiltration(&p, &creds, "api.example.com"), Ok(()));
+            assert_eq!(needle_place(&parts(req), &set), Some((0, place)));
         }
         let clean = parts(http::Request::get("/?q=gmcp_ph_").header("x", "y"));
-        assert_eq!(
-            find_exfiltration(&clean, &creds, "other.example.com"),
-            Ok(())
-        );
+        assert_eq!(needle_place(&clean, &set), None);
+    }
+
+    #[test]
+    fn trace_and_track_are_refused() {
+        for m in ["TRACE", "TRACK", "track"] {
+            let p = parts(
+                http::Request::builder()
+                    .method(m)
+                    .uri("/")
+                    .header("host", "api.example.com"),
+            );
+            assert_eq!(check_tunneled(&p, &target()), Err(Deny::TraceMethod), "{m}");
+        }
     }
 }

@@ -6,37 +6,67 @@
 //! A match may straddle any number of chunk boundaries, so the rewriter holds back the last
 //! `longest needle - 1` bytes of each chunk until the next one shows whether they start a match.
 //!
-//! Search is `memchr::memmem` per needle (a handful per host), not an Aho-Corasick automaton:
-//! nothing to build per request, several GB/s on data that never matches (the common case), and
-//! the needles (secret values) stay only in wiped buffers. Chunks that hold no match pass
-//! through as slices of the upstream's buffers, without a copy.
+//! Search is two Aho-Corasick automata (one exact, one ignoring ASCII case, for the
+//! [`super::forms`] whose hex digits may come in either case) built once per set of values and
+//! shared by every request that uses them ([`Replacements`] is an `Arc`): a per-call search
+//! costs nothing to set up, and the automata's prefilters run at memory speed on data that
+//! never matches (the common case). Chunks that hold no match pass through as slices of the
+//! upstream's buffers, without a copy.
+//!
+//! The automata's tables hold the needles (secret values and their forms) in memory that is
+//! not wiped when they are dropped; they live as long as the values' generation, in the process
+//! that holds the vault open anyway. Everything else here (carried bytes, replacements) is
+//! wiped.
 
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, Input, Match, MatchKind};
 use bytes::Bytes as Chunk;
-use memchr::memmem::Finder;
 use zeroize::Zeroizing;
 
-/// Bytes that may be secret: wiped when dropped.
-pub type Bytes = Zeroizing<Vec<u8>>;
+pub use super::forms::{Bytes, Form};
 
-/// A set of needles, each with its replacement. Cheap to build: once per request or response.
+/// The automata would not build (a set far beyond any credential's size).
+#[derive(Debug, thiserror::Error)]
+#[error("the search automaton for secret values cannot be built")]
+pub struct TooLarge;
+
+/// A set of needles, each with its replacement. Built once per set of values; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Replacements {
-    needles: Vec<Bytes>,
+    inner: Arc<Searchers>,
+}
+
+#[derive(Debug)]
+struct Searchers {
+    /// The exact automaton and the folded one (where there are needles for it), each with the
+    /// index (in the pairs given to [`Replacements::new`]) of each of its patterns.
+    automata: Vec<(AhoCorasick, Vec<usize>)>,
+    /// By needle index.
     replacements: Vec<Bytes>,
     longest: usize,
 }
 
-const STALE: usize = usize::MAX;
-
-/// Leftmost-longest, non-overlapping matches of several needles in one haystack.
+/// Leftmost-longest, non-overlapping matches of both automata in one haystack.
 struct Matches<'a> {
-    finders: Vec<Finder<'a>>,
+    set: &'a Searchers,
     hay: &'a [u8],
     /// Where the next match may start.
     pos: usize,
-    /// Per needle: `Some(p)` the next occurrence found so far, `None` none left, or
-    /// `Some(STALE)` not searched yet. An occurrence before `pos` is searched again.
-    next: Vec<Option<usize>>,
+    /// Per automaton: `Some(m)` the next match found so far (searched again once `pos` has
+    /// passed its start), `None` none left.
+    next: Vec<Option<Match>>,
+    searched: bool,
+}
+
+impl Matches<'_> {
+    fn search(&self, ac: &AhoCorasick) -> Option<Match> {
+        let hay = self.hay.get(self.pos..)?;
+        if hay.is_empty() {
+            return None;
+        }
+        ac.find(Input::new(self.hay).span(self.pos..self.hay.len()))
+    }
 }
 
 impl Iterator for Matches<'_> {
@@ -45,23 +75,21 @@ impl Iterator for Matches<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let mut best: Option<(usize, usize, usize)> = None;
-        for (i, f) in self.finders.iter().enumerate() {
-            let at = match self.next[i] {
-                Some(p) if p != STALE && p >= self.pos => Some(p),
-                Some(_) => {
-                    let found = self.hay.get(self.pos..).and_then(|h| f.find(h));
-                    found.map(|p| p + self.pos)
-                }
-                None => None,
+        for (k, (ac, index)) in self.set.automata.iter().enumerate() {
+            let at = match self.next[k] {
+                Some(m) if self.searched && m.start() >= self.pos => Some(m),
+                None if self.searched => None,
+                _ => self.search(ac),
             };
-            self.next[i] = at;
-            if let Some(start) = at {
-                let end = start + f.needle().len();
+            self.next[k] = at;
+            if let Some(m) = at {
+                let (start, end) = (m.start(), m.end());
                 if best.is_none_or(|(s, e, _)| start < s || (start == s && end > e)) {
-                    best = Some((start, end, i));
+                    best = Some((start, end, index[m.pattern().as_usize()]));
                 }
             }
         }
+        self.searched = true;
         if let Some((_, end, _)) = best {
             self.pos = end;
         }
@@ -69,35 +97,80 @@ impl Iterator for Matches<'_> {
     }
 }
 
+fn automaton(needles: &[&[u8]], folded: bool) -> Result<AhoCorasick, TooLarge> {
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .ascii_case_insensitive(folded)
+        .build(needles)
+        .map_err(|_| TooLarge)
+}
+
 impl Replacements {
-    /// `pairs` are (needle, replacement); empty needles are ignored. `None` if nothing to find.
-    pub fn new(pairs: Vec<(Bytes, Bytes)>) -> Option<Self> {
-        let (needles, replacements): (Vec<_>, Vec<_>) =
-            pairs.into_iter().filter(|(n, _)| !n.is_empty()).unzip();
-        let longest = needles.iter().map(|n| n.len()).max()?;
-        Some(Self {
-            needles,
-            replacements,
-            longest,
-        })
+    /// `pairs` are (needle, replacement); empty needles are ignored. `Ok(None)` if nothing is
+    /// left to find.
+    pub fn new(pairs: Vec<(Form, Bytes)>) -> Result<Option<Self>, TooLarge> {
+        let longest = pairs.iter().map(|(n, _)| n.bytes.len()).max().unwrap_or(0);
+        if longest == 0 {
+            return Ok(None);
+        }
+        let mut automata = Vec::new();
+        for fold in [false, true] {
+            let (index, needles): (Vec<usize>, Vec<&[u8]>) = pairs
+                .iter()
+                .enumerate()
+                .filter(|(_, (n, _))| n.folded == fold && !n.bytes.is_empty())
+                .map(|(i, (n, _))| (i, n.bytes.as_slice()))
+                .unzip();
+            if !needles.is_empty() {
+                automata.push((automaton(&needles, fold)?, index));
+            }
+        }
+        let replacements = pairs.into_iter().map(|(_, r)| r).collect();
+        Ok(Some(Self {
+            inner: Arc::new(Searchers {
+                automata,
+                replacements,
+                longest,
+            }),
+        }))
+    }
+
+    /// Byte-exact needles only (placeholders, tests).
+    pub fn exact(pairs: Vec<(Bytes, Bytes)>) -> Result<Option<Self>, TooLarge> {
+        Self::new(
+            pairs
+                .into_iter()
+                .map(|(n, r)| (Form::exact(&n), r))
+                .collect(),
+        )
     }
 
     fn matches<'a>(&'a self, hay: &'a [u8]) -> Matches<'a> {
         Matches {
-            finders: self
-                .needles
-                .iter()
-                .map(|n| Finder::new(n.as_slice()))
-                .collect(),
+            set: &self.inner,
             hay,
             pos: 0,
-            next: vec![Some(STALE); self.needles.len()],
+            next: vec![None; self.inner.automata.len()],
+            searched: false,
         }
+    }
+
+    fn longest(&self) -> usize {
+        self.inner.longest
+    }
+
+    fn replacement(&self, i: usize) -> &[u8] {
+        &self.inner.replacements[i]
     }
 
     /// The needles (by index) found in `haystack`, one entry per match.
     pub fn hits(&self, haystack: &[u8]) -> Vec<usize> {
         self.matches(haystack).map(|(_, _, i)| i).collect()
+    }
+
+    /// The first needle (by index) found in `haystack`.
+    pub fn first_in(&self, haystack: &[u8]) -> Option<usize> {
+        self.matches(haystack).next().map(|(_, _, i)| i)
     }
 
     /// Whether `haystack` contains any needle (for data that is not streamed, e.g. a header).
@@ -111,7 +184,7 @@ impl Replacements {
         let mut done = 0;
         for (start, end, i) in self.matches(haystack) {
             out.extend_from_slice(&haystack[done..start]);
-            out.extend_from_slice(&self.replacements[i]);
+            out.extend_from_slice(self.replacement(i));
             done = end;
         }
         out.extend_from_slice(&haystack[done..]);
@@ -155,7 +228,7 @@ impl StreamRewriter {
         }
         let held = self.carry.len();
         let mut joined = Zeroizing::new(std::mem::take(&mut *self.carry));
-        if chunk.len() < self.set.longest {
+        if chunk.len() < self.set.longest() {
             // Small: join with what was held back and search the (short) whole.
             joined.extend_from_slice(&chunk);
             let keep_from = self.emit_copied(&joined, out);
@@ -165,7 +238,7 @@ impl StreamRewriter {
         // Settle the boundary on a short copy: the held-back bytes and the chunk's first
         // `longest` bytes hold every match that starts in the held-back part. What that holds
         // back in turn lies inside the chunk, so the rest is searched in the chunk itself.
-        joined.extend_from_slice(&chunk[..self.set.longest]);
+        joined.extend_from_slice(&chunk[..self.set.longest()]);
         let keep_from = self.emit_copied(&joined, out);
         debug_assert!(keep_from > held, "the held-back part is settled");
         self.push_in_place(chunk.slice(keep_from - held..), out);
@@ -177,7 +250,7 @@ impl StreamRewriter {
         for p in pieces {
             out.push(match p {
                 Piece::Kept(a, b) => chunk.slice(a..b),
-                Piece::Replaced(i) => Chunk::copy_from_slice(&self.set.replacements[i]),
+                Piece::Replaced(i) => Chunk::copy_from_slice(self.set.replacement(i)),
             });
         }
         self.carry.extend_from_slice(&chunk[keep_from..]);
@@ -190,7 +263,7 @@ impl StreamRewriter {
         for p in pieces {
             out.push(Chunk::copy_from_slice(match p {
                 Piece::Kept(a, b) => &buf[a..b],
-                Piece::Replaced(i) => &self.set.replacements[i],
+                Piece::Replaced(i) => self.set.replacement(i),
             }));
         }
         keep_from
@@ -199,7 +272,7 @@ impl StreamRewriter {
     /// The matches in `buf` that are certain (they start before the last `longest - 1` bytes,
     /// which a later chunk may complete), and where the held-back part starts.
     fn plan(&mut self, buf: &[u8]) -> (Vec<Piece>, usize) {
-        let mut safe_end = buf.len().saturating_sub(self.set.longest - 1);
+        let mut safe_end = buf.len().saturating_sub(self.set.longest() - 1);
         let mut pieces = Vec::new();
         let mut done = 0;
         for (start, end, i) in self.set.matches(buf) {
@@ -237,7 +310,7 @@ mod tests {
     use super::*;
 
     fn set(pairs: &[(&str, &str)]) -> Replacements {
-        Replacements::new(
+        Replacements::exact(
             pairs
                 .iter()
                 .map(|(n, r)| {
@@ -248,6 +321,7 @@ mod tests {
                 })
                 .collect(),
         )
+        .unwrap()
         .unwrap()
     }
 
@@ -296,11 +370,30 @@ mod tests {
     }
 
     #[test]
+    fn folded_needles_match_in_any_case_and_exact_ones_only_as_they_are() {
+        let s = Replacements::new(vec![
+            (
+                Form {
+                    bytes: Zeroizing::new(b"deadbeef".to_vec()),
+                    folded: true,
+                },
+                Zeroizing::new(b"H".to_vec()),
+            ),
+            (Form::exact(b"Secret"), Zeroizing::new(b"R".to_vec())),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.replace_all(b"DeAdBeEf secret Secret"), b"H secret R");
+        let mut rw = StreamRewriter::new(s);
+        assert_eq!(stream(&mut rw, &[b"xDEAD", b"BEEFSec", b"ret"]), b"xHR");
+    }
+
+    #[test]
     fn found_in_and_empty_sets() {
         let s = set(&[("gmcp_ph_abc", "")]);
         assert!(s.found_in(b"Bearer gmcp_ph_abc"));
         assert!(!s.found_in(b"Bearer gmcp_ph_ab"));
-        assert!(Replacements::new(vec![]).is_none());
+        assert!(Replacements::new(vec![]).unwrap().is_none());
     }
 
     /// Leftmost-longest by brute force, the oracle for the search.

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::connector::{Admitted, CheckedConnector};
 use super::context::SandboxCtx;
+use super::needles::NeedleCache;
 use super::policy::Policy;
 use super::secrets::SecretCache;
 use super::slots::{Caps, SandboxSlots};
@@ -87,6 +88,7 @@ impl EgressProxy {
             approved: sb.approved_ranges,
             secrets: SecretCache::new(shared.vault.clone(), limits.secret_ttl),
             audit: shared.audit.for_sandbox(),
+            needles: NeedleCache::default(),
             shared,
             client,
             admitted,

@@ -10,26 +10,42 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use zeroize::Zeroizing;
 
 use super::rewrite::{Replacements, StreamRewriter};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Replaces the needles of `set` in every header value; a value that no longer parses is dropped.
+/// Replaces the needles of `set` in every header value; a value that no longer parses is
+/// dropped. A header whose name holds a needle is dropped, and so are all values of a name
+/// whose concatenation still holds one once each value is scrubbed (a value split across
+/// repeated headers, which a client may join back).
 pub fn scrub_headers(headers: &mut HeaderMap, set: &Replacements) {
     let names: Vec<_> = headers.keys().cloned().collect();
     for name in names {
+        if set.found_in(name.as_str().as_bytes()) {
+            headers.remove(&name);
+            continue;
+        }
         let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-        if !values.iter().any(|v| set.found_in(v.as_bytes())) {
+        let joined: Vec<u8> = values.iter().flat_map(|v| v.as_bytes()).copied().collect();
+        if !set.found_in(&joined) {
             continue;
         }
         headers.remove(&name);
-        for v in values {
-            let out = set.replace_all(v.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&out) {
-                headers.append(&name, v);
-            }
+        let scrubbed: Vec<HeaderValue> = values
+            .iter()
+            .filter_map(|v| HeaderValue::from_bytes(&set.replace_all(v.as_bytes())).ok())
+            .collect();
+        let rejoined: Vec<u8> = scrubbed
+            .iter()
+            .flat_map(|v| v.as_bytes())
+            .copied()
+            .collect();
+        if set.found_in(&rejoined) {
+            continue;
+        }
+        for v in scrubbed {
+            headers.append(&name, v);
         }
     }
 }
@@ -110,15 +126,16 @@ where
 
 /// The error a [`Scan`] body ends with.
 #[derive(Debug, thiserror::Error)]
-#[error("request body carries a credential placeholder for a host it is not bound to")]
+#[error("request body carries a credential's real value or a placeholder for another host")]
 pub struct PlaceholderInBody;
 
-/// A request body that fails as soon as it is certain to contain one of the placeholders; the
-/// bytes of a (partial) placeholder are held back, so they never reach the upstream.
+/// A request body that fails as soon as it is certain to contain one of the needles of its set
+/// (placeholders, real values); the bytes of a (partial) needle are held back, so they never
+/// reach the upstream.
 pub struct Scan<B> {
     inner: B,
     rw: StreamRewriter,
-    /// The placeholder found, for the caller's audit.
+    /// The needle found, for the caller's audit.
     found: Arc<Mutex<Option<usize>>>,
     /// Checked pieces not yet returned.
     ready: VecDeque<Bytes>,
@@ -126,29 +143,15 @@ pub struct Scan<B> {
 }
 
 impl<B> Scan<B> {
-    /// `found` receives the index (in `placeholders`) of the first one seen.
-    pub fn new(
-        inner: B,
-        placeholders: Vec<String>,
-        found: Arc<Mutex<Option<usize>>>,
-    ) -> Option<Self> {
-        let pairs = placeholders
-            .iter()
-            .map(|p| {
-                (
-                    Zeroizing::new(p.as_bytes().to_vec()),
-                    Zeroizing::new(p.as_bytes().to_vec()),
-                )
-            })
-            .collect();
-        let set = Replacements::new(pairs)?;
-        Some(Self {
+    /// `found` receives the index (in `set`) of the first needle seen.
+    pub fn new(inner: B, set: Replacements, found: Arc<Mutex<Option<usize>>>) -> Self {
+        Self {
             inner,
             rw: StreamRewriter::new(set),
             found,
             ready: VecDeque::new(),
             ended: false,
-        })
+        }
     }
 
     fn trip(&self) -> PlaceholderInBody {
@@ -156,14 +159,6 @@ impl<B> Scan<B> {
             Some(self.rw.first_hit.unwrap_or(0));
         PlaceholderInBody
     }
-}
-
-/// Whether `hay` contains `needle` (index of the first occurrence).
-pub fn first_index(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
-    }
-    memchr::memmem::find(hay, needle)
 }
 
 impl<B> Body for Scan<B>
@@ -299,6 +294,7 @@ where
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
+    use zeroize::Zeroizing;
 
     type TestBody =
         StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>>;
@@ -314,10 +310,11 @@ mod tests {
     #[tokio::test]
     async fn scrub_straddling_values() {
         let secret = b"sk-REALSECRETVALUE-0123456789";
-        let set = Replacements::new(vec![(
+        let set = Replacements::exact(vec![(
             Zeroizing::new(secret.to_vec()),
             Zeroizing::new(b"gmcp_ph_x".to_vec()),
         )])
+        .unwrap()
         .unwrap();
         let mut text = Vec::new();
         for i in 0..20 {
@@ -335,6 +332,34 @@ mod tests {
         }
     }
 
+    fn placeholder_set(ph: &str) -> Replacements {
+        let ph = Zeroizing::new(ph.as_bytes().to_vec());
+        Replacements::exact(vec![(ph.clone(), ph)])
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_value_split_across_repeated_headers_is_dropped_and_a_named_one_too() {
+        let set = Replacements::exact(vec![(
+            Zeroizing::new(b"sk-realvalue-42".to_vec()),
+            Zeroizing::new(b"gmcp_ph_x".to_vec()),
+        )])
+        .unwrap()
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-split", HeaderValue::from_static("sk-real"));
+        h.append("x-split", HeaderValue::from_static("value-42"));
+        h.append("x-whole", HeaderValue::from_static("a sk-realvalue-42 b"));
+        h.append("x-sk-realvalue-42", HeaderValue::from_static("1"));
+        h.append("x-fine", HeaderValue::from_static("ok"));
+        scrub_headers(&mut h, &set);
+        assert!(h.get("x-split").is_none());
+        assert_eq!(h["x-whole"], "a gmcp_ph_x b");
+        assert_eq!(h["x-fine"], "ok");
+        assert_eq!(h.len(), 2, "{h:?}");
+    }
+
     #[tokio::test]
     async fn scan_stops_before_the_placeholder_leaves() {
         let ph = "gmcp_ph_00112233445566778899aabbccddeeff";
@@ -343,7 +368,7 @@ mod tests {
         body.extend_from_slice(&[b'b'; 100]);
         for size in [1, 7, 64, 4096] {
             let found = Arc::new(Mutex::new(None));
-            let mut scan = Scan::new(frames(&body, size), vec![ph.into()], found.clone()).unwrap();
+            let mut scan = Scan::new(frames(&body, size), placeholder_set(ph), found.clone());
             let mut sent = Vec::new();
             let mut failed = false;
             while let Some(f) = scan.frame().await {
@@ -356,12 +381,15 @@ mod tests {
                 }
             }
             assert!(failed, "size {size}");
-            assert!(first_index(&sent, b"gmcp_ph_").is_none(), "size {size}");
+            assert!(
+                memchr::memmem::find(&sent, b"gmcp_ph_").is_none(),
+                "size {size}"
+            );
             assert_eq!(*found.lock().unwrap(), Some(0));
         }
         let clean = vec![b'c'; 5000];
         let found = Arc::new(Mutex::new(None));
-        let scan = Scan::new(frames(&clean, 333), vec![ph.into()], found).unwrap();
+        let scan = Scan::new(frames(&clean, 333), placeholder_set(ph), found);
         assert_eq!(scan.collect().await.unwrap().to_bytes().len(), 5000);
     }
 }

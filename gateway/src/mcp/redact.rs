@@ -1,24 +1,23 @@
 //! Tool arguments and results are scanned for the real value of every secret in the vault, in
-//! the forms a leak usually takes (plain, base64 standard and URL-safe, hex, percent-encoded).
-//! The gateway holds the values, so this is an exact match, not a guess; a hit is replaced by
-//! `[REDACTED:<name>]` and reported for the audit.
+//! every form the egress scrubber knows ([`crate::egress::forms`]: raw, base64 at any alignment,
+//! hex, percent and form encoding, JSON escapes). The gateway holds the values, so this is an
+//! exact match, not a guess; a hit is replaced by `[REDACTED:<name>]` and reported for the audit.
+//!
+//! The automaton over all forms of all values is built when the vault is read (at most every
+//! [`TTL`]) and shared by every call until then, not rebuilt per call.
 //!
 //! Limits: values shorter than [`MIN_LEN`] bytes are not scanned (they would match ordinary
-//! text); a value base64-encoded as part of a longer blob is found only when it starts on a
-//! 3-byte boundary of that blob.
+//! text); see [`crate::egress::forms`] for the forms that are not searched.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::Value;
-use zeroize::Zeroizing;
 
+pub use crate::egress::forms::MIN_LEN;
+use crate::egress::forms::tagged;
 use crate::egress::rewrite::Replacements;
 use crate::vault::Vault;
-
-/// Shorter values are not scanned.
-pub const MIN_LEN: usize = 8;
 /// How long the set of needles is reused before the vault is read again.
 const TTL: Duration = Duration::from_secs(30);
 
@@ -39,25 +38,6 @@ impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Redactor")
     }
-}
-
-/// The encodings of `v` that are looked for.
-fn forms(v: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    let mut out: Vec<Zeroizing<Vec<u8>>> = vec![Zeroizing::new(v.to_vec())];
-    for e in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-        out.push(Zeroizing::new(e.encode(v).into_bytes()));
-    }
-    out.push(Zeroizing::new(hex::encode(v).into_bytes()));
-    out.push(Zeroizing::new(hex::encode_upper(v).into_bytes()));
-    out.push(Zeroizing::new(
-        percent_encoding::percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-            .to_string()
-            .into_bytes(),
-    ));
-    out.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
-    out.dedup_by(|a, b| a.as_slice() == b.as_slice());
-    out
 }
 
 impl Redactor {
@@ -84,8 +64,8 @@ impl Redactor {
                         continue;
                     }
                     let tag = format!("[REDACTED:{name}]");
-                    for f in forms(value.expose()) {
-                        pairs.push((f, Zeroizing::new(tag.clone().into_bytes())));
+                    for pair in tagged(value.expose(), tag.as_bytes()) {
+                        pairs.push(pair);
                         names.push(name.clone());
                     }
                 }
@@ -93,9 +73,13 @@ impl Redactor {
             // Fail closed would stop every call; fail open is logged loudly.
             Err(e) => tracing::error!(error = %e, "mcp: cannot read the vault to scan for leaks"),
         }
+        let set = Replacements::new(pairs).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "mcp: cannot build the leak scanner");
+            None
+        });
         let n = Arc::new(Needles {
             built: Instant::now(),
-            set: Replacements::new(pairs),
+            set,
             names,
         });
         *cache = Some(n.clone());
@@ -154,28 +138,11 @@ fn walk(v: &mut Value, set: &Replacements, names: &[String], hits: &mut Vec<Stri
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_form_is_found() {
-        let v = b"sk-live-0123456789abcdef/+=";
-        let f = forms(v);
-        assert!(f.iter().any(|x| x.as_slice() == v));
-        assert!(
-            f.iter()
-                .any(|x| x.as_slice() == b"c2stbGl2ZS0wMTIzNDU2Nzg5YWJjZGVmLys9")
-        );
-        assert!(f.iter().any(|x| x.as_slice() == hex::encode(v).as_bytes()));
-        assert!(f.iter().any(|x| x.starts_with(b"sk%2Dlive")));
-    }
-}
-
-#[cfg(test)]
 mod vault_tests {
     use super::*;
     use crate::store::{SqliteStore, Store};
     use crate::vault::{MasterKey, SecretName, SecretValue};
+    use base64::Engine as _;
 
     #[test]
     fn redacts_values_from_the_vault_in_keys_and_nested_strings() {
@@ -203,6 +170,10 @@ mod vault_tests {
         let text = v.to_string();
         assert!(!text.contains(secret) && !text.contains(&b64), "{text}");
         assert_eq!(v["a"][0], "x[REDACTED:API_KEY]y");
+        // A form only the shared definition knows: the value inside a longer base64 blob.
+        let inner = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("ab{secret}"));
+        let mut blob = serde_json::json!({ "blob": inner });
+        assert_eq!(r.redact(&mut blob), vec!["API_KEY".to_string()]);
         assert_eq!(
             v["s"], "abc",
             "values under {MIN_LEN} bytes are not scanned"
