@@ -108,6 +108,28 @@ fn oracle(argv: &[OsString]) -> Option<Args> {
     })
 }
 
+/// A hostile command line: a valid one with a few words inserted, repeated, dropped or
+/// replaced (an option twice, a value gone, junk before `--`), or words in any order.
+fn hostile(u: &mut Unstructured<'_>) -> Result<Vec<OsString>> {
+    if u.ratio(1, 4)? {
+        return (0..u.int_in_range(0..=10)?).map(|_| word(u)).collect();
+    }
+    let mut argv = valid_args(u)?.to_args();
+    for _ in 0..u.int_in_range(1..=3)? {
+        let at = u.choose_index(argv.len())?;
+        match u.int_in_range(0..=3)? {
+            0 => argv.insert(at, word(u)?),
+            1 => argv.insert(at, argv[at].clone()),
+            2 => drop(argv.remove(at)),
+            _ => argv[at] = word(u)?,
+        }
+        if argv.is_empty() {
+            break;
+        }
+    }
+    Ok(argv)
+}
+
 fn check(u: &mut Unstructured<'_>) -> Result<()> {
     let args = valid_args(u)?;
     assert_eq!(
@@ -116,11 +138,7 @@ fn check(u: &mut Unstructured<'_>) -> Result<()> {
         "parse(render(x)) != x"
     );
 
-    // A hostile command line: options and junk in any order, perhaps a `--` and a server.
-    let mut argv: Vec<OsString> = Vec::new();
-    for _ in 0..u.int_in_range(0..=10)? {
-        argv.push(word(u)?);
-    }
+    let argv = hostile(u)?;
     let parsed = parse(argv.clone());
     let expected = oracle(&argv);
     match (&parsed, &expected) {
