@@ -2,10 +2,13 @@
 //! "does not panic": a target turns raw bytes into a structured input (`arbitrary`), runs the
 //! real parser through its public API, and panics when the property breaks.
 //!
-//! `tests/properties.rs` runs them under a fixed-seed driver ([`driver`]) with a case budget,
-//! so CI is deterministic and bounded (`GIGMCP_FUZZ_CASES` raises the budget by hand,
-//! `GIGMCP_FUZZ_SEED` changes the seed); each committed file under `corpus/<target>/` is
-//! replayed first.
+//! The same targets run two ways:
+//! - `tests/properties.rs`: a fixed-seed driver ([`driver`]) with a case budget, so CI is
+//!   deterministic and bounded (`GIGMCP_FUZZ_CASES` raises the budget by hand,
+//!   `GIGMCP_FUZZ_SEED` changes the seed); each committed file under `corpus/<target>/` is
+//!   replayed first;
+//! - coverage-guided by AFL++ (`fuzz/afl.sh`, the `gigmcp-fuzz-afl` binary), from the same
+//!   corpus: a crash file it finds replays here once copied into the corpus.
 //!
 //! Knows nothing of the parsers' insides: each property is stated against an independent,
 //! deliberately simple oracle written here.
