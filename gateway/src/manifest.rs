@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::vault::SecretName;
+
 /// The server's `PATH` when its manifest sets none (the sandbox's environment and the image
 /// layout check both use it).
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -136,10 +138,19 @@ impl Manifest {
             server: self.name.clone(),
             problem,
         };
-        if self.command.is_empty() {
+        // An empty program name is refused by the sandbox's init: refuse it here, at install.
+        if self.command.first().is_none_or(String::is_empty) {
             return Err(bad("command is empty".into()));
         }
-        for e in &self.egress {
+        for (i, e) in self.egress.iter().enumerate() {
+            // Twice, the proxy would keep one rule and these checks read the other (say, a
+            // credential bound to a host a second entry opens to plain HTTP).
+            if self.egress[..i]
+                .iter()
+                .any(|earlier| earlier.host == e.host)
+            {
+                return Err(bad(format!("egress host {} is listed twice", e.host)));
+            }
             if !valid_host(&e.host) {
                 return Err(bad(format!(
                     "egress host {:?} is not an exact DNS name (no wildcards, no IP literals)",
@@ -150,7 +161,18 @@ impl Manifest {
                 return Err(bad(format!("egress host {} has no valid port", e.host)));
             }
         }
-        for c in &self.credentials {
+        for (i, c) in self.credentials.iter().enumerate() {
+            // The name is a vault secret's and an environment variable's: the proxy refuses
+            // to start with one it cannot look up, so refuse it here, at install.
+            if let Err(e) = SecretName::parse(&c.name) {
+                return Err(bad(format!("credential: {e}")));
+            }
+            if self.credentials[..i]
+                .iter()
+                .any(|earlier| earlier.name == c.name)
+            {
+                return Err(bad(format!("credential {} is listed twice", c.name)));
+            }
             if c.hosts.is_empty() {
                 return Err(bad(format!("credential {} is bound to no host", c.name)));
             }
@@ -168,13 +190,28 @@ impl Manifest {
                     )));
                 }
             }
-            if let Inject::Header { name, format } = &c.inject {
-                if format.matches("{}").count() != 1 || name.is_empty() {
+            match &c.inject {
+                Inject::Header { name, format } => {
+                    if format.matches("{}").count() != 1 {
+                        return Err(bad(format!(
+                            "credential {}: header format must contain {{}} once",
+                            c.name
+                        )));
+                    }
+                    if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+                        return Err(bad(format!(
+                            "credential {}: {name:?} is not a header name",
+                            c.name
+                        )));
+                    }
+                }
+                Inject::Query { param } if param.is_empty() => {
                     return Err(bad(format!(
-                        "credential {}: header format must contain {{}} once",
+                        "credential {}: empty query parameter name",
                         c.name
                     )));
                 }
+                Inject::Basic | Inject::Query { .. } => {}
             }
         }
         Ok(())
@@ -233,6 +270,16 @@ mod tests {
             ("\"hosts\": [\"api.github.com\"]", "\"hosts\": []"),
             ("\"Bearer {}\"", "\"Bearer\""),
             ("\"tools\"", "\"unknown_field\": 1, \"tools\""),
+            // Found by the `manifest` fuzz target: what the proxy refuses when it starts.
+            ("\"GITHUB_TOKEN\"", "\"GITHUB TOKEN\""),
+            ("\"Authorization\"", "\"Author ization\""),
+            // Found by the `manifest` fuzz target: no program, which init refuses at launch.
+            ("[\"/bin/server\"]", "[\"\"]"),
+            // Found by the `manifest` fuzz target: the same host twice, once with plain HTTP.
+            (
+                "{\"host\": \"api.github.com\"}",
+                "{\"host\": \"api.github.com\"}, {\"host\": \"api.github.com\", \"http\": true}",
+            ),
         ] {
             let text = GOOD.replacen(from, to, 1);
             assert_ne!(text, GOOD, "{from}");

@@ -70,6 +70,9 @@ pub fn parse_authority(text: &str, default_port: u16) -> Result<Target, Deny> {
         });
     }
     let port = match authority.as_str().split_once(':') {
+        // Digits only (RFC 3986 `port = *DIGIT`): `u16::from_str` would also take `+443`,
+        // which a server behind the proxy may read otherwise.
+        Some((_, p)) if !p.bytes().all(|b| b.is_ascii_digit()) => return Err(Deny::BadAuthority),
         Some((_, p)) => p.parse::<u16>().map_err(|_| Deny::BadAuthority)?,
         None => default_port,
     };
@@ -240,6 +243,8 @@ mod tests {
             ("api.example.com:0", Deny::BadAuthority),
             ("api.example.com:", Deny::BadAuthority),
             ("api.example.com:99999", Deny::BadAuthority),
+            // Found by the `http_checks` fuzz target: a signed port passed as 443.
+            ("api.example.com:+443", Deny::BadAuthority),
             ("*.example.com", Deny::BadAuthority),
             ("a b.com", Deny::BadAuthority),
             ("", Deny::BadAuthority),

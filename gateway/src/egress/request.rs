@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use http::header::{AUTHORIZATION, CONNECTION, HOST, IF_RANGE, PROXY_AUTHORIZATION, RANGE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, percent_encode};
 use zeroize::Zeroizing;
 
 use super::audit::Deny;
@@ -318,9 +318,9 @@ fn inject_query(
     let Some(query) = parts.uri.query() else {
         return Ok(());
     };
-    let encoded = Zeroizing::new(
-        utf8_percent_encode(&String::from_utf8_lossy(value), QUERY_VALUE).to_string(),
-    );
+    // The value's bytes, encoded as they are: a value that is not UTF-8 must not be
+    // replaced by U+FFFD on its way in.
+    let encoded = Zeroizing::new(percent_encode(value, QUERY_VALUE).to_string());
     let rebuilt: Vec<String> = query
         .split('&')
         .map(|kv| {
@@ -512,6 +512,18 @@ mod tests {
         assert_eq!(p.uri.query(), Some("a=1&api_key=k%2Fe%20y&b=2"));
         let p = parts(http::Request::get(format!("/v1/x?other={PH}")));
         assert!(!wants(&p, &c));
+    }
+
+    /// Found by the `rewriter` fuzz target: a value that is not UTF-8 reached the query as
+    /// U+FFFD.
+    #[test]
+    fn query_swap_keeps_every_byte_of_the_value() {
+        let c = cred(Presentation::Query {
+            param: "api_key".into(),
+        });
+        let mut p = parts(http::Request::get(format!("/v1/x?api_key={PH}")));
+        inject(&mut p, &c, b"k\xff\xc3").unwrap();
+        assert_eq!(p.uri.query(), Some("api_key=k%FF%C3"));
     }
 
     #[test]

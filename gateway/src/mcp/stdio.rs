@@ -387,6 +387,11 @@ async fn read_line_bounded<R: AsyncBufReadExt + Unpin>(
     loop {
         let avail = r.fill_buf().await?;
         if avail.is_empty() {
+            // A last line cut by the end of the stream has no `\n` to allow for: `max` bytes
+            // at most, as any other (the bound below lets `max + 1` through for the `\n`).
+            if buf.len() > max {
+                return Err(LineError::TooLong(max));
+            }
             return Ok(buf.len());
         }
         let (take, done) = match memchr::memchr(b'\n', avail) {
@@ -401,5 +406,38 @@ async fn read_line_bounded<R: AsyncBufReadExt + Unpin>(
         if done {
             return Ok(buf.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_one(data: &[u8], max: usize) -> Result<Vec<u8>, LineError> {
+        let mut r = BufReader::new(data);
+        let mut line = Vec::new();
+        read_line_bounded(&mut r, &mut line, max).await?;
+        Ok(line)
+    }
+
+    /// Found by the `framing` fuzz target: a last line without `\n` got one byte more than
+    /// the cap.
+    #[tokio::test]
+    async fn a_last_line_over_the_cap_is_refused_without_its_newline_too() {
+        let max = 132;
+        let cut = vec![b'x'; max + 1];
+        assert!(matches!(
+            read_one(&cut, max).await,
+            Err(LineError::TooLong(132))
+        ));
+        assert_eq!(read_one(&cut[..max], max).await.unwrap(), &cut[..max]);
+        let mut ended = cut[..max].to_vec();
+        ended.push(b'\n');
+        assert_eq!(read_one(&ended, max).await.unwrap(), ended);
+        ended.insert(0, b'x');
+        assert!(matches!(
+            read_one(&ended, max).await,
+            Err(LineError::TooLong(132))
+        ));
     }
 }
