@@ -1,5 +1,5 @@
-//! The credential rewriter (`egress::request`: `find_exfiltration`, `wants`, `inject`), run in
-//! the order the proxy runs them, on requests whose placeholders stand anywhere: in the
+//! The credential rewriter (`egress::request`: `needle_place` over the host's
+//! `egress::needles::HostNeedles`, then `wants`, `inject`), run in the order the proxy runs them, on requests whose placeholders stand anywhere: in the
 //! declared place in the declared format or not, in other headers, in the path, in other query
 //! parameters, inside Basic credentials, percent-encoded.
 //!
@@ -12,8 +12,9 @@
 use arbitrary::{Result, Unstructured};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use gateway::egress::needles::HostNeedles;
 use gateway::egress::policy::{CredentialRule, Presentation};
-use gateway::egress::request::{find_exfiltration, inject, wants};
+use gateway::egress::request::{inject, needle_place, wants};
 use gateway::vault::SecretName;
 use http::header::AUTHORIZATION;
 use http::request::Parts;
@@ -227,7 +228,14 @@ fn check(u: &mut Unstructured<'_>) -> Result<()> {
         })
         .filter(|(_, p)| !p.is_empty())
         .collect();
-    let verdict = find_exfiltration(&parts, &rules, &host);
+    // As `forward::head_leak` does it: every needle of the host (the placeholders of the
+    // credentials unbound there, every form of every real value), searched in the head.
+    let values: Vec<Option<&[u8]>> = creds.iter().map(|c| Some(c.value.as_slice())).collect();
+    let needles = HostNeedles::build(&rules, &values, &host).expect("a handful of needles");
+    let verdict = match needles.scan.as_ref().and_then(|s| needle_place(&parts, s)) {
+        Some(hit) => Err(hit),
+        None => Ok(()),
+    };
     assert_eq!(
         verdict.is_err(),
         !leaks.is_empty(),

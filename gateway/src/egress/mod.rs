@@ -31,7 +31,7 @@ mod forward;
 mod idle;
 mod intercept;
 mod listener;
-mod needles;
+pub mod needles;
 pub mod policy;
 pub mod request;
 pub mod rewrite;
