@@ -318,4 +318,20 @@ impl Launcher for SandboxLauncher {
     async fn launch(&self, server: &ServerRecord) -> Result<Launched, LaunchError> {
         self.start(server).await
     }
+
+    fn client_reason(err: &LaunchError) -> &'static str {
+        match err {
+            LaunchError::Manifest(_) | LaunchError::NotLocalRootfs(_) => {
+                "its installed image or manifest cannot be run"
+            }
+            LaunchError::Helper(_) => "the sandbox helper is not reachable",
+            LaunchError::Refused(_) => "the sandbox helper refused its sandbox",
+            LaunchError::Placeholder(_)
+            | LaunchError::BadHostAddress(_)
+            | LaunchError::BadSandboxAddress(_)
+            | LaunchError::Listeners(_)
+            | LaunchError::Egress(_)
+            | LaunchError::Stdio { .. } => "the gateway could not set up its sandbox",
+        }
+    }
 }

@@ -83,6 +83,13 @@ impl Launcher for ChildLauncher {
             guard: Box::new(Mutex::new(child)),
         })
     }
+
+    fn client_reason(err: &ChildLaunchError) -> &'static str {
+        match err {
+            ChildLaunchError::Manifest(_) => "its manifest cannot be run",
+            ChildLaunchError::Spawn { .. } => "its program could not be started",
+        }
+    }
 }
 
 pub struct Gw {

@@ -2,7 +2,8 @@
 //! the endpoint's subset ∩ the manifest's, and calls routed to the server that owns the tool.
 //! Anything outside the subset is neither listed nor callable. A list a server of the endpoint
 //! cannot contribute to (it cannot start, fails or hangs) is an error naming that server and why
-//! (`not_listed`), never a shorter list.
+//! (`not_listed`), never a shorter list; for a start failure "why" is the launcher's category
+//! (`Launcher::client_reason`), its full text is the admin's (audit, log).
 //!
 //! Names are unambiguous: server names never contain `__` nor end in `_`
 //! ([`crate::manifest::valid_server_name`], checked at install), so the first `__` of a shown

@@ -103,7 +103,8 @@ impl std::fmt::Debug for Launched {
 }
 
 /// Starts a server's process (in production, in a sandbox through the privileged helper).
-/// Its error names the step that failed; the pool reports it to the caller and the audit.
+/// Its error names the step that failed; the pool writes it to the audit and the log, and
+/// tells the MCP client only [`Launcher::client_reason`].
 pub trait Launcher: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
@@ -111,6 +112,11 @@ pub trait Launcher: Send + Sync + 'static {
         &self,
         server: &ServerRecord,
     ) -> impl Future<Output = Result<Launched, Self::Error>> + Send;
+
+    /// What a client holding only an endpoint token is told when [`Launcher::launch`] fails:
+    /// a category, never the error's text, which can name host paths, the helper's bus
+    /// address, host users or the image's layout (the admin reads those in the audit).
+    fn client_reason(err: &Self::Error) -> &'static str;
 }
 
 /// What keeps a started server alive. Shared with the session's watcher, which drops it (so
@@ -274,22 +280,28 @@ impl<L: Launcher> ServerPool<L> {
             .ok_or_else(|| unavailable("not installed".into()))?;
         let launched = tokio::time::timeout(self.init_timeout, self.launcher.launch(&record))
             .await
-            .map_err(|_| "the sandbox did not start in time".to_owned())
-            .and_then(|r| r.map_err(|e| format!("cannot start: {e}")));
+            .map_err(|_| {
+                let why = "the sandbox did not start in time";
+                (why.to_owned(), why)
+            })
+            .and_then(|r| r.map_err(|e| (format!("cannot start: {e}"), L::client_reason(&e))));
         let mut launched = match launched {
             Ok(l) => l,
-            Err(reason) => {
+            Err((reason, told)) => {
                 // Audited here, once per attempt: no session exists for the watcher below to
                 // report (a failed `initialize` is reported by the watcher). The reason can
                 // quote the manifest (its command): `{:?}` quotes it, so that its own `"`
                 // cannot end the field and write another, nor a control reach the journal.
+                tracing::warn!(server = %name, reason = %reason, "mcp: server not started");
                 self.audit.record(
                     "mcp.server.failed",
                     name,
                     Outcome::Failed,
                     format!("reason={reason:?} not started; retried after a backoff"),
                 );
-                return Err(unavailable(reason));
+                return Err(unavailable(format!(
+                    "cannot start: {told} (the reason is in the gateway's audit)"
+                )));
             }
         };
         if let Some(err) = launched.stderr.take() {
