@@ -22,7 +22,8 @@ pub enum Deny {
     NotAllowlisted,
     PortNotAllowed,
     PlainHttpNotAllowed,
-    ForbiddenAddress,
+    /// An answer for the host is an address no connection may reach (which, and why).
+    ForbiddenAddress(super::address_class::Forbidden),
     ResolveFailed,
     NotTls,
     NoSni,
@@ -56,7 +57,7 @@ impl Deny {
             Self::NotAllowlisted => "host not on the egress allowlist",
             Self::PortNotAllowed => "port not allowed for this host",
             Self::PlainHttpNotAllowed => "plain HTTP not allowed for this host",
-            Self::ForbiddenAddress => "host resolves to a forbidden address",
+            Self::ForbiddenAddress(_) => "host resolves to a forbidden address",
             Self::ResolveFailed => "host does not resolve",
             Self::NotTls => "not a TLS connection",
             Self::NoSni => "TLS without SNI",
@@ -100,6 +101,12 @@ impl Deny {
             Self::CredentialUnavailable { credential } => {
                 format!("reason=\"{}\" credential={credential}", self.reason())
             }
+            Self::ForbiddenAddress(f) => format!(
+                "reason=\"{}\" class={} address={}",
+                self.reason(),
+                f.class.name(),
+                f.address
+            ),
             _ => format!("reason=\"{}\"", self.reason()),
         }
     }

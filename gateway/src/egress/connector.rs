@@ -1,5 +1,8 @@
 //! The upstream TCP connector of one sandbox's pooled client. It never resolves: it dials only
-//! addresses that were checked when a tunnel to that host was admitted ([`Admitted`]).
+//! addresses that were checked when a tunnel to that host was admitted ([`Admitted`]), and
+//! checks each again right before and right after dialling it: an address can become the
+//! host's own between admission and connect (the after-check stops a connect that raced an
+//! `ip addr add`; it sends nothing over such a connection).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::addresses::ServerAddresses;
 use super::policy::Target;
 
 type Table = HashMap<Target, (Vec<SocketAddr>, Instant)>;
@@ -49,16 +53,45 @@ impl Admitted {
 #[derive(Debug, Clone)]
 pub struct CheckedConnector {
     admitted: Admitted,
+    addresses: ServerAddresses,
     connect_timeout: Duration,
 }
 
 impl CheckedConnector {
-    pub fn new(admitted: Admitted, connect_timeout: Duration) -> Self {
+    pub fn new(admitted: Admitted, addresses: ServerAddresses, connect_timeout: Duration) -> Self {
         Self {
             admitted,
+            addresses,
             connect_timeout,
         }
     }
+}
+
+fn refused(a: SocketAddr, why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, format!("{a}: {why}"))
+}
+
+/// Dials `a` if it is still allowed, and keeps the connection only if it did not end on this
+/// host (the address became the host's own meanwhile: the local end then equals the remote).
+async fn dial(
+    a: SocketAddr,
+    addresses: &ServerAddresses,
+    limit: Duration,
+) -> io::Result<TcpStream> {
+    if let Err(f) = addresses.check(a.ip()) {
+        return Err(refused(a, f.class.name()));
+    }
+    let s = tokio::time::timeout(limit, TcpStream::connect(a))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    if let Err(f) = addresses.check(a.ip()) {
+        return Err(refused(a, f.class.name()));
+    }
+    if s.local_addr()?.ip() == s.peer_addr()?.ip() {
+        return Err(refused(a, "connected to this host"));
+    }
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 impl tower_service::Service<http::Uri> for CheckedConnector {
@@ -82,19 +115,16 @@ impl tower_service::Service<http::Uri> for CheckedConnector {
         };
         let addrs = self.admitted.get(&target);
         let limit = self.connect_timeout;
+        let addresses = self.addresses.clone();
         Box::pin(async move {
             let addrs = addrs.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::PermissionDenied, "destination not admitted")
             })?;
             let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
             for a in addrs {
-                match tokio::time::timeout(limit, TcpStream::connect(a)).await {
-                    Ok(Ok(s)) => {
-                        s.set_nodelay(true)?;
-                        return Ok(TokioIo::new(s));
-                    }
-                    Ok(Err(e)) => last = e,
-                    Err(_) => last = io::ErrorKind::TimedOut.into(),
+                match dial(a, &addresses, limit).await {
+                    Ok(s) => return Ok(TokioIo::new(s)),
+                    Err(e) => last = e,
                 }
             }
             Err(last)

@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use super::addresses::ServerAddresses;
 use super::connector::{Admitted, CheckedConnector};
 use super::context::SandboxCtx;
 use super::policy::Policy;
@@ -54,12 +55,14 @@ impl EgressProxy {
         let policy = Policy::new(&sb.manifest, &sb.placeholders)?;
         let limits = shared.limits.clone();
         let admitted = Admitted::default();
+        let addresses = ServerAddresses::new(shared.guard.clone(), sb.approved_ranges);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*shared.client_tls).clone())
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(CheckedConnector::new(
                 admitted.clone(),
+                addresses.clone(),
                 limits.connect_timeout,
             ));
         let client = Client::builder(TokioExecutor::new())
@@ -76,7 +79,7 @@ impl EgressProxy {
             id: sb.sandbox_id,
             expected_peer: sb.expected_peer,
             policy,
-            approved: sb.approved_ranges,
+            addresses,
             secrets: SecretCache::new(shared.vault.clone(), limits.secret_ttl),
             shared,
             client,
