@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::address_class::{AddressClass, Forbidden};
 use super::addresses::ServerAddresses;
+use super::audit::{Deny, EgressAudit};
 use super::policy::Target;
 
 type Table = HashMap<Target, (Vec<SocketAddr>, Instant)>;
@@ -53,22 +55,34 @@ impl Admitted {
 #[derive(Debug, Clone)]
 pub struct CheckedConnector {
     admitted: Admitted,
-    addresses: ServerAddresses,
-    connect_timeout: Duration,
+    dialer: Dialer,
+}
+
+/// What a dial needs besides the address: the checks, the limit, and where a refusal goes.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    pub addresses: ServerAddresses,
+    pub connect_timeout: Duration,
+    pub audit: EgressAudit,
+    pub sandbox: String,
 }
 
 impl CheckedConnector {
-    pub fn new(admitted: Admitted, addresses: ServerAddresses, connect_timeout: Duration) -> Self {
-        Self {
-            admitted,
-            addresses,
-            connect_timeout,
-        }
+    pub fn new(admitted: Admitted, dialer: Dialer) -> Self {
+        Self { admitted, dialer }
     }
 }
 
-fn refused(a: SocketAddr, why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, format!("{a}: {why}"))
+#[derive(Debug)]
+enum DialError {
+    Forbidden(Forbidden),
+    Io(io::Error),
+}
+
+impl From<io::Error> for DialError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 /// Dials `a` if it is still allowed, and keeps the connection only if it did not end on this
@@ -77,21 +91,41 @@ async fn dial(
     a: SocketAddr,
     addresses: &ServerAddresses,
     limit: Duration,
-) -> io::Result<TcpStream> {
-    if let Err(f) = addresses.check(a.ip()) {
-        return Err(refused(a, f.class.name()));
-    }
+) -> Result<TcpStream, DialError> {
+    addresses.check(a.ip()).map_err(DialError::Forbidden)?;
     let s = tokio::time::timeout(limit, TcpStream::connect(a))
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    if let Err(f) = addresses.check(a.ip()) {
-        return Err(refused(a, f.class.name()));
-    }
+    addresses.check(a.ip()).map_err(DialError::Forbidden)?;
     if s.local_addr()?.ip() == s.peer_addr()?.ip() {
-        return Err(refused(a, "connected to this host"));
+        return Err(DialError::Forbidden(Forbidden {
+            address: a.ip(),
+            class: AddressClass::HostOwn,
+        }));
     }
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+impl Dialer {
+    /// The first checked address that connects; each refusal audited with its class.
+    async fn first(&self, target: &Target, addrs: Vec<SocketAddr>) -> io::Result<TcpStream> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for a in addrs {
+            match dial(a, &self.addresses, self.connect_timeout).await {
+                Ok(s) => return Ok(s),
+                Err(DialError::Io(e)) => last = e,
+                Err(DialError::Forbidden(f)) => {
+                    let deny = Deny::ForbiddenAddress(f);
+                    let target = target.to_string();
+                    self.audit
+                        .denied(&self.sandbox, &target, &deny, "kind=dial", false);
+                    last = io::Error::new(io::ErrorKind::PermissionDenied, deny.detail());
+                }
+            }
+        }
+        Err(last)
+    }
 }
 
 impl tower_service::Service<http::Uri> for CheckedConnector {
@@ -114,20 +148,50 @@ impl tower_service::Service<http::Uri> for CheckedConnector {
             port: uri.port_u16().unwrap_or(default_port),
         };
         let addrs = self.admitted.get(&target);
-        let limit = self.connect_timeout;
-        let addresses = self.addresses.clone();
+        let dialer = self.dialer.clone();
         Box::pin(async move {
             let addrs = addrs.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::PermissionDenied, "destination not admitted")
             })?;
-            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-            for a in addrs {
-                match dial(a, &addresses, limit).await {
-                    Ok(s) => return Ok(TokioIo::new(s)),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
+            Ok(TokioIo::new(dialer.first(&target, addrs).await?))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::addresses::AddressGuard;
+    use crate::egress::addresses::tests::Fixed;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn an_address_that_became_the_hosts_is_not_dialled() {
+        let mut b = [0u8; 3];
+        getrandom::fill(&mut b).unwrap();
+        let own: std::net::IpAddr = std::net::Ipv4Addr::new(45, b[0], b[1], 1 + b[2] % 250).into();
+        let guard = AddressGuard::new(
+            "10.231.0.0/16".parse().unwrap(),
+            vec![],
+            Fixed(vec![ipnet::IpNet::from(own)]),
+        );
+        let addresses = ServerAddresses::new(Arc::new(guard), vec!["0.0.0.0/0".parse().unwrap()]);
+        let started = Instant::now();
+        match dial(
+            SocketAddr::new(own, 443),
+            &addresses,
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Err(DialError::Forbidden(f)) => {
+                assert_eq!(f.class, AddressClass::HostOwn)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "it tried to connect"
+        );
     }
 }

@@ -9,7 +9,9 @@
 //! - plain-HTTP absolute-form requests, only to hosts the manifest allows over HTTP;
 //! - transparent mode: TLS arriving on N.1:443, host from SNI; DNS answers ([`dns`]).
 //!
-//! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`rewrite`].
+//! Pure parts, unit-tested: [`policy`], [`address_class`], [`addresses`] (the order of the
+//! address checks is stated there), [`approvals`], [`request`], [`dns`], [`rewrite`];
+//! [`host_addrs`] reads the host's own addresses from the kernel.
 //!
 //! The private modules form a stack, each importing only modules below it: `sandbox` (the
 //! handle) → `listener` → `intercept` → `forward` → `context` (what a sandbox's connections

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::addresses::ServerAddresses;
-use super::connector::{Admitted, CheckedConnector};
+use super::connector::{Admitted, CheckedConnector, Dialer};
 use super::context::SandboxCtx;
 use super::policy::Policy;
 use super::secrets::SecretCache;
@@ -62,8 +62,12 @@ impl EgressProxy {
             .enable_all_versions()
             .wrap_connector(CheckedConnector::new(
                 admitted.clone(),
-                addresses.clone(),
-                limits.connect_timeout,
+                Dialer {
+                    addresses: addresses.clone(),
+                    connect_timeout: limits.connect_timeout,
+                    audit: shared.audit.clone(),
+                    sandbox: sb.sandbox_id.clone(),
+                },
             ));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
