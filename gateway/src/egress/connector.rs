@@ -165,33 +165,44 @@ mod tests {
     use crate::egress::addresses::tests::Fixed;
     use std::sync::Arc;
 
-    #[tokio::test]
-    async fn an_address_that_became_the_hosts_is_not_dialled() {
-        let mut b = [0u8; 3];
-        getrandom::fill(&mut b).unwrap();
-        let own: std::net::IpAddr = std::net::Ipv4Addr::new(45, b[0], b[1], 1 + b[2] % 250).into();
-        let guard = AddressGuard::new(
-            "10.231.0.0/16".parse().unwrap(),
-            vec![],
-            Fixed(vec![ipnet::IpNet::from(own)]),
-        );
-        let addresses = ServerAddresses::new(Arc::new(guard), vec!["0.0.0.0/0".parse().unwrap()]);
-        let started = Instant::now();
-        match dial(
-            SocketAddr::new(own, 443),
-            &addresses,
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            Err(DialError::Forbidden(f)) => {
-                assert_eq!(f.class, AddressClass::HostOwn)
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "it tried to connect"
+    fn guard(own: Vec<ipnet::IpNet>) -> ServerAddresses {
+        let guard = AddressGuard::new("10.231.0.0/16".parse().unwrap(), vec![], Fixed(own));
+        ServerAddresses::new(Arc::new(guard), vec!["0.0.0.0/0".parse().unwrap()])
+    }
+
+    /// In a namespace of its own, where a random public address sits on `lo` with a listener:
+    /// the dial refuses it before connecting when the host's set knows it, and after
+    /// connecting (nothing sent) when the set had not caught up yet.
+    #[test]
+    fn an_address_that_became_the_hosts_is_not_dialled() {
+        testkit::privileged(
+            "an_address_that_became_the_hosts_is_not_dialled",
+            1,
+            || async {
+                let mut b = [0u8; 3];
+                getrandom::fill(&mut b).unwrap();
+                let own: std::net::IpAddr =
+                    std::net::Ipv4Addr::new(45, b[0], b[1], 1 + b[2] % 250).into();
+                testkit::netns::ip_ok(&["addr", "add", &format!("{own}/32"), "dev", "lo"]);
+                let listener = tokio::net::TcpListener::bind((own, 0)).await.unwrap();
+                let to = listener.local_addr().unwrap();
+                let limit = Duration::from_secs(5);
+
+                let known = guard(vec![ipnet::IpNet::from(own)]);
+                match dial(to, &known, limit).await {
+                    Err(DialError::Forbidden(f)) => assert_eq!(f.class, AddressClass::HostOwn),
+                    other => panic!("{other:?}"),
+                }
+                let none =
+                    tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+                assert!(none.is_err(), "the refused address was connected to");
+
+                let not_yet_known = guard(vec![]);
+                match dial(to, &not_yet_known, limit).await {
+                    Err(DialError::Forbidden(f)) => assert_eq!(f.class, AddressClass::HostOwn),
+                    other => panic!("{other:?}"),
+                }
+            },
         );
     }
 }
