@@ -185,7 +185,9 @@ impl Proxy {
         }
         let egress: Vec<String> = names
             .iter()
-            .map(|(n, _)| format!(r#"{{"host":"{n}","ports":[{port}]}}"#))
+            // Plain HTTP and 443 too, so that every way out (CONNECT, absolute-form HTTP,
+            // transparent TLS) is tried.
+            .map(|(n, _)| format!(r#"{{"host":"{n}","ports":[{port},443],"http":true}}"#))
             .collect();
         let manifest = Manifest::from_json(&format!(
             r#"{{"name":"approvals","version":"1","command":["/bin/server"],"egress":[{}]}}"#,
@@ -613,6 +615,75 @@ fn server_add_refuses_approvals_that_overlap_the_host_naming_the_overlap() {
             // A private range clear of all of them is accepted.
             let out = add(&format!("192.168.{}.0/24", a.wrapping_add(1)));
             assert!(out.status.success(), "{}", text(&out));
+        },
+    );
+}
+
+#[test]
+fn plain_http_and_transparent_mode_apply_the_same_order() {
+    testkit::privileged(
+        "plain_http_and_transparent_mode_apply_the_same_order",
+        4,
+        || async {
+            let port = random_port();
+            let canary = Canary::bind(port);
+            let canary_443 = Canary::bind(443);
+            let sandbox = Sandbox::new();
+            let link = HostLink::new();
+            let own = random_public();
+            link.add(IpAddr::V4(own));
+            let metadata: IpAddr = "169.254.169.254".parse().unwrap();
+            link.add(metadata);
+            let (plain, sni) = (
+                format!("{}.approvals.example", label()),
+                format!("{}.approvals.example", label()),
+            );
+            let names = vec![
+                (plain.clone(), vec![IpAddr::V4(own)]),
+                (sni.clone(), vec![metadata]),
+            ];
+            let everything = vec!["0.0.0.0/0".parse().unwrap()];
+            let proxy = Proxy::start(&sandbox, port, &names, everything, Vec::new()).await;
+            canary.probe(IpAddr::V4(own)).await;
+            canary_443.probe(metadata).await;
+            canary.clear();
+            canary_443.clear();
+
+            // Absolute-form plain HTTP on the proxy port.
+            let mut s = connect_from(&sandbox.ns.name, proxy.proxy.local_addr()).await;
+            let request =
+                format!("GET http://{plain}:{port}/ HTTP/1.1\r\nHost: {plain}:{port}\r\n\r\n");
+            s.write_all(request.as_bytes()).await.unwrap();
+            let head = read_head(&mut s).await.unwrap_or_default();
+            assert!(head.starts_with("HTTP/1.1 403"), "plain HTTP: {head}");
+
+            // Transparent mode: TLS to N.1:443, the host taken from SNI.
+            let transparent = tokio::net::TcpListener::bind((sandbox.host_side(), 0))
+                .await
+                .unwrap();
+            let at = transparent.local_addr().unwrap();
+            let ns = sandbox.ns.name.clone();
+            let (client, accepted) = tokio::join!(connect_from(&ns, at), transparent.accept());
+            let (stream, peer) = accepted.unwrap();
+            proxy.proxy.serve_transparent(stream, peer);
+            let tls = tls_client(client, &proxy.ca_pem, &sni, &[b"http/1.1"]).await;
+            assert!(
+                tls.is_err(),
+                "transparent TLS to a metadata name was served"
+            );
+
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(canary.visits(), vec![], "the canary was reached");
+            assert_eq!(canary_443.visits(), vec![], "the canary on 443 was reached");
+            let events = proxy.audit().await;
+            assert!(
+                denied_with(&events, &format!("{plain}:{port}"), "class=host-address"),
+                "{events:#?}"
+            );
+            assert!(
+                denied_with(&events, &format!("{sni}:443"), "class=cloud-metadata"),
+                "{events:#?}"
+            );
         },
     );
 }
