@@ -224,8 +224,11 @@ impl Inner {
         loop {
             buf.clear();
             match self.sock.recv(&mut buf, libc::MSG_DONTWAIT) {
+                // A change we could not read is a change we lost: read everything again.
                 Ok(_) => {
-                    self.apply_datagram(&buf, None)?;
+                    if self.apply_datagram(&buf, None).is_err() {
+                        return self.resync();
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return self.resync(),
