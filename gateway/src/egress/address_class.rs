@@ -47,11 +47,6 @@ impl AddressClass {
             Self::PrivateNotApproved => "private-not-approved",
         }
     }
-
-    /// Whether an admin approval can open this class (only private space can).
-    pub fn approvable(self) -> bool {
-        self == Self::PrivateNotApproved
-    }
 }
 
 /// A refused address and why.
