@@ -2,7 +2,7 @@
 //! egress proxy never connects to the sandbox pool, the host's own addresses (kept current as
 //! they change), the gateway's listen addresses, loopback, unspecified, multicast, link-local
 //! or the cloud metadata and host-agent addresses, in any IPv6 form; `server add` refuses such
-//! approvals and names the overlap.
+//! approvals and names the overlap (that part: `admin_approvals.rs`).
 //!
 //! Real parts, as root: the test's own network namespace plays the host (a link carries
 //! its addresses, a canary listens on 0.0.0.0 and [::]), a named namespace plays the sandbox
@@ -21,9 +21,8 @@ use gateway::manifest::Manifest;
 use gateway::store::{AuditEvent, SqliteStore, Store};
 use gateway::vault::{MasterKey, Vault};
 use ipnet::IpNet;
-use testkit::canary::Canary;
+use testkit::canary::{Canary, HostLink};
 use testkit::egress::{connect_from, denied_with, limits, read_head, tls_client};
-use testkit::env::{TestEnv, text};
 use testkit::netns::{NamedNetns, ip_ok};
 use tokio::io::AsyncWriteExt;
 
@@ -123,36 +122,6 @@ impl Sandbox {
 
     fn addr(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 242, self.n, 2)
-    }
-}
-
-/// A link in the test's namespace: the host's "own" interface. A veth pair with both ends
-/// here (this kernel has no dummy driver); addresses go on the first end.
-struct HostLink(String);
-
-impl HostLink {
-    fn new() -> Self {
-        let name = format!("gd{}", label());
-        let peer = format!("{name}p");
-        ip_ok(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-        ip_ok(&["link", "set", &name, "up"]);
-        ip_ok(&["link", "set", &peer, "up"]);
-        Self(name)
-    }
-
-    fn add(&self, ip: IpAddr) {
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        let cidr = format!("{ip}/{prefix}");
-        if ip.is_ipv6() {
-            ip_ok(&["addr", "add", &cidr, "dev", &self.0, "nodad"]);
-        } else {
-            ip_ok(&["addr", "add", &cidr, "dev", &self.0]);
-        }
-    }
-
-    fn del(&self, ip: IpAddr) {
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        ip_ok(&["addr", "del", &format!("{ip}/{prefix}"), "dev", &self.0]);
     }
 }
 
@@ -489,132 +458,6 @@ fn an_address_the_host_gains_is_refused_at_once_even_for_an_admitted_name() {
             let (_, status) = proxy.connect(&early_name).await;
             assert!(status.contains(" 200 "), "after the address went: {status}");
             eprintln!("refused {refused_after:?} after the addresses appeared");
-        },
-    );
-}
-
-#[test]
-fn server_add_refuses_approvals_that_overlap_the_host_naming_the_overlap() {
-    testkit::privileged(
-        "server_add_refuses_approvals_that_overlap_the_host_naming_the_overlap",
-        2,
-        || async {
-            let env = TestEnv::new();
-            let link = HostLink::new();
-            let [a, b, c] = random();
-            let own = Ipv4Addr::new(192, 168, a, 1 + b % 250);
-            link.add(IpAddr::V4(own));
-            let listen = Ipv4Addr::new(172, 16 + c % 16, a, 7);
-            let images = env.dir.path().join("images");
-            let config = env.dir.path().join("gigmcp.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "[gateway]\nallow_unsigned_servers = true\nlisten = \"{listen}:8750\"\n[sandbox]\nimages_dir = \"{}\"\npool = \"10.{}.0.0/16\"\n",
-                    images.display(),
-                    100 + c % 100,
-                ),
-            )
-            .unwrap();
-            let rootfs = env.dir.path().join("rootfs");
-            std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-            std::fs::write(rootfs.join("bin/server"), b"#!/bin/sh\n").unwrap();
-            let name = format!("s{}", label());
-            let manifest = env.dir.path().join("manifest.json");
-            std::fs::write(
-                &manifest,
-                format!(
-                    r#"{{"name":"{name}","version":"1","command":["/bin/server"],"egress":[{{"host":"api.approvals.example"}}]}}"#
-                ),
-            )
-            .unwrap();
-            let add = |range: &str| {
-                env.cli(
-                    &[
-                        "--config",
-                        config.to_str().unwrap(),
-                        "server",
-                        "add",
-                        &name,
-                        "--rootfs",
-                        rootfs.to_str().unwrap(),
-                        "--manifest",
-                        manifest.to_str().unwrap(),
-                        "--unsigned",
-                        "--approve-range",
-                        range,
-                    ],
-                    b"",
-                )
-            };
-            let pool = format!("10.{}.0.0/16", 100 + c % 100);
-            for (range, named) in [
-                (
-                    format!("192.168.{a}.0/24"),
-                    format!("the host's own address {own}/32"),
-                ),
-                (
-                    "192.168.0.0/16".to_string(),
-                    format!("the host's own address {own}/32"),
-                ),
-                (
-                    format!("::ffff:192.168.{a}.0/120"),
-                    "reserved ::/8".to_string(),
-                ),
-                (
-                    format!("172.{}.0.0/16", 16 + c % 16),
-                    format!("the gateway's listen address {listen}/32"),
-                ),
-                ("10.0.0.0/8".to_string(), format!("the sandbox pool {pool}")),
-                (
-                    "169.254.0.0/16".to_string(),
-                    "the cloud metadata address 169.254.169.254/32".to_string(),
-                ),
-                (
-                    "100.64.0.0/10".to_string(),
-                    "the cloud metadata address 100.100.100.200/32".to_string(),
-                ),
-                (
-                    "fd00:ec2::/48".to_string(),
-                    "the cloud metadata address fd00:ec2::254/128".to_string(),
-                ),
-                (
-                    "127.0.0.0/8".to_string(),
-                    "loopback 127.0.0.0/8".to_string(),
-                ),
-            ] {
-                let out = add(&range);
-                assert!(!out.status.success(), "{range} approved: {}", text(&out));
-                assert!(
-                    text(&out).contains(&format!("--approve-range {range} overlaps {named}")),
-                    "{range}: {}",
-                    text(&out)
-                );
-            }
-            for (range, says) in [
-                ("10.0.0.0/7", "wider than a /8"),
-                ("45.1.2.0/24", "not private"),
-            ] {
-                let out = add(range);
-                assert!(
-                    !out.status.success() && text(&out).contains(says),
-                    "{range}: {}",
-                    text(&out)
-                );
-            }
-            // Each refusal is in the audit trail with its reason; nothing was installed.
-            let events = env.store().audit_recent(1000).unwrap();
-            let refused = events
-                .iter()
-                .filter(|e| {
-                    e.action == "server.add" && e.detail.contains("approvals never open it")
-                })
-                .count();
-            assert_eq!(refused, 9, "{events:#?}");
-            assert!(env.store().server_get(&name).unwrap().is_none());
-            // A private range clear of all of them is accepted.
-            let out = add(&format!("192.168.{}.0/24", a.wrapping_add(1)));
-            assert!(out.status.success(), "{}", text(&out));
         },
     );
 }

@@ -1,7 +1,8 @@
-//! A canary service on "the host" (the test's own network namespace): TCP listeners on the
-//! wildcard addresses `0.0.0.0:port` and `[::]:port`, recording every connection they accept.
-//! An attack test points the egress proxy at the host's own addresses and asserts the canary
-//! saw nothing; [`Canary::probe`] first proves that each address would have reached it.
+//! The host side of an attack test, in the test's own network namespace: a canary service (TCP
+//! listeners on the wildcard addresses `0.0.0.0:port` and `[::]:port`, recording every
+//! connection they accept) and a [`HostLink`] carrying the host's "own" addresses. An attack
+//! test points the egress proxy at the host's own addresses and asserts the canary saw
+//! nothing; [`Canary::probe`] first proves that each address would have reached it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -100,5 +101,44 @@ async fn record(listener: tokio::net::TcpListener, seen: Arc<Mutex<Vec<Visit>>>)
     while let Ok((s, from)) = listener.accept().await {
         let to = s.local_addr().expect("local address");
         seen.lock().unwrap().push(Visit { to, from });
+    }
+}
+
+/// A link in the caller's namespace: the host's "own" interface. A veth pair with both ends
+/// here (kernels without the dummy driver have veth); addresses go on the first end. Removed
+/// with the test's namespace.
+#[derive(Debug)]
+pub struct HostLink(pub String);
+
+impl Default for HostLink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostLink {
+    pub fn new() -> Self {
+        let name = format!("gd{}", crate::env::random_hex(5));
+        let peer = format!("{name}p");
+        crate::netns::ip_ok(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        crate::netns::ip_ok(&["link", "set", &name, "up"]);
+        crate::netns::ip_ok(&["link", "set", &peer, "up"]);
+        Self(name)
+    }
+
+    /// Adds `ip` as a host address (/32 or /128; IPv6 without duplicate detection).
+    pub fn add(&self, ip: IpAddr) {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        let cidr = format!("{ip}/{prefix}");
+        if ip.is_ipv6() {
+            crate::netns::ip_ok(&["addr", "add", &cidr, "dev", &self.0, "nodad"]);
+        } else {
+            crate::netns::ip_ok(&["addr", "add", &cidr, "dev", &self.0]);
+        }
+    }
+
+    pub fn del(&self, ip: IpAddr) {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        crate::netns::ip_ok(&["addr", "del", &format!("{ip}/{prefix}"), "dev", &self.0]);
     }
 }
