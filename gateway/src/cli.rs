@@ -62,7 +62,9 @@ enum ServerCommand {
         #[arg(long, required = true)]
         unsigned: bool,
         /// A private range (CIDR) this server may reach through the proxy (internal APIs);
-        /// repeatable. Private, loopback and link-local destinations are refused otherwise.
+        /// repeatable. Private destinations are refused otherwise. Refused: ranges wider than a
+        /// /8 (IPv6: /48), public ones, and any overlapping what no approval opens (loopback,
+        /// link-local, metadata, the sandbox pool, this host's own and listen addresses).
         #[arg(long = "approve-range")]
         approve_ranges: Vec<ipnet::IpNet>,
     },
@@ -207,6 +209,8 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let settings = AdminSettings {
         allow_unsigned_servers: config.gateway.allow_unsigned_servers,
         images_dir: config.sandbox.images_dir.clone(),
+        sandbox_pool: ipnet::IpNet::V4(config.sandbox.pool),
+        gateway_listen: vec![config.gateway.listen.ip()],
     };
     let mut admin = LocalAdmin::open(&cli.state_dir, key, actor, settings)?;
     dispatch(&mut admin, cli.command, out)

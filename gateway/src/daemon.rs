@@ -186,10 +186,12 @@ async fn serve(
 }
 
 /// The egress proxy's configuration: its CA file in the state directory, the sandbox pool it
-/// serves, an extra upstream CA and the configured hosts ahead of the system resolver.
+/// serves and the front's listen address (neither ever a destination), an extra upstream CA
+/// and the configured hosts ahead of the system resolver.
 fn egress_config(config: &Config) -> anyhow::Result<EgressConfig> {
     let mut egress_config = EgressConfig::new(config.gateway.state_dir.join("egress-ca.pem"));
     egress_config.sandbox_pool = ipnet::IpNet::V4(config.sandbox.pool);
+    egress_config.gateway_listen = vec![config.gateway.listen.ip()];
     egress_config.extra_upstream_ca = config.egress.extra_ca_file.clone();
     let settings = &config.egress;
     let limits = &mut egress_config.limits;

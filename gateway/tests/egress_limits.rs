@@ -6,9 +6,13 @@
 //! netns, the proxy on the host side of a "client" netns that plays the sandbox, and real
 //! clients (curl, and raw rustls/TCP clients made inside the client netns).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gateway::audit::{AuditQueue, Auditor};
 use gateway::egress::EgressLimits;
+use gateway::egress::audit::{Deny, EgressAudit, FLOOD_PER_SECOND};
+use gateway::store::{SqliteStore, Store};
 use sha2::{Digest, Sha256};
 use testkit::egress::*;
 use tokio::io::AsyncWriteExt;
@@ -212,5 +216,41 @@ fn a_thousand_concurrent_connections_stay_within_the_limit() {
                 "refusals audited"
             );
         },
+    );
+}
+
+/// The egress audit's flood limit is per sandbox: one sandbox's storm of refusals neither
+/// silences another's nor goes uncounted (a real SQLite audit table).
+#[tokio::test]
+async fn one_sandbox_flood_neither_silences_another_nor_goes_uncounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+    let shared = EgressAudit::new(AuditQueue::new(Auditor::new(store.clone(), "test")));
+    let (a, b) = (shared.for_sandbox(), shared.for_sandbox());
+    let storm = FLOOD_PER_SECOND + 150;
+    for _ in 0..storm {
+        a.denied("a", "x", &Deny::TooManyConnections, "", true);
+    }
+    b.denied("b", "x", &Deny::TooManyConnections, "", true);
+    a.report_suppressed("a");
+    shared.flush().await;
+    let events = store.audit_recent(10_000).unwrap();
+    let of = |who: &str| {
+        let tag = format!("sandbox={who} ");
+        events
+            .iter()
+            .filter(|e| e.detail.starts_with(&tag))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("b").len(), 1, "B's refusal is recorded during A's flood");
+    let rows = of("a");
+    assert_eq!(
+        rows.len() as u32,
+        FLOOD_PER_SECOND + 1,
+        "A's: the limit plus a summary"
+    );
+    assert!(
+        rows.iter().any(|e| e.detail.ends_with("suppressed=150")),
+        "the rest are counted"
     );
 }

@@ -291,8 +291,13 @@ fn the_python_sdk_is_served_in_under_5_s_while_the_front_is_under_abuse() {
 
             let slowest = sessions.iter().copied().fold(0.0, f64::max);
             assert!(slowest < 5.0, "the SDK took {sessions:?} s under attack");
+            // The attacker held all of them; the front, sampled every 100 ms, at least three
+            // quarters at once: on a loaded machine the attacker's ramp can outlast the header
+            // timeout (10 s), which then closes the first before the last are open (seen:
+            // 1,793 of 2,000 at load average 17).
             assert!(
-                stats["idle_max_open"].as_u64().unwrap() >= IDLE as u64 && max_conns >= IDLE,
+                stats["idle_max_open"].as_u64().unwrap() >= IDLE as u64
+                    && max_conns >= IDLE * 3 / 4,
                 "the attack did not hold {IDLE} idle connections: {stats} (front: {max_conns})"
             );
             assert!(stats["idle_closed_by_server"].as_u64().unwrap() >= IDLE as u64);

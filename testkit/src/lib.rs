@@ -25,6 +25,8 @@ pub mod helper;
 pub mod transparent;
 
 #[cfg(feature = "gateway")]
+pub mod canary;
+#[cfg(feature = "gateway")]
 pub mod egress;
 #[cfg(feature = "gateway")]
 pub mod env;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{AdminApi, AdminError, image_layout};
 use crate::audit::{Auditor, Outcome};
+use crate::egress::{AddressGuard, HostAddrs, check_approval};
 use crate::manifest::Manifest;
 use crate::store::{
     EndpointRecord, SecretMeta, ServerRecord, SqliteStore, Store, TokenRecord, ToolDefinition,
@@ -22,6 +23,9 @@ pub struct AdminSettings {
     pub allow_unsigned_servers: bool,
     /// The helper's `images_dir`, where unsigned root filesystems are copied.
     pub images_dir: PathBuf,
+    /// The sandbox pool and the gateway's listen addresses: no approval may overlap them.
+    pub sandbox_pool: ipnet::IpNet,
+    pub gateway_listen: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
@@ -273,6 +277,24 @@ impl AdminApi for LocalAdmin {
 }
 
 impl LocalAdmin {
+    /// Each approval against this host's never-reachable addresses as of now (the proxy checks
+    /// again at every connection, so an address the host gains later stays closed too).
+    fn check_approvals(&self, approved_ranges: &[ipnet::IpNet]) -> Result<(), AdminError> {
+        if approved_ranges.is_empty() {
+            return Ok(());
+        }
+        let host = HostAddrs::open().map_err(|e| AdminError::Refused(e.to_string()))?;
+        let guard = AddressGuard::new(
+            self.settings.sandbox_pool,
+            self.settings.gateway_listen.clone(),
+            host,
+        );
+        approved_ranges
+            .iter()
+            .try_for_each(|r| check_approval(*r, &guard))
+            .map_err(|e| AdminError::Refused(e.to_string()))
+    }
+
     fn add_unsigned(
         &self,
         name: &str,
@@ -288,6 +310,7 @@ impl LocalAdmin {
         }
         let manifest =
             Manifest::from_json(manifest_json).map_err(|e| AdminError::Refused(e.to_string()))?;
+        self.check_approvals(approved_ranges)?;
         if manifest.name != name {
             return Err(AdminError::Refused(format!(
                 "the manifest names the server {:?}, not {name:?}",

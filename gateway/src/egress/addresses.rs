@@ -1,22 +1,41 @@
 //! Resolve once, check every answer, connect only to what was checked (DNS rebinding).
 //!
-//! A name is refused if ANY of its addresses is loopback, link-local (cloud metadata at
-//! 169.254.169.254), private (RFC 1918, CGNAT, ULA), multicast, unspecified, broadcast,
-//! documentation/benchmark space, or inside the sandbox pool, unless the admin approved a range
-//! containing it for this server. IPv4-mapped IPv6 addresses are folded to IPv4 first.
+//! A name is refused if ANY of its addresses is refused. Each address is checked in this order,
+//! and the first match decides:
+//!
+//! 1. folded: IPv4-mapped `::ffff:a.b.c.d` and NAT64 `64:ff9b::a.b.c.d` are checked as the IPv4
+//!    address they reach (a NAT64 translator dials the embedded address);
+//! 2. never, whatever was approved: cloud metadata and host agents (169.254.169.254,
+//!    169.254.170.2, 100.100.100.200, 168.63.129.16, fd00:ec2::254), unspecified, loopback,
+//!    link-local, multicast, reserved and documentation space, IPv6 forms that tunnel to an
+//!    IPv4 address we cannot see (IPv4-compatible `::a.b.c.d`, 6to4, Teredo, local-use NAT64);
+//! 3. never: the sandbox pool (any sandbox's N.1 or N.2);
+//! 4. never: the gateway's own listen addresses;
+//! 5. never: any address of the host's own interfaces, or in a local route, as of this
+//!    moment ([`HostAddrs`], kept current from netlink; unreadable means refused);
+//! 6. allowed if inside a range the admin approved for this server;
+//! 7. refused if private (RFC 1918, CGNAT, benchmarking, ULA): those need an approval;
+//! 8. allowed.
+//!
+//! Approvals are checked when they are made, too ([`check_approval`]): one that overlaps
+//! anything of 2-5, or is wider than a /8 (IPv4) or a /48 (IPv6), or is not private, is refused
+//! with what it overlaps. The runtime order above still holds for approvals stored earlier.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
+pub use super::address_class::fold_mapped;
+use super::address_class::{AddressClass, Forbidden, PRIVATE, effective, never_class};
 use super::audit::Deny;
+use super::host_addrs::{HostAddrs, HostAddrsError};
 
 pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
 
@@ -81,156 +100,293 @@ impl Resolve for HostsThenSystem {
     }
 }
 
-static V4_FORBIDDEN: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| {
-    [
-        "0.0.0.0/8",       // "this network", unspecified
-        "10.0.0.0/8",      // RFC 1918
-        "100.64.0.0/10",   // CGNAT
-        "127.0.0.0/8",     // loopback
-        "169.254.0.0/16",  // link-local, cloud metadata
-        "172.16.0.0/12",   // RFC 1918
-        "192.0.0.0/24",    // IETF protocol assignments
-        "192.0.2.0/24",    // documentation
-        "192.88.99.0/24",  // 6to4 relay anycast
-        "192.168.0.0/16",  // RFC 1918
-        "198.18.0.0/15",   // benchmarking
-        "198.51.100.0/24", // documentation
-        "203.0.113.0/24",  // documentation
-        "224.0.0.0/4",     // multicast
-        "240.0.0.0/4",     // reserved, incl. broadcast
-    ]
-    .iter()
-    .map(|n| n.parse().expect("static range"))
-    .collect()
-});
+/// What is never a destination on this host: the fixed classes, the sandbox pool, the
+/// gateway's own listen addresses and the host's own addresses. One per gateway.
+#[derive(Debug)]
+pub struct AddressGuard {
+    pool: IpNet,
+    listen: Vec<IpAddr>,
+    host: Box<dyn OwnAddresses>,
+}
 
-static V6_FORBIDDEN: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| {
-    [
-        "::/128",         // unspecified
-        "::1/128",        // loopback
-        "::/96",          // IPv4-compatible (deprecated)
-        "64:ff9b::/96",   // NAT64 embeds IPv4
-        "64:ff9b:1::/48", // local NAT64
-        "100::/64",       // discard
-        "2001::/23",      // IETF protocol assignments (Teredo embeds IPv4)
-        "2001:db8::/32",  // documentation
-        "2002::/16",      // 6to4 embeds IPv4
-        "fc00::/7",       // unique local
-        "fe80::/10",      // link-local
-        "fec0::/10",      // site-local (deprecated)
-        "ff00::/8",       // multicast
-    ]
-    .iter()
-    .map(|n| n.parse().expect("static range"))
-    .collect()
-});
+/// The host's own addresses: [`HostAddrs`] in production; a fixed list in unit tests, which
+/// must not depend on the machine they run on.
+pub trait OwnAddresses: Send + Sync + fmt::Debug {
+    fn contains(&self, ip: IpAddr) -> Result<bool, HostAddrsError>;
+    fn ranges(&self) -> Result<Vec<IpNet>, HostAddrsError>;
+}
 
-/// `::ffff:a.b.c.d` → `a.b.c.d`; everything else unchanged.
-pub fn fold_mapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+impl OwnAddresses for HostAddrs {
+    fn contains(&self, ip: IpAddr) -> Result<bool, HostAddrsError> {
+        HostAddrs::contains(self, ip)
+    }
+
+    fn ranges(&self) -> Result<Vec<IpNet>, HostAddrsError> {
+        HostAddrs::ranges(self)
     }
 }
 
-/// Whether the proxy must not connect to `ip` for a server with `approved` ranges.
-pub fn forbidden(ip: IpAddr, pool: &IpNet, approved: &[IpNet]) -> bool {
-    let ip = fold_mapped(ip);
-    if approved.iter().any(|n| n.contains(&ip)) {
-        return false;
+impl AddressGuard {
+    pub fn new(pool: IpNet, listen: Vec<IpAddr>, host: impl OwnAddresses + 'static) -> Self {
+        let host = Box::new(host);
+        let listen = listen.into_iter().map(effective).collect();
+        Self { pool, listen, host }
     }
-    if pool.contains(&ip) {
-        return true;
+
+    pub fn pool(&self) -> &IpNet {
+        &self.pool
     }
-    match ip {
-        IpAddr::V4(a) => v4_special(a),
-        IpAddr::V6(a) => v6_special(a),
+
+    pub fn listen(&self) -> &[IpAddr] {
+        &self.listen
+    }
+
+    /// The host's own addresses and local ranges, as of now.
+    pub fn host_ranges(&self) -> Result<Vec<IpNet>, HostAddrsError> {
+        self.host.ranges()
+    }
+
+    /// Steps 1-5: refuses what no approval may open.
+    pub fn check_never(&self, ip: IpAddr) -> Result<IpAddr, Forbidden> {
+        let eff = effective(ip);
+        let refuse = |class| Err(Forbidden { address: ip, class });
+        if let Some(class) = never_class(eff) {
+            return refuse(class);
+        }
+        if self.pool.contains(&eff) {
+            return refuse(AddressClass::SandboxPool);
+        }
+        if self.listen.contains(&eff) {
+            return refuse(AddressClass::GatewayListen);
+        }
+        // Both forms: the host may own the NAT64 address itself, or the IPv4 one it reaches.
+        let own = |a| self.host.contains(a);
+        match own(eff).and_then(|e| Ok(e || (eff != ip && own(ip)?))) {
+            Ok(false) => Ok(eff),
+            Ok(true) => refuse(AddressClass::HostOwn),
+            Err(e) => {
+                tracing::error!(error = %e, "egress: refusing every destination");
+                refuse(AddressClass::HostUnknown)
+            }
+        }
     }
 }
 
-fn v4_special(a: Ipv4Addr) -> bool {
-    V4_FORBIDDEN.iter().any(|n| n.contains(&a))
+/// One server's view: the guard and the ranges its admin approved.
+#[derive(Debug, Clone)]
+pub struct ServerAddresses {
+    guard: Arc<AddressGuard>,
+    approved: Vec<IpNet>,
 }
 
-fn v6_special(a: Ipv6Addr) -> bool {
-    V6_FORBIDDEN.iter().any(|n| n.contains(&a))
-}
+impl ServerAddresses {
+    pub fn new(guard: Arc<AddressGuard>, approved: Vec<IpNet>) -> Self {
+        Self { guard, approved }
+    }
 
-/// Resolves `host` once and returns its addresses if every one of them is allowed.
-pub async fn resolve_checked(
-    resolver: &dyn Resolve,
-    host: &str,
-    port: u16,
-    pool: &IpNet,
-    approved: &[IpNet],
-    limit: Duration,
-) -> Result<Vec<SocketAddr>, Deny> {
-    let addrs = match tokio::time::timeout(limit, resolver.resolve(host, port)).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(_)) | Err(_) => return Err(Deny::ResolveFailed),
-    };
-    if addrs.is_empty() {
-        return Err(Deny::ResolveFailed);
+    /// The whole order (steps 1-8) for one address.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Forbidden> {
+        let eff = self.guard.check_never(ip)?;
+        if self.approved.iter().any(|n| n.contains(&eff)) {
+            return Ok(());
+        }
+        if PRIVATE.iter().any(|n| n.contains(&eff)) {
+            return Err(Forbidden {
+                address: ip,
+                class: AddressClass::PrivateNotApproved,
+            });
+        }
+        Ok(())
     }
-    if addrs.iter().any(|a| forbidden(a.ip(), pool, approved)) {
-        return Err(Deny::ForbiddenAddress);
+
+    /// Resolves `host` once and returns its addresses if every one of them is allowed.
+    pub async fn resolve_checked(
+        &self,
+        resolver: &dyn Resolve,
+        host: &str,
+        port: u16,
+        limit: Duration,
+    ) -> Result<Vec<SocketAddr>, Deny> {
+        let addrs = match tokio::time::timeout(limit, resolver.resolve(host, port)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) | Err(_) => return Err(Deny::ResolveFailed),
+        };
+        if addrs.is_empty() {
+            return Err(Deny::ResolveFailed);
+        }
+        self.check_all(&addrs)?;
+        // Dial the folded form: a mapped address would go out over IPv4 anyway.
+        Ok(addrs
+            .into_iter()
+            .map(|a| SocketAddr::new(fold_mapped(a.ip()), a.port()))
+            .collect())
     }
-    // Connect to the folded form: a mapped address would go out over IPv4 anyway.
-    Ok(addrs
-        .into_iter()
-        .map(|a| SocketAddr::new(fold_mapped(a.ip()), a.port()))
-        .collect())
+
+    /// Every address allowed (a name with one bad answer is refused whole).
+    pub fn check_all(&self, addrs: &[SocketAddr]) -> Result<(), Deny> {
+        addrs
+            .iter()
+            .try_for_each(|a| self.check(a.ip()))
+            .map_err(Deny::ForbiddenAddress)
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// The host's addresses as a fixed list (unit tests must not depend on the machine).
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct Fixed(pub Vec<IpNet>);
+
+    impl OwnAddresses for Fixed {
+        fn contains(&self, ip: IpAddr) -> Result<bool, HostAddrsError> {
+            Ok(self.0.iter().any(|n| n.contains(&ip)))
+        }
+        fn ranges(&self) -> Result<Vec<IpNet>, HostAddrsError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// A host whose addresses cannot be read.
+    #[derive(Debug)]
+    struct Unreadable;
+
+    impl OwnAddresses for Unreadable {
+        fn contains(&self, _: IpAddr) -> Result<bool, HostAddrsError> {
+            Err(HostAddrsError::for_test())
+        }
+        fn ranges(&self) -> Result<Vec<IpNet>, HostAddrsError> {
+            Err(HostAddrsError::for_test())
+        }
+    }
+
+    fn guard(host: impl OwnAddresses + 'static) -> Arc<AddressGuard> {
+        Arc::new(AddressGuard::new(
+            "10.231.0.0/16".parse().unwrap(),
+            vec!["192.168.77.5".parse().unwrap()],
+            host,
+        ))
+    }
+
+    fn class(s: &ServerAddresses, ip: &str) -> Option<AddressClass> {
+        s.check(ip.parse().unwrap()).err().map(|f| f.class)
+    }
+
     #[test]
-    fn ranges() {
-        let pool: IpNet = "10.231.0.0/16".parse().unwrap();
-        for bad in [
+    fn every_class_is_refused_without_approvals() {
+        let s = ServerAddresses::new(
+            guard(Fixed(vec!["203.0.114.9/32".parse().unwrap()])),
+            vec![],
+        );
+        use AddressClass::*;
+        for (ip, want) in [
+            ("127.0.0.1", Loopback),
+            ("::1", Loopback),
+            ("::ffff:127.0.0.1", Loopback),
+            ("64:ff9b::7f00:1", Loopback),
+            ("169.254.169.254", Metadata),
+            ("::ffff:169.254.169.254", Metadata),
+            ("64:ff9b::a9fe:a9fe", Metadata),
+            ("::a9fe:a9fe", Reserved), // IPv4-compatible
+            ("169.254.170.2", Metadata),
+            ("100.100.100.200", Metadata),
+            ("168.63.129.16", Metadata),
+            ("::ffff:168.63.129.16", Metadata),
+            ("fd00:ec2::254", Metadata),
+            ("169.254.3.4", LinkLocal),
+            ("fe80::1", LinkLocal),
+            ("0.0.0.0", Unspecified),
+            ("::", Unspecified),
+            ("224.0.0.1", Multicast),
+            ("ff02::1", Multicast),
+            ("255.255.255.255", Reserved),
+            ("2002:7f00:1::1", Reserved),
+            ("2001:0:4136:e378::1", Reserved),
+            ("64:ff9b:1::7f00:1", Reserved),
+            ("10.231.7.2", SandboxPool),
+            ("10.231.7.1", SandboxPool),
+            ("::ffff:10.231.0.2", SandboxPool),
+            ("64:ff9b::ae7:702", SandboxPool),
+            ("192.168.77.5", GatewayListen),
+            ("203.0.114.9", HostOwn),
+            ("::ffff:203.0.114.9", HostOwn),
+            ("64:ff9b::cb00:7209", HostOwn),
+            ("192.168.1.1", PrivateNotApproved),
+            ("172.16.0.1", PrivateNotApproved),
+            ("100.64.0.1", PrivateNotApproved),
+            ("fd12::1", PrivateNotApproved),
+            ("64:ff9b::a00:1", PrivateNotApproved),
+        ] {
+            assert_eq!(class(&s, ip), Some(want), "{ip}");
+        }
+        for ok in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+            "64:ff9b::101:101",
+        ] {
+            assert_eq!(class(&s, ok), None, "{ok}");
+        }
+    }
+
+    #[test]
+    fn approvals_never_open_what_is_checked_before_them() {
+        let approved: Vec<IpNet> = [
+            "0.0.0.0/0",
+            "::/0",
+            "10.0.0.0/8",
+            "169.254.0.0/16",
+            "127.0.0.0/8",
+            "100.64.0.0/10",
+            "168.63.0.0/16",
+            "192.168.0.0/16",
+            "fd00::/8",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+        let host = Fixed(vec!["10.9.8.7/32".parse().unwrap()]);
+        let s = ServerAddresses::new(guard(host), approved);
+        for never in [
             "127.0.0.1",
             "169.254.169.254",
-            "10.231.7.2",
-            "192.168.1.1",
-            "172.16.0.1",
-            "100.64.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "224.0.0.1",
+            "100.100.100.200",
+            "168.63.129.16",
+            "fd00:ec2::254",
+            "10.231.3.1",
+            "10.231.3.2",
+            "192.168.77.5",
+            "10.9.8.7",
+            "::ffff:10.9.8.7",
+            "169.254.1.1",
             "::1",
-            "::",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "::ffff:10.231.0.2",
-            "fe80::1",
-            "fd00::1",
             "ff02::1",
-            "2002:7f00:1::1",
-            "64:ff9b::7f00:1",
+            "::a09:807",
         ] {
-            assert!(forbidden(bad.parse().unwrap(), &pool, &[]), "{bad}");
+            assert!(class(&s, never).is_some(), "{never} opened by an approval");
         }
-        for ok in ["93.184.216.34", "2606:4700::1111", "::ffff:1.1.1.1"] {
-            assert!(!forbidden(ok.parse().unwrap(), &pool, &[]), "{ok}");
+        for opened in [
+            "10.9.8.6",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd12::1",
+            "64:ff9b::a09:806",
+        ] {
+            assert_eq!(class(&s, opened), None, "{opened}");
         }
-        let approved: Vec<IpNet> = vec!["192.168.1.0/24".parse().unwrap()];
-        assert!(!forbidden("192.168.1.5".parse().unwrap(), &pool, &approved));
-        assert!(!forbidden(
-            "::ffff:192.168.1.5".parse().unwrap(),
-            &pool,
-            &approved
-        ));
-        assert!(forbidden("192.168.2.5".parse().unwrap(), &pool, &approved));
-        // A pool outside the private ranges is still refused.
-        let odd_pool: IpNet = "198.19.0.0/16".parse().unwrap();
-        assert!(forbidden("198.19.3.2".parse().unwrap(), &odd_pool, &[]));
+    }
+
+    #[test]
+    fn unreadable_host_addresses_refuse_everything() {
+        let s = ServerAddresses::new(guard(Unreadable), vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(class(&s, "93.184.216.34"), Some(AddressClass::HostUnknown));
+        assert_eq!(class(&s, "10.1.2.3"), Some(AddressClass::HostUnknown));
     }
 
     #[tokio::test]
     async fn any_bad_answer_refuses_the_name() {
-        let pool: IpNet = "10.231.0.0/16".parse().unwrap();
+        let s = ServerAddresses::new(guard(Fixed::default()), vec![]);
         let mut r = StaticResolver::new();
         r.insert(
             "mixed.example.com",
@@ -245,14 +401,18 @@ mod tests {
         );
         let t = Duration::from_secs(1);
         assert_eq!(
-            resolve_checked(&r, "mixed.example.com", 443, &pool, &[], t).await,
-            Err(Deny::ForbiddenAddress)
+            s.resolve_checked(&r, "mixed.example.com", 443, t).await,
+            Err(Deny::ForbiddenAddress(Forbidden {
+                address: "127.0.0.1".parse().unwrap(),
+                class: AddressClass::Loopback
+            }))
         );
         assert_eq!(
-            resolve_checked(&r, "nothing.example.com", 443, &pool, &[], t).await,
+            s.resolve_checked(&r, "nothing.example.com", 443, t).await,
             Err(Deny::ResolveFailed)
         );
-        let ok = resolve_checked(&r, "mapped.example.com", 443, &pool, &[], t)
+        let ok = s
+            .resolve_checked(&r, "mapped.example.com", 443, t)
             .await
             .unwrap();
         assert_eq!(ok, vec!["93.184.216.34:443".parse().unwrap()]);

@@ -1,8 +1,12 @@
 //! The upstream TCP connector of one sandbox's pooled client. It never resolves: it dials only
-//! addresses that were checked when a tunnel to that host was admitted ([`Admitted`]). Each
-//! connection it makes holds an upstream slot of the sandbox ([`super::slots`]) for as long as
-//! it is open, so a sandbox multiplexing thousands of requests cannot make the daemon open
-//! thousands of upstream sockets.
+//! addresses that were checked when a tunnel to that host was admitted ([`Admitted`]), and
+//! checks each again right before and right after dialling it: an address can become the
+//! host's own between admission and connect (the after-check stops a connect that raced an
+//! `ip addr add`; it sends nothing over such a connection).
+
+//! Each connection it makes holds an upstream slot of the sandbox ([`super::slots`]) for as
+//! long as it is open, so a sandbox multiplexing thousands of requests cannot make the daemon
+//! open thousands of upstream sockets.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +22,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::address_class::{AddressClass, Forbidden};
+use super::addresses::ServerAddresses;
+use super::audit::{Deny, EgressAudit};
 use super::policy::Target;
 use super::slots::{Exhausted, Pool, SandboxSlots, Slot};
 
@@ -55,17 +62,81 @@ impl Admitted {
 #[derive(Debug, Clone)]
 pub struct CheckedConnector {
     admitted: Admitted,
-    connect_timeout: Duration,
+    dialer: Dialer,
     slots: Arc<SandboxSlots>,
 }
 
+/// What a dial needs besides the address: the checks, the limit, and where a refusal goes.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    pub addresses: ServerAddresses,
+    pub connect_timeout: Duration,
+    pub audit: EgressAudit,
+    pub sandbox: String,
+}
+
 impl CheckedConnector {
-    pub fn new(admitted: Admitted, connect_timeout: Duration, slots: Arc<SandboxSlots>) -> Self {
+    pub fn new(admitted: Admitted, dialer: Dialer, slots: Arc<SandboxSlots>) -> Self {
         Self {
             admitted,
-            connect_timeout,
+            dialer,
             slots,
         }
+    }
+}
+
+#[derive(Debug)]
+enum DialError {
+    Forbidden(Forbidden),
+    Io(io::Error),
+}
+
+impl From<io::Error> for DialError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Dials `a` if it is still allowed, and keeps the connection only if it did not end on this
+/// host (the address became the host's own meanwhile: the local end then equals the remote).
+async fn dial(
+    a: SocketAddr,
+    addresses: &ServerAddresses,
+    limit: Duration,
+) -> Result<TcpStream, DialError> {
+    addresses.check(a.ip()).map_err(DialError::Forbidden)?;
+    let s = tokio::time::timeout(limit, TcpStream::connect(a))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    addresses.check(a.ip()).map_err(DialError::Forbidden)?;
+    if s.local_addr()?.ip() == s.peer_addr()?.ip() {
+        return Err(DialError::Forbidden(Forbidden {
+            address: a.ip(),
+            class: AddressClass::HostOwn,
+        }));
+    }
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+impl Dialer {
+    /// The first checked address that connects; each refusal audited with its class.
+    async fn first(&self, target: &Target, addrs: Vec<SocketAddr>) -> io::Result<TcpStream> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for a in addrs {
+            match dial(a, &self.addresses, self.connect_timeout).await {
+                Ok(s) => return Ok(s),
+                Err(DialError::Io(e)) => last = e,
+                Err(DialError::Forbidden(f)) => {
+                    let deny = Deny::ForbiddenAddress(f);
+                    let target = target.to_string();
+                    self.audit
+                        .denied(&self.sandbox, &target, &deny, "kind=dial", false);
+                    last = io::Error::new(io::ErrorKind::PermissionDenied, deny.detail());
+                }
+            }
+        }
+        Err(last)
     }
 }
 
@@ -89,14 +160,14 @@ impl tower_service::Service<http::Uri> for CheckedConnector {
             port: uri.port_u16().unwrap_or(default_port),
         };
         let addrs = self.admitted.get(&target);
-        let limit = self.connect_timeout;
+        let dialer = self.dialer.clone();
         let slots = self.slots.clone();
         Box::pin(async move {
             let addrs = addrs.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::PermissionDenied, "destination not admitted")
             })?;
             let slot = slots
-                .take_within(Pool::Upstream, limit)
+                .take_within(Pool::Upstream, dialer.connect_timeout)
                 .await
                 .map_err(|full| {
                     let which = match full {
@@ -105,21 +176,8 @@ impl tower_service::Service<http::Uri> for CheckedConnector {
                     };
                     io::Error::new(io::ErrorKind::WouldBlock, format!("{which} is reached"))
                 })?;
-            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-            for a in addrs {
-                match tokio::time::timeout(limit, TcpStream::connect(a)).await {
-                    Ok(Ok(s)) => {
-                        s.set_nodelay(true)?;
-                        return Ok(TokioIo::new(Counted {
-                            tcp: s,
-                            _slot: slot,
-                        }));
-                    }
-                    Ok(Err(e)) => last = e,
-                    Err(_) => last = io::ErrorKind::TimedOut.into(),
-                }
-            }
-            Err(last)
+            let tcp = dialer.first(&target, addrs).await?;
+            Ok(TokioIo::new(Counted { tcp, _slot: slot }))
         })
     }
 }
@@ -174,5 +232,54 @@ impl AsyncWrite for Counted {
 
     fn is_write_vectored(&self) -> bool {
         self.tcp.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::addresses::AddressGuard;
+    use crate::egress::addresses::tests::Fixed;
+    use std::sync::Arc;
+
+    fn guard(own: Vec<ipnet::IpNet>) -> ServerAddresses {
+        let guard = AddressGuard::new("10.231.0.0/16".parse().unwrap(), vec![], Fixed(own));
+        ServerAddresses::new(Arc::new(guard), vec!["0.0.0.0/0".parse().unwrap()])
+    }
+
+    /// In a namespace of its own, where a random public address sits on `lo` with a listener:
+    /// the dial refuses it before connecting when the host's set knows it, and after
+    /// connecting (nothing sent) when the set had not caught up yet.
+    #[test]
+    fn an_address_that_became_the_hosts_is_not_dialled() {
+        testkit::privileged(
+            "an_address_that_became_the_hosts_is_not_dialled",
+            1,
+            || async {
+                let mut b = [0u8; 3];
+                getrandom::fill(&mut b).unwrap();
+                let own: std::net::IpAddr =
+                    std::net::Ipv4Addr::new(45, b[0], b[1], 1 + b[2] % 250).into();
+                testkit::netns::ip_ok(&["addr", "add", &format!("{own}/32"), "dev", "lo"]);
+                let listener = tokio::net::TcpListener::bind((own, 0)).await.unwrap();
+                let to = listener.local_addr().unwrap();
+                let limit = Duration::from_secs(5);
+
+                let known = guard(vec![ipnet::IpNet::from(own)]);
+                match dial(to, &known, limit).await {
+                    Err(DialError::Forbidden(f)) => assert_eq!(f.class, AddressClass::HostOwn),
+                    other => panic!("{other:?}"),
+                }
+                let none =
+                    tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+                assert!(none.is_err(), "the refused address was connected to");
+
+                let not_yet_known = guard(vec![]);
+                match dial(to, &not_yet_known, limit).await {
+                    Err(DialError::Forbidden(f)) => assert_eq!(f.class, AddressClass::HostOwn),
+                    other => panic!("{other:?}"),
+                }
+            },
+        );
     }
 }

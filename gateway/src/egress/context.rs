@@ -13,12 +13,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::EgressShared;
-use super::addresses::{fold_mapped, resolve_checked};
+use super::addresses::{ServerAddresses, fold_mapped};
 use super::audit::{Deny, EgressAudit};
 use super::connector::{Admitted, CheckedConnector};
 use super::needles::{HostNeedles, NeedleCache};
@@ -38,7 +37,8 @@ pub(crate) struct SandboxCtx {
     pub id: String,
     pub expected_peer: Ipv4Addr,
     pub policy: Policy,
-    pub approved: Vec<IpNet>,
+    /// The address checks with this server's approvals (the connector holds the same).
+    pub addresses: ServerAddresses,
     pub shared: Arc<EgressShared>,
     pub client: UpClient,
     pub admitted: Admitted,
@@ -82,22 +82,23 @@ impl SandboxCtx {
         })
     }
 
-    /// Resolves `t` once (or reuses a fresh check) and records the checked addresses for the
-    /// connector.
+    /// Resolves `t` once (or reuses a fresh resolution) and records the checked addresses for
+    /// the connector. A reused resolution is checked again: an address may have become the
+    /// host's own since.
     pub async fn admit_target(&self, t: &Target) -> Result<(), Deny> {
         let limits = &self.shared.limits;
-        if self.admitted.fresh(t, limits.resolve_ttl).is_some() {
-            return Ok(());
+        if let Some(addrs) = self.admitted.fresh(t, limits.resolve_ttl) {
+            return self.addresses.check_all(&addrs);
         }
-        let addrs = resolve_checked(
-            &*self.shared.resolver,
-            &t.host,
-            t.port,
-            &self.shared.pool,
-            &self.approved,
-            limits.resolve_timeout,
-        )
-        .await?;
+        let addrs = self
+            .addresses
+            .resolve_checked(
+                &*self.shared.resolver,
+                &t.host,
+                t.port,
+                limits.resolve_timeout,
+            )
+            .await?;
         self.admitted.insert(t.clone(), addrs);
         Ok(())
     }

@@ -13,14 +13,18 @@
 //! under that sandbox's caps and under one gateway-wide bound (`slots`); past a cap a new
 //! connection is closed at once.
 //!
-//! Pure parts, unit-tested: [`policy`], [`addresses`], [`request`], [`dns`], [`forms`] (a
-//! value's encoded forms, shared with the MCP front's redaction), [`rewrite`], `needles`.
+//! Pure parts, unit-tested: [`policy`], [`address_class`], [`addresses`] (the order of the
+//! address checks is stated there), [`approvals`], [`request`], [`dns`], [`forms`] (a value's
+//! encoded forms, shared with the MCP front's redaction), [`rewrite`], `needles`;
+//! [`host_addrs`] reads the host's own addresses from the kernel.
 //!
 //! The private modules form a stack, each importing only modules below it: `sandbox` (the
 //! handle) → `listener` → `intercept` → `forward` → `context` (what a sandbox's connections
 //! share) → the pure parts, `connector`, `secrets`, `idle`, `slots`, [`audit`].
 
+pub mod address_class;
 pub mod addresses;
+pub mod approvals;
 pub mod audit;
 pub mod ca;
 mod connector;
@@ -28,6 +32,7 @@ mod context;
 pub mod dns;
 pub mod forms;
 mod forward;
+pub mod host_addrs;
 mod idle;
 mod intercept;
 mod listener;
@@ -41,7 +46,7 @@ mod secrets;
 mod slots;
 pub mod tls;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,8 +57,11 @@ use rustls::{ClientConfig, ServerConfig};
 use crate::manifest::Manifest;
 use crate::vault::{Vault, VaultError};
 
-pub use addresses::{HostsThenSystem, Resolve, StaticResolver, SystemResolver};
+pub use address_class::{AddressClass, Forbidden};
+pub use addresses::{AddressGuard, HostsThenSystem, Resolve, StaticResolver, SystemResolver};
+pub use approvals::{ApprovalError, check_approval};
 pub use ca::{CA_KEY_SECRET, CacheStats};
+pub use host_addrs::{HostAddrs, HostAddrsError};
 pub use policy::{Target, make_placeholder};
 pub use sandbox::EgressProxy;
 
@@ -69,6 +77,8 @@ pub enum EgressError {
     Random,
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    HostAddrs(#[from] HostAddrsError),
 }
 
 /// Limits and timeouts, the same for every sandbox.
@@ -140,8 +150,11 @@ pub struct EgressConfig {
     pub ca_cert_path: PathBuf,
     /// An extra CA trusted for upstream TLS, besides the system's roots.
     pub extra_upstream_ca: Option<PathBuf>,
-    /// The sandbox address pool; never a destination unless approved.
+    /// The sandbox address pool; never a destination, approved or not.
     pub sandbox_pool: IpNet,
+    /// The gateway's own listen addresses (the MCP front); never a destination. Addresses of
+    /// the host's interfaces are refused besides, read from the kernel.
+    pub gateway_listen: Vec<IpAddr>,
     pub limits: EgressLimits,
     /// Name resolution; [`SystemResolver`] in production.
     pub resolver: Arc<dyn Resolve>,
@@ -155,6 +168,7 @@ impl EgressConfig {
             sandbox_pool: IpNet::V4(
                 ipnet::Ipv4Net::new(Ipv4Addr::new(10, 231, 0, 0), 16).expect("static prefix"),
             ),
+            gateway_listen: Vec::new(),
             limits: EgressLimits::default(),
             resolver: Arc::new(SystemResolver),
         }
@@ -169,7 +183,7 @@ pub struct EgressShared {
     certs: Arc<ca::MintingResolver>,
     server_tls: Arc<ServerConfig>,
     client_tls: Arc<ClientConfig>,
-    pool: IpNet,
+    guard: Arc<AddressGuard>,
     limits: EgressLimits,
     resolver: Arc<dyn Resolve>,
     /// The gateway-wide socket bound every sandbox's slots draw from.
@@ -177,7 +191,8 @@ pub struct EgressShared {
 }
 
 impl EgressShared {
-    /// Loads (or on first start creates) the CA, writes its certificate, loads upstream roots.
+    /// Loads (or on first start creates) the CA, writes its certificate, loads upstream roots,
+    /// and subscribes to the host's addresses (in the caller's network namespace).
     pub fn new(
         vault: Arc<Vault>,
         audit: impl Into<crate::audit::AuditQueue>,
@@ -185,14 +200,19 @@ impl EgressShared {
     ) -> Result<Arc<Self>, EgressError> {
         let ca = ca::Ca::load_or_create(&vault, &config.ca_cert_path, tls::provider())?;
         let certs = Arc::new(ca::MintingResolver::new(ca, config.limits.leaf_cache));
+        let guard = AddressGuard::new(
+            config.sandbox_pool,
+            config.gateway_listen,
+            HostAddrs::open()?,
+        );
         Ok(Arc::new(Self {
             server_tls: tls::server_config(certs.clone())?,
             client_tls: tls::client_config(config.extra_upstream_ca.as_deref())?,
             certs,
             audit: audit::EgressAudit::new(audit.into()),
             vault,
-            pool: config.sandbox_pool,
             slots: slots::GatewaySlots::new(config.limits.max_gateway_connections),
+            guard: Arc::new(guard),
             limits: config.limits,
             resolver: config.resolver,
         }))
@@ -235,6 +255,7 @@ pub struct SandboxEgress {
     pub manifest: Arc<Manifest>,
     /// (credential name, placeholder) for each credential of the manifest.
     pub placeholders: Vec<(String, String)>,
-    /// Private ranges the admin approved for this server.
+    /// Private ranges the admin approved for this server (never more than private space: see
+    /// [`addresses`] for the order of checks).
     pub approved_ranges: Vec<IpNet>,
 }

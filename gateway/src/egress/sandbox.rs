@@ -11,7 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::connector::{Admitted, CheckedConnector};
+use super::addresses::ServerAddresses;
+use super::connector::{Admitted, CheckedConnector, Dialer};
 use super::context::SandboxCtx;
 use super::needles::NeedleCache;
 use super::policy::Policy;
@@ -62,13 +63,20 @@ impl EgressProxy {
             upstream: limits.max_upstream_connections,
         };
         let slots = Arc::new(SandboxSlots::new(caps, shared.slots.clone()));
+        let addresses = ServerAddresses::new(shared.guard.clone(), sb.approved_ranges);
+        let audit = shared.audit.for_sandbox();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*shared.client_tls).clone())
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(CheckedConnector::new(
                 admitted.clone(),
-                limits.connect_timeout,
+                Dialer {
+                    addresses: addresses.clone(),
+                    connect_timeout: limits.connect_timeout,
+                    audit: audit.clone(),
+                    sandbox: sb.sandbox_id.clone(),
+                },
                 slots.clone(),
             ));
         let client = Client::builder(TokioExecutor::new())
@@ -85,9 +93,9 @@ impl EgressProxy {
             id: sb.sandbox_id,
             expected_peer: sb.expected_peer,
             policy,
-            approved: sb.approved_ranges,
+            addresses,
             secrets: SecretCache::new(shared.vault.clone(), limits.secret_ttl),
-            audit: shared.audit.for_sandbox(),
+            audit,
             needles: NeedleCache::default(),
             shared,
             client,
