@@ -38,9 +38,15 @@ fn server_add_refuses_approvals_that_overlap_the_host_naming_the_overlap() {
                 ),
             )
             .unwrap();
+            // An image `server add` accepts (the layout it checks): only the approvals differ.
             let rootfs = env.dir.path().join("rootfs");
-            std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-            std::fs::write(rootfs.join("bin/server"), b"#!/bin/sh\n").unwrap();
+            for d in ["bin", "proc", "dev", "tmp", "run", "etc"] {
+                std::fs::create_dir_all(rootfs.join(d)).unwrap();
+            }
+            let server = rootfs.join("bin/server");
+            std::fs::write(&server, b"\x7fELF").unwrap();
+            std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
             let name = format!("s{}", random_hex(5));
             let manifest = env.dir.path().join("manifest.json");
             std::fs::write(

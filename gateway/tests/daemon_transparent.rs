@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use testkit::env::{TestEnv, random_hex, run_with_stdin, text};
 use testkit::helper::{Harness, POOL};
-use testkit::sandbox_egress::{UPSTREAM_NET, UpNet, which};
+use testkit::sandbox_egress::{UPSTREAM_IP, UpNet, which};
 use testkit::{rootfs, upstream};
 
 const API_HOST: &str = "api.test.example";
@@ -179,7 +179,8 @@ fn node_fetch_in_a_server_under_gigmcpd_reaches_its_bound_host_with_the_key_swap
                     manifest_file.to_str().unwrap(),
                     "--unsigned",
                     "--approve-range",
-                    UPSTREAM_NET,
+                    // The upstream alone: its /30 holds the host's side, which no approval opens.
+                    &format!("{UPSTREAM_IP}/32"),
                 ],
                 b"",
             );

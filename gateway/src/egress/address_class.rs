@@ -73,6 +73,8 @@ pub static NEVER: LazyLock<Vec<(IpNet, AddressClass)>> = LazyLock::new(|| {
         ("100.100.100.200/32", Metadata), // Alibaba Cloud
         ("168.63.129.16/32", Metadata),   // Azure WireServer (public space!)
         ("fd00:ec2::254/128", Metadata),  // AWS IPv6 metadata
+        ("fd20:ce::254/128", Metadata),   // GCP IPv6 metadata
+        ("fd00:c1::a9fe:a9fe/128", Metadata), // Oracle Cloud IPv6 metadata
         ("0.0.0.0/8", Unspecified),       // "this network"
         ("127.0.0.0/8", Loopback),
         ("169.254.0.0/16", LinkLocal),

@@ -6,9 +6,10 @@
 //! 1. folded: IPv4-mapped `::ffff:a.b.c.d` and NAT64 `64:ff9b::a.b.c.d` are checked as the IPv4
 //!    address they reach (a NAT64 translator dials the embedded address);
 //! 2. never, whatever was approved: cloud metadata and host agents (169.254.169.254,
-//!    169.254.170.2, 100.100.100.200, 168.63.129.16, fd00:ec2::254), unspecified, loopback,
-//!    link-local, multicast, reserved and documentation space, IPv6 forms that tunnel to an
-//!    IPv4 address we cannot see (IPv4-compatible `::a.b.c.d`, 6to4, Teredo, local-use NAT64);
+//!    169.254.170.2, 100.100.100.200, 168.63.129.16, fd00:ec2::254, fd20:ce::254,
+//!    fd00:c1::a9fe:a9fe), unspecified, loopback, link-local, multicast, reserved and
+//!    documentation space, IPv6 forms that tunnel to an IPv4 address we cannot see
+//!    (IPv4-compatible `::a.b.c.d`, 6to4, Teredo, local-use NAT64);
 //! 3. never: the sandbox pool (any sandbox's N.1 or N.2);
 //! 4. never: the gateway's own listen addresses;
 //! 5. never: any address of the host's own interfaces, or in a local route, as of this
@@ -294,6 +295,8 @@ pub(crate) mod tests {
             ("168.63.129.16", Metadata),
             ("::ffff:168.63.129.16", Metadata),
             ("fd00:ec2::254", Metadata),
+            ("fd20:ce::254", Metadata),
+            ("fd00:c1::a9fe:a9fe", Metadata),
             ("169.254.3.4", LinkLocal),
             ("fe80::1", LinkLocal),
             ("0.0.0.0", Unspecified),
@@ -354,6 +357,8 @@ pub(crate) mod tests {
             "100.100.100.200",
             "168.63.129.16",
             "fd00:ec2::254",
+            "fd20:ce::254",
+            "fd00:c1::a9fe:a9fe",
             "10.231.3.1",
             "10.231.3.2",
             "192.168.77.5",
