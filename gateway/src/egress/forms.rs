@@ -7,7 +7,9 @@
 //! three byte alignments); hex; percent-encoding with the character sets encoders use
 //! (everything, RFC 3986 unreserved kept, `encodeURIComponent`, Python's `quote`, HTML form
 //! encoding with `+` for space); JSON string escapes (`\"`, `\\`, controls, and optionally
-//! `\/`, HTML-safe `\u003c`, ASCII-only `\uXXXX`, or every character as `\uXXXX`).
+//! `\/`, HTML-safe `\u003c`, ASCII-only `\uXXXX`, or every character as `\uXXXX`); and the
+//! standard base64 forms as JSON encoders write them inside a string (PHP's `\/` for `/`,
+//! .NET's `\u002B` for `+`): an upstream echoing a Basic credential in JSON does that.
 //!
 //! Hex digits are case-insensitive in hex, percent escapes and all-`\u` JSON: those forms are
 //! [`Form::folded`] and matched ignoring ASCII case (in a percent form this also folds the
@@ -98,6 +100,26 @@ enum Encoding {
     Json(JsonStyle),
     /// Every character as `\uXXXX`.
     JsonAllEscaped,
+    /// A standard-alphabet base64 form inside a JSON string, escaped as an encoder does.
+    Base64InJson(Base64Part, JsonBase64),
+}
+
+/// Which part of a value's standard base64 encoding.
+#[derive(Debug, Clone, Copy)]
+enum Base64Part {
+    /// From the start of the stream, padded or not.
+    Whole(bool),
+    /// The part that is the same at this byte alignment inside a longer stream.
+    Inner(usize),
+}
+
+/// How a JSON encoder escapes the base64 characters it escapes.
+#[derive(Debug, Clone, Copy)]
+enum JsonBase64 {
+    /// `/` as `\/` (PHP's `json_encode`).
+    Slash,
+    /// `+` as `\u002B` (.NET's default `JavaScriptEncoder`).
+    Plus,
 }
 
 /// RFC 3986 unreserved characters kept (the proxy's own query encoding).
@@ -151,6 +173,14 @@ fn encodings() -> Vec<Encoding> {
         }));
     }
     all.push(Encoding::JsonAllEscaped);
+    for escape in [JsonBase64::Slash, JsonBase64::Plus] {
+        for part in [Base64Part::Whole(true), Base64Part::Whole(false)]
+            .into_iter()
+            .chain((0..3).map(Base64Part::Inner))
+        {
+            all.push(Encoding::Base64InJson(part, escape));
+        }
+    }
     all
 }
 
@@ -237,6 +267,27 @@ impl Encoding {
                     }
                 }
                 Some(Form::folded(out.into_bytes()))
+            }
+            Self::Base64InJson(part, escape) => {
+                let text = match part {
+                    Base64Part::Whole(pad) => base64_engine(Alphabet::Standard, pad)
+                        .encode(v)
+                        .into_bytes(),
+                    Base64Part::Inner(offset) => base64_inner(Alphabet::Standard, offset, v),
+                };
+                let (from, to): (u8, &[u8]) = match escape {
+                    JsonBase64::Slash => (b'/', b"\\/"),
+                    JsonBase64::Plus => (b'+', b"\\u002B"),
+                };
+                let mut out = Vec::with_capacity(text.len() + 8);
+                for &b in &text {
+                    if b == from {
+                        out.extend_from_slice(to);
+                    } else {
+                        out.push(b);
+                    }
+                }
+                exact(out)
             }
         }
     }
@@ -338,6 +389,22 @@ mod tests {
                 .iter()
                 .all(|(n, _)| n.bytes.as_slice() != b"AbcDef0123456789")
         );
+    }
+
+    /// An upstream echoing a Basic credential (or any base64 carrying the value) inside a JSON
+    /// string: PHP writes its `/` as `\/`, .NET its `+` as `\u002B`.
+    #[test]
+    fn base64_inside_a_json_string_is_listed_as_encoders_escape_it() {
+        // Bytes whose base64 holds both `/` and `+`.
+        let v = b"\xfb\xff\xbf\xfb\xef\xbe-user:pass\xff\xfe";
+        let f = paired(v, b"gmcp_ph_x");
+        let b64 = STANDARD.encode(v);
+        assert!(b64.contains('/') && b64.contains('+'), "{b64}");
+        assert!(has(&f, b64.replace('/', "\\/").as_bytes()));
+        assert!(has(&f, b64.replace('+', "\\u002B").as_bytes()));
+        let inner = base64_inner(Alphabet::Standard, 1, v);
+        let inner = String::from_utf8(inner).unwrap();
+        assert!(has(&f, inner.replace('/', "\\/").as_bytes()));
     }
 
     #[test]
