@@ -8,8 +8,12 @@
 //! host side of two "sandbox" namespaces sharing one egress state, a storm from a separate
 //! process inside a sandbox's namespace (so this process's fds are the gateway's), and a real
 //! sandbox for the fd limit. Counts are random and printed.
+//!
+//! The tests of this file run one at a time ([`one_at_a_time`]): they count this process's fds,
+//! which another test's sockets would inflate.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use gateway::egress::EgressLimits;
@@ -23,6 +27,12 @@ use testkit::neighbours::{Neighbour, Storm, Wave, get_through, open_fds};
 /// Every first wave here refuses fewer than one listener's refusal budget for a tick (500), so
 /// none of it waits in the kernel's queue for the next tick.
 const AT_ONCE: f64 = 0.3;
+
+/// Held by every test of this file for its whole run (a failed test's poison is ignored).
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn storm_limits(cap: usize, bound: usize) -> EgressLimits {
     EgressLimits {
@@ -96,6 +106,7 @@ fn number_after(detail: &str, key: &str) -> u64 {
 
 #[test]
 fn a_storm_from_one_sandbox_is_closed_at_once_and_its_neighbour_is_served() {
+    let _one = one_at_a_time();
     testkit::privileged("a_storm_from_one_sandbox_is_closed_at_once", 2, || async {
         let cap = random_in(8..40);
         let count = cap + random_in(60..300);
@@ -188,6 +199,7 @@ fn a_storm_from_one_sandbox_is_closed_at_once_and_its_neighbour_is_served() {
 
 #[test]
 fn idle_connections_fill_the_cap_and_the_read_timeout_frees_them() {
+    let _one = one_at_a_time();
     testkit::privileged("idle_connections_fill_the_cap", 2, || async {
         let cap = random_in(4..16);
         let count = cap + random_in(10..60);
@@ -236,6 +248,7 @@ fn bind_on(fx: &Fixture, port: u16) -> std::net::TcpListener {
 
 #[test]
 fn transparent_443_closes_the_excess_at_once() {
+    let _one = one_at_a_time();
     testkit::privileged("transparent_443_closes_the_excess_at_once", 2, || async {
         let cap = random_in(4..24);
         let count = cap + random_in(40..200);
@@ -268,6 +281,7 @@ fn transparent_443_closes_the_excess_at_once() {
 
 #[test]
 fn dns_over_tcp_closes_the_excess_at_once() {
+    let _one = one_at_a_time();
     testkit::privileged("dns_over_tcp_closes_the_excess_at_once", 2, || async {
         let dns_cap = random_in(2..10);
         let count = dns_cap + random_in(40..200);
@@ -303,6 +317,7 @@ fn dns_over_tcp_closes_the_excess_at_once() {
 
 #[test]
 fn the_gateway_bound_holds_when_every_sandbox_cap_is_larger() {
+    let _one = one_at_a_time();
     testkit::privileged("the_gateway_bound_holds", 2, || async {
         let bound = random_in(12..30);
         let count = bound + random_in(40..200);
@@ -345,6 +360,7 @@ fn the_gateway_bound_holds_when_every_sandbox_cap_is_larger() {
 
 #[test]
 fn a_sandbox_cannot_raise_its_fd_limit() {
+    let _one = one_at_a_time();
     testkit::privileged("a_sandbox_cannot_raise_its_fd_limit", 2, || async {
         let nofile = random_in(64..2048);
         let mut h = testkit::helper::Harness::start(0).await;
