@@ -19,6 +19,7 @@
 pub mod approval;
 pub mod front;
 pub mod jsonrpc;
+pub mod names;
 mod progress;
 pub mod redact;
 pub mod refusal;
