@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod egress;
+pub mod image;
 pub mod logging;
 pub mod manifest;
 pub mod mcp;
