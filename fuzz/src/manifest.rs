@@ -110,6 +110,10 @@ fn manifest(u: &mut Unstructured<'_>) -> Result<Value> {
         _ => vec!["/bin/server", "--stdio"],
     };
     let mut m = json!({ "name": "srv", "version": "1.0.0", "command": command });
+    // Absent: the image's Entrypoint + Cmd supply it.
+    if u.ratio(1, 6)? {
+        m.as_object_mut().map(|o| o.remove("command"));
+    }
     let n = u.int_in_range(0..=3)?;
     m["egress"] = Value::Array((0..n).map(|_| egress(u, &hosts)).collect::<Result<_>>()?);
     let n = u.int_in_range(0..=2)?;
@@ -164,7 +168,11 @@ fn header_token(name: &str) -> bool {
 
 /// The lint's verdict: `Err(rule)` names the first rule `m` breaks.
 fn lint(m: &Manifest) -> std::result::Result<(), &'static str> {
-    if m.command.first().is_none_or(String::is_empty) {
+    // Absent, the image supplies it; present, it must name a program.
+    if m.command
+        .as_ref()
+        .is_some_and(|c| c.first().is_none_or(String::is_empty))
+    {
         return Err("no program to run");
     }
     let mut seen = HashSet::new();

@@ -21,9 +21,16 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct Manifest {
     pub name: String,
     pub version: String,
-    pub command: Vec<String>,
+    /// What the sandbox runs. Absent: the image's `Entrypoint` + `Cmd` (`image::run_plan`); a
+    /// server with neither is refused at install.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The server's working directory inside the sandbox (absolute). Absent: the image's
+    /// `WorkingDir`, else the sandbox's private `/tmp`.
+    #[serde(default)]
+    pub workdir: Option<String>,
     #[serde(default)]
     pub egress: Vec<Egress>,
     #[serde(default)]
@@ -123,6 +130,21 @@ pub fn valid_host(host: &str) -> bool {
             .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// Why a working directory cannot be the sandbox's: the helper refuses the same (it resolves
+/// it beneath the image's root without following links), but the admin learns it at install.
+pub fn check_workdir(dir: &str) -> Result<(), &'static str> {
+    if !dir.starts_with('/') {
+        return Err("not an absolute path");
+    }
+    if dir.len() > 4096 || dir.contains('\0') {
+        return Err("longer than 4096 bytes or holding a NUL");
+    }
+    if dir.split('/').any(|c| c == ".." || c == ".") {
+        return Err("has a `.` or `..` component");
+    }
+    Ok(())
+}
+
 impl Manifest {
     pub fn from_json(text: &str) -> Result<Self, ManifestError> {
         let m: Manifest = serde_json::from_str(text).map_err(|e| ManifestError {
@@ -139,8 +161,17 @@ impl Manifest {
             problem,
         };
         // An empty program name is refused by the sandbox's init: refuse it here, at install.
-        if self.command.first().is_none_or(String::is_empty) {
+        if self
+            .command
+            .as_ref()
+            .is_some_and(|c| c.first().is_none_or(String::is_empty))
+        {
             return Err(bad("command is empty".into()));
+        }
+        if let Some(dir) = &self.workdir {
+            if let Err(problem) = check_workdir(dir) {
+                return Err(bad(format!("workdir {dir:?}: {problem}")));
+            }
         }
         for (i, e) in self.egress.iter().enumerate() {
             // Twice, the proxy would keep one rule and these checks read the other (say, a
@@ -256,6 +287,17 @@ mod tests {
         let m = Manifest::from_json(GOOD).unwrap();
         assert_eq!(m.egress_for("api.github.com").unwrap().ports, vec![443]);
         assert!(m.egress_for("github.com").is_none());
+        assert_eq!(m.command, Some(vec!["/bin/server".to_owned()]));
+        assert_eq!(m.workdir, None);
+    }
+
+    #[test]
+    fn command_and_workdir_are_optional_for_the_image_to_supply() {
+        let m = Manifest::from_json(r#"{"name": "t", "version": "1"}"#).unwrap();
+        assert_eq!((m.command, m.workdir), (None, None));
+        let m =
+            Manifest::from_json(r#"{"name": "t", "version": "1", "workdir": "/srv/app"}"#).unwrap();
+        assert_eq!(m.workdir.as_deref(), Some("/srv/app"));
     }
 
     #[test]
@@ -275,6 +317,11 @@ mod tests {
             ("\"Authorization\"", "\"Author ization\""),
             // Found by the `manifest` fuzz target: no program, which init refuses at launch.
             ("[\"/bin/server\"]", "[\"\"]"),
+            ("[\"/bin/server\"]", "[]"),
+            // A working directory the sandbox could not enter as named.
+            ("\"tools\"", "\"workdir\": \"srv\", \"tools\""),
+            ("\"tools\"", "\"workdir\": \"/srv/../etc\", \"tools\""),
+            ("\"tools\"", "\"workdir\": \"/srv/./x\", \"tools\""),
             // Found by the `manifest` fuzz target: the same host twice, once with plain HTTP.
             (
                 "{\"host\": \"api.github.com\"}",

@@ -12,9 +12,11 @@
 //! gateway does not subscribe to it; a forged one changes nothing
 //! (`tests/sandbox_launcher.rs`).
 //!
-//! The server's environment is the manifest's, plus one random placeholder per credential
-//! (never the value), the proxy variables (`@GIGMCP_PROXY_ADDR@` is filled in by the helper,
-//! which picks the link) and the CA variables pointing at the bundle the helper mounts.
+//! The server's command, environment and working directory are `image::plan`'s: the image's
+//! configuration, the manifest over it, and the gateway's own variables over both: one random
+//! placeholder per credential (never the value), the proxy variables (`@GIGMCP_PROXY_ADDR@` is
+//! filled in by the helper, which picks the link) and the CA variables pointing at the bundle
+//! the helper mounts.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,12 +26,10 @@ use privhelper_api::{
 };
 
 use crate::egress::{EgressError, EgressProxy, EgressShared, SandboxEgress, make_placeholder};
+use crate::image::plan::{PlanError, copied_rootfs, gateway_env, plan};
 use crate::manifest::Manifest;
 use crate::mcp::servers::{Launched, Launcher};
 use crate::store::ServerRecord;
-
-/// Where the helper mounts the CA bundle inside every sandbox.
-pub const CA_IN_SANDBOX: &str = "/run/gigmcp/ca.pem";
 
 /// The helper's D-Bus proxy, connected on first use: the gateway serves (and reports clearly
 /// per call) while the helper or its bus is not up yet.
@@ -99,6 +99,8 @@ pub enum LaunchError {
     Manifest(#[from] crate::manifest::ManifestError),
     #[error("image {0} is not a local root filesystem")]
     NotLocalRootfs(String),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("{0}")]
     Placeholder(EgressError),
     #[error(transparent)]
@@ -151,41 +153,6 @@ impl Drop for SandboxGuard {
     }
 }
 
-fn env_for(
-    manifest: &Manifest,
-    placeholders: &[(String, String)],
-    port: u16,
-) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = manifest
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if !env.iter().any(|(k, _)| k == "PATH") {
-        env.push(("PATH".into(), crate::manifest::DEFAULT_PATH.into()));
-    }
-    for (name, ph) in placeholders {
-        env.push((name.clone(), ph.clone()));
-    }
-    let proxy = format!("http://{PROXY_ADDR_TOKEN}:{port}");
-    for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
-        env.push((k.into(), proxy.clone()));
-    }
-    for k in ["NO_PROXY", "no_proxy"] {
-        env.push((k.into(), String::new()));
-    }
-    for k in [
-        "SSL_CERT_FILE",
-        "CURL_CA_BUNDLE",
-        "REQUESTS_CA_BUNDLE",
-        "NODE_EXTRA_CA_CERTS",
-        "GIT_SSL_CAINFO",
-    ] {
-        env.push((k.into(), CA_IN_SANDBOX.into()));
-    }
-    env
-}
-
 impl SandboxLauncher {
     /// The helper's sandbox for `server`, its egress proxy, and the server's stdio.
     pub async fn start(&self, server: &ServerRecord) -> Result<Launched, LaunchError> {
@@ -193,6 +160,7 @@ impl SandboxLauncher {
         let rootfs = server
             .image_digest
             .strip_prefix("dir:")
+            .map(copied_rootfs)
             .ok_or_else(|| LaunchError::NotLocalRootfs(server.image_digest.clone()))?;
         let placeholders = manifest
             .credentials
@@ -200,11 +168,14 @@ impl SandboxLauncher {
             .map(|c| Ok((c.name.clone(), make_placeholder()?)))
             .collect::<Result<Vec<_>, EgressError>>()
             .map_err(LaunchError::Placeholder)?;
+        let gateway = gateway_env(&placeholders, PROXY_ADDR_TOKEN, self.proxy_port);
+        let run = plan(&server.name, None, &manifest, &gateway)?;
         let spec = SandboxSpec {
             server: server.name.clone(),
-            rootfs: rootfs.to_owned(),
-            argv: manifest.command.clone(),
-            env: env_for(&manifest, &placeholders, self.proxy_port),
+            rootfs,
+            argv: run.argv,
+            env: run.env,
+            workdir: run.workdir.unwrap_or_default(),
             data_dir: String::new(),
             ca_bundle: self.ca_bundle.clone(),
             proxy_port: self.proxy_port,
@@ -321,7 +292,7 @@ impl Launcher for SandboxLauncher {
 
     fn client_reason(err: &LaunchError) -> &'static str {
         match err {
-            LaunchError::Manifest(_) | LaunchError::NotLocalRootfs(_) => {
+            LaunchError::Manifest(_) | LaunchError::NotLocalRootfs(_) | LaunchError::Plan(_) => {
                 "its installed image or manifest cannot be run"
             }
             LaunchError::Helper(_) => "the sandbox helper is not reachable",

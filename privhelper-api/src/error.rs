@@ -17,6 +17,9 @@ pub enum HelperError {
     /// A place the sandbox mounts over (a mount point, a CA bundle path, resolv.conf), or a
     /// directory above it, is a symbolic link in the image.
     RootfsSymlink(String),
+    /// A directory from the images directory down to the rootfs can be written by others, or
+    /// belongs to neither root nor the gateway: someone else could change what runs.
+    RootfsWritable(String),
     /// The data dir does not resolve inside the data root.
     DataDirOutsideRoot(String),
     /// The CA bundle does not resolve to a regular file inside the CA directory.

@@ -18,6 +18,10 @@ pub struct SandboxSpec {
     /// address, which the gateway only learns from the reply (e.g.
     /// `HTTPS_PROXY=http://@GIGMCP_PROXY_ADDR@:3128`). Nothing else is substituted.
     pub env: Vec<(String, String)>,
+    /// The server's working directory inside the sandbox: absolute, without `.` or `..`, a
+    /// directory of the image reached without any symbolic link, not beneath a place the
+    /// sandbox mounts over (`/proc`, `/dev`, `/tmp`, `/run`). Empty: the private `/tmp`.
+    pub workdir: String,
     /// Per-server writable directory, relative to the helper's `data_root`; empty for none.
     pub data_dir: String,
     /// CA bundle file name inside the helper's `ca_dir`; empty for none.

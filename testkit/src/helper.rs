@@ -185,6 +185,7 @@ impl Harness {
             rootfs: rootfs.into(),
             argv: argv.iter().map(|s| (*s).to_owned()).collect(),
             env: vec![("PATH".into(), "/bin".into())],
+            workdir: String::new(),
             data_dir: String::new(),
             ca_bundle: String::new(),
             proxy_port: PROXY_PORT,

@@ -46,6 +46,8 @@ pub struct ChildLauncher {
 pub enum ChildLaunchError {
     #[error("manifest: {0}")]
     Manifest(#[from] gateway::manifest::ManifestError),
+    #[error(transparent)]
+    Plan(#[from] gateway::image::plan::PlanError),
     #[error("spawn {command}: {source}")]
     Spawn {
         command: String,
@@ -58,8 +60,11 @@ impl Launcher for ChildLauncher {
 
     async fn launch(&self, server: &ServerRecord) -> Result<Launched, ChildLaunchError> {
         let m = gateway::manifest::Manifest::from_json(&server.manifest)?;
-        let mut child = tokio::process::Command::new(&m.command[0])
-            .args(&m.command[1..])
+        // A plain directory's server: the manifest names its command (the plan refuses one
+        // without), and this launcher runs it on the host, outside any image.
+        let run = gateway::image::plan::plan(&server.name, None, &m, &[])?;
+        let mut child = tokio::process::Command::new(&run.argv[0])
+            .args(&run.argv[1..])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .envs(&m.env)
@@ -69,7 +74,7 @@ impl Launcher for ChildLauncher {
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| ChildLaunchError::Spawn {
-                command: m.command[0].clone(),
+                command: run.argv[0].clone(),
                 source,
             })?;
         self.pids.lock().unwrap().push(child.id().unwrap_or(0));
@@ -86,7 +91,9 @@ impl Launcher for ChildLauncher {
 
     fn client_reason(err: &ChildLaunchError) -> &'static str {
         match err {
-            ChildLaunchError::Manifest(_) => "its manifest cannot be run",
+            ChildLaunchError::Manifest(_) | ChildLaunchError::Plan(_) => {
+                "its manifest cannot be run"
+            }
             ChildLaunchError::Spawn { .. } => "its program could not be started",
         }
     }

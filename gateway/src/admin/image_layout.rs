@@ -6,12 +6,16 @@
 //!   mounts over the first four in a read-only image (it cannot create a mount point there),
 //!   and the helper binds the CA bundle and, in transparent mode, `resolv.conf` under `/etc`;
 //!   the helper refuses to follow a link for any of them.
-//! - The manifest's command resolves inside the image as it will in the sandbox: an absolute
+//! - The command (the manifest's, else the image's: `image::plan`) resolves inside the image as it will in the sandbox: an absolute
 //!   path from the image's root, a bare name through the server's `PATH`; symbolic links are
 //!   followed inside the image (an absolute target is the image's, not the host's, and `..`
 //!   stops at the image's root), and what it names is a regular file with an execute bit.
 //!   A relative path with a slash (`bin/server`) is refused: exec resolves it from the
 //!   working directory, the sandbox's empty private `/tmp`, where it never exists.
+//! - The working directory, when the manifest or the image names one, is a directory in the
+//!   image reached without any symbolic link (the helper resolves it the same way and refuses
+//!   a link), and not beneath a place the sandbox mounts over (`/proc`, `/dev`, `/tmp`, `/run`:
+//!   what the image has there is hidden).
 //! - A script's `#!` interpreter resolves the same way, except that it must be absolute: the
 //!   kernel looks it up in no `PATH`, so a bare name is relative to `/tmp` too (and for
 //!   `#!/usr/bin/env NAME`, NAME is looked up through the `PATH`, as env does).
@@ -23,7 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::manifest::{DEFAULT_PATH, Manifest};
+use crate::image::plan::RunPlan;
 
 /// Directories the sandbox mounts over or binds into.
 pub const MOUNT_POINTS: [&str; 5] = ["proc", "dev", "tmp", "run", "etc"];
@@ -56,12 +60,14 @@ pub enum LayoutError {
     #[error("resolving {0:?} in the image meets more than {MAX_LINKS} symbolic links")]
     TooManyLinks(String),
     #[error(
-        "{0:?} is a relative path: the sandbox starts in an empty /tmp, so it would never be \
-         found; name it from the image's root (/{0})"
+        "{0:?} is a relative path: exec would look it up from the sandbox's working directory \
+         (by default an empty /tmp); name it from the image's root (/{0})"
     )]
     RelativePath(String),
-    #[error("the manifest's command is empty")]
+    #[error("the command is empty")]
     EmptyCommand,
+    #[error("the working directory {dir:?} is not a directory in the image: {why}")]
+    Workdir { dir: String, why: String },
     #[error("reading the image at {path}: {message}")]
     Io { path: String, message: String },
 }
@@ -79,15 +85,19 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// Checks `rootfs` against the module's rules for running `manifest`'s command.
-pub fn check(rootfs: &Path, manifest: &Manifest) -> Result<(), LayoutError> {
+/// Mount points the sandbox puts its own file systems on: whatever the image has beneath them
+/// is hidden, so a working directory there would not be the image's.
+const MOUNTED_OVER: [&str; 4] = ["proc", "dev", "tmp", "run"];
+
+/// Checks `rootfs` against the module's rules for running `plan` (its command, `PATH` and
+/// working directory).
+pub fn check(rootfs: &Path, plan: &RunPlan) -> Result<(), LayoutError> {
     check_mount_points(rootfs)?;
-    let command = manifest.command.first().ok_or(LayoutError::EmptyCommand)?;
-    let path = manifest
-        .env
-        .get("PATH")
-        .map(String::as_str)
-        .unwrap_or(DEFAULT_PATH);
+    if let Some(dir) = &plan.workdir {
+        check_workdir(rootfs, dir)?;
+    }
+    let command = plan.argv.first().ok_or(LayoutError::EmptyCommand)?;
+    let path = plan.path();
     let program = find_executable(rootfs, command, path)?;
     if let Some(interpreter) = shebang(rootfs, &program)? {
         let (first, rest) = interpreter;
@@ -100,6 +110,39 @@ pub fn check(rootfs: &Path, manifest: &Manifest) -> Result<(), LayoutError> {
             if let Some(name) = rest.filter(|n| !n.starts_with('-')) {
                 find_executable(rootfs, &name, path)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// `dir` (absolute, clean: `manifest::check_workdir`) as the helper will enter it: each
+/// component a directory, none a link.
+fn check_workdir(rootfs: &Path, dir: &str) -> Result<(), LayoutError> {
+    let why = |why: String| LayoutError::Workdir {
+        dir: dir.to_owned(),
+        why,
+    };
+    let parts: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.len() > 1 && MOUNTED_OVER.contains(&parts[0]) {
+        return Err(why(format!(
+            "the sandbox mounts its own /{} there, hiding the image's",
+            parts[0]
+        )));
+    }
+    let mut at = rootfs.to_path_buf();
+    for part in parts {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) => {
+                let inside = at.strip_prefix(rootfs).unwrap_or(&at).display().to_string();
+                return Err(why(format!("/{inside} is {}", kind(&m))));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let inside = at.strip_prefix(rootfs).unwrap_or(&at).display().to_string();
+                return Err(why(format!("/{inside} does not exist")));
+            }
+            Err(e) => return Err(io_error(&at, &e)),
         }
     }
     Ok(())
@@ -251,12 +294,14 @@ mod tests {
         format!("s{}", hex::encode(b))
     }
 
-    fn manifest(command: &str, path: Option<&str>) -> Manifest {
+    /// The plan of a plain directory's server running `command` with `path` as its PATH.
+    fn manifest(command: &str, path: Option<&str>) -> RunPlan {
         let mut m = serde_json::json!({"name": "x", "version": "1", "command": [command]});
         if let Some(p) = path {
             m["env"] = serde_json::json!({ "PATH": p });
         }
-        Manifest::from_json(&m.to_string()).unwrap()
+        let m = crate::manifest::Manifest::from_json(&m.to_string()).unwrap();
+        crate::image::plan::plan("x", None, &m, &[]).unwrap()
     }
 
     /// An image with the mount points and `dir/name` as an executable with `body`.
@@ -359,13 +404,37 @@ mod tests {
         assert_eq!(
             check(
                 root.path(),
-                &Manifest {
-                    command: vec![],
+                &RunPlan {
+                    argv: vec![],
                     ..manifest("/x", None)
                 }
             ),
             Err(LayoutError::EmptyCommand)
         );
+    }
+
+    #[test]
+    fn a_workdir_must_be_a_directory_of_the_image_reached_without_links() {
+        let name = random_name();
+        let root = image("/bin", &name, b"\x7fELF");
+        let app = format!("/srv/{}", random_name());
+        std::fs::create_dir_all(root.path().join(app.trim_start_matches('/'))).unwrap();
+        let with = |dir: &str| RunPlan {
+            workdir: Some(dir.to_owned()),
+            ..manifest(&format!("/bin/{name}"), None)
+        };
+        assert_eq!(check(root.path(), &with(&app)), Ok(()));
+        assert_eq!(check(root.path(), &with("/tmp")), Ok(()));
+        let refused = |dir: &str| match check(root.path(), &with(dir)) {
+            Err(LayoutError::Workdir { dir: d, why }) if d == dir => why,
+            other => panic!("{dir}: {other:?}"),
+        };
+        assert!(refused(&format!("{app}/missing")).ends_with("does not exist"));
+        assert!(refused(&format!("/bin/{name}")).ends_with("is a regular file"));
+        std::os::unix::fs::symlink(&app, root.path().join("link")).unwrap();
+        assert!(refused("/link").ends_with("is a symbolic link"));
+        std::fs::create_dir(root.path().join("tmp/app")).unwrap();
+        assert!(refused("/tmp/app").contains("mounts its own /tmp"));
     }
 
     #[test]

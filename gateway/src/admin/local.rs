@@ -7,6 +7,8 @@ use std::sync::Arc;
 use super::{AdminApi, AdminError, image_layout};
 use crate::audit::{Auditor, Outcome};
 use crate::egress::{AddressGuard, HostAddrs, check_approval};
+use crate::image::oci::RunConfig;
+use crate::image::plan::{RunPlan, copied_rootfs, gateway_env, plan};
 use crate::manifest::Manifest;
 use crate::store::{
     EndpointRecord, SecretMeta, ServerRecord, SqliteStore, Store, TokenRecord, ToolDefinition,
@@ -276,6 +278,23 @@ impl AdminApi for LocalAdmin {
     }
 }
 
+/// What `name`'s sandbox will run, as the launcher will compute it: the gateway's variables
+/// are named here with empty values (the placeholders are minted at each start), which is all
+/// the plan's overrides and notes depend on.
+fn run_plan(
+    name: &str,
+    image: Option<&RunConfig>,
+    manifest: &Manifest,
+) -> Result<RunPlan, AdminError> {
+    let names: Vec<(String, String)> = manifest
+        .credentials
+        .iter()
+        .map(|c| (c.name.clone(), String::new()))
+        .collect();
+    plan(name, image, manifest, &gateway_env(&names, "", 0))
+        .map_err(|e| AdminError::Refused(e.to_string()))
+}
+
 impl LocalAdmin {
     /// Each approval against this host's never-reachable addresses as of now (the proxy checks
     /// again at every connection, so an address the host gains later stays closed too).
@@ -310,6 +329,7 @@ impl LocalAdmin {
         }
         let manifest =
             Manifest::from_json(manifest_json).map_err(|e| AdminError::Refused(e.to_string()))?;
+        let run = run_plan(name, None, &manifest)?;
         self.check_approvals(approved_ranges)?;
         if manifest.name != name {
             return Err(AdminError::Refused(format!(
@@ -332,16 +352,16 @@ impl LocalAdmin {
         }
         // The helper only runs images inside its images_dir: copy the tree there (cp keeps
         // modes and symlinks as symlinks; the helper refuses to follow any).
-        let dest = self.settings.images_dir.join(name);
+        let dest = self.settings.images_dir.join(copied_rootfs(name));
         if dest.exists() {
             return Err(AdminError::Refused(format!(
                 "{} exists already",
                 dest.display()
             )));
         }
-        std::fs::create_dir_all(&self.settings.images_dir).map_err(|e| {
-            AdminError::Refused(format!("{}: {e}", self.settings.images_dir.display()))
-        })?;
+        let dirs = dest.parent().unwrap_or(&self.settings.images_dir);
+        std::fs::create_dir_all(dirs)
+            .map_err(|e| AdminError::Refused(format!("{}: {e}", dirs.display())))?;
         let status = std::process::Command::new("cp")
             .arg("-a")
             .arg("--")
@@ -359,7 +379,7 @@ impl LocalAdmin {
         }
         // The copy is what runs: checked, so that an image that cannot start is refused here,
         // by name, rather than at the server's first call (docs/SANDBOX.md, the image layout).
-        if let Err(e) = image_layout::check(&dest, &manifest) {
+        if let Err(e) = image_layout::check(&dest, &run) {
             let _ = std::fs::remove_dir_all(&dest);
             return Err(AdminError::Refused(format!(
                 "{}: {e} (see \"What an image must contain\" in docs/SANDBOX.md)",

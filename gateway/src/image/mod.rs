@@ -7,3 +7,4 @@
 pub mod blobs;
 pub mod digest;
 pub mod oci;
+pub mod plan;

@@ -35,6 +35,8 @@ pub struct Inputs<'a> {
     pub transparent: bool,
     pub env: &'a [(String, String)],
     pub argv: &'a [String],
+    /// The server's working directory inside the sandbox (checked by `validate`).
+    pub workdir: &'a str,
     pub proxy_port: u16,
     pub allow_degraded_landlock: bool,
 }
@@ -148,7 +150,7 @@ pub fn bwrap_args(i: &Inputs<'_>) -> Argv {
     for (k, v) in i.env {
         args.extend(["--setenv".into(), k.into(), v.into()]);
     }
-    args.extend(["--chdir".into(), "/tmp".into()]);
+    args.extend(["--chdir".into(), i.workdir.into()]);
     let mut command = vec![OsString::from(INIT_IN_SANDBOX)];
     let init = sandbox_init::args::Args {
         proxy_port: i.proxy_port,
@@ -182,6 +184,7 @@ mod tests {
             transparent: false,
             env,
             argv,
+            workdir: "/tmp",
             proxy_port: 3128,
             allow_degraded_landlock: false,
         }
@@ -266,6 +269,22 @@ mod tests {
                  --ro-bind-data 5 /etc/resolv.conf --clearenv --setenv HTTPS_PROXY \
                  http://10.231.0.1:3128 --chdir /tmp -- /run/gigmcp/init --proxy-port 3128 \
                  --transparent --allow-degraded-landlock -- node server.js"
+            )
+        );
+    }
+
+    #[test]
+    fn the_server_starts_in_its_working_directory() {
+        let (env, argv) = (env(), argv());
+        let i = Inputs {
+            workdir: "/srv/app",
+            ..inputs(&env, &argv)
+        };
+        assert_eq!(
+            line(bwrap_args(&i).all()),
+            format!(
+                "{HEAD} --clearenv --setenv HTTPS_PROXY http://10.231.0.1:3128 --chdir /srv/app \
+                 -- /run/gigmcp/init --proxy-port 3128 -- node server.js"
             )
         );
     }

@@ -219,6 +219,7 @@ fn bwrap_args(c: &Checked, s: Settings<'_>) -> argv::Argv {
         transparent: c.transparent,
         env: &c.env,
         argv: &c.argv,
+        workdir: &c.workdir,
         proxy_port: c.proxy_port,
         allow_degraded_landlock: s.allow_degraded_landlock,
     })
@@ -266,6 +267,7 @@ mod tests {
             ca: vec![(devnull(), "/run/gigmcp/ca.pem".into())],
             argv: vec!["node".into(), "server.js".into()],
             env: vec![],
+            workdir: "/tmp".into(),
             proxy_port: 3128,
             transparent,
             memory_max: 64 << 20,

@@ -51,6 +51,8 @@ pub struct Checked {
     pub ca: Vec<(OwnedFd, String)>,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The server's working directory inside the sandbox (checked: a directory of the image).
+    pub workdir: String,
     pub proxy_port: u16,
     /// Transparent mode (the image has a regular `/etc/resolv.conf` then).
     pub transparent: bool,
@@ -176,6 +178,7 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
     within("cpu_percent", limits.cpu_percent, 1, ceil.cpu_percent)?;
     check_proxy_port(spec.proxy_port, config)?;
     let rootfs = open_rootfs(&spec.rootfs, config, roots)?;
+    let workdir = check_workdir(&spec.workdir, &rootfs)?;
     for dir in MOUNT_POINTS {
         if image_entry(&rootfs, dir)? != Some(FileType::Directory) {
             return Err(HelperError::RootfsIncomplete(format!(
@@ -210,6 +213,7 @@ pub fn check(spec: &SandboxSpec, config: &Config, roots: &Roots) -> Result<Check
         ca,
         argv: spec.argv.clone(),
         env: spec.env.clone(),
+        workdir,
         proxy_port: spec.proxy_port,
         transparent: spec.transparent,
         memory_max: limits.memory_max_bytes,
@@ -301,6 +305,55 @@ fn check_command(spec: &SandboxSpec) -> Result<(), HelperError> {
     Ok(())
 }
 
+/// The sandbox's working directory when the spec names none: its private, empty `/tmp`.
+pub const DEFAULT_WORKDIR: &str = "/tmp";
+
+/// The spec's working directory, or [`DEFAULT_WORKDIR`]: absolute and clean, and a directory
+/// of the image reached without a link (as `image.rs` examines mount points). bwrap enters it
+/// after switching to the sandbox's root, so even a link the gateway swapped in afterwards
+/// would resolve inside the sandbox's own tree; the check is for the admin's clear refusal.
+/// Nothing beneath a mount point (its contents are the sandbox's own file system there, not
+/// the image's).
+fn check_workdir(requested: &str, rootfs: &OwnedFd) -> Result<String, HelperError> {
+    if requested.is_empty() {
+        return Ok(DEFAULT_WORKDIR.to_owned());
+    }
+    let bad = |why: &str| invalid(format!("workdir {requested:?}: {why}"));
+    let Some(rel) = requested.strip_prefix('/') else {
+        return Err(bad("must be an absolute path"));
+    };
+    if requested.len() > MAX_ARG_LEN {
+        return Err(bad(&format!("is longer than {MAX_ARG_LEN} bytes")));
+    }
+    let parts: Vec<&str> = rel.split('/').collect();
+    if rel.is_empty() {
+        return Ok(requested.to_owned());
+    }
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(bad(
+            "must be a clean path (no `.`, `..` or empty component)",
+        ));
+    }
+    if parts.len() > 1 && MOUNT_POINTS.contains(&parts[0]) {
+        return Err(bad(&format!(
+            "lies beneath /{}, which the sandbox mounts over",
+            parts[0]
+        )));
+    }
+    match image_entry(rootfs, rel)? {
+        Some(FileType::Directory) => Ok(requested.to_owned()),
+        Some(_) => Err(HelperError::RootfsIncomplete(format!(
+            "workdir {requested:?} is not a directory in the image"
+        ))),
+        None => Err(HelperError::RootfsIncomplete(format!(
+            "workdir {requested:?} does not exist in the image"
+        ))),
+    }
+}
+
 /// The rootfs, relative to the images dir, as an `O_PATH` directory fd.
 fn open_rootfs(requested: &str, config: &Config, roots: &Roots) -> Result<OwnedFd, HelperError> {
     let outside =
@@ -321,13 +374,44 @@ fn open_rootfs(requested: &str, config: &Config, roots: &Roots) -> Result<OwnedF
         ));
     }
     let rel = rel.to_str().ok_or_else(|| outside("not UTF-8"))?;
-    open_beneath(&roots.images, rel, OFlags::PATH | OFlags::DIRECTORY).map_err(|e| {
-        outside(&match e {
-            rustix::io::Errno::LOOP => "contains a symbolic link".to_owned(),
-            rustix::io::Errno::XDEV => "escapes the images directory".to_owned(),
-            other => format!("cannot be opened as a directory ({other})"),
+    let open = |prefix: &str| {
+        open_beneath(&roots.images, prefix, OFlags::PATH | OFlags::DIRECTORY).map_err(|e| {
+            outside(&match e {
+                rustix::io::Errno::LOOP => "contains a symbolic link".to_owned(),
+                rustix::io::Errno::XDEV => "escapes the images directory".to_owned(),
+                other => format!("cannot be opened as a directory ({other})"),
+            })
         })
-    })
+    };
+    // The images directory, and each directory down to the root (`roots/<hex>/rootfs` for an
+    // installed image, `dirs/<name>` for a copied one), written by the gateway and nobody else.
+    let owner_only = |what: &str, fd: &OwnedFd| -> Result<(), HelperError> {
+        let st = rustix::fs::fstat(fd)
+            .map_err(|e| HelperError::Failed(format!("examining {what}: {e}")))?;
+        let writable = |why: String| HelperError::RootfsWritable(format!("{what} {why}"));
+        if st.st_uid != 0 && st.st_uid != roots.gateway_uid {
+            return Err(writable(format!(
+                "belongs to uid {}, neither root nor the gateway",
+                st.st_uid
+            )));
+        }
+        if st.st_mode & 0o002 != 0 {
+            return Err(writable(format!(
+                "is writable by others (mode {:04o})",
+                st.st_mode & 0o7777
+            )));
+        }
+        Ok(())
+    };
+    owner_only("the images directory", &roots.images)?;
+    for (end, _) in rel.match_indices('/').chain([(rel.len(), "")]) {
+        let prefix = &rel[..end];
+        owner_only(
+            &format!("{prefix:?} in the images directory"),
+            &open(prefix)?,
+        )?;
+    }
+    open(rel)
 }
 
 /// The server's data dir, created (0700) below the data root if missing.
@@ -574,6 +658,45 @@ mod tests {
         std::fs::create_dir_all(&deep).unwrap();
         let err = chown_tree(&fd, 4242, 4242).unwrap_err();
         assert!(matches!(err, DataDirError::TooDeep), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod workdir_tests {
+    use super::*;
+
+    #[test]
+    fn a_workdir_is_a_clean_absolute_directory_of_the_image_reached_without_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut b = [0u8; 4];
+        rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).unwrap();
+        let app = format!("srv/a{:08x}", u32::from_ne_bytes(b));
+        std::fs::create_dir_all(root.join(&app)).unwrap();
+        std::fs::create_dir_all(root.join("tmp/x")).unwrap();
+        std::fs::write(root.join("file"), "x").unwrap();
+        std::os::unix::fs::symlink(&app, root.join("link")).unwrap();
+        let fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        assert_eq!(check_workdir("", &fd).unwrap(), "/tmp");
+        assert_eq!(
+            check_workdir(&format!("/{app}"), &fd).unwrap(),
+            format!("/{app}")
+        );
+        assert_eq!(check_workdir("/tmp", &fd).unwrap(), "/tmp");
+        let refusal = |dir: &str| match check_workdir(dir, &fd) {
+            Err(HelperError::InvalidSpec(m))
+            | Err(HelperError::RootfsIncomplete(m))
+            | Err(HelperError::RootfsSymlink(m)) => m,
+            other => panic!("{dir}: {other:?}"),
+        };
+        assert!(refusal(&app).contains("absolute"));
+        for dir in ["/srv/../etc", "/srv/./x", "/srv//x"] {
+            assert!(refusal(dir).contains("clean path"), "{dir}");
+        }
+        assert!(refusal("/tmp/x").contains("mounts over"));
+        assert!(refusal("/file").contains("not a directory"));
+        assert!(refusal(&format!("/{app}/missing")).contains("does not exist"));
+        assert!(refusal("/link/x").contains("is a symbolic link"));
     }
 }
 
