@@ -408,3 +408,87 @@ fn an_unauthorised_uid_is_refused_by_policy_and_by_the_helper() {
         },
     );
 }
+
+#[test]
+fn the_server_starts_in_the_working_directory_asked_for_and_only_in_one_of_the_image() {
+    testkit::privileged("the_server_starts_in_the_working_directory", 2, || async {
+        let h = Harness::start(0).await;
+        let rootfs = h.attack_rootfs("img");
+        let app = format!("srv/w{:016x}", testkit::init::random_u64());
+        std::fs::create_dir_all(h.images.join(&rootfs).join(&app)).unwrap();
+        let client = h.client().await;
+        let cwd = |spec: SandboxSpec| {
+            let client = client.clone();
+            async move {
+                let (_info, stdin, stdout, ..) = client.create_sandbox(&spec).await.unwrap();
+                let out = testkit::helper::read_all(stdout, std::time::Duration::from_secs(30));
+                drop(stdin);
+                String::from_utf8_lossy(&out).trim().to_owned()
+            }
+        };
+        let mut spec = h.spec(&rootfs, &["/bin/gigmcp-attack", "cwd"]);
+        let target = random_target();
+        std::os::unix::fs::symlink(&target, h.images.join(&rootfs).join("srv/link")).unwrap();
+        std::fs::write(h.images.join(&rootfs).join("srv/file"), "x").unwrap();
+        for (dir, error, says) in [
+            ("/srv/link".to_owned(), "RootfsSymlink", "symbolic link"),
+            (
+                "/srv/file".to_owned(),
+                "RootfsIncomplete",
+                "not a directory",
+            ),
+            (
+                format!("/{app}/missing"),
+                "RootfsIncomplete",
+                "does not exist",
+            ),
+            (format!("/{app}/../../etc"), "InvalidSpec", "clean path"),
+            (app.clone(), "InvalidSpec", "absolute"),
+            ("/tmp/x".to_owned(), "InvalidSpec", "mounts over"),
+        ] {
+            spec.workdir = dir.clone();
+            let msg = refused(&h, &spec, error).await;
+            assert!(msg.contains(says), "{dir}: {msg}");
+        }
+        // Refusals first: they are counted against a host with no sandbox being torn down.
+        spec.workdir = format!("/{app}");
+        assert_eq!(cwd(spec.clone()).await, format!("ATTACK cwd RESULT /{app}"));
+        spec.workdir = String::new();
+        assert_eq!(cwd(spec.clone()).await, "ATTACK cwd RESULT /tmp");
+    });
+}
+
+#[test]
+fn an_image_root_someone_else_could_write_is_refused() {
+    testkit::privileged("an_image_root_someone_else_could_write", 2, || async {
+        use std::os::unix::fs::PermissionsExt;
+        let h = Harness::start(0).await;
+        let hex = format!("{:016x}", testkit::init::random_u64());
+        std::fs::create_dir_all(h.images.join("roots").join(&hex)).unwrap();
+        let built = h.attack_rootfs("staging");
+        let rel = format!("roots/{hex}/rootfs");
+        std::fs::rename(h.images.join(&built), h.images.join(&rel)).unwrap();
+        let spec = h.spec(&rel, &["/bin/gigmcp-attack", "ping-sleep", "600"]);
+        let client = h.client().await;
+        // As the store leaves it: read-only directories of the gateway's (here root's).
+        for dir in [rel.clone(), format!("roots/{hex}"), "roots".to_owned()] {
+            let p = h.images.join(&dir);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        for dir in [rel.clone(), format!("roots/{hex}"), "roots".to_owned()] {
+            let p = h.images.join(&dir);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o557)).unwrap();
+            let msg = refused(&h, &spec, "RootfsWritable").await;
+            assert!(msg.contains("writable by others"), "{dir}: {msg}");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o555)).unwrap();
+            let stranger = 40_000 + (testkit::init::random_u64() % 10_000) as u32;
+            std::os::unix::fs::chown(&p, Some(stranger), None).unwrap();
+            let msg = refused(&h, &spec, "RootfsWritable").await;
+            assert!(msg.contains(&format!("uid {stranger}")), "{dir}: {msg}");
+            std::os::unix::fs::chown(&p, Some(0), None).unwrap();
+        }
+        // Held: the sleeper lives while its stdio is open.
+        let created = client.create_sandbox(&spec).await.unwrap();
+        client.destroy_sandbox(&created.0.id).await.unwrap();
+    });
+}

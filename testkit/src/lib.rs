@@ -34,6 +34,7 @@ pub mod env;
 pub mod mcp;
 #[cfg(feature = "gateway")]
 pub mod neighbours;
+#[cfg(feature = "gateway")]
 pub mod reflect;
 #[cfg(feature = "gateway")]
 pub mod sandbox_egress;

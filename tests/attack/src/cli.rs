@@ -56,6 +56,7 @@ pub const ATTACKS: &[(&str, &str)] = &[
     ("mptcp-connect", "<ip> <port> [timeout_ms (default 2000)]"),
     ("dbus-system", ""),
     ("env", ""),
+    ("cwd", ""),
     ("gain-capability", ""),
     ("fork-bomb", "<n>"),
     ("memory-hog", "<mib>"),
@@ -188,6 +189,8 @@ pub enum Attack {
     },
     DbusSystem,
     Env,
+    /// Prints the working directory the server started in.
+    Cwd,
     GainCapability,
     ForkBomb {
         n: u32,
@@ -363,6 +366,7 @@ pub fn parse(args: &[String]) -> Result<Command, ParseError> {
         },
         "dbus-system" => Attack::DbusSystem,
         "env" => Attack::Env,
+        "cwd" => Attack::Cwd,
         "gain-capability" => Attack::GainCapability,
         "fork-bomb" => Attack::ForkBomb { n: a.parsed("n")? },
         "memory-hog" => Attack::MemoryHog {

@@ -152,6 +152,13 @@ pub fn env() -> Outcome {
     Outcome::Result(vars.join(";"))
 }
 
+pub fn cwd() -> Outcome {
+    match std::env::current_dir() {
+        Ok(dir) => Outcome::Result(dir.display().to_string()),
+        Err(e) => Outcome::Result(format!("no working directory: {e}")),
+    }
+}
+
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;

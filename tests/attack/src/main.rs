@@ -180,6 +180,7 @@ fn run(attack: Attack) -> Done {
         } => net::mptcp_connect(ip, port, timeout_ms),
         Attack::DbusSystem => net::dbus_system(),
         Attack::Env => isolation::env(),
+        Attack::Cwd => isolation::cwd(),
         Attack::GainCapability => isolation::gain_capability(),
         Attack::ForkBomb { n } => isolation::fork_bomb(n),
         Attack::MemoryHog { mib } => isolation::memory_hog(mib),
