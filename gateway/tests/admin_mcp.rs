@@ -113,7 +113,7 @@ fn unsigned_servers_endpoints_and_tokens() {
         text(&out)
     );
     assert!(
-        env.dir.path().join("images/demo/bin/server").is_file(),
+        env.dir.path().join("images/dirs/demo/bin/server").is_file(),
         "rootfs copied into images_dir"
     );
     let out = env.cli(
@@ -369,7 +369,7 @@ fn server_add_refuses_an_image_that_cannot_run_naming_what_is_missing() {
         assert!(!out.status.success(), "{} was installed", rootfs.display());
         assert!(text(&out).contains(why), "{why:?} not in: {}", text(&out));
         assert!(
-            !env.dir.path().join("images").join(&name).exists(),
+            !env.dir.path().join("images/dirs").join(&name).exists(),
             "the refused copy was left in images_dir"
         );
     }

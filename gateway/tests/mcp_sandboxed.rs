@@ -181,7 +181,7 @@ fn server_everything_runs_sandboxed_behind_the_front() {
                 )
                 .unwrap();
             }
-            let image = everything_rootfs(&h.images);
+            let image = everything_rootfs(&h.images.join("dirs"));
             let manifest = json!({
                 "name": "everything", "version": "2026.8.31",
                 "command": ["/bin/node", "/app/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"],
@@ -209,7 +209,7 @@ fn server_everything_runs_sandboxed_behind_the_front() {
                 })
                 .unwrap();
             // mcp-server-time (PyPI), on the distribution's Python, in its own sandbox.
-            let time_image = time_rootfs(&h.images);
+            let time_image = time_rootfs(&h.images.join("dirs"));
             let time_manifest = json!({
                 "name": "time", "version": "2026.10.19",
                 "command": ["/usr/bin/python3", "-m", "mcp_server_time", "--local-timezone", "UTC"],

@@ -74,7 +74,7 @@ fn launcher(
 fn a_forged_sandbox_exited_tears_nothing_down_and_is_not_reported() {
     testkit::privileged("forged_sandbox_exited", 2, || async {
         let h = Harness::start(0).await;
-        let image = h.attack_rootfs(&format!("img{}", random_hex(3)));
+        let image = h.attack_dir_image(&format!("img{}", random_hex(3)));
         let server = format!("s{}", random_hex(4));
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open_in(&h.dir.path().join("state")).unwrap());
@@ -175,9 +175,9 @@ fn a_server_the_helper_refuses_is_a_tools_list_error_naming_it_with_the_helpers_
     testkit::privileged("helper_refusal_reaches_the_client", 2, || async {
         let h = Harness::start(0).await;
         // An image without one of the directories bwrap mounts over: the helper refuses it.
-        let image = h.attack_rootfs(&format!("img{}", random_hex(3)));
+        let image = h.attack_dir_image(&format!("img{}", random_hex(3)));
         let gone = ["proc", "dev", "tmp", "run"][usize::from(random_hex(1).as_bytes()[1] % 4)];
-        std::fs::remove_dir(h.images.join(&image).join(gone)).unwrap();
+        std::fs::remove_dir(h.images.join("dirs").join(&image).join(gone)).unwrap();
         let server = format!("s{}", random_hex(4));
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open_in(&h.dir.path().join("state")).unwrap());

@@ -179,6 +179,16 @@ impl Harness {
         name.to_owned()
     }
 
+    /// The attack image as `server add --rootfs` leaves a copy (`images_dir/dirs/<name>`), for
+    /// a server record naming `dir:<name>`.
+    pub fn attack_dir_image(&self, name: &str) -> String {
+        crate::rootfs::build(
+            &self.images.join("dirs").join(name),
+            &[(workspace_bin("gigmcp-attack"), "bin/gigmcp-attack")],
+        );
+        name.to_owned()
+    }
+
     pub fn spec(&self, rootfs: &str, argv: &[&str]) -> SandboxSpec {
         SandboxSpec {
             server: "test".into(),

@@ -35,6 +35,8 @@ pub mod mcp;
 #[cfg(feature = "gateway")]
 pub mod neighbours;
 #[cfg(feature = "gateway")]
+pub mod oci;
+#[cfg(feature = "gateway")]
 pub mod reflect;
 #[cfg(feature = "gateway")]
 pub mod sandbox_egress;
