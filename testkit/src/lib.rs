@@ -35,6 +35,8 @@ pub mod mcp;
 #[cfg(feature = "gateway")]
 pub mod neighbours;
 pub mod reflect;
+#[cfg(feature = "registry")]
+pub mod registry;
 #[cfg(feature = "gateway")]
 pub mod sandbox_egress;
 #[cfg(feature = "gateway")]
