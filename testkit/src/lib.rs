@@ -38,6 +38,8 @@ pub mod neighbours;
 pub mod oci;
 #[cfg(feature = "gateway")]
 pub mod reflect;
+#[cfg(feature = "registry")]
+pub mod registry;
 #[cfg(feature = "gateway")]
 pub mod sandbox_egress;
 #[cfg(feature = "gateway")]

@@ -1,10 +1,17 @@
 //! OCI images: how servers arrive. Content-addressed under the helper's `images_dir`
 //! (`blobs/sha256/<hex>` for manifests, configs and compressed layers, stored once whatever
-//! shares them; `tmp/` for what is still arriving), pulled by digest from a registry or
-//! imported from an `oci-layout`, every byte verified against the digest and size that pinned
-//! it before anything becomes visible.
+//! shares them; `tmp/` for what is still arriving), pulled by digest from a registry
+//! ([`pull`], over [`registry`]) or imported from an `oci-layout` ([`layout`]), every byte
+//! verified against the digest and size that pinned it before anything becomes visible;
+//! pushed back to a registry by [`push`].
 
 pub mod blobs;
 pub mod digest;
+pub mod layout;
 pub mod oci;
 pub mod plan;
+pub mod pull;
+pub mod push;
+pub mod reference;
+pub mod registry;
+pub mod resolve;
