@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
+pub use crate::image::registry::RegistryConfig;
+
 /// Where the packaged default lives.
 pub const DEFAULT_PATH: &str = "/etc/gigmcp/gigmcp.toml";
 
@@ -28,9 +30,50 @@ pub struct Config {
 /// Where images come from: the registries that need more than anonymous HTTPS with the
 /// system's roots. A registry not listed is reached that way.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "ImagesSection")]
 pub struct ImagesConfig {
     pub registries: Vec<RegistryConfig>,
+    /// What an image may cost to unpack (the other `[images]` keys).
+    pub unpack: crate::image::UnpackLimits,
+}
+
+/// `[images]` as written: the registries and the unpack limits side by side in one table.
+/// Spelt out rather than `flatten`ed: serde's `deny_unknown_fields` does not work across a
+/// flattened struct, and a misspelt limit must be refused by key, not silently defaulted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ImagesSection {
+    registries: Vec<RegistryConfig>,
+    max_layers: Option<usize>,
+    max_entries_per_layer: Option<u64>,
+    max_entries: Option<u64>,
+    max_path_bytes: Option<usize>,
+    max_file_bytes: Option<u64>,
+    max_layer_bytes: Option<u64>,
+    max_image_bytes: Option<u64>,
+    max_compression_ratio: Option<u64>,
+    max_zstd_window_bytes: Option<u64>,
+}
+
+impl From<ImagesSection> for ImagesConfig {
+    fn from(s: ImagesSection) -> Self {
+        let d = crate::image::UnpackLimits::default();
+        Self {
+            registries: s.registries,
+            // Every field named: a limit added to UnpackLimits fails the build here.
+            unpack: crate::image::UnpackLimits {
+                max_layers: s.max_layers.unwrap_or(d.max_layers),
+                max_entries_per_layer: s.max_entries_per_layer.unwrap_or(d.max_entries_per_layer),
+                max_entries: s.max_entries.unwrap_or(d.max_entries),
+                max_path_bytes: s.max_path_bytes.unwrap_or(d.max_path_bytes),
+                max_file_bytes: s.max_file_bytes.unwrap_or(d.max_file_bytes),
+                max_layer_bytes: s.max_layer_bytes.unwrap_or(d.max_layer_bytes),
+                max_image_bytes: s.max_image_bytes.unwrap_or(d.max_image_bytes),
+                max_compression_ratio: s.max_compression_ratio.unwrap_or(d.max_compression_ratio),
+                max_zstd_window_bytes: s.max_zstd_window_bytes.unwrap_or(d.max_zstd_window_bytes),
+            },
+        }
+    }
 }
 
 impl ImagesConfig {
@@ -42,108 +85,6 @@ impl ImagesConfig {
             .find(|r| r.host.eq_ignore_ascii_case(host))
             .cloned()
             .unwrap_or_else(|| RegistryConfig::anonymous(host))
-    }
-}
-
-/// One `[[images.registries]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// `host[:port]`, exactly as image references name it.
-    pub host: String,
-    /// The CA (PEM) the registry's and its token origins' certificates chain to; unset: the
-    /// system's roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Basic credentials (also presented to the token realm): the user, and the name of the
-    /// vault secret holding the password (the value never appears here).
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password_secret: Option<String>,
-    /// Origins (`https://auth.example[:port]`) besides the registry's own where a Bearer realm
-    /// may live and receive the credentials.
-    #[serde(default)]
-    pub token_origins: Vec<String>,
-    /// Plain HTTP: only for a registry on a loopback address (tests, a local mirror).
-    #[serde(default)]
-    pub plain_http: bool,
-}
-
-impl RegistryConfig {
-    pub fn anonymous(host: &str) -> Self {
-        Self {
-            host: host.to_ascii_lowercase(),
-            ca_file: None,
-            username: None,
-            password_secret: None,
-            token_origins: Vec::new(),
-            plain_http: false,
-        }
-    }
-
-    /// The host part of [`RegistryConfig::host`], without the port or IPv6 brackets.
-    pub fn hostname(&self) -> &str {
-        split_host_port(&self.host).0
-    }
-
-    /// Whether the configured host is a loopback name or address (`plain_http` needs one).
-    pub fn is_loopback(&self) -> bool {
-        let h = self.hostname();
-        h.eq_ignore_ascii_case("localhost")
-            || h.parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        let (host, port) = split_host_port(&self.host);
-        if host.is_empty()
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
-            || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0))
-        {
-            return Err(format!("{:?} is not host[:port]", self.host));
-        }
-        if self.plain_http && !self.is_loopback() {
-            return Err(format!(
-                "{}: plain_http is only allowed for a loopback registry",
-                self.host
-            ));
-        }
-        if self.username.is_some() != self.password_secret.is_some() {
-            return Err(format!(
-                "{}: username and password_secret go together",
-                self.host
-            ));
-        }
-        for origin in &self.token_origins {
-            let uri: http::Uri = origin
-                .parse()
-                .map_err(|_| format!("{}: token origin {origin:?} is not a URL", self.host))?;
-            let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
-            if uri.scheme_str() != Some("https") || uri.host().is_none() || !bare {
-                return Err(format!(
-                    "{}: token origin {origin:?} is not https://host[:port]",
-                    self.host
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `host:port`, `[v6]:port`, `host` → (host, port).
-fn split_host_port(s: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = s.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((h, tail)) => (h, tail.strip_prefix(':')),
-            None => (s, None),
-        };
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, Some(p)),
-        _ => (s, None),
     }
 }
 
@@ -475,6 +416,7 @@ impl Config {
                 return Err(("images.registries", format!("{} is listed twice", r.host)));
             }
         }
+        self.images.unpack.validate()?;
         let pool = self.sandbox.pool;
         if pool != pool.trunc() {
             return Err((
@@ -742,6 +684,22 @@ mod tests {
         let twice = "[[images.registries]]\nhost = \"a.example\"\n";
         let err = parse(&format!("{twice}{twice}")).unwrap_err();
         assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn image_limits_are_read_and_a_useless_one_names_its_key() {
+        let ok = parse("[images]\nmax_layers = 8\nmax_file_bytes = 1048576\n").unwrap();
+        assert_eq!(ok.images.unpack.max_layers, 8);
+        assert_eq!(ok.images.unpack.max_file_bytes, 1 << 20);
+        assert_eq!(
+            ok.images.unpack.max_entries,
+            crate::image::UnpackLimits::default().max_entries
+        );
+        let e = parse("[images]\n\nmax_compression_ratio = 0\n").unwrap_err();
+        assert_eq!(e.key(), Some("images.max_compression_ratio"), "{e}");
+        assert_eq!(e.line(), Some(3), "{e}");
+        let e = parse("[images]\nmax_layer = 3\n").unwrap_err();
+        assert_eq!(e.key(), Some("images.max_layer"), "{e}");
     }
 
     #[test]

@@ -91,7 +91,11 @@ pub fn build_layout(layout: &Path, root: &Path, run: serde_json::Value, tag: &st
                        "annotations": {"org.opencontainers.image.ref.name": tag}}],
     });
     std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
     Built {
         manifest_digest,
         config_digest,
