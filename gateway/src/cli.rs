@@ -7,9 +7,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use crate::admin::AdminApi;
 use crate::admin::local::{AdminSettings, LocalAdmin};
+use crate::admin::{AdminApi, ImportSelect};
 use crate::config::{self, Config};
+use crate::image::ImageRecord;
 use crate::store::SecretMeta;
 use crate::terminal;
 use crate::vault::{MAX_VALUE_LEN, MasterKey, SecretValue};
@@ -46,6 +47,31 @@ enum Command {
     /// Endpoints (named sets of servers with tool subsets) and their tokens.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Pull an image pinned by digest (HOST[:PORT]/REPO[:TAG]@sha256:<hex>) and install it.
+    Pull { reference: String },
+    /// Import an image from an oci-layout directory or tarball (air-gapped hosts) and install
+    /// it: the layout's only image, or the one --digest or --name chooses.
+    Import {
+        path: PathBuf,
+        #[arg(long, conflicts_with = "name")]
+        digest: Option<String>,
+        /// The image's org.opencontainers.image.ref.name in the layout.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List installed images and the servers using each.
+    List,
+    /// Remove an installed image (refused while a server uses it).
+    Rm { digest: String },
+    /// Remove every image no server uses, and the blobs only they used.
+    Gc,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,8 +80,13 @@ enum ServerCommand {
     /// signature. Development only: refused unless gateway.allow_unsigned_servers is true.
     Add {
         name: String,
+        /// A root filesystem directory, copied into the images directory.
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        rootfs: Option<PathBuf>,
+        /// An image pinned by digest: HOST[:PORT]/REPO[:TAG]@sha256:<hex> (pulled unless it is
+        /// installed), or oci-layout:PATH@sha256:<hex> (imported).
         #[arg(long)]
-        rootfs: PathBuf,
+        image: Option<String>,
         #[arg(long)]
         manifest: PathBuf,
         /// Required: says you know nobody verified this server.
@@ -211,6 +242,8 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         images_dir: config.sandbox.images_dir.clone(),
         sandbox_pool: ipnet::IpNet::V4(config.sandbox.pool),
         gateway_listen: vec![config.gateway.listen.ip()],
+        unpack: config.images.unpack.clone(),
+        registries: config.images.clone(),
     };
     let mut admin = LocalAdmin::open(&cli.state_dir, key, actor, settings)?;
     dispatch(&mut admin, cli.command, out)
@@ -266,7 +299,73 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
         Command::Vault(c) => vault(admin, c, out),
         Command::Server(c) => server(admin, c, out),
         Command::Endpoint(c) => endpoint(admin, c, out),
+        Command::Image(c) => image(admin, c, out),
     }
+}
+
+/// `image pull|import|list|rm|gc`.
+fn image(
+    admin: &mut dyn AdminApi,
+    command: ImageCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let installed = |out: &mut dyn Write, r: &ImageRecord| {
+        writeln!(
+            out,
+            "installed image {} ({} layers, {} bytes unpacked, from {})",
+            r.pinned,
+            r.layers.len(),
+            r.unpacked_bytes,
+            terminal::escape(&r.reference)
+        )
+    };
+    match command {
+        ImageCommand::Pull { reference } => installed(out, &admin.image_pull(&reference)?)?,
+        ImageCommand::Import { path, digest, name } => {
+            let select = match (digest, name) {
+                (Some(d), _) => ImportSelect::Digest(d),
+                (None, Some(n)) => ImportSelect::Name(n),
+                (None, None) => ImportSelect::Only,
+            };
+            installed(out, &admin.image_import(&path, &select)?)?;
+        }
+        ImageCommand::List => {
+            writeln!(
+                out,
+                "{:71}  {:>12}  {:20}  USED BY",
+                "DIGEST", "BYTES", "ADDED"
+            )?;
+            for (r, users) in admin.image_list()? {
+                let users = if users.is_empty() {
+                    "-".to_owned()
+                } else {
+                    users.join(",")
+                };
+                writeln!(
+                    out,
+                    "{:71}  {:>12}  {:20}  {users}",
+                    r.pinned.to_string(),
+                    r.unpacked_bytes,
+                    timestamp(i64::try_from(r.added_ms).unwrap_or(0)),
+                )?;
+            }
+        }
+        ImageCommand::Rm { digest } => {
+            let freed = admin.image_remove(&digest)?;
+            writeln!(out, "removed image {digest} ({freed} bytes freed)")?;
+        }
+        ImageCommand::Gc => {
+            let r = admin.image_gc()?;
+            writeln!(
+                out,
+                "removed {} images and {} blobs ({} bytes freed)",
+                r.images.len(),
+                r.blobs.len(),
+                r.bytes_freed
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `secret set|list|rm`.
@@ -340,6 +439,7 @@ fn server(
         ServerCommand::Add {
             name,
             rootfs,
+            image,
             manifest,
             unsigned: _,
             approve_ranges,
@@ -349,7 +449,15 @@ fn server(
             eprintln!(
                 "gigmcp: WARNING: installing {name} UNSIGNED: no registry vouches for this code; it runs sandboxed, but review it yourself"
             );
-            let r = admin.server_add_unsigned(&name, &rootfs, &text, &approve_ranges)?;
+            let r = match (rootfs, image) {
+                (Some(rootfs), _) => {
+                    admin.server_add_unsigned(&name, &rootfs, &text, &approve_ranges)?
+                }
+                (None, Some(image)) => {
+                    admin.server_add_image(&name, &image, &text, &approve_ranges)?
+                }
+                (None, None) => bail!("name the server's root: --rootfs DIR or --image REF"),
+            };
             // The version is the manifest's, the server author's words.
             writeln!(
                 out,

@@ -19,6 +19,7 @@ use crate::audit::{Auditor, Outcome};
 use crate::config::{self, Config};
 use crate::control::Control;
 use crate::egress::{EgressConfig, EgressShared, HostsThenSystem};
+use crate::image::ImageStore;
 use crate::mcp::front::{ConnLimits, Front, FrontLimits};
 use crate::mcp::redact::Redactor;
 use crate::mcp::servers::ServerPool;
@@ -260,6 +261,17 @@ fn server_pool(
         .with_context(|| format!("creating {}", config.sandbox.ca_dir.display()))?;
     publish_ca(&config.sandbox.ca_dir, egress.ca_cert_pem())?;
     let helper = Arc::new(Helper::on_bus(&config.sandbox.bus));
+    // The store the CLI installs into: servers from images are verified against it per start.
+    let images = Arc::new(
+        ImageStore::open(&config.sandbox.images_dir, config.images.unpack.clone()).with_context(
+            || {
+                format!(
+                    "opening the image store at {}",
+                    config.sandbox.images_dir.display()
+                )
+            },
+        )?,
+    );
     let launcher = SandboxLauncher {
         helper: helper.clone(),
         egress: egress.clone(),
@@ -270,6 +282,7 @@ fn server_pool(
             pids_max: config.sandbox.server_pids_max,
             cpu_percent: config.sandbox.server_cpu_percent,
         },
+        images,
     };
     let pool = Arc::new(ServerPool::new(
         store,

@@ -26,6 +26,9 @@ use privhelper_api::{
 };
 
 use crate::egress::{EgressError, EgressProxy, EgressShared, SandboxEgress, make_placeholder};
+use crate::image::ImageStore;
+use crate::image::digest::Digest;
+use crate::image::oci::RunConfig;
 use crate::image::plan::{PlanError, copied_rootfs, gateway_env, plan};
 use crate::manifest::Manifest;
 use crate::mcp::servers::{Launched, Launcher};
@@ -97,8 +100,14 @@ pub enum HelperUnreachable {
 pub enum LaunchError {
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
-    #[error("image {0} is not a local root filesystem")]
+    #[error("image {0} is neither sha256:<hex> nor dir:<name>")]
     NotLocalRootfs(String),
+    /// Missing, or changed on disk since it was installed: the server does not run.
+    #[error("image {digest}: {source}")]
+    Image {
+        digest: String,
+        source: crate::image::ImageError,
+    },
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("{0}")]
@@ -130,6 +139,9 @@ pub struct SandboxLauncher {
     /// The CA bundle's file name in the helper's `ca_dir`.
     pub ca_bundle: String,
     pub limits: Limits,
+    /// The store at `sandbox.images_dir` (the one the CLI installs into): an image is
+    /// verified against its recorded tree before every start.
+    pub images: Arc<ImageStore>,
 }
 
 /// Keeps a sandbox alive; dropping it stops the proxy and asks the helper to destroy it.
@@ -157,11 +169,7 @@ impl SandboxLauncher {
     /// The helper's sandbox for `server`, its egress proxy, and the server's stdio.
     pub async fn start(&self, server: &ServerRecord) -> Result<Launched, LaunchError> {
         let manifest = Manifest::from_json(&server.manifest)?;
-        let rootfs = server
-            .image_digest
-            .strip_prefix("dir:")
-            .map(copied_rootfs)
-            .ok_or_else(|| LaunchError::NotLocalRootfs(server.image_digest.clone()))?;
+        let (rootfs, image) = self.root_of(server).await?;
         let placeholders = manifest
             .credentials
             .iter()
@@ -169,7 +177,7 @@ impl SandboxLauncher {
             .collect::<Result<Vec<_>, EgressError>>()
             .map_err(LaunchError::Placeholder)?;
         let gateway = gateway_env(&placeholders, PROXY_ADDR_TOKEN, self.proxy_port);
-        let run = plan(&server.name, None, &manifest, &gateway)?;
+        let run = plan(&server.name, image.as_ref(), &manifest, &gateway)?;
         let spec = SandboxSpec {
             server: server.name.clone(),
             rootfs,
@@ -221,6 +229,32 @@ impl SandboxLauncher {
         };
         tracing::info!(server = %server.name, sandbox = %info.id, "server started in a sandbox");
         Ok(launched)
+    }
+
+    /// Where the helper finds `server`'s root (relative to `images_dir`) and the image's run
+    /// configuration. An image is verified first, on a blocking thread (it reads the whole
+    /// tree): a missing or changed one refuses the start.
+    async fn root_of(
+        &self,
+        server: &ServerRecord,
+    ) -> Result<(String, Option<RunConfig>), LaunchError> {
+        if let Some(name) = server.image_digest.strip_prefix("dir:") {
+            return Ok((copied_rootfs(name), None));
+        }
+        let digest = Digest::parse(&server.image_digest)
+            .map_err(|_| LaunchError::NotLocalRootfs(server.image_digest.clone()))?;
+        let (images, pinned) = (self.images.clone(), digest.clone());
+        let verified = tokio::task::spawn_blocking(move || images.verify(&pinned))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let record = verified.map_err(|source| LaunchError::Image {
+            digest: server.image_digest.clone(),
+            source,
+        })?;
+        Ok((
+            ImageStore::rootfs_relative(&digest),
+            Some(record.config.config),
+        ))
     }
 
     /// The sandbox's egress proxy on the sockets the helper bound on its host-side address,
@@ -294,6 +328,9 @@ impl Launcher for SandboxLauncher {
         match err {
             LaunchError::Manifest(_) | LaunchError::NotLocalRootfs(_) | LaunchError::Plan(_) => {
                 "its installed image or manifest cannot be run"
+            }
+            LaunchError::Image { .. } => {
+                "its image is missing or does not match the digest it was installed with"
             }
             LaunchError::Helper(_) => "the sandbox helper is not reachable",
             LaunchError::Refused(_) => "the sandbox helper refused its sandbox",

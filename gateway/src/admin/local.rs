@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::images::{ImageSettings, ImportSelect};
 use super::{AdminApi, AdminError, image_layout};
 use crate::audit::{Auditor, Outcome};
 use crate::egress::{AddressGuard, HostAddrs, check_approval};
 use crate::image::oci::RunConfig;
 use crate::image::plan::{RunPlan, copied_rootfs, gateway_env, plan};
+use crate::image::{GcReport, ImageRecord};
 use crate::manifest::Manifest;
 use crate::store::{
     EndpointRecord, SecretMeta, ServerRecord, SqliteStore, Store, TokenRecord, ToolDefinition,
@@ -28,6 +30,9 @@ pub struct AdminSettings {
     /// The sandbox pool and the gateway's listen addresses: no approval may overlap them.
     pub sandbox_pool: ipnet::IpNet,
     pub gateway_listen: Vec<std::net::IpAddr>,
+    /// What an image may cost to unpack, and the registries images are pulled from.
+    pub unpack: crate::image::UnpackLimits,
+    pub registries: crate::config::ImagesConfig,
 }
 
 #[derive(Debug)]
@@ -146,6 +151,66 @@ impl AdminApi for LocalAdmin {
                 "source=unsigned image={} approved_ranges=[{}] UNSIGNED: not verified by any registry",
                 r.image_digest,
                 r.approved_ranges.join(",")
+            )
+        })
+    }
+
+    fn server_add_image(
+        &mut self,
+        name: &str,
+        image: &str,
+        manifest_json: &str,
+        approved_ranges: &[ipnet::IpNet],
+    ) -> Result<ServerRecord, AdminError> {
+        let result = self.add_image(name, image, manifest_json, approved_ranges);
+        self.audited("server.add", name, result, |a| {
+            format!(
+                "source=unsigned image={} reference={} approved_ranges=[{}]{} UNSIGNED: not verified by any registry",
+                a.record.image_digest,
+                a.reference,
+                a.record.approved_ranges.join(","),
+                a.notes.iter().map(|n| format!("; {n}")).collect::<String>(),
+            )
+        })
+        .map(|a| a.record)
+    }
+
+    fn image_pull(&mut self, reference: &str) -> Result<ImageRecord, AdminError> {
+        let result = self.pull_image(reference);
+        self.audited("image.pull", reference, result, image_detail)
+    }
+
+    fn image_import(
+        &mut self,
+        path: &Path,
+        select: &ImportSelect,
+    ) -> Result<ImageRecord, AdminError> {
+        let result = self.import_image(path, select);
+        self.audited(
+            "image.import",
+            &path.display().to_string(),
+            result,
+            image_detail,
+        )
+    }
+
+    fn image_list(&mut self) -> Result<Vec<(ImageRecord, Vec<String>)>, AdminError> {
+        self.list_images()
+    }
+
+    fn image_remove(&mut self, digest: &str) -> Result<u64, AdminError> {
+        let result = self.remove_image(digest);
+        self.audited("image.rm", digest, result, |b| format!("bytes_freed={b}"))
+    }
+
+    fn image_gc(&mut self) -> Result<GcReport, AdminError> {
+        let result = self.collect_images();
+        self.audited("image.gc", "images", result, |r| {
+            format!(
+                "images_removed={} blobs_removed={} bytes_freed={}",
+                r.images.len(),
+                r.blobs.len(),
+                r.bytes_freed
             )
         })
     }
@@ -278,10 +343,22 @@ impl AdminApi for LocalAdmin {
     }
 }
 
+/// An installed image, for the audit.
+fn image_detail(r: &ImageRecord) -> String {
+    format!(
+        "image={} reference={} layers={} unpacked_bytes={} entries={}",
+        r.pinned,
+        r.reference,
+        r.layers.len(),
+        r.unpacked_bytes,
+        r.entries
+    )
+}
+
 /// What `name`'s sandbox will run, as the launcher will compute it: the gateway's variables
 /// are named here with empty values (the placeholders are minted at each start), which is all
 /// the plan's overrides and notes depend on.
-fn run_plan(
+pub(super) fn run_plan(
     name: &str,
     image: Option<&RunConfig>,
     manifest: &Manifest,
@@ -314,13 +391,30 @@ impl LocalAdmin {
             .map_err(|e| AdminError::Refused(e.to_string()))
     }
 
-    fn add_unsigned(
+    pub(super) fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    pub(super) fn records(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    pub(super) fn image_settings(&self) -> ImageSettings {
+        ImageSettings {
+            images_dir: self.settings.images_dir.clone(),
+            unpack: self.settings.unpack.clone(),
+            registries: self.settings.registries.clone(),
+        }
+    }
+
+    /// What every unsigned add checks before touching any image: the name, the setting that
+    /// allows unsigned servers, the manifest, the approvals, and that no such server exists.
+    pub(super) fn check_unsigned_add(
         &self,
         name: &str,
-        rootfs: &Path,
         manifest_json: &str,
         approved_ranges: &[ipnet::IpNet],
-    ) -> Result<ServerRecord, AdminError> {
+    ) -> Result<Manifest, AdminError> {
         check_name("server", name)?;
         if !self.settings.allow_unsigned_servers {
             return Err(AdminError::Refused(
@@ -329,7 +423,6 @@ impl LocalAdmin {
         }
         let manifest =
             Manifest::from_json(manifest_json).map_err(|e| AdminError::Refused(e.to_string()))?;
-        let run = run_plan(name, None, &manifest)?;
         self.check_approvals(approved_ranges)?;
         if manifest.name != name {
             return Err(AdminError::Refused(format!(
@@ -342,6 +435,18 @@ impl LocalAdmin {
                 "server {name} is installed already"
             )));
         }
+        Ok(manifest)
+    }
+
+    fn add_unsigned(
+        &self,
+        name: &str,
+        rootfs: &Path,
+        manifest_json: &str,
+        approved_ranges: &[ipnet::IpNet],
+    ) -> Result<ServerRecord, AdminError> {
+        let manifest = self.check_unsigned_add(name, manifest_json, approved_ranges)?;
+        let run = run_plan(name, None, &manifest)?;
         let meta = std::fs::symlink_metadata(rootfs)
             .map_err(|e| AdminError::Refused(format!("{}: {e}", rootfs.display())))?;
         if !meta.is_dir() {

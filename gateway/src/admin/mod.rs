@@ -3,15 +3,18 @@
 //! `org.gigmcp.Gateway1` will implement the same trait, so the CLI does not change.
 
 pub mod image_layout;
+pub mod images;
 pub mod local;
 
 use std::path::Path;
 
+use crate::image::{GcReport, ImageRecord};
 use crate::store::{SecretMeta, ServerRecord, StoreError, ToolDefinition};
 use crate::tokens::NewToken;
 use crate::vault::{
     Fingerprint, InvalidSecretName, MasterKey, SecretValue, SetOutcome, VaultError, VaultStatus,
 };
+pub use images::ImportSelect;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -46,6 +49,31 @@ pub trait AdminApi {
         manifest_json: &str,
         approved_ranges: &[ipnet::IpNet],
     ) -> Result<ServerRecord, AdminError>;
+    /// Installs a server from an image pinned by digest (`HOST/REPO@sha256:…`, or
+    /// `oci-layout:PATH@sha256:…` on an air-gapped host), pulled or imported unless it is
+    /// installed already, without a registry signature (refused unless the configuration
+    /// allows it). An image this call brought is removed again if the add is refused.
+    fn server_add_image(
+        &mut self,
+        name: &str,
+        image: &str,
+        manifest_json: &str,
+        approved_ranges: &[ipnet::IpNet],
+    ) -> Result<ServerRecord, AdminError>;
+    /// Pulls and installs an image pinned by digest (a no-op when it is installed).
+    fn image_pull(&mut self, reference: &str) -> Result<ImageRecord, AdminError>;
+    /// Imports and installs an image from an `oci-layout` directory or tarball.
+    fn image_import(
+        &mut self,
+        path: &Path,
+        select: &ImportSelect,
+    ) -> Result<ImageRecord, AdminError>;
+    /// Installed images, each with the servers that use it.
+    fn image_list(&mut self) -> Result<Vec<(ImageRecord, Vec<String>)>, AdminError>;
+    /// Removes an image no server uses; returns the bytes freed.
+    fn image_remove(&mut self, digest: &str) -> Result<u64, AdminError>;
+    /// Removes every image no server record names, and the blobs only they used.
+    fn image_gc(&mut self) -> Result<GcReport, AdminError>;
     fn server_list(&mut self) -> Result<Vec<ServerRecord>, AdminError>;
     /// The server's approved tool definitions and those awaiting approval.
     fn server_tools(&mut self, name: &str) -> Result<Vec<ToolDefinition>, AdminError>;
