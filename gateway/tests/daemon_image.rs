@@ -393,3 +393,143 @@ fn a_server_runs_from_an_imported_image_as_its_config_says_and_a_changed_root_is
         daemon.stop(Duration::from_secs(20));
     });
 }
+
+/// A real registry on loopback (Debian's docker-registry, a config of the test's own), with
+/// `layout`'s image pushed by skopeo as `repo:v1`; killed with the returned guard.
+fn registry_with(dir: &Path, layout: &Path, repo: &str) -> (testkit::process::Tied, u16) {
+    let port = free_loopback_port();
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("registry-data").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&config).stderr(Stdio::null());
+    let registry = testkit::process::spawn_tied(cmd, None).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://127.0.0.1:{port}/{repo}:v1"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo: {}", text(&out));
+    (registry, port)
+}
+
+#[test]
+fn a_server_added_by_registry_reference_is_pulled_by_digest_once() {
+    let env = TestEnv::new();
+    let root = env.dir.path().join("root");
+    let workdir = format!("/app/w{}", random_hex(3));
+    server_root(&root, &workdir);
+    let layout = env.dir.path().join("layout");
+    let built = oci::build_layout(
+        &layout,
+        &root,
+        json!({"Entrypoint": ["/srv/server"], "WorkingDir": workdir}),
+        "v1",
+    );
+    let repo = format!("mcp/s{}", random_hex(3));
+    let (registry, port) = registry_with(env.dir.path(), &layout, &repo);
+    let images = env.dir.path().join("images");
+    let config = env.dir.path().join("gigmcp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nallow_unsigned_servers = true\n[sandbox]\nimages_dir = \"{}\"\n\
+             [[images.registries]]\nhost = \"127.0.0.1:{port}\"\nplain_http = true\n",
+            images.display()
+        ),
+    )
+    .unwrap();
+    let admin = Admin {
+        config: &config,
+        env: &env,
+    };
+    let server = format!("reg{}", random_hex(3));
+    let manifest = env.dir.path().join("manifest.json");
+    std::fs::write(
+        &manifest,
+        json!({"name": server, "version": "1"}).to_string(),
+    )
+    .unwrap();
+    let m = manifest.to_str().unwrap();
+
+    // A tag alone is refused: only a digest pins what runs.
+    let tagged = format!("127.0.0.1:{port}/{repo}:v1");
+    let said = admin.refused(&[
+        "server",
+        "add",
+        &server,
+        "--image",
+        &tagged,
+        "--manifest",
+        m,
+        "--unsigned",
+    ]);
+    assert!(said.contains("pin the image by digest"), "{said}");
+    assert!(
+        store_contents(&images)
+            .iter()
+            .all(|p| !p.starts_with(images.join("roots")))
+    );
+
+    let pinned = format!("127.0.0.1:{port}/{repo}:v1@{}", built.manifest_digest);
+    admin.ok(&[
+        "server",
+        "add",
+        &server,
+        "--image",
+        &pinned,
+        "--manifest",
+        m,
+        "--unsigned",
+    ]);
+    let hex = built.manifest_digest.trim_start_matches("sha256:");
+    assert!(
+        images
+            .join(format!("roots/{hex}/rootfs/srv/server"))
+            .is_file()
+    );
+    let listed = admin.ok(&["image", "list"]);
+    assert!(
+        listed.contains(&built.manifest_digest) && listed.contains(&server),
+        "{listed}"
+    );
+    // Installed: a second pull asks the registry for nothing (here, it is gone).
+    drop(registry);
+    let out = admin.ok(&["image", "pull", &pinned]);
+    assert_eq!(digest_in(&out), built.manifest_digest, "{out}");
+    let store = env.store();
+    let events = store.audit_recent(100).unwrap();
+    let added = events
+        .iter()
+        .find(|e| e.action == "server.add" && e.outcome == "ok")
+        .expect("server.add audited");
+    assert!(
+        added.detail.contains(&format!("reference={pinned}"))
+            && added
+                .detail
+                .contains(&format!("image={}", built.manifest_digest)),
+        "{}",
+        added.detail
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "server.add" && e.outcome == "failed"),
+        "the refusal audited too"
+    );
+}

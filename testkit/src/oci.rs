@@ -1,7 +1,9 @@
 //! A small OCI image builder for tests: a root directory (say from `rootfs::build`) becomes an
-//! `oci-layout` directory with one uncompressed layer, an image config and a manifest, so that
-//! tests can import, push or pull a real image without a container engine. The layer is made
-//! by GNU tar with fixed owners, order and times, so the same tree gives the same digest.
+//! `oci-layout` directory with one gzip layer, an image config and a manifest, so that tests
+//! can import, push or pull a real image without a container engine. The layer is made by GNU
+//! tar with fixed owners, order and times and by `gzip -n` (no name, no time), so the same tree
+//! gives the same digest; gzip, because skopeo compresses an uncompressed layer it pushes,
+//! which would change the digest the test pinned.
 
 use std::path::Path;
 use std::process::Command;
@@ -62,17 +64,36 @@ pub fn layer_tar(root: &Path) -> Vec<u8> {
     out.stdout
 }
 
+/// `bytes` through `gzip -n` (reproducible: no file name, no time stamp).
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .args(["-n", "-6", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "gzip failed");
+    out.stdout
+}
+
 /// Builds `layout` (an `oci-layout` directory, tagged `tag`) from the tree under `root`, with
 /// `run` as the image config's `config` object (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`,
 /// `User`, ...).
 pub fn build_layout(layout: &Path, root: &Path, run: serde_json::Value, tag: &str) -> Built {
     let tar = layer_tar(root);
-    let (layer_digest, layer_size) = blob(layout, &tar);
+    let diff_id = sha256(&tar);
+    let (layer_digest, layer_size) = blob(layout, &gzip(&tar));
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": run,
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     let (config_digest, config_size) = blob(layout, config.to_string().as_bytes());
     let manifest = serde_json::json!({
@@ -80,7 +101,7 @@ pub fn build_layout(layout: &Path, root: &Path, run: serde_json::Value, tag: &st
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                     "digest": layer_digest, "size": layer_size}],
     });
     let (manifest_digest, manifest_size) = blob(layout, manifest.to_string().as_bytes());

@@ -366,3 +366,54 @@ impl super::local::LocalAdmin {
         store.gc(&in_use(self.records())?).map_err(refused)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex() -> String {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).unwrap();
+        hex::encode(b)
+    }
+
+    #[test]
+    fn an_image_is_named_by_digest_from_a_registry_or_an_oci_layout() {
+        let h = hex();
+        let s = ImageSource::parse(&format!("oci-layout:/srv/x@y/layout@sha256:{h}")).unwrap();
+        assert_eq!(
+            s,
+            ImageSource::Layout {
+                path: "/srv/x@y/layout".into(),
+                digest: Digest::parse(&format!("sha256:{h}")).unwrap()
+            }
+        );
+        let s = ImageSource::parse(&format!("reg.example:5000/mcp/srv:1.0@sha256:{h}")).unwrap();
+        assert_eq!(s.digest().hex(), h);
+        assert!(matches!(s, ImageSource::Registry(ref r) if r.registry == "reg.example:5000"));
+    }
+
+    #[test]
+    fn an_image_not_pinned_by_a_sha256_digest_is_refused_by_name() {
+        let h = hex();
+        for (text, says) in [
+            (
+                "reg.example/mcp/srv:1.0".to_owned(),
+                "pin the image by digest",
+            ),
+            (
+                "oci-layout:/srv/layout".to_owned(),
+                "oci-layout:PATH@sha256",
+            ),
+            (format!("oci-layout:/srv/layout@sha512:{h}"), "sha256"),
+            (format!("reg.example/mcp/srv@sha256:{}", &h[..60]), "sha256"),
+        ] {
+            match ImageSource::parse(&text) {
+                Err(AdminError::Refused(m)) => {
+                    assert!(m.contains(&format!("{text:?}")) && m.contains(says), "{m}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+}
