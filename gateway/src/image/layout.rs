@@ -119,6 +119,9 @@ impl std::fmt::Debug for Layout {
     }
 }
 
+/// A layout file's bytes (a reader of exactly its length) and that length.
+type Entry<'a> = (Box<dyn Read + 'a>, u64);
+
 /// Opens a file without following a link at its last component, refusing anything but a
 /// regular file (a FIFO would block, a device would read forever).
 fn open_regular(path: &Path) -> Result<(File, u64), LayoutError> {
@@ -269,7 +272,7 @@ impl Layout {
     }
 
     /// A layout file's bytes as a reader of exactly its length, and that length.
-    fn open_entry(&self, name: &str) -> Result<Option<(Box<dyn Read + '_>, u64)>, LayoutError> {
+    fn open_entry(&self, name: &str) -> Result<Option<Entry<'_>>, LayoutError> {
         match &self.source {
             Source::Dir(dir) => {
                 let p = dir.join(name);

@@ -4,12 +4,17 @@
 //! match. A blob already stored is not fetched again. Success means every one of them is in
 //! the store; any refusal removes what this pull added, so nothing partial is ever visible.
 
+use futures_util::StreamExt as _;
+
 use super::blobs::BlobStore;
 use super::digest::Digest;
 use super::oci::{Descriptor, MAX_MANIFEST_BYTES, Platform};
 use super::reference::Reference;
 use super::registry::{RegistryClient, RegistryError};
 use super::resolve::{self, Document, ResolveError, Staged, StoredImage};
+
+/// Blobs fetched at once.
+const PARALLEL_BLOBS: usize = 3;
 
 /// What a pull leaves in the store.
 pub type Pulled = StoredImage;
@@ -115,15 +120,40 @@ pub async fn pull(
     };
     resolve::check_manifest(&manifest_desc.digest, &manifest)?;
 
+    // A few blobs at once: each connection's TLS and HTTP work runs in its own task (on
+    // another core when there is one) while this one hashes and writes.
+    let mut wanted: Vec<&Descriptor> = Vec::new();
     for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
-        if store.contains(&blob.digest) {
-            continue;
+        if !store.contains(&blob.digest) && !wanted.iter().any(|w| w.digest == blob.digest) {
+            wanted.push(blob);
         }
-        client
-            .fetch_blob(repo, &blob.digest, blob.size, store)
-            .await?;
-        staged.added(blob.digest.clone());
     }
+    // Recorded as each commits (not as the stream yields), so that a blob that finished
+    // while another failed is rolled back too.
+    let committed = std::sync::Mutex::new(Vec::new());
+    let fetched = async {
+        let mut fetches = futures_util::stream::iter(wanted)
+            .map(|blob| async {
+                client
+                    .fetch_blob(repo, &blob.digest, blob.size, store)
+                    .await?;
+                committed
+                    .lock()
+                    .expect("not poisoned")
+                    .push(blob.digest.clone());
+                Ok::<(), PullError>(())
+            })
+            .buffer_unordered(PARALLEL_BLOBS);
+        while let Some(done) = fetches.next().await {
+            done?;
+        }
+        Ok::<(), PullError>(())
+    }
+    .await;
+    for d in committed.into_inner().expect("not poisoned") {
+        staged.added(d);
+    }
+    fetched?;
     staged.keep();
     Ok(StoredImage {
         pinned,

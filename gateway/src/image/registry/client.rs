@@ -488,9 +488,10 @@ impl Response {
         if self.content_length().is_some_and(|n| n > max) {
             return Err(too_large());
         }
-        let deadline = Instant::now() + t.deadline_for(max);
+        let budget = t.deadline_for(max);
+        let deadline = Instant::now() + budget;
         let mut out = Vec::new();
-        while let Some(chunk) = self.next_chunk(what, t, deadline).await? {
+        while let Some(chunk) = self.next_chunk(what, t, deadline, budget).await? {
             if out.len() as u64 + chunk.len() as u64 > max {
                 return Err(too_large());
             }
@@ -514,8 +515,9 @@ impl Response {
                 max: pinned,
             });
         }
-        let deadline = Instant::now() + t.deadline_for(pinned);
-        while let Some(chunk) = self.next_chunk(what, t, deadline).await? {
+        let budget = t.deadline_for(pinned);
+        let deadline = Instant::now() + budget;
+        while let Some(chunk) = self.next_chunk(what, t, deadline, budget).await? {
             writer.write(&chunk)?;
         }
         Ok(())
@@ -545,6 +547,7 @@ impl Response {
         what: &str,
         t: &Timeouts,
         deadline: Instant,
+        budget: Duration,
     ) -> Result<Option<Bytes>, RegistryError> {
         loop {
             let idle_end = (Instant::now() + t.idle).min(deadline);
@@ -553,7 +556,7 @@ impl Response {
                 Err(_) if Instant::now() >= deadline => {
                     return Err(RegistryError::Timeout {
                         what: format!("{what}: the whole body (its deadline)"),
-                        after: t.deadline_base,
+                        after: budget,
                     });
                 }
                 Err(_) => {

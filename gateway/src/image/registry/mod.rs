@@ -137,7 +137,7 @@ impl Default for ClientOptions {
 }
 
 /// Whether the registry was found to need credentials, and what was obtained.
-#[derive(Debug, Default)]
+#[derive(Default)]
 enum AuthState {
     #[default]
     Unknown,
@@ -149,6 +149,22 @@ enum AuthState {
         /// Per scope; wiped when dropped.
         tokens: HashMap<String, Zeroizing<String>>,
     },
+}
+
+impl std::fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unknown => f.write_str("Unknown"),
+            Self::Anonymous => f.write_str("Anonymous"),
+            Self::Basic => f.write_str("Basic"),
+            // The tokens are credentials: only their scopes are shown.
+            Self::Bearer { realm, tokens, .. } => f
+                .debug_struct("Bearer")
+                .field("realm", realm)
+                .field("scopes", &tokens.keys().collect::<Vec<_>>())
+                .finish(),
+        }
+    }
 }
 
 /// A client for one registry.
@@ -639,5 +655,26 @@ impl RegistryClient {
             });
         }
         Ok(expected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bearer_state_never_prints_its_tokens() {
+        let secret = "tok-3f9a1c";
+        let state = AuthState::Bearer {
+            realm: "https://auth.example/token".parse().unwrap(),
+            service: None,
+            tokens: HashMap::from([(
+                "repository:a:pull".to_owned(),
+                Zeroizing::new(secret.to_owned()),
+            )]),
+        };
+        let shown = format!("{state:?}");
+        assert!(shown.contains("repository:a:pull"), "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
     }
 }
