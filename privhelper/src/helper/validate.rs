@@ -12,7 +12,7 @@ use std::path::{Component, Path};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
-use super::image::image_entry;
+use super::image::{check_workdir, image_entry};
 use crate::config::Config;
 use privhelper_api::{HelperError, PROXY_ADDR_TOKEN, SandboxSpec};
 
@@ -27,7 +27,7 @@ pub const MIN_PIDS: u32 = 8;
 const MAX_CA_BYTES: u64 = 1 << 20;
 
 /// Directories bwrap mounts over; they must exist in a read-only rootfs.
-const MOUNT_POINTS: [&str; 4] = ["proc", "dev", "tmp", "run"];
+pub(super) const MOUNT_POINTS: [&str; 4] = ["proc", "dev", "tmp", "run"];
 /// Where distributions look for the system CA bundle; the gateway CA is bound over the ones
 /// that exist as regular files in the image.
 const CA_PATHS: [&str; 3] = [
@@ -303,55 +303,6 @@ fn check_command(spec: &SandboxSpec) -> Result<(), HelperError> {
         )));
     }
     Ok(())
-}
-
-/// The sandbox's working directory when the spec names none: its private, empty `/tmp`.
-pub const DEFAULT_WORKDIR: &str = "/tmp";
-
-/// The spec's working directory, or [`DEFAULT_WORKDIR`]: absolute and clean, and a directory
-/// of the image reached without a link (as `image.rs` examines mount points). bwrap enters it
-/// after switching to the sandbox's root, so even a link the gateway swapped in afterwards
-/// would resolve inside the sandbox's own tree; the check is for the admin's clear refusal.
-/// Nothing beneath a mount point (its contents are the sandbox's own file system there, not
-/// the image's).
-fn check_workdir(requested: &str, rootfs: &OwnedFd) -> Result<String, HelperError> {
-    if requested.is_empty() {
-        return Ok(DEFAULT_WORKDIR.to_owned());
-    }
-    let bad = |why: &str| invalid(format!("workdir {requested:?}: {why}"));
-    let Some(rel) = requested.strip_prefix('/') else {
-        return Err(bad("must be an absolute path"));
-    };
-    if requested.len() > MAX_ARG_LEN {
-        return Err(bad(&format!("is longer than {MAX_ARG_LEN} bytes")));
-    }
-    let parts: Vec<&str> = rel.split('/').collect();
-    if rel.is_empty() {
-        return Ok(requested.to_owned());
-    }
-    if parts
-        .iter()
-        .any(|p| p.is_empty() || *p == "." || *p == "..")
-    {
-        return Err(bad(
-            "must be a clean path (no `.`, `..` or empty component)",
-        ));
-    }
-    if parts.len() > 1 && MOUNT_POINTS.contains(&parts[0]) {
-        return Err(bad(&format!(
-            "lies beneath /{}, which the sandbox mounts over",
-            parts[0]
-        )));
-    }
-    match image_entry(rootfs, rel)? {
-        Some(FileType::Directory) => Ok(requested.to_owned()),
-        Some(_) => Err(HelperError::RootfsIncomplete(format!(
-            "workdir {requested:?} is not a directory in the image"
-        ))),
-        None => Err(HelperError::RootfsIncomplete(format!(
-            "workdir {requested:?} does not exist in the image"
-        ))),
-    }
 }
 
 /// The rootfs, relative to the images dir, as an `O_PATH` directory fd.
@@ -658,45 +609,6 @@ mod tests {
         std::fs::create_dir_all(&deep).unwrap();
         let err = chown_tree(&fd, 4242, 4242).unwrap_err();
         assert!(matches!(err, DataDirError::TooDeep), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod workdir_tests {
-    use super::*;
-
-    #[test]
-    fn a_workdir_is_a_clean_absolute_directory_of_the_image_reached_without_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        let mut b = [0u8; 4];
-        rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).unwrap();
-        let app = format!("srv/a{:08x}", u32::from_ne_bytes(b));
-        std::fs::create_dir_all(root.join(&app)).unwrap();
-        std::fs::create_dir_all(root.join("tmp/x")).unwrap();
-        std::fs::write(root.join("file"), "x").unwrap();
-        std::os::unix::fs::symlink(&app, root.join("link")).unwrap();
-        let fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
-        assert_eq!(check_workdir("", &fd).unwrap(), "/tmp");
-        assert_eq!(
-            check_workdir(&format!("/{app}"), &fd).unwrap(),
-            format!("/{app}")
-        );
-        assert_eq!(check_workdir("/tmp", &fd).unwrap(), "/tmp");
-        let refusal = |dir: &str| match check_workdir(dir, &fd) {
-            Err(HelperError::InvalidSpec(m))
-            | Err(HelperError::RootfsIncomplete(m))
-            | Err(HelperError::RootfsSymlink(m)) => m,
-            other => panic!("{dir}: {other:?}"),
-        };
-        assert!(refusal(&app).contains("absolute"));
-        for dir in ["/srv/../etc", "/srv/./x", "/srv//x"] {
-            assert!(refusal(dir).contains("clean path"), "{dir}");
-        }
-        assert!(refusal("/tmp/x").contains("mounts over"));
-        assert!(refusal("/file").contains("not a directory"));
-        assert!(refusal(&format!("/{app}/missing")).contains("does not exist"));
-        assert!(refusal("/link/x").contains("is a symbolic link"));
     }
 }
 
