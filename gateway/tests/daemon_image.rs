@@ -409,7 +409,9 @@ fn registry_with(dir: &Path, layout: &Path, repo: &str) -> (testkit::process::Ti
     .unwrap();
     let mut cmd = Command::new("docker-registry");
     cmd.arg("serve").arg(&config).stderr(Stdio::null());
-    let registry = testkit::process::spawn_tied(cmd, None).unwrap();
+    // In this thread's namespace, named: the kit's launcher thread may sit in another test's.
+    let netns = testkit::netns::Netns::current();
+    let registry = testkit::process::spawn_tied(cmd, Some(netns.as_fd())).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
