@@ -5,5 +5,6 @@
 //! it before anything becomes visible.
 
 pub mod blobs;
+pub mod build;
 pub mod digest;
 pub mod oci;
