@@ -180,6 +180,7 @@ fn env_for(
         "REQUESTS_CA_BUNDLE",
         "NODE_EXTRA_CA_CERTS",
         "GIT_SSL_CAINFO",
+        "PIP_CERT",
     ] {
         env.push((k.into(), CA_IN_SANDBOX.into()));
     }
@@ -194,6 +195,31 @@ impl SandboxLauncher {
             .image_digest
             .strip_prefix("dir:")
             .ok_or_else(|| LaunchError::NotLocalRootfs(server.image_digest.clone()))?;
+        let job = Job {
+            name: server.name.clone(),
+            rootfs: rootfs.to_owned(),
+            manifest,
+            data_dir: String::new(),
+            approved_ranges: server
+                .approved_ranges
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+            reserved_opt_in: Vec::new(),
+        };
+        Ok(self.start_job(job).await?.0)
+    }
+
+    /// A sandbox for `job`; also returns the helper's id for it.
+    async fn start_job(&self, job: Job) -> Result<(Launched, String), LaunchError> {
+        let Job {
+            name,
+            rootfs,
+            manifest,
+            data_dir,
+            approved_ranges,
+            reserved_opt_in,
+        } = job;
         let placeholders = manifest
             .credentials
             .iter()
@@ -201,11 +227,11 @@ impl SandboxLauncher {
             .collect::<Result<Vec<_>, EgressError>>()
             .map_err(LaunchError::Placeholder)?;
         let spec = SandboxSpec {
-            server: server.name.clone(),
-            rootfs: rootfs.to_owned(),
+            server: name.clone(),
+            rootfs,
             argv: manifest.command.clone(),
             env: env_for(&manifest, &placeholders, self.proxy_port),
-            data_dir: String::new(),
+            data_dir,
             ca_bundle: self.ca_bundle.clone(),
             proxy_port: self.proxy_port,
             transparent: manifest.transparent_mode(),
@@ -222,11 +248,8 @@ impl SandboxLauncher {
             expected_peer: Ipv4Addr::UNSPECIFIED,
             manifest: Arc::new(manifest),
             placeholders,
-            approved_ranges: server
-                .approved_ranges
-                .iter()
-                .filter_map(|r| r.parse().ok())
-                .collect(),
+            approved_ranges,
+            reserved_opt_in,
         };
         let proxy = match self.egress_for(egress, &info, fds) {
             Ok(p) => p,
@@ -248,8 +271,8 @@ impl SandboxLauncher {
             stderr: Some(Box::new(receiver(stderr, "stderr")?)),
             guard: Box::new(guard),
         };
-        tracing::info!(server = %server.name, sandbox = %info.id, "server started in a sandbox");
-        Ok(launched)
+        tracing::info!(server = %name, sandbox = %info.id, "server started in a sandbox");
+        Ok((launched, info.id))
     }
 
     /// The sandbox's egress proxy on the sockets the helper bound on its host-side address,
@@ -310,6 +333,91 @@ fn sender(f: zbus::OwnedFd) -> Result<tokio::net::unix::pipe::Sender, LaunchErro
             source,
         }
     })
+}
+
+/// What a sandbox is started for: an installed server, or an image build's install step.
+struct Job {
+    name: String,
+    rootfs: String,
+    manifest: Manifest,
+    data_dir: String,
+    approved_ranges: Vec<ipnet::IpNet>,
+    reserved_opt_in: Vec<IpAddr>,
+}
+
+/// The most of an install step's stdout or stderr kept (the rest is read and dropped).
+const INSTALL_OUTPUT_MAX: usize = 1 << 20;
+
+async fn read_capped(mut from: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (mut kept, mut buf) = (Vec::new(), vec![0u8; 16 << 10]);
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = INSTALL_OUTPUT_MAX.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// An image build's install step: the sandbox runs its command to the end (stdin closed),
+/// and is destroyed, its processes gone, before the builder reads what it left.
+impl crate::image::build::install::SandboxRunner for SandboxLauncher {
+    type Error = LaunchError;
+
+    async fn run(
+        &self,
+        job: crate::image::build::install::InstallSandbox,
+        timeout: std::time::Duration,
+    ) -> Result<crate::image::build::install::Finished, LaunchError> {
+        let (launched, id) = self
+            .start_job(Job {
+                name: job.name,
+                rootfs: job.rootfs,
+                manifest: job.manifest,
+                data_dir: job.data_dir,
+                approved_ranges: Vec::new(),
+                reserved_opt_in: job.reserved_opt_in,
+            })
+            .await?;
+        let Launched {
+            stdout,
+            stdin,
+            stderr,
+            guard,
+        } = launched;
+        drop(stdin);
+        let both = async {
+            let err = async {
+                match stderr {
+                    Some(e) => read_capped(e).await,
+                    None => Vec::new(),
+                }
+            };
+            tokio::join!(read_capped(stdout), err)
+        };
+        let finished = match tokio::time::timeout(timeout, both).await {
+            Ok((stdout, stderr)) => crate::image::build::install::Finished {
+                stdout,
+                stderr,
+                timed_out: false,
+            },
+            Err(_) => crate::image::build::install::Finished {
+                timed_out: true,
+                ..Default::default()
+            },
+        };
+        // A process that closed its stdio could still be writing to the data dir: the
+        // sandbox goes (its cgroup killed) before anyone reads the output.
+        let helper = self.helper.get().await?;
+        helper
+            .destroy_sandbox(&id)
+            .await
+            .map_err(|e| LaunchError::Refused(Box::new(e)))?;
+        drop(guard);
+        Ok(finished)
+    }
 }
 
 impl Launcher for SandboxLauncher {

@@ -86,7 +86,7 @@ pub fn write(tree: &Tree, prefix: &str, mtime: u64, out: impl Write) -> Result<L
         let path = String::from_utf8_lossy(path).into_owned();
         move |source| LayerError::Write { path, source }
     };
-    let mut full = |rel: &[u8]| -> Vec<u8> {
+    let full = |rel: &[u8]| -> Vec<u8> {
         let mut p = prefix.as_bytes().to_vec();
         if !p.is_empty() && !rel.is_empty() {
             p.push(b'/');
