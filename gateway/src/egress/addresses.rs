@@ -344,8 +344,10 @@ pub(crate) mod tests {
             ("127.0.0.1", Some(AddressClass::Loopback)),
             ("169.254.169.254", Some(AddressClass::Metadata)),
             ("169.254.1.1", Some(AddressClass::LinkLocal)),
-            ("10.231.0.2", Some(AddressClass::SandboxPool)),
-            ("192.168.77.5", Some(AddressClass::GatewayListen)),
+            // Not reserved: refused before steps 3-5 are asked.
+            ("10.231.0.2", None),
+            ("192.168.77.5", None),
+            // Reserved, but the host's own: steps 3-5 still hold.
             ("203.0.113.9", Some(AddressClass::HostOwn)),
             ("192.168.1.1", None),
             ("93.184.216.34", None),
