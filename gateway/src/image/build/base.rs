@@ -214,13 +214,14 @@ impl Bases {
             return Ok(Base { dir, record });
         }
         std::fs::create_dir_all(&self.cache).map_err(io("creating the base cache"))?;
+        let mut suffix = [0u8; 6];
+        getrandom::fill(&mut suffix).expect("the kernel's random source");
         let partial = Partial(self.cache.join(format!(
             ".{}-{}.partial-{}",
             recipe.name,
             recipe.key(),
-            std::process::id()
+            hex::encode(suffix)
         )));
-        let _ = std::fs::remove_dir_all(&partial.0);
         std::fs::create_dir_all(&partial.0).map_err(io("creating the base's directory"))?;
         let record = self.build(recipe, &partial.0)?;
         std::fs::write(

@@ -159,7 +159,7 @@ pub fn command(spec: &Spec, registry: &Registry) -> Vec<String> {
         } => pip_install(url, "/data/src"),
     };
     let script = format!(
-        "set -eu\nmkdir -p /data/home /data/cache /data/app\n{install}\n\
+        "set -eu\nmkdir -p /data/home /data/cache /data/tmp /data/app\n{install}\n\
          chmod -R u+rwX,go+rX /data/app\necho '{DONE}'\n"
     );
     vec!["/bin/sh".into(), "-c".into(), script]
@@ -195,6 +195,8 @@ pub fn manifest(name: &str, spec: &Spec, registry: &Registry) -> serde_json::Val
         "env": {
             "PATH": crate::manifest::DEFAULT_PATH,
             "HOME": "/data/home",
+            // The sandbox's /tmp is a small tmpfs; unpacked wheels and tarballs go here.
+            "TMPDIR": "/data/tmp",
             "npm_config_cache": "/data/cache",
             "npm_config_update_notifier": "false",
             "PYTHONDONTWRITEBYTECODE": "1",
