@@ -46,6 +46,9 @@ enum Command {
     /// Endpoints (named sets of servers with tool subsets) and their tokens.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// OCI images: build a server image from a package.
+    #[command(subcommand)]
+    Image(ImageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +201,9 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         None => Config::default(),
     };
+    if let Command::Image(c) = &cli.command {
+        return image_command(c, &config, &cli.state_dir, out);
+    }
     if let Command::Server(
         c @ (ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. }),
     ) = &cli.command
@@ -266,6 +272,7 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
         Command::Vault(c) => vault(admin, c, out),
         Command::Server(c) => server(admin, c, out),
         Command::Endpoint(c) => endpoint(admin, c, out),
+        Command::Image(_) => unreachable!("image commands need no vault: run() answers them"),
     }
 }
 
@@ -544,4 +551,87 @@ fn timestamp(ms: i64) -> String {
     let t =
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+// --- gigmcp image ------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build a reproducible server image from npm:NAME@VERSION, pypi:NAME==VERSION or
+    /// dir:PATH into a new oci-layout directory, and print its digest. The package's install
+    /// scripts run in a sandbox whose egress reaches only the package registry.
+    Build {
+        spec: String,
+        /// The runtime base: node or python.
+        #[arg(long)]
+        base: String,
+        /// The oci-layout directory to create (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// The server name for the io.modelcontextprotocol.server.name label (default: the
+        /// package's own mcpName, server.json or mcp-name:).
+        #[arg(long)]
+        name: Option<String>,
+        /// Another package registry (https://HOST[:PORT][/PATH]): the only host the install
+        /// sandbox may reach.
+        #[arg(long)]
+        registry: Option<String>,
+        /// Opt-in for a registry mirror on a reserved or documentation address, which the
+        /// egress proxy refuses otherwise: the exact address the registry's name resolves to
+        /// here (checked), repeatable. Nothing but the reserved class can be opted in, and only
+        /// for this build's sandbox. Audited with the build.
+        #[arg(long = "registry-address")]
+        registry_addresses: Vec<std::net::IpAddr>,
+        /// The helper's data_root (privhelper.toml), where the install step's data dir is made.
+        #[arg(long, default_value = "/var/lib/gigmcp-sandbox/data")]
+        data_root: PathBuf,
+        /// Where bases are cached (default: <sandbox.images_dir>/build).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+}
+
+/// `image build`: no vault (the build holds no secret), the helper over the configured bus.
+fn image_command(
+    command: &ImageCommand,
+    config: &Config,
+    state_dir: &std::path::Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let ImageCommand::Build {
+        spec,
+        base,
+        out: dir,
+        name,
+        registry,
+        registry_addresses,
+        data_root,
+        cache,
+    } = command;
+    let args = crate::image_builder::BuildArgs {
+        spec: spec.clone(),
+        base: base.clone(),
+        out: dir.clone(),
+        name: name.clone(),
+        registry: registry.clone(),
+        registry_addresses: registry_addresses.clone(),
+        data_root: data_root.clone(),
+        cache: cache.clone(),
+    };
+    let actor = format!("cli:uid={}", nix::unistd::getuid());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let built = rt.block_on(crate::image_builder::build(config, state_dir, &actor, &args))?;
+    writeln!(out, "{}", built.manifest.digest)?;
+    eprintln!(
+        "built {} ({}) into {} in {:.1} s (install {:.1} s)",
+        spec,
+        built.server_name,
+        dir.display(),
+        built.total_time.as_secs_f64(),
+        built.install_time.as_secs_f64()
+    );
+    Ok(())
 }

@@ -20,7 +20,10 @@ use crate::config::Config;
 use crate::egress::{EgressConfig, EgressShared};
 use crate::image::build::base::Bases;
 use crate::image::build::spec::Spec;
-use crate::image::build::{BaseChoice, BuildError, Builder, Built, Request};
+use crate::image::build::install::Registry;
+use crate::image::build::{
+    BaseChoice, BuildError, Builder, Built, Request, check_registry_addresses,
+};
 use crate::sandbox::{Helper, SandboxLauncher};
 use crate::store::{SqliteStore, Store};
 use crate::vault::{MasterKey, Vault};
@@ -114,6 +117,9 @@ async fn run(
 ) -> Result<Built, ImageBuildError> {
     let spec = Spec::parse(&args.spec)?;
     let base = BaseChoice::parse(&args.base)?;
+    let registry = Registry::for_ecosystem(spec.ecosystem(), args.registry.as_deref())
+        .map_err(BuildError::from)?;
+    check_registry_addresses(&registry, &args.registry_addresses)?;
     let scratch = tempfile_dir()?;
     let vault_store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(&scratch.0)?);
     let key = MasterKey::generate().map_err(|e| ImageBuildError::Vault(e.to_string()))?;

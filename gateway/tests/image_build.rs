@@ -20,9 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway::audit::Auditor;
-use gateway::egress::{EgressConfig, EgressShared};
-use gateway::image::build::base::Bases;
-use gateway::image::build::spec::Spec;
+use gateway::egress::{EgressConfig, EgressShared, StaticResolver};
+use gateway::image::build::base::{Bases, Recipe};
+use gateway::image::build::check_registry_addresses;
+use gateway::image::build::install::Registry;
+use gateway::image::build::spec::{Ecosystem, Spec};
 use gateway::image::build::tree::{Limits, Links, Tree, TreeError};
 use gateway::image::build::{BaseChoice, BuildError, Builder, Request, SERVER_NAME_LABEL};
 use gateway::image::oci::{ImageConfig, Index, Manifest};
@@ -34,6 +36,7 @@ use privhelper_api::Limits as SandboxLimits;
 use serde_json::json;
 use testkit::env::random_hex;
 use testkit::helper::{Harness, PROXY_PORT};
+use testkit::netns::{NamedNetns, Netns, ip_ok};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Builds share two CPUs: one at a time, so timings mean something.
@@ -66,18 +69,108 @@ struct Env {
     out: tempfile::TempDir,
 }
 
-async fn env() -> Env {
+/// What a test prepares in the host's network namespace, before its own: the cached bases
+/// (mmdebstrap and the Node.js download need the network), the registry's address as this
+/// machine resolves it, and a handle on the host's namespace for the relay.
+struct Outside {
+    host: Netns,
+    registry: IpAddr,
+    hosts: Vec<&'static str>,
+}
+
+fn outside(eco: Ecosystem) -> Outside {
+    let b = bases();
+    for recipe in [Recipe::runtime(eco), Recipe::builder(eco)] {
+        b.ensure(&recipe).unwrap_or_else(|e| panic!("base {}: {e}", recipe.name));
+    }
+    let hosts = match eco {
+        Ecosystem::Npm => vec!["registry.npmjs.org"],
+        Ecosystem::Pypi => vec!["pypi.org", "files.pythonhosted.org"],
+    };
+    let registry = registry_address(hosts[0]);
+    // The opt-in is checked against the resolution: the right address passes, another one
+    // of the same class does not.
+    let reg = Registry::for_ecosystem(eco, None).unwrap();
+    check_registry_addresses(&reg, &[registry]).unwrap();
+    let other = match registry {
+        IpAddr::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4) ^ 1)),
+        v6 => v6,
+    };
+    assert!(matches!(
+        check_registry_addresses(&reg, &[other]),
+        Err(BuildError::AddressNotResolved { .. })
+    ));
+    Outside {
+        host: Netns::current(),
+        registry,
+        hosts,
+    }
+}
+
+/// The registry as the egress proxy meets it from the test's namespace: `registry:443` on a
+/// link of the test's own (a named namespace holding that address), each connection relayed
+/// byte for byte to the same address dialled from the host's namespace (TLS passes through:
+/// the proxy verifies the mirror's own certificate). Dropped with the test.
+struct Relay {
+    _ns: NamedNetns,
+}
+
+fn relay(outside: &Outside) -> Relay {
+    let addr = outside.registry;
+    let ns = NamedNetns::add(testkit::names::unique("gx"));
+    ip_ok(&[
+        "link", "add", "regA", "type", "veth", "peer", "name", "regB", "netns", &ns.name,
+    ]);
+    ip_ok(&["addr", "add", "10.250.9.1/30", "dev", "regA"]);
+    ip_ok(&["link", "set", "regA", "up"]);
+    ip_ok(&["route", "add", &format!("{addr}/32"), "via", "10.250.9.2"]);
+    let listener = ns.run(move || {
+        ip_ok(&["addr", "add", "10.250.9.2/30", "dev", "regB"]);
+        ip_ok(&["addr", "add", &format!("{addr}/32"), "dev", "regB"]);
+        ip_ok(&["link", "set", "regB", "up"]);
+        std::net::TcpListener::bind((addr, 443)).unwrap()
+    });
+    let host = Arc::new(outside.host.clone_handle());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let host = host.clone();
+            std::thread::spawn(move || {
+                let up = host.run(move || {
+                    std::net::TcpStream::connect_timeout(
+                        &std::net::SocketAddr::new(addr, 443),
+                        Duration::from_secs(10),
+                    )
+                });
+                let Ok(up) = up else { return };
+                let (mut a, mut b) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
+                let (mut c, mut d) = (conn, up);
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut d, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    Relay { _ns: ns }
+}
+
+async fn env(outside: &Outside) -> Env {
     let h = Harness::start(0).await;
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open_in(&h.dir.path().join("state")).unwrap());
     let vault = Arc::new(Vault::open(store.clone(), MasterKey::generate().unwrap()).unwrap());
     let ca_pem = h.dir.path().join("gateway-ca.pem");
-    let shared = EgressShared::new(
-        vault,
-        Auditor::new(store.clone(), "gigmcp"),
-        EgressConfig::new(ca_pem.clone()),
-    )
-    .unwrap();
+    let mut config = EgressConfig::new(ca_pem.clone());
+    let mut names = StaticResolver::new();
+    for host in &outside.hosts {
+        names.insert(host, vec![outside.registry]);
+    }
+    config.resolver = Arc::new(names);
+    let shared = EgressShared::new(vault, Auditor::new(store.clone(), "gigmcp"), config).unwrap();
     std::fs::copy(&ca_pem, h.ca_dir.join("gateway-ca.pem")).unwrap();
     testkit::env::chmod(&h.ca_dir.join("gateway-ca.pem"), 0o644);
     let launcher = SandboxLauncher {
@@ -105,19 +198,15 @@ async fn env() -> Env {
     }
 }
 
-fn request(env: &Env, spec: &str, out: &str) -> Request {
+fn request(env: &Env, outside: &Outside, spec: &str, out: &str) -> Request {
     let spec = Spec::parse(spec).unwrap();
-    let host = match spec.ecosystem() {
-        gateway::image::build::spec::Ecosystem::Npm => "registry.npmjs.org",
-        gateway::image::build::spec::Ecosystem::Pypi => "pypi.org",
-    };
     Request {
         base: BaseChoice::Debian(spec.ecosystem()),
         spec,
         out: env.out.path().join(out),
         name: None,
         registry: None,
-        registry_addresses: vec![registry_address(host)],
+        registry_addresses: vec![outside.registry],
     }
 }
 
@@ -292,23 +381,23 @@ fn show(e: &BuildError) -> String {
 #[test]
 fn server_everything_builds_twice_to_one_digest_labelled_and_runs_sandboxed() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    testkit::privileged("image_build_everything", 2, || async {
-        let env = env().await;
-        // Cold: the bases are cached (built now if this is the first run), the package is not.
-        bases()
-            .ensure(&gateway::image::build::base::NODE)
-            .unwrap();
-        bases()
-            .ensure(&gateway::image::build::base::NODE_BUILDER)
-            .unwrap();
+    if !testkit::require_root("image_build_everything") {
+        return;
+    }
+    let outside = outside(Ecosystem::Npm);
+    testkit::privileged("image_build_everything", 2, move || async move {
+        let _relay = relay(&outside);
+        let env = env(&outside).await;
+        // Cold: the bases are cached (`outside` made them if this is the first run), the
+        // package is not.
         let first = env
             .builder
-            .build(&request(&env, EVERYTHING, "a"))
+            .build(&request(&env, &outside, EVERYTHING, "a"))
             .await
             .unwrap_or_else(|e| panic!("{}", show(&e)));
         let second = env
             .builder
-            .build(&request(&env, EVERYTHING, "b"))
+            .build(&request(&env, &outside, EVERYTHING, "b"))
             .await
             .unwrap_or_else(|e| panic!("{}", show(&e)));
         eprintln!(
@@ -350,16 +439,21 @@ fn server_everything_builds_twice_to_one_digest_labelled_and_runs_sandboxed() {
 #[test]
 fn mcp_server_time_from_pypi_builds_twice_to_one_digest_and_runs_sandboxed() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    testkit::privileged("image_build_time", 2, || async {
-        let env = env().await;
+    if !testkit::require_root("image_build_time") {
+        return;
+    }
+    let outside = outside(Ecosystem::Pypi);
+    testkit::privileged("image_build_time", 2, move || async move {
+        let _relay = relay(&outside);
+        let env = env(&outside).await;
         let first = env
             .builder
-            .build(&request(&env, TIME, "a"))
+            .build(&request(&env, &outside, TIME, "a"))
             .await
             .unwrap_or_else(|e| panic!("{}", show(&e)));
         let second = env
             .builder
-            .build(&request(&env, TIME, "b"))
+            .build(&request(&env, &outside, TIME, "b"))
             .await
             .unwrap_or_else(|e| panic!("{}", show(&e)));
         eprintln!(
@@ -405,11 +499,16 @@ fn latest_npm(name: &str) -> String {
 #[test]
 fn server_github_at_its_latest_version_builds_with_its_label_and_layout() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    testkit::privileged("image_build_github", 2, || async {
-        let env = env().await;
+    if !testkit::require_root("image_build_github") {
+        return;
+    }
+    let outside = outside(Ecosystem::Npm);
+    testkit::privileged("image_build_github", 2, move || async move {
+        let _relay = relay(&outside);
+        let env = env(&outside).await;
         let version = latest_npm("@modelcontextprotocol/server-github");
         let spec = format!("npm:@modelcontextprotocol/server-github@{version}");
-        let mut req = request(&env, &spec, "gh");
+        let mut req = request(&env, &outside, &spec, "gh");
         req.name = Some("io.github.modelcontextprotocol/server-github".into());
         let built = env
             .builder
@@ -457,8 +556,13 @@ fn hostile_package(dir: &Path, script: &str) -> PathBuf {
 #[test]
 fn an_install_script_reaching_another_host_is_stopped_by_the_egress_and_audited() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    testkit::privileged("image_build_exfiltration", 2, || async {
-        let env = env().await;
+    if !testkit::require_root("image_build_exfiltration") {
+        return;
+    }
+    let outside = outside(Ecosystem::Npm);
+    testkit::privileged("image_build_exfiltration", 2, move || async move {
+        let _relay = relay(&outside);
+        let env = env(&outside).await;
         let evil = format!("exfil-{}.example.net", random_hex(4));
         // As curl would: CONNECT through the proxy the environment names. And straight out,
         // past the proxy, to a public address: no route.
@@ -478,7 +582,7 @@ s.on('error', e => {{ console.error('proxy: ' + e.code); process.exit(7); }});
 "#
         );
         let pkg = hostile_package(env.out.path(), &script);
-        let mut req = request(&env, &format!("dir:{}", pkg.display()), "evil");
+        let mut req = request(&env, &outside, &format!("dir:{}", pkg.display()), "evil");
         req.name = Some("io.example/hostile".into());
         let err = env.builder.build(&req).await.unwrap_err();
         let text = show(&err);
@@ -499,8 +603,13 @@ s.on('error', e => {{ console.error('proxy: ' + e.code); process.exit(7); }});
 #[test]
 fn an_install_output_with_a_link_to_etc_shadow_or_a_fifo_is_refused_by_name() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    testkit::privileged("image_build_hostile_output", 2, || async {
-        let env = env().await;
+    if !testkit::require_root("image_build_hostile_output") {
+        return;
+    }
+    let outside = outside(Ecosystem::Npm);
+    testkit::privileged("image_build_hostile_output", 2, move || async move {
+        let _relay = relay(&outside);
+        let env = env(&outside).await;
         let link = format!("l{}", random_hex(3));
         let fifo = format!("f{}", random_hex(3));
         for (what, script, want) in [
@@ -516,7 +625,7 @@ fn an_install_output_with_a_link_to_etc_shadow_or_a_fifo_is_refused_by_name() {
             ),
         ] {
             let pkg = hostile_package(env.out.path(), &script);
-            let req = request(&env, &format!("dir:{}", pkg.display()), what);
+            let req = request(&env, &outside, &format!("dir:{}", pkg.display()), what);
             let err = env.builder.build(&req).await.unwrap_err();
             let text = show(&err);
             assert!(matches!(err, BuildError::Output(_)), "{text}");

@@ -69,8 +69,9 @@ pub struct Request {
     pub name: Option<String>,
     /// Another registry than the ecosystem's public one.
     pub registry: Option<String>,
-    /// Registry addresses in reserved space the operator opted in to (see
-    /// [`check_registry_addresses`]).
+    /// Registry addresses in reserved space the operator opted in to, checked by the caller
+    /// against the registry's resolution ([`check_registry_addresses`]) and by the egress
+    /// proxy against every other class.
     pub registry_addresses: Vec<IpAddr>,
 }
 
@@ -165,7 +166,6 @@ impl<R: SandboxRunner> Builder<R> {
             )));
         }
         let registry = Registry::for_ecosystem(eco, req.registry.as_deref())?;
-        check_registry_addresses(&registry, &req.registry_addresses)?;
         let dir_package = match &req.spec {
             Spec::Dir { path, ecosystem } => Some(source_name(path, *ecosystem)?),
             _ => None,
