@@ -623,7 +623,9 @@ fn image_command(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let built = rt.block_on(crate::image_builder::build(config, state_dir, &actor, &args))?;
+    let built = rt.block_on(crate::image_builder::build(
+        config, state_dir, &actor, &args,
+    ))?;
     writeln!(out, "{}", built.manifest.digest)?;
     eprintln!(
         "built {} ({}) into {} in {:.1} s (install {:.1} s)",

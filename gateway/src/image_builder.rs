@@ -19,8 +19,8 @@ use crate::audit::{Auditor, Outcome};
 use crate::config::Config;
 use crate::egress::{EgressConfig, EgressShared};
 use crate::image::build::base::Bases;
-use crate::image::build::spec::Spec;
 use crate::image::build::install::Registry;
+use crate::image::build::spec::Spec;
 use crate::image::build::{
     BaseChoice, BuildError, Builder, Built, Request, check_registry_addresses,
 };

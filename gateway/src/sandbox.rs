@@ -387,7 +387,8 @@ impl crate::image::build::install::SandboxRunner for SandboxLauncher {
             stderr,
             guard,
         } = launched;
-        drop(stdin);
+        // Held open to the end: the helper ends a sandbox whose stdin the gateway closed.
+        let _stdin = stdin;
         let both = async {
             let err = async {
                 match stderr {
@@ -410,11 +411,13 @@ impl crate::image::build::install::SandboxRunner for SandboxLauncher {
         };
         // A process that closed its stdio could still be writing to the data dir: the
         // sandbox goes (its cgroup killed) before anyone reads the output.
+        // (Gone already when the command ended by itself: the helper tears down a sandbox
+        // whose processes all exited.)
         let helper = self.helper.get().await?;
-        helper
-            .destroy_sandbox(&id)
-            .await
-            .map_err(|e| LaunchError::Refused(Box::new(e)))?;
+        match helper.destroy_sandbox(&id).await {
+            Ok(()) | Err(privhelper_api::HelperError::NotFound(_)) => {}
+            Err(e) => return Err(LaunchError::Refused(Box::new(e))),
+        }
         drop(guard);
         Ok(finished)
     }

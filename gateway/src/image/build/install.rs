@@ -199,6 +199,9 @@ pub fn manifest(name: &str, spec: &Spec, registry: &Registry) -> serde_json::Val
             "TMPDIR": "/data/tmp",
             "npm_config_cache": "/data/cache",
             "npm_config_update_notifier": "false",
+            // libuv (Node.js) uses io_uring when it can, and the sandbox's seccomp policy
+            // kills io_uring_*: libuv falls back to its thread pool when told to.
+            "UV_USE_IO_URING": "0",
             "PYTHONDONTWRITEBYTECODE": "1",
         },
         "egress": egress,

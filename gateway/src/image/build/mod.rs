@@ -456,6 +456,12 @@ fn rfc3339(epoch: u64) -> String {
     )
 }
 
+fn random_hex() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the kernel's random source");
+    hex::encode(b)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -464,10 +470,4 @@ mod tests {
         assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
-}
-
-fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the kernel's random source");
-    hex::encode(b)
 }
