@@ -604,9 +604,9 @@ s.on('error', e => {{ console.error('proxy: ' + e.code); process.exit(7); }});
         assert!(!env.out.path().join("evil").exists());
         let audit = env.store.audit_recent(1000).unwrap();
         assert!(
-            audit
-                .iter()
-                .any(|e| e.action == "egress.denied" && e.detail.contains(&evil)),
+            audit.iter().any(|e| e.action == "egress.denied"
+                && e.target == format!("{evil}:443")
+                && e.detail.contains("not on the egress allowlist")),
             "{audit:#?}"
         );
         assert_eq!(std::fs::read_dir(&env.h.data_root).unwrap().count(), 0);
@@ -778,9 +778,9 @@ fn the_cli_prints_the_digest_and_audits_the_build_and_the_egress_denials() {
             "{audit:#?}"
         );
         assert!(
-            audit
-                .iter()
-                .any(|e| e.action == "egress.denied" && e.detail.contains(&evil)),
+            audit.iter().any(|e| e.action == "egress.denied"
+                && e.target == format!("{evil}:443")
+                && e.detail.contains("not on the egress allowlist")),
             "{audit:#?}"
         );
     });
