@@ -798,23 +798,26 @@ fn link_target(raw: &str, target: &[u8], limits: &UnpackLimits) -> Result<String
     Ok(target.to_owned())
 }
 
-/// An extension header's body, refused past `cap` bytes before it is read.
+/// An extension header's body, read up to `cap` bytes (no more is ever held): past it the
+/// header is refused, named by what it began to say.
 fn read_capped(
     entry: &mut tar::Entry<'_, LayerStream>,
     cap: u64,
     shown_header: &str,
     limits: &UnpackLimits,
 ) -> Result<Vec<u8>, UnpackError> {
+    let mut out = Vec::with_capacity(entry.size().min(cap) as usize);
+    entry
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| stream_error(e, shown_header))?;
     if entry.size() > cap {
+        let start: String = shown(&out).chars().take(120).collect();
         return Err(UnpackError::PathTooLong {
-            entry: shown_header.into(),
+            entry: format!("{start}…"),
             limit: limits.max_path_bytes,
         });
     }
-    let mut out = Vec::with_capacity(entry.size() as usize);
-    entry
-        .read_to_end(&mut out)
-        .map_err(|e| stream_error(e, shown_header))?;
     Ok(out)
 }
 
