@@ -544,10 +544,7 @@ fn a_whiteout_naming_dot_dot_or_a_path_outside_is_refused() {
         let f = Fixture::new();
         let n = name("wh");
         let lower = f.layer(Tar::new().file(&format!("d/{n}"), b"x"), any_packing());
-        let upper = f.layer(
-            Tar::new().file(&format!("{n}"), b"").whiteout(entry),
-            any_packing(),
-        );
+        let upper = f.layer(Tar::new().file(&n, b"").whiteout(entry), any_packing());
         let err = f.assert_refused(f.install(&[lower, upper]), entry);
         let got = format!("{:?}", unpack_error(&err));
         assert!(got.starts_with(class), "{entry}: {got}");
@@ -697,7 +694,7 @@ fn a_layer_blob_changed_in_the_store_is_refused() {
     let f = Fixture::new();
     let packing = [Packing::None, Packing::Gzip][testkit::names::random_in(0..2)];
     let layer = f.layer(Tar::new().file("a", &[7u8; 4000]), packing);
-    let (digest, size) = layers::image(f.store.blobs(), &[layer.clone()]);
+    let (digest, size) = layers::image(f.store.blobs(), std::slice::from_ref(&layer));
     let path = f.store.blobs().path(&layer.digest);
     let mut bytes = fs::read(&path).unwrap();
     let at = bytes.len() - 20;
