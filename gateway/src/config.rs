@@ -22,129 +22,8 @@ pub struct Config {
     pub egress: EgressSettings,
     pub log: LogConfig,
     pub front: FrontConfig,
-    pub images: ImagesConfig,
-}
-
-/// Where images come from: the registries that need more than anonymous HTTPS with the
-/// system's roots. A registry not listed is reached that way.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ImagesConfig {
-    pub registries: Vec<RegistryConfig>,
-}
-
-impl ImagesConfig {
-    /// The settings for `host` (`host[:port]` as a reference names it): the configured entry,
-    /// or anonymous HTTPS with the system's roots.
-    pub fn registry(&self, host: &str) -> RegistryConfig {
-        self.registries
-            .iter()
-            .find(|r| r.host.eq_ignore_ascii_case(host))
-            .cloned()
-            .unwrap_or_else(|| RegistryConfig::anonymous(host))
-    }
-}
-
-/// One `[[images.registries]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// `host[:port]`, exactly as image references name it.
-    pub host: String,
-    /// The CA (PEM) the registry's and its token origins' certificates chain to; unset: the
-    /// system's roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Basic credentials (also presented to the token realm): the user, and the name of the
-    /// vault secret holding the password (the value never appears here).
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password_secret: Option<String>,
-    /// Origins (`https://auth.example[:port]`) besides the registry's own where a Bearer realm
-    /// may live and receive the credentials.
-    #[serde(default)]
-    pub token_origins: Vec<String>,
-    /// Plain HTTP: only for a registry on a loopback address (tests, a local mirror).
-    #[serde(default)]
-    pub plain_http: bool,
-}
-
-impl RegistryConfig {
-    pub fn anonymous(host: &str) -> Self {
-        Self {
-            host: host.to_ascii_lowercase(),
-            ca_file: None,
-            username: None,
-            password_secret: None,
-            token_origins: Vec::new(),
-            plain_http: false,
-        }
-    }
-
-    /// The host part of [`RegistryConfig::host`], without the port or IPv6 brackets.
-    pub fn hostname(&self) -> &str {
-        split_host_port(&self.host).0
-    }
-
-    /// Whether the configured host is a loopback name or address (`plain_http` needs one).
-    pub fn is_loopback(&self) -> bool {
-        let h = self.hostname();
-        h.eq_ignore_ascii_case("localhost")
-            || h.parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        let (host, port) = split_host_port(&self.host);
-        if host.is_empty()
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
-            || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0))
-        {
-            return Err(format!("{:?} is not host[:port]", self.host));
-        }
-        if self.plain_http && !self.is_loopback() {
-            return Err(format!(
-                "{}: plain_http is only allowed for a loopback registry",
-                self.host
-            ));
-        }
-        if self.username.is_some() != self.password_secret.is_some() {
-            return Err(format!(
-                "{}: username and password_secret go together",
-                self.host
-            ));
-        }
-        for origin in &self.token_origins {
-            let uri: http::Uri = origin
-                .parse()
-                .map_err(|_| format!("{}: token origin {origin:?} is not a URL", self.host))?;
-            let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
-            if uri.scheme_str() != Some("https") || uri.host().is_none() || !bare {
-                return Err(format!(
-                    "{}: token origin {origin:?} is not https://host[:port]",
-                    self.host
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `host:port`, `[v6]:port`, `host` → (host, port).
-fn split_host_port(s: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = s.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((h, tail)) => (h, tail.strip_prefix(':')),
-            None => (s, None),
-        };
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, Some(p)),
-        _ => (s, None),
-    }
+    /// What an image may cost to unpack (`[images]`).
+    pub images: crate::image::UnpackLimits,
 }
 
 /// The MCP front's defences against clients that hold connections or flood it.
@@ -468,13 +347,7 @@ impl Config {
     /// Checks that need more than a type: returns the dotted key and what is wrong with it.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.validate_front()?;
-        let mut hosts = std::collections::BTreeSet::new();
-        for r in &self.images.registries {
-            r.validate().map_err(|m| ("images.registries", m))?;
-            if !hosts.insert(r.host.to_ascii_lowercase()) {
-                return Err(("images.registries", format!("{} is listed twice", r.host)));
-            }
-        }
+        self.images.validate()?;
         let pool = self.sandbox.pool;
         if pool != pool.trunc() {
             return Err((
@@ -724,7 +597,7 @@ mod tests {
         assert!(ok.images.registry("127.0.0.1:5001").plain_http);
         assert_eq!(
             ok.images.registry("other.example"),
-            RegistryConfig::anonymous("other.example")
+            crate::image::registries::RegistryConfig::anonymous("other.example")
         );
         for (bad, says) in [
             ("host = \"reg.example\"\nplain_http = true", "loopback"),
@@ -742,6 +615,22 @@ mod tests {
         let twice = "[[images.registries]]\nhost = \"a.example\"\n";
         let err = parse(&format!("{twice}{twice}")).unwrap_err();
         assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn image_limits_are_read_and_a_useless_one_names_its_key() {
+        let ok = parse("[images]\nmax_layers = 8\nmax_file_bytes = 1048576\n").unwrap();
+        assert_eq!(ok.images.max_layers, 8);
+        assert_eq!(ok.images.max_file_bytes, 1 << 20);
+        assert_eq!(
+            ok.images.max_entries,
+            crate::image::UnpackLimits::default().max_entries
+        );
+        let e = parse("[images]\n\nmax_compression_ratio = 0\n").unwrap_err();
+        assert_eq!(e.key(), Some("images.max_compression_ratio"), "{e}");
+        assert_eq!(e.line(), Some(3), "{e}");
+        let e = parse("[images]\nmax_layer = 3\n").unwrap_err();
+        assert_eq!(e.key(), Some("images.max_layer"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use gateway::config::RegistryConfig;
 use gateway::image::blobs::BlobStore;
 use gateway::image::digest::Digest;
 use gateway::image::layout::{Layout, Select};
@@ -16,6 +15,7 @@ use gateway::image::oci::Platform;
 use gateway::image::pull::{PullError, pull};
 use gateway::image::push::{PushSource, push};
 use gateway::image::reference::Reference;
+use gateway::image::registries::RegistryConfig;
 use gateway::image::registry::{ClientOptions, RegistryClient, RegistryError, Timeouts};
 use testkit::registry::{
     Hostile, Registry, RegistryAuth, Seen, TestImage, TestIndex, other_platform, random_name,
@@ -874,4 +874,22 @@ fn a_redirect_to_loopback_is_refused_for_a_public_registry() {
             pull_from_public_registry(ip, |o| (false, format!("https://{o}/blob"))).await;
         assert_forbidden(result, seen, "loopback");
     });
+}
+
+#[tokio::test]
+async fn a_pulled_image_is_installed_with_its_reference_recorded() {
+    let reg = Registry::start(RegistryAuth::Basic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (image, reference) = pushed_image(&reg, dir.path()).await;
+    let root = dir.path().join("images");
+    let images =
+        gateway::image::ImageStore::open(&root, gateway::image::UnpackLimits::default()).unwrap();
+    let record = gateway::image::pull::pull_and_install(&client(&reg).await, &reference, &images)
+        .await
+        .unwrap();
+    assert_eq!(record.pinned, image.manifest.digest);
+    assert_eq!(record.reference, reference.to_string());
+    let rootfs = root.join(gateway::image::ImageStore::rootfs_relative(&record.pinned));
+    let files = std::fs::read_dir(rootfs.join("data")).unwrap().count();
+    assert_eq!(files, 3, "one file from each layer");
 }

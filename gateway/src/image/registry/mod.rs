@@ -35,10 +35,10 @@ pub use auth::Credentials;
 use client::{Body, MAX_SMALL_BODY, Request, Response, Transport};
 pub use client::{Origin, Timeouts, special_class};
 
-use crate::config::RegistryConfig;
 use crate::egress::{Resolve, SystemResolver};
 use crate::image::blobs::{BlobError, BlobStore, BlobWriter};
 use crate::image::digest::Digest;
+use crate::image::registries::RegistryConfig;
 
 /// Why a registry operation failed. Messages name the origin, the object and the cause; they
 /// never carry a credential.
