@@ -22,6 +22,8 @@ pub struct Config {
     pub egress: EgressSettings,
     pub log: LogConfig,
     pub front: FrontConfig,
+    /// What an image may cost to unpack (`[images]`).
+    pub images: crate::image::UnpackLimits,
 }
 
 /// The MCP front's defences against clients that hold connections or flood it.
@@ -345,6 +347,7 @@ impl Config {
     /// Checks that need more than a type: returns the dotted key and what is wrong with it.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.validate_front()?;
+        self.images.validate()?;
         let pool = self.sandbox.pool;
         if pool != pool.trunc() {
             return Err((
@@ -579,6 +582,55 @@ mod tests {
             ..FrontConfig::default()
         };
         assert_eq!(set.max_connections_for(1 << 20), 7);
+    }
+
+    #[test]
+    fn registries_are_checked_and_looked_up_by_host() {
+        let ok = parse(
+            "[[images.registries]]\nhost = \"reg.example:5000\"\nusername = \"u\"\n\
+             password_secret = \"reg-pw\"\ntoken_origins = [\"https://auth.example\"]\n\
+             [[images.registries]]\nhost = \"127.0.0.1:5001\"\nplain_http = true\n",
+        )
+        .unwrap();
+        let r = ok.images.registry("REG.example:5000");
+        assert_eq!(r.password_secret.as_deref(), Some("reg-pw"));
+        assert!(ok.images.registry("127.0.0.1:5001").plain_http);
+        assert_eq!(
+            ok.images.registry("other.example"),
+            crate::image::registries::RegistryConfig::anonymous("other.example")
+        );
+        for (bad, says) in [
+            ("host = \"reg.example\"\nplain_http = true", "loopback"),
+            ("host = \"reg.example\"\nusername = \"u\"", "go together"),
+            (
+                "host = \"reg.example\"\ntoken_origins = [\"http://auth.example\"]",
+                "https://host",
+            ),
+            ("host = \"reg.example:0\"", "host[:port]"),
+        ] {
+            let err = parse(&format!("[[images.registries]]\n{bad}\n")).unwrap_err();
+            assert_eq!(err.key(), Some("images.registries"), "{err}");
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+        let twice = "[[images.registries]]\nhost = \"a.example\"\n";
+        let err = parse(&format!("{twice}{twice}")).unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn image_limits_are_read_and_a_useless_one_names_its_key() {
+        let ok = parse("[images]\nmax_layers = 8\nmax_file_bytes = 1048576\n").unwrap();
+        assert_eq!(ok.images.max_layers, 8);
+        assert_eq!(ok.images.max_file_bytes, 1 << 20);
+        assert_eq!(
+            ok.images.max_entries,
+            crate::image::UnpackLimits::default().max_entries
+        );
+        let e = parse("[images]\n\nmax_compression_ratio = 0\n").unwrap_err();
+        assert_eq!(e.key(), Some("images.max_compression_ratio"), "{e}");
+        assert_eq!(e.line(), Some(3), "{e}");
+        let e = parse("[images]\nmax_layer = 3\n").unwrap_err();
+        assert_eq!(e.key(), Some("images.max_layer"), "{e}");
     }
 
     #[test]

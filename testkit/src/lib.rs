@@ -30,11 +30,15 @@ pub mod canary;
 pub mod egress;
 #[cfg(feature = "gateway")]
 pub mod env;
+#[cfg(feature = "layers")]
+pub mod layers;
 #[cfg(feature = "gateway")]
 pub mod mcp;
 #[cfg(feature = "gateway")]
 pub mod neighbours;
 pub mod reflect;
+#[cfg(feature = "registry")]
+pub mod registry;
 #[cfg(feature = "gateway")]
 pub mod sandbox_egress;
 #[cfg(feature = "gateway")]

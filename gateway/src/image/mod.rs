@@ -1,10 +1,32 @@
 //! OCI images: how servers arrive. Content-addressed under the helper's `images_dir`
 //! (`blobs/sha256/<hex>` for manifests, configs and compressed layers, stored once whatever
-//! shares them; `tmp/` for what is still arriving), pulled by digest from a registry or
-//! imported from an `oci-layout`, every byte verified against the digest and size that pinned
-//! it before anything becomes visible.
+//! shares them; `tmp/` for what is still arriving), pulled by digest from a registry
+//! ([`pull`], over [`registry`]) or imported from an `oci-layout` ([`layout`]), every byte
+//! verified against the digest and size that pinned it before anything becomes visible, and
+//! pushed back by [`push`]. Installed images are flattened, read-only roots
+//! (`roots/<hex>/rootfs`) unpacked layer by layer beneath a directory fd that no link can
+//! lead out of, each with a record and a tree digest checked before every start (`store`).
 
+mod beneath;
 pub mod blobs;
 pub mod build;
 pub mod digest;
+pub mod layout;
+pub mod limits;
 pub mod oci;
+pub mod pull;
+pub mod push;
+pub mod reference;
+pub mod registries;
+pub mod registry;
+pub mod resolve;
+mod store;
+mod stream;
+mod tree;
+pub mod unpack;
+
+pub use limits::UnpackLimits;
+pub use store::{GcReport, ImageError, ImageRecord, ImageStore};
+pub use stream::StreamError;
+pub use tree::TreeError;
+pub use unpack::UnpackError;

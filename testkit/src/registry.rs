@@ -1,0 +1,793 @@
+//! Registries for the image tests: Debian's real `docker-registry` (distribution 2.8) started
+//! per test on 127.0.0.1 with a config of its own (never the packaged one), over HTTPS with a
+//! test CA, in three modes — anonymous, htpasswd Basic, and Bearer tokens from a small token
+//! server here that signs ES256 JWTs carrying an `x5c` chain to that CA; OCI layouts built in
+//! Rust (small gzip layers of random bytes, a config, a manifest, optionally an index) and
+//! pushed with `skopeo`; and [`Hostile`], a scripted HTTP(S) server that records every request
+//! and answers whatever the test says (wrong bytes, endless or trickling bodies, redirects).
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use gateway::image::digest::Digest;
+use gateway::image::oci::{self, Descriptor, Platform};
+use gateway::image::registries::RegistryConfig;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::upstream::TestCa;
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("random");
+    b
+}
+
+/// A random lowercase name (repositories, users).
+pub fn random_name(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(random_bytes(5)))
+}
+
+/// A free port on 127.0.0.1 (bound and released: the registry binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test images and layouts
+
+/// One blob of a test image.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub media_type: String,
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
+}
+
+impl Blob {
+    pub fn new(media_type: &str, bytes: Vec<u8>) -> Self {
+        Self {
+            media_type: media_type.into(),
+            digest: Digest::of(&bytes),
+            bytes,
+        }
+    }
+
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.bytes.len() as u64,
+            platform: None,
+            annotations: Default::default(),
+        }
+    }
+}
+
+/// A single-platform image: gzip layers, a config, an OCI manifest.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    pub manifest: Blob,
+    pub config: Blob,
+    pub layers: Vec<Blob>,
+    pub platform: Platform,
+}
+
+/// A tar holding one file of `size` random bytes, gzip-compressed at `level` (0: stored).
+fn random_layer(size: usize, level: u32) -> (Vec<u8>, Digest) {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(
+        &mut h,
+        format!("data/{}", random_name("f")),
+        random_bytes(size).as_slice(),
+    )
+    .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let diff_id = Digest::of(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
+impl TestImage {
+    /// `layer_sizes.len()` layers of that many random bytes each, for `platform`.
+    pub fn random(layer_sizes: &[usize], platform: Platform) -> Self {
+        Self::random_at(layer_sizes, platform, 6)
+    }
+
+    /// As [`TestImage::random`], with gzip level `level` (0 stores: fast for big images).
+    pub fn random_at(layer_sizes: &[usize], platform: Platform, level: u32) -> Self {
+        let mut layers = Vec::new();
+        let mut diff_ids = Vec::new();
+        for &size in layer_sizes {
+            let (gz, diff) = random_layer(size, level);
+            layers.push(Blob::new(oci::MEDIA_OCI_LAYER_GZIP, gz));
+            diff_ids.push(diff.to_string());
+        }
+        let config = serde_json::json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+            "config": {"Cmd": ["/bin/server"], "Labels": {"test": random_name("l")}},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let config = Blob::new(oci::MEDIA_OCI_CONFIG, serde_json::to_vec(&config).unwrap());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci::MEDIA_OCI_MANIFEST,
+            "config": config.descriptor(),
+            "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
+        });
+        let manifest = Blob::new(
+            oci::MEDIA_OCI_MANIFEST,
+            serde_json::to_vec(&manifest).unwrap(),
+        );
+        Self {
+            manifest,
+            config,
+            layers,
+            platform,
+        }
+    }
+
+    pub fn blobs(&self) -> Vec<&Blob> {
+        let mut v = vec![&self.manifest, &self.config];
+        v.extend(&self.layers);
+        v
+    }
+}
+
+/// An image index over several platforms' images.
+#[derive(Debug, Clone)]
+pub struct TestIndex {
+    pub index: Blob,
+    pub images: Vec<TestImage>,
+}
+
+impl TestIndex {
+    pub fn new(images: Vec<TestImage>) -> Self {
+        let manifests: Vec<Descriptor> = images
+            .iter()
+            .map(|i| Descriptor {
+                platform: Some(i.platform.clone()),
+                ..i.manifest.descriptor()
+            })
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci::MEDIA_OCI_INDEX,
+            "manifests": manifests,
+        });
+        Self {
+            index: Blob::new(oci::MEDIA_OCI_INDEX, serde_json::to_vec(&index).unwrap()),
+            images,
+        }
+    }
+
+    pub fn blobs(&self) -> Vec<&Blob> {
+        let mut v = vec![&self.index];
+        for i in &self.images {
+            v.extend(i.blobs());
+        }
+        v
+    }
+}
+
+/// Another platform than this host's (for an index's other entry).
+pub fn other_platform() -> Platform {
+    let host = Platform::host();
+    Platform {
+        architecture: if host.architecture == "s390x" {
+            "riscv64"
+        } else {
+            "s390x"
+        }
+        .into(),
+        os: "linux".into(),
+        variant: None,
+    }
+}
+
+/// Writes an OCI layout at `dir`: `blobs`, and `index.json` naming each `(tag, top)`.
+pub fn write_layout(dir: &Path, tops: &[(&str, &Blob)], blobs: &[&Blob]) {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    for b in blobs.iter().chain(tops.iter().map(|(_, b)| b)) {
+        std::fs::write(dir.join("blobs/sha256").join(b.digest.hex()), &b.bytes).unwrap();
+    }
+    let manifests: Vec<Descriptor> = tops
+        .iter()
+        .map(|(tag, b)| {
+            let mut d = b.descriptor();
+            d.annotations
+                .insert("org.opencontainers.image.ref.name".into(), tag.to_string());
+            d
+        })
+        .collect();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Packs the layout at `dir` into a tar at `out` (entries in a fixed order, `./` prefixed
+/// as `tar -C dir -cf out .` writes them).
+pub fn tar_layout(dir: &Path, out: &Path) {
+    let mut tar = tar::Builder::new(std::fs::File::create(out).unwrap());
+    tar.append_dir("./", dir).unwrap();
+    for name in ["oci-layout", "index.json"] {
+        tar.append_path_with_name(dir.join(name), format!("./{name}"))
+            .unwrap();
+    }
+    tar.append_dir("./blobs", dir.join("blobs")).unwrap();
+    tar.append_dir("./blobs/sha256", dir.join("blobs/sha256"))
+        .unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for n in names {
+        let p = dir.join("blobs/sha256").join(&n);
+        tar.append_path_with_name(&p, format!("./blobs/sha256/{}", n.to_string_lossy()))
+            .unwrap();
+    }
+    tar.finish().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real registry
+
+/// How the registry wants clients to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryAuth {
+    Anonymous,
+    Basic,
+    Bearer,
+}
+
+/// A `docker-registry` on 127.0.0.1 over HTTPS, killed and reaped on drop.
+#[derive(Debug)]
+pub struct Registry {
+    pub addr: SocketAddr,
+    pub auth: RegistryAuth,
+    pub username: String,
+    password: String,
+    pub ca: TestCa,
+    /// The CA's PEM file (a `ca_file`) and a `--dest-cert-dir` for skopeo.
+    pub ca_file: PathBuf,
+    cert_dir: PathBuf,
+    pub storage: PathBuf,
+    child: Child,
+    token: Option<TokenServer>,
+    dir: tempfile::TempDir,
+}
+
+fn write(path: &Path, bytes: impl AsRef<[u8]>) {
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+impl Registry {
+    /// Starts a registry in `auth` mode and waits until it accepts connections.
+    pub async fn start(auth: RegistryAuth) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(&["127.0.0.1"]);
+        let (cert, key) = ca.issue(&["127.0.0.1", "localhost"], false);
+        let ca_file = dir.path().join("ca.pem");
+        write(&ca_file, &ca.ca_pem);
+        let cert_dir = dir.path().join("certs.d");
+        std::fs::create_dir(&cert_dir).unwrap();
+        write(&cert_dir.join("ca.crt"), &ca.ca_pem);
+        write(&dir.path().join("tls.crt"), &cert);
+        write(&dir.path().join("tls.key"), &key);
+        let storage = dir.path().join("storage");
+        std::fs::create_dir(&storage).unwrap();
+        let username = random_name("u");
+        let password = hex::encode(random_bytes(12));
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let service = random_name("svc");
+        let issuer = random_name("iss");
+        let mut token = None;
+        let auth_block = match auth {
+            RegistryAuth::Anonymous => String::new(),
+            RegistryAuth::Basic => {
+                let htpasswd = dir.path().join("htpasswd");
+                write(&htpasswd, htpasswd_line(&username, &password));
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            RegistryAuth::Bearer => {
+                let server = TokenServer::start(&ca, &username, &password, &service, &issuer).await;
+                let bundle = dir.path().join("token-ca.pem");
+                write(&bundle, &ca.ca_pem);
+                let block = format!(
+                    "auth:\n  token:\n    realm: https://{}/token\n    service: {service}\n    \
+                     issuer: {issuer}\n    rootcertbundle: {}\n",
+                    server.addr,
+                    bundle.display()
+                );
+                token = Some(server);
+                block
+            }
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n{auth_block}",
+            storage.display(),
+            dir.path().join("tls.crt").display(),
+            dir.path().join("tls.key").display(),
+        );
+        let config_file = dir.path().join("config.yml");
+        write(&config_file, config);
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run docker-registry (apt-get install docker-registry)");
+        let mut me = Self {
+            addr,
+            auth,
+            username,
+            password,
+            ca,
+            ca_file,
+            cert_dir,
+            storage,
+            child,
+            token,
+            dir,
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return me;
+            }
+            if let Ok(Some(status)) = me.child.try_wait() {
+                panic!(
+                    "docker-registry exited ({status}): {}",
+                    std::fs::read_to_string(me.dir.path().join("registry.log")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("docker-registry did not listen on {addr} within 10 s");
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The password (the tests' stand-in for the vault secret).
+    pub fn password(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(self.password.clone())
+    }
+
+    /// This registry's `[[images.registries]]` entry.
+    pub fn config(&self) -> RegistryConfig {
+        let mut c = RegistryConfig::anonymous(&self.host());
+        c.ca_file = Some(self.ca_file.clone());
+        if self.auth != RegistryAuth::Anonymous {
+            c.username = Some(self.username.clone());
+            c.password_secret = Some("registry-password".into());
+        }
+        if let Some(t) = &self.token {
+            c.token_origins = vec![format!("https://{}", t.addr)];
+        }
+        c
+    }
+
+    /// How many token requests the token server answered with a token.
+    pub fn tokens_issued(&self) -> usize {
+        self.token.as_ref().map_or(0, |t| *t.issued.lock().unwrap())
+    }
+
+    /// `skopeo copy` with this registry's credentials (in an auth file, never in argv).
+    pub async fn skopeo(&self, src: &str, dest: &str) {
+        let authfile = self.dir.path().join("auth.json");
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.username, self.password));
+        write(
+            &authfile,
+            serde_json::json!({"auths": {self.host(): {"auth": auth}}}).to_string(),
+        );
+        let mut cmd = tokio::process::Command::new("skopeo");
+        cmd.args(["--insecure-policy", "copy", "--all", "--quiet"]);
+        if dest.starts_with("docker://") {
+            cmd.arg("--dest-cert-dir").arg(&self.cert_dir);
+            cmd.arg("--dest-authfile").arg(&authfile);
+        } else {
+            cmd.arg("--src-cert-dir").arg(&self.cert_dir);
+            cmd.arg("--src-authfile").arg(&authfile);
+        }
+        let out = cmd
+            .args([src, dest])
+            .output()
+            .await
+            .expect("run skopeo (apt-get install skopeo)");
+        assert!(
+            out.status.success(),
+            "skopeo copy {src} {dest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Pushes the layout at `layout` (its image tagged `tag`) to `repo:tag`.
+    pub async fn push_layout(&self, layout: &Path, tag: &str, repo: &str) {
+        self.skopeo(
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{}/{repo}:{tag}", self.host()),
+        )
+        .await;
+    }
+
+    /// The path of blob `digest` in the registry's own storage (to tamper with it).
+    pub fn stored_blob(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(&hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An htpasswd line with a bcrypt hash (`htpasswd -iBn`, the password on stdin, not argv).
+fn htpasswd_line(user: &str, password: &str) -> String {
+    let mut child = Command::new("htpasswd")
+        .args(["-iBn", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run htpasswd (apt-get install apache2-utils)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "htpasswd: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token server
+
+/// The Bearer mode's token server: checks Basic credentials, grants the scope asked for.
+#[derive(Debug)]
+struct TokenServer {
+    addr: SocketAddr,
+    issued: Arc<Mutex<usize>>,
+    _task: AbortOnDrop,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn b64url(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Serves `serve` on `listener`, TLS when `tls` is given, one task per connection.
+fn serve<F, Fut>(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    serve: F,
+) -> AbortOnDrop
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<ReplyBody>> + Send + 'static,
+{
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let tls = tls.clone();
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let f = serve(req);
+                    async move { Ok::<_, Infallible>(f.await) }
+                });
+                let builder = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
+                }
+            });
+        }
+    }))
+}
+
+fn acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+impl TokenServer {
+    async fn start(ca: &TestCa, user: &str, password: &str, service: &str, issuer: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cert, key) = ca.issue(&["127.0.0.1"], false);
+        let tls = acceptor(&cert, &key);
+        // The signing key: another leaf of the same CA, named in each token's x5c.
+        let (sign_cert, sign_key) = ca.issue(&["token-signer"], false);
+        let sign_der = CertificateDer::from_pem_slice(sign_cert.as_bytes()).unwrap();
+        let pkcs8 = PrivateKeyDer::from_pem_slice(sign_key.as_bytes()).unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let key_pair = Arc::new(
+            ring::signature::EcdsaKeyPair::from_pkcs8(
+                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                pkcs8.secret_der(),
+                &rng,
+            )
+            .unwrap(),
+        );
+        let header = b64url(
+            serde_json::json!({"alg": "ES256", "typ": "JWT", "x5c": [
+                base64::engine::general_purpose::STANDARD.encode(sign_der.as_ref())
+            ]})
+            .to_string()
+            .as_bytes(),
+        );
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let issued = Arc::new(Mutex::new(0));
+        let counter = issued.clone();
+        let (service, issuer, user) = (service.to_owned(), issuer.to_owned(), user.to_owned());
+        let task = serve(listener, Some(tls), move |req: Request<Incoming>| {
+            let authorized = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+            let query = req.uri().query().unwrap_or("").to_owned();
+            let (header, key_pair, service, issuer, user, counter) = (
+                header.clone(),
+                key_pair.clone(),
+                service.clone(),
+                issuer.clone(),
+                user.clone(),
+                counter.clone(),
+            );
+            async move {
+                if !authorized {
+                    return reply(
+                        401,
+                        &[],
+                        b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec(),
+                    );
+                }
+                let mut access = Vec::new();
+                for (k, v) in url_pairs(&query) {
+                    if k == "scope" {
+                        // repository:NAME:ACTIONS (NAME may hold '/').
+                        let mut parts = v.splitn(2, ':');
+                        let kind = parts.next().unwrap_or("");
+                        let rest = parts.next().unwrap_or("");
+                        if let Some((name, actions)) = rest.rsplit_once(':') {
+                            access.push(serde_json::json!({
+                                "type": kind, "name": name,
+                                "actions": actions.split(',').collect::<Vec<_>>(),
+                            }));
+                        }
+                    }
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let claims = serde_json::json!({
+                    "iss": issuer, "sub": user, "aud": service,
+                    "exp": now + 600, "nbf": now - 30, "iat": now,
+                    "jti": random_name("j"), "access": access,
+                });
+                let signing_input = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
+                let sig = key_pair
+                    .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+                    .unwrap();
+                let jwt = format!("{signing_input}.{}", b64url(sig.as_ref()));
+                *counter.lock().unwrap() += 1;
+                reply(
+                    200,
+                    &[("content-type", "application/json")],
+                    serde_json::json!({"token": jwt, "expires_in": 600})
+                        .to_string()
+                        .into_bytes(),
+                )
+            }
+        });
+        Self {
+            addr,
+            issued,
+            _task: task,
+        }
+    }
+}
+
+/// `a=b&c=d`, percent-decoded.
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hostile registry
+
+/// A response body of the scripted server.
+pub type ReplyBody = BoxBody<Bytes, Infallible>;
+
+/// A response with a whole body (its true `Content-Length`).
+pub fn reply(status: u16, headers: &[(&str, &str)], body: Vec<u8>) -> Response<ReplyBody> {
+    let mut r = Response::builder().status(status);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(Full::new(Bytes::from(body)).boxed()).unwrap()
+}
+
+/// A response whose body is sent in chunks (no `Content-Length`): `chunks` of `chunk` bytes
+/// (`None`: forever), each after `interval`.
+pub fn streamed(
+    status: u16,
+    headers: &[(&str, &str)],
+    chunk: Vec<u8>,
+    chunks: Option<usize>,
+    interval: Duration,
+) -> Response<ReplyBody> {
+    let chunk = Bytes::from(chunk);
+    let stream = futures_util::stream::unfold(0usize, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if chunks.is_some_and(|n| sent >= n) {
+                return None;
+            }
+            if !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), sent + 1))
+        }
+    });
+    let mut r = Response::builder().status(status);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(BodyExt::boxed(StreamBody::new(stream))).unwrap()
+}
+
+/// A request as the hostile server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+}
+
+type Script = Arc<dyn Fn(&Seen) -> Response<ReplyBody> + Send + Sync>;
+
+/// A scripted server: records each request, answers with `script`.
+#[derive(Debug)]
+pub struct Hostile {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _task: AbortOnDrop,
+}
+
+impl Hostile {
+    /// Listens on `addr` (port 0: any), over TLS with `tls` = (cert PEM, key PEM) if given.
+    pub async fn start(
+        addr: SocketAddr,
+        tls: Option<(String, String)>,
+        script: impl Fn(&Seen) -> Response<ReplyBody> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let records = seen.clone();
+        let script: Script = Arc::new(script);
+        let tls = tls.map(|(c, k)| acceptor(&c, &k));
+        let task = serve(listener, tls, move |req: Request<Incoming>| {
+            let s = Seen {
+                method: req.method().to_string(),
+                path_and_query: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/".into(), |p| p.to_string()),
+                headers: req.headers().clone(),
+            };
+            records.lock().unwrap().push(s.clone());
+            let resp = script(&s);
+            async move { resp }
+        });
+        Self {
+            addr,
+            seen,
+            _task: task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Whether any request carried an `Authorization` header.
+    pub fn saw_authorization(&self) -> bool {
+        self.seen()
+            .iter()
+            .any(|s| s.headers.contains_key("authorization"))
+    }
+}
+
+/// `blobs/` and `tmp/` of a store root hold nothing (what every refusal must leave).
+pub fn store_is_empty(root: &Path) -> bool {
+    let count = |p: PathBuf| std::fs::read_dir(p).map_or(0, |d| d.count());
+    count(root.join("blobs/sha256")) == 0 && count(root.join("tmp")) == 0
+}
