@@ -202,7 +202,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         None => Config::default(),
     };
     if let Command::Image(c) = &cli.command {
-        return image_command(c, &config, &cli.state_dir, out);
+        return image_command(c, &config, &cli, out);
     }
     if let Command::Server(
         c @ (ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. }),
@@ -588,14 +588,20 @@ enum ImageCommand {
         /// Where bases are cached (default: <sandbox.images_dir>/build).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Also push the image to this registry reference (host[:port]/repo[:tag]), with the
+        /// credentials its [[images.registries]] entry names (a password_secret is read from
+        /// the vault: the master key is needed then).
+        #[arg(long)]
+        push: Option<String>,
     },
 }
 
-/// `image build`: no vault (the build holds no secret), the helper over the configured bus.
+/// `image build`: the helper over the configured bus; the vault only for a push registry's
+/// password (the build itself holds no secret).
 fn image_command(
     command: &ImageCommand,
     config: &Config,
-    state_dir: &std::path::Path,
+    cli: &Cli,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let ImageCommand::Build {
@@ -607,7 +613,33 @@ fn image_command(
         registry_addresses,
         data_root,
         cache,
+        push,
     } = command;
+    let push = match push {
+        None => None,
+        Some(reference) => {
+            let host = crate::image::reference::Reference::parse(reference)
+                .with_context(|| format!("--push {reference}"))?
+                .registry;
+            let entry = crate::image::registries::lookup(&config.images.registries, &host);
+            let password = match &entry.password_secret {
+                None => None,
+                Some(secret) => {
+                    let key = MasterKey::load(cli.master_key_file.as_deref())?;
+                    let store = std::sync::Arc::new(crate::store::SqliteStore::open_in(
+                        &cli.state_dir,
+                    )?);
+                    let vault = crate::vault::Vault::open(store, key)?;
+                    let value = vault.get(&crate::vault::SecretName::parse(secret)?)?;
+                    let text = std::str::from_utf8(value.expose())
+                        .with_context(|| format!("the secret {secret} is not UTF-8"))?;
+                    Some(Zeroizing::new(text.to_owned()))
+                }
+            };
+            Some((reference.clone(), password))
+        }
+    };
+    let state_dir = cli.state_dir.as_path();
     let args = crate::image_builder::BuildArgs {
         spec: spec.clone(),
         base: base.clone(),
@@ -617,16 +649,21 @@ fn image_command(
         registry_addresses: registry_addresses.clone(),
         data_root: data_root.clone(),
         cache: cache.clone(),
+        push,
     };
     let actor = format!("cli:uid={}", nix::unistd::getuid());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let built = rt.block_on(crate::image_builder::build(
+    let outcome = rt.block_on(crate::image_builder::build(
         config, state_dir, &actor, &args,
     ))?;
+    let built = &outcome.built;
     writeln!(out, "{}", built.manifest.digest)?;
+    if let Some(pushed) = &outcome.pushed {
+        eprintln!("pushed {pushed}");
+    }
     eprintln!(
         "built {} ({}) into {} in {:.1} s (install {:.1} s)",
         spec,

@@ -42,6 +42,18 @@ pub struct BuildArgs {
     /// The base cache (default: `<images_dir>/build`, beneath the helper's images dir, so the
     /// builder roots need no copy).
     pub cache: Option<PathBuf>,
+    /// Where to push the built image (`host[:port]/repo[:tag]`), and the registry's password
+    /// when its `[[images.registries]]` entry names a `password_secret` (read from the vault
+    /// by the caller).
+    pub push: Option<(String, Option<zeroize::Zeroizing<String>>)>,
+}
+
+/// A built image, and where it was pushed.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub built: Built,
+    /// The reference pushed to, with the digest the registry confirmed.
+    pub pushed: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +68,14 @@ pub enum ImageBuildError {
     Egress(#[from] crate::egress::EgressError),
     #[error("the build's vault: {0}")]
     Vault(String),
+    #[error("--push {reference}: {message}")]
+    Push { reference: String, message: String },
+    #[error("--push {reference}: the registry holds {got}, not the {built} built")]
+    PushedOther {
+        reference: String,
+        got: crate::image::digest::Digest,
+        built: crate::image::digest::Digest,
+    },
     #[error("publishing the build's CA in {path}: {source}")]
     Ca {
         path: String,
@@ -72,16 +92,31 @@ impl Drop for PublishedCa {
     }
 }
 
-/// Builds, audits the outcome in `state_dir`'s trail, and returns the image.
+/// Builds (and pushes, if asked), audits the outcome in `state_dir`'s trail, and returns the
+/// image.
 pub async fn build(
     config: &Config,
     state_dir: &std::path::Path,
     actor: &str,
     args: &BuildArgs,
-) -> Result<Built, ImageBuildError> {
+) -> Result<BuildOutcome, ImageBuildError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(state_dir)?);
     let auditor = Auditor::new(store.clone(), actor);
-    let result = run(config, &auditor, args).await;
+    let result = match run(config, &auditor, args).await {
+        Ok(built) => match &args.push {
+            Some((reference, password)) => push(config, &built, &args.out, reference, password)
+                .await
+                .map(|pushed| BuildOutcome {
+                    built,
+                    pushed: Some(pushed),
+                }),
+            None => Ok(BuildOutcome {
+                built,
+                pushed: None,
+            }),
+        },
+        Err(e) => Err(e),
+    };
     let mut detail = format!(
         "spec={} base={} out={}",
         args.spec,
@@ -95,11 +130,14 @@ pub async fn build(
         detail.push_str(&format!(" registry_address={a}"));
     }
     match &result {
-        Ok(built) => {
+        Ok(outcome) => {
             detail.push_str(&format!(
                 " digest={} server={}",
-                built.manifest.digest, built.server_name
+                outcome.built.manifest.digest, outcome.built.server_name
             ));
+            if let Some(p) = &outcome.pushed {
+                detail.push_str(&format!(" pushed={p}"));
+            }
             let _ = auditor.record("image.build", &args.spec, Outcome::Ok, &detail);
         }
         Err(e) => {
@@ -170,6 +208,42 @@ async fn run(
         registry_addresses: args.registry_addresses.clone(),
     };
     Ok(builder.build(&request).await?)
+}
+
+/// Pushes the layout at `out` to `reference` with the pull's client (its auth and credential
+/// rules), and checks the registry confirmed the digest built. Returns `reference@digest`.
+async fn push(
+    config: &Config,
+    built: &Built,
+    out: &std::path::Path,
+    reference: &str,
+    password: &Option<zeroize::Zeroizing<String>>,
+) -> Result<String, ImageBuildError> {
+    use crate::image::layout::Layout;
+    use crate::image::push::{PushSource, push};
+    use crate::image::reference::Reference;
+    use crate::image::registry::{ClientOptions, RegistryClient};
+    let failed = |message: String| ImageBuildError::Push {
+        reference: reference.to_owned(),
+        message,
+    };
+    let target = Reference::parse(reference).map_err(|e| failed(e.to_string()))?;
+    let registry = crate::image::registries::lookup(&config.images.registries, &target.registry);
+    let client = RegistryClient::new(&registry, password.clone(), ClientOptions::default())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let layout = Layout::open(out).map_err(|e| failed(e.to_string()))?;
+    let got = push(&client, PushSource::Layout(&layout), &built.manifest, &target)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if got != built.manifest.digest {
+        return Err(ImageBuildError::PushedOther {
+            reference: reference.to_owned(),
+            got,
+            built: built.manifest.digest.clone(),
+        });
+    }
+    Ok(format!("{reference}@{got}"))
 }
 
 /// A private scratch directory, removed on drop.

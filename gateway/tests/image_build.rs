@@ -473,10 +473,10 @@ fn mcp_server_time_from_pypi_builds_twice_to_one_digest_and_runs_sandboxed() {
         );
         assert_eq!(first.manifest.digest, second.manifest.digest);
         let (_, manifest, config) = read_layout(&env.out.path().join("a"));
-        assert!(
-            config.config.labels.clone().unwrap()[SERVER_NAME_LABEL].contains("mcp-server-time"),
-            "{:?}",
-            first.server_name
+        // From the package's own `<!-- mcp-name: … -->` line.
+        assert_eq!(
+            config.config.labels.clone().unwrap()[SERVER_NAME_LABEL],
+            "io.github.modelcontextprotocol/server-time"
         );
         let (tools, result) = run_and_call(
             &env,
@@ -515,10 +515,10 @@ fn server_github_at_its_latest_version_builds_with_its_label_and_layout() {
         return;
     }
     let outside = outside(Ecosystem::Npm);
+    let version = latest_npm("@modelcontextprotocol/server-github");
     testkit::privileged("image_build_github", 2, move || async move {
         let _relay = relay(&outside);
         let env = env(&outside).await;
-        let version = latest_npm("@modelcontextprotocol/server-github");
         let spec = format!("npm:@modelcontextprotocol/server-github@{version}");
         let mut req = request(&env, &outside, &spec, "gh");
         req.name = Some("io.github.modelcontextprotocol/server-github".into());

@@ -242,11 +242,13 @@ fn pypi(tree: &Tree, package: &str, wanted: Option<&str>) -> Result<App, AppErro
     if !is_file(tree, &bin) {
         return Err(AppError::Missing(bin));
     }
-    // The MCP Registry's proof of a PyPI package's ownership: `mcp-name: NAME` in its README.
+    // The MCP Registry's proof of a PyPI package's ownership: `mcp-name: NAME` in its README
+    // (usually hidden in an HTML comment: `<!-- mcp-name: NAME -->`).
     let server_name = metadata
         .lines()
-        .find_map(|l| l.trim().strip_prefix("mcp-name:"))
-        .map(|n| n.trim().trim_end_matches("-->").trim().to_owned());
+        .find_map(|l| l.split_once("mcp-name:").map(|(_, rest)| rest))
+        .map(|n| n.trim().trim_end_matches("-->").trim().to_owned())
+        .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace));
     Ok(App {
         entrypoint: vec!["/usr/bin/python3".into(), format!("/{APP_DIR}/{bin}")],
         env: vec![
