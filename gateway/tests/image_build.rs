@@ -37,6 +37,7 @@ use serde_json::json;
 use testkit::env::random_hex;
 use testkit::helper::{Harness, PROXY_PORT};
 use testkit::netns::{NamedNetns, Netns, ip_ok};
+use testkit::registry::{Registry as OciRegistry, RegistryAuth, random_name};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Builds share two CPUs: one at a time, so timings mean something.
@@ -675,13 +676,19 @@ fn a_tree_with_a_device_node_is_refused_by_name() {
 
 /// The CLI as an operator runs it, from the host's namespace (its egress proxy dials the
 /// registry from there), against the harness's helper on its private bus.
-fn cli_build(env: &Env, outside: &Outside, state: &Path, args: &[&str]) -> std::process::Output {
+fn cli_build(
+    env: &Env,
+    outside: &Outside,
+    state: &Path,
+    extra_config: &str,
+    args: &[&str],
+) -> std::process::Output {
     let config = env.h.dir.path().join("gigmcp.toml");
     std::fs::write(
         &config,
         format!(
             "[sandbox]\nbus = \"{}\"\nimages_dir = \"{}\"\nca_dir = \"{}\"\nproxy_port = {PROXY_PORT}\n\
-             pool = \"{}\"\n",
+             pool = \"{}\"\n{extra_config}",
             env.h.address,
             env.h.images.display(),
             env.h.ca_dir.display(),
@@ -712,6 +719,25 @@ fn the_cli_prints_the_digest_and_audits_the_build_and_the_egress_denials() {
         return;
     }
     let outside = outside(Ecosystem::Npm);
+    // A real registry to push to, on the host's loopback (the CLI runs there).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = rt.block_on(OciRegistry::start(RegistryAuth::Anonymous));
+    let push_to = format!(
+        "{}/{}:{}",
+        registry.host(),
+        random_name("built"),
+        random_name("t")
+    );
+    let registry_config = format!(
+        "[[images.registries]]\nhost = \"{}\"\nca_file = \"{}\"\n",
+        registry.host(),
+        registry.config().ca_file.unwrap().display()
+    );
+    let stored = move |d: &gateway::image::digest::Digest| registry.stored_blob(d).exists();
     testkit::privileged("image_build_cli", 2, move || async move {
         let env = env(&outside).await;
         let state = env.h.dir.path().join("cli-state");
@@ -720,7 +746,16 @@ fn the_cli_prints_the_digest_and_audits_the_build_and_the_egress_denials() {
             &env,
             &outside,
             &state,
-            &[EVERYTHING, "--base", "node", "--out", out.to_str().unwrap()],
+            &registry_config,
+            &[
+                EVERYTHING,
+                "--base",
+                "node",
+                "--out",
+                out.to_str().unwrap(),
+                "--push",
+                &push_to,
+            ],
         );
         let stdout = String::from_utf8_lossy(&done.stdout).trim().to_owned();
         assert!(
@@ -728,8 +763,13 @@ fn the_cli_prints_the_digest_and_audits_the_build_and_the_egress_denials() {
             "{}",
             String::from_utf8_lossy(&done.stderr)
         );
-        let (digest, _, _) = read_layout(&out);
+        let (digest, manifest, _) = read_layout(&out);
         assert_eq!(stdout, digest.to_string());
+        // Pushed: the registry holds the manifest and every blob, byte for byte.
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(stderr.contains(&format!("pushed {push_to}@{digest}")), "{stderr}");
+        assert!(stored(&digest) && stored(&manifest.config.digest));
+        assert!(manifest.layers.iter().all(|l| stored(&l.digest)));
 
         let evil = format!("exfil-{}.example.net", random_hex(4));
         let pkg = hostile_package(
@@ -745,6 +785,7 @@ fn the_cli_prints_the_digest_and_audits_the_build_and_the_egress_denials() {
             &env,
             &outside,
             &state,
+            "",
             &[
                 &format!("dir:{}", pkg.display()),
                 "--base",
@@ -771,6 +812,11 @@ fn the_cli_prints_the_digest_and_audits_the_build_and_the_egress_denials() {
             })
         };
         assert!(build("ok") && build("failed"), "{audit:#?}");
+        assert!(
+            audit.iter().any(|e| e.action == "image.build"
+                && e.detail.contains(&format!("pushed={push_to}@{stdout}"))),
+            "{audit:#?}"
+        );
         assert!(
             audit
                 .iter()
