@@ -626,9 +626,8 @@ fn image_command(
                 None => None,
                 Some(secret) => {
                     let key = MasterKey::load(cli.master_key_file.as_deref())?;
-                    let store = std::sync::Arc::new(crate::store::SqliteStore::open_in(
-                        &cli.state_dir,
-                    )?);
+                    let store =
+                        std::sync::Arc::new(crate::store::SqliteStore::open_in(&cli.state_dir)?);
                     let vault = crate::vault::Vault::open(store, key)?;
                     let value = vault.get(&crate::vault::SecretName::parse(secret)?)?;
                     let text = std::str::from_utf8(value.expose())

@@ -233,9 +233,14 @@ async fn push(
         .await
         .map_err(|e| failed(e.to_string()))?;
     let layout = Layout::open(out).map_err(|e| failed(e.to_string()))?;
-    let got = push(&client, PushSource::Layout(&layout), &built.manifest, &target)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let got = push(
+        &client,
+        PushSource::Layout(&layout),
+        &built.manifest,
+        &target,
+    )
+    .await
+    .map_err(|e| failed(e.to_string()))?;
     if got != built.manifest.digest {
         return Err(ImageBuildError::PushedOther {
             reference: reference.to_owned(),

@@ -767,7 +767,10 @@ fn the_cli_prints_the_digest_and_audits_the_build_and_the_egress_denials() {
         assert_eq!(stdout, digest.to_string());
         // Pushed: the registry holds the manifest and every blob, byte for byte.
         let stderr = String::from_utf8_lossy(&done.stderr);
-        assert!(stderr.contains(&format!("pushed {push_to}@{digest}")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("pushed {push_to}@{digest}")),
+            "{stderr}"
+        );
         assert!(stored(&digest) && stored(&manifest.config.digest));
         assert!(manifest.layers.iter().all(|l| stored(&l.digest)));
 
