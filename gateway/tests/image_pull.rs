@@ -875,3 +875,21 @@ fn a_redirect_to_loopback_is_refused_for_a_public_registry() {
         assert_forbidden(result, seen, "loopback");
     });
 }
+
+#[tokio::test]
+async fn a_pulled_image_is_installed_with_its_reference_recorded() {
+    let reg = Registry::start(RegistryAuth::Basic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (image, reference) = pushed_image(&reg, dir.path()).await;
+    let root = dir.path().join("images");
+    let images =
+        gateway::image::ImageStore::open(&root, gateway::image::UnpackLimits::default()).unwrap();
+    let record = gateway::image::pull::pull_and_install(&client(&reg).await, &reference, &images)
+        .await
+        .unwrap();
+    assert_eq!(record.pinned, image.manifest.digest);
+    assert_eq!(record.reference, reference.to_string());
+    let rootfs = root.join(gateway::image::ImageStore::rootfs_relative(&record.pinned));
+    let files = std::fs::read_dir(rootfs.join("data")).unwrap().count();
+    assert_eq!(files, 3, "one file from each layer");
+}

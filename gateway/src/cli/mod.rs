@@ -49,7 +49,8 @@ enum Command {
     /// Endpoints (named sets of servers with tool subsets) and their tokens.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
-    /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
+    /// OCI images: build one from a package; pull, import, list, remove, collect the store
+    /// at sandbox.images_dir.
     #[command(subcommand)]
     Image(ImageCommand),
 }
@@ -209,6 +210,15 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         None => Config::default(),
     };
+    if let Command::Image(c @ ImageCommand::Build { .. }) = &cli.command {
+        return image::build(
+            c,
+            &config,
+            &cli.state_dir,
+            cli.master_key_file.as_deref(),
+            out,
+        );
+    }
     if let Command::Server(
         c @ (ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. }),
     ) = &cli.command

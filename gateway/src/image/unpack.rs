@@ -798,23 +798,26 @@ fn link_target(raw: &str, target: &[u8], limits: &UnpackLimits) -> Result<String
     Ok(target.to_owned())
 }
 
-/// An extension header's body, refused past `cap` bytes before it is read.
+/// An extension header's body, read up to `cap` bytes (no more is ever held): past it the
+/// header is refused, named by what it began to say.
 fn read_capped(
     entry: &mut tar::Entry<'_, LayerStream>,
     cap: u64,
     shown_header: &str,
     limits: &UnpackLimits,
 ) -> Result<Vec<u8>, UnpackError> {
+    let mut out = Vec::with_capacity(entry.size().min(cap) as usize);
+    entry
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| stream_error(e, shown_header))?;
     if entry.size() > cap {
+        let start: String = shown(&out).chars().take(120).collect();
         return Err(UnpackError::PathTooLong {
-            entry: shown_header.into(),
+            entry: format!("{start}…"),
             limit: limits.max_path_bytes,
         });
     }
-    let mut out = Vec::with_capacity(entry.size() as usize);
-    entry
-        .read_to_end(&mut out)
-        .map_err(|e| stream_error(e, shown_header))?;
     Ok(out)
 }
 
@@ -850,5 +853,76 @@ fn tar_error(e: io::Error, after: &str) -> UnpackError {
             after: after.into(),
             message: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(raw: &str, is_dir: bool) -> Result<Option<String>, String> {
+        normalise(raw, is_dir, &UnpackLimits::default()).map_err(|e| {
+            let debug = format!("{e:?}");
+            debug
+                .split([' ', '('])
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+    }
+
+    #[test]
+    fn names_are_normalised_only_in_the_ways_tar_writes_them() {
+        assert_eq!(norm("usr/bin/x", false), Ok(Some("usr/bin/x".into())));
+        assert_eq!(norm("./usr/bin/x", false), Ok(Some("usr/bin/x".into())));
+        assert_eq!(norm("usr/", true), Ok(Some("usr".into())));
+        assert_eq!(norm("./", true), Ok(None));
+        assert_eq!(norm(".", true), Ok(None));
+        assert_eq!(norm("/etc/passwd", false), Err("Absolute".into()));
+        assert_eq!(norm("a/../b", false), Err("DotDot".into()));
+        assert_eq!(norm("..", true), Err("DotDot".into()));
+        assert_eq!(norm("a/./b", false), Err("Ambiguous".into()));
+        assert_eq!(norm("././a", false), Err("Ambiguous".into()));
+        assert_eq!(norm("a//b", false), Err("Ambiguous".into()));
+        assert_eq!(norm("usr/", false), Err("Ambiguous".into()));
+        assert_eq!(norm("usr//", true), Err("Ambiguous".into()));
+        assert_eq!(norm(".", false), Err("Ambiguous".into()));
+        assert_eq!(norm("a\nb", false), Err("BadName".into()));
+        assert_eq!(norm("a\u{0}b", false), Err("BadName".into()));
+        assert_eq!(norm(&"c".repeat(256), false), Err("PathTooLong".into()));
+        let long = vec!["d"; 2049].join("/");
+        assert_eq!(norm(&long, false), Err("PathTooLong".into()));
+    }
+
+    #[test]
+    fn a_mode_whose_type_bits_disagree_with_the_tar_type_is_refused() {
+        let class = |kind, mode| {
+            check_type("x", kind, mode).map_err(|e| {
+                format!("{e:?}")
+                    .split([' ', '('])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        };
+        assert_eq!(class(EntryType::Regular, 0o100644), Ok(()));
+        assert_eq!(class(EntryType::Directory, 0o040755), Ok(()));
+        assert_eq!(class(EntryType::Symlink, 0o120777), Ok(()));
+        assert_eq!(class(EntryType::Regular, 0o644), Ok(()));
+        assert_eq!(class(EntryType::Regular, 0o140644), Err("Socket".into()));
+        assert_eq!(
+            class(EntryType::Regular, 0o020644),
+            Err("DeviceNode".into())
+        );
+        assert_eq!(class(EntryType::Regular, 0o010644), Err("Fifo".into()));
+        assert_eq!(class(EntryType::Regular, 0o040755), Err("Ambiguous".into()));
+        assert_eq!(
+            class(EntryType::GNUSparse, 0o644),
+            Err("UnsupportedType".into())
+        );
+        assert_eq!(
+            class(EntryType::new(b'Z'), 0o644),
+            Err("UnsupportedType".into())
+        );
     }
 }
