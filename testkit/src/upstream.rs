@@ -3,7 +3,9 @@
 //! - `/echo[?chunk=N]`: request headers as `x-echo-<name>` response headers, and a body of the
 //!   request head followed by the request body, sent in N-byte frames;
 //! - `/big?n=N`: N bytes of [`pattern`]; `/sum`: `<length> <sha256>` of the request body;
-//! - `/gzip`: a response with `Content-Encoding: gzip`; anything else: `ok`.
+//! - `/gzip`: a response with `Content-Encoding: gzip`;
+//! - `/search/users?q=Q`: a GitHub-shaped JSON answer (login `Q`, the request's Authorization
+//!   as its bio); anything else: `ok`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -387,6 +389,25 @@ async fn handle(
                 _ => seen.header("authorization").unwrap_or_default().to_vec(),
             };
             reflect(&source, query)
+        }
+        // GitHub's user search as the API shapes it (for the real server-github): the query as
+        // the one login found, and the Authorization the request carried, which the egress
+        // proxy's scrubber turns back into the placeholder on the way to the server.
+        "/search/users" => {
+            let found = serde_json::json!({
+                "total_count": 1,
+                "incomplete_results": false,
+                "items": [{
+                    "login": query_str(query, "q").unwrap_or_default(),
+                    "id": 1,
+                    "type": "User",
+                    "bio": String::from_utf8_lossy(seen.header("authorization").unwrap_or_default()),
+                }],
+            });
+            Response::builder()
+                .header("content-type", "application/json; charset=utf-8")
+                .body(full(found.to_string()))
+                .unwrap()
         }
         "/gzip" => Response::builder()
             .header("content-encoding", "gzip")
