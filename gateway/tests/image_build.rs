@@ -438,6 +438,41 @@ fn server_everything_builds_twice_to_one_digest_labelled_and_runs_sandboxed() {
             first.manifest.digest, second.manifest.digest,
             "the same package built twice must give the same digest"
         );
+        // The same base imported from an oci-layout (`--base oci-layout:DIR@sha256:…`) gives
+        // the same image.
+        let base = bases().ensure(&gateway::image::build::base::NODE).unwrap();
+        let base_dir = env.out.path().join("node-base");
+        let mut w = gateway::image::build::layout_writer::LayoutWriter::create(&base_dir).unwrap();
+        let layer = w
+            .copy_layer(&base.layer_path(), &base.descriptor())
+            .unwrap();
+        let host = gateway::image::oci::Platform::host();
+        let base_config = ImageConfig {
+            architecture: host.architecture,
+            os: host.os,
+            created: None,
+            config: gateway::image::oci::RunConfig {
+                env: Some(gateway::image::build::base::NODE.env()),
+                ..Default::default()
+            },
+            rootfs: gateway::image::oci::RootFs {
+                kind: "layers".into(),
+                diff_ids: vec![base.record.diff_id.clone()],
+            },
+        };
+        let base_manifest = w.finish(&base_config, vec![layer], "node").unwrap();
+        let mut on_imported = request(&env, &outside, EVERYTHING, "c");
+        on_imported.base = BaseChoice::OciLayout {
+            dir: base_dir,
+            digest: base_manifest.digest,
+        };
+        let third = env
+            .builder
+            .build(&on_imported)
+            .await
+            .unwrap_or_else(|e| panic!("{}", show(&e)));
+        assert_eq!(third.manifest.digest, first.manifest.digest);
+
         let (digest, manifest, config) = read_layout(&env.out.path().join("a"));
         assert_eq!(digest, first.manifest.digest);
         let labels = config.config.labels.clone().unwrap();

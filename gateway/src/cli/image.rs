@@ -22,7 +22,8 @@ pub(super) enum ImageCommand {
     /// scripts run in a sandbox whose egress reaches only the package registry.
     Build {
         spec: String,
-        /// The runtime base: node or python.
+        /// The runtime base: node, python, or oci-layout:DIR@sha256:… (a base imported from
+        /// an oci-layout, pinned by its manifest digest).
         #[arg(long)]
         base: String,
         /// The oci-layout directory to create (it must not exist).

@@ -27,7 +27,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use super::layer::{self, Layer};
+use super::layer;
 use super::spec::Ecosystem;
 use super::tree::{Limits, Links, Tree, TreeError};
 use crate::image::digest::Digest;
@@ -146,11 +146,14 @@ impl Base {
         self.dir.join("layer.tar.gz")
     }
 
-    pub fn layer(&self) -> Layer {
-        Layer {
+    /// The layer's descriptor.
+    pub fn descriptor(&self) -> crate::image::oci::Descriptor {
+        crate::image::oci::Descriptor {
+            media_type: crate::image::oci::MEDIA_OCI_LAYER_GZIP.into(),
             digest: self.record.digest.clone(),
             size: self.record.size,
-            diff_id: self.record.diff_id.clone(),
+            platform: None,
+            annotations: Default::default(),
         }
     }
 }

@@ -110,8 +110,12 @@ impl LayoutWriter {
         Ok((layer_descriptor(&layer), layer.diff_id))
     }
 
-    /// Copies a layer blob the builder wrote earlier (a cached base), re-hashed on the way.
-    pub fn copy_layer(&mut self, from: &Path, layer: &Layer) -> Result<Descriptor, LayoutError> {
+    /// Copies a base's layer blob (cached, or from an imported layout), re-hashed on the way.
+    pub fn copy_layer(
+        &mut self,
+        from: &Path,
+        layer: &Descriptor,
+    ) -> Result<Descriptor, LayoutError> {
         let dest = self.blob_path(&layer.digest);
         let mut src = File::open(from).map_err(io_at(from))?;
         let mut dst = File::create(&dest).map_err(io_at(&dest))?;
@@ -132,7 +136,10 @@ impl LayoutWriter {
                 size: layer.size,
             });
         }
-        Ok(layer_descriptor(layer))
+        let mut d = layer.clone();
+        d.annotations.clear();
+        d.platform = None;
+        Ok(d)
     }
 
     /// Stores a JSON document as a blob and describes it.

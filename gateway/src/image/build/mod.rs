@@ -17,6 +17,7 @@
 
 pub mod app;
 pub mod base;
+pub mod imported;
 pub mod install;
 pub mod layer;
 pub mod layout_writer;
@@ -33,6 +34,7 @@ use self::install::{InstallSandbox, Registry, SandboxRunner};
 use self::layout_writer::{LayoutError, LayoutWriter};
 use self::spec::{Ecosystem, Spec};
 use self::tree::{Limits, Links, Tree, TreeError};
+use crate::image::digest::Digest;
 use crate::image::oci::{Descriptor, ImageConfig, Platform, RootFs, RunConfig};
 
 /// The label naming the MCP server an image holds (the MCP Registry's proof of ownership).
@@ -45,6 +47,10 @@ pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub enum BaseChoice {
     /// The ecosystem's Debian-made base (`--base node` or `--base python`).
     Debian(Ecosystem),
+    /// A base from an oci-layout, pinned by its manifest's digest
+    /// (`--base oci-layout:DIR@sha256:…`). The install step still runs in the ecosystem's
+    /// Debian builder.
+    OciLayout { dir: PathBuf, digest: Digest },
 }
 
 impl BaseChoice {
@@ -52,8 +58,12 @@ impl BaseChoice {
         match text {
             "node" => Ok(Self::Debian(Ecosystem::Npm)),
             "python" => Ok(Self::Debian(Ecosystem::Pypi)),
+            other if other.starts_with("oci-layout:") => {
+                let (dir, digest) = imported::parse(other)?;
+                Ok(Self::OciLayout { dir, digest })
+            }
             other => Err(BuildError::Base(format!(
-                "--base {other:?}: expected node or python"
+                "--base {other:?}: expected node, python or oci-layout:DIR@sha256:…"
             ))),
         }
     }
@@ -127,6 +137,8 @@ pub enum BuildError {
     NoServerName,
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Imported(#[from] imported::ImportedError),
 }
 
 /// The builder: where bases are cached, the helper's directories, and the sandbox runner.
@@ -153,8 +165,9 @@ impl<R: SandboxRunner> Builder<R> {
     pub async fn build(&self, req: &Request) -> Result<Built, BuildError> {
         let started = Instant::now();
         let eco = req.spec.ecosystem();
-        let BaseChoice::Debian(base_eco) = req.base;
-        if base_eco != eco {
+        if let BaseChoice::Debian(base_eco) = req.base
+            && base_eco != eco
+        {
             return Err(BuildError::Base(format!(
                 "{} is a {} package: it needs the {} base",
                 req.spec,
@@ -230,9 +243,23 @@ impl<R: SandboxRunner> Builder<R> {
 
         let mtime = layer::source_date_epoch();
         let mut writer = LayoutWriter::create(&req.out)?;
-        let base_layer = writer.copy_layer(&runtime.layer_path(), &runtime.layer())?;
+        let base = match &req.base {
+            BaseChoice::Debian(_) => imported::ImportedBase {
+                layers: vec![(runtime.layer_path(), runtime.descriptor())],
+                diff_ids: vec![runtime.record.diff_id.clone()],
+                env: Recipe::runtime(eco).env(),
+            },
+            BaseChoice::OciLayout { dir, digest } => imported::read(dir, digest)?,
+        };
+        let mut layers = Vec::new();
+        for (path, d) in &base.layers {
+            layers.push(writer.copy_layer(path, d)?);
+        }
         let (app_layer, app_diff) = writer.add_layer(&tree, app::APP_DIR, mtime)?;
-        let mut env = Recipe::runtime(eco).env();
+        layers.push(app_layer);
+        let mut diff_ids = base.diff_ids.clone();
+        diff_ids.push(app_diff);
+        let mut env = base.env.clone();
         env.extend(app.env.iter().cloned());
         let labels = BTreeMap::from([
             (SERVER_NAME_LABEL.to_owned(), server_name.clone()),
@@ -256,10 +283,10 @@ impl<R: SandboxRunner> Builder<R> {
             },
             rootfs: RootFs {
                 kind: "layers".into(),
-                diff_ids: vec![runtime.record.diff_id.clone(), app_diff],
+                diff_ids,
             },
         };
-        let manifest = writer.finish(&config, vec![base_layer, app_layer], req.spec.version())?;
+        let manifest = writer.finish(&config, layers, req.spec.version())?;
         Ok(Built {
             manifest,
             server_name,
