@@ -92,12 +92,13 @@ impl Admin {
     }
 }
 
-/// Builds `spec` with the CLI, pushed to `push_to`; returns the digest it printed and how long
-/// the build took.
+/// Builds `spec` with the CLI (`name` for a package that declares none), pushed to `push_to`;
+/// returns the digest it printed and how long the build took.
 fn build(
     admin: &Admin,
     h: &Harness,
     spec: &str,
+    name: Option<&str>,
     base: &str,
     mirror: IpAddr,
     push_to: &str,
@@ -105,6 +106,7 @@ fn build(
     let out = h.dir.path().join(format!("layout-{}", random_hex(3)));
     let cache = testkit::bins::target_dir().join("image-build-bases");
     let started = Instant::now();
+    let named = name.map(|n| ["--name", n]);
     let done = admin.run(
         &[
             "image",
@@ -122,7 +124,10 @@ fn build(
             cache.to_str().unwrap(),
             "--registry-address",
             &mirror.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(named.iter().flatten().copied())
+        .collect::<Vec<_>>(),
         b"",
     );
     let took = started.elapsed();
@@ -264,14 +269,16 @@ fn community_servers_are_built_pushed_pulled_by_digest_and_called_through_gigmcp
 
         // Built and pushed, each once.
         let mut built = Vec::new();
-        for (spec, base, mirror) in [
-            (GITHUB, "node", npm_mirror),
-            (EVERYTHING, "node", npm_mirror),
-            (TIME, "python", pypi_mirror),
+        // server-github 2025.4.8 predates mcpName.
+        let github_name = Some("io.github.modelcontextprotocol/server-github");
+        for (spec, name, base, mirror) in [
+            (GITHUB, github_name, "node", npm_mirror),
+            (EVERYTHING, None, "node", npm_mirror),
+            (TIME, None, "python", pypi_mirror),
         ] {
             let repo = random_name("mcp/s");
             let push_to = format!("{registry_host}/{repo}:{}", random_name("t"));
-            let (digest, took) = build(&admin, &h, spec, base, mirror, &push_to);
+            let (digest, took) = build(&admin, &h, spec, name, base, mirror, &push_to);
             built.push((format!("{registry_host}/{repo}@{digest}"), digest, took));
         }
         let build_times: Vec<_> = built.iter().map(|b| b.2).collect();
