@@ -299,7 +299,8 @@ async fn run_and_call(
     args: serde_json::Value,
 ) -> (Vec<String>, serde_json::Value) {
     let name = format!("img{}", random_hex(3));
-    let root = env.h.images.join(&name);
+    // Where `server add --rootfs` puts an unsigned copy (`dir:<name>`).
+    let root = env.h.images.join("dirs").join(&name);
     flatten(layout, manifest, &root);
     let server = server_manifest(&name, config);
     let parsed = ServerManifest::from_json(&server.to_string()).unwrap();
