@@ -9,15 +9,16 @@
 mod beneath;
 pub mod blobs;
 pub mod digest;
+mod entry;
 pub mod limits;
 pub mod oci;
 mod store;
 mod stream;
 mod tree;
-pub mod unpack;
+mod unpack;
 
+pub use entry::UnpackError;
 pub use limits::UnpackLimits;
 pub use store::{GcReport, ImageError, ImageRecord, ImageStore};
 pub use stream::StreamError;
 pub use tree::TreeError;
-pub use unpack::UnpackError;

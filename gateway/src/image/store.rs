@@ -37,13 +37,14 @@ use serde::{Deserialize, Serialize};
 use super::beneath;
 use super::blobs::{BlobError, BlobStore};
 use super::digest::Digest;
+use super::entry::UnpackError;
 use super::limits::UnpackLimits;
 use super::oci::{
     self, Descriptor, DocumentError, ImageConfig, Index, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
     Manifest, Platform,
 };
 use super::tree::{self, TreeError};
-use super::unpack::{UnpackError, Unpacker};
+use super::unpack::Unpacker;
 
 /// The largest record read back (its config is capped at 8 MiB).
 const MAX_RECORD_BYTES: u64 = 16 << 20;
