@@ -125,10 +125,12 @@ impl std::fmt::Debug for LayerStream {
     }
 }
 
+/// Decoders read from a buffered blob and are read through a buffer: the tar reader asks for
+/// 512-byte headers, and ruzstd in particular does a block's bookkeeping per read.
 enum Decoder {
     None(Blob),
-    Gzip(Box<flate2::bufread::MultiGzDecoder<Blob>>),
-    Zstd(Box<ZstdFrames>),
+    Gzip(Box<BufReader<flate2::bufread::MultiGzDecoder<Blob>>>),
+    Zstd(Box<BufReader<ZstdFrames>>),
 }
 
 /// The stored blob, read in large pieces: tar headers and zstd block headers are a few
@@ -136,6 +138,7 @@ enum Decoder {
 type Blob = BufReader<Fuse>;
 
 const BLOB_BUFFER: usize = 256 << 10;
+const DECODED_BUFFER: usize = 128 << 10;
 
 impl LayerStream {
     pub fn new(
@@ -154,13 +157,17 @@ impl LayerStream {
         let decoder = match compression {
             Compression::None => Decoder::None(blob),
             // Multi-member, as Go's reader (and so most registries' clients) accepts.
-            Compression::Gzip => {
-                Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(blob)))
-            }
-            Compression::Zstd => Decoder::Zstd(Box::new(ZstdFrames {
-                state: ZState::Between(blob),
-                max_window: limits.max_zstd_window_bytes,
-            })),
+            Compression::Gzip => Decoder::Gzip(Box::new(BufReader::with_capacity(
+                DECODED_BUFFER,
+                flate2::bufread::MultiGzDecoder::new(blob),
+            ))),
+            Compression::Zstd => Decoder::Zstd(Box::new(BufReader::with_capacity(
+                DECODED_BUFFER,
+                ZstdFrames {
+                    state: ZState::Between(blob),
+                    max_window: limits.max_zstd_window_bytes,
+                },
+            ))),
         };
         Self {
             decoder,
@@ -180,8 +187,8 @@ impl LayerStream {
         let mut rest = [0u8; 1];
         let blob = match &mut self.decoder {
             Decoder::None(b) => Some(b),
-            Decoder::Gzip(g) => Some(g.get_mut()),
-            Decoder::Zstd(z) => z.source(),
+            Decoder::Gzip(g) => Some(g.get_mut().get_mut()),
+            Decoder::Zstd(z) => z.get_mut().source(),
         };
         let Some(blob) = blob else {
             return Err(StreamError::Decompress {
