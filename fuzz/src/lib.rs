@@ -23,6 +23,7 @@ pub mod init_args;
 pub mod jsonrpc;
 pub mod manifest;
 pub mod rewriter;
+pub mod unpack;
 
 use arbitrary::Unstructured;
 
@@ -47,6 +48,7 @@ pub const TARGETS: &[Target] = &[
     rewriter::TARGET,
     manifest::TARGET,
     init_args::TARGET,
+    unpack::TARGET,
 ];
 
 /// The target called `name`.

@@ -50,6 +50,11 @@ fn init_args_round_trip_and_hostile_argv_is_refused() {
 }
 
 #[test]
+fn layers_unpack_beneath_their_root_or_are_refused_leaving_nothing() {
+    run("unpack");
+}
+
+#[test]
 fn every_target_has_a_test_here() {
     let source = include_str!("properties.rs");
     for t in gigmcp_fuzz::TARGETS {

@@ -30,6 +30,8 @@ pub mod canary;
 pub mod egress;
 #[cfg(feature = "gateway")]
 pub mod env;
+#[cfg(feature = "layers")]
+pub mod layers;
 #[cfg(feature = "gateway")]
 pub mod mcp;
 #[cfg(feature = "gateway")]

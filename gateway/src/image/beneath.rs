@@ -17,13 +17,15 @@ const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_MAGICLINKS);
 
 /// Opens `rel` (components joined by `/`, none `.` or `..`; empty for `dir` itself) beneath
-/// `dir` without following any link.
+/// `dir` without following any link. Not `O_NOFOLLOW`: with it a trailing link gives
+/// `ENOTDIR` to an `O_DIRECTORY` open, while `RESOLVE_NO_SYMLINKS` alone refuses every link,
+/// the last one included, with `ELOOP`, so the caller can tell a link from a file.
 pub fn open(dir: impl AsFd, rel: &str, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
     let rel = if rel.is_empty() { "." } else { rel };
     Ok(rustix::fs::openat2(
         dir,
         rel,
-        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        flags | OFlags::CLOEXEC,
         mode,
         BENEATH,
     )?)
@@ -68,7 +70,7 @@ pub fn open_one(parent: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat2(
         parent,
         name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
         BENEATH,
     )?)

@@ -131,15 +131,19 @@ pub fn first_difference(old: &[u8], new: &[u8]) -> Option<String> {
 }
 
 fn hash_file(dir: impl AsFd, name: &OsStr) -> io::Result<(rustix::fs::Stat, Digest)> {
+    // O_NONBLOCK: a file swapped for a fifo after it was examined must not hang the check.
     let fd = rustix::fs::openat2(
         dir,
         name,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )?;
     // The mode and size of what was opened, not of what the name pointed at a moment before.
     let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other("changed type while the tree was listed"));
+    }
     let mut file = std::fs::File::from(fd);
     let mut hasher = Hasher::default();
     let mut buf = vec![0u8; 256 << 10];
