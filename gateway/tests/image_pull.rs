@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use gateway::config::RegistryConfig;
 use gateway::image::blobs::BlobStore;
 use gateway::image::digest::Digest;
 use gateway::image::layout::{Layout, Select};
@@ -15,7 +16,6 @@ use gateway::image::oci::Platform;
 use gateway::image::pull::{PullError, pull};
 use gateway::image::push::{PushSource, push};
 use gateway::image::reference::Reference;
-use gateway::image::registries::RegistryConfig;
 use gateway::image::registry::{ClientOptions, RegistryClient, RegistryError, Timeouts};
 use testkit::registry::{
     Hostile, Registry, RegistryAuth, Seen, TestImage, TestIndex, other_platform, random_name,

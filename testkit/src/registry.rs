@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use gateway::config::RegistryConfig;
 use gateway::image::digest::Digest;
 use gateway::image::oci::{self, Descriptor, Platform};
-use gateway::image::registries::RegistryConfig;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};

@@ -5,8 +5,6 @@
 
 use serde::Deserialize;
 
-use super::registries::RegistryConfig;
-
 /// Unpack limits (`[images]` in `gigmcp.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,9 +29,6 @@ pub struct UnpackLimits {
     /// The largest window a zstd frame may ask for: the decoder keeps that much of the output
     /// in memory (zstd's own levels 1 to 19 stay within 8 MiB).
     pub max_zstd_window_bytes: u64,
-    /// `[[images.registries]]`: where images come from, when a registry needs more than
-    /// anonymous HTTPS with the system's roots ([`super::registries`]).
-    pub registries: Vec<RegistryConfig>,
 }
 
 /// Uncompressed bytes any layer may have whatever its compressed size (the compression ratio
@@ -52,7 +47,6 @@ impl Default for UnpackLimits {
             max_image_bytes: 3 << 30,
             max_compression_ratio: 100,
             max_zstd_window_bytes: 32 << 20,
-            registries: Vec::new(),
         }
     }
 }
@@ -95,11 +89,6 @@ impl UnpackLimits {
                 "must be from 1048576 to 134217728 (zstd's own decoder stops at 128 MiB)".into(),
             ));
         }
-        super::registries::validate(&self.registries)
-    }
-
-    /// The settings for registry `host` (`host[:port]`): its entry, or anonymous HTTPS.
-    pub fn registry(&self, host: &str) -> RegistryConfig {
-        super::registries::lookup(&self.registries, host)
+        Ok(())
     }
 }

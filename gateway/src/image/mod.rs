@@ -16,7 +16,6 @@ pub mod oci;
 pub mod pull;
 pub mod push;
 pub mod reference;
-pub mod registries;
 pub mod registry;
 pub mod resolve;
 mod store;

@@ -18,6 +18,7 @@
 
 mod auth;
 mod client;
+mod settings;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,11 +35,11 @@ use zeroize::Zeroizing;
 pub use auth::Credentials;
 use client::{Body, MAX_SMALL_BODY, Request, Response, Transport};
 pub use client::{Origin, Timeouts, special_class};
+pub use settings::RegistryConfig;
 
 use crate::egress::{Resolve, SystemResolver};
 use crate::image::blobs::{BlobError, BlobStore, BlobWriter};
 use crate::image::digest::Digest;
-use crate::image::registries::RegistryConfig;
 
 /// Why a registry operation failed. Messages name the origin, the object and the cause; they
 /// never carry a credential.

@@ -1,6 +1,6 @@
-//! `[[images.registries]]` entries (in `[images]` of `gigmcp.toml`): the registries that need
-//! more than anonymous HTTPS with the system's roots. Pure data and its checks; the client
-//! that applies them is [`super::registry`].
+//! One `[[images.registries]]` entry of `gigmcp.toml`: how to reach a registry. Kept with the
+//! client that obeys it (the configuration module reads it; `image` needs nothing of
+//! `config`).
 
 use std::path::PathBuf;
 
@@ -56,7 +56,7 @@ impl RegistryConfig {
                 .is_ok_and(|ip| ip.is_loopback())
     }
 
-    fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), String> {
         let (host, port) = split_host_port(&self.host);
         if host.is_empty()
             || !host
@@ -106,26 +106,4 @@ fn split_host_port(s: &str) -> (&str, Option<&str>) {
         Some((h, p)) if !h.contains(':') => (h, Some(p)),
         _ => (s, None),
     }
-}
-
-/// The settings for `host` (`host[:port]` as a reference names it) among `registries`: the
-/// configured entry, or anonymous HTTPS with the system's roots.
-pub fn lookup(registries: &[RegistryConfig], host: &str) -> RegistryConfig {
-    registries
-        .iter()
-        .find(|r| r.host.eq_ignore_ascii_case(host))
-        .cloned()
-        .unwrap_or_else(|| RegistryConfig::anonymous(host))
-}
-
-/// Checks every entry and that no host is listed twice (`images.registries` and why).
-pub fn validate(registries: &[RegistryConfig]) -> Result<(), (&'static str, String)> {
-    let mut hosts = std::collections::BTreeSet::new();
-    for r in registries {
-        r.validate().map_err(|m| ("images.registries", m))?;
-        if !hosts.insert(r.host.to_ascii_lowercase()) {
-            return Err(("images.registries", format!("{} is listed twice", r.host)));
-        }
-    }
-    Ok(())
 }
