@@ -17,9 +17,9 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
-pub mod resolve;
 mod store;
 mod stream;
+pub mod transfer;
 mod tree;
 pub mod unpack;
 
