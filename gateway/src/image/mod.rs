@@ -10,6 +10,8 @@
 mod beneath;
 pub mod blobs;
 pub mod digest;
+mod entry;
+mod error;
 pub mod layout;
 pub mod limits;
 pub mod oci;
@@ -17,14 +19,16 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
+mod resolve;
 mod store;
 mod stream;
 pub mod transfer;
 mod tree;
-pub mod unpack;
+mod unpack;
 
+pub use entry::UnpackError;
+pub use error::ImageError;
 pub use limits::UnpackLimits;
-pub use store::{GcReport, ImageError, ImageRecord, ImageStore};
+pub use store::{GcReport, ImageRecord, ImageStore};
 pub use stream::StreamError;
 pub use tree::TreeError;
-pub use unpack::UnpackError;

@@ -7,7 +7,7 @@
 //! (32 KiB for deflate; for zstd the window the frame asks for, refused past a configured
 //! ceiling before the decoder allocates it).
 
-use std::io::{self, Cursor, Read};
+use std::io::{self, BufReader, Cursor, Read};
 
 use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 
@@ -126,10 +126,16 @@ impl std::fmt::Debug for LayerStream {
 }
 
 enum Decoder {
-    None(Fuse),
-    Gzip(Box<flate2::read::MultiGzDecoder<Fuse>>),
+    None(Blob),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<Blob>>),
     Zstd(Box<ZstdFrames>),
 }
+
+/// The stored blob, read in large pieces: tar headers and zstd block headers are a few
+/// hundred bytes, each of which would otherwise be a system call.
+type Blob = BufReader<Fuse>;
+
+const BLOB_BUFFER: usize = 256 << 10;
 
 impl LayerStream {
     pub fn new(
@@ -138,14 +144,19 @@ impl LayerStream {
         budget: Budget,
         limits: &UnpackLimits,
     ) -> Self {
-        let blob = Fuse {
-            inner: blob,
-            eof: false,
-        };
+        let blob = BufReader::with_capacity(
+            BLOB_BUFFER,
+            Fuse {
+                inner: blob,
+                eof: false,
+            },
+        );
         let decoder = match compression {
             Compression::None => Decoder::None(blob),
             // Multi-member, as Go's reader (and so most registries' clients) accepts.
-            Compression::Gzip => Decoder::Gzip(Box::new(flate2::read::MultiGzDecoder::new(blob))),
+            Compression::Gzip => {
+                Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(blob)))
+            }
             Compression::Zstd => Decoder::Zstd(Box::new(ZstdFrames {
                 state: ZState::Between(blob),
                 max_window: limits.max_zstd_window_bytes,
@@ -292,20 +303,20 @@ struct ZstdFrames {
 }
 
 enum ZState {
-    Between(Fuse),
+    Between(Blob),
     InFrame(Box<FrameReader>),
-    Done(Fuse),
+    Done(Blob),
     Taken,
 }
 
 /// One frame's decoder, reading the frame header back from memory and then the blob.
-type FrameReader = StreamingDecoder<io::Chain<Cursor<Vec<u8>>, Fuse>, FrameDecoder>;
+type FrameReader = StreamingDecoder<io::Chain<Cursor<Vec<u8>>, Blob>, FrameDecoder>;
 
 const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 
 impl ZstdFrames {
     /// The blob beneath, unless a failed read left the stream unusable.
-    fn source(&mut self) -> Option<&mut Fuse> {
+    fn source(&mut self) -> Option<&mut Blob> {
         match &mut self.state {
             ZState::Between(s) | ZState::Done(s) => Some(s),
             ZState::InFrame(d) => Some(d.get_mut().get_mut().1),
@@ -314,7 +325,7 @@ impl ZstdFrames {
     }
 
     /// Reads the next frame's header; `None` at the end of the stream.
-    fn next_frame(&mut self, mut src: Fuse) -> io::Result<Result<ZState, Fuse>> {
+    fn next_frame(&mut self, mut src: Blob) -> io::Result<Result<ZState, Blob>> {
         let mut magic = [0u8; 4];
         let got = read_full(&mut src, &mut magic)?;
         if got == 0 {
