@@ -961,3 +961,43 @@ async fn a_push_whose_registry_answers_another_digest_fails() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_token_answer_is_refused() {
+    let huge = format!("{{\"token\":\"{}\"}}", "a".repeat(70 << 10));
+    let realm = other_origin(move |_| {
+        streamed(200, &[], huge.clone().into_bytes(), Some(1), Duration::ZERO)
+    })
+    .await;
+    let image = TestImage::random(&[100], Platform::host());
+    let challenge = format!("Bearer realm=\"http://{}/token\"", realm.addr);
+    let reg = scripted(
+        &image,
+        false,
+        Box::new(move |_| {
+            Some(reply(
+                401,
+                &[("www-authenticate", challenge.as_str())],
+                vec![],
+            ))
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let err = pull(
+        &reg.client(quick()).await,
+        &reg.reference(&image.manifest.digest),
+        &store,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Registry(RegistryError::TooLarge { max: 65536, .. })
+        ),
+        "{err}"
+    );
+    assert!(store_is_empty(dir.path()));
+}
