@@ -1001,3 +1001,40 @@ async fn an_oversized_token_answer_is_refused() {
     );
     assert!(store_is_empty(dir.path()));
 }
+
+#[tokio::test]
+async fn a_top_document_over_the_manifest_cap_is_refused_unread() {
+    let image = TestImage::random(&[100], Platform::host());
+    let wanted = image.manifest.digest.to_string();
+    for declared in [true, false] {
+        let wanted = wanted.clone();
+        let reg = scripted(
+            &image,
+            false,
+            Box::new(move |s| {
+                s.path_and_query.ends_with(&wanted).then(|| {
+                    if declared {
+                        reply(200, &[], vec![b' '; (4 << 20) + 1])
+                    } else {
+                        streamed(200, &[], vec![b' '; 1 << 16], None, Duration::ZERO)
+                    }
+                })
+            }),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let err = pull(
+            &reg.client(quick()).await,
+            &reg.reference(&image.manifest.digest),
+            &store,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, PullError::Registry(RegistryError::TooLarge { max, .. }) if max == 4 << 20),
+            "declared={declared}: {err}"
+        );
+        assert!(store_is_empty(dir.path()));
+    }
+}
