@@ -321,3 +321,24 @@ fn a_layout_of_another_version_or_with_a_linked_blob_is_refused() {
     );
     assert!(store_is_empty(store_dir.path()));
 }
+
+#[test]
+fn an_imported_tarball_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = random_name("v");
+    let layout_dir = dir.path().join("layout");
+    let image = layout_with(&layout_dir, &tag);
+    let tarball = dir.path().join("l.tar");
+    tar_layout(&layout_dir, &tarball);
+    let root = dir.path().join("images");
+    let images =
+        gateway::image::ImageStore::open(&root, gateway::image::UnpackLimits::default()).unwrap();
+    let record = Layout::open(&tarball)
+        .unwrap()
+        .import_and_install(&Select::RefName(tag.clone()), &images)
+        .unwrap();
+    assert_eq!(record.pinned, image.manifest.digest);
+    assert!(record.reference.contains(&tag), "{}", record.reference);
+    let rootfs = root.join(gateway::image::ImageStore::rootfs_relative(&record.pinned));
+    assert_eq!(std::fs::read_dir(rootfs.join("data")).unwrap().count(), 2);
+}

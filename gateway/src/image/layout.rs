@@ -21,6 +21,7 @@ use super::blobs::{BlobError, BlobStore};
 use super::digest::Digest;
 use super::oci::{self, Descriptor, Index, Platform};
 use super::transfer::{self, Document, ResolveError, Staged, StoredImage};
+use super::{ImageRecord, ImageStore};
 
 /// `org.opencontainers.image.ref.name`: the tag a layout gives an image.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -94,6 +95,12 @@ pub enum LayoutError {
     Resolve {
         layout: PathBuf,
         source: ResolveError,
+    },
+    #[error("{layout}: installing {select}: {source}")]
+    Install {
+        layout: PathBuf,
+        select: Select,
+        source: Box<super::ImageError>,
     },
 }
 
@@ -495,6 +502,24 @@ impl Layout {
             config: manifest.config,
             layers: manifest.layers,
         })
+    }
+
+    /// Imports the image `select` names into `images`' blobs, then installs it; the record's
+    /// reference is `oci:<layout>` and the selection.
+    pub fn import_and_install(
+        &self,
+        select: &Select,
+        images: &ImageStore,
+    ) -> Result<ImageRecord, LayoutError> {
+        let imported = self.import(select, images.blobs())?;
+        let reference = format!("oci:{}@{select}", self.path.display());
+        images
+            .install(&imported.pinned.digest, imported.pinned.size, &reference)
+            .map_err(|source| LayoutError::Install {
+                layout: self.path.clone(),
+                select: select.clone(),
+                source: Box::new(source),
+            })
     }
 }
 

@@ -12,6 +12,7 @@ use super::oci::{Descriptor, MAX_MANIFEST_BYTES, Platform};
 use super::reference::Reference;
 use super::registry::{RegistryClient, RegistryError};
 use super::transfer::{self, Document, ResolveError, Staged, StoredImage};
+use super::{ImageRecord, ImageStore};
 
 /// Blobs fetched at once.
 const PARALLEL_BLOBS: usize = 3;
@@ -41,6 +42,11 @@ pub enum PullError {
     Resolve(#[from] ResolveError),
     #[error(transparent)]
     Blob(#[from] super::blobs::BlobError),
+    #[error("installing {reference}: {source}")]
+    Install {
+        reference: String,
+        source: Box<super::ImageError>,
+    },
 }
 
 /// Fetches a manifest or index by digest and checks its bytes against it.
@@ -161,4 +167,26 @@ pub async fn pull(
         config: manifest.config,
         layers: manifest.layers,
     })
+}
+
+/// Pulls `reference` into `images`' blobs, then installs it (unpacked, recorded): the record
+/// names the reference it came from.
+pub async fn pull_and_install(
+    client: &RegistryClient,
+    reference: &Reference,
+    images: &ImageStore,
+) -> Result<ImageRecord, PullError> {
+    let pulled = pull(client, reference, images.blobs()).await?;
+    let (images, shown) = (images.clone(), reference.to_string());
+    // Unpacking is blocking file work: off the async workers.
+    tokio::task::spawn_blocking(move || {
+        images
+            .install(&pulled.pinned.digest, pulled.pinned.size, &shown)
+            .map_err(|source| PullError::Install {
+                reference: shown.clone(),
+                source: Box::new(source),
+            })
+    })
+    .await
+    .expect("the install task does not panic")
 }
