@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod egress;
 pub mod image;
+pub mod image_builder;
 pub mod logging;
 pub mod manifest;
 pub mod mcp;

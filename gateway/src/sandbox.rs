@@ -170,6 +170,33 @@ impl SandboxLauncher {
     pub async fn start(&self, server: &ServerRecord) -> Result<Launched, LaunchError> {
         let manifest = Manifest::from_json(&server.manifest)?;
         let (rootfs, image) = self.root_of(server).await?;
+        let job = Job {
+            name: server.name.clone(),
+            rootfs,
+            image,
+            manifest,
+            data_dir: String::new(),
+            approved_ranges: server
+                .approved_ranges
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+            reserved_opt_in: Vec::new(),
+        };
+        Ok(self.start_job(job).await?.0)
+    }
+
+    /// A sandbox for `job`; also returns the helper's id for it.
+    async fn start_job(&self, job: Job) -> Result<(Launched, String), LaunchError> {
+        let Job {
+            name,
+            rootfs,
+            image,
+            manifest,
+            data_dir,
+            approved_ranges,
+            reserved_opt_in,
+        } = job;
         let placeholders = manifest
             .credentials
             .iter()
@@ -177,14 +204,14 @@ impl SandboxLauncher {
             .collect::<Result<Vec<_>, EgressError>>()
             .map_err(LaunchError::Placeholder)?;
         let gateway = gateway_env(&placeholders, PROXY_ADDR_TOKEN, self.proxy_port);
-        let run = plan(&server.name, image.as_ref(), &manifest, &gateway)?;
+        let run = plan(&name, image.as_ref(), &manifest, &gateway)?;
         let spec = SandboxSpec {
-            server: server.name.clone(),
+            server: name.clone(),
             rootfs,
             argv: run.argv,
             env: run.env,
             workdir: run.workdir.unwrap_or_default(),
-            data_dir: String::new(),
+            data_dir,
             ca_bundle: self.ca_bundle.clone(),
             proxy_port: self.proxy_port,
             transparent: manifest.transparent_mode(),
@@ -201,11 +228,8 @@ impl SandboxLauncher {
             expected_peer: Ipv4Addr::UNSPECIFIED,
             manifest: Arc::new(manifest),
             placeholders,
-            approved_ranges: server
-                .approved_ranges
-                .iter()
-                .filter_map(|r| r.parse().ok())
-                .collect(),
+            approved_ranges,
+            reserved_opt_in,
         };
         let proxy = match self.egress_for(egress, &info, fds) {
             Ok(p) => p,
@@ -227,8 +251,8 @@ impl SandboxLauncher {
             stderr: Some(Box::new(receiver(stderr, "stderr")?)),
             guard: Box::new(guard),
         };
-        tracing::info!(server = %server.name, sandbox = %info.id, "server started in a sandbox");
-        Ok(launched)
+        tracing::info!(server = %name, sandbox = %info.id, "server started in a sandbox");
+        Ok((launched, info.id))
     }
 
     /// Where the helper finds `server`'s root (relative to `images_dir`) and the image's run
@@ -315,6 +339,97 @@ fn sender(f: zbus::OwnedFd) -> Result<tokio::net::unix::pipe::Sender, LaunchErro
             source,
         }
     })
+}
+
+/// What a sandbox is started for: an installed server, or an image build's install step.
+struct Job {
+    name: String,
+    rootfs: String,
+    /// The image's run configuration (`None` for a copied directory).
+    image: Option<RunConfig>,
+    manifest: Manifest,
+    data_dir: String,
+    approved_ranges: Vec<ipnet::IpNet>,
+    reserved_opt_in: Vec<IpAddr>,
+}
+
+/// The most of an install step's stdout or stderr kept (the rest is read and dropped).
+const INSTALL_OUTPUT_MAX: usize = 1 << 20;
+
+async fn read_capped(mut from: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (mut kept, mut buf) = (Vec::new(), vec![0u8; 16 << 10]);
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = INSTALL_OUTPUT_MAX.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// An image build's install step: the sandbox runs its command to the end (stdin closed),
+/// and is destroyed, its processes gone, before the builder reads what it left.
+impl crate::image::build::install::SandboxRunner for SandboxLauncher {
+    type Error = LaunchError;
+
+    async fn run(
+        &self,
+        job: crate::image::build::install::InstallSandbox,
+        timeout: std::time::Duration,
+    ) -> Result<crate::image::build::install::Finished, LaunchError> {
+        let (launched, id) = self
+            .start_job(Job {
+                name: job.name,
+                rootfs: job.rootfs,
+                image: None,
+                manifest: job.manifest,
+                data_dir: job.data_dir,
+                approved_ranges: Vec::new(),
+                reserved_opt_in: job.reserved_opt_in,
+            })
+            .await?;
+        let Launched {
+            stdout,
+            stdin,
+            stderr,
+            guard,
+        } = launched;
+        // Held open to the end: the helper ends a sandbox whose stdin the gateway closed.
+        let _stdin = stdin;
+        let both = async {
+            let err = async {
+                match stderr {
+                    Some(e) => read_capped(e).await,
+                    None => Vec::new(),
+                }
+            };
+            tokio::join!(read_capped(stdout), err)
+        };
+        let finished = match tokio::time::timeout(timeout, both).await {
+            Ok((stdout, stderr)) => crate::image::build::install::Finished {
+                stdout,
+                stderr,
+                timed_out: false,
+            },
+            Err(_) => crate::image::build::install::Finished {
+                timed_out: true,
+                ..Default::default()
+            },
+        };
+        // A process that closed its stdio could still be writing to the data dir: the
+        // sandbox goes (its cgroup killed) before anyone reads the output.
+        // (Gone already when the command ended by itself: the helper tears down a sandbox
+        // whose processes all exited.)
+        let helper = self.helper.get().await?;
+        match helper.destroy_sandbox(&id).await {
+            Ok(()) | Err(privhelper_api::HelperError::NotFound(_)) => {}
+            Err(e) => return Err(LaunchError::Refused(Box::new(e))),
+        }
+        drop(guard);
+        Ok(finished)
+    }
 }
 
 impl Launcher for SandboxLauncher {

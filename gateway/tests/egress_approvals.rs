@@ -179,6 +179,7 @@ impl Proxy {
             placeholders: Vec::new(),
             // As if stored before approvals were checked, or written past `server add`.
             approved_ranges: approved,
+            reserved_opt_in: Vec::new(),
         };
         let proxy = EgressProxy::spawn(sb, shared.clone()).await.unwrap();
         Self {

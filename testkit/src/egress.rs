@@ -247,6 +247,7 @@ impl Fixture {
             // The test upstream lives in private space: approved for this server, as an admin
             // would for a homelab service.
             approved_ranges: vec![format!("10.240.{}.0/30", net.index).parse().unwrap()],
+            reserved_opt_in: Vec::new(),
         };
         let proxy = EgressProxy::spawn(sb, shared.clone()).await.unwrap();
         Self {

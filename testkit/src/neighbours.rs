@@ -56,6 +56,7 @@ impl Neighbour {
             manifest: Arc::new(manifest()),
             placeholders: fx.ph.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             approved_ranges: vec![format!("10.240.{}.0/30", fx.net.index).parse().unwrap()],
+            reserved_opt_in: Vec::new(),
         };
         let proxy = EgressProxy::spawn(sb, fx.shared.clone()).await.unwrap();
         Self { ns, proxy }

@@ -80,6 +80,11 @@ impl Netns {
         ino(self.0.metadata().expect("stat netns")) == ino(host)
     }
 
+    /// Another handle on the same namespace.
+    pub fn clone_handle(&self) -> Self {
+        Self(self.0.try_clone().expect("dup netns fd"))
+    }
+
     /// Runs `f` on a new thread inside this namespace; sockets made there stay in it.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let file = self.0.try_clone().expect("dup netns fd");

@@ -253,6 +253,7 @@ pub async fn run_in_sandbox(
             .into_iter()
             .collect(),
         approved_ranges: vec![UPSTREAM_NET.parse().unwrap()],
+        reserved_opt_in: Vec::new(),
     };
     let listeners = Listeners::from_reply(fds).unwrap();
     assert_eq!(listeners.transparent.is_some(), transparent);

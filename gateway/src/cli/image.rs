@@ -1,4 +1,4 @@
-//! `gigmcp image pull|import|list|rm|gc`: the image store at `sandbox.images_dir`.
+//! `gigmcp image pull|import|list|rm|gc` (and `build`, in `build.rs`): the image store at `sandbox.images_dir`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +12,10 @@ use crate::terminal;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ImageCommand {
+    /// Build a reproducible server image from npm:NAME@VERSION, pypi:NAME==VERSION or
+    /// dir:PATH into a new oci-layout directory, and print its digest. The package's install
+    /// scripts run in a sandbox whose egress reaches only the package registry.
+    Build(super::build::BuildCommand),
     /// Pull an image pinned by digest (HOST[:PORT]/REPO[:TAG]@sha256:<hex>) and install it.
     Pull { reference: String },
     /// Import an image from an oci-layout directory or tarball (air-gapped hosts) and install
@@ -49,6 +53,9 @@ pub(super) fn image(
         )
     };
     match command {
+        ImageCommand::Build(_) => {
+            unreachable!("run() builds images before any admin state is opened")
+        }
         ImageCommand::Pull { reference } => installed(out, &admin.image_pull(&reference)?)?,
         ImageCommand::Import { path, digest, name } => {
             let select = match (digest, name) {

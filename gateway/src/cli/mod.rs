@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod build;
 mod image;
 use image::{ImageCommand, image};
 use zeroize::Zeroizing;
@@ -209,6 +210,9 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         None => Config::default(),
     };
+    if let Command::Image(ImageCommand::Build(c)) = &cli.command {
+        return build::build(c, &config, &cli, out);
+    }
     if let Command::Server(
         c @ (ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. }),
     ) = &cli.command

@@ -149,11 +149,16 @@ impl AddressGuard {
 
     /// Steps 1-5: refuses what no approval may open.
     pub fn check_never(&self, ip: IpAddr) -> Result<IpAddr, Forbidden> {
+        if let Some(class) = never_class(effective(ip)) {
+            return Err(Forbidden { address: ip, class });
+        }
+        self.check_local(ip)
+    }
+
+    /// Steps 1 and 3-5: the pool, the gateway's listen addresses and the host's own.
+    fn check_local(&self, ip: IpAddr) -> Result<IpAddr, Forbidden> {
         let eff = effective(ip);
         let refuse = |class| Err(Forbidden { address: ip, class });
-        if let Some(class) = never_class(eff) {
-            return refuse(class);
-        }
         if self.pool.contains(&eff) {
             return refuse(AddressClass::SandboxPool);
         }
@@ -173,21 +178,69 @@ impl AddressGuard {
     }
 }
 
-/// One server's view: the guard and the ranges its admin approved.
+/// One server's view: the guard, the ranges its admin approved and the reserved addresses
+/// the operator opted in to.
 #[derive(Debug, Clone)]
 pub struct ServerAddresses {
     guard: Arc<AddressGuard>,
     approved: Vec<IpNet>,
+    reserved_opt_in: Vec<IpAddr>,
+}
+
+/// Why a reserved-address opt-in is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{address} cannot be opted in: it is {} space, and only reserved or documentation \
+     addresses can be (never loopback, link-local, metadata, private, the sandbox pool, the \
+     gateway's or the host's own)",
+    class.map_or("public", AddressClass::name)
+)]
+pub struct OptInError {
+    pub address: IpAddr,
+    pub class: Option<AddressClass>,
 }
 
 impl ServerAddresses {
     pub fn new(guard: Arc<AddressGuard>, approved: Vec<IpNet>) -> Self {
-        Self { guard, approved }
+        Self {
+            guard,
+            approved,
+            reserved_opt_in: Vec::new(),
+        }
+    }
+
+    /// Also allows these exact addresses of the reserved class (step 2's "reserved,
+    /// documentation"), for a sandbox whose only egress is a package registry that resolves
+    /// there (an operator's mirror on a documentation address: `gigmcp image build
+    /// --registry-address`). Each is refused unless it is reserved and passes steps 3-5: the
+    /// opt-in opens that one class, nothing else.
+    pub fn with_reserved_opt_in(mut self, addresses: &[IpAddr]) -> Result<Self, OptInError> {
+        for &address in addresses {
+            let eff = effective(address);
+            let class = never_class(eff);
+            if class != Some(AddressClass::Reserved) {
+                return Err(OptInError { address, class });
+            }
+            self.guard.check_local(address).map_err(|f| OptInError {
+                address,
+                class: Some(f.class),
+            })?;
+            self.reserved_opt_in.push(eff);
+        }
+        Ok(self)
     }
 
     /// The whole order (steps 1-8) for one address.
     pub fn check(&self, ip: IpAddr) -> Result<(), Forbidden> {
-        let eff = self.guard.check_never(ip)?;
+        let eff = match self.guard.check_never(ip) {
+            Err(f)
+                if f.class == AddressClass::Reserved
+                    && self.reserved_opt_in.contains(&effective(ip)) =>
+            {
+                self.guard.check_local(ip)?
+            }
+            other => other?,
+        };
         if self.approved.iter().any(|n| n.contains(&eff)) {
             return Ok(());
         }
@@ -272,6 +325,38 @@ pub(crate) mod tests {
 
     fn class(s: &ServerAddresses, ip: &str) -> Option<AddressClass> {
         s.check(ip.parse().unwrap()).err().map(|f| f.class)
+    }
+
+    #[test]
+    fn a_reserved_opt_in_opens_that_address_alone_and_nothing_but_reserved_can_be_opted_in() {
+        let g = guard(Fixed(vec!["203.0.113.9/32".parse().unwrap()]));
+        let ip: IpAddr = "203.0.113.80".parse().unwrap();
+        let plain = ServerAddresses::new(g.clone(), vec![]);
+        assert_eq!(class(&plain, "203.0.113.80"), Some(AddressClass::Reserved));
+        let s = ServerAddresses::new(g.clone(), vec![])
+            .with_reserved_opt_in(&[ip])
+            .unwrap();
+        assert_eq!(class(&s, "203.0.113.80"), None);
+        assert_eq!(class(&s, "::ffff:203.0.113.80"), None);
+        assert_eq!(class(&s, "203.0.113.81"), Some(AddressClass::Reserved));
+        assert_eq!(class(&s, "127.0.0.1"), Some(AddressClass::Loopback));
+        for (bad, want) in [
+            ("127.0.0.1", Some(AddressClass::Loopback)),
+            ("169.254.169.254", Some(AddressClass::Metadata)),
+            ("169.254.1.1", Some(AddressClass::LinkLocal)),
+            // Not reserved: refused before steps 3-5 are asked.
+            ("10.231.0.2", None),
+            ("192.168.77.5", None),
+            // Reserved, but the host's own: steps 3-5 still hold.
+            ("203.0.113.9", Some(AddressClass::HostOwn)),
+            ("192.168.1.1", None),
+            ("93.184.216.34", None),
+        ] {
+            let err = ServerAddresses::new(g.clone(), vec![])
+                .with_reserved_opt_in(&[bad.parse().unwrap()])
+                .unwrap_err();
+            assert_eq!(err.class, want, "{bad}");
+        }
     }
 
     #[test]

@@ -58,7 +58,9 @@ use crate::manifest::Manifest;
 use crate::vault::{Vault, VaultError};
 
 pub use address_class::{AddressClass, Forbidden};
-pub use addresses::{AddressGuard, HostsThenSystem, Resolve, StaticResolver, SystemResolver};
+pub use addresses::{
+    AddressGuard, HostsThenSystem, OptInError, Resolve, StaticResolver, SystemResolver,
+};
 pub use approvals::{ApprovalError, check_approval};
 pub use ca::{CA_KEY_SECRET, CacheStats};
 pub use host_addrs::{HostAddrs, HostAddrsError};
@@ -79,6 +81,8 @@ pub enum EgressError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     HostAddrs(#[from] HostAddrsError),
+    #[error(transparent)]
+    OptIn(#[from] OptInError),
 }
 
 /// Limits and timeouts, the same for every sandbox.
@@ -258,4 +262,8 @@ pub struct SandboxEgress {
     /// Private ranges the admin approved for this server (never more than private space: see
     /// [`addresses`] for the order of checks).
     pub approved_ranges: Vec<IpNet>,
+    /// Exact reserved-class addresses the operator opted in to for this sandbox (an image
+    /// build's registry mirror: `addresses::ServerAddresses::with_reserved_opt_in`); empty for
+    /// servers.
+    pub reserved_opt_in: Vec<IpAddr>,
 }

@@ -63,7 +63,9 @@ impl EgressProxy {
             upstream: limits.max_upstream_connections,
         };
         let slots = Arc::new(SandboxSlots::new(caps, shared.slots.clone()));
-        let addresses = ServerAddresses::new(shared.guard.clone(), sb.approved_ranges);
+        let addresses = ServerAddresses::new(shared.guard.clone(), sb.approved_ranges)
+            .with_reserved_opt_in(&sb.reserved_opt_in)
+            .map_err(EgressError::OptIn)?;
         let audit = shared.audit.for_sandbox();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*shared.client_tls).clone())

@@ -9,6 +9,7 @@
 
 mod beneath;
 pub mod blobs;
+pub mod build;
 pub mod digest;
 mod entry;
 mod error;
