@@ -511,6 +511,14 @@ impl Layout {
         select: &Select,
         images: &ImageStore,
     ) -> Result<ImageRecord, LayoutError> {
+        // Held from the first blob to the record: a gc meanwhile would see blobs no record names.
+        let _shared = images
+            .blobs()
+            .shared()
+            .map_err(|source| LayoutError::Blob {
+                layout: self.path.clone(),
+                source,
+            })?;
         let imported = self.import(select, images.blobs())?;
         let reference = format!("oci:{}@{select}", self.path.display());
         images

@@ -176,6 +176,8 @@ pub async fn pull_and_install(
     reference: &Reference,
     images: &ImageStore,
 ) -> Result<ImageRecord, PullError> {
+    // Held from the first blob to the record: a gc meanwhile would see blobs no record names.
+    let _shared = images.blobs().shared().map_err(PullError::Blob)?;
     let pulled = pull(client, reference, images.blobs()).await?;
     let (images, shown) = (images.clone(), reference.to_string());
     // Unpacking is blocking file work: off the async workers.

@@ -46,6 +46,8 @@ use super::unpack::Unpacker;
 
 /// The largest record read back (its config is capped at 8 MiB).
 const MAX_RECORD_BYTES: u64 = 16 << 20;
+/// How long `gc` and `image rm` wait for what is adding to the store to end.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// A file in `tmp/` unchanged for this long belongs to no pull still running.
 const STALE_TMP: Duration = Duration::from_secs(3600);
 
@@ -93,7 +95,9 @@ pub struct ImageStore {
 
 impl ImageStore {
     /// Opens (creating) the store under `root`: empties `tmp/` and removes roots without a
-    /// record (an install that crashed before its commit) and records without a root.
+    /// record (an install that crashed before its commit) and records without a root, when
+    /// no other process is adding to the store ([`StoreLock`](super::blobs::StoreLock)); otherwise that waits for the
+    /// next open or [`Self::gc`].
     pub fn open(root: &Path, limits: UnpackLimits) -> Result<Self, ImageError> {
         limits
             .validate()
@@ -111,7 +115,9 @@ impl ImageStore {
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_at(&dir))?;
         }
-        store.sweep_orphans()?;
+        if let Some(_alone) = store.blobs.try_exclusive()? {
+            store.sweep_orphans()?;
+        }
         Ok(store)
     }
 
@@ -138,6 +144,7 @@ impl ImageStore {
         pinned_size: u64,
         reference: &str,
     ) -> Result<ImageRecord, ImageError> {
+        let _shared = self.blobs.shared()?;
         if let Some(record) = self.get(pinned)? {
             return Ok(record);
         }
@@ -282,6 +289,11 @@ impl ImageStore {
     /// Removes an installed image: its record (first: from then on it is not installed),
     /// its root and its listing. Its blobs stay until [`Self::gc`].
     pub fn remove(&self, pinned: &Digest) -> Result<(), ImageError> {
+        let _alone = self.blobs.exclusive(LOCK_WAIT)?;
+        self.remove_held(pinned)
+    }
+
+    fn remove_held(&self, pinned: &Digest) -> Result<(), ImageError> {
         let record = self.record_path(pinned);
         let root = self.roots_dir().join(pinned.hex());
         if !record.exists() && fs::symlink_metadata(&root).is_err() {
@@ -293,13 +305,15 @@ impl ImageStore {
     }
 
     /// Removes every installed image not in `keep`, then every blob no remaining record
-    /// references, then what is stale in `tmp/`. Run it when no pull is under way: a blob
-    /// pulled but not yet installed is referenced by no record.
+    /// references, then what is stale in `tmp/`. It holds the store exclusively (waiting up to
+    /// [`LOCK_WAIT`] for pulls, imports and installs to end), since a blob pulled but not yet
+    /// installed is referenced by no record.
     pub fn gc(&self, keep: &HashSet<Digest>) -> Result<GcReport, ImageError> {
+        let _alone = self.blobs.exclusive(LOCK_WAIT)?;
         let mut report = GcReport::default();
         for record in self.list()? {
             if !keep.contains(&record.pinned) {
-                self.remove(&record.pinned)?;
+                self.remove_held(&record.pinned)?;
                 report.bytes_freed += record.unpacked_bytes;
                 report.images.push(record.pinned);
             }
