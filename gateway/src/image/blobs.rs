@@ -90,7 +90,7 @@ impl BlobStore {
     fn empty_tmp(&self) -> Result<(), BlobError> {
         let tmp = &self.tmp;
         for entry in fs::read_dir(tmp).map_err(io_at(tmp))? {
-            let path = entry.map_err(io_at(&tmp))?.path();
+            let path = entry.map_err(io_at(tmp))?.path();
             let removed = match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => make_writable_and_remove(&path),
                 Ok(_) => fs::remove_file(&path),
