@@ -282,7 +282,7 @@ fn server_pool(
             pids_max: config.sandbox.server_pids_max,
             cpu_percent: config.sandbox.server_cpu_percent,
         },
-        images: Some(images),
+        images,
     };
     let pool = Arc::new(ServerPool::new(
         store,

@@ -64,6 +64,8 @@ pub enum ImageBuildError {
     Build(#[from] BuildError),
     #[error("the state directory: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("the image store: {0}")]
+    Images(#[from] crate::image::ImageError),
     #[error("the install sandbox's egress proxy: {0}")]
     Egress(#[from] crate::egress::EgressError),
     #[error("the build's vault: {0}")]
@@ -181,7 +183,15 @@ async fn run(
         egress,
         proxy_port: config.sandbox.proxy_port,
         ca_bundle: ca_name,
-        images: None,
+        // The build's own sandboxes run from builder roots, never from an installed image: the
+        // store is opened for the launcher's type, and holds what a --base oci-layout imports.
+        images: Arc::new(
+            crate::image::ImageStore::open(
+                &config.sandbox.images_dir,
+                config.images.unpack.clone(),
+            )
+            .map_err(ImageBuildError::Images)?,
+        ),
         // npm and pip need more than a typical server: at least 1 GiB (the helper caps it).
         limits: Limits {
             memory_max_bytes: config.sandbox.server_memory_max_bytes.max(1 << 30),

@@ -108,8 +108,6 @@ pub enum LaunchError {
         digest: String,
         source: crate::image::ImageError,
     },
-    #[error("image {0}: this launcher has no image store (it runs image builds only)")]
-    NoImageStore(String),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("{0}")]
@@ -142,10 +140,8 @@ pub struct SandboxLauncher {
     pub ca_bundle: String,
     pub limits: Limits,
     /// The store at `sandbox.images_dir` (the one the CLI installs into): an image is
-    /// verified against its recorded tree before every start. `None` for an image build's
-    /// launcher, which runs only its install step: opening the store sweeps what it does not
-    /// record, which could take an image a running daemon is installing.
-    pub images: Option<Arc<ImageStore>>,
+    /// verified against its recorded tree before every start.
+    pub images: Arc<ImageStore>,
 }
 
 /// Keeps a sandbox alive; dropping it stops the proxy and asks the helper to destroy it.
@@ -271,11 +267,7 @@ impl SandboxLauncher {
         }
         let digest = Digest::parse(&server.image_digest)
             .map_err(|_| LaunchError::NotLocalRootfs(server.image_digest.clone()))?;
-        let images = self
-            .images
-            .clone()
-            .ok_or_else(|| LaunchError::NoImageStore(server.image_digest.clone()))?;
-        let pinned = digest.clone();
+        let (images, pinned) = (self.images.clone(), digest.clone());
         let verified = tokio::task::spawn_blocking(move || images.verify(&pinned))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -353,7 +345,7 @@ fn sender(f: zbus::OwnedFd) -> Result<tokio::net::unix::pipe::Sender, LaunchErro
 struct Job {
     name: String,
     rootfs: String,
-    /// The image's run configuration (`None` for a copied directory or a builder root).
+    /// The image's run configuration (`None` for a copied directory).
     image: Option<RunConfig>,
     manifest: Manifest,
     data_dir: String,
@@ -449,10 +441,9 @@ impl Launcher for SandboxLauncher {
 
     fn client_reason(err: &LaunchError) -> &'static str {
         match err {
-            LaunchError::Manifest(_)
-            | LaunchError::NotLocalRootfs(_)
-            | LaunchError::NoImageStore(_)
-            | LaunchError::Plan(_) => "its installed image or manifest cannot be run",
+            LaunchError::Manifest(_) | LaunchError::NotLocalRootfs(_) | LaunchError::Plan(_) => {
+                "its installed image or manifest cannot be run"
+            }
             LaunchError::Image { .. } => {
                 "its image is missing or does not match the digest it was installed with"
             }

@@ -183,7 +183,7 @@ async fn env(outside: &Outside) -> Env {
         egress: shared,
         proxy_port: PROXY_PORT,
         ca_bundle: "gateway-ca.pem".into(),
-        images: None,
+        images: Arc::new(gateway::image::ImageStore::open(&h.images, Default::default()).unwrap()),
         limits: SandboxLimits {
             memory_max_bytes: 1 << 30,
             pids_max: 256,
@@ -275,19 +275,6 @@ fn server_manifest(name: &str, config: &ImageConfig) -> serde_json::Value {
            "command": config.config.entrypoint.clone().unwrap(), "env": env})
 }
 
-/// What `server add` checks of an image's root, for what it would run (the image's config
-/// with the manifest over it).
-fn check_layout(
-    root: &Path,
-    name: &str,
-    manifest: &ServerManifest,
-    config: &ImageConfig,
-) -> Result<(), String> {
-    let plan = gateway::image::plan::plan(name, Some(&config.config), manifest, &[])
-        .map_err(|e| e.to_string())?;
-    gateway::admin::image_layout::check(root, &plan).map_err(|e| e.to_string())
-}
-
 /// Starts the image's server in a sandbox and calls `tool` over MCP (stdio): returns the
 /// tools listed and the call's result.
 async fn run_and_call(
@@ -299,12 +286,15 @@ async fn run_and_call(
     args: serde_json::Value,
 ) -> (Vec<String>, serde_json::Value) {
     let name = format!("img{}", random_hex(3));
-    // Where `server add --rootfs` puts an unsigned copy (`dir:<name>`).
-    let root = env.h.images.join("dirs").join(&name);
+    let root = env
+        .h
+        .images
+        .join(gateway::image::plan::copied_rootfs(&name));
     flatten(layout, manifest, &root);
     let server = server_manifest(&name, config);
     let parsed = ServerManifest::from_json(&server.to_string()).unwrap();
-    check_layout(&root, &name, &parsed, config)
+    let run = gateway::image::plan::plan(&name, Some(&config.config), &parsed, &[]).unwrap();
+    gateway::admin::image_layout::check(&root, &run)
         .unwrap_or_else(|e| panic!("server add would refuse the image: {e}"));
     let record = ServerRecord {
         name: name.clone(),
@@ -591,7 +581,8 @@ fn server_github_at_its_latest_version_builds_with_its_label_and_layout() {
         flatten(&env.out.path().join("gh"), &manifest, &root);
         let server = server_manifest("github", &config);
         let parsed = ServerManifest::from_json(&server.to_string()).unwrap();
-        check_layout(&root, "github", &parsed, &config).unwrap();
+        let run = gateway::image::plan::plan("github", Some(&config.config), &parsed, &[]).unwrap();
+        gateway::admin::image_layout::check(&root, &run).unwrap();
     });
 }
 

@@ -893,3 +893,148 @@ async fn a_pulled_image_is_installed_with_its_reference_recorded() {
     let files = std::fs::read_dir(rootfs.join("data")).unwrap().count();
     assert_eq!(files, 3, "one file from each layer");
 }
+
+#[tokio::test]
+async fn a_pushed_index_pulls_back_resolved_to_this_host() {
+    let reg = Registry::start(RegistryAuth::Basic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let here = TestImage::random(&[1200], Platform::host());
+    let there = TestImage::random(&[1300], other_platform());
+    let index = TestIndex::new(vec![here.clone(), there.clone()]);
+    let layout_dir = dir.path().join("layout");
+    write_layout(&layout_dir, &[("multi", &index.index)], &index.blobs());
+    let layout = Layout::open(&layout_dir).unwrap();
+    let pinned = layout.select(&Select::RefName("multi".into())).unwrap();
+    let target = Reference::parse(&format!("{}/{}:multi", reg.host(), random_name("idx"))).unwrap();
+    let c = client(&reg).await;
+    let digest = push(&c, PushSource::Layout(&layout), &pinned, &target)
+        .await
+        .unwrap();
+    assert_eq!(digest, index.index.digest);
+    let store = BlobStore::open(&dir.path().join("store")).unwrap();
+    let pulled = pull(&c, &target.with_digest(digest), &store).await.unwrap();
+    assert_eq!(pulled.manifest.digest, here.manifest.digest);
+    // The other platform's image went up too: it is in the registry by digest.
+    assert!(
+        c.has_blob(&target.repository, &there.layers[0].digest)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_push_whose_registry_answers_another_digest_fails() {
+    let image = TestImage::random(&[300], Platform::host());
+    let lie = Digest::of(random_name("lie").as_bytes()).to_string();
+    let reg = scripted(
+        &image,
+        false,
+        Box::new(move |s| {
+            Some(match (s.method.as_str(), s.path_and_query.as_str()) {
+                ("HEAD", _) => reply(200, &[], vec![]),
+                ("PUT", p) if p.contains("/manifests/") => {
+                    reply(201, &[("docker-content-digest", lie.as_str())], vec![])
+                }
+                _ => return None,
+            })
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    write_layout(dir.path(), &[("t", &image.manifest)], &image.blobs());
+    let layout = Layout::open(dir.path()).unwrap();
+    let pinned = layout.select(&Select::RefName("t".into())).unwrap();
+    let target = Reference::parse(&format!("{}/hostile/repo:t", reg.server.addr)).unwrap();
+    let err = push(
+        &reg.client(quick()).await,
+        PushSource::Layout(&layout),
+        &pinned,
+        &target,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            gateway::image::push::PushError::Registry(RegistryError::PushedDigest { .. })
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_token_answer_is_refused() {
+    let huge = format!("{{\"token\":\"{}\"}}", "a".repeat(70 << 10));
+    let realm = other_origin(move |_| {
+        streamed(200, &[], huge.clone().into_bytes(), Some(1), Duration::ZERO)
+    })
+    .await;
+    let image = TestImage::random(&[100], Platform::host());
+    let challenge = format!("Bearer realm=\"http://{}/token\"", realm.addr);
+    let reg = scripted(
+        &image,
+        false,
+        Box::new(move |_| {
+            Some(reply(
+                401,
+                &[("www-authenticate", challenge.as_str())],
+                vec![],
+            ))
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let err = pull(
+        &reg.client(quick()).await,
+        &reg.reference(&image.manifest.digest),
+        &store,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Registry(RegistryError::TooLarge { max: 65536, .. })
+        ),
+        "{err}"
+    );
+    assert!(store_is_empty(dir.path()));
+}
+
+#[tokio::test]
+async fn a_top_document_over_the_manifest_cap_is_refused_unread() {
+    let image = TestImage::random(&[100], Platform::host());
+    let wanted = image.manifest.digest.to_string();
+    for declared in [true, false] {
+        let wanted = wanted.clone();
+        let reg = scripted(
+            &image,
+            false,
+            Box::new(move |s| {
+                s.path_and_query.ends_with(&wanted).then(|| {
+                    if declared {
+                        reply(200, &[], vec![b' '; (4 << 20) + 1])
+                    } else {
+                        streamed(200, &[], vec![b' '; 1 << 16], None, Duration::ZERO)
+                    }
+                })
+            }),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let err = pull(
+            &reg.client(quick()).await,
+            &reg.reference(&image.manifest.digest),
+            &store,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, PullError::Registry(RegistryError::TooLarge { max, .. }) if max == 4 << 20),
+            "declared={declared}: {err}"
+        );
+        assert!(store_is_empty(dir.path()));
+    }
+}

@@ -389,8 +389,9 @@ fn community_servers_are_built_pushed_pulled_by_digest_and_called_through_gigmcp
             request.path_and_query
         );
         assert_eq!(
-            request.header("authorization"),
-            Some(format!("Bearer {key}").as_bytes())
+            String::from_utf8_lossy(request.header("authorization").unwrap_or_default()),
+            format!("Bearer {key}"),
+            "what the API received"
         );
         let found: Value = serde_json::from_str(&said).unwrap_or_else(|_| panic!("{said}"));
         assert_eq!(found["items"][0]["login"], query.as_str(), "{said}");

@@ -243,13 +243,13 @@ fn server_everything_runs_sandboxed_behind_the_front() {
                     pids_max: 128,
                     cpu_percent: 100,
                 },
-                images: Some(Arc::new(
+                images: Arc::new(
                     gateway::image::ImageStore::open(
                         &h.images,
                         gateway::image::UnpackLimits::default(),
                     )
                     .unwrap(),
-                )),
+                ),
             };
             let pool = Arc::new(ServerPool::new(
                 store.clone(),

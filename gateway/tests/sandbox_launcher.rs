@@ -67,10 +67,10 @@ fn launcher(
             pids_max: 64,
             cpu_percent: 100,
         },
-        images: Some(Arc::new(
+        images: Arc::new(
             gateway::image::ImageStore::open(&h.images, gateway::image::UnpackLimits::default())
                 .unwrap(),
-        )),
+        ),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::image::digest::Digest;
 use crate::image::layout::{Layout, Select};
 use crate::image::reference::Reference;
 use crate::image::registry::{ClientOptions, RegistryClient};
-use crate::image::resolve::StoredImage;
+use crate::image::transfer::StoredImage;
 use crate::image::{GcReport, ImageRecord, ImageStore, UnpackLimits, pull};
 use crate::store::Store;
 use crate::vault::{SecretName, Vault};

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod build;
 mod image;
 use image::{ImageCommand, image};
 use zeroize::Zeroizing;
@@ -49,8 +50,7 @@ enum Command {
     /// Endpoints (named sets of servers with tool subsets) and their tokens.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
-    /// OCI images: build one from a package; pull, import, list, remove, collect the store
-    /// at sandbox.images_dir.
+    /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
     #[command(subcommand)]
     Image(ImageCommand),
 }
@@ -210,14 +210,8 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         None => Config::default(),
     };
-    if let Command::Image(c @ ImageCommand::Build { .. }) = &cli.command {
-        return image::build(
-            c,
-            &config,
-            &cli.state_dir,
-            cli.master_key_file.as_deref(),
-            out,
-        );
+    if let Command::Image(ImageCommand::Build(c)) = &cli.command {
+        return build::build(c, &config, &cli, out);
     }
     if let Command::Server(
         c @ (ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. }),

@@ -7,8 +7,12 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use super::digest::{Digest, Hasher};
 
@@ -29,6 +33,11 @@ pub enum BlobError {
     Missing(Digest),
     #[error("the image store at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "the image store is in use (a pull, import, build or install is under way; waited \
+         {waited:?}): try again when it has ended"
+    )]
+    Busy { waited: Duration },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
@@ -43,18 +52,45 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
 pub struct BlobStore {
     blobs: PathBuf,
     tmp: PathBuf,
+    lock: PathBuf,
+}
+
+/// A hold on the image store's lock file (`.lock`, `flock`): several processes share the
+/// store (the daemon, each CLI command, a build). What adds to the store (a blob being
+/// written, an install, a whole pull or import from its first blob to its record) holds it
+/// shared; what removes what another process may be using (emptying `tmp/`, gc, `image rm`)
+/// holds it exclusive, so it never deletes a pull's blobs before their record exists or an
+/// install's staging directory. Released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _held: OwnedFd,
 }
 
 impl BlobStore {
-    /// Opens (creating) the store under `root`, removing what a crashed writer left in `tmp/`.
+    /// Opens (creating) the store under `root`, removing what a crashed writer left in `tmp/`
+    /// when no other process is adding to the store (otherwise the leftovers wait for the next
+    /// open or gc).
     pub fn open(root: &Path) -> Result<Self, BlobError> {
         let blobs = root.join("blobs/sha256");
         let tmp = root.join("tmp");
         for dir in [&blobs, &tmp] {
             fs::create_dir_all(dir).map_err(io_at(dir))?;
         }
-        for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
-            let path = entry.map_err(io_at(&tmp))?.path();
+        let store = Self {
+            blobs,
+            tmp,
+            lock: root.join(".lock"),
+        };
+        if let Some(_alone) = store.try_exclusive()? {
+            store.empty_tmp()?;
+        }
+        Ok(store)
+    }
+
+    fn empty_tmp(&self) -> Result<(), BlobError> {
+        let tmp = &self.tmp;
+        for entry in fs::read_dir(tmp).map_err(io_at(tmp))? {
+            let path = entry.map_err(io_at(tmp))?.path();
             let removed = match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => make_writable_and_remove(&path),
                 Ok(_) => fs::remove_file(&path),
@@ -62,7 +98,50 @@ impl BlobStore {
             };
             removed.map_err(io_at(&path))?;
         }
-        Ok(Self { blobs, tmp })
+        Ok(())
+    }
+
+    fn lock_fd(&self) -> Result<OwnedFd, BlobError> {
+        // Read-only is enough for flock, and lets a process of another user that shares the
+        // store (root's CLI beside the gigmcp daemon) take the same lock.
+        rustix::fs::open(
+            &self.lock,
+            OFlags::RDONLY | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| io_at(&self.lock)(e.into()))
+    }
+
+    /// A shared hold (waits while an exclusive one is held: a gc or a sweep, both short).
+    pub fn shared(&self) -> Result<StoreLock, BlobError> {
+        let fd = self.lock_fd()?;
+        rustix::fs::flock(&fd, FlockOperation::LockShared)
+            .map_err(|e| io_at(&self.lock)(e.into()))?;
+        Ok(StoreLock { _held: fd })
+    }
+
+    /// An exclusive hold if nobody holds the lock now.
+    pub fn try_exclusive(&self) -> Result<Option<StoreLock>, BlobError> {
+        let fd = self.lock_fd()?;
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(StoreLock { _held: fd })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(io_at(&self.lock)(e.into())),
+        }
+    }
+
+    /// An exclusive hold, waiting at most `wait` for the shared holders to finish.
+    pub fn exclusive(&self, wait: Duration) -> Result<StoreLock, BlobError> {
+        let start = Instant::now();
+        loop {
+            if let Some(held) = self.try_exclusive()? {
+                return Ok(held);
+            }
+            if start.elapsed() >= wait {
+                return Err(BlobError::Busy { waited: wait });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The store's scratch directory (same filesystem as the blobs, so renames are atomic).
@@ -81,6 +160,7 @@ impl BlobStore {
 
     /// Starts receiving the blob `digest` of exactly `pinned` bytes.
     pub fn writer(&self, digest: &Digest, pinned: u64) -> Result<BlobWriter, BlobError> {
+        let shared = self.shared()?;
         let path = self
             .tmp
             .join(format!("blob-{}-{}", digest.hex(), random_suffix()));
@@ -92,6 +172,7 @@ impl BlobStore {
             .map_err(io_at(&path))?;
         Ok(BlobWriter {
             store: self.clone(),
+            _shared: shared,
             file: Some(file),
             path,
             digest: digest.clone(),
@@ -167,6 +248,7 @@ impl BlobStore {
 #[derive(Debug)]
 pub struct BlobWriter {
     store: BlobStore,
+    _shared: StoreLock,
     file: Option<File>,
     path: PathBuf,
     digest: Digest,
@@ -387,11 +469,35 @@ mod tests {
     }
 
     #[test]
+    fn another_process_opening_the_store_leaves_a_blob_in_progress_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = b"a layer still arriving";
+        let d = Digest::of(data);
+        let mut w = store.writer(&d, data.len() as u64).unwrap();
+        w.write(&data[..5]).unwrap();
+        // A second opener (another CLI command, the daemon starting) finds the store in use:
+        // the writer's temp file stays, and gc or rm cannot take the store meanwhile.
+        let other = BlobStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(other.tmp_dir()).unwrap().count(), 1);
+        assert!(matches!(
+            other.exclusive(Duration::from_millis(120)),
+            Err(BlobError::Busy { .. })
+        ));
+        w.write(&data[5..]).unwrap();
+        assert_eq!(w.commit().unwrap(), d);
+        // Once nothing is being added, the store can be held alone again.
+        assert!(other.exclusive(Duration::from_millis(120)).is_ok());
+        assert!(other.contains(&d));
+    }
+
+    #[test]
     fn opening_the_store_removes_what_a_crashed_writer_left() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        let w = store.writer(&Digest::of(b"x"), 1).unwrap();
-        std::mem::forget(w); // as a crash would
+        // What a writer killed mid-blob leaves: its file, and no lock (a dead process holds
+        // no flock).
+        fs::write(store.tmp_dir().join("blob-x-1"), b"partial").unwrap();
         fs::create_dir_all(store.tmp_dir().join("unpack-1/a")).unwrap();
         fs::set_permissions(
             store.tmp_dir().join("unpack-1"),

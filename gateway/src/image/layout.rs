@@ -20,7 +20,7 @@ use nix::fcntl::OFlag;
 use super::blobs::{BlobError, BlobStore};
 use super::digest::Digest;
 use super::oci::{self, Descriptor, Index, Platform};
-use super::resolve::{self, Document, ResolveError, Staged, StoredImage};
+use super::transfer::{self, Document, ResolveError, Staged, StoredImage};
 use super::{ImageRecord, ImageStore};
 
 /// `org.opencontainers.image.ref.name`: the tag a layout gives an image.
@@ -448,7 +448,7 @@ impl Layout {
             layout: self.path.clone(),
             source,
         };
-        resolve::check_manifest_descriptor(d).map_err(resolve_err)?;
+        transfer::check_manifest_descriptor(d).map_err(resolve_err)?;
         self.copy_blob(d, store, staged)?;
         let bytes = store
             .read_small(&d.digest, d.size, oci::MAX_MANIFEST_BYTES)
@@ -456,7 +456,7 @@ impl Layout {
                 layout: self.path.clone(),
                 source,
             })?;
-        Ok(resolve::classify(&d.digest, &bytes, Some(&d.media_type))
+        Ok(transfer::classify(&d.digest, &bytes, Some(&d.media_type))
             .map_err(resolve_err)?
             .1)
     }
@@ -491,7 +491,7 @@ impl Layout {
                 }
             }
         };
-        resolve::check_manifest(&manifest_desc.digest, &manifest).map_err(resolve_err)?;
+        transfer::check_manifest(&manifest_desc.digest, &manifest).map_err(resolve_err)?;
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
             self.copy_blob(blob, store, &mut staged)?;
         }
@@ -511,6 +511,14 @@ impl Layout {
         select: &Select,
         images: &ImageStore,
     ) -> Result<ImageRecord, LayoutError> {
+        // Held from the first blob to the record: a gc meanwhile would see blobs no record names.
+        let _shared = images
+            .blobs()
+            .shared()
+            .map_err(|source| LayoutError::Blob {
+                layout: self.path.clone(),
+                source,
+            })?;
         let imported = self.import(select, images.blobs())?;
         let reference = format!("oci:{}@{select}", self.path.display());
         images

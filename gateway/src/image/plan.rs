@@ -29,13 +29,14 @@ pub fn copied_rootfs(name: &str) -> String {
 }
 
 /// Variables naming the CA bundle, for the clients that read one (OpenSSL, curl, Python
-/// requests, Node, git).
-const CA_VARIABLES: [&str; 5] = [
+/// requests, Node, git, pip).
+const CA_VARIABLES: [&str; 6] = [
     "SSL_CERT_FILE",
     "CURL_CA_BUNDLE",
     "REQUESTS_CA_BUNDLE",
     "NODE_EXTRA_CA_CERTS",
     "GIT_SSL_CAINFO",
+    "PIP_CERT",
 ];
 
 /// The sandbox's uid and gid, whatever the image asks for.

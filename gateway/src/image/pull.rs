@@ -11,7 +11,7 @@ use super::digest::Digest;
 use super::oci::{Descriptor, MAX_MANIFEST_BYTES, Platform};
 use super::reference::Reference;
 use super::registry::{RegistryClient, RegistryError};
-use super::resolve::{self, Document, ResolveError, Staged, StoredImage};
+use super::transfer::{self, Document, ResolveError, Staged, StoredImage};
 use super::{ImageRecord, ImageStore};
 
 /// Blobs fetched at once.
@@ -81,7 +81,7 @@ pub async fn pull(
     let mut staged = Staged::new(store);
 
     let (bytes, label) = fetch_document(client, repo, &digest, MAX_MANIFEST_BYTES).await?;
-    let (media_type, doc) = resolve::classify(&digest, &bytes, label.as_deref())?;
+    let (media_type, doc) = transfer::classify(&digest, &bytes, label.as_deref())?;
     staged.put_document(&digest, &bytes)?;
     let pinned = Descriptor {
         media_type,
@@ -100,7 +100,7 @@ pub async fn pull(
                     source,
                 })?
                 .clone();
-            resolve::check_manifest_descriptor(&chosen)?;
+            transfer::check_manifest_descriptor(&chosen)?;
             let (bytes, label) = fetch_document(client, repo, &chosen.digest, chosen.size).await?;
             if bytes.len() as u64 != chosen.size {
                 return Err(PullError::ManifestSize {
@@ -110,7 +110,7 @@ pub async fn pull(
                 });
             }
             let label = label.or_else(|| Some(chosen.media_type.clone()));
-            match resolve::classify(&chosen.digest, &bytes, label.as_deref())? {
+            match transfer::classify(&chosen.digest, &bytes, label.as_deref())? {
                 (_, Document::Manifest(m)) => {
                     staged.put_document(&chosen.digest, &bytes)?;
                     (chosen, m)
@@ -124,7 +124,7 @@ pub async fn pull(
             }
         }
     };
-    resolve::check_manifest(&manifest_desc.digest, &manifest)?;
+    transfer::check_manifest(&manifest_desc.digest, &manifest)?;
 
     // A few blobs at once: each connection's TLS and HTTP work runs in its own task (on
     // another core when there is one) while this one hashes and writes.
@@ -176,6 +176,8 @@ pub async fn pull_and_install(
     reference: &Reference,
     images: &ImageStore,
 ) -> Result<ImageRecord, PullError> {
+    // Held from the first blob to the record: a gc meanwhile would see blobs no record names.
+    let _shared = images.blobs().shared().map_err(PullError::Blob)?;
     let pulled = pull(client, reference, images.blobs()).await?;
     let (images, shown) = (images.clone(), reference.to_string());
     // Unpacking is blocking file work: off the async workers.

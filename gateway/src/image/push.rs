@@ -14,7 +14,7 @@ use super::layout::{Layout, LayoutError};
 use super::oci::{self, Descriptor};
 use super::reference::Reference;
 use super::registry::{RegistryClient, RegistryError};
-use super::resolve::{self, Document, ResolveError};
+use super::transfer::{self, Document, ResolveError};
 
 /// Where the image's blobs are read from.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +73,7 @@ impl PushSource<'_> {
 
     /// A document's bytes, verified.
     fn document(&self, d: &Descriptor) -> Result<(Bytes, Document), PushError> {
-        resolve::check_manifest_descriptor(d)?;
+        transfer::check_manifest_descriptor(d)?;
         let path = self.sized(d)?;
         let bytes = std::fs::read(&path).map_err(|e| PushError::Blob {
             digest: d.digest.clone(),
@@ -87,7 +87,7 @@ impl PushSource<'_> {
                 reason: "its bytes do not match its digest".into(),
             });
         }
-        let (_, doc) = resolve::classify(&d.digest, &bytes, Some(&d.media_type))?;
+        let (_, doc) = transfer::classify(&d.digest, &bytes, Some(&d.media_type))?;
         Ok((Bytes::from(bytes), doc))
     }
 }
@@ -118,7 +118,7 @@ async fn push_manifest(
     m: &oci::Manifest,
     tag_or_digest: &str,
 ) -> Result<Digest, PushError> {
-    resolve::check_manifest(&d.digest, m)?;
+    transfer::check_manifest(&d.digest, m)?;
     for blob in std::iter::once(&m.config).chain(&m.layers) {
         push_blob(client, source, repository, blob).await?;
     }

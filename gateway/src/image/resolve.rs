@@ -1,252 +1,146 @@
-//! What pull and import share once a document's bytes are in hand: which kind of document it
-//! is (its own `mediaType` first, the transport's label only when it has none, since the
-//! bytes are what was pinned), what a manifest may reference (a config and layers of types we
-//! read, within the size caps), and the rollback that makes a refused transfer leave nothing:
-//! every blob it added to the store is removed again unless the whole image arrived.
+//! What a pinned digest names, resolved and checked before anything is unpacked: the pinned
+//! document (a manifest, or an index resolved to this host's platform), its config (this
+//! host's OS and architecture, one diff_id per layer) and its layers (media types we unpack,
+//! no more than the limit). Every blob is read from the store, verified, with the size its
+//! descriptor pinned as its cap.
 
-use super::blobs::{BlobError, BlobStore};
+use serde::Deserialize;
+
+use super::blobs::BlobStore;
 use super::digest::Digest;
-use super::oci::{self, Descriptor, DocumentError, Index, Manifest};
+use super::entry::UnpackError;
+use super::error::ImageError;
+use super::limits::UnpackLimits;
+use super::oci::{
+    self, Descriptor, DocumentError, ImageConfig, Index, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
+    Manifest, Platform,
+};
 
-/// An image whose every blob is in the store, each verified against its digest and size.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredImage {
-    /// The document the caller pinned: a manifest, or an index resolved to `manifest`.
-    pub pinned: Descriptor,
-    /// The host platform's manifest (equal to `pinned` when a manifest was pinned).
-    pub manifest: Descriptor,
-    pub config: Descriptor,
-    /// Bottom first.
-    pub layers: Vec<Descriptor>,
-}
-
-impl StoredImage {
-    /// Every blob the image consists of: the pinned document, the chosen manifest (when it
-    /// differs), the config, the layers.
-    pub fn blobs(&self) -> Vec<&Descriptor> {
-        let mut out = vec![&self.pinned];
-        if self.manifest.digest != self.pinned.digest {
-            out.push(&self.manifest);
-        }
-        out.push(&self.config);
-        out.extend(&self.layers);
-        out
-    }
-}
-
-/// Why an image's documents are refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error("{digest}: {source}")]
-    Document {
-        digest: Digest,
-        source: DocumentError,
-    },
-    #[error("{digest} has media type {media_type:?}, neither an image manifest nor an index")]
-    MediaType { digest: Digest, media_type: String },
-    #[error("{digest} is an index inside an index (only one level is read)")]
-    NestedIndex { digest: Digest },
-    #[error("manifest {manifest}: config {config} has media type {media_type:?}")]
-    ConfigType {
-        manifest: Digest,
-        config: Digest,
-        media_type: String,
-    },
-    #[error(
-        "manifest {manifest}: layer {layer} has media type {media_type:?} (tar, tar+gzip and \
-         tar+zstd layers are read; foreign and non-distributable ones are not)"
-    )]
-    LayerType {
-        manifest: Digest,
-        layer: Digest,
-        media_type: String,
-    },
-    #[error("{what} {digest} claims {size} bytes, over the {max}-byte limit")]
-    TooLarge {
-        what: &'static str,
-        digest: Digest,
-        size: u64,
-        max: u64,
-    },
-}
-
-/// A manifest or an index.
+/// An image ready to unpack.
 #[derive(Debug)]
-pub enum Document {
-    Manifest(Manifest),
-    Index(Index),
+pub struct Resolved {
+    pub pinned_media_type: String,
+    pub manifest_descriptor: Descriptor,
+    pub manifest: Manifest,
+    pub config: ImageConfig,
 }
 
-/// Reads `bytes` (already verified as `digest`) as a manifest or an index.
-pub fn classify(
-    digest: &Digest,
-    bytes: &[u8],
-    label: Option<&str>,
-) -> Result<(String, Document), ResolveError> {
-    #[derive(serde::Deserialize)]
+/// What a pinned digest names, resolved and checked before anything is unpacked.
+pub fn resolve(
+    blobs: &BlobStore,
+    limits: &UnpackLimits,
+    pinned: &Digest,
+    pinned_size: u64,
+) -> Result<Resolved, ImageError> {
+    let document = |digest: &Digest| {
+        let digest = digest.clone();
+        move |source| ImageError::Document { digest, source }
+    };
+    let bytes = blobs.read_small(pinned, pinned_size, MAX_MANIFEST_BYTES)?;
+    #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {
         media_type: Option<String>,
+        manifests: Option<serde::de::IgnoredAny>,
+        layers: Option<serde::de::IgnoredAny>,
     }
-    let doc_error = |source| ResolveError::Document {
-        digest: digest.clone(),
-        source,
-    };
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| {
-        doc_error(DocumentError::Invalid {
-            what: "image document",
+    let probe: Probe = serde_json::from_slice(&bytes).map_err(|e| ImageError::Document {
+        digest: pinned.clone(),
+        source: DocumentError::Invalid {
+            what: "pinned document",
             message: e.to_string(),
-        })
+        },
     })?;
-    let media_type = probe
-        .media_type
-        .or_else(|| label.map(str::to_owned))
-        .unwrap_or_default();
-    let doc = if oci::is_manifest(&media_type) {
-        Document::Manifest(Manifest::parse(bytes).map_err(doc_error)?)
-    } else if oci::is_index(&media_type) {
-        Document::Index(Index::parse(bytes).map_err(doc_error)?)
-    } else {
-        return Err(ResolveError::MediaType {
-            digest: digest.clone(),
-            media_type,
-        });
+    let is_index = match probe.media_type.as_deref() {
+        Some(t) if oci::is_index(t) => true,
+        Some(t) if oci::is_manifest(t) => false,
+        None if probe.manifests.is_some() => true,
+        None if probe.layers.is_some() => false,
+        other => {
+            return Err(ImageError::UnsupportedMediaType {
+                digest: pinned.clone(),
+                media_type: other.unwrap_or("(none)").into(),
+            });
+        }
     };
-    Ok((media_type, doc))
-}
-
-/// A manifest descriptor an index points at, within the manifest cap.
-pub fn check_manifest_descriptor(d: &Descriptor) -> Result<(), ResolveError> {
-    if d.size > oci::MAX_MANIFEST_BYTES {
-        return Err(ResolveError::TooLarge {
-            what: "manifest",
-            digest: d.digest.clone(),
-            size: d.size,
-            max: oci::MAX_MANIFEST_BYTES,
+    let (manifest_descriptor, manifest_bytes, pinned_media_type) = if is_index {
+        let index = Index::parse(&bytes).map_err(document(pinned))?;
+        let entry = index
+            .pick(&Platform::host())
+            .map_err(document(pinned))?
+            .clone();
+        let bytes = blobs.read_small(&entry.digest, entry.size, MAX_MANIFEST_BYTES)?;
+        let media = probe
+            .media_type
+            .unwrap_or_else(|| oci::MEDIA_OCI_INDEX.into());
+        (entry, bytes, media)
+    } else {
+        let media = probe
+            .media_type
+            .unwrap_or_else(|| oci::MEDIA_OCI_MANIFEST.into());
+        let descriptor = Descriptor {
+            media_type: media.clone(),
+            digest: pinned.clone(),
+            size: pinned_size,
+            platform: None,
+            annotations: Default::default(),
+        };
+        (descriptor, bytes, media)
+    };
+    let md = &manifest_descriptor.digest;
+    let manifest = Manifest::parse(&manifest_bytes).map_err(document(md))?;
+    if let Some(t) = &manifest.media_type
+        && !oci::is_manifest(t)
+    {
+        return Err(ImageError::UnsupportedMediaType {
+            digest: md.clone(),
+            media_type: t.clone(),
         });
     }
-    Ok(())
-}
-
-/// Refuses a manifest whose config or layers we would not read.
-pub fn check_manifest(digest: &Digest, m: &Manifest) -> Result<(), ResolveError> {
-    if !matches!(
-        m.config.media_type.as_str(),
-        oci::MEDIA_OCI_CONFIG | oci::MEDIA_DOCKER_CONFIG
-    ) {
-        return Err(ResolveError::ConfigType {
-            manifest: digest.clone(),
-            config: m.config.digest.clone(),
-            media_type: m.config.media_type.clone(),
+    let config_type = manifest.config.media_type.as_str();
+    if config_type != oci::MEDIA_OCI_CONFIG && config_type != oci::MEDIA_DOCKER_CONFIG {
+        return Err(ImageError::UnsupportedMediaType {
+            digest: manifest.config.digest.clone(),
+            media_type: config_type.into(),
         });
     }
-    if m.config.size > oci::MAX_CONFIG_BYTES {
-        return Err(ResolveError::TooLarge {
-            what: "config",
-            digest: m.config.digest.clone(),
-            size: m.config.size,
-            max: oci::MAX_CONFIG_BYTES,
+    let config_bytes = blobs.read_small(
+        &manifest.config.digest,
+        manifest.config.size,
+        MAX_CONFIG_BYTES,
+    )?;
+    let config = ImageConfig::parse(&config_bytes).map_err(document(&manifest.config.digest))?;
+    let host = Platform::host();
+    if config.os != host.os || config.architecture != host.architecture {
+        return Err(ImageError::Platform {
+            want: format!("{}/{}", host.os, host.architecture),
+            got: format!("{}/{}", config.os, config.architecture),
         });
     }
-    for layer in &m.layers {
+    if manifest.layers.len() > limits.max_layers {
+        return Err(ImageError::Refused(Box::new(UnpackError::TooManyLayers {
+            count: manifest.layers.len(),
+            limit: limits.max_layers,
+        })));
+    }
+    if manifest.layers.len() != config.rootfs.diff_ids.len() {
+        return Err(ImageError::DiffIdCount {
+            layers: manifest.layers.len(),
+            diff_ids: config.rootfs.diff_ids.len(),
+        });
+    }
+    for layer in &manifest.layers {
         if oci::layer_compression(&layer.media_type).is_none() {
-            return Err(ResolveError::LayerType {
-                manifest: digest.clone(),
-                layer: layer.digest.clone(),
+            return Err(ImageError::UnsupportedMediaType {
+                digest: layer.digest.clone(),
                 media_type: layer.media_type.clone(),
             });
         }
     }
-    Ok(())
-}
-
-/// The blobs a transfer added to the store, removed again on drop unless kept.
-#[derive(Debug)]
-pub struct Staged<'a> {
-    store: &'a BlobStore,
-    added: Vec<Digest>,
-}
-
-impl<'a> Staged<'a> {
-    pub fn new(store: &'a BlobStore) -> Self {
-        Self {
-            store,
-            added: Vec::new(),
-        }
-    }
-
-    /// Records a blob this transfer committed (one that was not there before).
-    pub fn added(&mut self, digest: Digest) {
-        self.added.push(digest);
-    }
-
-    /// Stores verified document bytes (a manifest or index) under `digest`.
-    pub fn put_document(&mut self, digest: &Digest, bytes: &[u8]) -> Result<(), BlobError> {
-        if self.store.contains(digest) {
-            return Ok(());
-        }
-        let mut w = self.store.writer(digest, bytes.len() as u64)?;
-        w.write(bytes)?;
-        w.commit()?;
-        self.added(digest.clone());
-        Ok(())
-    }
-
-    /// The transfer succeeded: what it added stays.
-    pub fn keep(mut self) {
-        self.added.clear();
-    }
-}
-
-impl Drop for Staged<'_> {
-    fn drop(&mut self) {
-        for d in &self.added {
-            let _ = self.store.remove(d);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_document_says_what_it_is_before_the_transport_does() {
-        let d = Digest::of(b"x");
-        let index = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[]}}"#,
-            oci::MEDIA_OCI_INDEX
-        );
-        let (mt, doc) = classify(&d, index.as_bytes(), Some(oci::MEDIA_OCI_MANIFEST)).unwrap();
-        assert_eq!(mt, oci::MEDIA_OCI_INDEX);
-        assert!(matches!(doc, Document::Index(_)));
-        let bare = r#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(
-            classify(&d, bare.as_bytes(), Some(oci::MEDIA_DOCKER_LIST))
-                .unwrap()
-                .1,
-            Document::Index(_)
-        ));
-        let e = classify(&d, bare.as_bytes(), Some("text/plain")).unwrap_err();
-        assert!(e.to_string().contains("text/plain"), "{e}");
-    }
-
-    #[test]
-    fn a_dropped_transfer_removes_what_it_added_and_only_that() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
-        let before = Digest::of(b"old");
-        Staged::new(&store).put_document(&before, b"old").ok();
-        assert!(!store.contains(&before), "dropped without keep");
-        let mut kept = Staged::new(&store);
-        kept.put_document(&before, b"old").unwrap();
-        kept.keep();
-        let mut s = Staged::new(&store);
-        s.put_document(&before, b"old").unwrap();
-        let new = Digest::of(b"new");
-        s.put_document(&new, b"new").unwrap();
-        drop(s);
-        assert!(store.contains(&before), "it was there before");
-        assert!(!store.contains(&new));
-    }
+    Ok(Resolved {
+        pinned_media_type,
+        manifest_descriptor,
+        manifest,
+        config,
+    })
 }

@@ -35,70 +35,21 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use super::beneath;
-use super::blobs::{BlobError, BlobStore};
+use super::blobs::BlobStore;
 use super::digest::Digest;
+use super::error::{ImageError, io_at};
 use super::limits::UnpackLimits;
-use super::oci::{
-    self, Descriptor, DocumentError, ImageConfig, Index, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
-    Manifest, Platform,
-};
+use super::oci::{self, Descriptor, ImageConfig};
+use super::resolve::resolve;
 use super::tree::{self, TreeError};
-use super::unpack::{UnpackError, Unpacker};
+use super::unpack::Unpacker;
 
 /// The largest record read back (its config is capped at 8 MiB).
 const MAX_RECORD_BYTES: u64 = 16 << 20;
+/// How long `gc` and `image rm` wait for what is adding to the store to end.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// A file in `tmp/` unchanged for this long belongs to no pull still running.
 const STALE_TMP: Duration = Duration::from_secs(3600);
-
-/// Why an image could not be installed, found, checked or removed.
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error(transparent)]
-    Blob(#[from] BlobError),
-    #[error("{digest}: {source}")]
-    Document {
-        digest: Digest,
-        #[source]
-        source: DocumentError,
-    },
-    #[error("{digest} has media type {media_type:?}, which is not one this store installs")]
-    UnsupportedMediaType { digest: Digest, media_type: String },
-    #[error("the image is built for {got}, not for this host ({want})")]
-    Platform { want: String, got: String },
-    #[error("the manifest lists {layers} layers but its config {diff_ids} diff_ids")]
-    DiffIdCount { layers: usize, diff_ids: usize },
-    #[error("layer {index} ({layer}): {source}")]
-    Unpack {
-        index: usize,
-        layer: Digest,
-        #[source]
-        source: Box<UnpackError>,
-    },
-    #[error(transparent)]
-    Refused(Box<UnpackError>),
-    #[error("image {digest} changed on disk since it was installed{}", path.as_ref().map(|p| format!(" (first difference: {p})")).unwrap_or_default())]
-    Tampered {
-        digest: Digest,
-        path: Option<String>,
-    },
-    #[error("image {0} is not installed")]
-    NotInstalled(Digest),
-    #[error("the record {path}: {message}")]
-    Record { path: PathBuf, message: String },
-    #[error("images.{key}: {message}")]
-    Limits { key: &'static str, message: String },
-    #[error(transparent)]
-    Tree(#[from] TreeError),
-    #[error("the image store at {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-}
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// An installed image: what was pinned, what it resolved to, and the digest of its tree.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,7 +95,9 @@ pub struct ImageStore {
 
 impl ImageStore {
     /// Opens (creating) the store under `root`: empties `tmp/` and removes roots without a
-    /// record (an install that crashed before its commit) and records without a root.
+    /// record (an install that crashed before its commit) and records without a root, when
+    /// no other process is adding to the store ([`StoreLock`](super::blobs::StoreLock)); otherwise that waits for the
+    /// next open or [`Self::gc`].
     pub fn open(root: &Path, limits: UnpackLimits) -> Result<Self, ImageError> {
         limits
             .validate()
@@ -162,7 +115,9 @@ impl ImageStore {
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_at(&dir))?;
         }
-        store.sweep_orphans()?;
+        if let Some(_alone) = store.blobs.try_exclusive()? {
+            store.sweep_orphans()?;
+        }
         Ok(store)
     }
 
@@ -189,10 +144,11 @@ impl ImageStore {
         pinned_size: u64,
         reference: &str,
     ) -> Result<ImageRecord, ImageError> {
+        let _shared = self.blobs.shared()?;
         if let Some(record) = self.get(pinned)? {
             return Ok(record);
         }
-        let resolved = self.resolve(pinned, pinned_size)?;
+        let resolved = resolve(&self.blobs, &self.limits, pinned, pinned_size)?;
         let staging = Staging::new(self.blobs.tmp_dir())?;
         let rootfs = staging.path.join("rootfs");
         fs::create_dir(&rootfs).map_err(io_at(&rootfs))?;
@@ -333,6 +289,11 @@ impl ImageStore {
     /// Removes an installed image: its record (first: from then on it is not installed),
     /// its root and its listing. Its blobs stay until [`Self::gc`].
     pub fn remove(&self, pinned: &Digest) -> Result<(), ImageError> {
+        let _alone = self.blobs.exclusive(LOCK_WAIT)?;
+        self.remove_held(pinned)
+    }
+
+    fn remove_held(&self, pinned: &Digest) -> Result<(), ImageError> {
         let record = self.record_path(pinned);
         let root = self.roots_dir().join(pinned.hex());
         if !record.exists() && fs::symlink_metadata(&root).is_err() {
@@ -344,13 +305,15 @@ impl ImageStore {
     }
 
     /// Removes every installed image not in `keep`, then every blob no remaining record
-    /// references, then what is stale in `tmp/`. Run it when no pull is under way: a blob
-    /// pulled but not yet installed is referenced by no record.
+    /// references, then what is stale in `tmp/`. It holds the store exclusively (waiting up to
+    /// [`LOCK_WAIT`] for pulls, imports and installs to end), since a blob pulled but not yet
+    /// installed is referenced by no record.
     pub fn gc(&self, keep: &HashSet<Digest>) -> Result<GcReport, ImageError> {
+        let _alone = self.blobs.exclusive(LOCK_WAIT)?;
         let mut report = GcReport::default();
         for record in self.list()? {
             if !keep.contains(&record.pinned) {
-                self.remove(&record.pinned)?;
+                self.remove_held(&record.pinned)?;
                 report.bytes_freed += record.unpacked_bytes;
                 report.images.push(record.pinned);
             }
@@ -449,133 +412,6 @@ impl ImageStore {
         }
         Ok(())
     }
-
-    /// What a pinned digest names, resolved and checked before anything is unpacked.
-    fn resolve(&self, pinned: &Digest, pinned_size: u64) -> Result<Resolved, ImageError> {
-        let document = |digest: &Digest| {
-            let digest = digest.clone();
-            move |source| ImageError::Document { digest, source }
-        };
-        let bytes = self
-            .blobs
-            .read_small(pinned, pinned_size, MAX_MANIFEST_BYTES)?;
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Probe {
-            media_type: Option<String>,
-            manifests: Option<serde::de::IgnoredAny>,
-            layers: Option<serde::de::IgnoredAny>,
-        }
-        let probe: Probe = serde_json::from_slice(&bytes).map_err(|e| ImageError::Document {
-            digest: pinned.clone(),
-            source: DocumentError::Invalid {
-                what: "pinned document",
-                message: e.to_string(),
-            },
-        })?;
-        let is_index = match probe.media_type.as_deref() {
-            Some(t) if oci::is_index(t) => true,
-            Some(t) if oci::is_manifest(t) => false,
-            None if probe.manifests.is_some() => true,
-            None if probe.layers.is_some() => false,
-            other => {
-                return Err(ImageError::UnsupportedMediaType {
-                    digest: pinned.clone(),
-                    media_type: other.unwrap_or("(none)").into(),
-                });
-            }
-        };
-        let (manifest_descriptor, manifest_bytes, pinned_media_type) = if is_index {
-            let index = Index::parse(&bytes).map_err(document(pinned))?;
-            let entry = index
-                .pick(&Platform::host())
-                .map_err(document(pinned))?
-                .clone();
-            let bytes = self
-                .blobs
-                .read_small(&entry.digest, entry.size, MAX_MANIFEST_BYTES)?;
-            let media = probe
-                .media_type
-                .unwrap_or_else(|| oci::MEDIA_OCI_INDEX.into());
-            (entry, bytes, media)
-        } else {
-            let media = probe
-                .media_type
-                .unwrap_or_else(|| oci::MEDIA_OCI_MANIFEST.into());
-            let descriptor = Descriptor {
-                media_type: media.clone(),
-                digest: pinned.clone(),
-                size: pinned_size,
-                platform: None,
-                annotations: Default::default(),
-            };
-            (descriptor, bytes, media)
-        };
-        let md = &manifest_descriptor.digest;
-        let manifest = Manifest::parse(&manifest_bytes).map_err(document(md))?;
-        if let Some(t) = &manifest.media_type
-            && !oci::is_manifest(t)
-        {
-            return Err(ImageError::UnsupportedMediaType {
-                digest: md.clone(),
-                media_type: t.clone(),
-            });
-        }
-        let config_type = manifest.config.media_type.as_str();
-        if config_type != oci::MEDIA_OCI_CONFIG && config_type != oci::MEDIA_DOCKER_CONFIG {
-            return Err(ImageError::UnsupportedMediaType {
-                digest: manifest.config.digest.clone(),
-                media_type: config_type.into(),
-            });
-        }
-        let config_bytes = self.blobs.read_small(
-            &manifest.config.digest,
-            manifest.config.size,
-            MAX_CONFIG_BYTES,
-        )?;
-        let config =
-            ImageConfig::parse(&config_bytes).map_err(document(&manifest.config.digest))?;
-        let host = Platform::host();
-        if config.os != host.os || config.architecture != host.architecture {
-            return Err(ImageError::Platform {
-                want: format!("{}/{}", host.os, host.architecture),
-                got: format!("{}/{}", config.os, config.architecture),
-            });
-        }
-        if manifest.layers.len() > self.limits.max_layers {
-            return Err(ImageError::Refused(Box::new(UnpackError::TooManyLayers {
-                count: manifest.layers.len(),
-                limit: self.limits.max_layers,
-            })));
-        }
-        if manifest.layers.len() != config.rootfs.diff_ids.len() {
-            return Err(ImageError::DiffIdCount {
-                layers: manifest.layers.len(),
-                diff_ids: config.rootfs.diff_ids.len(),
-            });
-        }
-        for layer in &manifest.layers {
-            if oci::layer_compression(&layer.media_type).is_none() {
-                return Err(ImageError::UnsupportedMediaType {
-                    digest: layer.digest.clone(),
-                    media_type: layer.media_type.clone(),
-                });
-            }
-        }
-        Ok(Resolved {
-            pinned_media_type,
-            manifest_descriptor,
-            manifest,
-            config,
-        })
-    }
-}
-
-struct Resolved {
-    pinned_media_type: String,
-    manifest_descriptor: Descriptor,
-    manifest: Manifest,
-    config: ImageConfig,
 }
 
 /// `tmp/unpack-<random>`, locked while the install runs (so GC leaves it alone) and removed

@@ -7,7 +7,7 @@
 //! (32 KiB for deflate; for zstd the window the frame asks for, refused past a configured
 //! ceiling before the decoder allocates it).
 
-use std::io::{self, Cursor, Read};
+use std::io::{self, BufReader, Cursor, Read};
 
 use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 
@@ -125,11 +125,20 @@ impl std::fmt::Debug for LayerStream {
     }
 }
 
+/// Decoders read from a buffered blob and are read through a buffer: the tar reader asks for
+/// 512-byte headers, and ruzstd in particular does a block's bookkeeping per read.
 enum Decoder {
-    None(Fuse),
-    Gzip(Box<flate2::read::MultiGzDecoder<Fuse>>),
-    Zstd(Box<ZstdFrames>),
+    None(Blob),
+    Gzip(Box<BufReader<flate2::bufread::MultiGzDecoder<Blob>>>),
+    Zstd(Box<BufReader<ZstdFrames>>),
 }
+
+/// The stored blob, read in large pieces: tar headers and zstd block headers are a few
+/// hundred bytes, each of which would otherwise be a system call.
+type Blob = BufReader<Fuse>;
+
+const BLOB_BUFFER: usize = 256 << 10;
+const DECODED_BUFFER: usize = 128 << 10;
 
 impl LayerStream {
     pub fn new(
@@ -138,18 +147,27 @@ impl LayerStream {
         budget: Budget,
         limits: &UnpackLimits,
     ) -> Self {
-        let blob = Fuse {
-            inner: blob,
-            eof: false,
-        };
+        let blob = BufReader::with_capacity(
+            BLOB_BUFFER,
+            Fuse {
+                inner: blob,
+                eof: false,
+            },
+        );
         let decoder = match compression {
             Compression::None => Decoder::None(blob),
             // Multi-member, as Go's reader (and so most registries' clients) accepts.
-            Compression::Gzip => Decoder::Gzip(Box::new(flate2::read::MultiGzDecoder::new(blob))),
-            Compression::Zstd => Decoder::Zstd(Box::new(ZstdFrames {
-                state: ZState::Between(blob),
-                max_window: limits.max_zstd_window_bytes,
-            })),
+            Compression::Gzip => Decoder::Gzip(Box::new(BufReader::with_capacity(
+                DECODED_BUFFER,
+                flate2::bufread::MultiGzDecoder::new(blob),
+            ))),
+            Compression::Zstd => Decoder::Zstd(Box::new(BufReader::with_capacity(
+                DECODED_BUFFER,
+                ZstdFrames {
+                    state: ZState::Between(blob),
+                    max_window: limits.max_zstd_window_bytes,
+                },
+            ))),
         };
         Self {
             decoder,
@@ -169,8 +187,8 @@ impl LayerStream {
         let mut rest = [0u8; 1];
         let blob = match &mut self.decoder {
             Decoder::None(b) => Some(b),
-            Decoder::Gzip(g) => Some(g.get_mut()),
-            Decoder::Zstd(z) => z.source(),
+            Decoder::Gzip(g) => Some(g.get_mut().get_mut()),
+            Decoder::Zstd(z) => z.get_mut().source(),
         };
         let Some(blob) = blob else {
             return Err(StreamError::Decompress {
@@ -292,20 +310,20 @@ struct ZstdFrames {
 }
 
 enum ZState {
-    Between(Fuse),
+    Between(Blob),
     InFrame(Box<FrameReader>),
-    Done(Fuse),
+    Done(Blob),
     Taken,
 }
 
 /// One frame's decoder, reading the frame header back from memory and then the blob.
-type FrameReader = StreamingDecoder<io::Chain<Cursor<Vec<u8>>, Fuse>, FrameDecoder>;
+type FrameReader = StreamingDecoder<io::Chain<Cursor<Vec<u8>>, Blob>, FrameDecoder>;
 
 const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 
 impl ZstdFrames {
     /// The blob beneath, unless a failed read left the stream unusable.
-    fn source(&mut self) -> Option<&mut Fuse> {
+    fn source(&mut self) -> Option<&mut Blob> {
         match &mut self.state {
             ZState::Between(s) | ZState::Done(s) => Some(s),
             ZState::InFrame(d) => Some(d.get_mut().get_mut().1),
@@ -314,7 +332,7 @@ impl ZstdFrames {
     }
 
     /// Reads the next frame's header; `None` at the end of the stream.
-    fn next_frame(&mut self, mut src: Fuse) -> io::Result<Result<ZState, Fuse>> {
+    fn next_frame(&mut self, mut src: Blob) -> io::Result<Result<ZState, Blob>> {
         let mut magic = [0u8; 4];
         let got = read_full(&mut src, &mut magic)?;
         if got == 0 {
