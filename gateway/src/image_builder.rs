@@ -170,7 +170,10 @@ async fn run(
     egress_config.gateway_listen = vec![config.gateway.listen.ip()];
     egress_config.extra_upstream_ca = config.egress.extra_ca_file.clone();
     let egress = EgressShared::new(vault, auditor.clone(), egress_config)?;
-    let ca_name = format!("build-{}.pem", std::process::id());
+    // The pid alone can repeat across PID namespaces sharing ca_dir: a random part too.
+    let mut nonce = [0u8; 6];
+    getrandom::fill(&mut nonce).expect("the kernel's random source");
+    let ca_name = format!("build-{}-{}.pem", std::process::id(), hex::encode(nonce));
     let ca_path = config.sandbox.ca_dir.join(&ca_name);
     let ca_error = |source| ImageBuildError::Ca {
         path: config.sandbox.ca_dir.display().to_string(),

@@ -477,9 +477,14 @@ fn an_image_root_someone_else_could_write_is_refused() {
         }
         for dir in [rel.clone(), format!("roots/{hex}"), "roots".to_owned()] {
             let p = h.images.join(&dir);
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o557)).unwrap();
-            let msg = refused(&h, &spec, "RootfsWritable").await;
-            assert!(msg.contains("writable by others"), "{dir}: {msg}");
+            for mode in [0o557, 0o575] {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+                let msg = refused(&h, &spec, "RootfsWritable").await;
+                assert!(
+                    msg.contains("writable by its group or others"),
+                    "{dir}: {msg}"
+                );
+            }
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o555)).unwrap();
             let stranger = 40_000 + (testkit::init::random_u64() % 10_000) as u32;
             std::os::unix::fs::chown(&p, Some(stranger), None).unwrap();

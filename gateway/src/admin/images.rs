@@ -117,7 +117,7 @@ pub fn pull_blobs(
         let client = RegistryClient::new(&config, password, ClientOptions::default())
             .await
             .map_err(refused)?;
-        pull::pull(&client, reference, store.blobs())
+        pull::pull_within(&client, reference, store.blobs(), store.limits())
             .await
             .map_err(refused)
     })
@@ -232,6 +232,9 @@ impl super::local::LocalAdmin {
         let digest = source.digest().clone();
         let settings = self.image_settings();
         let store = open(&settings)?;
+        // Held until the server's record names the image: a gc in between would see an
+        // image no server uses, and remove it.
+        let shared = store.blobs().shared().map_err(refused)?;
         let existed = store.get(&digest).map_err(refused)?.is_some();
         let record = if existed {
             // Installed before: checked as a start would check it.
@@ -262,7 +265,9 @@ impl super::local::LocalAdmin {
         let run = match checked {
             Ok(run) => run,
             Err(e) => {
-                // This add brought the image: it goes with the refusal.
+                // This add brought the image: it goes with the refusal (removal holds the
+                // store alone, so this add lets go of it first).
+                drop(shared);
                 if !existed {
                     let _ = store.remove(&digest);
                     let _ = collect_blobs(&store);
@@ -284,6 +289,7 @@ impl super::local::LocalAdmin {
                 "server {name} is installed already"
             )));
         }
+        drop(shared);
         Ok(Added {
             record,
             reference: source.to_string(),
@@ -334,7 +340,9 @@ impl super::local::LocalAdmin {
                 }
             }
         };
-        let stored = layout.import(&select, store.blobs()).map_err(refused)?;
+        let stored = layout
+            .import_within(&select, store.blobs(), store.limits())
+            .map_err(refused)?;
         install(
             &store,
             &stored,

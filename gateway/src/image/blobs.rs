@@ -87,16 +87,19 @@ impl BlobStore {
         Ok(store)
     }
 
+    /// Removes everything in `tmp/` through directory fds, never following a link: the
+    /// directory belongs to the daemon's user, and a root CLI opening the store must not be
+    /// led (by an entry swapped for a link) to change or remove anything outside it.
     fn empty_tmp(&self) -> Result<(), BlobError> {
         let tmp = &self.tmp;
-        for entry in fs::read_dir(tmp).map_err(io_at(tmp))? {
-            let path = entry.map_err(io_at(tmp))?.path();
-            let removed = match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => make_writable_and_remove(&path),
-                Ok(_) => fs::remove_file(&path),
-                Err(e) => Err(e),
-            };
-            removed.map_err(io_at(&path))?;
+        let dir = rustix::fs::open(
+            tmp,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_at(tmp)(e.into()))?;
+        for name in super::beneath::children(&dir).map_err(io_at(tmp))? {
+            super::beneath::remove(&dir, &name).map_err(io_at(&tmp.join(&name)))?;
         }
         Ok(())
     }
@@ -373,29 +376,6 @@ pub fn unwrap_blob_error(e: io::Error, path: &Path) -> BlobError {
             path: path.to_owned(),
             source: e,
         }
-    }
-}
-
-/// Removes a tree the store made read-only (directories 0555), restoring write bits first.
-pub fn make_writable_and_remove(path: &Path) -> io::Result<()> {
-    fn unlock(dir: &Path) -> io::Result<()> {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                unlock(&entry.path())?;
-            }
-        }
-        Ok(())
-    }
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            unlock(path)?;
-            fs::remove_dir_all(path)
-        }
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

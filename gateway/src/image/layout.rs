@@ -19,6 +19,7 @@ use nix::fcntl::OFlag;
 
 use super::blobs::{BlobError, BlobStore};
 use super::digest::Digest;
+use super::limits::UnpackLimits;
 use super::oci::{self, Descriptor, Index, Platform};
 use super::transfer::{self, Document, ResolveError, Staged, StoredImage};
 use super::{ImageRecord, ImageStore};
@@ -461,8 +462,19 @@ impl Layout {
             .1)
     }
 
-    /// Imports the image `select` names into `store`.
+    /// Imports the image `select` names into `store`, within the default unpack limits.
     pub fn import(&self, select: &Select, store: &BlobStore) -> Result<StoredImage, LayoutError> {
+        self.import_within(select, store, &UnpackLimits::default())
+    }
+
+    /// Imports the image `select` names into `store`, refusing before any layer is copied an
+    /// image whose layers `limits` would refuse at unpack.
+    pub fn import_within(
+        &self,
+        select: &Select,
+        store: &BlobStore,
+        limits: &UnpackLimits,
+    ) -> Result<StoredImage, LayoutError> {
         let resolve_err = |source| LayoutError::Resolve {
             layout: self.path.clone(),
             source,
@@ -491,7 +503,7 @@ impl Layout {
                 }
             }
         };
-        transfer::check_manifest(&manifest_desc.digest, &manifest).map_err(resolve_err)?;
+        transfer::check_manifest(&manifest_desc.digest, &manifest, limits).map_err(resolve_err)?;
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
             self.copy_blob(blob, store, &mut staged)?;
         }
@@ -519,7 +531,7 @@ impl Layout {
                 layout: self.path.clone(),
                 source,
             })?;
-        let imported = self.import(select, images.blobs())?;
+        let imported = self.import_within(select, images.blobs(), images.limits())?;
         let reference = format!("oci:{}@{select}", self.path.display());
         images
             .install(&imported.pinned.digest, imported.pinned.size, &reference)

@@ -94,7 +94,15 @@ pub fn gateway_env(
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = placeholders.to_vec();
     let proxy = format!("http://{proxy_addr}:{port}");
-    for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+    // ALL_PROXY too: an image's own value must not point curl and friends elsewhere.
+    for k in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         env.push((k.into(), proxy.clone()));
     }
     for k in ["NO_PROXY", "no_proxy"] {

@@ -8,6 +8,7 @@ use futures_util::StreamExt as _;
 
 use super::blobs::BlobStore;
 use super::digest::Digest;
+use super::limits::UnpackLimits;
 use super::oci::{Descriptor, MAX_MANIFEST_BYTES, Platform};
 use super::reference::Reference;
 use super::registry::{RegistryClient, RegistryError};
@@ -67,11 +68,22 @@ async fn fetch_document(
     Ok((bytes, label))
 }
 
-/// Pulls the image `reference` pins into `store`.
+/// Pulls the image `reference` pins into `store`, within the default unpack limits.
 pub async fn pull(
     client: &RegistryClient,
     reference: &Reference,
     store: &BlobStore,
+) -> Result<Pulled, PullError> {
+    pull_within(client, reference, store, &UnpackLimits::default()).await
+}
+
+/// Pulls the image `reference` pins into `store`, refusing before any layer is fetched an
+/// image whose layers `limits` would refuse at unpack.
+pub async fn pull_within(
+    client: &RegistryClient,
+    reference: &Reference,
+    store: &BlobStore,
+    limits: &UnpackLimits,
 ) -> Result<Pulled, PullError> {
     let digest = reference
         .digest
@@ -124,7 +136,7 @@ pub async fn pull(
             }
         }
     };
-    transfer::check_manifest(&manifest_desc.digest, &manifest)?;
+    transfer::check_manifest(&manifest_desc.digest, &manifest, limits)?;
 
     // A few blobs at once: each connection's TLS and HTTP work runs in its own task (on
     // another core when there is one) while this one hashes and writes.
@@ -178,7 +190,7 @@ pub async fn pull_and_install(
 ) -> Result<ImageRecord, PullError> {
     // Held from the first blob to the record: a gc meanwhile would see blobs no record names.
     let _shared = images.blobs().shared().map_err(PullError::Blob)?;
-    let pulled = pull(client, reference, images.blobs()).await?;
+    let pulled = pull_within(client, reference, images.blobs(), images.limits()).await?;
     let (images, shown) = (images.clone(), reference.to_string());
     // Unpacking is blocking file work: off the async workers.
     tokio::task::spawn_blocking(move || {

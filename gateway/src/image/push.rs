@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::blobs::BlobStore;
 use super::digest::Digest;
 use super::layout::{Layout, LayoutError};
+use super::limits::UnpackLimits;
 use super::oci::{self, Descriptor};
 use super::reference::Reference;
 use super::registry::{RegistryClient, RegistryError};
@@ -118,7 +119,7 @@ async fn push_manifest(
     m: &oci::Manifest,
     tag_or_digest: &str,
 ) -> Result<Digest, PushError> {
-    transfer::check_manifest(&d.digest, m)?;
+    transfer::check_manifest(&d.digest, m, &UnpackLimits::default())?;
     for blob in std::iter::once(&m.config).chain(&m.layers) {
         push_blob(client, source, repository, blob).await?;
     }

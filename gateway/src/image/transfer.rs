@@ -6,6 +6,7 @@
 
 use super::blobs::{BlobError, BlobStore};
 use super::digest::Digest;
+use super::limits::UnpackLimits;
 use super::oci::{self, Descriptor, DocumentError, Index, Manifest};
 
 /// An image whose every blob is in the store, each verified against its digest and size.
@@ -60,6 +61,14 @@ pub enum ResolveError {
         manifest: Digest,
         layer: Digest,
         media_type: String,
+    },
+    #[error(
+        "manifest {manifest} lists {layers} layers, over the limit of {max} (images.max_layers)"
+    )]
+    TooManyLayers {
+        manifest: Digest,
+        layers: usize,
+        max: usize,
     },
     #[error("{what} {digest} claims {size} bytes, over the {max}-byte limit")]
     TooLarge {
@@ -128,8 +137,43 @@ pub fn check_manifest_descriptor(d: &Descriptor) -> Result<(), ResolveError> {
     Ok(())
 }
 
-/// Refuses a manifest whose config or layers we would not read.
-pub fn check_manifest(digest: &Digest, m: &Manifest) -> Result<(), ResolveError> {
+/// Refuses a manifest whose config or layers we would not read, or whose layers the unpack
+/// limits would refuse anyway: checked before the first blob is fetched, so a hostile
+/// registry cannot make the gateway download (and write to disk) more than an image it could
+/// ever install. A compressed layer larger than the uncompressed per-layer limit, or layers
+/// larger in all than the per-image one, cannot unpack within them.
+pub fn check_manifest(
+    digest: &Digest,
+    m: &Manifest,
+    limits: &UnpackLimits,
+) -> Result<(), ResolveError> {
+    if m.layers.len() > limits.max_layers {
+        return Err(ResolveError::TooManyLayers {
+            manifest: digest.clone(),
+            layers: m.layers.len(),
+            max: limits.max_layers,
+        });
+    }
+    let mut total: u64 = 0;
+    for layer in &m.layers {
+        if layer.size > limits.max_layer_bytes {
+            return Err(ResolveError::TooLarge {
+                what: "layer",
+                digest: layer.digest.clone(),
+                size: layer.size,
+                max: limits.max_layer_bytes,
+            });
+        }
+        total = total.saturating_add(layer.size);
+        if total > limits.max_image_bytes {
+            return Err(ResolveError::TooLarge {
+                what: "layers in all, up to layer",
+                digest: layer.digest.clone(),
+                size: total,
+                max: limits.max_image_bytes,
+            });
+        }
+    }
     if !matches!(
         m.config.media_type.as_str(),
         oci::MEDIA_OCI_CONFIG | oci::MEDIA_DOCKER_CONFIG
@@ -209,6 +253,48 @@ impl Drop for Staged<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layers_the_unpack_limits_would_refuse_are_refused_before_any_is_fetched() {
+        let layer = |size: u64| {
+            format!(
+                r#"{{"mediaType":"{}","digest":"{}","size":{size}}}"#,
+                oci::MEDIA_OCI_LAYER_GZIP,
+                Digest::of(&size.to_le_bytes())
+            )
+        };
+        let manifest = |layers: &[String]| {
+            Manifest::parse(
+                format!(
+                    r#"{{"schemaVersion":2,"config":{{"mediaType":"{}","digest":"{}","size":2}},"layers":[{}]}}"#,
+                    oci::MEDIA_OCI_CONFIG,
+                    Digest::of(b"{}"),
+                    layers.join(",")
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let d = Digest::of(b"m");
+        let limits = UnpackLimits::default();
+        let ok = manifest(&[layer(1 << 20), layer(2 << 20)]);
+        assert!(check_manifest(&d, &ok, &limits).is_ok());
+        let huge = manifest(&[layer(1 << 60)]);
+        let e = check_manifest(&d, &huge, &limits).unwrap_err();
+        assert!(
+            matches!(e, ResolveError::TooLarge { what: "layer", .. }),
+            "{e}"
+        );
+        let n = limits.max_layer_bytes;
+        let many_big: Vec<String> = (0..limits.max_image_bytes / n + 1)
+            .map(|_| layer(n))
+            .collect();
+        let e = check_manifest(&d, &manifest(&many_big), &limits).unwrap_err();
+        assert!(e.to_string().contains("layers in all"), "{e}");
+        let too_many: Vec<String> = (0..=limits.max_layers as u64).map(layer).collect();
+        let e = check_manifest(&d, &manifest(&too_many), &limits).unwrap_err();
+        assert!(matches!(e, ResolveError::TooManyLayers { .. }), "{e}");
+    }
 
     #[test]
     fn the_document_says_what_it_is_before_the_transport_does() {

@@ -346,9 +346,9 @@ fn open_rootfs(requested: &str, config: &Config, roots: &Roots) -> Result<OwnedF
                 st.st_uid
             )));
         }
-        if st.st_mode & 0o002 != 0 {
+        if st.st_mode & 0o022 != 0 {
             return Err(writable(format!(
-                "is writable by others (mode {:04o})",
+                "is writable by its group or others (mode {:04o})",
                 st.st_mode & 0o7777
             )));
         }

@@ -240,8 +240,11 @@ pub struct Transport {
     pub tls_other: Arc<ClientConfig>,
     /// The registry's origin first, then its token origins.
     pub trusted: Vec<Origin>,
-    /// The registry resolved to a special address: others are allowed too.
-    pub special_allowed: bool,
+    /// The special (loopback, private, …) addresses any origin may be dialled at: the
+    /// registry's own, pinned when the client was made, and only when every address it
+    /// resolved to then was special (a registry configured on such a network). Empty for a
+    /// public registry. Never a metadata, unspecified or multicast address.
+    pub allowed_special: Vec<IpAddr>,
     /// The registry is plain-HTTP on loopback: http is allowed to loopback origins.
     pub plain_http: bool,
     pub timeouts: Timeouts,
@@ -271,11 +274,14 @@ impl Transport {
                 source: std::io::Error::other("no addresses"),
             });
         }
-        if !self.special_allowed {
-            // One special address among several is refused too: which one a connection
-            // would reach is the resolver's (the attacker's) choice.
-            for a in &addrs {
-                if let Some(class) = special_class(a.ip()) {
+        // One special address among several is refused too: which one a connection would
+        // reach is the resolver's (the attacker's) choice. A special address is dialled only
+        // if it is one the registry itself had when the client was made, so neither a realm,
+        // a redirect nor a later answer for the registry's own name (rebinding) reaches any
+        // other.
+        for a in &addrs {
+            if let Some(class) = special_class(a.ip()) {
+                if !self.allowed_special.contains(&effective(a.ip())) {
                     return Err(RegistryError::ForbiddenAddress {
                         origin: origin.to_string(),
                         address: a.ip(),

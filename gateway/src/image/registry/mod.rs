@@ -42,6 +42,48 @@ use crate::egress::{Resolve, SystemResolver};
 use crate::image::blobs::{BlobError, BlobStore, BlobWriter};
 use crate::image::digest::Digest;
 
+/// The registry's own special addresses, allowed from then on: all of them if every address
+/// its name resolves to now is special and none is of a class never dialled (metadata,
+/// unspecified, multicast); none otherwise (a public registry, or a mixed answer, which the
+/// transport then refuses).
+async fn pinned_special(
+    resolver: &dyn Resolve,
+    registry: &Origin,
+) -> Result<Vec<IpAddr>, RegistryError> {
+    let addrs: Vec<IpAddr> = match registry.host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => resolver
+            .resolve(&registry.host, registry.port)
+            .await
+            .map_err(|source| RegistryError::Resolve {
+                host: registry.host.clone(),
+                source,
+            })?
+            .into_iter()
+            .map(|a| a.ip())
+            .collect(),
+    };
+    let all_special = !addrs.is_empty() && addrs.iter().all(|ip| special_class(*ip).is_some());
+    let never_dialled = addrs.iter().any(|ip| {
+        matches!(
+            crate::egress::address_class::never_class(crate::egress::address_class::effective(*ip)),
+            Some(
+                crate::egress::AddressClass::Metadata
+                    | crate::egress::AddressClass::Unspecified
+                    | crate::egress::AddressClass::Multicast
+            )
+        )
+    });
+    Ok(if all_special && !never_dialled {
+        addrs
+            .into_iter()
+            .map(crate::egress::address_class::effective)
+            .collect()
+    } else {
+        Vec::new()
+    })
+}
+
 /// Why a registry operation failed. Messages name the origin, the object and the cause; they
 /// never carry a credential.
 #[derive(Debug, thiserror::Error)]
@@ -260,12 +302,11 @@ impl RegistryClient {
             tls_trusted: tls(trusted_roots)?,
             tls_other: tls(crate::egress::tls::system_roots())?,
             trusted,
-            special_allowed: true,
+            allowed_special: Vec::new(),
             plain_http: config.plain_http,
             timeouts: options.timeouts,
         };
-        let own = transport.addresses(&registry).await?;
-        transport.special_allowed = own.iter().any(|a| special_class(a.ip()).is_some());
+        transport.allowed_special = pinned_special(transport.resolver.as_ref(), &registry).await?;
         Ok(Self {
             transport,
             registry,
@@ -558,6 +599,40 @@ impl RegistryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_a_registry_wholly_on_special_addresses_may_dial_them_and_only_its_own() {
+        use crate::egress::StaticResolver;
+        let origin = |host: &str| Origin {
+            https: true,
+            host: host.into(),
+            port: 443,
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut names = StaticResolver::new();
+        names
+            .insert("lab.example", vec![ip("10.1.2.3"), ip("10.1.2.4")])
+            .insert("mixed.example", vec![ip("127.0.0.1"), ip("93.184.216.34")])
+            .insert("public.example", vec![ip("93.184.216.34")])
+            .insert("meta.example", vec![ip("169.254.169.254")]);
+        let pinned = |host: &'static str| {
+            let names = &names;
+            async move { pinned_special(names, &origin(host)).await.unwrap() }
+        };
+        assert_eq!(
+            pinned("lab.example").await,
+            [ip("10.1.2.3"), ip("10.1.2.4")]
+        );
+        // One special address beside a public one (or a rebinding first answer) opens none.
+        assert!(pinned("mixed.example").await.is_empty());
+        assert!(pinned("public.example").await.is_empty());
+        // Metadata is never dialled, whatever the registry resolves to.
+        assert!(pinned("meta.example").await.is_empty());
+        assert_eq!(
+            pinned_special(&names, &origin("127.0.0.1")).await.unwrap(),
+            [ip("127.0.0.1")]
+        );
+    }
 
     #[test]
     fn a_bearer_state_never_prints_its_tokens() {
