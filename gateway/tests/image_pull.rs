@@ -1038,3 +1038,59 @@ async fn a_top_document_over_the_manifest_cap_is_refused_unread() {
         assert!(store_is_empty(dir.path()));
     }
 }
+
+#[tokio::test]
+async fn a_manifest_declaring_more_than_the_limits_allow_is_refused_before_any_blob_is_asked_for() {
+    let image = TestImage::random(&[600], Platform::host());
+    // The pinned manifest is the attacker's: its bytes match its digest, and it declares one
+    // layer of 2^60 bytes (random digest), which the client would otherwise stream to disk.
+    let fake_layer = Digest::of(random_name("huge").as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": gateway::image::oci::MEDIA_OCI_MANIFEST,
+        "config": {
+            "mediaType": gateway::image::oci::MEDIA_OCI_CONFIG,
+            "digest": image.config.digest.to_string(),
+            "size": image.config.bytes.len(),
+        },
+        "layers": [{
+            "mediaType": gateway::image::oci::MEDIA_OCI_LAYER_GZIP,
+            "digest": fake_layer.to_string(),
+            "size": 1u64 << 60,
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let pinned = Digest::of(&manifest);
+    let path = format!("/manifests/{pinned}");
+    let reg = scripted(
+        &image,
+        false,
+        Box::new(move |s| {
+            s.path_and_query.ends_with(&path).then(|| {
+                reply(
+                    200,
+                    &[("content-type", gateway::image::oci::MEDIA_OCI_MANIFEST)],
+                    manifest.clone(),
+                )
+            })
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let err = pull(&reg.client(quick()).await, &reg.reference(&pinned), &store)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&fake_layer.to_string()), "{err}");
+    assert!(err.to_string().contains("over the"), "{err}");
+    let asked: Vec<String> = reg
+        .server
+        .seen()
+        .into_iter()
+        .map(|s| s.path_and_query)
+        .filter(|p| p.contains("/blobs/"))
+        .collect();
+    assert!(asked.is_empty(), "blobs were requested: {asked:?}");
+    assert!(store_is_empty(dir.path()));
+}
