@@ -65,15 +65,6 @@ fn server_root(root: &Path, workdir: &str) {
     .unwrap();
 }
 
-/// A free TCP port on loopback for the front.
-fn free_loopback_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs gigmcp with the test's configuration.
 struct Admin<'a> {
     config: &'a Path,
@@ -110,37 +101,6 @@ impl Admin<'_> {
     }
 }
 
-/// gigmcpd on the test's configuration, in the test's network namespace, once it is ready.
-fn start_daemon(config: &Path, env: &TestEnv) -> testkit::process::Tied {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gigmcpd"));
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--master-key-file")
-        .arg(&env.key_file)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped());
-    let netns = testkit::netns::Netns::current();
-    let mut daemon = testkit::process::spawn_tied(cmd, Some(netns.as_fd())).unwrap();
-    let stderr = daemon.child().stderr.take().unwrap();
-    let (ready_tx, ready) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("gigmcpd ready") {
-                let _ = ready_tx.send(());
-            }
-            eprintln!("[gigmcpd] {line}");
-        }
-    });
-    ready
-        .recv_timeout(Duration::from_secs(30))
-        .expect("gigmcpd did not become ready");
-    daemon
-}
-
 /// Everything under the images directory's store parts, for "nothing installed" checks.
 fn store_contents(images: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -166,7 +126,7 @@ fn a_server_runs_from_an_imported_image_as_its_config_says_and_a_changed_root_is
         let h = Harness::start(0).await;
         let env = TestEnv::new();
         let server = format!("img{}", random_hex(3));
-        let front_port = free_loopback_port();
+        let front_port = testkit::free_loopback_port();
         let config = env.dir.path().join("gigmcp.toml");
         std::fs::write(
             &config,
@@ -328,7 +288,11 @@ fn a_server_runs_from_an_imported_image_as_its_config_says_and_a_changed_root_is
         );
 
         // gigmcpd, in the test's network namespace.
-        let mut daemon = start_daemon(&config, &env);
+        let mut daemon = testkit::process::start_gigmcpd(
+            Path::new(env!("CARGO_BIN_EXE_gigmcpd")),
+            &config,
+            &env.key_file,
+        );
         let front = SocketAddr::from(([127, 0, 0, 1], front_port));
         let call = || {
             testkit::mcp::rpc(
@@ -367,7 +331,11 @@ fn a_server_runs_from_an_imported_image_as_its_config_says_and_a_changed_root_is
         let at = bytes.len() - 2;
         bytes[at] ^= 0x20;
         std::fs::write(&script, &bytes).unwrap();
-        let mut daemon = start_daemon(&config, &env);
+        let mut daemon = testkit::process::start_gigmcpd(
+            Path::new(env!("CARGO_BIN_EXE_gigmcpd")),
+            &config,
+            &env.key_file,
+        );
         let called: Value = call().await;
         let shown = called.to_string();
         assert!(
@@ -397,7 +365,7 @@ fn a_server_runs_from_an_imported_image_as_its_config_says_and_a_changed_root_is
 /// A real registry on loopback (Debian's docker-registry, a config of the test's own), with
 /// `layout`'s image pushed by skopeo as `repo:v1`; killed with the returned guard.
 fn registry_with(dir: &Path, layout: &Path, repo: &str) -> (testkit::process::Tied, u16) {
-    let port = free_loopback_port();
+    let port = testkit::free_loopback_port();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,

@@ -10,9 +10,8 @@
 //! Root only (namespaces, nftables, cgroups): a loud SKIP without root, a failure on CI.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -86,15 +85,6 @@ fn random_port() -> u16 {
     }
 }
 
-/// A free TCP port on loopback for the front.
-fn free_loopback_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn unhex(s: &Value) -> String {
     String::from_utf8(hex::decode(s.as_str().expect("hex string")).unwrap()).unwrap()
 }
@@ -119,7 +109,7 @@ fn node_fetch_in_a_server_under_gigmcpd_reaches_its_bound_host_with_the_key_swap
 
             let key = format!("sk-live-{}", random_hex(16));
             let server = format!("fetch{}", random_hex(3));
-            let (proxy_port, front_port) = (random_port(), free_loopback_port());
+            let (proxy_port, front_port) = (random_port(), testkit::free_loopback_port());
             let config = env.dir.path().join("gigmcp.toml");
             std::fs::write(
                 &config,
@@ -198,32 +188,11 @@ fn node_fetch_in_a_server_under_gigmcpd_reaches_its_bound_host_with_the_key_swap
             let token = token.lines().last().unwrap().trim().to_owned();
 
             // gigmcpd itself, in the test's network namespace (where the helper and pool are).
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_gigmcpd"));
-            cmd.arg("--config")
-                .arg(&config)
-                .arg("--master-key-file")
-                .arg(&env.key_file)
-                .env("RUST_LOG", "info")
-                .stderr(Stdio::piped());
-            let netns = testkit::netns::Netns::current();
-            let mut daemon = testkit::process::spawn_tied(cmd, Some(netns.as_fd())).unwrap();
-            let stderr = daemon.child().stderr.take().unwrap();
-            let (ready_tx, ready) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    if line.contains("gigmcpd ready") {
-                        let _ = ready_tx.send(());
-                    }
-                    eprintln!("[gigmcpd] {line}");
-                }
-            });
-            ready
-                .recv_timeout(Duration::from_secs(30))
-                .expect("gigmcpd did not become ready");
+            let mut daemon = testkit::process::start_gigmcpd(
+                Path::new(env!("CARGO_BIN_EXE_gigmcpd")),
+                &config,
+                &env.key_file,
+            );
 
             // The tool call: the pool starts the server in its sandbox, Node's fetch resolves
             // the host through the gateway's DNS and connects to N.1:443.

@@ -52,20 +52,6 @@ fn bases() -> Bases {
     }
 }
 
-/// The address this machine resolves `host` to: the operator's opt-in, as CI passes it.
-fn registry_address(host: &str) -> IpAddr {
-    let out = Command::new("getent")
-        .args(["hosts", host])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_else(|| panic!("getent hosts {host}: nothing"))
-        .parse()
-        .unwrap()
-}
-
 struct Env {
     h: Harness,
     store: Arc<dyn Store>,
@@ -92,7 +78,7 @@ fn outside(eco: Ecosystem) -> Outside {
         Ecosystem::Npm => vec!["registry.npmjs.org"],
         Ecosystem::Pypi => vec!["pypi.org", "files.pythonhosted.org"],
     };
-    let registry = registry_address(hosts[0]);
+    let registry = testkit::resolved_address(hosts[0]);
     // The opt-in is checked against the resolution: the right address passes, another one
     // of the same class does not.
     let reg = Registry::for_ecosystem(eco, None).unwrap();

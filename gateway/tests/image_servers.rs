@@ -19,9 +19,8 @@
 //! Root only (namespaces, nftables, cgroups): a loud SKIP without root, a failure on CI.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -37,30 +36,6 @@ const EVERYTHING: &str = "npm:@modelcontextprotocol/server-everything@2026.8.31"
 const TIME: &str = "pypi:mcp-server-time==2026.10.19";
 const GITHUB_API: &str = "api.github.com";
 const TOKEN_VAR: &str = "GITHUB_PERSONAL_ACCESS_TOKEN";
-
-/// The address this machine resolves `host` to: the build's `--registry-address` opt-in for the
-/// package mirror (on a documentation address here), as CI passes it.
-fn registry_address(host: &str) -> IpAddr {
-    let out = Command::new("getent")
-        .args(["hosts", host])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_else(|| panic!("getent hosts {host}: nothing"))
-        .parse()
-        .unwrap()
-}
-
-/// A free TCP port on loopback for the front.
-fn free_loopback_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `gigmcp` with the test's configuration, run in the host's network namespace.
 struct Admin {
@@ -142,37 +117,6 @@ fn build(
     (digest, took)
 }
 
-/// gigmcpd on the test's configuration, in the test's network namespace, once it is ready.
-fn start_daemon(config: &Path, key_file: &Path) -> testkit::process::Tied {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gigmcpd"));
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--master-key-file")
-        .arg(key_file)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped());
-    let netns = Netns::current();
-    let mut daemon = testkit::process::spawn_tied(cmd, Some(netns.as_fd())).unwrap();
-    let stderr = daemon.child().stderr.take().unwrap();
-    let (ready_tx, ready) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("gigmcpd ready") {
-                let _ = ready_tx.send(());
-            }
-            eprintln!("[gigmcpd] {line}");
-        }
-    });
-    ready
-        .recv_timeout(Duration::from_secs(30))
-        .expect("gigmcpd did not become ready");
-    daemon
-}
-
 /// `pid` and every process below it (from each process's parent in `/proc/<pid>/stat`).
 fn process_tree(pid: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
@@ -218,8 +162,8 @@ fn community_servers_are_built_pushed_pulled_by_digest_and_called_through_gigmcp
     }
     let started = Instant::now();
     let host = Netns::current();
-    let npm_mirror = registry_address("registry.npmjs.org");
-    let pypi_mirror = registry_address("pypi.org");
+    let npm_mirror = testkit::resolved_address("registry.npmjs.org");
+    let pypi_mirror = testkit::resolved_address("pypi.org");
     // The registry on the host's loopback, where the CLI pushes and pulls.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -239,7 +183,7 @@ fn community_servers_are_built_pushed_pulled_by_digest_and_called_through_gigmcp
         let env = TestEnv::new();
         let upstream_ca = env.dir.path().join("upstream-ca.pem");
         std::fs::write(&upstream_ca, &test_ca.ca_pem).unwrap();
-        let front_port = free_loopback_port();
+        let front_port = testkit::free_loopback_port();
         let config = env.dir.path().join("gigmcp.toml");
         std::fs::write(
             &config,
@@ -354,7 +298,11 @@ fn community_servers_are_built_pushed_pulled_by_digest_and_called_through_gigmcp
         let token = admin.ok(&["endpoint", "token", "create", "e", "--label", "t"], b"");
         let token = token.lines().last().unwrap().trim().to_owned();
 
-        let mut daemon = start_daemon(&config, &env.key_file);
+        let mut daemon = testkit::process::start_gigmcpd(
+            Path::new(env!("CARGO_BIN_EXE_gigmcpd")),
+            &config,
+            &env.key_file,
+        );
         let front = SocketAddr::from(([127, 0, 0, 1], front_port));
         let token = &token;
         let call = |tool: String, arguments: Value| async move {

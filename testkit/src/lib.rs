@@ -49,3 +49,28 @@ pub mod upstream;
 
 pub use netns::privileged;
 pub use root::require_root;
+
+/// A free TCP port on 127.0.0.1 (bound and released: the caller's server binds it next).
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The address this machine resolves `host` to (`getent hosts`, so `/etc/hosts` and the
+/// resolver agree with what a build or pull sees): the `--registry-address` opt-in for the
+/// package mirror, as CI passes it.
+pub fn resolved_address(host: &str) -> std::net::IpAddr {
+    let out = std::process::Command::new("getent")
+        .args(["hosts", host])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("getent hosts {host}: nothing"))
+        .parse()
+        .unwrap()
+}

@@ -115,3 +115,42 @@ impl Drop for Tied {
         self.kill();
     }
 }
+
+/// `gigmcpd` (the binary at `bin`) on `config` with the master key in `key_file`, inside the
+/// calling thread's network namespace (where a privileged test's helper and pool are), once it
+/// logged "gigmcpd ready". Its stderr is echoed as `[gigmcpd] …` lines, so a failing test shows
+/// what the daemon said; a daemon that exits or stays silent for 30 s fails the test.
+pub fn start_gigmcpd(
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Tied {
+    use std::io::BufRead;
+    use std::os::fd::AsFd;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--master-key-file")
+        .arg(key_file)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    let netns = crate::netns::Netns::current();
+    let mut daemon = spawn_tied(cmd, Some(netns.as_fd())).expect("spawn gigmcpd");
+    let stderr = daemon.child().stderr.take().expect("gigmcpd's stderr");
+    let (ready_tx, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("gigmcpd ready") {
+                let _ = ready_tx.send(());
+            }
+            eprintln!("[gigmcpd] {line}");
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(30))
+        .expect("gigmcpd did not become ready");
+    daemon
+}

@@ -39,15 +39,6 @@ pub fn random_name(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(random_bytes(5)))
 }
 
-/// A free port on 127.0.0.1 (bound and released: the registry binds it next).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Test images and layouts
 
@@ -301,7 +292,7 @@ impl Registry {
         std::fs::create_dir(&storage).unwrap();
         let username = random_name("u");
         let password = hex::encode(random_bytes(12));
-        let port = free_port();
+        let port = crate::free_loopback_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let service = random_name("svc");
         let issuer = random_name("iss");

@@ -379,7 +379,9 @@ pub fn unwrap_blob_error(e: io::Error, path: &Path) -> BlobError {
     }
 }
 
-fn random_suffix() -> String {
+/// Eight random bytes in hex: names for temporary files and directories that no concurrent
+/// writer (another pull, a build, an unpack) can guess or collide with.
+pub(crate) fn random_suffix() -> String {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("the kernel's random source");
     hex::encode(b)

@@ -35,7 +35,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use super::beneath;
-use super::blobs::BlobStore;
+use super::blobs::{BlobStore, random_suffix};
 use super::digest::Digest;
 use super::error::{ImageError, io_at};
 use super::limits::UnpackLimits;
@@ -424,9 +424,7 @@ struct Staging {
 
 impl Staging {
     fn new(tmp: &Path) -> Result<Self, ImageError> {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).expect("the kernel's random source");
-        let path = tmp.join(format!("unpack-{}", hex::encode(b)));
+        let path = tmp.join(format!("unpack-{}", random_suffix()));
         fs::create_dir(&path).map_err(io_at(&path))?;
         let lock = rustix::fs::open(
             &path,
@@ -527,9 +525,7 @@ fn read_capped(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 
 /// Writes `name` in `dir` whole or not at all: a temporary file, synced, then renamed.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ImageError> {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the kernel's random source");
-    let tmp = dir.join(format!(".{name}.{}", hex::encode(b)));
+    let tmp = dir.join(format!(".{name}.{}", random_suffix()));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)

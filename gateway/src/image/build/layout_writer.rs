@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::layer::{self, Layer, LayerError};
 use super::tree::Tree;
+use crate::image::blobs::random_suffix;
 use crate::image::digest::{Digest, Hasher};
 use crate::image::oci::{
     Descriptor, ImageConfig, Index, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP,
@@ -201,12 +202,6 @@ impl LayoutWriter {
         descriptor.annotations.clear();
         Ok(descriptor)
     }
-}
-
-fn random_suffix() -> String {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).expect("the kernel's random source");
-    hex::encode(b)
 }
 
 fn layer_descriptor(layer: &Layer) -> Descriptor {

@@ -34,6 +34,7 @@ use self::install::{InstallSandbox, Registry, SandboxRunner};
 use self::layout_writer::{LayoutError, LayoutWriter};
 use self::spec::{Ecosystem, Spec};
 use self::tree::{Limits, Links, Tree, TreeError};
+use crate::image::blobs::random_suffix;
 use crate::image::digest::Digest;
 use crate::image::oci::{Descriptor, ImageConfig, Platform, RootFs, RunConfig};
 
@@ -196,7 +197,7 @@ impl<R: SandboxRunner> Builder<R> {
         };
         let builder_root = self.place_builder_root(&builder)?;
 
-        let data_name = format!("build-{}", random_hex());
+        let data_name = format!("build-{}", random_suffix());
         let data = DataDir(self.data_root.join(&data_name));
         create_private_dir(&data.0)?;
         if let Spec::Dir { path, .. } = &req.spec {
@@ -315,7 +316,7 @@ impl<R: SandboxRunner> Builder<R> {
                 path: parent.display().to_string(),
                 source,
             })?;
-            let tmp = parent.join(format!(".{name}.partial-{}", random_hex()));
+            let tmp = parent.join(format!(".{name}.partial-{}", random_suffix()));
             let copied = std::process::Command::new("cp")
                 .args(["-a", "--reflink=auto"])
                 .arg(&rootfs)
@@ -481,12 +482,6 @@ fn rfc3339(epoch: u64) -> String {
         secs / 60 % 60,
         secs % 60
     )
-}
-
-fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the kernel's random source");
-    hex::encode(b)
 }
 
 #[cfg(test)]
