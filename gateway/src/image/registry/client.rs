@@ -10,6 +10,8 @@
 //! loopback one; the `Authorization` header goes only to the origins the caller trusts.
 //! Every body is read under an idle timeout and an overall deadline, and never past a cap.
 
+mod body;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,6 @@ use tokio::time::{Instant, timeout, timeout_at};
 use super::RegistryError;
 use crate::egress::Resolve;
 use crate::egress::address_class::{PRIVATE, effective, never_class};
-use crate::image::blobs::BlobWriter;
 
 /// Redirects followed for one request.
 pub const MAX_REDIRECTS: usize = 5;
@@ -469,122 +470,6 @@ fn join(base: &Uri, location: &str) -> Result<Uri, RegistryError> {
     let mut parts = base.clone().into_parts();
     parts.path_and_query = Some(location.parse().map_err(|_| bad("not a valid path"))?);
     Uri::from_parts(parts).map_err(|_| bad("not a valid URL"))
-}
-
-impl Response {
-    /// The declared length, if any.
-    fn content_length(&self) -> Option<u64> {
-        self.headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    }
-
-    /// The body whole, refused past `max` bytes (before reading when the length says so).
-    pub async fn read_capped(
-        mut self,
-        what: &str,
-        max: u64,
-        t: &Timeouts,
-    ) -> Result<Bytes, RegistryError> {
-        let too_large = || RegistryError::TooLarge {
-            what: what.to_owned(),
-            max,
-        };
-        if self.content_length().is_some_and(|n| n > max) {
-            return Err(too_large());
-        }
-        let budget = t.deadline_for(max);
-        let deadline = Instant::now() + budget;
-        let mut out = Vec::new();
-        while let Some(chunk) = self.next_chunk(what, t, deadline, budget).await? {
-            if out.len() as u64 + chunk.len() as u64 > max {
-                return Err(too_large());
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(Bytes::from(out))
-    }
-
-    /// Streams the body into `writer`, which refuses bytes past the pinned size (so the
-    /// temporary file never grows past it). `what` names the blob in errors.
-    pub async fn stream_into(
-        mut self,
-        what: &str,
-        writer: &mut BlobWriter,
-        pinned: u64,
-        t: &Timeouts,
-    ) -> Result<(), RegistryError> {
-        if self.content_length().is_some_and(|n| n > pinned) {
-            return Err(RegistryError::TooLarge {
-                what: what.to_owned(),
-                max: pinned,
-            });
-        }
-        let budget = t.deadline_for(pinned);
-        let deadline = Instant::now() + budget;
-        while let Some(chunk) = self.next_chunk(what, t, deadline, budget).await? {
-            writer.write(&chunk)?;
-        }
-        Ok(())
-    }
-
-    /// A short, printable excerpt of an error body (registries explain refusals in JSON).
-    pub async fn error_excerpt(self, t: &Timeouts) -> String {
-        let quick = Timeouts {
-            deadline_base: t.idle.min(Duration::from_secs(5)),
-            ..*t
-        };
-        match self
-            .read_capped("an error body", MAX_SMALL_BODY, &quick)
-            .await
-        {
-            Ok(b) => String::from_utf8_lossy(&b)
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(300)
-                .collect(),
-            Err(_) => String::new(),
-        }
-    }
-
-    async fn next_chunk(
-        &mut self,
-        what: &str,
-        t: &Timeouts,
-        deadline: Instant,
-        budget: Duration,
-    ) -> Result<Option<Bytes>, RegistryError> {
-        loop {
-            let idle_end = (Instant::now() + t.idle).min(deadline);
-            let frame = match timeout_at(idle_end, self.body.frame()).await {
-                Ok(f) => f,
-                Err(_) if Instant::now() >= deadline => {
-                    return Err(RegistryError::Timeout {
-                        what: format!("{what}: the whole body (its deadline)"),
-                        after: budget,
-                    });
-                }
-                Err(_) => {
-                    return Err(RegistryError::Timeout {
-                        what: format!("{what}: the next bytes"),
-                        after: t.idle,
-                    });
-                }
-            };
-            let Some(frame) = frame else {
-                return Ok(None);
-            };
-            let frame = frame.map_err(|source| RegistryError::Http {
-                origin: Origin::of(&self.url)
-                    .map_or_else(|_| self.url.to_string(), |o| o.to_string()),
-                source,
-            })?;
-            if let Ok(data) = frame.into_data() {
-                return Ok(Some(data));
-            }
-        }
-    }
 }
 
 #[cfg(test)]
