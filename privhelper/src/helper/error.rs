@@ -11,10 +11,10 @@
 use privhelper_api::HelperError;
 
 use super::cgroup::CgroupError;
+use super::data_dir::DataDirError;
 use super::firewall::FirewallError;
 use super::network::NetworkError;
 use super::transparent::SocketError;
-use super::validate::DataDirError;
 
 /// A step of [`super::lifecycle::build`] that failed, with its cause.
 #[derive(Debug, thiserror::Error)]

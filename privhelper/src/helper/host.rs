@@ -199,7 +199,7 @@ impl Host for LinuxHost {
     }
 
     fn give_data_dir(&self, dir: &OwnedFd, uid: u32, gid: u32) -> Result<(), StepError> {
-        super::validate::chown_tree(dir, uid, gid).map_err(StepError::DataDir)
+        super::data_dir::chown_tree(dir, uid, gid).map_err(StepError::DataDir)
     }
 
     async fn spawn(&self, l: Launch<&Netns, &SandboxCgroup>) -> Result<Started, StepError> {

@@ -563,7 +563,7 @@ mod tests {
 
     #[test]
     fn a_data_dir_that_cannot_be_handed_over_is_the_specs_fault() {
-        let e = StepError::DataDir(crate::helper::validate::DataDirError::TooDeep);
+        let e = StepError::DataDir(crate::helper::data_dir::DataDirError::TooDeep);
         let e = privhelper_api::HelperError::from(e);
         assert!(
             matches!(e, privhelper_api::HelperError::InvalidSpec(_)),

@@ -12,6 +12,7 @@
 
 mod argv;
 mod cgroup;
+mod data_dir;
 mod error;
 mod firewall;
 mod host;
