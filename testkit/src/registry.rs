@@ -11,22 +11,26 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
 use gateway::config::RegistryConfig;
 use gateway::image::digest::Digest;
 use gateway::image::oci::{self, Descriptor, Platform};
-use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::upstream::TestCa;
+
+mod hostile;
+mod token;
+
+pub use hostile::{Hostile, ReplyBody, Seen, reply, streamed};
+use token::TokenServer;
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
@@ -477,14 +481,6 @@ fn htpasswd_line(user: &str, password: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // The token server
 
-/// The Bearer mode's token server: checks Basic credentials, grants the scope asked for.
-#[derive(Debug)]
-struct TokenServer {
-    addr: SocketAddr,
-    issued: Arc<Mutex<usize>>,
-    _task: AbortOnDrop,
-}
-
 #[derive(Debug)]
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -492,10 +488,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn b64url(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
 /// Serves `serve` on `listener`, TLS when `tls` is given, one task per connection.
@@ -550,231 +542,6 @@ fn acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
     .with_single_cert(certs, key)
     .unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
-}
-
-impl TokenServer {
-    async fn start(ca: &TestCa, user: &str, password: &str, service: &str, issuer: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (cert, key) = ca.issue(&["127.0.0.1"], false);
-        let tls = acceptor(&cert, &key);
-        // The signing key: another leaf of the same CA, named in each token's x5c.
-        let (sign_cert, sign_key) = ca.issue(&["token-signer"], false);
-        let sign_der = CertificateDer::from_pem_slice(sign_cert.as_bytes()).unwrap();
-        let pkcs8 = PrivateKeyDer::from_pem_slice(sign_key.as_bytes()).unwrap();
-        let rng = ring::rand::SystemRandom::new();
-        let key_pair = Arc::new(
-            ring::signature::EcdsaKeyPair::from_pkcs8(
-                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                pkcs8.secret_der(),
-                &rng,
-            )
-            .unwrap(),
-        );
-        let header = b64url(
-            serde_json::json!({"alg": "ES256", "typ": "JWT", "x5c": [
-                base64::engine::general_purpose::STANDARD.encode(sign_der.as_ref())
-            ]})
-            .to_string()
-            .as_bytes(),
-        );
-        let expected = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-        );
-        let issued = Arc::new(Mutex::new(0));
-        let counter = issued.clone();
-        let (service, issuer, user) = (service.to_owned(), issuer.to_owned(), user.to_owned());
-        let task = serve(listener, Some(tls), move |req: Request<Incoming>| {
-            let authorized = req
-                .headers()
-                .get("authorization")
-                .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-            let query = req.uri().query().unwrap_or("").to_owned();
-            let (header, key_pair, service, issuer, user, counter) = (
-                header.clone(),
-                key_pair.clone(),
-                service.clone(),
-                issuer.clone(),
-                user.clone(),
-                counter.clone(),
-            );
-            async move {
-                if !authorized {
-                    return reply(
-                        401,
-                        &[],
-                        b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec(),
-                    );
-                }
-                let mut access = Vec::new();
-                for (k, v) in url_pairs(&query) {
-                    if k == "scope" {
-                        // repository:NAME:ACTIONS (NAME may hold '/').
-                        let mut parts = v.splitn(2, ':');
-                        let kind = parts.next().unwrap_or("");
-                        let rest = parts.next().unwrap_or("");
-                        if let Some((name, actions)) = rest.rsplit_once(':') {
-                            access.push(serde_json::json!({
-                                "type": kind, "name": name,
-                                "actions": actions.split(',').collect::<Vec<_>>(),
-                            }));
-                        }
-                    }
-                }
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs();
-                let claims = serde_json::json!({
-                    "iss": issuer, "sub": user, "aud": service,
-                    "exp": now + 600, "nbf": now - 30, "iat": now,
-                    "jti": random_name("j"), "access": access,
-                });
-                let signing_input = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
-                let sig = key_pair
-                    .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
-                    .unwrap();
-                let jwt = format!("{signing_input}.{}", b64url(sig.as_ref()));
-                *counter.lock().unwrap() += 1;
-                reply(
-                    200,
-                    &[("content-type", "application/json")],
-                    serde_json::json!({"token": jwt, "expires_in": 600})
-                        .to_string()
-                        .into_bytes(),
-                )
-            }
-        });
-        Self {
-            addr,
-            issued,
-            _task: task,
-        }
-    }
-}
-
-/// `a=b&c=d`, percent-decoded.
-fn url_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| {
-            let dec = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The hostile registry
-
-/// A response body of the scripted server.
-pub type ReplyBody = BoxBody<Bytes, Infallible>;
-
-/// A response with a whole body (its true `Content-Length`).
-pub fn reply(status: u16, headers: &[(&str, &str)], body: Vec<u8>) -> Response<ReplyBody> {
-    let mut r = Response::builder().status(status);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    r.body(Full::new(Bytes::from(body)).boxed()).unwrap()
-}
-
-/// A response whose body is sent in chunks (no `Content-Length`): `chunks` of `chunk` bytes
-/// (`None`: forever), each after `interval`.
-pub fn streamed(
-    status: u16,
-    headers: &[(&str, &str)],
-    chunk: Vec<u8>,
-    chunks: Option<usize>,
-    interval: Duration,
-) -> Response<ReplyBody> {
-    let chunk = Bytes::from(chunk);
-    let stream = futures_util::stream::unfold(0usize, move |sent| {
-        let chunk = chunk.clone();
-        async move {
-            if chunks.is_some_and(|n| sent >= n) {
-                return None;
-            }
-            if !interval.is_zero() {
-                tokio::time::sleep(interval).await;
-            }
-            Some((Ok::<_, Infallible>(Frame::data(chunk)), sent + 1))
-        }
-    });
-    let mut r = Response::builder().status(status);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    r.body(BodyExt::boxed(StreamBody::new(stream))).unwrap()
-}
-
-/// A request as the hostile server saw it.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path_and_query: String,
-    pub headers: HeaderMap,
-}
-
-type Script = Arc<dyn Fn(&Seen) -> Response<ReplyBody> + Send + Sync>;
-
-/// A scripted server: records each request, answers with `script`.
-#[derive(Debug)]
-pub struct Hostile {
-    pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    _task: AbortOnDrop,
-}
-
-impl Hostile {
-    /// Listens on `addr` (port 0: any), over TLS with `tls` = (cert PEM, key PEM) if given.
-    pub async fn start(
-        addr: SocketAddr,
-        tls: Option<(String, String)>,
-        script: impl Fn(&Seen) -> Response<ReplyBody> + Send + Sync + 'static,
-    ) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let records = seen.clone();
-        let script: Script = Arc::new(script);
-        let tls = tls.map(|(c, k)| acceptor(&c, &k));
-        let task = serve(listener, tls, move |req: Request<Incoming>| {
-            let s = Seen {
-                method: req.method().to_string(),
-                path_and_query: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/".into(), |p| p.to_string()),
-                headers: req.headers().clone(),
-            };
-            records.lock().unwrap().push(s.clone());
-            let resp = script(&s);
-            async move { resp }
-        });
-        Self {
-            addr,
-            seen,
-            _task: task,
-        }
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Whether any request carried an `Authorization` header.
-    pub fn saw_authorization(&self) -> bool {
-        self.seen()
-            .iter()
-            .any(|s| s.headers.contains_key("authorization"))
-    }
 }
 
 /// `blobs/` and `tmp/` of a store root hold nothing (what every refusal must leave).
