@@ -55,23 +55,34 @@ impl Keys {
 pub struct Registry {
     pub dir: tempfile::TempDir,
     pub keys: Keys,
+    /// More targets keys, beside `keys.targets` (see `with_targets_threshold`).
+    pub extra: Vec<KeyPair>,
     pub repo: Repo,
 }
 
 impl Registry {
     /// A fresh repository (version 1 of every role), signed as of `now`.
     pub fn new(now: SystemTime) -> Self {
+        Self::with_targets_threshold(now, 1, 1)
+    }
+
+    /// A fresh repository whose targets role has `n` keys and needs `threshold` of them.
+    pub fn with_targets_threshold(now: SystemTime, n: usize, threshold: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let keys = Keys::generate();
-        let repo = Repo::init(
-            dir.path(),
-            &keys.setup(),
-            Expiry::default(),
-            &keys.all(),
-            now,
-        )
-        .unwrap();
-        Registry { dir, keys, repo }
+        let extra: Vec<KeyPair> = (1..n).map(|_| KeyPair::generate()).collect();
+        let mut setup = keys.setup();
+        setup.targets.0.extend(extra.iter().map(KeyPair::public));
+        setup.targets.1 = threshold;
+        let mut signers: Vec<&KeyPair> = keys.all().to_vec();
+        signers.extend(extra.iter());
+        let repo = Repo::init(dir.path(), &setup, Expiry::default(), &signers, now).unwrap();
+        Registry {
+            dir,
+            keys,
+            extra,
+            repo,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -99,8 +110,9 @@ impl Registry {
 
     /// Publishes with every key, default expiries.
     pub fn publish(&mut self, now: SystemTime) -> Versions {
-        let keys = self.keys.all();
-        self.repo.publish(&keys, Expiry::default(), now).unwrap()
+        let mut signers: Vec<&KeyPair> = self.keys.all().to_vec();
+        signers.extend(self.extra.iter());
+        self.repo.publish(&signers, Expiry::default(), now).unwrap()
     }
 
     /// A role file's JSON.
@@ -119,19 +131,98 @@ impl Registry {
     }
 
     /// Edits `signed` of a role file with `edit` and signs it again with `signers` (an attacker
-    /// holding those keys); also writes the same bytes under `also`, if given.
+    /// holding those keys).
     pub fn resign(
         &self,
         file: &str,
         signers: &[&KeyPair],
         edit: impl FnOnce(&mut Value),
     ) -> Vec<u8> {
-        let mut doc = self.read(file);
+        self.forge(file, file, signers, edit)
+    }
+
+    /// Reads role file `from`, edits its `signed`, signs it with `signers` and writes it as
+    /// `to`; returns the bytes.
+    pub fn forge(
+        &self,
+        from: &str,
+        to: &str,
+        signers: &[&KeyPair],
+        edit: impl FnOnce(&mut Value),
+    ) -> Vec<u8> {
+        let mut doc = self.read(from);
         edit(&mut doc["signed"]);
         let bytes = serde_json::to_vec(&signed_doc(&doc["signed"], signers)).unwrap();
-        self.write_raw(file, &bytes);
+        self.write_raw(to, &bytes);
         bytes
     }
+}
+
+impl Registry {
+    /// Every file of the directory, to put back with `restore` after an attack.
+    pub fn save(&self) -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Puts the directory back as `save` found it (files added since are removed).
+    pub fn restore(&self, saved: &[(String, Vec<u8>)]) {
+        for e in std::fs::read_dir(self.path()).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if !saved.iter().any(|(n, _)| *n == name) {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        for (name, bytes) in saved {
+            self.write_raw(name, bytes);
+        }
+    }
+
+    /// The file names the current timestamp and snapshot point at: (snapshot, targets).
+    pub fn current_files(&self) -> (String, String) {
+        let ts = self.read("timestamp.json");
+        let snapshot = format!(
+            "{}.snapshot.json",
+            ts["signed"]["meta"]["snapshot.json"]["version"]
+        );
+        let snap = self.read(&snapshot);
+        let targets = format!(
+            "{}.targets.json",
+            snap["signed"]["meta"]["targets.json"]["version"]
+        );
+        (snapshot, targets)
+    }
+
+    /// Re-signs the current snapshot (same version) and a new timestamp (version + 1) so they
+    /// name the current bytes of the targets and snapshot files: after a hand edit of either,
+    /// the edit alone is left to refuse (an attacker holding the snapshot and timestamp keys).
+    pub fn rebind(&self) {
+        let (snapshot, targets) = self.current_files();
+        let raw = std::fs::read(self.path().join(&targets)).unwrap();
+        let bytes = self.resign(&snapshot, &[&self.keys.snapshot], |s| {
+            bind_meta(&mut s["meta"]["targets.json"], &raw)
+        });
+        self.write_raw("snapshot.json", &bytes);
+        self.resign("timestamp.json", &[&self.keys.timestamp], |s| {
+            s["version"] = json!(s["version"].as_u64().unwrap() + 1);
+            bind_meta(&mut s["meta"]["snapshot.json"], &bytes)
+        });
+    }
+}
+
+/// Sets a `meta` entry's length and sha256 to those of `raw`.
+pub fn bind_meta(meta: &mut Value, raw: &[u8]) {
+    meta["length"] = json!(raw.len());
+    meta["hashes"] = json!({"sha256": hex::encode(Sha256::digest(raw))});
 }
 
 /// `{"signed": signed, "signatures": [...]}` signed by each of `signers`.
