@@ -252,4 +252,25 @@ mod tests {
         assert!(!is_canonical(&json!({"a": [1.5]})));
         assert!(is_canonical(&json!({"a": [1, "1.5"]})));
     }
+
+    #[test]
+    fn review_deep_nesting_is_refused_without_overflowing_the_stack() {
+        for open in ["[", "{\"a\":"] {
+            let text = open.repeat(200_000);
+            assert!(matches!(
+                parse(text.as_bytes()),
+                Err(CjsonError::Syntax { .. })
+            ));
+        }
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(parse(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn review_big_integers_and_negative_zero_are_refused_not_rounded() {
+        for text in ["18446744073709551616", "-9223372036854775809", "-0", "1E2"] {
+            assert!(parse(text.as_bytes()).is_err(), "{text}");
+        }
+        assert!(parse(b"-9223372036854775808").is_ok());
+    }
 }

@@ -107,7 +107,18 @@ pub(super) fn parse<T: Body>(raw: &[u8], max: u64) -> Result<Doc<T>, TufError> {
         });
     }
     let spec = str_field(signed, "spec_version").map_err(bad)?;
-    if spec.split('.').next() != Some("1") {
+    // As python-tuf reads it: MAJOR.MINOR or MAJOR.MINOR.PATCH, digits only.
+    let parts: Vec<&str> = spec.split('.').collect();
+    let numeric = (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !numeric {
+        return Err(bad(format!(
+            "spec_version {spec:?} is not MAJOR.MINOR[.PATCH]"
+        )));
+    }
+    if parts[0] != "1" {
         return Err(TufError::Unsupported {
             role,
             detail: format!("spec_version {spec:?} (only 1.x is supported)"),
@@ -471,5 +482,22 @@ mod tests {
             parse::<TimestampBody>(&raw, 1 << 20),
             Err(TufError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn review_a_spec_version_that_is_not_major_minor_patch_is_refused() {
+        // python-tuf refuses these (2 or 3 dot-separated numbers); a reader that accepts
+        // them sees documents python-tuf's tooling never signs.
+        for spec in ["1", "1.", "1.x.y", "1.0.0.0", "1.0.31-rc1", "1 .0"] {
+            let raw = file(timestamp(serde_json::json!({"spec_version": spec})));
+            assert!(
+                parse::<TimestampBody>(&raw, 1 << 20).is_err(),
+                "spec_version {spec:?} was accepted"
+            );
+        }
+        for spec in ["1.0", "1.0.31", "1.2.3"] {
+            let raw = file(timestamp(serde_json::json!({"spec_version": spec})));
+            assert!(parse::<TimestampBody>(&raw, 1 << 20).is_ok(), "{spec}");
+        }
     }
 }

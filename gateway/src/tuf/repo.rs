@@ -185,7 +185,8 @@ impl Repo {
     }
 
     /// Signs new targets (if changed), snapshot and timestamp with the signers holding those
-    /// roles' keys, each version + 1. Nothing changed: only a new timestamp.
+    /// roles' keys, each version + 1. Nothing changed: only a new timestamp (and the targets
+    /// or snapshot that would expire before it).
     pub fn publish(
         &mut self,
         signers: &[&KeyPair],
@@ -201,8 +202,15 @@ impl Repo {
                 path: t.path.clone(),
             });
         }
-        let targets_due = self.staged != self.targets.body.entries || !self.verifies(Role::Targets);
-        let snapshot_due = targets_due || !self.verifies(Role::Snapshot);
+        // A role that would expire before the timestamp signed now is signed again, so a
+        // publish with nothing changed never points a fresh timestamp at expired files.
+        let horizon = later(now, expiry.timestamp);
+        let targets_due = self.staged != self.targets.body.entries
+            || !self.verifies(Role::Targets)
+            || self.targets.common.expires <= horizon;
+        let snapshot_due = targets_due
+            || !self.verifies(Role::Snapshot)
+            || self.snapshot.common.expires <= horizon;
         if targets_due {
             let version = self.targets.common.version + 1;
             let signed = targets_signed(version, later(now, expiry.targets), &self.staged);

@@ -95,7 +95,10 @@ fn update_root(
     limits: &Limits,
 ) -> Result<Doc<RootBody>, TufError> {
     for _ in 0..MAX_ROOT_ROTATIONS {
-        let next = trusted.common.version + 1;
+        // A root at u64::MAX has no successor (its `+ 1` would overflow).
+        let Some(next) = trusted.common.version.checked_add(1) else {
+            break;
+        };
         let file = format!("{next}.root.json");
         let raw = match fetch.fetch(&file, limits.root) {
             Ok(raw) => raw,

@@ -3,7 +3,8 @@
 //!
 //! "Distinct" is by key material, not by key id: a signature listed twice, or one key under
 //! two ids, counts once, so one stolen key cannot meet a threshold of two. Signatures beyond
-//! the threshold are not needed to be valid (the specification's rule); when the threshold is
+//! the threshold are not needed to be valid (the specification's rule), and each trusted key is
+//! checked once (its first signature), as python-tuf does; when the threshold is
 //! not met, the refusal names the most telling reason: a bad signature by a trusted key, then a
 //! key root does not trust, then the count. `check_meta` is the other binding: a file's bytes
 //! against the length and hashes another role names for it. Knows nothing of versions.
@@ -19,6 +20,9 @@ use super::{Role, TufError};
 pub(super) fn verify_role<T>(role: Role, root: &RootBody, doc: &Doc<T>) -> Result<(), TufError> {
     let trusted = &root.roles[&role];
     let mut counted: BTreeSet<[u8; 32]> = BTreeSet::new();
+    // Each trusted key is checked once: a file repeating signatures under one key id costs
+    // one verification (each hashes the whole message), not one per copy.
+    let mut tried: BTreeSet<[u8; 32]> = BTreeSet::new();
     let mut bad = None;
     let mut unknown = None;
     for s in &doc.signatures {
@@ -31,7 +35,7 @@ pub(super) fn verify_role<T>(role: Role, root: &RootBody, doc: &Doc<T>) -> Resul
             unknown.get_or_insert_with(|| s.key_id.clone());
             continue;
         };
-        if counted.contains(key.bytes()) {
+        if !tried.insert(*key.bytes()) {
             continue;
         }
         if key.verifies(&doc.canonical, &s.sig) {
