@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod image;
+mod registry;
 use image::{ImageCommand, image};
 use zeroize::Zeroizing;
 
@@ -53,6 +54,9 @@ enum Command {
     /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Signed registries: the author's offline tools (lint).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,8 +185,15 @@ enum VaultCommand {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    match run(cli, &mut std::io::stdout().lock()) {
-        Ok(()) => 0,
+    let result = match cli.command {
+        // The author's verbs are offline: no configuration, state directory or master key.
+        Command::Registry(registry::RegistryCommand::Author(c)) => registry::author::run(c),
+        command => run(Cli { command, ..cli }, &mut std::io::stdout().lock())
+            .map(|()| std::process::ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) if code == std::process::ExitCode::SUCCESS => 0,
+        Ok(_) => 1,
         Err(e) => {
             // An error can quote a server's words (a manifest's value, a name in its image,
             // the daemon's or helper's refusal): made safe for the terminal like the rest.
@@ -284,6 +295,7 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
         Command::Server(c) => server(admin, c, out),
         Command::Endpoint(c) => endpoint(admin, c, out),
         Command::Image(c) => image(admin, c, out),
+        Command::Registry(_) => unreachable!("the author's verbs run before any state is opened"),
     }
 }
 
