@@ -2,12 +2,19 @@
 //! verified TUF target as a server version: image descriptor, manifest, provenance),
 //! `entitlements` (what a manifest lets a server do, and what an upgrade adds), `lint` (the
 //! rules every entry passes before it is signed and again before it is installed) with
-//! `exfil` (the list of exfiltration-friendly services lint refuses).
+//! `exfil` (the list of exfiltration-friendly services lint refuses); and the author's side:
+//! `mcp_registry` (the MCP Registry's server.json and listing pages), `curation` (what a
+//! registry's reviewers add), `import` (the two → a manifest and an image build), `author`
+//! (a registry repository's offline operations: add a server, sign, verify).
 //!
-//! It knows nothing of signatures (the `tuf` layer verifies what it is handed) and nothing of
-//! how servers are run.
+//! It verifies no signature itself (the `tuf` layer does, `author` only calls it) and knows
+//! nothing of how servers are run.
 
+pub mod author;
+pub mod curation;
 pub mod entitlements;
 pub mod entry;
 pub mod exfil;
+pub mod import;
 pub mod lint;
+pub mod mcp_registry;
