@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
+use super::CatalogError;
 use crate::tuf;
 
 /// Redirects followed for one file.
@@ -231,6 +232,35 @@ impl tuf::Fetch for HttpFetch {
     fn fetch(&mut self, file: &str, max: u64) -> Result<Vec<u8>, tuf::FetchError> {
         self.get(file, max).map_err(|e| e.into_fetch(file))
     }
+}
+
+/// The [`tuf::Fetch`] for a registry's location: an `https://` URL (`http://` to a loopback
+/// address), or an absolute directory path (a registry on this host's disk, air-gapped).
+pub fn fetcher(location: &str) -> Result<Box<dyn tuf::Fetch>, CatalogError> {
+    fetcher_with_ca(location, None)
+}
+
+/// As [`fetcher`], trusting `ca_pem` too for an https location (a self-hosted registry).
+pub fn fetcher_with_ca(
+    location: &str,
+    ca_pem: Option<&[u8]>,
+) -> Result<Box<dyn tuf::Fetch>, CatalogError> {
+    if location.starts_with("https://") || location.starts_with("http://") {
+        return Ok(Box::new(HttpFetch::with_ca(location, DEFAULT_DEADLINE, ca_pem)?));
+    }
+    let location_error = |reason| CatalogError::Location {
+        location: location.to_owned(),
+        reason,
+    };
+    if ca_pem.is_some() {
+        return Err(location_error("a CA certificate only applies to an https location"));
+    }
+    if !location.starts_with('/') {
+        return Err(location_error(
+            "neither an https:// URL nor an absolute directory path",
+        ));
+    }
+    Ok(Box::new(tuf::DirFetch::new(location)))
 }
 
 fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, HttpError> {
