@@ -1,5 +1,18 @@
-//! What a signed registry's entries are and how they are used: the entry format, lint and
-//! entitlements, the registries' verified state and its sync, and installing servers from it.
+//! The registry catalog: what a registry entry is and how the gateway uses one. `entry` (a
+//! verified TUF target as a server version: image descriptor, manifest, provenance),
+//! `entitlements` (what a manifest lets a server do, and what an upgrade adds), `lint` (the
+//! rules every entry passes before it is signed and again before it is installed) with
+//! `exfil` (the list of exfiltration-friendly services lint refuses); `state` (a registry's
+//! verified offline view, re-checked from the store on every read), `sync` (bringing it up to
+//! date, nothing written on a refusal) and `http` (metadata files over HTTPS, capped and timed).
+//!
+//! It knows nothing of signatures (the `tuf` layer verifies what it is handed) and nothing of
+//! how servers are run.
+
+pub mod entitlements;
+pub mod entry;
+pub mod exfil;
+pub mod lint;
 
 mod error;
 pub mod http;

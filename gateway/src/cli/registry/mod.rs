@@ -1,6 +1,7 @@
 //! `gigmcp registry …`: the operator's verbs over signed registries (add, sync, list, forget)
-//! on the admin layer. Everything a registry says (its location as given, errors quoting its
-//! metadata) is shown through `terminal`.
+//! on the admin layer, and the author's (`author.rs`), which are offline: they run before any
+//! state directory or master key is opened. Everything a registry says (its location as given,
+//! errors quoting its metadata) is shown through `terminal`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,8 +15,10 @@ use crate::catalog::SyncReport;
 use crate::terminal;
 use crate::tuf::Versions;
 
+pub mod author;
+
 #[derive(Debug, Subcommand)]
-pub(super) enum RegistryCommand {
+pub enum RegistryCommand {
     /// Trust a registry: its metadata at an https URL (http only to 127.0.0.1 / [::1]) or in
     /// a local directory, and the root.json you pin for it (verified with its own keys, not
     /// expired). A first sync follows.
@@ -38,8 +41,9 @@ pub(super) enum RegistryCommand {
     List,
     /// Remove a registry and its stored metadata (refused while a server came from it).
     Forget { name: String },
-    // The `install` helper's verbs (search, show, install, upgrade, remove) go here, and the
-    // author verbs as `#[command(flatten)] Author(author::AuthorCommand)`.
+    // The `install` helper's verbs (search, show, install, upgrade, remove) go here.
+    #[command(flatten)]
+    Author(author::AuthorCommand),
 }
 
 /// `registry add|sync|list|forget`.
@@ -65,6 +69,9 @@ pub(super) fn registry(
             admin.registry_forget(&name)?;
             writeln!(out, "forgot registry {name} and its stored metadata")?;
             Ok(())
+        }
+        RegistryCommand::Author(_) => {
+            unreachable!("the author's verbs run before any state is opened")
         }
     }
 }
