@@ -10,6 +10,7 @@ mod build;
 mod image;
 mod registry;
 use image::{ImageCommand, image};
+use registry::{RegistryCommand, registry};
 use zeroize::Zeroizing;
 
 use crate::admin::AdminApi;
@@ -54,9 +55,9 @@ enum Command {
     /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Signed registries: the author's offline tools (lint).
+    /// Signed registries: add (pin a root), sync, list, forget; the author's offline tools.
     #[command(subcommand)]
-    Registry(registry::RegistryCommand),
+    Registry(RegistryCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,7 +296,7 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
         Command::Server(c) => server(admin, c, out),
         Command::Endpoint(c) => endpoint(admin, c, out),
         Command::Image(c) => image(admin, c, out),
-        Command::Registry(_) => unreachable!("the author's verbs run before any state is opened"),
+        Command::Registry(c) => registry(admin, c, out),
     }
 }
 
