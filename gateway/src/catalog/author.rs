@@ -208,6 +208,13 @@ pub fn stage(repo: &mut Repo, entry: &Entry) {
     });
 }
 
+/// What `verify` found: the verified versions and every entry with its lint findings.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub versions: tuf::Versions,
+    pub entries: Vec<(Entry, Vec<Finding>)>,
+}
+
 /// A published repository verified as the gateway will: every role from the pinned `root`,
 /// then every target as an entry with its lint findings.
 pub fn verify(
@@ -216,7 +223,7 @@ pub fn verify(
     limits: &tuf::Limits,
     now: SystemTime,
     policy: &LintPolicy,
-) -> Result<(tuf::Versions, Vec<(Entry, Vec<Finding>)>), AuthorError> {
+) -> Result<Verified, AuthorError> {
     let stored = Stored {
         root: root.to_vec(),
         ..Stored::default()
@@ -234,7 +241,10 @@ pub fn verify(
         let findings = lint(&entry.manifest, policy);
         entries.push((entry, findings));
     }
-    Ok((updated.versions, entries))
+    Ok(Verified {
+        versions: updated.versions,
+        entries,
+    })
 }
 
 fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>, AuthorError> {

@@ -231,7 +231,10 @@ fn verify(
 ) -> anyhow::Result<ExitCode> {
     let root_bytes = std::fs::read(root).with_context(|| root.display().to_string())?;
     let mut fetch = catalog::fetcher(location)?;
-    let (v, entries) = author::verify(
+    let author::Verified {
+        versions: v,
+        entries,
+    } = author::verify(
         &root_bytes,
         fetch.as_mut(),
         &tuf::Limits::default(),
