@@ -305,3 +305,92 @@ fn lint_findings_block_add_server_and_stage_nothing() {
             .contains(&format!("{server}: egress[0].host: exfiltration"))
     );
 }
+
+/// `dir` served over HTTP on loopback by Python's `http.server`, killed on drop.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &str) -> Served {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+            dir,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Served {
+        child,
+        url: format!("http://127.0.0.1:{port}/"),
+    }
+}
+
+#[test]
+fn verify_reads_a_repository_served_over_http_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, targets_key) = init_repo(dir.path());
+    let server = server_dir(&dir.path().join("servers/issues"), "api.issues.example.com");
+    let (layout, built) = image_layout(dir.path());
+    let add = gigmcp(&[
+        "registry",
+        "add-server",
+        &repo,
+        "--server-dir",
+        &server,
+        "--image-layout",
+        &layout,
+        "--repository",
+        "127.0.0.1:5000/servers/issues",
+    ]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert!(
+        gigmcp(&["registry", "sign", &repo, "--key", &targets_key])
+            .status
+            .success()
+    );
+    let served = serve(&repo);
+    let out = gigmcp(&[
+        "registry",
+        "verify",
+        &served.url,
+        "--root",
+        &format!("{repo}/1.root.json"),
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&built.manifest_digest), "{stdout}");
+}

@@ -204,7 +204,9 @@ impl Entry {
     /// The manifest as the JSON a server record stores: keys sorted, no spaces, so equal
     /// manifests give equal text.
     pub fn manifest_json(&self) -> String {
-        // serde_json's maps are ordered (no `preserve_order`): a Value prints sorted.
+        // serde_json's maps are ordered (no `preserve_order`): a Value prints sorted. Not
+        // `tuf::cjson`: canonical JSON leaves control characters unescaped, which JSON parsers
+        // (the manifest's own) refuse, and this text is parsed again at every start.
         let value = serde_json::to_value(&self.manifest).expect("a manifest serialises");
         value.to_string()
     }
