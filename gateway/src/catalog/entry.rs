@@ -320,6 +320,10 @@ mod tests {
         let b = parse(&reordered).unwrap();
         assert_eq!(a.manifest_json(), b.manifest_json());
         assert_eq!(Manifest::from_json(&a.manifest_json()).unwrap(), a.manifest);
+        let mut control = custom();
+        control["gigmcp"]["manifest"]["env"] = serde_json::json!({"NOTE": "line\nbreak\u{1}"});
+        let c = parse(&control).unwrap();
+        assert_eq!(Manifest::from_json(&c.manifest_json()).unwrap(), c.manifest);
     }
 
     #[test]
