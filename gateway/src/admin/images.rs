@@ -283,6 +283,7 @@ impl super::local::LocalAdmin {
             source: "unsigned".into(),
             approved_ranges: approved_ranges.iter().map(|r| r.to_string()).collect(),
             installed_ms: crate::store::now_ms(),
+            origin: None,
         };
         if !self.records().server_add(&record)? {
             return Err(AdminError::Refused(format!(

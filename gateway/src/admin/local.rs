@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::images::{ImageSettings, ImportSelect};
-use super::{AdminApi, AdminError, image_layout};
+use super::{AdminApi, AdminError, RegistryAdded, RegistryInfo, image_layout};
 use crate::audit::{Auditor, Outcome};
+use crate::catalog::SyncReport;
 use crate::egress::{AddressGuard, HostAddrs, check_approval};
 use crate::image::oci::RunConfig;
 use crate::image::plan::{RunPlan, copied_rootfs, gateway_env, plan};
@@ -43,8 +44,9 @@ pub struct LocalAdmin {
     settings: AdminSettings,
 }
 
-/// Server and endpoint names: they appear in URLs, tool names (`<server>__<tool>`) and paths.
-fn check_name(kind: &str, name: &str) -> Result<(), AdminError> {
+/// Server, endpoint and registry names: they appear in URLs, tool names (`<server>__<tool>`),
+/// `REGISTRY/SERVER` references and paths.
+pub(super) fn check_name(kind: &str, name: &str) -> Result<(), AdminError> {
     if crate::manifest::valid_server_name(name) {
         Ok(())
     } else {
@@ -81,6 +83,19 @@ impl LocalAdmin {
             store,
             settings,
         })
+    }
+
+    /// Records one admin event; an event that cannot be written fails the action.
+    pub(super) fn audit_admin(
+        &self,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: &str,
+    ) -> Result<(), AdminError> {
+        self.audit
+            .record(action, target, outcome, detail)
+            .map_err(AdminError::Audit)
     }
 
     /// Audits the result of an admin action, then returns it.
@@ -341,6 +356,28 @@ impl AdminApi for LocalAdmin {
         };
         self.audited("token.revoke", id, result, |_| String::new())
     }
+
+    fn registry_add(
+        &mut self,
+        name: &str,
+        location: &str,
+        root: &[u8],
+        ca_pem: Option<&[u8]>,
+    ) -> Result<RegistryAdded, AdminError> {
+        self.add_registry(name, location, root, ca_pem)
+    }
+
+    fn registry_sync(&mut self, name: &str) -> Result<SyncReport, AdminError> {
+        self.sync_registry(name)
+    }
+
+    fn registry_list(&mut self) -> Result<Vec<RegistryInfo>, AdminError> {
+        self.list_registries()
+    }
+
+    fn registry_forget(&mut self, name: &str) -> Result<(), AdminError> {
+        self.forget_registry(name)
+    }
 }
 
 /// An installed image, for the audit.
@@ -499,6 +536,7 @@ impl LocalAdmin {
             source: "unsigned".into(),
             approved_ranges: approved_ranges.iter().map(|r| r.to_string()).collect(),
             installed_ms: now_ms(),
+            origin: None,
         };
         if !self.store.server_add(&record)? {
             let _ = std::fs::remove_dir_all(&dest);

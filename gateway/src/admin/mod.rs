@@ -5,9 +5,11 @@
 pub mod image_layout;
 pub mod images;
 pub mod local;
+pub mod registry;
 
 use std::path::Path;
 
+use crate::catalog::{CatalogError, SyncReport};
 use crate::image::{GcReport, ImageRecord};
 use crate::store::{SecretMeta, ServerRecord, StoreError, ToolDefinition};
 use crate::tokens::NewToken;
@@ -15,6 +17,7 @@ use crate::vault::{
     Fingerprint, InvalidSecretName, MasterKey, SecretValue, SetOutcome, VaultError, VaultStatus,
 };
 pub use images::ImportSelect;
+pub use registry::{RegistryAdded, RegistryInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -26,6 +29,8 @@ pub enum AdminError {
     Audit(StoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     #[error("{0}")]
     Refused(String),
 }
@@ -95,4 +100,21 @@ pub trait AdminApi {
     /// A new bearer token for `endpoint`; its secret is shown once, only its hash is kept.
     fn token_create(&mut self, endpoint: &str, label: &str) -> Result<NewToken, AdminError>;
     fn token_revoke(&mut self, id: &str) -> Result<(), AdminError>;
+
+    /// Adds a registry at `location` (https URL, or an absolute directory) trusting `root`
+    /// (root.json bytes: verified with its own keys and threshold, not expired), and `ca_pem`
+    /// for its HTTPS besides the system's roots. A first sync is attempted and reported; its
+    /// refusal leaves the registry added and unsynced.
+    fn registry_add(
+        &mut self,
+        name: &str,
+        location: &str,
+        root: &[u8],
+        ca_pem: Option<&[u8]>,
+    ) -> Result<RegistryAdded, AdminError>;
+    /// Fetches and verifies the registry's newest metadata; on a refusal nothing is stored.
+    fn registry_sync(&mut self, name: &str) -> Result<SyncReport, AdminError>;
+    fn registry_list(&mut self) -> Result<Vec<RegistryInfo>, AdminError>;
+    /// Removes a registry and its metadata (refused while a server installed from it remains).
+    fn registry_forget(&mut self, name: &str) -> Result<(), AdminError>;
 }

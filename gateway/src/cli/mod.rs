@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod image;
+mod registry;
 use image::{ImageCommand, image};
+use registry::{RegistryCommand, registry};
 use zeroize::Zeroizing;
 
 use crate::admin::AdminApi;
@@ -53,6 +55,9 @@ enum Command {
     /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Signed registries: add (pin a root), sync, list, forget; the author's offline tools.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,8 +186,15 @@ enum VaultCommand {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    match run(cli, &mut std::io::stdout().lock()) {
-        Ok(()) => 0,
+    let result = match cli.command {
+        // The author's verbs are offline: no configuration, state directory or master key.
+        Command::Registry(registry::RegistryCommand::Author(c)) => registry::author::run(c),
+        command => run(Cli { command, ..cli }, &mut std::io::stdout().lock())
+            .map(|()| std::process::ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) if code == std::process::ExitCode::SUCCESS => 0,
+        Ok(_) => 1,
         Err(e) => {
             // An error can quote a server's words (a manifest's value, a name in its image,
             // the daemon's or helper's refusal): made safe for the terminal like the rest.
@@ -284,6 +296,7 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
         Command::Server(c) => server(admin, c, out),
         Command::Endpoint(c) => endpoint(admin, c, out),
         Command::Image(c) => image(admin, c, out),
+        Command::Registry(c) => registry(admin, c, out),
     }
 }
 
