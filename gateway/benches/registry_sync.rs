@@ -31,7 +31,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        << 10
 }
 
 /// Resets the peak resident size (VmHWM) to the current one.
@@ -126,12 +131,14 @@ fn main() {
         reset_peak();
         let before = status_bytes("VmRSS:");
         let t = Instant::now();
-        let report = catalog::sync(&store, "bench", &mut fetch, &limits, SystemTime::now()).unwrap();
+        let report =
+            catalog::sync(&store, "bench", &mut fetch, &limits, SystemTime::now()).unwrap();
         first.push(t.elapsed());
         peak = peak.max(status_bytes("VmHWM:").saturating_sub(before));
         assert_eq!(report.targets, SERVERS);
         let t = Instant::now();
-        let report = catalog::sync(&store, "bench", &mut fetch, &limits, SystemTime::now()).unwrap();
+        let report =
+            catalog::sync(&store, "bench", &mut fetch, &limits, SystemTime::now()).unwrap();
         again.push(t.elapsed());
         assert!(!report.changed);
     }
@@ -161,11 +168,25 @@ fn main() {
     let (first, again, raw) = (median(first), median(again), median(raw));
     let (verify, load) = (median(verify), median(load));
     let per = |d: Duration| d.as_secs_f64() * 1e6 / SERVERS as f64;
-    println!("registry sync: {SERVERS} servers, targets.json {targets_bytes} bytes, median of {RUNS}");
+    println!(
+        "registry sync: {SERVERS} servers, targets.json {targets_bytes} bytes, median of {RUNS}"
+    );
     println!("  first sync (fetch + verify + store): {first:?}");
     println!("  sync with nothing new:               {again:?}");
-    println!("  the same files fetched, unverified:  {raw:?}  (first sync / fetch = {:.2})", first.as_secs_f64() / raw.as_secs_f64());
-    println!("  verification alone (tuf::update):    {verify:?}  = {:.1} us per entry", per(verify));
-    println!("  offline re-verification (tuf::load): {load:?}  = {:.1} us per entry", per(load));
-    println!("  peak resident memory added by a first sync: {:.1} MiB", peak as f64 / f64::from(1 << 20));
+    println!(
+        "  the same files fetched, unverified:  {raw:?}  (first sync / fetch = {:.2})",
+        first.as_secs_f64() / raw.as_secs_f64()
+    );
+    println!(
+        "  verification alone (tuf::update):    {verify:?}  = {:.1} us per entry",
+        per(verify)
+    );
+    println!(
+        "  offline re-verification (tuf::load): {load:?}  = {:.1} us per entry",
+        per(load)
+    );
+    println!(
+        "  peak resident memory added by a first sync: {:.1} MiB",
+        peak as f64 / f64::from(1 << 20)
+    );
 }
