@@ -26,6 +26,12 @@ pub struct World {
     pub name: String,
 }
 
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl World {
     /// Version 2 of every role (except root) published, nothing added to the gateway yet.
     pub fn new() -> Self {
