@@ -119,6 +119,10 @@ fn verify_1000(c: &mut Criterion) {
     group.bench_function("parse_targets_json", |b| {
         b.iter(|| cjson::parse(std::hint::black_box(&raw)).unwrap())
     });
+    // Baseline: serde_json's own Value (no duplicate-key check).
+    group.bench_function("serde_json_value_baseline", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(std::hint::black_box(&raw)).unwrap())
+    });
     let value = cjson::parse(&raw).unwrap();
     group.bench_function("canonicalise_targets_signed", |b| {
         b.iter(|| cjson::to_canonical(std::hint::black_box(&value["signed"])))
