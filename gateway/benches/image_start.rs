@@ -113,6 +113,7 @@ fn main() {
             source: "unsigned".into(),
             approved_ranges: Vec::new(),
             installed_ms: now_ms(),
+            origin: None,
         };
         let from_dir = record(
             format!("dir:{dir_name}"),

@@ -180,6 +180,7 @@ async fn daemon_memory() {
             source: "unsigned".into(),
             approved_ranges: vec![],
             installed_ms: 0,
+            origin: None,
         })
         .unwrap();
     drop(store);

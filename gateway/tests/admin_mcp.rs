@@ -288,6 +288,7 @@ fn server_tools_show_a_servers_names_and_definitions_escaped() {
             source: "unsigned".into(),
             approved_ranges: Vec::new(),
             installed_ms: 1,
+            origin: None,
         })
         .unwrap();
     store

@@ -291,6 +291,7 @@ async fn run_and_call(
         source: "unsigned".into(),
         approved_ranges: Vec::new(),
         installed_ms: now_ms(),
+        origin: None,
     };
     let started = Instant::now();
     let launched = env.builder.runner.start(&record).await.expect("sandbox");

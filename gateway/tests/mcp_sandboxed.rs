@@ -200,6 +200,7 @@ fn server_everything_runs_sandboxed_behind_the_front() {
                     source: "unsigned".into(),
                     approved_ranges: Vec::new(),
                     installed_ms: now_ms(),
+                    origin: None,
                 })
                 .unwrap();
             store
@@ -225,6 +226,7 @@ fn server_everything_runs_sandboxed_behind_the_front() {
                     source: "unsigned".into(),
                     approved_ranges: Vec::new(),
                     installed_ms: now_ms(),
+                    origin: None,
                 })
                 .unwrap();
             store

@@ -93,6 +93,7 @@ fn a_forged_sandbox_exited_tears_nothing_down_and_is_not_reported() {
             source: "unsigned".into(),
             approved_ranges: Vec::new(),
             installed_ms: now_ms(),
+            origin: None,
         };
         let launcher = launcher(&h, store, h.client().await);
         let launched = launcher.start(&record).await.expect("sandbox started");
@@ -197,6 +198,7 @@ fn a_server_the_helper_refuses_is_a_tools_list_error_naming_it_with_the_helpers_
                 source: "unsigned".into(),
                 approved_ranges: Vec::new(),
                 installed_ms: now_ms(),
+                origin: None,
             })
             .unwrap();
         store

@@ -179,6 +179,7 @@ impl Gw {
                         source: "unsigned".into(),
                         approved_ranges: Vec::new(),
                         installed_ms: now_ms(),
+                        origin: None,
                     })
                     .unwrap()
             );

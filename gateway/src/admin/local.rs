@@ -567,6 +567,7 @@ impl LocalAdmin {
             source: "unsigned".into(),
             approved_ranges: approved_ranges.iter().map(|r| r.to_string()).collect(),
             installed_ms: now_ms(),
+            origin: None,
         };
         if !self.store.server_add(&record)? {
             let _ = std::fs::remove_dir_all(&dest);

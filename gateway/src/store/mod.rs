@@ -11,7 +11,7 @@ pub mod sqlite;
 pub use sqlite::SqliteStore;
 
 /// The schema version this build writes; a database with a higher one is refused.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +34,19 @@ pub enum StoreError {
     Conflict { name: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{what} is in use by {}: nothing was removed", users.join(", "))]
+    InUse { what: String, users: Vec<String> },
+    #[error(
+        "registry {registry}: {role} version {offered} is below the stored {stored} (rollback): nothing was written"
+    )]
+    Rollback {
+        registry: String,
+        role: String,
+        stored: u64,
+        offered: u64,
+    },
+    #[error("no registry named {0}")]
+    UnknownRegistry(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -106,6 +119,36 @@ pub struct ServerRecord {
     /// Private ranges (CIDR) the admin approved as destinations for this server.
     pub approved_ranges: Vec<String>,
     pub installed_ms: i64,
+    /// The registry and target it was installed from (`source` is `registry` when set).
+    pub origin: Option<RegistryOrigin>,
+}
+
+/// Where a registry server came from: the registry's name and the target it was installed as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryOrigin {
+    pub registry: String,
+    /// `<name>/<version>`.
+    pub target: String,
+}
+
+/// A registry the admin added: where its metadata is served and the root the admin pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRecord {
+    pub name: String,
+    /// An https URL (http only to loopback) or an absolute directory path.
+    pub location: String,
+    /// The root.json bytes the admin pinned at `registry add`.
+    pub pinned_root: Vec<u8>,
+    pub added_ms: i64,
+}
+
+/// The newest verified metadata file of one role, byte for byte as the registry served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleBody {
+    /// `root`, `timestamp`, `snapshot` or `targets`.
+    pub role: String,
+    pub version: u64,
+    pub body: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -121,6 +164,7 @@ impl ServerRecord {
             source: "unsigned".into(),
             approved_ranges: Vec::new(),
             installed_ms: now_ms(),
+            origin: None,
         }
     }
 }
@@ -204,6 +248,38 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn server_add(&self, server: &ServerRecord) -> Result<bool, StoreError>;
     fn server_get(&self, name: &str) -> Result<Option<ServerRecord>, StoreError>;
     fn server_list(&self) -> Result<Vec<ServerRecord>, StoreError>;
+    /// Removes a server with its tool definitions; `Ok(false)` if there is none.
+    /// [`StoreError::InUse`] (nothing removed) while an endpoint exposes it.
+    fn server_remove(&self, name: &str) -> Result<bool, StoreError>;
+    /// Replaces the record of `server.name` if its current `image_digest` is `expected_digest`
+    /// (an upgrade from what the caller showed the admin); `Ok(false)`, nothing changed,
+    /// otherwise. Tool definitions are kept: a changed one waits for approval as ever.
+    fn server_replace(
+        &self,
+        server: &ServerRecord,
+        expected_digest: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Adds a registry; `Ok(false)` if the name is taken (nothing changed).
+    fn registry_add(&self, registry: &RegistryRecord) -> Result<bool, StoreError>;
+    fn registry_get(&self, name: &str) -> Result<Option<RegistryRecord>, StoreError>;
+    fn registry_list(&self) -> Result<Vec<RegistryRecord>, StoreError>;
+    /// Removes a registry and its metadata; `Ok(false)` if there is none.
+    /// [`StoreError::InUse`] (nothing removed) while a server's origin names it.
+    fn registry_remove(&self, name: &str) -> Result<bool, StoreError>;
+    /// The registry's stored metadata (root, timestamp, snapshot, targets: those present, in
+    /// that order) and when it was last synced. [`StoreError::UnknownRegistry`] if none.
+    fn registry_metadata(&self, name: &str) -> Result<(Vec<RoleBody>, Option<i64>), StoreError>;
+    /// Replaces the registry's metadata by `bodies` in one transaction, refusing with
+    /// [`StoreError::Rollback`] (nothing written) if any role's version is below the stored
+    /// one, or a stored role is missing: checked under the write lock, so a concurrent sync
+    /// cannot make it go backwards either.
+    fn registry_metadata_put(
+        &self,
+        name: &str,
+        bodies: &[RoleBody],
+        synced_ms: i64,
+    ) -> Result<(), StoreError>;
 
     /// Adds an endpoint with its servers (which must exist); `Ok(false)` if the name is taken.
     fn endpoint_add(&self, endpoint: &EndpointRecord) -> Result<bool, StoreError>;

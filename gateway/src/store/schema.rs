@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_tool_definitions.sql"),
     include_str!("migrations/0003_endpoint_descriptions.sql"),
+    include_str!("migrations/0004_registries.sql"),
 ];
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
 

@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::generation;
 use super::schema::{header_user_version, migrate};
 use super::{
-    AuditEvent, EndpointRecord, Generation, Rewrapped, SCHEMA_VERSION, SecretMeta, SecretRecord,
-    ServerRecord, Store, StoreError, TokenRecord, ToolDefinition, now_ms,
+    AuditEvent, EndpointRecord, Generation, RegistryRecord, Rewrapped, RoleBody, SCHEMA_VERSION,
+    SecretMeta, SecretRecord, ServerRecord, Store, StoreError, TokenRecord, ToolDefinition, now_ms,
 };
 use rows::{SECRET_COLUMNS, secret_from_row, to_i64, to_u64};
 
@@ -100,28 +100,6 @@ impl SqliteStore {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back on
         // drop), so a poisoned lock is safe to keep using.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl SqliteStore {
-    fn servers(&self, name: Option<&str>) -> Result<Vec<ServerRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, version, image_digest, manifest, source, installed_ms, \
-             approved_private_ranges FROM servers WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
-        )?;
-        let rows = stmt.query_map([name], |r| {
-            Ok(ServerRecord {
-                name: r.get(0)?,
-                version: r.get(1)?,
-                image_digest: r.get(2)?,
-                manifest: r.get(3)?,
-                source: r.get(4)?,
-                installed_ms: r.get(5)?,
-                approved_ranges: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
@@ -348,29 +326,52 @@ impl Store for SqliteStore {
     }
 
     fn server_add(&self, s: &ServerRecord) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "INSERT INTO servers (name, version, image_digest, manifest, source, \
-             approved_private_ranges, installed_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING",
-            rusqlite::params![
-                s.name,
-                s.version,
-                s.image_digest,
-                s.manifest,
-                s.source,
-                serde_json::to_string(&s.approved_ranges).expect("strings serialize"),
-                s.installed_ms
-            ],
-        )?;
-        Ok(n == 1)
+        servers::add(&self.conn(), s)
     }
 
     fn server_get(&self, name: &str) -> Result<Option<ServerRecord>, StoreError> {
-        Ok(self.servers(Some(name))?.pop())
+        Ok(servers::list(&self.conn(), Some(name))?.pop())
     }
 
     fn server_list(&self) -> Result<Vec<ServerRecord>, StoreError> {
-        self.servers(None)
+        servers::list(&self.conn(), None)
+    }
+
+    fn server_remove(&self, name: &str) -> Result<bool, StoreError> {
+        servers::remove(&mut self.conn(), name)
+    }
+
+    fn server_replace(&self, s: &ServerRecord, expected_digest: &str) -> Result<bool, StoreError> {
+        servers::replace(&mut self.conn(), s, expected_digest)
+    }
+
+    fn registry_add(&self, r: &RegistryRecord) -> Result<bool, StoreError> {
+        registries::add(&self.conn(), r)
+    }
+
+    fn registry_get(&self, name: &str) -> Result<Option<RegistryRecord>, StoreError> {
+        Ok(registries::list(&self.conn(), Some(name))?.pop())
+    }
+
+    fn registry_list(&self) -> Result<Vec<RegistryRecord>, StoreError> {
+        registries::list(&self.conn(), None)
+    }
+
+    fn registry_remove(&self, name: &str) -> Result<bool, StoreError> {
+        registries::remove(&mut self.conn(), name)
+    }
+
+    fn registry_metadata(&self, name: &str) -> Result<(Vec<RoleBody>, Option<i64>), StoreError> {
+        registries::metadata(&self.conn(), name)
+    }
+
+    fn registry_metadata_put(
+        &self,
+        name: &str,
+        bodies: &[RoleBody],
+        synced_ms: i64,
+    ) -> Result<(), StoreError> {
+        registries::metadata_put(&mut self.conn(), name, bodies, synced_ms)
     }
 
     fn endpoint_add(&self, e: &EndpointRecord) -> Result<bool, StoreError> {
@@ -576,6 +577,10 @@ impl Store for SqliteStore {
     }
 }
 
+mod registries;
+#[cfg(test)]
+mod registry_tests;
 mod rows;
+mod servers;
 #[cfg(test)]
 mod tests;

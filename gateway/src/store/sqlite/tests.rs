@@ -42,7 +42,8 @@ fn fresh_store_has_current_schema_and_settings() {
         "endpoint_servers",
         "tokens",
         "audit_events",
-        "registry_state",
+        "registries",
+        "registry_metadata",
     ] {
         let n: i64 = conn
             .query_row(
