@@ -45,6 +45,8 @@ pub mod registry;
 #[cfg(feature = "gateway")]
 pub mod sandbox_egress;
 #[cfg(feature = "gateway")]
+pub mod signed_registry;
+#[cfg(feature = "gateway")]
 pub mod upstream;
 
 pub use netns::privileged;
