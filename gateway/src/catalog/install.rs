@@ -270,3 +270,182 @@ pub fn listed(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::catalog::entry::ImageDescriptor;
+    use crate::manifest::Manifest;
+    use crate::tuf::{Expiry, KeyPair, Limits, Repo, RoleSetup, Stored};
+
+    fn random_hex(n: usize) -> String {
+        let mut b = vec![0u8; n];
+        getrandom::fill(&mut b).unwrap();
+        hex::encode(b)
+    }
+
+    fn entry(name: &str, version: &str, manifest: serde_json::Value) -> Entry {
+        let mut m = manifest;
+        m["name"] = name.into();
+        m["version"] = version.into();
+        Entry {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            description: Some(format!("the {name} server")),
+            image: ImageDescriptor {
+                repository: "reg.example/mcp/s".into(),
+                digest: format!("sha256:{}", random_hex(32)),
+                size: 1234,
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            },
+            manifest: Manifest::from_json(&m.to_string()).unwrap(),
+            source: None,
+        }
+    }
+
+    fn clean(name: &str, version: &str) -> Entry {
+        entry(name, version, serde_json::json!({"tools": ["echo"]}))
+    }
+
+    /// A registry `name` whose index, signed by our own `Repo`, lists `entries`; loaded as
+    /// the store would hand it over.
+    fn view(name: &str, entries: &[&Entry]) -> View {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate();
+        let one = || (vec![key.public()], 1);
+        let setup = RoleSetup {
+            root: one(),
+            timestamp: one(),
+            snapshot: one(),
+            targets: one(),
+        };
+        let now = SystemTime::now();
+        let mut repo = Repo::init(dir.path(), &setup, Expiry::default(), &[&key], now).unwrap();
+        for e in entries {
+            let (path, length, sha256, custom) = e.to_target_parts();
+            repo.set_target(Target {
+                path,
+                length,
+                sha256,
+                custom,
+            });
+        }
+        repo.publish(&[&key], Expiry::default(), now).unwrap();
+        let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+        let stored = Stored {
+            root: read("root.json"),
+            timestamp: Some(read("timestamp.json")),
+            snapshot: Some(read("snapshot.json")),
+            targets: Some(read("targets.json")),
+        };
+        let record = RegistryRecord {
+            name: name.to_owned(),
+            location: dir.path().display().to_string(),
+            pinned_root: read("1.root.json"),
+            added_ms: 0,
+        };
+        (record, crate::tuf::load(&stored, &Limits::default()).unwrap())
+    }
+
+    fn spec(text: &str) -> Spec {
+        Spec::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_bare_name_resolves_to_the_latest_entry_parsed_from_the_verified_index() {
+        let n = format!("s{}", random_hex(3));
+        let (old, new) = (clean(&n, "1.9"), clean(&n, "1.10"));
+        let views = [view("main", &[&old, &new])];
+        let r = resolve(&views, &spec(&n), &LintPolicy::default(), SystemTime::now()).unwrap();
+        assert_eq!((r.registry.as_str(), r.target.as_str()), ("main", &*format!("{n}/1.10")));
+        assert_eq!(r.entry, new);
+    }
+
+    #[test]
+    fn an_expired_index_names_nothing_to_install() {
+        let n = format!("s{}", random_hex(3));
+        let views = [view("main", &[&clean(&n, "1")])];
+        let later = SystemTime::now() + Duration::from_secs(2 * 86_400);
+        match resolve(&views, &spec(&n), &LintPolicy::default(), later) {
+            Err(e @ InstallError::Expired { .. }) => {
+                assert!(e.to_string().contains("gigmcp registry sync main"), "{e}");
+                assert_eq!(e.kind(), "expired");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_entry_lint_refuses_is_refused_naming_registry_target_and_finding() {
+        let n = format!("s{}", random_hex(3));
+        let bad = entry(&n, "2", serde_json::json!({"tools": ["echo"], "egress": [{"host": "pastebin.com"}]}));
+        let views = [view("main", &[&bad])];
+        match resolve(&views, &spec(&n), &LintPolicy::default(), SystemTime::now()) {
+            Err(e @ InstallError::Lint { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(&format!("registry main, target {n}/2")), "{text}");
+                assert!(text.contains("egress[0]"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_upgrade_goes_to_the_newest_newer_entry_of_the_same_registry() {
+        let n = format!("s{}", random_hex(3));
+        let (v1, v2, v3) = (clean(&n, "1"), clean(&n, "2"), clean(&n, "3"));
+        let (_, loaded) = view("main", &[&v1, &v2, &v3]);
+        let now = SystemTime::now();
+        let policy = LintPolicy::default();
+        let to = upgrade("main", &loaded, &format!("{n}/1"), None, &policy, now).unwrap().unwrap();
+        assert_eq!(to.entry, v3);
+        let asked = upgrade("main", &loaded, &format!("{n}/1"), Some("2"), &policy, now).unwrap().unwrap();
+        assert_eq!(asked.entry, v2);
+        assert!(upgrade("main", &loaded, &format!("{n}/3"), None, &policy, now).unwrap().is_none());
+        assert!(matches!(
+            upgrade("main", &loaded, &format!("{n}/3"), Some("9"), &policy, now),
+            Err(InstallError::Pick(PickError::NotFound { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_search_matches_names_and_descriptions_and_says_why_an_entry_cannot_be_installed() {
+        let (a, b) = (format!("a{}", random_hex(3)), format!("b{}", random_hex(3)));
+        let bad = entry(&b, "1", serde_json::json!({"tools": ["echo"], "egress": [{"host": "pastebin.com"}]}));
+        let views = [view("main", &[&clean(&a, "1"), &bad])];
+        let policy = LintPolicy::default();
+        let all = search(&views, "", &policy);
+        assert_eq!(all.len(), 2);
+        let hits = search(&views, &format!("THE {}", a.to_uppercase()), &policy);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!((hits[0].target.clone(), hits[0].problem.clone()), (format!("{a}/1"), None));
+        let refused = search(&views, &b, &policy);
+        assert!(refused[0].problem.as_deref().is_some_and(|p| p.contains("lint")), "{refused:?}");
+    }
+
+    #[test]
+    fn a_server_is_listed_only_with_its_recorded_digest_and_manifest() {
+        let n = format!("s{}", random_hex(3));
+        let e = clean(&n, "1");
+        let (_, loaded) = view("main", &[&e]);
+        let target = e.target_path();
+        let manifest = e.manifest_json();
+        listed("main", &loaded, &target, &e.image.digest, &manifest).unwrap();
+        let other = format!("sha256:{}", random_hex(32));
+        assert!(matches!(
+            listed("main", &loaded, &target, &other, &manifest),
+            Err(InstallError::ImageChanged { .. })
+        ));
+        let changed = clean(&n, "1").manifest_json().replace("echo", "echo2");
+        assert!(matches!(
+            listed("main", &loaded, &target, &e.image.digest, &changed),
+            Err(InstallError::ManifestChanged { .. })
+        ));
+        match listed("main", &loaded, &format!("{n}/2"), &e.image.digest, &manifest) {
+            Err(e @ InstallError::NotListed { .. }) => assert_eq!(e.kind(), "not-listed"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
