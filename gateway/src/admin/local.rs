@@ -361,7 +361,9 @@ impl AdminApi for LocalAdmin {
         confirm: super::Confirm<'_>,
     ) -> Result<super::Installed, AdminError> {
         let result = self.install_server(spec, local_name, approved_ranges, confirm);
-        let target = local_name.unwrap_or(spec);
+        // Audited under the local name the install would have, whatever the outcome.
+        let parsed = crate::catalog::pick::Spec::parse(spec).map(|s| s.name);
+        let target = local_name.or(parsed.as_deref().ok()).unwrap_or(spec);
         self.audited_install("server.install", target, result, |i| {
             format!(
                 "registry={} target={} image={} approved_ranges=[{}]",
