@@ -21,4 +21,5 @@ pub mod sandbox;
 pub mod store;
 pub mod terminal;
 pub mod tokens;
+pub mod tuf;
 pub mod vault;

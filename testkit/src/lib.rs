@@ -2,7 +2,7 @@
 //! private D-Bus owned by a guard, child processes that cannot outlive the test, a fresh network
 //! namespace per privileged test, generated names, the helper harness, rootfs builders and (with
 //! the `gateway` feature) the fake HTTPS upstream, the egress proxy fixture, the gateway's state
-//! directory and CLI runner, and the MCP front on real servers.
+//! directory and CLI runner, the MCP front on real servers, and a hostile TUF metadata server.
 //!
 //! Privileged tests share nothing host-wide: each runs in its own network namespace (links,
 //! addresses, nftables tables and ports are private to it) and names what is host-wide (named
@@ -34,6 +34,8 @@ pub mod env;
 pub mod layers;
 #[cfg(feature = "gateway")]
 pub mod mcp;
+#[cfg(feature = "gateway")]
+pub mod metadata;
 #[cfg(feature = "gateway")]
 pub mod neighbours;
 #[cfg(feature = "gateway")]

@@ -83,8 +83,6 @@ pub struct Shown {
 pub enum InstallRefusal {
     #[error(transparent)]
     Catalog(#[from] InstallError),
-    #[error(transparent)]
-    State(#[from] crate::catalog::CatalogError),
     #[error("server {0} is installed already (choose another local name with --as)")]
     Exists(String),
     #[error("server {0} is not installed")]
@@ -134,7 +132,6 @@ impl InstallRefusal {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Catalog(e) => e.kind(),
-            Self::State(_) => "registry",
             Self::Exists(_) => "exists",
             Self::NotInstalled(_) => "not-installed",
             Self::NotFromRegistry(_) => "not-from-registry",
@@ -156,16 +153,11 @@ impl From<InstallError> for AdminError {
     }
 }
 
-impl From<crate::catalog::CatalogError> for AdminError {
-    fn from(e: crate::catalog::CatalogError) -> Self {
-        InstallRefusal::from(e).into()
-    }
-}
-
 /// The `reason=` of a failed install, upgrade or remove.
 fn reason(e: &AdminError) -> &'static str {
     match e {
         AdminError::Install(r) => r.kind(),
+        AdminError::Catalog(_) => "registry",
         AdminError::Store(StoreError::InUse { .. }) => "in-use",
         AdminError::Refused(_) => "refused",
         _ => "error",

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::images::{ImageSettings, ImportSelect};
-use super::{AdminApi, AdminError, image_layout};
+use super::{AdminApi, AdminError, RegistryAdded, RegistryInfo, image_layout};
+use crate::catalog::SyncReport;
 use crate::audit::{Auditor, Outcome};
 use crate::egress::{AddressGuard, HostAddrs, check_approval};
 use crate::image::oci::RunConfig;
@@ -43,7 +44,8 @@ pub struct LocalAdmin {
     settings: AdminSettings,
 }
 
-/// Server and endpoint names: they appear in URLs, tool names (`<server>__<tool>`) and paths.
+/// Server, endpoint and registry names: they appear in URLs, tool names (`<server>__<tool>`),
+/// `REGISTRY/SERVER` references and paths.
 pub(super) fn check_name(kind: &str, name: &str) -> Result<(), AdminError> {
     if crate::manifest::valid_server_name(name) {
         Ok(())
@@ -81,6 +83,19 @@ impl LocalAdmin {
             store,
             settings,
         })
+    }
+
+    /// Records one admin event; an event that cannot be written fails the action.
+    pub(super) fn audit_admin(
+        &self,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: &str,
+    ) -> Result<(), AdminError> {
+        self.audit
+            .record(action, target, outcome, detail)
+            .map_err(AdminError::Audit)
     }
 
     /// Audits the result of an admin action, then returns it.
@@ -403,6 +418,27 @@ impl AdminApi for LocalAdmin {
                 r.image_digest, r.version
             )
         })
+
+    fn registry_add(
+        &mut self,
+        name: &str,
+        location: &str,
+        root: &[u8],
+        ca_pem: Option<&[u8]>,
+    ) -> Result<RegistryAdded, AdminError> {
+        self.add_registry(name, location, root, ca_pem)
+    }
+
+    fn registry_sync(&mut self, name: &str) -> Result<SyncReport, AdminError> {
+        self.sync_registry(name)
+    }
+
+    fn registry_list(&mut self) -> Result<Vec<RegistryInfo>, AdminError> {
+        self.list_registries()
+    }
+
+    fn registry_forget(&mut self, name: &str) -> Result<(), AdminError> {
+        self.forget_registry(name)
     }
 }
 

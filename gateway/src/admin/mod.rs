@@ -6,9 +6,11 @@ pub mod image_layout;
 pub mod images;
 pub mod install;
 pub mod local;
+pub mod registry;
 
 use std::path::Path;
 
+use crate::catalog::{CatalogError, SyncReport};
 use crate::image::{GcReport, ImageRecord};
 use crate::store::{SecretMeta, ServerRecord, StoreError, ToolDefinition};
 use crate::tokens::NewToken;
@@ -17,6 +19,7 @@ use crate::vault::{
 };
 pub use images::ImportSelect;
 pub use install::{Answer, Confirm, Installed, Shown, Upgraded};
+pub use registry::{RegistryAdded, RegistryInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -28,6 +31,8 @@ pub enum AdminError {
     Audit(StoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     #[error("{0}")]
     Refused(String),
     /// A server install, upgrade or remove from a registry, refused.
@@ -131,4 +136,20 @@ pub trait AdminApi {
     /// Removes a server installed from a registry (refused while an endpoint exposes it);
     /// its image stays for `image gc`.
     fn server_remove(&mut self, name: &str) -> Result<ServerRecord, AdminError>;
+    /// Adds a registry at `location` (https URL, or an absolute directory) trusting `root`
+    /// (root.json bytes: verified with its own keys and threshold, not expired), and `ca_pem`
+    /// for its HTTPS besides the system's roots. A first sync is attempted and reported; its
+    /// refusal leaves the registry added and unsynced.
+    fn registry_add(
+        &mut self,
+        name: &str,
+        location: &str,
+        root: &[u8],
+        ca_pem: Option<&[u8]>,
+    ) -> Result<RegistryAdded, AdminError>;
+    /// Fetches and verifies the registry's newest metadata; on a refusal nothing is stored.
+    fn registry_sync(&mut self, name: &str) -> Result<SyncReport, AdminError>;
+    fn registry_list(&mut self) -> Result<Vec<RegistryInfo>, AdminError>;
+    /// Removes a registry and its metadata (refused while a server installed from it remains).
+    fn registry_forget(&mut self, name: &str) -> Result<(), AdminError>;
 }

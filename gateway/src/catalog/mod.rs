@@ -3,3 +3,13 @@
 
 pub mod install;
 pub mod pick;
+
+mod error;
+pub mod http;
+pub mod state;
+pub mod sync;
+
+pub use error::CatalogError;
+pub use http::{HttpFetch, fetcher};
+pub use state::{load, load_all};
+pub use sync::{SyncReport, sync};

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod image;
+mod registry;
 use image::{ImageCommand, image};
+use registry::{RegistryCommand, registry};
 use zeroize::Zeroizing;
 
 use crate::admin::AdminApi;
@@ -53,6 +55,9 @@ enum Command {
     /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Signed registries: add (pin a root), sync, list, forget.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +289,7 @@ fn dispatch(admin: &mut dyn AdminApi, command: Command, out: &mut dyn Write) -> 
         Command::Server(c) => server(admin, c, out),
         Command::Endpoint(c) => endpoint(admin, c, out),
         Command::Image(c) => image(admin, c, out),
+        Command::Registry(c) => registry(admin, c, out),
     }
 }
 

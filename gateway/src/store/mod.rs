@@ -139,6 +139,9 @@ pub struct RegistryRecord {
     pub location: String,
     /// The root.json bytes the admin pinned at `registry add`.
     pub pinned_root: Vec<u8>,
+    /// A self-hosted registry's CA (PEM), trusted besides the system's roots for its HTTPS;
+    /// its bytes are kept, not its path, so what the admin pinned cannot change underneath.
+    pub ca_pem: Option<Vec<u8>>,
     pub added_ms: i64,
 }
 

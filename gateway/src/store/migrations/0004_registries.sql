@@ -6,6 +6,7 @@ CREATE TABLE registries (
     name        TEXT PRIMARY KEY,
     location    TEXT NOT NULL,
     pinned_root BLOB NOT NULL,
+    ca_pem      BLOB,
     added_ms    INTEGER NOT NULL,
     synced_ms   INTEGER
 ) STRICT;

@@ -19,15 +19,16 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RegistryRecord> {
         name: r.get(0)?,
         location: r.get(1)?,
         pinned_root: r.get(2)?,
-        added_ms: r.get(3)?,
+        ca_pem: r.get(3)?,
+        added_ms: r.get(4)?,
     })
 }
 
 pub(super) fn add(conn: &Connection, r: &RegistryRecord) -> Result<bool, StoreError> {
     let n = conn.execute(
-        "INSERT INTO registries (name, location, pinned_root, added_ms) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (name) DO NOTHING",
-        params![r.name, r.location, r.pinned_root, r.added_ms],
+        "INSERT INTO registries (name, location, pinned_root, ca_pem, added_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING",
+        params![r.name, r.location, r.pinned_root, r.ca_pem, r.added_ms],
     )?;
     Ok(n == 1)
 }
@@ -37,7 +38,7 @@ pub(super) fn list(
     name: Option<&str>,
 ) -> Result<Vec<RegistryRecord>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT name, location, pinned_root, added_ms FROM registries \
+        "SELECT name, location, pinned_root, ca_pem, added_ms FROM registries \
          WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
     )?;
     let rows = stmt.query_map([name], from_row)?;

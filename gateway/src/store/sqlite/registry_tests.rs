@@ -15,6 +15,7 @@ fn registry(name: &str) -> RegistryRecord {
         name: name.to_owned(),
         location: format!("https://{name}.example/metadata"),
         pinned_root: random("root-").into_bytes(),
+        ca_pem: Some(random("ca-").into_bytes()),
         added_ms: now_ms(),
     }
 }

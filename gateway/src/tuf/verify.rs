@@ -1,0 +1,98 @@
+//! Threshold signature checks: does a document carry valid signatures by at least `threshold`
+//! distinct keys that a root trusts for its role?
+//!
+//! "Distinct" is by key material, not by key id: a signature listed twice, or one key under
+//! two ids, counts once, so one stolen key cannot meet a threshold of two. Signatures beyond
+//! the threshold are not needed to be valid (the specification's rule); when the threshold is
+//! not met, the refusal names the most telling reason: a bad signature by a trusted key, then a
+//! key root does not trust, then the count. `check_meta` is the other binding: a file's bytes
+//! against the length and hashes another role names for it. Knows nothing of versions.
+
+use std::collections::BTreeSet;
+
+use sha2::{Digest, Sha256, Sha512};
+
+use super::metadata::{Doc, MetaFile, RootBody};
+use super::{Role, TufError};
+
+/// Checks `doc`'s signatures against `root`'s keys and threshold for `role`.
+pub(super) fn verify_role<T>(role: Role, root: &RootBody, doc: &Doc<T>) -> Result<(), TufError> {
+    let trusted = &root.roles[&role];
+    let mut counted: BTreeSet<[u8; 32]> = BTreeSet::new();
+    let mut bad = None;
+    let mut unknown = None;
+    for s in &doc.signatures {
+        let key = trusted
+            .key_ids
+            .iter()
+            .find(|id| **id == s.key_id)
+            .and_then(|id| root.keys.get(id));
+        let Some(key) = key else {
+            unknown.get_or_insert_with(|| s.key_id.clone());
+            continue;
+        };
+        if counted.contains(key.bytes()) {
+            continue;
+        }
+        if key.verifies(&doc.canonical, &s.sig) {
+            counted.insert(*key.bytes());
+        } else {
+            bad.get_or_insert_with(|| s.key_id.clone());
+        }
+    }
+    let valid = u32::try_from(counted.len()).unwrap_or(u32::MAX);
+    if valid >= trusted.threshold {
+        return Ok(());
+    }
+    Err(match (bad, unknown) {
+        (Some(key_id), _) => TufError::BadSignature { role, key_id },
+        (None, Some(key_id)) => TufError::UnknownKey { role, key_id },
+        (None, None) => TufError::Threshold {
+            role,
+            valid,
+            needed: trusted.threshold,
+        },
+    })
+}
+
+/// Checks a file's bytes against the length and hashes a `meta` entry names (sha256 and
+/// sha512; other algorithms are skipped, but at least one must be checkable). `mismatch`
+/// builds the refusal, which names who disagrees with whom.
+pub(super) fn check_meta(
+    role: Role,
+    file: &str,
+    raw: &[u8],
+    meta: &MetaFile,
+    mismatch: fn(String) -> TufError,
+) -> Result<(), TufError> {
+    if let Some(length) = meta.length {
+        if raw.len() as u64 != length {
+            return Err(mismatch(format!(
+                "{file} is {} bytes, {length} expected",
+                raw.len()
+            )));
+        }
+    }
+    if meta.hashes.is_empty() {
+        return Ok(());
+    }
+    let mut checked = false;
+    for (alg, want) in &meta.hashes {
+        let got = match alg.as_str() {
+            "sha256" => hex::encode(Sha256::digest(raw)),
+            "sha512" => hex::encode(Sha512::digest(raw)),
+            _ => continue,
+        };
+        checked = true;
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(mismatch(format!("{file}: {alg} is {got}, {want} expected")));
+        }
+    }
+    if !checked {
+        return Err(TufError::Unsupported {
+            role,
+            detail: format!("{file}: no sha256 or sha512 among its hashes"),
+        });
+    }
+    Ok(())
+}
