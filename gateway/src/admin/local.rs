@@ -418,6 +418,7 @@ impl AdminApi for LocalAdmin {
                 r.image_digest, r.version
             )
         })
+    }
 
     fn registry_add(
         &mut self,

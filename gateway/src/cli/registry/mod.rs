@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+mod install;
+
 use super::timestamp;
 use crate::admin::{AdminApi, RegistryInfo};
 use crate::catalog::SyncReport;
@@ -38,8 +40,10 @@ pub(super) enum RegistryCommand {
     List,
     /// Remove a registry and its stored metadata (refused while a server came from it).
     Forget { name: String },
-    // The `install` helper's verbs (search, show, install, upgrade, remove) go here, and the
-    // author verbs as `#[command(flatten)] Author(author::AuthorCommand)`.
+    /// Servers from registries: search, show, install, upgrade, remove.
+    #[command(flatten)]
+    Install(install::InstallCommand),
+    // The author verbs go here as `#[command(flatten)] Author(author::AuthorCommand)`.
 }
 
 /// `registry add|sync|list|forget`.
@@ -66,6 +70,7 @@ pub(super) fn registry(
             writeln!(out, "forgot registry {name} and its stored metadata")?;
             Ok(())
         }
+        RegistryCommand::Install(c) => install::run(admin, c, out),
     }
 }
 
