@@ -91,11 +91,20 @@ fn a_declared_length_over_the_cap_is_refused_before_any_body_arrives() {
     let (dir, name, _) = one_file(10);
     let server = MetadataServer::start(dir.path());
     // A gigabyte announced, nothing sent: waiting for it would hit the deadline instead.
-    server.set_hook(&name, Hook::Lie { claimed: 1 << 30, actual: 0 });
+    server.set_hook(
+        &name,
+        Hook::Lie {
+            claimed: 1 << 30,
+            actual: 0,
+        },
+    );
     let mut fetch = HttpFetch::new(&server.url(), DEADLINE).unwrap();
     let started = Instant::now();
     let err = fetch.get(&name, 1 << 20).unwrap_err();
-    assert!(matches!(err, HttpError::TooLarge { max, .. } if max == 1 << 20), "{err}");
+    assert!(
+        matches!(err, HttpError::TooLarge { max, .. } if max == 1 << 20),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
@@ -108,11 +117,22 @@ fn a_body_that_never_ends_is_refused_at_the_cap_with_bounded_memory() {
     let mut fetch = HttpFetch::new(&server.url(), DEADLINE).unwrap();
     let (rss_before, started) = (rss_bytes(), Instant::now());
     let err = fetch.get(&name, cap).unwrap_err();
-    assert!(matches!(err, HttpError::TooLarge { max, .. } if max == cap), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        matches!(err, HttpError::TooLarge { max, .. } if max == cap),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     // What was sent is the cap plus what the kernel's socket buffers held when we hung up.
     std::thread::sleep(Duration::from_millis(200));
-    assert!(server.bytes_sent() < cap + (32 << 20), "{}", server.bytes_sent());
+    assert!(
+        server.bytes_sent() < cap + (32 << 20),
+        "{}",
+        server.bytes_sent()
+    );
     let grown = rss_bytes().saturating_sub(rss_before);
     assert!(grown < 3 * cap, "resident memory grew by {grown} bytes");
 }
@@ -121,7 +141,13 @@ fn a_body_that_never_ends_is_refused_at_the_cap_with_bounded_memory() {
 fn a_length_that_understates_the_body_yields_only_the_declared_bytes() {
     let (dir, name, _) = one_file(10);
     let server = MetadataServer::start(dir.path());
-    server.set_hook(&name, Hook::Lie { claimed: 16, actual: 4 << 20 });
+    server.set_hook(
+        &name,
+        Hook::Lie {
+            claimed: 16,
+            actual: 4 << 20,
+        },
+    );
     let mut fetch = HttpFetch::new(&server.url(), DEADLINE).unwrap();
     assert_eq!(fetch.get(&name, 1024).unwrap(), vec![b'x'; 16]);
 }
@@ -130,7 +156,13 @@ fn a_length_that_understates_the_body_yields_only_the_declared_bytes() {
 fn a_length_that_overstates_the_body_is_a_failed_fetch() {
     let (dir, name, _) = one_file(10);
     let server = MetadataServer::start(dir.path());
-    server.set_hook(&name, Hook::Lie { claimed: 1000, actual: 10 });
+    server.set_hook(
+        &name,
+        Hook::Lie {
+            claimed: 1000,
+            actual: 10,
+        },
+    );
     let mut fetch = HttpFetch::new(&server.url(), DEADLINE).unwrap();
     assert!(matches!(
         fetch.fetch(&name, 4096),
@@ -147,7 +179,10 @@ fn a_trickling_server_is_cut_off_at_the_files_deadline() {
     let mut fetch = HttpFetch::new(&server.url(), deadline).unwrap();
     let started = Instant::now();
     let err = fetch.get(&name, 4096).unwrap_err();
-    assert!(matches!(err, HttpError::Deadline { after, .. } if after == deadline), "{err}");
+    assert!(
+        matches!(err, HttpError::Deadline { after, .. } if after == deadline),
+        "{err}"
+    );
     assert!(started.elapsed() < deadline + Duration::from_secs(1));
 }
 
@@ -202,5 +237,8 @@ fn an_error_status_is_reported_with_its_code() {
     server.set_hook(&name, Hook::Status(503));
     let mut fetch = HttpFetch::new(&server.url(), DEADLINE).unwrap();
     let err = fetch.get(&name, 100).unwrap_err();
-    assert!(matches!(err, HttpError::Status { status: 503, .. }), "{err}");
+    assert!(
+        matches!(err, HttpError::Status { status: 503, .. }),
+        "{err}"
+    );
 }

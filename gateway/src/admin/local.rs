@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::images::{ImageSettings, ImportSelect};
 use super::{AdminApi, AdminError, RegistryAdded, RegistryInfo, image_layout};
-use crate::catalog::SyncReport;
 use crate::audit::{Auditor, Outcome};
+use crate::catalog::SyncReport;
 use crate::egress::{AddressGuard, HostAddrs, check_approval};
 use crate::image::oci::RunConfig;
 use crate::image::plan::{RunPlan, copied_rootfs, gateway_env, plan};

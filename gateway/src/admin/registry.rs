@@ -81,7 +81,11 @@ impl LocalAdmin {
             Ok(ok) => ok,
             Err(e) => {
                 let (action, outcome, reason) = match refusal(&e) {
-                    Some(kind) => ("registry.refused", Outcome::Denied, format!("reason={kind} ")),
+                    Some(kind) => (
+                        "registry.refused",
+                        Outcome::Denied,
+                        format!("reason={kind} "),
+                    ),
                     None => ("registry.add", Outcome::Failed, String::new()),
                 };
                 self.audit_admin(action, name, outcome, &format!("{reason}{e}"))?;
@@ -117,7 +121,7 @@ impl LocalAdmin {
         super::local::check_name("registry", name)?;
         // Built once here so that a location which could never be fetched is refused now,
         // by name, rather than at every sync.
-        catalog::http::fetcher_with_ca(location, ca_pem).map_err(AdminError::Catalog)?;
+        catalog::fetcher_with_ca(location, ca_pem).map_err(AdminError::Catalog)?;
         if location.starts_with('/') && !Path::new(location).is_dir() {
             return Err(AdminError::Refused(format!(
                 "{location} is not a directory of metadata"
@@ -146,7 +150,7 @@ impl LocalAdmin {
                 .records()
                 .registry_get(name)?
                 .ok_or_else(|| CatalogError::UnknownRegistry(name.to_owned()))?;
-            let mut fetch = catalog::http::fetcher_with_ca(&record.location, record.ca_pem.as_deref())?;
+            let mut fetch = catalog::fetcher_with_ca(&record.location, record.ca_pem.as_deref())?;
             catalog::sync(
                 self.records(),
                 name,
@@ -224,7 +228,9 @@ impl LocalAdmin {
         };
         let outcome = match &result {
             Ok(()) => (Outcome::Ok, "metadata removed".to_owned()),
-            Err(AdminError::Store(e @ StoreError::InUse { .. })) => (Outcome::Denied, e.to_string()),
+            Err(AdminError::Store(e @ StoreError::InUse { .. })) => {
+                (Outcome::Denied, e.to_string())
+            }
             Err(e) => (Outcome::Failed, e.to_string()),
         };
         self.audit_admin("registry.forget", name, outcome.0, &outcome.1)?;

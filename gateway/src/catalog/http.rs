@@ -28,7 +28,6 @@ use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
-use super::CatalogError;
 use crate::tuf;
 
 /// Redirects followed for one file.
@@ -170,7 +169,10 @@ impl HttpFetch {
             reason: "not a valid URL",
         })?;
         let origin = Origin::of(&uri)?;
-        let loopback = origin.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let loopback = origin
+            .host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
         if !origin.https && !loopback {
             return Err(HttpError::BadUrl {
                 url: base_url.to_owned(),
@@ -232,35 +234,6 @@ impl tuf::Fetch for HttpFetch {
     fn fetch(&mut self, file: &str, max: u64) -> Result<Vec<u8>, tuf::FetchError> {
         self.get(file, max).map_err(|e| e.into_fetch(file))
     }
-}
-
-/// The [`tuf::Fetch`] for a registry's location: an `https://` URL (`http://` to a loopback
-/// address), or an absolute directory path (a registry on this host's disk, air-gapped).
-pub fn fetcher(location: &str) -> Result<Box<dyn tuf::Fetch>, CatalogError> {
-    fetcher_with_ca(location, None)
-}
-
-/// As [`fetcher`], trusting `ca_pem` too for an https location (a self-hosted registry).
-pub fn fetcher_with_ca(
-    location: &str,
-    ca_pem: Option<&[u8]>,
-) -> Result<Box<dyn tuf::Fetch>, CatalogError> {
-    if location.starts_with("https://") || location.starts_with("http://") {
-        return Ok(Box::new(HttpFetch::with_ca(location, DEFAULT_DEADLINE, ca_pem)?));
-    }
-    let location_error = |reason| CatalogError::Location {
-        location: location.to_owned(),
-        reason,
-    };
-    if ca_pem.is_some() {
-        return Err(location_error("a CA certificate only applies to an https location"));
-    }
-    if !location.starts_with('/') {
-        return Err(location_error(
-            "neither an https:// URL nor an absolute directory path",
-        ));
-    }
-    Ok(Box::new(tuf::DirFetch::new(location)))
 }
 
 fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, HttpError> {
@@ -458,7 +431,10 @@ mod tests {
         let o = origin("https://reg.example:8443/m/");
         let url: Uri = "https://reg.example:8443/m/root.json".parse().unwrap();
         let next = same_origin(&o, &url, "/mirror/root.json", "root.json").unwrap();
-        assert_eq!(next.to_string(), "https://reg.example:8443/mirror/root.json");
+        assert_eq!(
+            next.to_string(),
+            "https://reg.example:8443/mirror/root.json"
+        );
         let next = same_origin(&o, &url, "https://REG.example:8443/x", "root.json").unwrap();
         assert_eq!(next.path(), "/x");
     }
@@ -486,7 +462,11 @@ mod tests {
 
     #[test]
     fn plain_http_is_refused_unless_to_a_loopback_address() {
-        for url in ["http://reg.example/", "http://localhost:80/", "http://10.0.0.1/"] {
+        for url in [
+            "http://reg.example/",
+            "http://localhost:80/",
+            "http://10.0.0.1/",
+        ] {
             assert!(
                 matches!(
                     HttpFetch::new(url, DEFAULT_DEADLINE),
@@ -495,7 +475,11 @@ mod tests {
                 "{url}"
             );
         }
-        for url in ["http://127.0.0.1:9/", "http://[::1]:9/m", "https://reg.example/m"] {
+        for url in [
+            "http://127.0.0.1:9/",
+            "http://[::1]:9/m",
+            "https://reg.example/m",
+        ] {
             assert!(HttpFetch::new(url, DEFAULT_DEADLINE).is_ok(), "{url}");
         }
     }

@@ -10,6 +10,6 @@ pub mod state;
 pub mod sync;
 
 pub use error::CatalogError;
-pub use http::{HttpFetch, fetcher};
+pub use http::HttpFetch;
 pub use state::{load, load_all};
-pub use sync::{SyncReport, sync};
+pub use sync::{SyncReport, fetcher, fetcher_with_ca, sync};

@@ -191,8 +191,8 @@ impl Body for RootBody {
         };
         let mut keys = BTreeMap::new();
         for (id, key) in object(signed, "keys")? {
-            let key = PublicKey::from_json(key)
-                .map_err(|e| format!("{UNSUPPORTED}key {id}: {e}"))?;
+            let key =
+                PublicKey::from_json(key).map_err(|e| format!("{UNSUPPORTED}key {id}: {e}"))?;
             keys.insert(id.clone(), key);
         }
         let roles_obj = object(signed, "roles")?;
@@ -233,7 +233,9 @@ fn read_role_keys(
     for id in list {
         let id = id.as_str().ok_or("a key id is not a string")?;
         if !keys.contains_key(id) {
-            return Err(format!("roles.{role} names key {id}, which keys does not hold"));
+            return Err(format!(
+                "roles.{role} names key {id}, which keys does not hold"
+            ));
         }
         if key_ids.iter().any(|k| k == id) {
             return Err(format!("roles.{role} lists key {id} twice"));
@@ -326,8 +328,14 @@ fn read_target(path: &str, v: &Value) -> Result<Target, String> {
     let sha256 = hashes
         .get("sha256")
         .ok_or_else(|| format!("target {path:?} has no sha256 hash"))?;
-    if sha256.len() != 64 || !sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(format!("target {path:?}: sha256 is not 64 lower-case hex digits"));
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(format!(
+            "target {path:?}: sha256 is not 64 lower-case hex digits"
+        ));
     }
     Ok(Target {
         path: path.to_string(),
@@ -432,9 +440,16 @@ mod tests {
 
     #[test]
     fn unknown_fields_stay_in_the_canonical_bytes_signatures_cover() {
-        let doc = parse::<TimestampBody>(&file(timestamp(serde_json::json!({"x-note": "é"}))), 1 << 20)
-            .unwrap();
-        assert!(String::from_utf8(doc.canonical).unwrap().contains(r#""x-note":"é""#));
+        let doc = parse::<TimestampBody>(
+            &file(timestamp(serde_json::json!({"x-note": "é"}))),
+            1 << 20,
+        )
+        .unwrap();
+        assert!(
+            String::from_utf8(doc.canonical)
+                .unwrap()
+                .contains(r#""x-note":"é""#)
+        );
         assert_eq!(doc.body.snapshot.version, 2);
     }
 

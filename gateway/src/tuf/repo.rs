@@ -79,9 +79,17 @@ pub enum RepoError {
     #[error("{path}: not a valid repository: {source}")]
     Invalid { path: PathBuf, source: TufError },
     #[error("{role}: {have} of the given keys may sign it, {needed} needed")]
-    Signers { role: Role, have: usize, needed: u32 },
+    Signers {
+        role: Role,
+        have: usize,
+        needed: u32,
+    },
     #[error("{role}: threshold {threshold} with {keys} key(s) can never be met")]
-    Setup { role: Role, threshold: u32, keys: usize },
+    Setup {
+        role: Role,
+        threshold: u32,
+        keys: usize,
+    },
     #[error("target {path:?}: custom holds a non-integer number (canonical JSON has none)")]
     NotCanonical { path: String },
 }
@@ -131,7 +139,13 @@ impl Repo {
         let snapshot = sign_file(Role::Snapshot, snapshot, &keys, setup.snapshot.1, signers)?;
         write_atomic(dir, "1.snapshot.json", &snapshot)?;
         write_atomic(dir, "snapshot.json", &snapshot)?;
-        let ts = meta_signed(Role::Timestamp, 1, later(now, expiry.timestamp), 1, &snapshot);
+        let ts = meta_signed(
+            Role::Timestamp,
+            1,
+            later(now, expiry.timestamp),
+            1,
+            &snapshot,
+        );
         let keys = role_key_ids(setup, Role::Timestamp);
         let ts = sign_file(Role::Timestamp, ts, &keys, setup.timestamp.1, signers)?;
         write_atomic(dir, "timestamp.json", &ts)?;
@@ -178,13 +192,16 @@ impl Repo {
         expiry: Expiry,
         now: SystemTime,
     ) -> Result<Versions, RepoError> {
-        if let Some(t) = self.staged.values().find(|t| !cjson::is_canonical(&t.custom)) {
+        if let Some(t) = self
+            .staged
+            .values()
+            .find(|t| !cjson::is_canonical(&t.custom))
+        {
             return Err(RepoError::NotCanonical {
                 path: t.path.clone(),
             });
         }
-        let targets_due =
-            self.staged != self.targets.body.entries || !self.verifies(Role::Targets);
+        let targets_due = self.staged != self.targets.body.entries || !self.verifies(Role::Targets);
         let snapshot_due = targets_due || !self.verifies(Role::Snapshot);
         if targets_due {
             let version = self.targets.common.version + 1;
@@ -240,7 +257,13 @@ impl Repo {
         let signed = root_signed(setup, version, later(now, expiry))?;
         let canonical = cjson::to_canonical(&signed);
         let current = &self.root.body.roles[&Role::Root];
-        let mut sigs = signatures(Role::Root, &canonical, &current.key_ids, current.threshold, old)?;
+        let mut sigs = signatures(
+            Role::Root,
+            &canonical,
+            &current.key_ids,
+            current.threshold,
+            old,
+        )?;
         let new_ids = role_key_ids(setup, Role::Root);
         for s in signatures(Role::Root, &canonical, &new_ids, setup.root.1, new)? {
             if !sigs.iter().any(|o| o["keyid"] == s["keyid"]) {
@@ -394,8 +417,17 @@ fn sign_file(
     threshold: u32,
     signers: &[&KeyPair],
 ) -> Result<Vec<u8>, RepoError> {
-    let sigs = signatures(role, &cjson::to_canonical(&signed), key_ids, threshold, signers)?;
-    Ok(serde_json::to_vec(&json!({"signatures": sigs, "signed": signed})).expect("a Value serializes"))
+    let sigs = signatures(
+        role,
+        &cjson::to_canonical(&signed),
+        key_ids,
+        threshold,
+        signers,
+    )?;
+    Ok(
+        serde_json::to_vec(&json!({"signatures": sigs, "signed": signed}))
+            .expect("a Value serializes"),
+    )
 }
 
 fn read_doc<T: Body>(dir: &Path, name: &str) -> Result<Doc<T>, RepoError> {

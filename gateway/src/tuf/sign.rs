@@ -158,7 +158,10 @@ mod tests {
         pair.write_private(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(KeyPair::read_private(&path).unwrap().public(), pair.public());
+        assert_eq!(
+            KeyPair::read_private(&path).unwrap().public(),
+            pair.public()
+        );
     }
 
     #[test]

@@ -104,11 +104,9 @@ fn update_root(
         };
         let new = metadata::parse::<RootBody>(&raw, limits.root)?;
         let old_version = trusted.common.version;
-        verify_role(Role::Root, &trusted.body, &new).map_err(|e| {
-            TufError::RotationThreshold {
-                version: next,
-                detail: format!("not signed by the threshold of root version {old_version}: {e}"),
-            }
+        verify_role(Role::Root, &trusted.body, &new).map_err(|e| TufError::RotationThreshold {
+            version: next,
+            detail: format!("not signed by the threshold of root version {old_version}: {e}"),
         })?;
         verify_role(Role::Root, &new.body, &new).map_err(|e| TufError::RotationThreshold {
             version: next,
@@ -245,7 +243,9 @@ fn fetch_bound(
     let raw = match fetch.fetch(&file, max) {
         Err(FetchError::TooLarge { .. }) if max < cap => {
             let named = max;
-            return Err(mismatch(format!("{file} is longer than the {named} bytes named")));
+            return Err(mismatch(format!(
+                "{file} is longer than the {named} bytes named"
+            )));
         }
         other => other.map_err(|e| TufError::from_fetch(role, e))?,
     };
@@ -277,8 +277,15 @@ fn update_snapshot(
         .as_ref()
         .filter(|old| old.common.version == meta.version)
         .map(|old| old.raw.as_slice());
-    let (file, raw, reused) =
-        fetch_bound(root, Role::Snapshot, meta, reusable, fetch, limits, mismatch)?;
+    let (file, raw, reused) = fetch_bound(
+        root,
+        Role::Snapshot,
+        meta,
+        reusable,
+        fetch,
+        limits,
+        mismatch,
+    )?;
     let doc = if reused {
         trusted.expect("reused only when stored")
     } else {
