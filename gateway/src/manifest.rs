@@ -4,11 +4,14 @@
 //!
 //! Parsing is strict (unknown fields are errors) and [`Manifest::check`] refuses what the proxy
 //! could not enforce exactly: wildcards, IP literals, plain HTTP with a credential, a
-//! credential bound to a host the server may not reach.
+//! credential bound to a host the server may not reach, a private range without a reason or
+//! one that is not private. Every part also serialises (a registry entry carries the manifest
+//! as JSON, and what is written parses back to the same value).
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use crate::vault::SecretName;
 
@@ -16,26 +19,26 @@ use crate::vault::SecretName;
 /// layout check both use it).
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub name: String,
     pub version: String,
     /// What the sandbox runs. Absent: the image's `Entrypoint` + `Cmd` (`image::run_plan`); a
     /// server with neither is refused at install.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// The server's working directory inside the sandbox (absolute). Absent: the image's
     /// `WorkingDir`, else the sandbox's private `/tmp`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<Egress>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<Credential>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
     /// Transparent mode (DESIGN 3.5): the sandbox's DNS answers allowlisted names with its
     /// proxy's address and the proxy takes TLS on port 443 too, so clients that ignore
@@ -43,12 +46,42 @@ pub struct Manifest {
     /// reach their hosts, with credentials swapped. Absent: on when the manifest declares
     /// egress, off otherwise (see [`Manifest::transparent_mode`]). Needs a regular
     /// `/etc/resolv.conf` in the image.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transparent: Option<bool>,
+    /// What the server asks of the machine at most. The sandbox gets the lower of these and
+    /// the gateway's `[sandbox]` limits (`sandbox::effective_limits`): a manifest can only
+    /// lower what the admin configured, never raise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Private ranges the server asks to reach (an internal API), each with why. Asking is
+    /// not getting: the admin approves each range at install (`--approve-range`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_ranges: Vec<PrivateRange>,
+}
+
+/// Upper bounds a server declares for its sandbox; absent ones leave the gateway's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+    /// CPU in percent of one core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<u32>,
+}
+
+/// A private range the server asks for, and the reason shown to the admin who approves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateRange {
+    pub cidr: IpNet,
+    pub reason: String,
 }
 
 /// One host the server may reach through the proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
     /// An exact DNS name, lower case.
@@ -56,7 +89,7 @@ pub struct Egress {
     #[serde(default = "default_ports")]
     pub ports: Vec<u16>,
     /// Plain HTTP allowed to this host (never with a credential).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub http: bool,
 }
 
@@ -65,12 +98,12 @@ fn default_ports() -> Vec<u16> {
 }
 
 /// A credential the server uses without ever seeing it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     /// The vault secret's name; also the environment variable that holds the placeholder.
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// The only hosts the real value may be sent to.
     pub hosts: Vec<String>,
@@ -78,7 +111,7 @@ pub struct Credential {
 }
 
 /// Where in a request the placeholder is replaced by the real value.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
 pub enum Inject {
     /// A header whose value is `format` with `{}` standing for the secret,
@@ -145,14 +178,53 @@ pub fn check_workdir(dir: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Why a requested private range cannot be asked for: only ranges the proxy refuses without
+/// an approval need one (RFC 1918, CGNAT, ULA; loopback and link-local, which the admin's
+/// approval refuses in turn but the manifest may still name); a public range needs no approval,
+/// so asking for one is a mistake. Host bits would leave unclear what was approved.
+fn check_private_range(r: &PrivateRange) -> Result<(), &'static str> {
+    if r.reason.trim().is_empty() {
+        return Err("has no reason (the admin approving it is shown why it is asked for)");
+    }
+    if r.cidr != r.cidr.trunc() {
+        return Err("has host bits set");
+    }
+    let special: &[&str] = match r.cidr {
+        IpNet::V4(_) => &[
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+        ],
+        IpNet::V6(_) => &["fc00::/7", "fe80::/10", "::1/128"],
+    };
+    let inside = special
+        .iter()
+        .any(|s| s.parse::<IpNet>().is_ok_and(|s| s.contains(&r.cidr)));
+    if !inside {
+        return Err(
+            "is not private, loopback, link-local or ULA (a public range needs no approval)",
+        );
+    }
+    Ok(())
+}
+
 impl Manifest {
     pub fn from_json(text: &str) -> Result<Self, ManifestError> {
-        let m: Manifest = serde_json::from_str(text).map_err(|e| ManifestError {
-            server: "(unparsed)".into(),
-            problem: e.to_string(),
-        })?;
+        let m = Self::parse_json(text)?;
         m.check()?;
         Ok(m)
+    }
+
+    /// Strict parsing without [`Manifest::check`]: for the registry lint, which reports every
+    /// problem of a manifest at once rather than the first.
+    pub fn parse_json(text: &str) -> Result<Self, ManifestError> {
+        serde_json::from_str(text).map_err(|e| ManifestError {
+            server: "(unparsed)".into(),
+            problem: e.to_string(),
+        })
     }
 
     pub fn check(&self) -> Result<(), ManifestError> {
@@ -244,6 +316,19 @@ impl Manifest {
                 }
                 Inject::Basic | Inject::Query { .. } => {}
             }
+        }
+        self.check_limits().map_err(|p| bad(p.into()))?;
+        for r in &self.private_ranges {
+            check_private_range(r).map_err(|p| bad(format!("private range {}: {p}", r.cidr)))?;
+        }
+        Ok(())
+    }
+
+    /// A zero limit would start a sandbox that cannot run at all: refused at install.
+    fn check_limits(&self) -> Result<(), &'static str> {
+        let Some(l) = self.limits else { return Ok(()) };
+        if l.memory_mib == Some(0) || l.pids == Some(0) || l.cpu_percent == Some(0) {
+            return Err("a limit of 0 leaves the server nothing to run with");
         }
         Ok(())
     }
@@ -358,6 +443,76 @@ mod tests {
         assert!(Manifest::from_json(on).unwrap().transparent_mode());
         let wrong = r#"{"name": "t", "version": "1", "command": ["/bin/t"], "transparent": "yes"}"#;
         assert!(Manifest::from_json(wrong).is_err());
+    }
+
+    /// Every field set, the optional ones away from their defaults.
+    const FULL: &str = r#"{
+        "name": "wiki", "version": "2.1.0", "command": ["/bin/wiki", "--stdio"],
+        "env": {"MODE": "ro"}, "workdir": "/srv", "transparent": false,
+        "egress": [{"host": "api.example.com", "ports": [443, 8443]},
+                   {"host": "mirror.example.com", "http": true}],
+        "credentials": [{"name": "WIKI_TOKEN", "description": "read token",
+                         "hosts": ["api.example.com"], "inject": {"type": "query", "param": "key"}},
+                        {"name": "WIKI_BASIC", "hosts": ["api.example.com"], "inject": {"type": "basic"}}],
+        "tools": ["search", "read"],
+        "limits": {"memory_mib": 256, "pids": 64, "cpu_percent": 50},
+        "private_ranges": [{"cidr": "10.20.0.0/16", "reason": "the wiki's database"}]
+    }"#;
+
+    #[test]
+    fn a_manifest_serialises_to_json_that_parses_back_to_the_same_manifest() {
+        for text in [GOOD, FULL, r#"{"name": "t", "version": "1"}"#] {
+            let m = Manifest::from_json(text).unwrap();
+            let back = Manifest::from_json(&serde_json::to_string(&m).unwrap()).unwrap();
+            assert_eq!(back, m, "{text}");
+        }
+        let m = Manifest::from_json(FULL).unwrap();
+        assert_eq!(m.limits.unwrap().pids, Some(64));
+        assert_eq!(m.private_ranges[0].reason, "the wiki's database");
+    }
+
+    #[test]
+    fn a_private_range_needs_a_reason_no_host_bits_and_a_range_that_needs_approval() {
+        let with = |range: &str| {
+            GOOD.replacen(
+                "\"tools\"",
+                &format!("\"private_ranges\": [{range}], \"tools\""),
+                1,
+            )
+        };
+        for ok in [
+            r#"{"cidr": "192.168.1.0/24", "reason": "the NAS"}"#,
+            r#"{"cidr": "fd12:3456::/32", "reason": "the lab"}"#,
+            r#"{"cidr": "100.64.0.0/16", "reason": "tailnet"}"#,
+        ] {
+            assert!(Manifest::from_json(&with(ok)).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            (r#"{"cidr": "192.168.1.0/24", "reason": " "}"#, "no reason"),
+            (r#"{"cidr": "192.168.1.7/24", "reason": "x"}"#, "host bits"),
+            (r#"{"cidr": "8.8.8.0/24", "reason": "x"}"#, "not private"),
+            (r#"{"cidr": "2001:db8::/32", "reason": "x"}"#, "not private"),
+            (r#"{"cidr": "10.0.0.0/7", "reason": "x"}"#, "not private"),
+            (r#"{"cidr": "10.0.0.0/8"}"#, "missing field"),
+        ] {
+            let e = Manifest::from_json(&with(bad)).unwrap_err();
+            assert!(e.problem.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused_and_absent_limits_are_none() {
+        for zero in [
+            r#"{"memory_mib": 0}"#,
+            r#"{"pids": 0}"#,
+            r#"{"cpu_percent": 0}"#,
+        ] {
+            let text = GOOD.replacen("\"tools\"", &format!("\"limits\": {zero}, \"tools\""), 1);
+            assert!(Manifest::from_json(&text).is_err(), "{zero}");
+        }
+        let text = GOOD.replacen("\"tools\"", "\"limits\": {\"swap\": 1}, \"tools\"", 1);
+        assert!(Manifest::from_json(&text).is_err());
+        assert_eq!(Manifest::from_json(GOOD).unwrap().limits, None);
     }
 
     #[test]

@@ -186,8 +186,15 @@ enum VaultCommand {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    match run(cli, &mut std::io::stdout().lock()) {
-        Ok(()) => 0,
+    let result = match cli.command {
+        // The author's verbs are offline: no configuration, state directory or master key.
+        Command::Registry(registry::RegistryCommand::Author(c)) => registry::author::run(c),
+        command => run(Cli { command, ..cli }, &mut std::io::stdout().lock())
+            .map(|()| std::process::ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) if code == std::process::ExitCode::SUCCESS => 0,
+        Ok(_) => 1,
         Err(e) => {
             // An error can quote a server's words (a manifest's value, a name in its image,
             // the daemon's or helper's refusal): made safe for the terminal like the rest.

@@ -1,6 +1,8 @@
 //! `gigmcp registry …`: the operator's verbs over signed registries (add, sync, list, forget)
-//! on the admin layer. Everything a registry says (its location as given, errors quoting its
-//! metadata) is shown through `terminal`.
+//! on the admin layer, the servers installed from them (`install.rs`), and the author's
+//! verbs (`author.rs`), which are offline: they run before any state directory or master key
+//! is opened. Everything a registry says (its location as given, errors quoting its metadata)
+//! is shown through `terminal`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+pub mod author;
 mod install;
 
 use super::timestamp;
@@ -43,7 +46,8 @@ pub(super) enum RegistryCommand {
     /// Servers from registries: search, show, install, upgrade, remove.
     #[command(flatten)]
     Install(install::InstallCommand),
-    // The author verbs go here as `#[command(flatten)] Author(author::AuthorCommand)`.
+    #[command(flatten)]
+    Author(author::AuthorCommand),
 }
 
 /// `registry add|sync|list|forget`.
@@ -71,6 +75,7 @@ pub(super) fn registry(
             Ok(())
         }
         RegistryCommand::Install(c) => install::run(admin, c, out),
+        RegistryCommand::Author(_) => unreachable!("the author's verbs run before any state is opened"),
     }
 }
 
