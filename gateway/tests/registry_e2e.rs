@@ -71,7 +71,11 @@ impl Admin {
     /// Runs a command that must fail; returns its stderr.
     fn refused(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "gigmcp {args:?} succeeded: {}", text(&out));
+        assert!(
+            !out.status.success(),
+            "gigmcp {args:?} succeeded: {}",
+            text(&out)
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
@@ -137,8 +141,14 @@ async fn pushed_image(registry: &Registry, dir: &Path) -> (String, String, u64) 
     let repo = random_name("mcp/r");
     registry.push_layout(&layout, "v1", &repo).await;
     let hex = built.manifest_digest.trim_start_matches("sha256:");
-    let size = std::fs::metadata(layout.join("blobs/sha256").join(hex)).unwrap().len();
-    (format!("{}/{repo}", registry.host()), built.manifest_digest, size)
+    let size = std::fs::metadata(layout.join("blobs/sha256").join(hex))
+        .unwrap()
+        .len();
+    (
+        format!("{}/{repo}", registry.host()),
+        built.manifest_digest,
+        size,
+    )
 }
 
 fn host_runtime() -> tokio::runtime::Runtime {
@@ -162,7 +172,14 @@ fn an_entry_whose_digest_or_size_differs_from_the_pushed_image_installs_nothing(
     let admin = Admin::new(|env| offline_config(env, &images, &registry));
     let mut index = SignedRegistry::new();
     let reg = random_name("r");
-    admin.ok(&["registry", "add", &reg, &index.url(), "--root", index.root_file().to_str().unwrap()]);
+    admin.ok(&[
+        "registry",
+        "add",
+        &reg,
+        &index.url(),
+        "--root",
+        index.root_file().to_str().unwrap(),
+    ]);
 
     // Another digest than the pushed one: the pull finds no such manifest.
     let mut other = digest.clone().into_bytes();
@@ -204,17 +221,32 @@ fn a_bare_name_two_registries_offer_is_refused_naming_both() {
     });
     let name = random_name("s");
     let digest = format!("sha256:{}", random_hex(32));
-    let one = entry("reg.example/mcp/one", &digest, 512, &manifest(&name, "1.0", &[]));
+    let one = entry(
+        "reg.example/mcp/one",
+        &digest,
+        512,
+        &manifest(&name, "1.0", &[]),
+    );
     let (mut first, mut second) = (SignedRegistry::new(), SignedRegistry::new());
     let (r1, r2) = (random_name("r"), random_name("r"));
     for (reg, index) in [(&r1, &mut first), (&r2, &mut second)] {
         index.publish(&[&one], &[]);
         let root = index.root_file();
-        admin.ok(&["registry", "add", reg, &index.url(), "--root", root.to_str().unwrap()]);
+        admin.ok(&[
+            "registry",
+            "add",
+            reg,
+            &index.url(),
+            "--root",
+            root.to_str().unwrap(),
+        ]);
         admin.ok(&["registry", "sync", reg]);
     }
     let said = admin.refused(&["registry", "install", &name, "--yes"]);
-    assert!(said.contains(&format!("{r1}/{name}")) && said.contains(&format!("{r2}/{name}")), "{said}");
+    assert!(
+        said.contains(&format!("{r1}/{name}")) && said.contains(&format!("{r2}/{name}")),
+        "{said}"
+    );
     assert!(admin.servers().is_empty());
     let (_, detail) = admin.audited("server.refused", &name);
     assert!(detail.contains("reason=ambiguous"), "{detail}");
@@ -244,11 +276,24 @@ fn an_entry_lint_refuses_is_refused_naming_registry_target_and_finding() {
     let mut index = SignedRegistry::new();
     index.publish(&[&bad], &[]);
     let reg = random_name("r");
-    admin.ok(&["registry", "add", &reg, &index.url(), "--root", index.root_file().to_str().unwrap()]);
+    admin.ok(&[
+        "registry",
+        "add",
+        &reg,
+        &index.url(),
+        "--root",
+        index.root_file().to_str().unwrap(),
+    ]);
     admin.ok(&["registry", "sync", &reg]);
     let said = admin.refused(&["registry", "install", &name, "--yes"]);
-    assert!(said.contains(&format!("registry {reg}, target {name}/2.0")), "{said}");
-    assert!(said.contains("egress[0]") && said.contains("pastebin.com"), "{said}");
+    assert!(
+        said.contains(&format!("registry {reg}, target {name}/2.0")),
+        "{said}"
+    );
+    assert!(
+        said.contains("egress[0]") && said.contains("pastebin.com"),
+        "{said}"
+    );
     assert!(admin.servers().is_empty());
     let (_, detail) = admin.audited("server.refused", &name);
     assert!(detail.contains("reason=lint"), "{detail}");
@@ -262,15 +307,31 @@ fn build_everything(admin: &Admin, h: &Harness, push_to: &str) -> (String, u64) 
     let mirror = testkit::resolved_address("registry.npmjs.org").to_string();
     let started = Instant::now();
     let built = admin.ok(&[
-        "image", "build", EVERYTHING, "--base", "node",
-        "--out", out.to_str().unwrap(), "--push", push_to,
-        "--data-root", h.data_root.to_str().unwrap(),
-        "--cache", cache.to_str().unwrap(), "--registry-address", &mirror,
+        "image",
+        "build",
+        EVERYTHING,
+        "--base",
+        "node",
+        "--out",
+        out.to_str().unwrap(),
+        "--push",
+        push_to,
+        "--data-root",
+        h.data_root.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--registry-address",
+        &mirror,
     ]);
     let digest = built.trim().to_owned();
     let hex = digest.trim_start_matches("sha256:");
-    let size = std::fs::metadata(out.join("blobs/sha256").join(hex)).unwrap().len();
-    eprintln!("[registry_e2e] built {EVERYTHING} -> {digest} in {:?}", started.elapsed());
+    let size = std::fs::metadata(out.join("blobs/sha256").join(hex))
+        .unwrap()
+        .len();
+    eprintln!(
+        "[registry_e2e] built {EVERYTHING} -> {digest} in {:?}",
+        started.elapsed()
+    );
     (digest, size)
 }
 
@@ -319,37 +380,79 @@ fn server_everything_is_installed_called_upgraded_with_its_diff_approved_and_wit
             })
         };
         let repo = random_name("mcp/everything");
-        let (digest, size) =
-            build_everything(&admin, &h, &format!("{registry_host}/{repo}:{}", random_name("t")));
+        let (digest, size) = build_everything(
+            &admin,
+            &h,
+            &format!("{registry_host}/{repo}:{}", random_name("t")),
+        );
         let repository = format!("{registry_host}/{repo}");
-        let (one, two) = (format!("api-{}.example.com", random_hex(3)), format!("api-{}.example.com", random_hex(3)));
-        let v1 = entry(&repository, &digest, size, &manifest("everything", "2026.8.31", &[&one]));
+        let (one, two) = (
+            format!("api-{}.example.com", random_hex(3)),
+            format!("api-{}.example.com", random_hex(3)),
+        );
+        let v1 = entry(
+            &repository,
+            &digest,
+            size,
+            &manifest("everything", "2026.8.31", &[&one]),
+        );
         index.publish(&[&v1], &[]);
         let reg = random_name("r");
         let root = index.root_file();
-        admin.ok(&["registry", "add", &reg, &index.url(), "--root", root.to_str().unwrap()]);
+        admin.ok(&[
+            "registry",
+            "add",
+            &reg,
+            &index.url(),
+            "--root",
+            root.to_str().unwrap(),
+        ]);
         admin.ok(&["registry", "sync", &reg]);
         let found = admin.ok(&["registry", "search", "everything"]);
-        assert!(found.contains(&format!("{reg}/everything/2026.8.31")), "{found}");
+        assert!(
+            found.contains(&format!("{reg}/everything/2026.8.31")),
+            "{found}"
+        );
 
         // No terminal and no --yes: nothing installed.
         let asked = admin.run(&["registry", "install", "everything"]);
         assert!(!asked.status.success(), "{}", text(&asked));
-        let (shown, said) = (String::from_utf8_lossy(&asked.stdout), String::from_utf8_lossy(&asked.stderr));
-        assert!(shown.contains(&one) && said.contains("--yes"), "{}", text(&asked));
+        let (shown, said) = (
+            String::from_utf8_lossy(&asked.stdout),
+            String::from_utf8_lossy(&asked.stderr),
+        );
+        assert!(
+            shown.contains(&one) && said.contains("--yes"),
+            "{}",
+            text(&asked)
+        );
         assert!(admin.servers().is_empty());
         let (_, detail) = admin.audited("server.refused", "everything");
         assert!(detail.contains("reason=no-terminal"), "{detail}");
 
         let shown = admin.ok(&["registry", "install", "everything", "--yes"]);
-        assert!(shown.contains(&one) && shown.contains("installed server everything"), "{shown}");
+        assert!(
+            shown.contains(&one) && shown.contains("installed server everything"),
+            "{shown}"
+        );
         let [record] = admin.servers().try_into().unwrap();
-        assert_eq!((record.source.as_str(), record.image_digest.as_str()), ("registry", digest.as_str()));
+        assert_eq!(
+            (record.source.as_str(), record.image_digest.as_str()),
+            ("registry", digest.as_str())
+        );
         let origin = record.origin.clone().unwrap();
-        assert_eq!((origin.registry.as_str(), origin.target.as_str()), (reg.as_str(), "everything/2026.8.31"));
+        assert_eq!(
+            (origin.registry.as_str(), origin.target.as_str()),
+            (reg.as_str(), "everything/2026.8.31")
+        );
         let (outcome, detail) = admin.audited("server.install", "everything");
         assert_eq!(outcome, "ok");
-        assert!(detail.contains(&format!("registry={reg} target=everything/2026.8.31 image={digest}")), "{detail}");
+        assert!(
+            detail.contains(&format!(
+                "registry={reg} target=everything/2026.8.31 image={digest}"
+            )),
+            "{detail}"
+        );
 
         let ep = random_name("ep");
         admin.ok(&["endpoint", "add", &ep, "--server", "everything=echo"]);
@@ -370,16 +473,31 @@ fn server_everything_is_installed_called_upgraded_with_its_diff_approved_and_wit
         assert!(said.contains(&message), "{said}");
 
         // A new version whose token may also reach another host.
-        let v2 = entry(&repository, &digest, size, &manifest("everything", "2026.9.1", &[&one, &two]));
+        let v2 = entry(
+            &repository,
+            &digest,
+            size,
+            &manifest("everything", "2026.9.1", &[&one, &two]),
+        );
         index.publish(&[&v2], &[]);
         admin.ok(&["registry", "sync", &reg]);
         let said = admin.refused(&["registry", "upgrade", "everything", "--yes"]);
-        assert!(said.contains(&format!("+ ")) && said.contains(&two), "{said}");
+        assert!(
+            said.contains(&format!("+ ")) && said.contains(&two),
+            "{said}"
+        );
         let approve = approve_digest(&said);
-        assert_eq!(admin.servers(), vec![record.clone()], "a refused upgrade changed the record");
+        assert_eq!(
+            admin.servers(),
+            vec![record.clone()],
+            "a refused upgrade changed the record"
+        );
         let (outcome, detail) = admin.audited("server.refused", "everything");
         assert_eq!(outcome, "denied");
-        assert!(detail.contains("action=upgrade reason=entitlements"), "{detail}");
+        assert!(
+            detail.contains("action=upgrade reason=entitlements"),
+            "{detail}"
+        );
         let wrong = random_hex(8);
         let said = admin.refused(&["registry", "upgrade", "everything", "--approve", &wrong]);
         assert!(said.contains(&approve), "{said}");
@@ -396,7 +514,14 @@ fn server_everything_is_installed_called_upgraded_with_its_diff_approved_and_wit
         assert!(said.contains(&ep), "{said}");
         assert_eq!(admin.servers().len(), 1);
         let spare = random_name("spare");
-        admin.ok(&["registry", "install", &format!("{reg}/everything@2026.8.31"), "--as", &spare, "--yes"]);
+        admin.ok(&[
+            "registry",
+            "install",
+            &format!("{reg}/everything@2026.8.31"),
+            "--as",
+            &spare,
+            "--yes",
+        ]);
         admin.ok(&["registry", "remove", &spare]);
         assert_eq!(admin.servers().len(), 1);
         let (outcome, _) = admin.audited("server.remove", &spare);
@@ -416,10 +541,19 @@ fn server_everything_is_installed_called_upgraded_with_its_diff_approved_and_wit
             if let Some(row) = rows.into_iter().find(|e| e.action == "mcp.server.failed") {
                 break row;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "no mcp.server.failed audited");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no mcp.server.failed audited"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        assert!(failed.detail.contains(&format!("registry {reg}, target everything/2026.9.1")), "{}", failed.detail);
+        assert!(
+            failed
+                .detail
+                .contains(&format!("registry {reg}, target everything/2026.9.1")),
+            "{}",
+            failed.detail
+        );
         daemon.stop(Duration::from_secs(20));
     });
     drop(registry);

@@ -287,7 +287,10 @@ impl super::local::LocalAdmin {
         &self,
         source: &ImageSource,
         new: WithImage<'_>,
-        commit: impl FnOnce(&dyn crate::store::Store, &crate::store::ServerRecord) -> Result<(), AdminError>,
+        commit: impl FnOnce(
+            &dyn crate::store::Store,
+            &crate::store::ServerRecord,
+        ) -> Result<(), AdminError>,
     ) -> Result<Added, AdminError> {
         let digest = source.digest().clone();
         let settings = self.image_settings();

@@ -91,7 +91,9 @@ pub enum InstallRefusal {
     NotFromRegistry(String),
     #[error("{0}: not confirmed; nothing changed")]
     Declined(String),
-    #[error("{0}: no terminal to confirm on; read the entitlements (gigmcp registry show), then pass --yes")]
+    #[error(
+        "{0}: no terminal to confirm on; read the entitlements (gigmcp registry show), then pass --yes"
+    )]
     NoTerminal(String),
     #[error("{what}: the manifest asks to reach the private ranges {}; approve each exactly, with --approve-range CIDR", missing.join(", "))]
     RangesMissing { what: String, missing: Vec<String> },
@@ -390,11 +392,20 @@ impl LocalAdmin {
             }
             _ => {}
         }
-        let text = format!("server {name}: {from} -> {to} ({}/{})\n{shown}", next.registry, next.target);
+        let text = format!(
+            "server {name}: {from} -> {to} ({}/{})\n{shown}",
+            next.registry, next.target
+        );
         ask(confirm, &text, format!("server {name} to {to}"))?;
         // Every range the new manifest asks for: each new one is an addition the digest
         // approved; ranges it no longer asks for are dropped.
-        let ranges: Vec<IpNet> = next.entry.manifest.private_ranges.iter().map(|r| r.cidr).collect();
+        let ranges: Vec<IpNet> = next
+            .entry
+            .manifest
+            .private_ranges
+            .iter()
+            .map(|r| r.cidr)
+            .collect();
         self.check_approvals(&ranges)?;
         let record = record_of(name, &next, &ranges);
         let expected = current.image_digest.clone();
@@ -437,7 +448,8 @@ mod tests {
             .map(|r| serde_json::json!({"cidr": r, "reason": "the office printer"}))
             .collect();
         Manifest::from_json(
-            &serde_json::json!({"name": "s", "version": "1", "private_ranges": private}).to_string(),
+            &serde_json::json!({"name": "s", "version": "1", "private_ranges": private})
+                .to_string(),
         )
         .unwrap()
     }
@@ -473,7 +485,10 @@ mod tests {
     #[test]
     fn an_answer_other_than_yes_refuses_saying_how_to_agree() {
         let mut no = |_: &str| Answer::Declined;
-        assert!(matches!(ask(&mut no, "", "w".into()), Err(InstallRefusal::Declined(_))));
+        assert!(matches!(
+            ask(&mut no, "", "w".into()),
+            Err(InstallRefusal::Declined(_))
+        ));
         let mut nobody = |_: &str| Answer::NoTerminal;
         let e = ask(&mut nobody, "", "w".into()).unwrap_err();
         assert!(e.to_string().contains("--yes"), "{e}");

@@ -68,7 +68,9 @@ pub enum InstallError {
     #[error("registry {registry} has no target {target}")]
     NotListed { registry: String, target: String },
     /// The index lists the target with another image than the one installed.
-    #[error("registry {registry}, target {target}: the index now pins the image {listed}, not the installed {installed}")]
+    #[error(
+        "registry {registry}, target {target}: the index now pins the image {listed}, not the installed {installed}"
+    )]
     ImageChanged {
         registry: String,
         target: String,
@@ -76,7 +78,9 @@ pub enum InstallError {
         installed: String,
     },
     /// The index lists the target with other entitlements than the admin approved.
-    #[error("registry {registry}, target {target}: the index now carries another manifest than the installed one")]
+    #[error(
+        "registry {registry}, target {target}: the index now carries another manifest than the installed one"
+    )]
     ManifestChanged { registry: String, target: String },
 }
 
@@ -344,9 +348,13 @@ mod tests {
             name: name.to_owned(),
             location: dir.path().display().to_string(),
             pinned_root: read("1.root.json"),
+            ca_pem: None,
             added_ms: 0,
         };
-        (record, crate::tuf::load(&stored, &Limits::default()).unwrap())
+        (
+            record,
+            crate::tuf::load(&stored, &Limits::default()).unwrap(),
+        )
     }
 
     fn spec(text: &str) -> Spec {
@@ -359,7 +367,10 @@ mod tests {
         let (old, new) = (clean(&n, "1.9"), clean(&n, "1.10"));
         let views = [view("main", &[&old, &new])];
         let r = resolve(&views, &spec(&n), &LintPolicy::default(), SystemTime::now()).unwrap();
-        assert_eq!((r.registry.as_str(), r.target.as_str()), ("main", &*format!("{n}/1.10")));
+        assert_eq!(
+            (r.registry.as_str(), r.target.as_str()),
+            ("main", &*format!("{n}/1.10"))
+        );
         assert_eq!(r.entry, new);
     }
 
@@ -380,12 +391,19 @@ mod tests {
     #[test]
     fn an_entry_lint_refuses_is_refused_naming_registry_target_and_finding() {
         let n = format!("s{}", random_hex(3));
-        let bad = entry(&n, "2", serde_json::json!({"tools": ["echo"], "egress": [{"host": "pastebin.com"}]}));
+        let bad = entry(
+            &n,
+            "2",
+            serde_json::json!({"tools": ["echo"], "egress": [{"host": "pastebin.com"}]}),
+        );
         let views = [view("main", &[&bad])];
         match resolve(&views, &spec(&n), &LintPolicy::default(), SystemTime::now()) {
             Err(e @ InstallError::Lint { .. }) => {
                 let text = e.to_string();
-                assert!(text.contains(&format!("registry main, target {n}/2")), "{text}");
+                assert!(
+                    text.contains(&format!("registry main, target {n}/2")),
+                    "{text}"
+                );
                 assert!(text.contains("egress[0]"), "{text}");
             }
             other => panic!("{other:?}"),
@@ -399,11 +417,19 @@ mod tests {
         let (_, loaded) = view("main", &[&v1, &v2, &v3]);
         let now = SystemTime::now();
         let policy = LintPolicy::default();
-        let to = upgrade("main", &loaded, &format!("{n}/1"), None, &policy, now).unwrap().unwrap();
+        let to = upgrade("main", &loaded, &format!("{n}/1"), None, &policy, now)
+            .unwrap()
+            .unwrap();
         assert_eq!(to.entry, v3);
-        let asked = upgrade("main", &loaded, &format!("{n}/1"), Some("2"), &policy, now).unwrap().unwrap();
+        let asked = upgrade("main", &loaded, &format!("{n}/1"), Some("2"), &policy, now)
+            .unwrap()
+            .unwrap();
         assert_eq!(asked.entry, v2);
-        assert!(upgrade("main", &loaded, &format!("{n}/3"), None, &policy, now).unwrap().is_none());
+        assert!(
+            upgrade("main", &loaded, &format!("{n}/3"), None, &policy, now)
+                .unwrap()
+                .is_none()
+        );
         assert!(matches!(
             upgrade("main", &loaded, &format!("{n}/3"), Some("9"), &policy, now),
             Err(InstallError::Pick(PickError::NotFound { .. }))
@@ -413,16 +439,29 @@ mod tests {
     #[test]
     fn a_search_matches_names_and_descriptions_and_says_why_an_entry_cannot_be_installed() {
         let (a, b) = (format!("a{}", random_hex(3)), format!("b{}", random_hex(3)));
-        let bad = entry(&b, "1", serde_json::json!({"tools": ["echo"], "egress": [{"host": "pastebin.com"}]}));
+        let bad = entry(
+            &b,
+            "1",
+            serde_json::json!({"tools": ["echo"], "egress": [{"host": "pastebin.com"}]}),
+        );
         let views = [view("main", &[&clean(&a, "1"), &bad])];
         let policy = LintPolicy::default();
         let all = search(&views, "", &policy);
         assert_eq!(all.len(), 2);
         let hits = search(&views, &format!("THE {}", a.to_uppercase()), &policy);
         assert_eq!(hits.len(), 1, "{hits:?}");
-        assert_eq!((hits[0].target.clone(), hits[0].problem.clone()), (format!("{a}/1"), None));
+        assert_eq!(
+            (hits[0].target.clone(), hits[0].problem.clone()),
+            (format!("{a}/1"), None)
+        );
         let refused = search(&views, &b, &policy);
-        assert!(refused[0].problem.as_deref().is_some_and(|p| p.contains("lint")), "{refused:?}");
+        assert!(
+            refused[0]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("lint")),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -443,7 +482,13 @@ mod tests {
             listed("main", &loaded, &target, &e.image.digest, &changed),
             Err(InstallError::ManifestChanged { .. })
         ));
-        match listed("main", &loaded, &format!("{n}/2"), &e.image.digest, &manifest) {
+        match listed(
+            "main",
+            &loaded,
+            &format!("{n}/2"),
+            &e.image.digest,
+            &manifest,
+        ) {
             Err(e @ InstallError::NotListed { .. }) => assert_eq!(e.kind(), "not-listed"),
             other => panic!("{other:?}"),
         }

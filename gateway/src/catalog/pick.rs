@@ -167,7 +167,10 @@ pub fn upgrade_target<'a>(
         .filter_map(|p| split_target(p).map(|(n, v)| (p, n, v)))
         .filter(|(_, n, v)| *n == name && *v != current);
     match to {
-        Some(wanted) => candidates.filter(|(.., v)| *v == wanted).map(|(p, ..)| p).next(),
+        Some(wanted) => candidates
+            .filter(|(.., v)| *v == wanted)
+            .map(|(p, ..)| p)
+            .next(),
         None => candidates
             .filter(|(.., v)| version_cmp(v, current) == Ordering::Greater)
             .max_by(|(.., a), (.., b)| version_cmp(a, b))
@@ -198,7 +201,10 @@ mod tests {
         );
         let bare = Spec::parse(&n).unwrap();
         assert_eq!((bare.registry, bare.version), (None, None));
-        assert_eq!(Spec::parse(&format!("r/{n}")).unwrap().to_string(), format!("r/{n}"));
+        assert_eq!(
+            Spec::parse(&format!("r/{n}")).unwrap().to_string(),
+            format!("r/{n}")
+        );
     }
 
     #[test]
@@ -212,7 +218,9 @@ mod tests {
             ("b@1/2", "a version holds no @ or /"),
         ] {
             match Spec::parse(text) {
-                Err(PickError::BadSpec { spec, why: w }) => assert_eq!((spec.as_str(), w), (text, why)),
+                Err(PickError::BadSpec { spec, why: w }) => {
+                    assert_eq!((spec.as_str(), w), (text, why))
+                }
                 other => panic!("{text}: {other:?}"),
             }
         }
@@ -303,9 +311,15 @@ mod tests {
             format!("other/9.9"),
         ];
         let all = || paths.iter().map(String::as_str);
-        assert_eq!(upgrade_target(&n, "1.2", None, all()), Some(paths[2].as_str()));
+        assert_eq!(
+            upgrade_target(&n, "1.2", None, all()),
+            Some(paths[2].as_str())
+        );
         assert_eq!(upgrade_target(&n, "1.10", None, all()), None);
-        assert_eq!(upgrade_target(&n, "1.10", Some("0.9"), all()), Some(paths[3].as_str()));
+        assert_eq!(
+            upgrade_target(&n, "1.10", Some("0.9"), all()),
+            Some(paths[3].as_str())
+        );
         assert_eq!(upgrade_target(&n, "1.2", Some("1.2"), all()), None);
         assert_eq!(upgrade_target(&n, "1.2", Some("7"), all()), None);
     }

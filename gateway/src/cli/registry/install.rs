@@ -104,7 +104,10 @@ pub fn run(
             if let Some(d) = &s.description {
                 print_lines(out, d)?;
             }
-            print_lines(out, &format!("image {}\nentitled to:\n{}", s.image, s.entitlements))?;
+            print_lines(
+                out,
+                &format!("image {}\nentitled to:\n{}", s.image, s.entitlements),
+            )?;
         }
         InstallCommand::Install {
             spec,

@@ -75,7 +75,9 @@ pub(super) fn registry(
             Ok(())
         }
         RegistryCommand::Install(c) => install::run(admin, c, out),
-        RegistryCommand::Author(_) => unreachable!("the author's verbs run before any state is opened"),
+        RegistryCommand::Author(_) => {
+            unreachable!("the author's verbs run before any state is opened")
+        }
     }
 }
 
