@@ -301,10 +301,9 @@ fn an_entry_lint_refuses_is_refused_naming_registry_target_and_finding() {
 
 /// Builds server-everything with the CLI and pushes it to `push_to`; returns its digest and
 /// its manifest's size (from the layout the build wrote).
-fn build_everything(admin: &Admin, h: &Harness, push_to: &str) -> (String, u64) {
+fn build_everything(admin: &Admin, h: &Harness, mirror: &str, push_to: &str) -> (String, u64) {
     let out = h.dir.path().join(format!("layout-{}", random_hex(3)));
     let cache = testkit::bins::target_dir().join("image-build-bases");
-    let mirror = testkit::resolved_address("registry.npmjs.org").to_string();
     let started = Instant::now();
     let built = admin.ok(&[
         "image",
@@ -321,7 +320,7 @@ fn build_everything(admin: &Admin, h: &Harness, push_to: &str) -> (String, u64) 
         "--cache",
         cache.to_str().unwrap(),
         "--registry-address",
-        &mirror,
+        mirror,
     ]);
     let digest = built.trim().to_owned();
     let hex = digest.trim_start_matches("sha256:");
@@ -357,6 +356,8 @@ fn server_everything_is_installed_called_upgraded_with_its_diff_approved_and_wit
     let rt = host_runtime();
     let registry = rt.block_on(Registry::start(RegistryAuth::Anonymous));
     let (registry_host, registry_ca) = (registry.host(), registry.config().ca_file.unwrap());
+    // Resolved here: the test's own network namespace has no resolver.
+    let mirror = testkit::resolved_address("registry.npmjs.org").to_string();
     let mut index = SignedRegistry::new();
     let host = Netns::current();
     testkit::privileged("registry_e2e", 2, move || async move {
@@ -383,6 +384,7 @@ fn server_everything_is_installed_called_upgraded_with_its_diff_approved_and_wit
         let (digest, size) = build_everything(
             &admin,
             &h,
+            &mirror,
             &format!("{registry_host}/{repo}:{}", random_name("t")),
         );
         let repository = format!("{registry_host}/{repo}");
