@@ -142,7 +142,7 @@ pub enum LaunchError {
     NotInRegistry {
         registry: String,
         target: String,
-        reason: Unlisted,
+        reason: Box<Unlisted>,
     },
 }
 
@@ -300,7 +300,7 @@ impl SandboxLauncher {
         let refused = |reason| LaunchError::NotInRegistry {
             registry: origin.registry.clone(),
             target: origin.target.clone(),
-            reason,
+            reason: Box::new(reason),
         };
         let Some(store) = self.catalog.clone() else {
             return Err(refused(Unlisted::NoState));

@@ -61,7 +61,7 @@ pub enum Upgraded {
     /// The registry lists nothing newer than the installed version.
     Current { version: String },
     Replaced {
-        record: ServerRecord,
+        record: Box<ServerRecord>,
         from: String,
         /// The entitlement diff, one line each (`+ …`, `- …`).
         diff: String,
@@ -417,7 +417,7 @@ impl LocalAdmin {
             }
         })?;
         Ok(Upgraded::Replaced {
-            record: added.record,
+            record: Box::new(added.record),
             from,
             diff: shown,
         })

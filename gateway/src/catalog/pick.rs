@@ -46,13 +46,13 @@ impl Spec {
             why,
         };
         let (path, version) = match text.split_once('@') {
-            Some((_, v)) if v.is_empty() => return Err(bad("an empty version")),
+            Some((_, "")) => return Err(bad("an empty version")),
             Some((_, v)) if v.contains(['@', '/']) => return Err(bad("a version holds no @ or /")),
             Some((p, v)) => (p, Some(v.to_owned())),
             None => (text, None),
         };
         let (registry, name) = match path.split_once('/') {
-            Some((r, _)) if r.is_empty() => return Err(bad("an empty registry")),
+            Some(("", _)) => return Err(bad("an empty registry")),
             Some((_, n)) if n.contains('/') => return Err(bad("one / at most")),
             Some((r, n)) => (Some(r.to_owned()), n),
             None => (None, path),
