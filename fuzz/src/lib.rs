@@ -23,6 +23,7 @@ pub mod init_args;
 pub mod jsonrpc;
 pub mod manifest;
 pub mod rewriter;
+pub mod tuf;
 pub mod unpack;
 
 use arbitrary::Unstructured;
@@ -49,6 +50,8 @@ pub const TARGETS: &[Target] = &[
     manifest::TARGET,
     init_args::TARGET,
     unpack::TARGET,
+    tuf::CJSON,
+    tuf::METADATA,
 ];
 
 /// The target called `name`.

@@ -55,6 +55,16 @@ fn layers_unpack_beneath_their_root_or_are_refused_leaving_nothing() {
 }
 
 #[test]
+fn canonical_json_matches_its_definition_and_refuses_repeated_keys() {
+    run("cjson");
+}
+
+#[test]
+fn mutated_tuf_metadata_is_refused_or_means_exactly_what_was_signed() {
+    run("tuf_metadata");
+}
+
+#[test]
 fn every_target_has_a_test_here() {
     let source = include_str!("properties.rs");
     for t in gigmcp_fuzz::TARGETS {

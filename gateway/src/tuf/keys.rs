@@ -4,16 +4,36 @@
 //!
 //! Only ed25519: any other key type or scheme is refused where it is read, not skipped, so a
 //! root cannot count on keys this code would silently ignore. Knows nothing of roles,
-//! thresholds or files (see `verify.rs` and `sign.rs`).
+//! thresholds or secrets (see `verify.rs` and `sign.rs`); key files are written here, new
+//! files only (`write_new`), since both halves' files share that rule.
 
-use std::path::Path;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::cjson;
-use super::sign::{KeyError, write_new};
+
+/// Why a key file could not be read or written. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: already exists (a key file is never overwritten)")]
+    Exists { path: PathBuf },
+    #[error("{path}: mode {mode:04o} lets group or others read a private key (chmod 600 it)")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{path}: not a key file: {detail}")]
+    Format { path: PathBuf, detail: String },
+    #[error("{path}: the public key does not belong to the private key")]
+    Mismatch { path: PathBuf },
+}
 
 /// An ed25519 public key as a TUF key object.
 #[derive(Clone, PartialEq, Eq)]
@@ -113,6 +133,28 @@ impl PublicKey {
         text.push(b'\n');
         write_new(path, &text, 0o644)
     }
+}
+
+/// Creates `path` with `mode` and writes `bytes`, refusing an existing file.
+pub(super) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => KeyError::Exists {
+                path: path.to_path_buf(),
+            },
+            _ => io(e),
+        })?;
+    file.write_all(bytes).map_err(io)?;
+    file.write_all(b"\n").map_err(io)?;
+    file.sync_all().map_err(io)
 }
 
 #[cfg(test)]

@@ -118,15 +118,12 @@ pub(super) fn parse<T: Body>(raw: &[u8], max: u64) -> Result<Doc<T>, TufError> {
         expires: parse_expires(str_field(signed, "expires").map_err(bad)?).map_err(bad)?,
     };
     let signatures = read_signatures(&v).map_err(bad)?;
-    let body = T::read(signed).map_err(|detail| {
-        if detail.starts_with(UNSUPPORTED) {
-            TufError::Unsupported {
-                role,
-                detail: detail[UNSUPPORTED.len()..].to_string(),
-            }
-        } else {
-            bad(detail)
-        }
+    let body = T::read(signed).map_err(|detail| match detail.strip_prefix(UNSUPPORTED) {
+        Some(rest) => TufError::Unsupported {
+            role,
+            detail: rest.to_string(),
+        },
+        None => bad(detail),
     })?;
     Ok(Doc {
         raw: raw.to_vec(),

@@ -27,9 +27,9 @@ use std::time::SystemTime;
 
 pub use error::{FetchError, TufError};
 pub use fetch::{DirFetch, Fetch, read_capped};
-pub use keys::PublicKey;
+pub use keys::{KeyError, PublicKey};
 pub use repo::{Expiry, Repo, RepoError, RoleSetup};
-pub use sign::{KeyError, KeyPair};
+pub use sign::KeyPair;
 pub use trusted::{Loaded, RootInfo, check_root, load};
 pub use update::{Updated, update};
 

@@ -6,34 +6,15 @@
 //! A private key file is created 0600 and never overwritten, and one that group or others could
 //! read is refused, as ssh refuses such a key. Knows nothing of roles or repositories.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::cjson;
-use super::keys::PublicKey;
-
-/// Why a key file could not be read or written. Never carries key material.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: already exists (a key file is never overwritten)")]
-    Exists { path: PathBuf },
-    #[error("{path}: mode {mode:04o} lets group or others read a private key (chmod 600 it)")]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error("{path}: not a key file: {detail}")]
-    Format { path: PathBuf, detail: String },
-    #[error("{path}: the public key does not belong to the private key")]
-    Mismatch { path: PathBuf },
-}
+use super::keys::{KeyError, PublicKey, write_new};
 
 /// An ed25519 key pair; the secret half zeroized on drop and never shown.
 pub struct KeyPair {
@@ -60,6 +41,15 @@ impl KeyPair {
 
     pub fn public(&self) -> PublicKey {
         PublicKey::from_verifying(self.signing.verifying_key())
+    }
+
+    /// A TUF signature entry `{"keyid", "sig"}` over the canonical form of `signed` (for
+    /// tools that sign a role's file by hand).
+    pub fn signature(&self, signed: &Value) -> Value {
+        json!({
+            "keyid": self.public().key_id(),
+            "sig": self.sign_hex(&cjson::to_canonical(signed)),
+        })
     }
 
     /// The hex signature over `message`.
@@ -122,28 +112,6 @@ fn take_private(v: &mut Value) -> Option<Zeroizing<String>> {
         Value::String(s) => Some(Zeroizing::new(s)),
         _ => None,
     }
-}
-
-/// Creates `path` with `mode` and writes `bytes`, refusing an existing file.
-pub(super) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => KeyError::Exists {
-                path: path.to_path_buf(),
-            },
-            _ => io(e),
-        })?;
-    file.write_all(bytes).map_err(io)?;
-    file.write_all(b"\n").map_err(io)?;
-    file.sync_all().map_err(io)
 }
 
 #[cfg(test)]
