@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn a_name_nobody_offers_and_malformed_paths_are_not_found() {
         let n = random_name();
-        let odd = [format!("{n}"), format!("{n}/"), format!("{n}/1/2")];
+        let odd = [n.clone(), format!("{n}/"), format!("{n}/1/2")];
         let offers = odd.iter().map(|p| ("r", p.as_str()));
         assert!(matches!(
             pick(&Spec::parse(&n).unwrap(), offers),
@@ -308,7 +308,7 @@ mod tests {
             format!("{n}/1.2"),
             format!("{n}/1.10"),
             format!("{n}/0.9"),
-            format!("other/9.9"),
+            "other/9.9".to_owned(),
         ];
         let all = || paths.iter().map(String::as_str);
         assert_eq!(
