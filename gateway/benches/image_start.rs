@@ -103,6 +103,7 @@ fn main() {
                 cpu_percent: 100,
             },
             images,
+            catalog: None,
         };
         let record = |image_digest: String, manifest: serde_json::Value| ServerRecord {
             name: "bench".into(),

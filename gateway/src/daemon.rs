@@ -283,6 +283,8 @@ fn server_pool(
             cpu_percent: config.sandbox.server_cpu_percent,
         },
         images,
+        // Registry servers are checked against the index before each start.
+        catalog: Some(store.clone()),
     };
     let pool = Arc::new(ServerPool::new(
         store,

@@ -195,6 +195,8 @@ async fn run(
             )
             .map_err(ImageBuildError::Images)?,
         ),
+        // Build steps are no registry's servers.
+        catalog: None,
         // npm and pip need more than a typical server: at least 1 GiB (the helper caps it).
         limits: Limits {
             memory_max_bytes: config.sandbox.server_memory_max_bytes.max(1 << 30),

@@ -17,6 +17,14 @@
 //! placeholder per credential (never the value), the proxy variables (`@GIGMCP_PROXY_ADDR@` is
 //! filled in by the helper, which picks the link) and the CA variables pointing at the bundle
 //! the helper mounts.
+//!
+//! A server installed from a signed registry starts only while that registry's index, as
+//! the store holds it and re-verified offline (signatures against the stored root), still
+//! lists its target with the recorded image digest and an equal manifest
+//! ([`LaunchError::NotInRegistry`]): a target the registry withdrew, or changed, stops
+//! starting after the next sync. Expiry does not block a start: a registry that cannot be
+//! reached must not stop running services (sync refuses expired metadata, and install and
+//! upgrade refuse to choose from it).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -32,7 +40,7 @@ use crate::image::oci::RunConfig;
 use crate::image::plan::{PlanError, copied_rootfs, gateway_env, plan};
 use crate::manifest::Manifest;
 use crate::mcp::servers::{Launched, Launcher};
-use crate::store::ServerRecord;
+use crate::store::{RegistryOrigin, ServerRecord, Store};
 
 /// The helper's D-Bus proxy, connected on first use: the gateway serves (and reports clearly
 /// per call) while the helper or its bus is not up yet.
@@ -129,6 +137,26 @@ pub enum LaunchError {
         stream: &'static str,
         source: std::io::Error,
     },
+    /// Installed from a registry whose verified index no longer lists it as installed.
+    #[error("registry {registry}, target {target}: not started: {reason}")]
+    NotInRegistry {
+        registry: String,
+        target: String,
+        reason: Box<Unlisted>,
+    },
+}
+
+/// Why the registry no longer vouches for a server it installed.
+#[derive(Debug, thiserror::Error)]
+pub enum Unlisted {
+    /// The stored index does not load or verify (or the registry was forgotten).
+    #[error(transparent)]
+    State(crate::catalog::CatalogError),
+    /// It verifies, but no longer lists the target as installed.
+    #[error(transparent)]
+    Listing(crate::catalog::install::InstallError),
+    #[error("this launcher has no registry state to check against")]
+    NoState,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +170,10 @@ pub struct SandboxLauncher {
     /// The store at `sandbox.images_dir` (the one the CLI installs into): an image is
     /// verified against its recorded tree before every start.
     pub images: Arc<ImageStore>,
+    /// The store holding the registries' verified metadata, against which a server with an
+    /// origin is checked before each start; `None` for a launcher that runs no registry
+    /// server (image builds, tests), which then refuses one.
+    pub catalog: Option<Arc<dyn Store>>,
 }
 
 /// Keeps a sandbox alive; dropping it stops the proxy and asks the helper to destroy it.
@@ -169,6 +201,9 @@ impl SandboxLauncher {
     /// The helper's sandbox for `server`, its egress proxy, and the server's stdio.
     pub async fn start(&self, server: &ServerRecord) -> Result<Launched, LaunchError> {
         let manifest = Manifest::from_json(&server.manifest)?;
+        if let Some(origin) = &server.origin {
+            self.still_listed(server, origin).await?;
+        }
         let (rootfs, image) = self.root_of(server).await?;
         let job = Job {
             name: server.name.clone(),
@@ -253,6 +288,40 @@ impl SandboxLauncher {
         };
         tracing::info!(server = %name, sandbox = %info.id, "server started in a sandbox");
         Ok((launched, info.id))
+    }
+
+    /// That `origin`'s registry still lists `server` as installed; on a blocking thread (it
+    /// reads the store and verifies every signature of the index).
+    async fn still_listed(
+        &self,
+        server: &ServerRecord,
+        origin: &RegistryOrigin,
+    ) -> Result<(), LaunchError> {
+        let refused = |reason| LaunchError::NotInRegistry {
+            registry: origin.registry.clone(),
+            target: origin.target.clone(),
+            reason: Box::new(reason),
+        };
+        let Some(store) = self.catalog.clone() else {
+            return Err(refused(Unlisted::NoState));
+        };
+        let (record, at) = (server.clone(), origin.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let limits = crate::tuf::Limits::default();
+            let (_, loaded) = crate::catalog::state::load(store.as_ref(), &at.registry, &limits)
+                .map_err(Unlisted::State)?;
+            crate::catalog::install::listed(
+                &at.registry,
+                &loaded,
+                &at.target,
+                &record.image_digest,
+                &record.manifest,
+            )
+            .map_err(Unlisted::Listing)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        checked.map_err(refused)
     }
 
     /// Where the helper finds `server`'s root (relative to `images_dir`) and the image's run
@@ -468,6 +537,9 @@ impl Launcher for SandboxLauncher {
             }
             LaunchError::Image { .. } => {
                 "its image is missing or does not match the digest it was installed with"
+            }
+            LaunchError::NotInRegistry { .. } => {
+                "its registry no longer lists it as installed (sync, then upgrade or remove it)"
             }
             LaunchError::Helper(_) => "the sandbox helper is not reachable",
             LaunchError::Refused(_) => "the sandbox helper refused its sandbox",

@@ -170,6 +170,7 @@ async fn env(outside: &Outside) -> Env {
         proxy_port: PROXY_PORT,
         ca_bundle: "gateway-ca.pem".into(),
         images: Arc::new(gateway::image::ImageStore::open(&h.images, Default::default()).unwrap()),
+        catalog: None,
         limits: SandboxLimits {
             memory_max_bytes: 1 << 30,
             pids_max: 256,

@@ -252,6 +252,7 @@ fn server_everything_runs_sandboxed_behind_the_front() {
                     )
                     .unwrap(),
                 ),
+                catalog: None,
             };
             let pool = Arc::new(ServerPool::new(
                 store.clone(),

@@ -71,6 +71,7 @@ fn launcher(
             gateway::image::ImageStore::open(&h.images, gateway::image::UnpackLimits::default())
                 .unwrap(),
         ),
+        catalog: None,
     }
 }
 

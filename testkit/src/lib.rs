@@ -46,6 +46,8 @@ pub mod reflect;
 pub mod registry;
 #[cfg(feature = "gateway")]
 pub mod sandbox_egress;
+#[cfg(feature = "gateway")]
+pub mod signed_registry;
 #[cfg(feature = "tuf")]
 pub mod tuf;
 #[cfg(feature = "gateway")]

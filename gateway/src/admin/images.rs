@@ -202,6 +202,18 @@ pub fn remove(store: &ImageStore, records: &dyn Store, digest: &Digest) -> Resul
     Ok(record.unpacked_bytes + blobs.bytes_freed)
 }
 
+/// The size a registry's entry pins, against the installed image's top document (the digest
+/// is checked by the pull; the size is the entry's word too, and must agree).
+fn check_size(record: &ImageRecord, size: Option<u64>) -> Result<(), AdminError> {
+    match size {
+        Some(pinned) if pinned != record.pinned_size => Err(AdminError::Refused(format!(
+            "image {}: its manifest is {} bytes, the entry pins {pinned}",
+            record.pinned, record.pinned_size
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Which image of a layout `image import` takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportSelect {
@@ -219,6 +231,18 @@ pub(super) struct Added {
     pub notes: Vec<String>,
 }
 
+/// A server record to write once its image is installed and checked, and what the image
+/// must be besides its digest.
+pub(super) struct WithImage<'a> {
+    pub name: &'a str,
+    pub manifest: &'a crate::manifest::Manifest,
+    /// The record, whose `image_digest` is the image's.
+    pub record: crate::store::ServerRecord,
+    /// The size the registry's entry pins for the image's manifest (`None`: only the digest
+    /// is pinned, as with `server add --image`).
+    pub size: Option<u64>,
+}
+
 impl super::local::LocalAdmin {
     pub(super) fn add_image(
         &self,
@@ -229,6 +253,45 @@ impl super::local::LocalAdmin {
     ) -> Result<Added, AdminError> {
         let manifest = self.check_unsigned_add(name, manifest_json, approved_ranges)?;
         let source = ImageSource::parse(image)?;
+        let record = crate::store::ServerRecord {
+            name: name.to_owned(),
+            version: manifest.version.clone(),
+            image_digest: source.digest().to_string(),
+            manifest: manifest_json.to_owned(),
+            source: "unsigned".into(),
+            approved_ranges: approved_ranges.iter().map(|r| r.to_string()).collect(),
+            installed_ms: crate::store::now_ms(),
+            origin: None,
+        };
+        let new = WithImage {
+            name,
+            manifest: &manifest,
+            record,
+            size: None,
+        };
+        self.with_image(&source, new, |store, record| {
+            if store.server_add(record)? {
+                Ok(())
+            } else {
+                Err(AdminError::Refused(format!(
+                    "server {name} is installed already"
+                )))
+            }
+        })
+    }
+
+    /// Installs `source`'s image unless it is installed (then verifies it, as a start
+    /// would), checks that `new` can run from it, and writes the record with `commit`. A
+    /// refusal at any step takes away an image this call brought.
+    pub(super) fn with_image(
+        &self,
+        source: &ImageSource,
+        new: WithImage<'_>,
+        commit: impl FnOnce(
+            &dyn crate::store::Store,
+            &crate::store::ServerRecord,
+        ) -> Result<(), AdminError>,
+    ) -> Result<Added, AdminError> {
         let digest = source.digest().clone();
         let settings = self.image_settings();
         let store = open(&settings)?;
@@ -240,7 +303,7 @@ impl super::local::LocalAdmin {
             // Installed before: checked as a start would check it.
             store.verify(&digest).map_err(refused)?
         } else {
-            let stored = match &source {
+            let stored = match source {
                 ImageSource::Layout { path, digest } => {
                     import_blobs(&store, Path::new(path), &Select::Digest(digest.clone()))?
                 }
@@ -250,7 +313,8 @@ impl super::local::LocalAdmin {
             };
             install(&store, &stored, &source.to_string())?
         };
-        let checked = super::local::run_plan(name, Some(&record.config.config), &manifest)
+        let checked = check_size(&record, new.size)
+            .and_then(|()| super::local::run_plan(new.name, Some(&record.config.config), new.manifest))
             .and_then(|run| {
                 let root = settings
                     .images_dir
@@ -261,12 +325,13 @@ impl super::local::LocalAdmin {
                     ))
                 })?;
                 Ok(run)
-            });
+            })
+            .and_then(|run| commit(self.records(), &new.record).map(|()| run));
         let run = match checked {
             Ok(run) => run,
             Err(e) => {
-                // This add brought the image: it goes with the refusal (removal holds the
-                // store alone, so this add lets go of it first).
+                // This call brought the image: it goes with the refusal (removal holds the
+                // store alone, so this call lets go of it first).
                 drop(shared);
                 if !existed {
                     let _ = store.remove(&digest);
@@ -275,24 +340,9 @@ impl super::local::LocalAdmin {
                 return Err(e);
             }
         };
-        let record = crate::store::ServerRecord {
-            name: name.to_owned(),
-            version: manifest.version.clone(),
-            image_digest: digest.to_string(),
-            manifest: manifest_json.to_owned(),
-            source: "unsigned".into(),
-            approved_ranges: approved_ranges.iter().map(|r| r.to_string()).collect(),
-            installed_ms: crate::store::now_ms(),
-            origin: None,
-        };
-        if !self.records().server_add(&record)? {
-            return Err(AdminError::Refused(format!(
-                "server {name} is installed already"
-            )));
-        }
         drop(shared);
         Ok(Added {
-            record,
+            record: new.record,
             reference: source.to_string(),
             notes: run.notes,
         })

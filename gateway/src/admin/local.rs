@@ -357,6 +357,69 @@ impl AdminApi for LocalAdmin {
         self.audited("token.revoke", id, result, |_| String::new())
     }
 
+    fn registry_search(
+        &mut self,
+        text: &str,
+    ) -> Result<Vec<crate::catalog::install::Hit>, AdminError> {
+        self.search_registries(text)
+    }
+
+    fn registry_show(&mut self, spec: &str) -> Result<super::Shown, AdminError> {
+        self.show_entry(spec)
+    }
+
+    fn server_install(
+        &mut self,
+        spec: &str,
+        local_name: Option<&str>,
+        approved_ranges: &[ipnet::IpNet],
+        confirm: super::Confirm<'_>,
+    ) -> Result<super::Installed, AdminError> {
+        let result = self.install_server(spec, local_name, approved_ranges, confirm);
+        // Audited under the local name the install would have, whatever the outcome.
+        let parsed = crate::catalog::pick::Spec::parse(spec).map(|s| s.name);
+        let target = local_name.or(parsed.as_deref().ok()).unwrap_or(spec);
+        self.audited_install("server.install", target, result, |i| {
+            format!(
+                "registry={} target={} image={} approved_ranges=[{}]",
+                i.registry,
+                i.target,
+                i.record.image_digest,
+                i.record.approved_ranges.join(",")
+            )
+        })
+    }
+
+    fn server_upgrade(
+        &mut self,
+        name: &str,
+        to: Option<&str>,
+        approve: Option<&str>,
+        confirm: super::Confirm<'_>,
+    ) -> Result<super::Upgraded, AdminError> {
+        let result = self.upgrade_server(name, to, approve, confirm);
+        self.audited_install("server.upgrade", name, result, |u| match u {
+            super::Upgraded::Current { version } => format!("current version={version}"),
+            super::Upgraded::Replaced { record, from, diff } => format!(
+                "from={from} to={} target={} image={} diff=[{}]",
+                record.version,
+                record.origin.as_ref().map_or("", |o| o.target.as_str()),
+                record.image_digest,
+                diff.lines().collect::<Vec<_>>().join("; ")
+            ),
+        })
+    }
+
+    fn server_remove(&mut self, name: &str) -> Result<ServerRecord, AdminError> {
+        let result = self.remove_server(name);
+        self.audited_install("server.remove", name, result, |r| {
+            format!(
+                "image={} version={} (the image stays until image gc)",
+                r.image_digest, r.version
+            )
+        })
+    }
+
     fn registry_add(
         &mut self,
         name: &str,
@@ -412,7 +475,10 @@ pub(super) fn run_plan(
 impl LocalAdmin {
     /// Each approval against this host's never-reachable addresses as of now (the proxy checks
     /// again at every connection, so an address the host gains later stays closed too).
-    fn check_approvals(&self, approved_ranges: &[ipnet::IpNet]) -> Result<(), AdminError> {
+    pub(super) fn check_approvals(
+        &self,
+        approved_ranges: &[ipnet::IpNet],
+    ) -> Result<(), AdminError> {
         if approved_ranges.is_empty() {
             return Ok(());
         }
@@ -426,6 +492,10 @@ impl LocalAdmin {
             .iter()
             .try_for_each(|r| check_approval(*r, &guard))
             .map_err(|e| AdminError::Refused(e.to_string()))
+    }
+
+    pub(super) fn auditor(&self) -> &Auditor {
+        &self.audit
     }
 
     pub(super) fn vault(&self) -> &Vault {

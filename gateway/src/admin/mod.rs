@@ -4,6 +4,7 @@
 
 pub mod image_layout;
 pub mod images;
+pub mod install;
 pub mod local;
 pub mod registry;
 
@@ -17,6 +18,7 @@ use crate::vault::{
     Fingerprint, InvalidSecretName, MasterKey, SecretValue, SetOutcome, VaultError, VaultStatus,
 };
 pub use images::ImportSelect;
+pub use install::{Answer, Confirm, Installed, Shown, Upgraded};
 pub use registry::{RegistryAdded, RegistryInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,9 @@ pub enum AdminError {
     Catalog(#[from] CatalogError),
     #[error("{0}")]
     Refused(String),
+    /// A server install, upgrade or remove from a registry, refused.
+    #[error(transparent)]
+    Install(#[from] install::InstallRefusal),
 }
 
 pub trait AdminApi {
@@ -101,6 +106,36 @@ pub trait AdminApi {
     fn token_create(&mut self, endpoint: &str, label: &str) -> Result<NewToken, AdminError>;
     fn token_revoke(&mut self, id: &str) -> Result<(), AdminError>;
 
+    /// Every registry target whose name or description contains `text` (all for "").
+    fn registry_search(
+        &mut self,
+        text: &str,
+    ) -> Result<Vec<crate::catalog::install::Hit>, AdminError>;
+    /// The entry `[REG/]NAME[@VERSION]` names, with what it would be entitled to.
+    fn registry_show(&mut self, spec: &str) -> Result<Shown, AdminError>;
+    /// Installs the entry `spec` names as `local_name` (default: the entry's name) once
+    /// `confirm` agrees to its entitlements; every private range its manifest asks for must
+    /// be in `approved_ranges`, exactly, and nothing else.
+    fn server_install(
+        &mut self,
+        spec: &str,
+        local_name: Option<&str>,
+        approved_ranges: &[ipnet::IpNet],
+        confirm: Confirm<'_>,
+    ) -> Result<Installed, AdminError>;
+    /// Upgrades a server installed from a registry to `to` (default: the newest newer
+    /// version there). An upgrade that adds entitlements needs `approve` = the digest of
+    /// exactly that diff, whatever `confirm` says.
+    fn server_upgrade(
+        &mut self,
+        name: &str,
+        to: Option<&str>,
+        approve: Option<&str>,
+        confirm: Confirm<'_>,
+    ) -> Result<Upgraded, AdminError>;
+    /// Removes a server installed from a registry (refused while an endpoint exposes it);
+    /// its image stays for `image gc`.
+    fn server_remove(&mut self, name: &str) -> Result<ServerRecord, AdminError>;
     /// Adds a registry at `location` (https URL, or an absolute directory) trusting `root`
     /// (root.json bytes: verified with its own keys and threshold, not expired), and `ca_pem`
     /// for its HTTPS besides the system's roots. A first sync is attempted and reported; its

@@ -5,9 +5,10 @@
 //! `exfil` (the list of exfiltration-friendly services lint refuses); `state` (a registry's
 //! verified offline view, re-checked from the store on every read), `sync` (bringing it up to
 //! date, nothing written on a refusal) and `http` (metadata files over HTTPS, capped and timed);
-//! and the author's side: `mcp_registry` (the MCP Registry's server.json and listing pages),
-//! `curation` (what a registry's reviewers add), `import` (the two → a manifest and an image
-//! build), `author` (a registry repository's offline operations: add a server, sign, verify).
+//! which entry an install or upgrade takes (`pick`, `install`); and the author's side:
+//! `mcp_registry` (the MCP Registry's server.json and listing pages), `curation` (what a
+//! registry's reviewers add), `import` (the two → a manifest and an image build), `author` (a
+//! registry repository's offline operations: add a server, sign, verify).
 //!
 //! It verifies no signature itself (the `tuf` layer does, `author` only calls it) and knows
 //! nothing of how servers are run.
@@ -18,8 +19,10 @@ pub mod entitlements;
 pub mod entry;
 pub mod exfil;
 pub mod import;
+pub mod install;
 pub mod lint;
 pub mod mcp_registry;
+pub mod pick;
 
 mod error;
 pub mod http;

@@ -55,7 +55,8 @@ enum Command {
     /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Signed registries: add (pin a root), sync, list, forget; the author's offline tools.
+    /// Signed registries: add (pin a root), sync, list, forget; search, show, install, upgrade,
+    /// remove servers; the author's offline tools.
     #[command(subcommand)]
     Registry(RegistryCommand),
 }

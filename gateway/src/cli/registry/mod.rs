@@ -1,13 +1,17 @@
 //! `gigmcp registry …`: the operator's verbs over signed registries (add, sync, list, forget)
-//! on the admin layer, and the author's (`author.rs`), which are offline: they run before any
-//! state directory or master key is opened. Everything a registry says (its location as given,
-//! errors quoting its metadata) is shown through `terminal`.
+//! on the admin layer, the servers installed from them (`install.rs`), and the author's
+//! verbs (`author.rs`), which are offline: they run before any state directory or master key
+//! is opened. Everything a registry says (its location as given, errors quoting its metadata)
+//! is shown through `terminal`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+
+pub mod author;
+mod install;
 
 use super::timestamp;
 use crate::admin::{AdminApi, RegistryInfo};
@@ -41,7 +45,9 @@ pub enum RegistryCommand {
     List,
     /// Remove a registry and its stored metadata (refused while a server came from it).
     Forget { name: String },
-    // The `install` helper's verbs (search, show, install, upgrade, remove) go here.
+    /// Servers from registries: search, show, install, upgrade, remove.
+    #[command(flatten)]
+    Install(install::InstallCommand),
     #[command(flatten)]
     Author(author::AuthorCommand),
 }
@@ -70,6 +76,7 @@ pub(super) fn registry(
             writeln!(out, "forgot registry {name} and its stored metadata")?;
             Ok(())
         }
+        RegistryCommand::Install(c) => install::run(admin, c, out),
         RegistryCommand::Author(_) => {
             unreachable!("the author's verbs run before any state is opened")
         }
