@@ -19,8 +19,6 @@ use crate::catalog::SyncReport;
 use crate::terminal;
 use crate::tuf::Versions;
 
-pub mod author;
-
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
     /// Trust a registry: its metadata at an https URL (http only to 127.0.0.1 / [::1]) or in
