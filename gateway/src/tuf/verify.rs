@@ -13,11 +13,43 @@ use std::collections::BTreeSet;
 
 use sha2::{Digest, Sha256, Sha512};
 
-use super::metadata::{Doc, MetaFile, RootBody};
+use super::metadata::{self, Body, Doc, MetaFile, RootBody, Sig};
 use super::{Role, TufError};
+
+/// Parses a file of `T`'s role and checks its signatures against `root`. A file within its
+/// byte cap but over its container budget is refused as too large only after its signatures
+/// were checked on streamed canonical bytes: a forged file is named forged, and neither costs
+/// a `Value` of it.
+pub(super) fn parse_verified<T: Body>(
+    raw: &[u8],
+    max: u64,
+    root: &RootBody,
+) -> Result<Doc<T>, TufError> {
+    match metadata::parse::<T>(raw, max) {
+        Err(too_many @ TufError::TooManyContainers { .. }) => {
+            let (canonical, signatures) = metadata::envelope(T::ROLE, raw, max)?;
+            verify_signatures(T::ROLE, root, &canonical, &signatures)?;
+            Err(too_many)
+        }
+        parsed => {
+            let doc = parsed?;
+            verify_role(T::ROLE, root, &doc)?;
+            Ok(doc)
+        }
+    }
+}
 
 /// Checks `doc`'s signatures against `root`'s keys and threshold for `role`.
 pub(super) fn verify_role<T>(role: Role, root: &RootBody, doc: &Doc<T>) -> Result<(), TufError> {
+    verify_signatures(role, root, &doc.canonical, &doc.signatures)
+}
+
+fn verify_signatures(
+    role: Role,
+    root: &RootBody,
+    canonical: &[u8],
+    signatures: &[Sig],
+) -> Result<(), TufError> {
     let trusted = &root.roles[&role];
     let mut counted: BTreeSet<[u8; 32]> = BTreeSet::new();
     // Each trusted key is checked once: a file repeating signatures under one key id costs
@@ -25,7 +57,7 @@ pub(super) fn verify_role<T>(role: Role, root: &RootBody, doc: &Doc<T>) -> Resul
     let mut tried: BTreeSet<[u8; 32]> = BTreeSet::new();
     let mut bad = None;
     let mut unknown = None;
-    for s in &doc.signatures {
+    for s in signatures {
         let key = trusted
             .key_ids
             .iter()
@@ -38,7 +70,7 @@ pub(super) fn verify_role<T>(role: Role, root: &RootBody, doc: &Doc<T>) -> Resul
         if !tried.insert(*key.bytes()) {
             continue;
         }
-        if key.verifies(&doc.canonical, &s.sig) {
+        if key.verifies(canonical, &s.sig) {
             counted.insert(*key.bytes());
         } else {
             bad.get_or_insert_with(|| s.key_id.clone());
