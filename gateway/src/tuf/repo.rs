@@ -5,7 +5,9 @@
 //! Targets are staged in memory and signed by `publish`, which writes targets, then snapshot,
 //! then timestamp (each file renamed into place whole), so at every moment the directory
 //! holds a consistent repository. A role whose signed file no longer verifies under the
-//! current root (its keys rotated) is signed again at the next publish. Knows nothing of what a
+//! current root (its keys rotated) is signed again at the next publish. `open` trusts only
+//! what the chain from `1.root.json` (the author's own anchor) vouches for, expiry aside, and
+//! a signed version's file is never overwritten. Knows nothing of what a
 //! target's `custom` value means (catalog's job) or where the directory is served.
 
 use std::collections::BTreeMap;

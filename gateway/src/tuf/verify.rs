@@ -7,7 +7,10 @@
 //! checked once (its first signature), as python-tuf does; when the threshold is
 //! not met, the refusal names the most telling reason: a bad signature by a trusted key, then a
 //! key root does not trust, then the count. `check_meta` is the other binding: a file's bytes
-//! against the length and hashes another role names for it. Knows nothing of versions.
+//! against the length and hashes another role names for it. `parse_verified` joins parsing
+//! and the signature check so a file over its container budget is still judged by its
+//! signatures first (on streamed canonical bytes, never a parsed `Value`). Knows nothing of
+//! versions.
 
 use std::collections::BTreeSet;
 
