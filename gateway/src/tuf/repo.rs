@@ -21,10 +21,8 @@ use super::keys::PublicKey;
 use super::metadata::{self, Doc, RootBody, SnapshotBody, TargetsBody, TimestampBody};
 use super::metadata::{Body, format_expires};
 use super::sign::KeyPair;
-use super::trusted;
-use super::update::next_root;
-use super::verify::verify_role;
-use super::{Limits, Role, Stored, Target, TufError, Versions, cjson};
+use super::verify::{next_root, verify_role, verify_state};
+use super::{Limits, Role, Target, TufError, Versions, cjson};
 
 /// The spec version written into every role.
 const SPEC_VERSION: &str = "1.0.31";
@@ -174,27 +172,22 @@ impl Repo {
                 newest: root.common.version,
             });
         }
-        let timestamp = read_file(dir, "timestamp.json")?;
-        let snapshot = read_file(dir, "snapshot.json")?;
-        let targets = read_file(dir, "targets.json")?;
-        let stored = Stored {
-            root: root.raw.clone(),
-            timestamp: Some(timestamp.clone()),
-            snapshot: Some(snapshot.clone()),
-            targets: Some(targets.clone()),
-        };
-        trusted::load(&stored, &Limits::default()).map_err(|source| RepoError::Invalid {
+        let invalid = |source| RepoError::Invalid {
             path: dir.to_path_buf(),
             source,
-        })?;
-        let targets: Doc<TargetsBody> = parse_own(dir, &targets)?;
+        };
+        let limits = Limits::default();
+        let timestamp: Doc<TimestampBody> = read_doc(dir, "timestamp.json", &limits)?;
+        let snapshot: Doc<SnapshotBody> = read_doc(dir, "snapshot.json", &limits)?;
+        let targets: Doc<TargetsBody> = read_doc(dir, "targets.json", &limits)?;
+        verify_state(&root.body, &timestamp, &snapshot, &targets).map_err(invalid)?;
         Ok(Repo {
             dir: dir.to_path_buf(),
             root,
             staged: targets.body.entries.clone(),
             targets,
-            snapshot: parse_own(dir, &snapshot)?,
-            timestamp: parse_own(dir, &timestamp)?,
+            snapshot,
+            timestamp,
         })
     }
 
@@ -508,6 +501,14 @@ fn root_chain(dir: &Path) -> Result<Doc<RootBody>, RepoError> {
         root = next_root(&root, next, &raw, &limits).map_err(|e| invalid(&name, e))?;
     }
     Ok(root)
+}
+
+fn read_doc<T: Body>(dir: &Path, name: &str, limits: &Limits) -> Result<Doc<T>, RepoError> {
+    let raw = read_file(dir, name)?;
+    metadata::parse::<T>(&raw, limits.of(T::ROLE)).map_err(|source| RepoError::Invalid {
+        path: dir.join(name),
+        source,
+    })
 }
 
 fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, RepoError> {

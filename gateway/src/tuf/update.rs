@@ -15,7 +15,7 @@ use super::metadata::{
     self, Body, Common, Doc, MetaFile, RootBody, SnapshotBody, TargetsBody, TimestampBody,
     format_expires,
 };
-use super::verify::{check_meta, parse_verified, verify_role};
+use super::verify::{check_meta, next_root, parse_verified, verify_role};
 use super::{Fetch, FetchError, Limits, Role, Stored, Targets, TufError, Versions};
 
 /// How many root versions one update may walk (the specification's cap on the chain).
@@ -108,35 +108,6 @@ fn update_root(
         trusted = next_root(&trusted, next, &raw, limits)?;
     }
     Ok(trusted)
-}
-
-/// One step of the chain: `raw` (the file of root version `next`) is signed by `trusted`'s
-/// root threshold and by its own, and says version `next`.
-pub(super) fn next_root(
-    trusted: &Doc<RootBody>,
-    next: u64,
-    raw: &[u8],
-    limits: &Limits,
-) -> Result<Doc<RootBody>, TufError> {
-    let new = metadata::parse::<RootBody>(raw, limits.root)?;
-    let old_version = trusted.common.version;
-    verify_role(Role::Root, &trusted.body, &new).map_err(|e| TufError::RotationThreshold {
-        version: next,
-        detail: format!("not signed by the threshold of root version {old_version}: {e}"),
-    })?;
-    verify_role(Role::Root, &new.body, &new).map_err(|e| TufError::RotationThreshold {
-        version: next,
-        detail: format!("not signed by its own threshold: {e}"),
-    })?;
-    if new.common.version != next {
-        return Err(TufError::UnexpectedVersion {
-            role: Role::Root,
-            file: format!("{next}.root.json"),
-            expected: next,
-            found: new.common.version,
-        });
-    }
-    Ok(new)
 }
 
 /// The stored roles an update compares against: only those that still verify under the

@@ -16,8 +16,10 @@ use std::collections::BTreeSet;
 
 use sha2::{Digest, Sha256, Sha512};
 
-use super::metadata::{self, Body, Doc, MetaFile, RootBody, Sig};
-use super::{Role, TufError};
+use super::metadata::{
+    self, Body, Doc, MetaFile, RootBody, Sig, SnapshotBody, TargetsBody, TimestampBody,
+};
+use super::{Limits, Role, TufError};
 
 /// Parses a file of `T`'s role and checks its signatures against `root`. A file within its
 /// byte cap but over its container budget is refused as too large only after its signatures
@@ -134,4 +136,78 @@ pub(super) fn check_meta(
         });
     }
     Ok(())
+}
+
+/// One step of the chain: `raw` (the file of root version `next`) is signed by `trusted`'s
+/// root threshold and by its own, and says version `next`.
+pub(super) fn next_root(
+    trusted: &Doc<RootBody>,
+    next: u64,
+    raw: &[u8],
+    limits: &Limits,
+) -> Result<Doc<RootBody>, TufError> {
+    let new = metadata::parse::<RootBody>(raw, limits.root)?;
+    let old_version = trusted.common.version;
+    verify_role(Role::Root, &trusted.body, &new).map_err(|e| TufError::RotationThreshold {
+        version: next,
+        detail: format!("not signed by the threshold of root version {old_version}: {e}"),
+    })?;
+    verify_role(Role::Root, &new.body, &new).map_err(|e| TufError::RotationThreshold {
+        version: next,
+        detail: format!("not signed by its own threshold: {e}"),
+    })?;
+    if new.common.version != next {
+        return Err(TufError::UnexpectedVersion {
+            role: Role::Root,
+            file: format!("{next}.root.json"),
+            expected: next,
+            found: new.common.version,
+        });
+    }
+    Ok(new)
+}
+
+/// One stored state, expiry aside (`load`, `Repo::open`): timestamp, snapshot and targets each
+/// signed under `root`, the snapshot exactly the one the timestamp names and the targets the
+/// one the snapshot names (version, and length and hashes where named).
+pub(super) fn verify_state(
+    root: &RootBody,
+    timestamp: &Doc<TimestampBody>,
+    snapshot: &Doc<SnapshotBody>,
+    targets: &Doc<TargetsBody>,
+) -> Result<(), TufError> {
+    verify_role(Role::Timestamp, root, timestamp)?;
+    verify_role(Role::Snapshot, root, snapshot)?;
+    verify_role(Role::Targets, root, targets)?;
+    bind(
+        Role::Snapshot,
+        &snapshot.raw,
+        snapshot.common.version,
+        &timestamp.body.snapshot,
+        |detail| TufError::TimestampMismatch { detail },
+    )?;
+    bind(
+        Role::Targets,
+        &targets.raw,
+        targets.common.version,
+        &snapshot.body.targets,
+        |detail| TufError::SnapshotMismatch { detail },
+    )
+}
+
+fn bind(
+    role: Role,
+    raw: &[u8],
+    version: u64,
+    meta: &MetaFile,
+    mismatch: fn(String) -> TufError,
+) -> Result<(), TufError> {
+    let file = format!("{role}.json");
+    if version != meta.version {
+        return Err(mismatch(format!(
+            "{role} version {} is named, {version} is stored",
+            meta.version
+        )));
+    }
+    check_meta(role, &file, raw, meta, mismatch)
 }
