@@ -4,7 +4,9 @@
 //! Properties, each against an oracle written here:
 //! - `cjson`: a value written as JSON parses back to itself; its canonical bytes equal a plain
 //!   recursive writer's (sorted keys, only `"` and `\` escaped); canonicalising is idempotent;
-//!   a key repeated in any object is refused by name.
+//!   a key repeated in any object is refused by name; the streamed canonical bytes of a
+//!   wrapping object's member (`canonical_members`) equal `to_canonical`'s, and `containers`
+//!   counts exactly the value's objects and arrays.
 //! - `tuf_metadata`: the files of a real signed repository, mutated byte by byte (flips,
 //!   insertions, deletions, a key repeated, a file swapped for another), are either refused or
 //!   yield exactly the honest repository's versions and targets: no edit that changes meaning
@@ -37,7 +39,7 @@ fn string(u: &mut Unstructured<'_>) -> Result<String> {
     let mut s = String::new();
     for _ in 0..n {
         s.push(*u.choose(&[
-            'a', 'b', 'Z', '"', '\\', '/', 'é', '中', '😀', '\u{7f}', ' ', '0',
+            'a', 'b', 'Z', '"', '\\', '/', '{', '[', 'é', '中', '😀', '\u{7f}', ' ', '0',
         ])?);
     }
     Ok(s)
@@ -93,6 +95,15 @@ fn oracle(v: &Value) -> String {
     }
 }
 
+/// The oracle for `containers`: objects and arrays, counted on the value.
+fn count(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(count).sum::<usize>(),
+        Value::Object(m) => 1 + m.values().map(count).sum::<usize>(),
+        _ => 0,
+    }
+}
+
 fn check_cjson(u: &mut Unstructured<'_>) -> Result<()> {
     let v = value(u, 0)?;
     let text = serde_json::to_vec(&v).expect("a Value serializes");
@@ -103,6 +114,12 @@ fn check_cjson(u: &mut Unstructured<'_>) -> Result<()> {
     assert_eq!(
         cjson::to_canonical(&cjson::parse(&canonical).unwrap()),
         canonical
+    );
+    assert_eq!(cjson::containers(&text), count(&v));
+    let wrapped = format!("{{\"v\":{}}}", String::from_utf8(text.clone()).unwrap());
+    assert_eq!(
+        cjson::canonical_members(wrapped.as_bytes()).expect("valid JSON streams"),
+        vec![("v".to_string(), canonical.clone())]
     );
     // A key repeated in an object wrapped around the value.
     let key = string(u)?;

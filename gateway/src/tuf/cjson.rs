@@ -7,6 +7,11 @@
 //! would then vouch for the other) and non-integer numbers (canonical JSON has none).
 //! `to_canonical` writes sorted keys, no whitespace, strings with only `\` and `"` escaped and
 //! everything else as raw UTF-8. Knows nothing of TUF roles or signatures.
+//!
+//! A parsed `Value` costs far more than its text (an object `{"":0}` of 6 bytes becomes a map
+//! node of hundreds), so two tools let a caller bound that before building one: `containers`
+//! counts objects and arrays without allocating, and `canonical_members` writes the canonical
+//! bytes of a document's top-level members by streaming, at a cost near the text's own size.
 
 use std::fmt;
 
@@ -110,6 +115,165 @@ impl<'de> Visitor<'de> for StrictVisitor {
             out.insert(key, v);
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// How many objects and arrays `raw` opens, strings skipped (an O(n) pass that allocates
+/// nothing). Meaningful for valid JSON; for anything else it is a bound `parse` then refuses.
+pub fn containers(raw: &[u8]) -> usize {
+    let mut count = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in raw {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
+/// The canonical bytes of each member of the top-level object of `raw`, with `parse`'s
+/// refusals (duplicate keys at any depth, non-integer numbers), without building a `Value`:
+/// arrays are written as they are read, and each object's members are buffered once in one
+/// scratch buffer and sorted by range, so the cost stays within a few times the text.
+pub fn canonical_members(raw: &[u8]) -> Result<Vec<(String, Vec<u8>)>, CjsonError> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let members = Members::deserialize(&mut de).map_err(classify)?;
+    de.end().map_err(classify)?;
+    Ok(members.0)
+}
+
+/// The top-level object's members, each value written canonically into its own buffer.
+struct Members(Vec<(String, Vec<u8>)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(MembersVisitor).map(Members)
+    }
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Vec<(String, Vec<u8>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.iter().any(|(k, _)| *k == key) {
+                return Err(de::Error::custom(format!("{DUP_MARK}{key}")));
+            }
+            let mut buf = Vec::new();
+            map.next_value_seed(Canon(&mut buf))?;
+            out.push((key, buf));
+        }
+        Ok(out)
+    }
+}
+
+/// Writes the canonical form of one value onto the end of its buffer.
+struct Canon<'a>(&'a mut Vec<u8>);
+
+impl<'de> de::DeserializeSeed<'de> for Canon<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Canon<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.0.extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.extend_from_slice(v.to_string().as_bytes());
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.extend_from_slice(v.to_string().as_bytes());
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        Err(E::custom(format!("{FLOAT_MARK}{v}")))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        write_string(v, self.0);
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.push(b'[');
+        let mut first = true;
+        loop {
+            let mark = self.0.len();
+            if !first {
+                self.0.push(b',');
+            }
+            if seq.next_element_seed(Canon(self.0))?.is_none() {
+                self.0.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        self.0.push(b']');
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Keys (decoded, raw UTF-8) and values (canonical) side by side in one buffer; the
+        // entries are ranges into it, sorted by key bytes (Python's code-point order).
+        let mut scratch = Vec::new();
+        let mut entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let k = scratch.len()..scratch.len() + key.len();
+            scratch.extend_from_slice(key.as_bytes());
+            let start = scratch.len();
+            map.next_value_seed(Canon(&mut scratch))?;
+            entries.push((k, start..scratch.len()));
+        }
+        entries.sort_unstable_by(|a, b| scratch[a.0.clone()].cmp(&scratch[b.0.clone()]));
+        if let Some(w) = entries
+            .windows(2)
+            .find(|w| scratch[w[0].0.clone()] == scratch[w[1].0.clone()])
+        {
+            let key = String::from_utf8_lossy(&scratch[w[0].0.clone()]);
+            return Err(de::Error::custom(format!("{DUP_MARK}{key}")));
+        }
+        self.0.push(b'{');
+        for (i, (k, v)) in entries.into_iter().enumerate() {
+            if i > 0 {
+                self.0.push(b',');
+            }
+            let key = std::str::from_utf8(&scratch[k]).expect("a key was a str");
+            write_string(key, self.0);
+            self.0.push(b':');
+            self.0.extend_from_slice(&scratch[v]);
+        }
+        self.0.push(b'}');
+        Ok(())
     }
 }
 
@@ -251,6 +415,40 @@ mod tests {
     fn a_float_built_by_hand_is_not_canonical() {
         assert!(!is_canonical(&json!({"a": [1.5]})));
         assert!(is_canonical(&json!({"a": [1, "1.5"]})));
+    }
+
+    #[test]
+    fn containers_are_counted_outside_strings_only() {
+        assert_eq!(containers(br#"{"a":[{},[]],"b":"{[\\\"["}"#), 4);
+        assert_eq!(containers(b"1"), 0);
+    }
+
+    #[test]
+    fn streamed_members_are_the_canonical_bytes_of_the_parsed_value() {
+        let text = r#"{"signed": {"z": [1, {"b": null, "a": "\u00e9\"q"}], "é": -2, "A": true},
+            "signatures": [], "x": {"": {}}}"#;
+        let v = parse(text.as_bytes()).unwrap();
+        let members = canonical_members(text.as_bytes()).unwrap();
+        assert_eq!(members.len(), 3);
+        for (key, bytes) in members {
+            assert_eq!(bytes, to_canonical(&v[&key]), "{key}");
+        }
+    }
+
+    #[test]
+    fn streamed_members_keep_the_refusals_of_parse() {
+        let dup = canonical_members(br#"{"s": [{"k": 1, "j": 0, "k": 2}]}"#).unwrap_err();
+        assert_eq!(dup, CjsonError::DuplicateKey { key: "k".into() });
+        let top = canonical_members(br#"{"s": 1, "s": 1}"#).unwrap_err();
+        assert_eq!(top, CjsonError::DuplicateKey { key: "s".into() });
+        assert!(matches!(
+            canonical_members(br#"{"s": [1.5]}"#),
+            Err(CjsonError::NotInteger { .. })
+        ));
+        assert!(matches!(
+            canonical_members(b"[1]"),
+            Err(CjsonError::Syntax { .. })
+        ));
     }
 
     #[test]

@@ -21,6 +21,16 @@ pub enum TufError {
     Fetch { role: Role, source: FetchError },
     #[error("{role}: larger than the {max}-byte limit (refused while reading)")]
     TooLarge { role: Role, max: u64 },
+    // CONTRACT: not in the contract's list; a file within its byte cap whose objects and
+    // arrays exceed the budget derived from that cap (`metadata::container_budget`).
+    #[error(
+        "{role}: {containers} JSON objects and arrays, more than the {budget} its size cap allows"
+    )]
+    TooManyContainers {
+        role: Role,
+        containers: usize,
+        budget: usize,
+    },
     #[error("{role}: malformed: {detail}")]
     Parse { role: Role, detail: String },
     #[error("{role}: duplicate JSON key {key:?} (two readers could see two documents)")]
@@ -71,7 +81,7 @@ impl TufError {
     pub fn kind(&self) -> &'static str {
         match self {
             TufError::Fetch { .. } => "fetch",
-            TufError::TooLarge { .. } => "too-large",
+            TufError::TooLarge { .. } | TufError::TooManyContainers { .. } => "too-large",
             TufError::Parse { .. } | TufError::WrongType { .. } => "parse",
             TufError::DuplicateKey { .. } => "duplicate-key",
             TufError::Unsupported { .. } => "unsupported",

@@ -90,10 +90,8 @@ pub(super) fn parse<T: Body>(raw: &[u8], max: u64) -> Result<Doc<T>, TufError> {
         return Err(TufError::TooLarge { role, max });
     }
     let bad = |detail: String| TufError::Parse { role, detail };
-    let v = cjson::parse(raw).map_err(|e| match e {
-        CjsonError::DuplicateKey { key } => TufError::DuplicateKey { role, key },
-        other => bad(other.to_string()),
-    })?;
+    within_budget(role, raw, max)?;
+    let v = cjson::parse(raw).map_err(|e| cjson_refusal(role, e))?;
     let signed = v
         .get("signed")
         .and_then(Value::as_object)
@@ -128,7 +126,7 @@ pub(super) fn parse<T: Body>(raw: &[u8], max: u64) -> Result<Doc<T>, TufError> {
         version: positive(signed, "version").map_err(bad)?,
         expires: parse_expires(str_field(signed, "expires").map_err(bad)?).map_err(bad)?,
     };
-    let signatures = read_signatures(&v).map_err(bad)?;
+    let signatures = read_signatures(v.get("signatures")).map_err(bad)?;
     let body = T::read(signed).map_err(|detail| match detail.strip_prefix(UNSUPPORTED) {
         Some(rest) => TufError::Unsupported {
             role,
@@ -145,12 +143,69 @@ pub(super) fn parse<T: Body>(raw: &[u8], max: u64) -> Result<Doc<T>, TufError> {
     })
 }
 
+/// The most objects and arrays a file capped at `max` bytes may hold before a `Value` is
+/// built of it: one per 256 bytes of the cap, at least 4,096. A `Value` costs hundreds of bytes
+/// per container whatever its text (`{"":0}` is 6 bytes), so tiny objects would amplify a file
+/// about 40 times; this bounds them at about twice the cap (32 MiB of targets: 131,072).
+/// Real files stay far below: the targets of 1,000 servers are about 1.43 MB holding about
+/// 15 k objects (one per 95 bytes), a root or timestamp holds a few dozen; the floor keeps
+/// the small caps (timestamp 16 KiB) from refusing an honest file with many keys.
+pub(super) fn container_budget(max: u64) -> usize {
+    usize::try_from(max / 256).unwrap_or(usize::MAX).max(4_096)
+}
+
+/// Refuses a file holding more containers than `container_budget(max)`, without allocating.
+fn within_budget(role: Role, raw: &[u8], max: u64) -> Result<(), TufError> {
+    let containers = cjson::containers(raw);
+    let budget = container_budget(max);
+    if containers > budget {
+        return Err(TufError::TooManyContainers {
+            role,
+            containers,
+            budget,
+        });
+    }
+    Ok(())
+}
+
+fn cjson_refusal(role: Role, e: CjsonError) -> TufError {
+    match e {
+        CjsonError::DuplicateKey { key } => TufError::DuplicateKey { role, key },
+        other => TufError::Parse {
+            role,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// The canonical bytes of `signed` and the signatures of a file of `role`, read by streaming
+/// (`cjson::canonical_members`), so a file over the container budget can still have its
+/// signatures checked, and a forged one be refused as forged, at a cost near its size.
+pub(super) fn envelope(role: Role, raw: &[u8], max: u64) -> Result<(Vec<u8>, Vec<Sig>), TufError> {
+    let bad = |detail: &str| TufError::Parse {
+        role,
+        detail: detail.to_string(),
+    };
+    if raw.len() as u64 > max {
+        return Err(TufError::TooLarge { role, max });
+    }
+    let members = cjson::canonical_members(raw).map_err(|e| cjson_refusal(role, e))?;
+    let member = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let canonical = member("signed")
+        .filter(|c| c.first() == Some(&b'{'))
+        .ok_or_else(|| bad("no \"signed\" object"))?;
+    let list = member("signatures").ok_or_else(|| bad("no \"signatures\" list"))?;
+    within_budget(role, list, max)?;
+    let list = cjson::parse(list).map_err(|e| cjson_refusal(role, e))?;
+    let signatures = read_signatures(Some(&list)).map_err(|d| bad(&d))?;
+    Ok((canonical.clone(), signatures))
+}
+
 /// Marks a body error as "valid TUF this client does not do" rather than malformed.
 const UNSUPPORTED: &str = "unsupported: ";
 
-fn read_signatures(v: &Value) -> Result<Vec<Sig>, String> {
-    let list = v
-        .get("signatures")
+fn read_signatures(list: Option<&Value>) -> Result<Vec<Sig>, String> {
+    let list = list
         .and_then(Value::as_array)
         .ok_or("no \"signatures\" list")?;
     list.iter()

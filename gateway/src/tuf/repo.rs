@@ -5,7 +5,9 @@
 //! Targets are staged in memory and signed by `publish`, which writes targets, then snapshot,
 //! then timestamp (each file renamed into place whole), so at every moment the directory
 //! holds a consistent repository. A role whose signed file no longer verifies under the
-//! current root (its keys rotated) is signed again at the next publish. Knows nothing of what a
+//! current root (its keys rotated) is signed again at the next publish. `open` trusts only
+//! what the chain from `1.root.json` (the author's own anchor) vouches for, expiry aside, and
+//! a signed version's file is never overwritten. Knows nothing of what a
 //! target's `custom` value means (catalog's job) or where the directory is served.
 
 use std::collections::BTreeMap;
@@ -19,7 +21,7 @@ use super::keys::PublicKey;
 use super::metadata::{self, Doc, RootBody, SnapshotBody, TargetsBody, TimestampBody};
 use super::metadata::{Body, format_expires};
 use super::sign::KeyPair;
-use super::verify::verify_role;
+use super::verify::{next_root, verify_role, verify_state};
 use super::{Limits, Role, Target, TufError, Versions, cjson};
 
 /// The spec version written into every role.
@@ -76,6 +78,10 @@ pub enum RepoError {
     },
     #[error("{path}: a repository is already there")]
     Exists { path: PathBuf },
+    #[error("{path}: already exists (a signed version is never overwritten)")]
+    Occupied { path: PathBuf },
+    #[error("{path}: not the newest root of the chain (version {newest})")]
+    NotNewestRoot { path: PathBuf, newest: u64 },
     #[error("{path}: not a valid repository: {source}")]
     Invalid { path: PathBuf, source: TufError },
     #[error("{role}: {have} of the given keys may sign it, {needed} needed")]
@@ -127,17 +133,17 @@ impl Repo {
         let signed = root_signed(setup, 1, later(now, expiry.root))?;
         let keys = role_key_ids(setup, Role::Root);
         let file = sign_file(Role::Root, signed, &keys, setup.root.1, signers)?;
-        write_atomic(dir, "1.root.json", &file)?;
+        write_new(dir, "1.root.json", &file)?;
         write_atomic(dir, "root.json", &file)?;
         let empty = targets_signed(1, later(now, expiry.targets), &BTreeMap::new());
         let keys = role_key_ids(setup, Role::Targets);
         let targets = sign_file(Role::Targets, empty, &keys, setup.targets.1, signers)?;
-        write_atomic(dir, "1.targets.json", &targets)?;
+        write_new(dir, "1.targets.json", &targets)?;
         write_atomic(dir, "targets.json", &targets)?;
         let snapshot = meta_signed(Role::Snapshot, 1, later(now, expiry.snapshot), 1, &targets);
         let keys = role_key_ids(setup, Role::Snapshot);
         let snapshot = sign_file(Role::Snapshot, snapshot, &keys, setup.snapshot.1, signers)?;
-        write_atomic(dir, "1.snapshot.json", &snapshot)?;
+        write_new(dir, "1.snapshot.json", &snapshot)?;
         write_atomic(dir, "snapshot.json", &snapshot)?;
         let ts = meta_signed(
             Role::Timestamp,
@@ -152,16 +158,36 @@ impl Repo {
         Repo::open(dir)
     }
 
-    /// Opens an existing repository (its current files; nothing is checked for expiry).
+    /// Opens an existing repository, verified as a client verifies it but for expiry (an
+    /// author must be able to re-open an expired repository to renew it): the root chain from
+    /// `1.root.json`, the author's trust anchor in their own checkout (each N+1 signed by N's
+    /// threshold and its own; `root.json` must be the newest), then timestamp → snapshot →
+    /// targets signed under that root and bound by version, length and hash. So nothing
+    /// written into the directory by someone without the keys is staged and signed again.
     pub fn open(dir: &Path) -> Result<Repo, RepoError> {
-        let targets: Doc<TargetsBody> = read_doc(dir, "targets.json")?;
+        let root = root_chain(dir)?;
+        if read_file(dir, "root.json")? != root.raw {
+            return Err(RepoError::NotNewestRoot {
+                path: dir.join("root.json"),
+                newest: root.common.version,
+            });
+        }
+        let invalid = |source| RepoError::Invalid {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let limits = Limits::default();
+        let timestamp: Doc<TimestampBody> = read_doc(dir, "timestamp.json", &limits)?;
+        let snapshot: Doc<SnapshotBody> = read_doc(dir, "snapshot.json", &limits)?;
+        let targets: Doc<TargetsBody> = read_doc(dir, "targets.json", &limits)?;
+        verify_state(&root.body, &timestamp, &snapshot, &targets).map_err(invalid)?;
         Ok(Repo {
             dir: dir.to_path_buf(),
-            root: read_doc(dir, "root.json")?,
+            root,
             staged: targets.body.entries.clone(),
             targets,
-            snapshot: read_doc(dir, "snapshot.json")?,
-            timestamp: read_doc(dir, "timestamp.json")?,
+            snapshot,
+            timestamp,
         })
     }
 
@@ -215,7 +241,7 @@ impl Repo {
             let version = self.targets.common.version + 1;
             let signed = targets_signed(version, later(now, expiry.targets), &self.staged);
             let file = self.sign(Role::Targets, signed, signers)?;
-            write_atomic(&self.dir, &format!("{version}.targets.json"), &file)?;
+            write_new(&self.dir, &format!("{version}.targets.json"), &file)?;
             write_atomic(&self.dir, "targets.json", &file)?;
             self.targets = parse_own(&self.dir, &file)?;
         }
@@ -231,7 +257,7 @@ impl Repo {
                 &targets.raw,
             );
             let file = self.sign(Role::Snapshot, signed, signers)?;
-            write_atomic(&self.dir, &format!("{version}.snapshot.json"), &file)?;
+            write_new(&self.dir, &format!("{version}.snapshot.json"), &file)?;
             write_atomic(&self.dir, "snapshot.json", &file)?;
             self.snapshot = parse_own(&self.dir, &file)?;
         }
@@ -280,7 +306,7 @@ impl Repo {
         }
         let file = serde_json::to_vec(&json!({"signatures": sigs, "signed": signed}))
             .expect("a Value serializes");
-        write_atomic(&self.dir, &format!("{version}.root.json"), &file)?;
+        write_new(&self.dir, &format!("{version}.root.json"), &file)?;
         write_atomic(&self.dir, "root.json", &file)?;
         self.root = parse_own(&self.dir, &file)?;
         Ok(version)
@@ -438,14 +464,56 @@ fn sign_file(
     )
 }
 
-fn read_doc<T: Body>(dir: &Path, name: &str) -> Result<Doc<T>, RepoError> {
-    let path = dir.join(name);
-    let raw = std::fs::read(&path).map_err(|source| RepoError::Io {
-        path: path.clone(),
+/// The newest root of the directory's chain, from `1.root.json` (self-signed, version 1),
+/// each `N+1.root.json` signed by N's threshold and its own (as `update` walks it, but without
+/// a cap on the count: the chain is the author's own).
+fn root_chain(dir: &Path) -> Result<Doc<RootBody>, RepoError> {
+    let limits = Limits::default();
+    let invalid = |name: &str, source| RepoError::Invalid {
+        path: dir.join(name),
         source,
-    })?;
-    metadata::parse::<T>(&raw, Limits::default().of(T::ROLE))
-        .map_err(|source| RepoError::Invalid { path, source })
+    };
+    let first = read_file(dir, "1.root.json")?;
+    let mut root = metadata::parse::<RootBody>(&first, limits.root)
+        .and_then(|r| verify_role(Role::Root, &r.body, &r).map(|()| r))
+        .map_err(|e| invalid("1.root.json", e))?;
+    if root.common.version != 1 {
+        let e = TufError::UnexpectedVersion {
+            role: Role::Root,
+            file: "1.root.json".into(),
+            expected: 1,
+            found: root.common.version,
+        };
+        return Err(invalid("1.root.json", e));
+    }
+    while let Some(next) = root.common.version.checked_add(1) {
+        let name = format!("{next}.root.json");
+        let raw = match std::fs::read(dir.join(&name)) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(source) => {
+                return Err(RepoError::Io {
+                    path: dir.join(&name),
+                    source,
+                });
+            }
+        };
+        root = next_root(&root, next, &raw, &limits).map_err(|e| invalid(&name, e))?;
+    }
+    Ok(root)
+}
+
+fn read_doc<T: Body>(dir: &Path, name: &str, limits: &Limits) -> Result<Doc<T>, RepoError> {
+    let raw = read_file(dir, name)?;
+    metadata::parse::<T>(&raw, limits.of(T::ROLE)).map_err(|source| RepoError::Invalid {
+        path: dir.join(name),
+        source,
+    })
+}
+
+fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, RepoError> {
+    let path = dir.join(name);
+    std::fs::read(&path).map_err(|source| RepoError::Io { path, source })
 }
 
 fn parse_own<T: Body>(dir: &Path, raw: &[u8]) -> Result<Doc<T>, RepoError> {
@@ -455,17 +523,68 @@ fn parse_own<T: Body>(dir: &Path, raw: &[u8]) -> Result<Doc<T>, RepoError> {
     })
 }
 
-/// Writes `name` in `dir` whole: a temporary file, synced, renamed over the old one.
+/// Writes `name` in `dir` whole: a new temporary file of a random name (created, never
+/// opened through a planted symlink), synced, renamed over the old one, the directory synced
+/// so the rename survives a crash.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), RepoError> {
-    use std::io::Write;
-    let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
+    let tmp = write_temp(dir, name, bytes)?;
+    let renamed = std::fs::rename(&tmp, &path);
+    finish(dir, &tmp, &path, renamed)
+}
+
+/// Writes `name` in `dir` whole, refusing an existing file: a signed version (`N.root.json`,
+/// `N.snapshot.json`, `N.targets.json`) is never replaced. The temporary file is hard-linked
+/// into place, which fails where the name exists and never shows a partial file.
+fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), RepoError> {
+    let path = dir.join(name);
+    let tmp = write_temp(dir, name, bytes)?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    if let Err(e) = &linked {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(RepoError::Occupied { path });
+        }
+    }
+    let linked = linked.and_then(|()| std::fs::remove_file(&tmp));
+    finish(dir, &tmp, &path, linked)
+}
+
+fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, RepoError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).expect("the OS random source works");
+    let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(nonce)));
     let io = |source| RepoError::Io {
-        path: path.clone(),
+        path: tmp.clone(),
         source,
     };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(io)?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(tmp)
+}
+
+/// After the rename or link: the temporary file removed on failure, the directory synced.
+fn finish(dir: &Path, tmp: &Path, path: &Path, done: std::io::Result<()>) -> Result<(), RepoError> {
+    let io = |source| RepoError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(tmp);
+        return Err(io(e));
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }

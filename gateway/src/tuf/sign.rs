@@ -6,7 +6,8 @@
 //! A private key file is created 0600 and never overwritten, and one that group or others could
 //! read is refused, as ssh refuses such a key. Knows nothing of roles or repositories.
 
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -15,6 +16,9 @@ use zeroize::Zeroizing;
 
 use super::cjson;
 use super::keys::{KeyError, PublicKey, write_new};
+
+/// A key file is about 250 bytes; anything past this is not one.
+const MAX_KEY_FILE: u64 = 4096;
 
 /// An ed25519 key pair; the secret half zeroized on drop and never shown.
 pub struct KeyPair {
@@ -57,24 +61,43 @@ impl KeyPair {
         hex::encode(self.signing.sign(message).to_bytes())
     }
 
-    /// Reads a private key file, refusing one that group or others may read.
+    /// Reads a private key file, refusing one that group or others may read. The file is
+    /// opened once, not through a symlink, and its mode checked on that open file, so no
+    /// swap between the check and the read can hand over another file.
     pub fn read_private(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+        let format = |detail: &str| KeyError::Format {
+            path: path.to_path_buf(),
+            detail: detail.to_string(),
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(KeyError::Permissions {
                 path: path.to_path_buf(),
                 mode: mode & 0o7777,
             });
         }
-        let raw = Zeroizing::new(std::fs::read(path).map_err(io)?);
-        let format = |detail: &str| KeyError::Format {
-            path: path.to_path_buf(),
-            detail: detail.to_string(),
-        };
+        if !meta.is_file() || meta.len() > MAX_KEY_FILE {
+            return Err(format("not a regular file of at most 4 KiB"));
+        }
+        // Sized up front (one byte more to see a file that grew), so the buffer holding the
+        // secret never reallocates and leaves an unwiped copy behind.
+        let mut raw = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE as usize + 1));
+        file.take(MAX_KEY_FILE + 1)
+            .read_to_end(&mut raw)
+            .map_err(io)?;
+        if raw.len() as u64 > MAX_KEY_FILE {
+            return Err(format("not a regular file of at most 4 KiB"));
+        }
         // The parsed document holds the secret's hex too: wipe it once read.
         let mut v = cjson::parse(&raw).map_err(|_| format("not JSON"))?;
         let private = take_private(&mut v).ok_or_else(|| format("no keyval.private"))?;
@@ -142,6 +165,20 @@ mod tests {
             KeyPair::read_private(&path),
             Err(KeyError::Permissions { mode: 0o644, .. })
         ));
+    }
+
+    #[test]
+    fn a_private_key_reached_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("k.json");
+        KeyPair::generate().write_private(&real).unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = KeyPair::read_private(&link).unwrap_err();
+        assert!(
+            matches!(&e, KeyError::Io { source, .. } if source.raw_os_error() == Some(nix::libc::ELOOP)),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use super::metadata::{self, Body, Doc, RootBody, SnapshotBody, TargetsBody, TimestampBody};
 use super::update::check_expiry;
-use super::verify::{check_meta, verify_role};
+use super::verify::{verify_role, verify_state};
 use super::{Limits, Role, Stored, Targets, TufError, Versions};
 
 /// The verified, offline view of stored metadata.
@@ -59,23 +59,10 @@ pub fn check_root(raw: &[u8], limits: &Limits, now: SystemTime) -> Result<RootIn
 pub fn load(stored: &Stored, limits: &Limits) -> Result<Loaded, TufError> {
     let root = metadata::parse::<RootBody>(&stored.root, limits.root)?;
     verify_role(Role::Root, &root.body, &root)?;
-    let timestamp: Doc<TimestampBody> = stored_role(stored.timestamp.as_deref(), &root, limits)?;
-    let snapshot: Doc<SnapshotBody> = stored_role(stored.snapshot.as_deref(), &root, limits)?;
-    let targets: Doc<TargetsBody> = stored_role(stored.targets.as_deref(), &root, limits)?;
-    bind(
-        Role::Snapshot,
-        &snapshot.raw,
-        snapshot.common.version,
-        &timestamp.body.snapshot,
-        |detail| TufError::TimestampMismatch { detail },
-    )?;
-    bind(
-        Role::Targets,
-        &targets.raw,
-        targets.common.version,
-        &snapshot.body.targets,
-        |detail| TufError::SnapshotMismatch { detail },
-    )?;
+    let timestamp: Doc<TimestampBody> = stored_role(stored.timestamp.as_deref(), limits)?;
+    let snapshot: Doc<SnapshotBody> = stored_role(stored.snapshot.as_deref(), limits)?;
+    let targets: Doc<TargetsBody> = stored_role(stored.targets.as_deref(), limits)?;
+    verify_state(&root.body, &timestamp, &snapshot, &targets)?;
     let expires = BTreeMap::from([
         (Role::Root, root.common.expires),
         (Role::Timestamp, timestamp.common.expires),
@@ -98,30 +85,7 @@ pub fn load(stored: &Stored, limits: &Limits) -> Result<Loaded, TufError> {
     })
 }
 
-fn stored_role<T: Body>(
-    raw: Option<&[u8]>,
-    root: &Doc<RootBody>,
-    limits: &Limits,
-) -> Result<Doc<T>, TufError> {
+fn stored_role<T: Body>(raw: Option<&[u8]>, limits: &Limits) -> Result<Doc<T>, TufError> {
     let raw = raw.ok_or(TufError::Missing { role: T::ROLE })?;
-    let doc = metadata::parse::<T>(raw, limits.of(T::ROLE))?;
-    verify_role(T::ROLE, &root.body, &doc)?;
-    Ok(doc)
-}
-
-fn bind(
-    role: Role,
-    raw: &[u8],
-    version: u64,
-    meta: &metadata::MetaFile,
-    mismatch: fn(String) -> TufError,
-) -> Result<(), TufError> {
-    let file = format!("{role}.json");
-    if version != meta.version {
-        return Err(mismatch(format!(
-            "{role} version {} is named, {version} is stored",
-            meta.version
-        )));
-    }
-    check_meta(role, &file, raw, meta, mismatch)
+    metadata::parse::<T>(raw, limits.of(T::ROLE))
 }

@@ -15,7 +15,7 @@ use super::metadata::{
     self, Body, Common, Doc, MetaFile, RootBody, SnapshotBody, TargetsBody, TimestampBody,
     format_expires,
 };
-use super::verify::{check_meta, verify_role};
+use super::verify::{check_meta, next_root, parse_verified, verify_role};
 use super::{Fetch, FetchError, Limits, Role, Stored, Targets, TufError, Versions};
 
 /// How many root versions one update may walk (the specification's cap on the chain).
@@ -105,25 +105,7 @@ fn update_root(
             Err(FetchError::NotFound { .. }) => break,
             Err(e) => return Err(TufError::from_fetch(Role::Root, e)),
         };
-        let new = metadata::parse::<RootBody>(&raw, limits.root)?;
-        let old_version = trusted.common.version;
-        verify_role(Role::Root, &trusted.body, &new).map_err(|e| TufError::RotationThreshold {
-            version: next,
-            detail: format!("not signed by the threshold of root version {old_version}: {e}"),
-        })?;
-        verify_role(Role::Root, &new.body, &new).map_err(|e| TufError::RotationThreshold {
-            version: next,
-            detail: format!("not signed by its own threshold: {e}"),
-        })?;
-        if new.common.version != next {
-            return Err(TufError::UnexpectedVersion {
-                role: Role::Root,
-                file,
-                expected: next,
-                found: new.common.version,
-            });
-        }
-        trusted = new;
+        trusted = next_root(&trusted, next, &raw, limits)?;
     }
     Ok(trusted)
 }
@@ -195,8 +177,7 @@ fn update_timestamp(
     now: SystemTime,
 ) -> Result<Doc<TimestampBody>, TufError> {
     let raw = fetch_role(fetch, Role::Timestamp, "timestamp.json", limits.timestamp)?;
-    let new = metadata::parse::<TimestampBody>(&raw, limits.timestamp)?;
-    verify_role(Role::Timestamp, root, &new)?;
+    let new = parse_verified::<TimestampBody>(&raw, limits.timestamp, root)?;
     let current = match trusted {
         Some(old) if new.common.version < old.common.version => {
             return Err(TufError::Rollback {
@@ -292,8 +273,7 @@ fn update_snapshot(
     let doc = if reused {
         trusted.expect("reused only when stored")
     } else {
-        let new = metadata::parse::<SnapshotBody>(&raw, limits.snapshot)?;
-        verify_role(Role::Snapshot, root, &new)?;
+        let new = parse_verified::<SnapshotBody>(&raw, limits.snapshot, root)?;
         if new.common.version != meta.version {
             return Err(mismatch(format!(
                 "timestamp names snapshot version {}, {file} is version {}",
@@ -344,8 +324,7 @@ fn update_targets(
     let doc = if reused {
         trusted.expect("reused only when stored")
     } else {
-        let new = metadata::parse::<TargetsBody>(&raw, limits.targets)?;
-        verify_role(Role::Targets, root, &new)?;
+        let new = parse_verified::<TargetsBody>(&raw, limits.targets, root)?;
         if new.common.version != meta.version {
             return Err(mismatch(format!(
                 "snapshot names targets version {}, {file} is version {}",
