@@ -22,6 +22,7 @@ pub mod http_checks;
 pub mod init_args;
 pub mod jsonrpc;
 pub mod manifest;
+pub mod registry_entry;
 pub mod rewriter;
 pub mod tuf;
 pub mod unpack;
@@ -48,6 +49,7 @@ pub const TARGETS: &[Target] = &[
     http_checks::TARGET,
     rewriter::TARGET,
     manifest::TARGET,
+    registry_entry::TARGET,
     init_args::TARGET,
     unpack::TARGET,
     tuf::CJSON,

@@ -45,6 +45,11 @@ fn manifests_the_checks_accept_pass_the_lint_and_the_proxy() {
 }
 
 #[test]
+fn registry_entries_accepted_keep_the_entry_rules_and_round_trip() {
+    run("registry_entry");
+}
+
+#[test]
 fn init_args_round_trip_and_hostile_argv_is_refused() {
     run("init_args");
 }

@@ -103,3 +103,294 @@ fn lint_of_a_file_that_is_not_a_manifest_is_a_parse_finding() {
         "{stdout}"
     );
 }
+
+/// `server.json` and `curation.toml` of an npm server with one secret, in `dir`.
+fn server_dir(dir: &Path, egress_host: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let server = serde_json::json!({
+        "$schema": "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json",
+        "name": "io.github.example-org/issues",
+        "description": "Create and search issues",
+        "version": "1.4.2",
+        "packages": [{
+            "registryType": "npm", "identifier": "@example-org/issues-mcp", "version": "1.4.2",
+            "transport": {"type": "stdio"},
+            "environmentVariables": [{"name": "ISSUES_TOKEN", "isRequired": true, "isSecret": true}]
+        }]
+    });
+    std::fs::write(dir.join("server.json"), server.to_string()).unwrap();
+    let curation = format!(
+        "name = \"issues\"\ntools = [\"create_issue\"]\n[[egress]]\nhost = \"{egress_host}\"\n\
+         [[secrets]]\nenv = \"ISSUES_TOKEN\"\nhosts = [\"{egress_host}\"]\n\
+         inject = {{ type = \"header\", name = \"Authorization\", format = \"Bearer {{}}\" }}\n"
+    );
+    std::fs::write(dir.join("curation.toml"), curation).unwrap();
+    dir.display().to_string()
+}
+
+/// A repository in `dir/repo` with a root key and a targets key; returns (repo, targets key).
+fn init_repo(dir: &Path) -> (String, String) {
+    let root_key = dir.join("root.key").display().to_string();
+    let targets_key = dir.join("targets.key").display().to_string();
+    for key in [&root_key, &targets_key] {
+        let out = gigmcp(&["registry", "keygen", "--out", key]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let repo = dir.join("repo").display().to_string();
+    let out = gigmcp(&[
+        "registry",
+        "init",
+        &repo,
+        "--root-key",
+        &format!("{root_key}.pub"),
+        "--targets-key",
+        &format!("{targets_key}.pub"),
+        "--key",
+        &root_key,
+        "--key",
+        &targets_key,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (repo, targets_key)
+}
+
+fn image_layout(dir: &Path) -> (String, testkit::oci::Built) {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("app")).unwrap();
+    std::fs::write(root.join("app/server.js"), random_label()).unwrap();
+    let layout = dir.join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let built = testkit::oci::build_layout(
+        &layout,
+        &root,
+        serde_json::json!({"Entrypoint": ["/app/server.js"]}),
+        "1.4.2",
+    );
+    (layout.display().to_string(), built)
+}
+
+#[test]
+fn keygen_init_add_server_sign_then_verify_shows_the_entry_pinned_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, targets_key) = init_repo(dir.path());
+    let server = server_dir(&dir.path().join("servers/issues"), "api.issues.example.com");
+    let (layout, built) = image_layout(dir.path());
+    let out = gigmcp(&[
+        "registry",
+        "add-server",
+        &repo,
+        "--server-dir",
+        &server,
+        "--image-layout",
+        &layout,
+        "--repository",
+        "127.0.0.1:5000/servers/issues",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gigmcp(&["registry", "sign", &repo, "--key", &targets_key]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(&repo).join("staged-targets.json").exists());
+    let root = format!("{repo}/1.root.json");
+    let out = gigmcp(&["registry", "verify", &repo, "--root", &root]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("targets 2"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "issues/1.4.2 127.0.0.1:5000/servers/issues@{}",
+            built.manifest_digest
+        )),
+        "{stdout}"
+    );
+    // Signing again with nothing staged is a new timestamp, nothing else.
+    let out = gigmcp(&["registry", "sign", &repo, "--key", &targets_key]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("targets 2"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_tampered_targets_file_fails_verify_naming_the_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, targets_key) = init_repo(dir.path());
+    let server = server_dir(&dir.path().join("servers/issues"), "api.issues.example.com");
+    let (layout, _) = image_layout(dir.path());
+    let add = gigmcp(&[
+        "registry",
+        "add-server",
+        &repo,
+        "--server-dir",
+        &server,
+        "--image-layout",
+        &layout,
+        "--repository",
+        "127.0.0.1:5000/servers/issues",
+    ]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert!(
+        gigmcp(&["registry", "sign", &repo, "--key", &targets_key])
+            .status
+            .success()
+    );
+    let file = Path::new(&repo).join("2.targets.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let tampered = text.replacen("api.issues.example.com", "api.issues.example.net", 1);
+    assert_ne!(tampered, text);
+    std::fs::write(&file, tampered).unwrap();
+    let out = gigmcp(&[
+        "registry",
+        "verify",
+        &repo,
+        "--root",
+        &format!("{repo}/1.root.json"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("targets"), "{stderr}");
+}
+
+#[test]
+fn lint_findings_block_add_server_and_stage_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = init_repo(dir.path());
+    let bin = format!("{}.webhook.site", random_label());
+    let server = server_dir(&dir.path().join("servers/issues"), &bin);
+    let (layout, _) = image_layout(dir.path());
+    let out = gigmcp(&[
+        "registry",
+        "add-server",
+        &repo,
+        "--server-dir",
+        &server,
+        "--image-layout",
+        &layout,
+        "--repository",
+        "127.0.0.1:5000/servers/issues",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused by lint"), "{stderr}");
+    assert!(stderr.contains("egress[0].host: exfiltration"), "{stderr}");
+    assert!(!Path::new(&repo).join("staged-targets.json").exists());
+    // The same directory linted directly gives the same finding.
+    let out = gigmcp(&["registry", "lint", &server]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("{server}: egress[0].host: exfiltration"))
+    );
+}
+
+/// `dir` served over HTTP on loopback by Python's `http.server`, killed on drop.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &str) -> Served {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+            dir,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Served {
+        child,
+        url: format!("http://127.0.0.1:{port}/"),
+    }
+}
+
+#[test]
+fn verify_reads_a_repository_served_over_http_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, targets_key) = init_repo(dir.path());
+    let server = server_dir(&dir.path().join("servers/issues"), "api.issues.example.com");
+    let (layout, built) = image_layout(dir.path());
+    let add = gigmcp(&[
+        "registry",
+        "add-server",
+        &repo,
+        "--server-dir",
+        &server,
+        "--image-layout",
+        &layout,
+        "--repository",
+        "127.0.0.1:5000/servers/issues",
+    ]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert!(
+        gigmcp(&["registry", "sign", &repo, "--key", &targets_key])
+            .status
+            .success()
+    );
+    let served = serve(&repo);
+    let out = gigmcp(&[
+        "registry",
+        "verify",
+        &served.url,
+        "--root",
+        &format!("{repo}/1.root.json"),
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&built.manifest_digest), "{stdout}");
+}

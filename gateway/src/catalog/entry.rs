@@ -204,7 +204,9 @@ impl Entry {
     /// The manifest as the JSON a server record stores: keys sorted, no spaces, so equal
     /// manifests give equal text.
     pub fn manifest_json(&self) -> String {
-        // serde_json's maps are ordered (no `preserve_order`): a Value prints sorted.
+        // serde_json's maps are ordered (no `preserve_order`): a Value prints sorted. Not
+        // `tuf::cjson`: canonical JSON leaves control characters unescaped, which JSON parsers
+        // (the manifest's own) refuse, and this text is parsed again at every start.
         let value = serde_json::to_value(&self.manifest).expect("a manifest serialises");
         value.to_string()
     }
@@ -318,6 +320,10 @@ mod tests {
         let b = parse(&reordered).unwrap();
         assert_eq!(a.manifest_json(), b.manifest_json());
         assert_eq!(Manifest::from_json(&a.manifest_json()).unwrap(), a.manifest);
+        let mut control = custom();
+        control["gigmcp"]["manifest"]["env"] = serde_json::json!({"NOTE": "line\nbreak\u{1}"});
+        let c = parse(&control).unwrap();
+        assert_eq!(Manifest::from_json(&c.manifest_json()).unwrap(), c.manifest);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::store::StoreError;
 use crate::tuf::TufError;
 
+use super::entry::EntryError;
 use super::http::HttpError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum CatalogError {
         location: String,
         reason: &'static str,
     },
+    #[error("target {target}: {source}")]
+    Entry { target: String, source: EntryError },
     #[error("registry {registry}: stored {role} metadata has no valid version")]
     Stored { registry: String, role: String },
 }
@@ -43,6 +46,7 @@ impl CatalogError {
             CatalogError::NotSynced(_) => "not-synced",
             CatalogError::Location { .. } => "location",
             CatalogError::Stored { .. } => "store",
+            CatalogError::Entry { .. } => "entry",
         }
     }
 }

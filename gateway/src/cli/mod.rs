@@ -55,7 +55,8 @@ enum Command {
     /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Signed registries: add (pin a root), sync, list, forget.
+    /// Signed registries: add (pin a root), sync, list, forget; servers from them (search,
+    /// show, install, upgrade, remove); the author's offline tools.
     #[command(subcommand)]
     Registry(RegistryCommand),
 }

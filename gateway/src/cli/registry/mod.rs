@@ -20,7 +20,7 @@ use crate::terminal;
 use crate::tuf::Versions;
 
 #[derive(Debug, Subcommand)]
-pub(super) enum RegistryCommand {
+pub enum RegistryCommand {
     /// Trust a registry: its metadata at an https URL (http only to 127.0.0.1 / [::1]) or in
     /// a local directory, and the root.json you pin for it (verified with its own keys, not
     /// expired). A first sync follows.

@@ -1,0 +1,599 @@
+//! `gigmcp registry add|sync|list|forget` through the real binary, on a real state directory,
+//! against a registry's metadata (written by `tuf::Repo`) served over loopback HTTP by
+//! `testkit::metadata`. Every attack the TUF threat model names is one test: the sync exits
+//! non-zero, stderr names the role and the refusal, the store's metadata rows are byte for
+//! byte what they were, and the audit trail holds `registry.refused` with that reason.
+
+use std::process::Output;
+use std::time::{Duration, SystemTime};
+
+use gateway::store::{RegistryOrigin, RoleBody, ServerRecord, now_ms};
+use gateway::tuf::{Expiry, KeyPair, Repo};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use testkit::env::{TestEnv, random_hex};
+use testkit::metadata::{Hook, MetadataServer};
+use testkit::tuf::{Keys, Registry, random_path, signed_doc};
+use testkit::upstream::TestCa;
+
+/// A registry whose timestamp role needs two signatures (its own key and `extra`), served
+/// over HTTP, and a gateway state directory.
+struct World {
+    env: TestEnv,
+    reg: Registry,
+    extra: KeyPair,
+    server: MetadataServer,
+    name: String,
+}
+
+impl World {
+    /// Version 2 of every role (except root) published, nothing added to the gateway yet.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::generate();
+        let extra = KeyPair::generate();
+        let mut setup = keys.setup();
+        setup.timestamp = (vec![keys.timestamp.public(), extra.public()], 2);
+        let [a, b, c, d] = keys.all();
+        let signers = [a, b, c, d, &extra];
+        let now = SystemTime::now();
+        let repo = Repo::init(dir.path(), &setup, Expiry::default(), &signers, now).unwrap();
+        let server = MetadataServer::start(dir.path());
+        let mut w = World {
+            env: TestEnv::new(),
+            reg: Registry { dir, keys, repo },
+            extra,
+            server,
+            name: format!("r{}", random_hex(5)),
+        };
+        w.reg.add(&random_path(), json!({}));
+        w.reg.add(&random_path(), json!({}));
+        w.publish(Expiry::default());
+        w
+    }
+
+    /// Added and synced at version 3 (version 2's files are still served beside it).
+    fn synced() -> Self {
+        let mut w = World::new();
+        assert_ok(&w.add());
+        w.reg.add(&random_path(), json!({}));
+        w.publish(Expiry::default());
+        assert_ok(&w.sync());
+        w
+    }
+
+    fn publish(&mut self, expiry: Expiry) {
+        let k = &self.reg.keys;
+        let signers = [&k.root, &k.timestamp, &k.snapshot, &k.targets, &self.extra];
+        self.reg
+            .repo
+            .publish(&signers, expiry, SystemTime::now())
+            .unwrap();
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.env.cli(args, b"")
+    }
+
+    fn add(&self) -> Output {
+        let root = self.reg.path().join("1.root.json");
+        let root = root.to_str().unwrap();
+        self.cli(&[
+            "registry",
+            "add",
+            &self.name,
+            &self.server.url(),
+            "--root",
+            root,
+        ])
+    }
+
+    fn sync(&self) -> Output {
+        self.cli(&["registry", "sync", &self.name])
+    }
+
+    fn rows(&self) -> (Vec<RoleBody>, Option<i64>) {
+        self.env.store().registry_metadata(&self.name).unwrap()
+    }
+
+    fn raw(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.reg.path().join(file)).unwrap()
+    }
+
+    /// `file`'s `signed` edited and signed again by `signers` (an attacker holding them).
+    fn forged(&self, file: &str, signers: &[&KeyPair], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut doc = self.reg.read(file);
+        edit(&mut doc["signed"]);
+        serde_json::to_vec(&signed_doc(&doc["signed"], signers)).unwrap()
+    }
+
+    /// A timestamp of `version` naming these snapshot bytes as version `snapshot`, signed by
+    /// both timestamp keys.
+    fn timestamp_naming(&self, version: u64, snapshot: u64, bytes: &[u8]) -> Vec<u8> {
+        let signers = [&self.reg.keys.timestamp, &self.extra];
+        self.forged("timestamp.json", &signers, |s| {
+            s["version"] = json!(version);
+            s["meta"]["snapshot.json"] = meta(snapshot, bytes);
+        })
+    }
+
+    /// Snapshot `version` naming these targets bytes as version `targets`, served under its
+    /// consistent name, and a timestamp naming it: what a holder of both keys would publish.
+    fn serve_snapshot_naming(&self, version: u64, targets: u64, bytes: &[u8]) {
+        let snapshot = self.forged("snapshot.json", &[&self.reg.keys.snapshot], |s| {
+            s["version"] = json!(version);
+            s["meta"]["targets.json"] = meta(targets, bytes);
+        });
+        self.reg
+            .write_raw(&format!("{version}.snapshot.json"), &snapshot);
+        let ts = self.timestamp_naming(version, version, &snapshot);
+        self.server.set_hook("timestamp.json", Hook::Body(ts));
+    }
+}
+
+fn meta(version: u64, bytes: &[u8]) -> Value {
+    json!({"version": version, "length": bytes.len(), "hashes": {"sha256": hex::encode(Sha256::digest(bytes))}})
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "{}{}", stdout(out), stderr(out));
+}
+
+/// The sync is refused naming `role` and `kind`, nothing stored changed, and the refusal is
+/// in the audit trail with that reason.
+fn assert_refused(w: &World, role: &str, kind: &str) {
+    let before = w.rows();
+    let out = w.sync();
+    assert!(!out.status.success(), "accepted: {}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("sync refused ({kind})")), "{err}");
+    assert!(err.contains(role), "stderr does not name {role}: {err}");
+    assert_eq!(
+        w.rows(),
+        before,
+        "a refused sync changed the stored metadata"
+    );
+    let events = w.env.store().audit_recent(20).unwrap();
+    assert!(
+        events.iter().any(|e| e.action == "registry.refused"
+            && e.target == w.name
+            && e.outcome == "denied"
+            && e.detail.starts_with(&format!("reason={kind} "))),
+        "no registry.refused reason={kind} in {events:#?}"
+    );
+}
+
+/// One refusal per test, so each attack fails by name.
+macro_rules! refused {
+    ($(#[$doc:meta])* $test:ident, $role:literal, $kind:literal, |$w:ident| $attack:block) => {
+        $(#[$doc])*
+        #[test]
+        fn $test() {
+            #[allow(unused_mut)]
+            let mut $w = World::synced();
+            $attack
+            assert_refused(&$w, $role, $kind);
+        }
+    };
+}
+
+refused!(
+    /// An older, genuinely signed timestamp served again.
+    a_rolled_back_timestamp_is_refused, "timestamp", "rollback", |w| {
+        let old = w.timestamp_naming(2, 2, &w.raw("2.snapshot.json"));
+        w.server.set_hook("timestamp.json", Hook::Body(old));
+    }
+);
+
+refused!(
+    /// A newer timestamp naming an older snapshot.
+    a_rolled_back_snapshot_is_refused, "snapshot", "rollback", |w| {
+        let ts = w.timestamp_naming(4, 2, &w.raw("2.snapshot.json"));
+        w.server.set_hook("timestamp.json", Hook::Body(ts));
+    }
+);
+
+refused!(
+    /// A newer snapshot naming an older targets.
+    a_rolled_back_targets_is_refused, "targets", "rollback", |w| {
+        w.serve_snapshot_naming(4, 2, &w.raw("2.targets.json"));
+    }
+);
+
+refused!(
+    /// A newer targets, properly named by snapshot and timestamp, already expired.
+    expired_targets_metadata_is_refused, "targets", "expired", |w| {
+        let targets = w.forged("targets.json", &[&w.reg.keys.targets], |s| {
+            s["version"] = json!(4);
+            s["expires"] = json!("2001-01-01T00:00:00Z");
+        });
+        w.reg.write_raw("4.targets.json", &targets);
+        w.serve_snapshot_naming(4, 4, &targets);
+    }
+);
+
+refused!(
+    /// The timestamp the gateway holds, replayed unchanged after it expired.
+    a_frozen_timestamp_replayed_after_its_expiry_is_refused, "timestamp", "expired", |w| {
+        w.publish(Expiry {
+            timestamp: Duration::from_secs(2),
+            ..Expiry::default()
+        });
+        assert_ok(&w.sync());
+        std::thread::sleep(Duration::from_millis(3100));
+    }
+);
+
+refused!(
+    /// The targets file an older snapshot named, served under the newer snapshot's name.
+    an_older_targets_with_a_newer_snapshot_is_mix_and_match, "targets", "mix-and-match", |w| {
+        w.reg.add(&random_path(), json!({}));
+        w.publish(Expiry::default());
+        w.reg.write_raw("4.targets.json", &w.raw("2.targets.json"));
+    }
+);
+
+refused!(
+    /// A timestamp signed by a key the root does not list.
+    a_signature_by_a_key_not_in_root_is_refused, "timestamp", "unknown-key", |w| {
+        let stranger = KeyPair::generate();
+        let ts = w.forged("timestamp.json", &[&stranger], |s| s["version"] = json!(4));
+        w.server.set_hook("timestamp.json", Hook::Body(ts));
+    }
+);
+
+refused!(
+    /// One valid signature where the root asks for two.
+    a_threshold_not_met_is_refused, "timestamp", "threshold", |w| {
+        let ts = w.forged("timestamp.json", &[&w.reg.keys.timestamp], |s| {
+            s["version"] = json!(4)
+        });
+        w.server.set_hook("timestamp.json", Hook::Body(ts));
+    }
+);
+
+/// The current timestamp with one signature's hex changed by `damage`.
+fn damaged_signature(w: &World, damage: impl FnOnce(&mut String)) {
+    let mut doc = w.reg.read("timestamp.json");
+    let mut sig = doc["signatures"][0]["sig"].as_str().unwrap().to_owned();
+    damage(&mut sig);
+    doc["signatures"][0]["sig"] = json!(sig);
+    let bytes = serde_json::to_vec(&doc).unwrap();
+    w.server.set_hook("timestamp.json", Hook::Body(bytes));
+}
+
+refused!(
+    a_truncated_signature_is_refused,
+    "timestamp",
+    "signature",
+    |w| {
+        damaged_signature(&w, |s| s.truncate(s.len() - 2));
+    }
+);
+
+refused!(
+    a_bit_flipped_signature_is_refused,
+    "timestamp",
+    "signature",
+    |w| {
+        damaged_signature(&w, |s| {
+            let i = (testkit::names::random_u64() as usize) % s.len();
+            let c = u8::from_str_radix(&s[i..=i], 16).unwrap() ^ 1;
+            s.replace_range(i..=i, &format!("{c:x}"));
+        });
+    }
+);
+
+refused!(
+    /// A version 2 root that only its own new key signed.
+    a_root_rotation_not_signed_by_the_old_threshold_is_refused, "root", "rotation", |w| {
+        let new = KeyPair::generate();
+        let id = new.public().key_id();
+        let root = w.forged("1.root.json", &[&new], |s| {
+            s["version"] = json!(2);
+            s["keys"][&id] = new.public().to_json();
+            s["roles"]["root"]["keyids"] = json!([id]);
+        });
+        w.reg.write_raw("2.root.json", &root);
+    }
+);
+
+refused!(
+    /// A timestamp whose JSON says `_type` twice (two parsers could read two documents).
+    duplicate_json_keys_are_refused, "timestamp", "duplicate-key", |w| {
+        let text = String::from_utf8(w.raw("timestamp.json")).unwrap();
+        let doubled = text.replacen(
+            "\"_type\":\"timestamp\"",
+            "\"_type\":\"timestamp\",\"_type\":\"timestamp\"",
+            1,
+        );
+        assert_ne!(doubled, text);
+        w.server.set_hook("timestamp.json", Hook::Body(doubled.into_bytes()));
+    }
+);
+
+refused!(
+    /// A timestamp of 17 KiB (the limit is 16 KiB).
+    metadata_over_its_size_limit_is_refused, "timestamp", "too-large", |w| {
+        w.server.set_hook("timestamp.json", Hook::Body(vec![b' '; 17 << 10]));
+    }
+);
+
+refused!(
+    /// A timestamp that never ends.
+    metadata_that_never_ends_is_refused, "timestamp", "too-large", |w| {
+        w.server.set_hook("timestamp.json", Hook::Endless);
+    }
+);
+
+#[test]
+fn a_registry_is_added_and_synced_showing_each_roles_version() {
+    let w = World::new();
+    let out = w.add();
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("added registry {} at {}", w.name, w.server.url())),
+        "{text}"
+    );
+    assert!(
+        text.contains("root 1, timestamp 2, snapshot 2, targets 2"),
+        "{text}"
+    );
+    assert!(text.contains("; 2 targets"), "{text}");
+    let (rows, synced) = w.rows();
+    let versions: Vec<(&str, u64)> = rows.iter().map(|r| (r.role.as_str(), r.version)).collect();
+    assert_eq!(
+        versions,
+        [
+            ("root", 1),
+            ("timestamp", 2),
+            ("snapshot", 2),
+            ("targets", 2)
+        ]
+    );
+    assert!(synced.is_some());
+    assert_eq!(
+        rows[3].body,
+        w.raw("2.targets.json"),
+        "stored byte for byte"
+    );
+    let actions: Vec<String> = w
+        .env
+        .store()
+        .audit_recent(5)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions[..2],
+        ["registry.sync".to_owned(), "registry.add".to_owned()]
+    );
+}
+
+#[test]
+fn a_newer_index_moves_every_version_it_changed() {
+    let mut w = World::synced();
+    w.reg.add(&random_path(), json!({}));
+    w.publish(Expiry::default());
+    let out = w.sync();
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("root 1, timestamp 4, snapshot 4, targets 4 (was root 1, timestamp 3, snapshot 3, targets 3); 4 targets"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unchanged_index_syncs_as_up_to_date() {
+    let w = World::synced();
+    let before = w.rows().0;
+    let out = w.sync();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("is up to date: root 1, timestamp 3"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(w.rows().0, before);
+}
+
+#[test]
+fn a_root_rotated_by_both_thresholds_is_followed() {
+    let mut w = World::synced();
+    let new_root = KeyPair::generate();
+    let k = &w.reg.keys;
+    let mut setup = k.setup();
+    setup.root = (vec![new_root.public()], 1);
+    setup.timestamp = (vec![k.timestamp.public(), w.extra.public()], 2);
+    let year = Duration::from_secs(365 * 86_400);
+    w.reg
+        .repo
+        .rotate_root(&setup, &[&k.root], &[&new_root], year, SystemTime::now())
+        .unwrap();
+    let out = w.sync();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("root 2, timestamp 3"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(w.rows().0[0].body, w.raw("2.root.json"));
+}
+
+#[test]
+fn a_registry_served_over_https_with_its_own_ca_is_added_with_ca() {
+    let w = World::new();
+    let ca = TestCa::new(&["127.0.0.1"]);
+    let (cert, key) = ca.issue(&["127.0.0.1"], false);
+    let tls = MetadataServer::start_tls(w.reg.path(), &cert, &key);
+    let ca_file = w.env.dir.path().join("registry-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let root = w.reg.path().join("1.root.json");
+    let args = [
+        "registry",
+        "add",
+        &w.name,
+        &tls.url(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    let without = w.cli(&args);
+    assert!(!without.status.success());
+    assert!(
+        stderr(&without).contains("sync refused (fetch)"),
+        "{}",
+        stderr(&without)
+    );
+    let other = format!("{}-ca", w.name);
+    let mut with = args.to_vec();
+    with[2] = &other;
+    with.extend(["--ca", ca_file.to_str().unwrap()]);
+    let out = w.cli(&with);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("root 1, timestamp 2, snapshot 2, targets 2"));
+}
+
+#[test]
+fn a_pinned_root_whose_signature_does_not_verify_is_refused_and_nothing_added() {
+    let w = World::new();
+    let mut doc = w.reg.read("1.root.json");
+    doc["signed"]["version"] = json!(7);
+    let root = w.env.dir.path().join("forged-root.json");
+    std::fs::write(&root, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = w.cli(&[
+        "registry",
+        "add",
+        &w.name,
+        &w.server.url(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("root"), "{}", stderr(&out));
+    assert!(w.env.store().registry_get(&w.name).unwrap().is_none());
+    assert_eq!(
+        w.server.total_requests(),
+        0,
+        "nothing fetched for a refused root"
+    );
+    let events = w.env.store().audit_recent(5).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "registry.refused" && e.detail.starts_with("reason=signature ")),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn a_taken_registry_name_is_refused() {
+    let w = World::synced();
+    let before = w.rows();
+    let out = w.add();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("registry {} exists", w.name)),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.rows(), before);
+}
+
+#[test]
+fn the_list_shows_each_registrys_versions_targets_and_servers() {
+    let w = World::synced();
+    let never = World::new();
+    let root = never.reg.path().join("1.root.json");
+    // Added while its server answers 503: added, never synced.
+    never.server.set_hook("timestamp.json", Hook::Status(503));
+    let args = [
+        "registry",
+        "add",
+        &never.name,
+        &never.server.url(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    assert!(!w.cli(&args).status.success());
+    let out = w.cli(&["registry", "list"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_owned()
+    };
+    let synced = line(&w.name);
+    assert!(
+        synced
+            .split_whitespace()
+            .take(6)
+            .eq([w.name.as_str(), "1", "3", "3", "3", "3"]),
+        "{synced}"
+    );
+    assert!(line(&never.name).contains("never synced"), "{text}");
+}
+
+fn install_from(w: &World) -> String {
+    let server = format!("s{}", random_hex(4));
+    let record = ServerRecord {
+        name: server.clone(),
+        version: "1.0.0".into(),
+        image_digest: format!("sha256:{}", random_hex(32)),
+        manifest: json!({"name": server, "version": "1.0.0", "command": ["/bin/true"]}).to_string(),
+        source: "registry".into(),
+        approved_ranges: Vec::new(),
+        installed_ms: now_ms(),
+        origin: Some(RegistryOrigin {
+            registry: w.name.clone(),
+            target: format!("{server}/1.0.0"),
+        }),
+    };
+    assert!(w.env.store().server_add(&record).unwrap());
+    server
+}
+
+#[test]
+fn forgetting_a_registry_a_server_came_from_is_refused_and_nothing_removed() {
+    let w = World::synced();
+    let server = install_from(&w);
+    let before = w.rows();
+    let out = w.cli(&["registry", "forget", &w.name]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("in use by server {server}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.rows(), before);
+    let listed = stdout(&w.cli(&["registry", "list"]));
+    assert!(listed.contains(&server), "{listed}");
+    let events = w.env.store().audit_recent(5).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "registry.forget" && e.outcome == "denied")
+    );
+}
+
+#[test]
+fn forgetting_a_registry_removes_it_and_its_metadata() {
+    let w = World::synced();
+    assert_ok(&w.cli(&["registry", "forget", &w.name]));
+    let store = w.env.store();
+    assert!(store.registry_get(&w.name).unwrap().is_none());
+    assert!(store.registry_metadata(&w.name).is_err());
+    assert!(!stdout(&w.cli(&["registry", "list"])).contains(&w.name));
+}
