@@ -4,148 +4,16 @@
 //! non-zero, stderr names the role and the refusal, the store's metadata rows are byte for
 //! byte what they were, and the audit trail holds `registry.refused` with that reason.
 
-use std::process::Output;
 use std::time::{Duration, SystemTime};
 
-use gateway::store::{RegistryOrigin, RoleBody, ServerRecord, now_ms};
-use gateway::tuf::{Expiry, KeyPair, Repo};
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use testkit::env::{TestEnv, random_hex};
+use gateway::store::{RegistryOrigin, ServerRecord, now_ms};
+use gateway::tuf::{Expiry, KeyPair};
+use serde_json::json;
+use testkit::env::random_hex;
+use testkit::metadata::world::{World, assert_ok, stderr, stdout};
 use testkit::metadata::{Hook, MetadataServer};
-use testkit::tuf::{Keys, Registry, random_path, signed_doc};
+use testkit::tuf::random_path;
 use testkit::upstream::TestCa;
-
-/// A registry whose timestamp role needs two signatures (its own key and `extra`), served
-/// over HTTP, and a gateway state directory.
-struct World {
-    env: TestEnv,
-    reg: Registry,
-    extra: KeyPair,
-    server: MetadataServer,
-    name: String,
-}
-
-impl World {
-    /// Version 2 of every role (except root) published, nothing added to the gateway yet.
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = Keys::generate();
-        let extra = KeyPair::generate();
-        let mut setup = keys.setup();
-        setup.timestamp = (vec![keys.timestamp.public(), extra.public()], 2);
-        let [a, b, c, d] = keys.all();
-        let signers = [a, b, c, d, &extra];
-        let now = SystemTime::now();
-        let repo = Repo::init(dir.path(), &setup, Expiry::default(), &signers, now).unwrap();
-        let server = MetadataServer::start(dir.path());
-        let mut w = World {
-            env: TestEnv::new(),
-            reg: Registry { dir, keys, repo },
-            extra,
-            server,
-            name: format!("r{}", random_hex(5)),
-        };
-        w.reg.add(&random_path(), json!({}));
-        w.reg.add(&random_path(), json!({}));
-        w.publish(Expiry::default());
-        w
-    }
-
-    /// Added and synced at version 3 (version 2's files are still served beside it).
-    fn synced() -> Self {
-        let mut w = World::new();
-        assert_ok(&w.add());
-        w.reg.add(&random_path(), json!({}));
-        w.publish(Expiry::default());
-        assert_ok(&w.sync());
-        w
-    }
-
-    fn publish(&mut self, expiry: Expiry) {
-        let k = &self.reg.keys;
-        let signers = [&k.root, &k.timestamp, &k.snapshot, &k.targets, &self.extra];
-        self.reg
-            .repo
-            .publish(&signers, expiry, SystemTime::now())
-            .unwrap();
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.env.cli(args, b"")
-    }
-
-    fn add(&self) -> Output {
-        let root = self.reg.path().join("1.root.json");
-        let root = root.to_str().unwrap();
-        self.cli(&[
-            "registry",
-            "add",
-            &self.name,
-            &self.server.url(),
-            "--root",
-            root,
-        ])
-    }
-
-    fn sync(&self) -> Output {
-        self.cli(&["registry", "sync", &self.name])
-    }
-
-    fn rows(&self) -> (Vec<RoleBody>, Option<i64>) {
-        self.env.store().registry_metadata(&self.name).unwrap()
-    }
-
-    fn raw(&self, file: &str) -> Vec<u8> {
-        std::fs::read(self.reg.path().join(file)).unwrap()
-    }
-
-    /// `file`'s `signed` edited and signed again by `signers` (an attacker holding them).
-    fn forged(&self, file: &str, signers: &[&KeyPair], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
-        let mut doc = self.reg.read(file);
-        edit(&mut doc["signed"]);
-        serde_json::to_vec(&signed_doc(&doc["signed"], signers)).unwrap()
-    }
-
-    /// A timestamp of `version` naming these snapshot bytes as version `snapshot`, signed by
-    /// both timestamp keys.
-    fn timestamp_naming(&self, version: u64, snapshot: u64, bytes: &[u8]) -> Vec<u8> {
-        let signers = [&self.reg.keys.timestamp, &self.extra];
-        self.forged("timestamp.json", &signers, |s| {
-            s["version"] = json!(version);
-            s["meta"]["snapshot.json"] = meta(snapshot, bytes);
-        })
-    }
-
-    /// Snapshot `version` naming these targets bytes as version `targets`, served under its
-    /// consistent name, and a timestamp naming it: what a holder of both keys would publish.
-    fn serve_snapshot_naming(&self, version: u64, targets: u64, bytes: &[u8]) {
-        let snapshot = self.forged("snapshot.json", &[&self.reg.keys.snapshot], |s| {
-            s["version"] = json!(version);
-            s["meta"]["targets.json"] = meta(targets, bytes);
-        });
-        self.reg
-            .write_raw(&format!("{version}.snapshot.json"), &snapshot);
-        let ts = self.timestamp_naming(version, version, &snapshot);
-        self.server.set_hook("timestamp.json", Hook::Body(ts));
-    }
-}
-
-fn meta(version: u64, bytes: &[u8]) -> Value {
-    json!({"version": version, "length": bytes.len(), "hashes": {"sha256": hex::encode(Sha256::digest(bytes))}})
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "{}{}", stdout(out), stderr(out));
-}
 
 /// The sync is refused naming `role` and `kind`, nothing stored changed, and the refusal is
 /// in the audit trail with that reason.
@@ -596,4 +464,35 @@ fn forgetting_a_registry_removes_it_and_its_metadata() {
     assert!(store.registry_get(&w.name).unwrap().is_none());
     assert!(store.registry_metadata(&w.name).is_err());
     assert!(!stdout(&w.cli(&["registry", "list"])).contains(&w.name));
+}
+
+#[test]
+fn a_sync_of_every_registry_syncs_the_good_ones_and_fails_naming_the_refused_one() {
+    let mut good = World::synced();
+    let bad = World::new();
+    let root = bad.reg.path().join("1.root.json");
+    let args = [
+        "registry",
+        "add",
+        &bad.name,
+        &bad.server.url(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    assert_ok(&good.cli(&args));
+    bad.server.set_hook("timestamp.json", Hook::Endless);
+    good.reg.add(&random_path(), json!({}));
+    good.publish(Expiry::default());
+    let out = good.cli(&["registry", "sync"]);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains(&format!(
+        "synced registry {}: root 1, timestamp 4",
+        good.name
+    )));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("registry {}: sync refused (too-large)", bad.name)),
+        "{err}"
+    );
+    assert!(err.contains("1 of 2 registries refused"), "{err}");
 }

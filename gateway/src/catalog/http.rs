@@ -11,7 +11,9 @@
 //! port): metadata has no reason to live elsewhere, and a registry must not steer the gateway
 //! at other hosts. TLS roots are the system's (read as the egress proxy reads them), plus the
 //! registry's own CA when the admin gave one; plain http is allowed only to a loopback address
-//! literal (tests, a mirror on the same host).
+//! literal (tests, a mirror on the same host). The host is the one the admin configured and
+//! no redirect may leave it, so its addresses are not classified as an image pull's realms
+//! and redirects are: a registry on a private network is the admin's choice.
 //!
 //! It knows nothing of what the files mean: verification is `tuf`'s. The [`tuf::Fetch`] trait
 //! is synchronous, so each `HttpFetch` owns a single-threaded runtime: call it from a blocking
@@ -148,6 +150,8 @@ pub struct HttpFetch {
 impl HttpFetch {
     /// Files under `base_url` (https, or http to a loopback address), each within `deadline`,
     /// verified against the system's TLS roots.
+    // CONTRACT: fails with this layer's `HttpError` rather than `CatalogError` (which has a
+    // `From` for it): the caller learns which URL was refused and why.
     pub fn new(base_url: &str, deadline: Duration) -> Result<Self, HttpError> {
         Self::with_ca(base_url, deadline, None)
     }

@@ -338,3 +338,32 @@ fn a_server_an_endpoint_exposes_cannot_be_removed() {
         1
     );
 }
+
+#[test]
+fn a_schema_3_database_gains_registries_and_keeps_its_servers_unsigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    let server = random("s");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        for sql in [
+            include_str!("../migrations/0001_initial.sql"),
+            include_str!("../migrations/0002_tool_definitions.sql"),
+            include_str!("../migrations/0003_endpoint_descriptions.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute(
+            "INSERT INTO servers (name, version, image_digest, manifest, source, installed_ms) \
+             VALUES (?1, '1', 'dir:/', '{}', 'unsigned', 1)",
+            [&server],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let got = store.server_get(&server).unwrap().unwrap();
+    assert_eq!((got.origin, got.source.as_str()), (None, "unsigned"));
+    assert!(store.registry_list().unwrap().is_empty());
+}
