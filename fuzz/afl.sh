@@ -16,7 +16,7 @@ secs=${1:-10}
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  targets=(dns jsonrpc framing http_checks rewriter manifest init_args unpack)
+  targets=(dns jsonrpc framing http_checks rewriter manifest init_args unpack cjson tuf_metadata)
 fi
 if ! cargo afl --version >/dev/null 2>&1 && [[ "${GIGMCP_FUZZ_AFL_INSTALL:-1}" != 0 ]]; then
   echo "afl: installing cargo-afl" >&2

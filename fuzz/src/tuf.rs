@@ -29,7 +29,7 @@ pub const CJSON: FuzzTarget = FuzzTarget {
 pub const METADATA: FuzzTarget = FuzzTarget {
     name: "tuf_metadata",
     check: check_metadata,
-    ci_cases: 200,
+    ci_cases: 2_000,
 };
 
 fn string(u: &mut Unstructured<'_>) -> Result<String> {

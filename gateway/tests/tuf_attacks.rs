@@ -3,15 +3,12 @@
 //! asserts the exact refusal, that `update` returned `Err` (so the caller has nothing to
 //! persist), and that the honest repository then updates from the same stored state.
 
-use std::io::Read;
 use std::time::SystemTime;
 
-use gateway::tuf::{
-    self, DirFetch, Fetch, FetchError, KeyPair, Limits, Role, TufError, Updated, read_capped,
-};
+use gateway::tuf::{self, Fetch, KeyPair, Limits, Role, TufError, Updated};
 use serde_json::{Value, json};
 use testkit::names::random_name;
-use testkit::tuf::{Registry, bind_meta, days, random_path, signed_doc};
+use testkit::tuf::{Endless, Registry, TooLargeFor, bind_meta, days, random_path, signed_doc};
 
 fn now() -> SystemTime {
     SystemTime::now()
@@ -505,25 +502,10 @@ fn a_key_repeated_deep_inside_a_targets_custom_value_is_refused() {
     case.honest_update_still_works();
 }
 
-/// A fetch that refuses one file as too large, as an HTTP client stopping at the cap does.
-struct RefusesAsTooLarge(DirFetch, &'static str);
-
-impl Fetch for RefusesAsTooLarge {
-    fn fetch(&mut self, file: &str, max: u64) -> Result<Vec<u8>, FetchError> {
-        if file == self.1 {
-            return Err(FetchError::TooLarge {
-                file: file.into(),
-                max,
-            });
-        }
-        self.0.fetch(file, max)
-    }
-}
-
 #[test]
 fn a_fetch_that_reports_a_file_too_large_is_refused_as_too_large() {
     let case = synced();
-    let mut fetch = RefusesAsTooLarge(case.reg.fetch(), "timestamp.json");
+    let mut fetch = TooLargeFor(case.reg.fetch(), "timestamp.json");
     let e = case.refused_with(&mut fetch, &Limits::default(), now());
     assert!(
         matches!(e, TufError::TooLarge { role: Role::Timestamp, max } if max == Limits::default().timestamp),
@@ -554,43 +536,10 @@ fn a_file_in_a_directory_larger_than_its_limit_is_refused() {
     case.honest_update_still_works();
 }
 
-/// An endless body (a mirror that never stops sending), counting what was read of it.
-struct Endless {
-    dir: DirFetch,
-    file: &'static str,
-    read: u64,
-}
-
-impl Fetch for Endless {
-    fn fetch(&mut self, file: &str, max: u64) -> Result<Vec<u8>, FetchError> {
-        if file != self.file {
-            return self.dir.fetch(file, max);
-        }
-        let mut counted = Counted(std::io::repeat(b' '), 0);
-        let result = read_capped(&mut counted, file, max);
-        self.read = counted.1;
-        result
-    }
-}
-
-struct Counted<R>(R, u64);
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.0.read(buf)?;
-        self.1 += n as u64;
-        Ok(n)
-    }
-}
-
 #[test]
 fn an_endless_root_is_refused_at_the_cap_having_read_no_more() {
     let case = synced();
-    let mut fetch = Endless {
-        dir: case.reg.fetch(),
-        file: "2.root.json",
-        read: 0,
-    };
+    let mut fetch = Endless::new(case.reg.fetch(), "2.root.json");
     let limits = Limits::default();
     let e = case.refused_with(&mut fetch, &limits, now());
     assert!(
@@ -610,11 +559,7 @@ fn an_endless_root_is_refused_at_the_cap_having_read_no_more() {
 #[test]
 fn an_endless_timestamp_is_refused_at_the_cap_having_read_no_more() {
     let case = synced();
-    let mut fetch = Endless {
-        dir: case.reg.fetch(),
-        file: "timestamp.json",
-        read: 0,
-    };
+    let mut fetch = Endless::new(case.reg.fetch(), "timestamp.json");
     let e = case.refused_with(&mut fetch, &Limits::default(), now());
     assert!(
         matches!(

@@ -203,3 +203,43 @@ fn check_root_accepts_a_self_signed_root_and_reports_its_keys() {
     want.sort();
     assert_eq!(info.key_ids, want);
 }
+
+#[test]
+fn a_timestamp_key_rotation_recovers_from_a_fast_forwarded_timestamp() {
+    let mut reg = Registry::new(now());
+    reg.publish(now());
+    // An attacker holding the timestamp key pushed version 1000, and the client took it.
+    let ts = &reg.keys.timestamp;
+    reg.resign("timestamp.json", &[ts], |s| s["version"] = json!(1000));
+    let limits = Limits::default();
+    let pushed = tuf::update(&reg.pinned(), &mut reg.fetch(), &limits, now()).unwrap();
+    assert_eq!(pushed.versions.timestamp, 1000);
+    // Without a rotation, the honest timestamp (version 3) is below what the client holds.
+    reg.publish(now());
+    assert!(matches!(
+        tuf::update(&pushed.stored, &mut reg.fetch(), &limits, now()),
+        Err(tuf::TufError::Rollback {
+            role: Role::Timestamp,
+            trusted: 1000,
+            offered: 3
+        })
+    ));
+    // Recovery (5.3.11): root 2 replaces the timestamp key, so the old floor no longer counts.
+    let new_ts = KeyPair::generate();
+    let mut setup = reg.keys.setup();
+    setup.timestamp = (vec![new_ts.public()], 1);
+    let root = [&reg.keys.root];
+    let expiry = Expiry::default();
+    reg.repo
+        .rotate_root(&setup, &root, &root, expiry.root, now())
+        .unwrap();
+    let signers = [
+        &reg.keys.root,
+        &new_ts,
+        &reg.keys.snapshot,
+        &reg.keys.targets,
+    ];
+    reg.repo.publish(&signers, expiry, now()).unwrap();
+    let up = tuf::update(&pushed.stored, &mut reg.fetch(), &limits, now()).unwrap();
+    assert_eq!((up.versions.root, up.versions.timestamp), (2, 4));
+}

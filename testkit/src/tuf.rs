@@ -1,6 +1,7 @@
 //! Signed TUF registries for tests: fresh keys for each role, a `Repo` in a temporary directory
 //! signed by them, random targets, hand edits of a role's file (re-signed or not) for attack
-//! tests, and a `Fetch` that records what was asked for.
+//! tests, and `Fetch` doubles: one that records what was asked for, one that reports a file too
+//! large, one whose file never ends.
 //!
 //! Everything is real: the files are what `gateway::tuf::Repo` writes and a client reads
 //! through `DirFetch`; an attack is an edit of those files, never a mock of the verifier.
@@ -10,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use gateway::tuf::{
     DirFetch, Expiry, Fetch, FetchError, KeyPair, Repo, RoleSetup, Stored, Target, Versions,
+    read_capped,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -272,5 +274,62 @@ impl<F: Fetch> Fetch for Recording<F> {
     fn fetch(&mut self, file: &str, max: u64) -> Result<Vec<u8>, FetchError> {
         self.asked.push(file.to_string());
         self.inner.fetch(file, max)
+    }
+}
+
+/// A fetch that refuses `.1` as too large, as an HTTP client stopping at the cap does.
+#[derive(Debug)]
+pub struct TooLargeFor<F>(pub F, pub &'static str);
+
+impl<F: Fetch> Fetch for TooLargeFor<F> {
+    fn fetch(&mut self, file: &str, max: u64) -> Result<Vec<u8>, FetchError> {
+        if file == self.1 {
+            return Err(FetchError::TooLarge {
+                file: file.into(),
+                max,
+            });
+        }
+        self.0.fetch(file, max)
+    }
+}
+
+/// A fetch whose `file` is an endless body (a mirror that never stops sending), read through
+/// `read_capped` as a real client reads; `read` counts the bytes taken from it.
+#[derive(Debug)]
+pub struct Endless<F> {
+    pub inner: F,
+    pub file: &'static str,
+    pub read: u64,
+}
+
+impl<F> Endless<F> {
+    pub fn new(inner: F, file: &'static str) -> Self {
+        Endless {
+            inner,
+            file,
+            read: 0,
+        }
+    }
+}
+
+impl<F: Fetch> Fetch for Endless<F> {
+    fn fetch(&mut self, file: &str, max: u64) -> Result<Vec<u8>, FetchError> {
+        if file != self.file {
+            return self.inner.fetch(file, max);
+        }
+        let mut counted = Counted(std::io::repeat(b' '), 0);
+        let result = read_capped(&mut counted, file, max);
+        self.read = counted.1;
+        result
+    }
+}
+
+struct Counted<R>(R, u64);
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1 += n as u64;
+        Ok(n)
     }
 }
