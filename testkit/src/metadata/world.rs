@@ -47,7 +47,12 @@ impl World {
         let server = MetadataServer::start(dir.path());
         let mut w = World {
             env: TestEnv::new(),
-            reg: Registry { dir, keys, repo },
+            reg: Registry {
+                dir,
+                keys,
+                extra: Vec::new(),
+                repo,
+            },
             extra,
             server,
             name: format!("r{}", random_hex(5)),
