@@ -233,7 +233,7 @@ fn record_of(name: &str, r: &Resolved, ranges: &[IpNet]) -> ServerRecord {
 impl LocalAdmin {
     /// Audits an install, upgrade or remove: `action` on success, `server.refused` with
     /// the reason otherwise.
-    pub(super) fn audited_install<T>(
+    fn audited_install<T>(
         &self,
         action: &str,
         target: &str,
@@ -253,6 +253,59 @@ impl LocalAdmin {
             .record(action, target, outcome, &text)
             .map_err(AdminError::Audit)?;
         result
+    }
+
+    /// `install_server`, audited under the local name the install would have, whatever
+    /// the outcome.
+    pub(super) fn install_audited(
+        &self,
+        spec: &str,
+        local_name: Option<&str>,
+        approved: &[IpNet],
+        confirm: Confirm<'_>,
+    ) -> Result<Installed, AdminError> {
+        let result = self.install_server(spec, local_name, approved, confirm);
+        let parsed = Spec::parse(spec).map(|s| s.name);
+        let target = local_name.or(parsed.as_deref().ok()).unwrap_or(spec);
+        self.audited_install("server.install", target, result, |i| {
+            format!(
+                "registry={} target={} image={} approved_ranges=[{}]",
+                i.registry,
+                i.target,
+                i.record.image_digest,
+                i.record.approved_ranges.join(",")
+            )
+        })
+    }
+
+    pub(super) fn upgrade_audited(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        approve: Option<&str>,
+        confirm: Confirm<'_>,
+    ) -> Result<Upgraded, AdminError> {
+        let result = self.upgrade_server(name, to, approve, confirm);
+        self.audited_install("server.upgrade", name, result, |u| match u {
+            Upgraded::Current { version } => format!("current version={version}"),
+            Upgraded::Replaced { record, from, diff } => format!(
+                "from={from} to={} target={} image={} diff=[{}]",
+                record.version,
+                record.origin.as_ref().map_or("", |o| o.target.as_str()),
+                record.image_digest,
+                diff.lines().collect::<Vec<_>>().join("; ")
+            ),
+        })
+    }
+
+    pub(super) fn remove_audited(&self, name: &str) -> Result<ServerRecord, AdminError> {
+        let result = self.remove_server(name);
+        self.audited_install("server.remove", name, result, |r| {
+            format!(
+                "image={} version={} (the image stays until image gc)",
+                r.image_digest, r.version
+            )
+        })
     }
 
     fn limits(&self) -> crate::tuf::Limits {
@@ -304,7 +357,7 @@ impl LocalAdmin {
         self.with_image(&source, new, commit).map_err(image)
     }
 
-    pub(super) fn install_server(
+    fn install_server(
         &self,
         spec: &str,
         local: Option<&str>,
@@ -339,7 +392,7 @@ impl LocalAdmin {
         })
     }
 
-    pub(super) fn upgrade_server(
+    fn upgrade_server(
         &self,
         name: &str,
         to: Option<&str>,
@@ -423,7 +476,7 @@ impl LocalAdmin {
         })
     }
 
-    pub(super) fn remove_server(&self, name: &str) -> Result<ServerRecord, AdminError> {
+    fn remove_server(&self, name: &str) -> Result<ServerRecord, AdminError> {
         let record = self
             .records()
             .server_get(name)?

@@ -375,19 +375,7 @@ impl AdminApi for LocalAdmin {
         approved_ranges: &[ipnet::IpNet],
         confirm: super::Confirm<'_>,
     ) -> Result<super::Installed, AdminError> {
-        let result = self.install_server(spec, local_name, approved_ranges, confirm);
-        // Audited under the local name the install would have, whatever the outcome.
-        let parsed = crate::catalog::pick::Spec::parse(spec).map(|s| s.name);
-        let target = local_name.or(parsed.as_deref().ok()).unwrap_or(spec);
-        self.audited_install("server.install", target, result, |i| {
-            format!(
-                "registry={} target={} image={} approved_ranges=[{}]",
-                i.registry,
-                i.target,
-                i.record.image_digest,
-                i.record.approved_ranges.join(",")
-            )
-        })
+        self.install_audited(spec, local_name, approved_ranges, confirm)
     }
 
     fn server_upgrade(
@@ -397,27 +385,11 @@ impl AdminApi for LocalAdmin {
         approve: Option<&str>,
         confirm: super::Confirm<'_>,
     ) -> Result<super::Upgraded, AdminError> {
-        let result = self.upgrade_server(name, to, approve, confirm);
-        self.audited_install("server.upgrade", name, result, |u| match u {
-            super::Upgraded::Current { version } => format!("current version={version}"),
-            super::Upgraded::Replaced { record, from, diff } => format!(
-                "from={from} to={} target={} image={} diff=[{}]",
-                record.version,
-                record.origin.as_ref().map_or("", |o| o.target.as_str()),
-                record.image_digest,
-                diff.lines().collect::<Vec<_>>().join("; ")
-            ),
-        })
+        self.upgrade_audited(name, to, approve, confirm)
     }
 
     fn server_remove(&mut self, name: &str) -> Result<ServerRecord, AdminError> {
-        let result = self.remove_server(name);
-        self.audited_install("server.remove", name, result, |r| {
-            format!(
-                "image={} version={} (the image stays until image gc)",
-                r.image_digest, r.version
-            )
-        })
+        self.remove_audited(name)
     }
 
     fn registry_add(
