@@ -55,8 +55,8 @@ enum Command {
     /// OCI images in the store at sandbox.images_dir: pull, import, list, remove, collect.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Signed registries: add (pin a root), sync, list, forget; search, show, install, upgrade,
-    /// remove servers; the author's offline tools.
+    /// Signed registries: add (pin a root), sync, list, forget; servers from them (search,
+    /// show, install, upgrade, remove); the author's offline tools.
     #[command(subcommand)]
     Registry(RegistryCommand),
 }
@@ -198,8 +198,14 @@ pub fn main() -> i32 {
         Ok(_) => 1,
         Err(e) => {
             // An error can quote a server's words (a manifest's value, a name in its image,
-            // the daemon's or helper's refusal): made safe for the terminal like the rest.
-            eprintln!("gigmcp: error: {}", terminal::sanitize(&format!("{e:#}")));
+            // the daemon's or helper's refusal): made safe for the terminal like the rest,
+            // line by line, so that a multi-line refusal (an upgrade's diff) stays readable.
+            let text = format!("{e:#}");
+            let mut lines = text.lines().map(terminal::sanitize);
+            eprintln!("gigmcp: error: {}", lines.next().unwrap_or_default());
+            for line in lines {
+                eprintln!("  {line}");
+            }
             1
         }
     }
