@@ -1,0 +1,238 @@
+//! The registry template's CI script (`registry/ci/run`) end to end, on real parts: a fresh
+//! TUF repository (`gigmcp registry keygen` + `init`), a copy of `registry/` holding
+//! `servers/time` (PyPI `mcp-server-time`), the real helper running the install step (as
+//! `image_build.rs` starts it), this machine's PyPI mirror opted in by its address, and a real
+//! docker-registry on loopback with a test CA to push to.
+//!
+//! One run builds, pushes, stages and signs; `gigmcp registry verify` from the fresh root then
+//! passes and lists the entry, whose pinned digest is the one the registry serves for the tag.
+//! A second run without changes builds the same digest (reproducible) and the re-signed
+//! metadata still verifies. Install and a tool call through `gigmcpd` are `registry_e2e.rs`'s.
+//!
+//! Bases are cached under `target/debug/image-build-bases/` (shared with `image_build.rs`).
+//! Root only: a loud SKIP without root, a failure on CI.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use gateway::image::build::base::{Bases, Recipe};
+use gateway::image::build::spec::Ecosystem;
+use testkit::env::text;
+use testkit::helper::{Harness, POOL, PROXY_PORT};
+use testkit::netns::Netns;
+use testkit::registry::{Registry, RegistryAuth};
+
+fn bases_dir() -> PathBuf {
+    testkit::bins::target_dir().join("image-build-bases")
+}
+
+/// The template with only `servers/time` (the PyPI server; its bases are the ones built).
+fn template_copy(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry");
+    let copy = dir.join("registry");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_dir_all(copy.join("servers/everything")).unwrap();
+    copy
+}
+
+fn gigmcp(args: &[&str]) -> String {
+    let out = Command::new(testkit::bins::workspace_bin("gigmcp"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gigmcp {args:?}: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A fresh repository in `dir/metadata`: one key for root, one for targets (which also signs
+/// snapshot and timestamp). Returns (metadata, root key, targets key).
+fn fresh_repository(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (root, targets) = (dir.join("root.key"), dir.join("targets.key"));
+    for key in [&root, &targets] {
+        gigmcp(&["registry", "keygen", "--out", key.to_str().unwrap()]);
+    }
+    let metadata = dir.join("metadata");
+    let pubkey = |k: &Path| format!("{}.pub", k.display());
+    gigmcp(&[
+        "registry",
+        "init",
+        metadata.to_str().unwrap(),
+        "--root-key",
+        &pubkey(&root),
+        "--targets-key",
+        &pubkey(&targets),
+        "--key",
+        root.to_str().unwrap(),
+        "--key",
+        targets.to_str().unwrap(),
+    ]);
+    (metadata, root, targets)
+}
+
+/// What `ci/run` needs from its environment, all of it the test's own.
+struct Ci {
+    script: PathBuf,
+    registry: String,
+    metadata: PathBuf,
+    keys: String,
+    config: PathBuf,
+    build_flags: String,
+}
+
+impl Ci {
+    fn run(&self, host: &Netns) -> Output {
+        let mut cmd = Command::new(&self.script);
+        cmd.env("REGISTRY", &self.registry)
+            .env("METADATA", &self.metadata)
+            .env("KEYS", &self.keys)
+            .env("GIGMCP", testkit::bins::workspace_bin("gigmcp"))
+            .env("GIGMCP_CONFIG", &self.config)
+            .env("BUILD_FLAGS", &self.build_flags);
+        // From the host's namespace: the build's egress proxy dials the mirror from there,
+        // and the docker-registry listens on its loopback.
+        host.run(move || cmd.output().unwrap())
+    }
+}
+
+/// `verify`'s listing: the manifest digests its entries pin (`…@sha256:…`), in order.
+fn pinned(listing: &str) -> Vec<String> {
+    listing
+        .split_whitespace()
+        .filter_map(|w| w.split_once('@').map(|(_, d)| d.to_owned()))
+        .filter(|d| d.starts_with("sha256:"))
+        .collect()
+}
+
+/// The digest the registry serves for `repo:tag` (its Docker-Content-Digest), asked over
+/// HTTPS with the test CA as any client would.
+fn served_digest(host: &Netns, registry: &Registry, repo: &str, tag: &str) -> String {
+    let url = format!("https://{}/v2/{repo}/manifests/{tag}", registry.host());
+    let mut cmd = Command::new("curl");
+    cmd.args(["--fail", "--silent", "--show-error", "--head", "--cacert"])
+        .arg(&registry.ca_file)
+        .args([
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &url,
+        ]);
+    let out = host.run(move || cmd.output().unwrap());
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Docker-Content-Digest for {url}"))
+}
+
+#[test]
+fn ci_run_builds_pushes_and_signs_an_index_that_verifies_and_rebuilds_to_the_same_digest() {
+    if !testkit::require_root("registry_template") {
+        return;
+    }
+    let bases = Bases { cache: bases_dir() };
+    let started = Instant::now();
+    for recipe in [
+        Recipe::runtime(Ecosystem::Pypi),
+        Recipe::builder(Ecosystem::Pypi),
+    ] {
+        bases
+            .ensure(&recipe)
+            .unwrap_or_else(|e| panic!("base {}: {e}", recipe.name));
+    }
+    eprintln!("[registry_template] bases ready in {:?}", started.elapsed());
+    let mirror: IpAddr = testkit::resolved_address("pypi.org");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = rt.block_on(Registry::start(RegistryAuth::Anonymous));
+    let work = tempfile::tempdir().unwrap();
+    let template = template_copy(work.path());
+    let (metadata, _root_key, targets_key) = fresh_repository(work.path());
+    let root_json = metadata.join("1.root.json");
+    let host = Netns::current();
+
+    testkit::privileged("registry_template", 2, move || async move {
+        let h = Harness::start(0).await;
+        let config = h.dir.path().join("gigmcp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[sandbox]\nbus = \"{}\"\nimages_dir = \"{}\"\nca_dir = \"{}\"\n\
+                         proxy_port = {PROXY_PORT}\npool = \"{POOL}\"\n\
+                         [[images.registries]]\nhost = \"{}\"\nca_file = \"{}\"\n",
+                h.address,
+                h.images.display(),
+                h.ca_dir.display(),
+                registry.host(),
+                registry.ca_file.display(),
+            ),
+        )
+        .unwrap();
+        let ci = Ci {
+            script: template.join("ci/run"),
+            registry: registry.host(),
+            metadata: metadata.clone(),
+            keys: targets_key.display().to_string(),
+            config,
+            build_flags: format!(
+                "--state-dir {} --data-root {} --cache {} --registry-address {mirror}",
+                h.dir.path().join("state").display(),
+                h.data_root.display(),
+                bases_dir().display(),
+            ),
+        };
+        let verify = || {
+            gigmcp(&[
+                "registry",
+                "verify",
+                metadata.to_str().unwrap(),
+                "--root",
+                root_json.to_str().unwrap(),
+            ])
+        };
+
+        let first_started = Instant::now();
+        let first = ci.run(&host);
+        assert!(first.status.success(), "ci/run: {}", text(&first));
+        let first_took = first_started.elapsed();
+        let listing = verify();
+        assert!(listing.contains("; 1 entries"), "{listing}");
+        assert!(
+            listing.contains(&format!("{}/servers/time@", registry.host())),
+            "{listing}"
+        );
+        let digests = pinned(&listing);
+        assert_eq!(digests.len(), 1, "{listing}");
+        assert_eq!(
+            served_digest(&host, &registry, "servers/time", "2026.10.19"),
+            digests[0]
+        );
+
+        let second_started = Instant::now();
+        let second = ci.run(&host);
+        assert!(second.status.success(), "ci/run again: {}", text(&second));
+        let relisting = verify();
+        assert_eq!(pinned(&relisting), digests, "{relisting}");
+        assert!(relisting.contains("targets 3"), "{relisting}");
+        eprintln!(
+            "[registry_template] time {}: first ci/run {first_took:?}, second {:?}",
+            digests[0],
+            second_started.elapsed()
+        );
+        drop(registry);
+    });
+}
