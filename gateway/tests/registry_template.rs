@@ -6,8 +6,8 @@
 //!
 //! One run builds, pushes, stages and signs; `gigmcp registry verify` from the fresh root then
 //! passes and lists the entry, whose pinned digest is the one the registry serves for the tag.
-//! A second run without changes builds the same digest (reproducible) and the re-signed
-//! metadata still verifies. Install and a tool call through `gigmcpd` are `registry_e2e.rs`'s.
+//! A second run without changes builds the same digest (reproducible), signs only a new
+//! timestamp (targets and snapshot are unchanged) and the metadata still verifies. Install and a tool call through `gigmcpd` are `registry_e2e.rs`'s.
 //!
 //! Bases are cached under `target/debug/image-build-bases/` (shared with `image_build.rs`).
 //! Root only: a loud SKIP without root, a failure on CI.
@@ -15,14 +15,16 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gateway::image::build::base::{Bases, Recipe};
 use gateway::image::build::spec::Ecosystem;
-use testkit::env::text;
+use serde_json::json;
+use testkit::env::{TestEnv, run_with_stdin, text};
 use testkit::helper::{Harness, POOL, PROXY_PORT};
+use testkit::metadata::MetadataServer;
 use testkit::netns::Netns;
-use testkit::registry::{Registry, RegistryAuth};
+use testkit::registry::{Registry, RegistryAuth, random_name};
 
 fn bases_dir() -> PathBuf {
     testkit::bins::target_dir().join("image-build-bases")
@@ -136,6 +138,85 @@ fn served_digest(host: &Netns, registry: &Registry, repo: &str, tag: &str) -> St
         .unwrap_or_else(|| panic!("no Docker-Content-Digest for {url}"))
 }
 
+/// The gateway's side of the index `ci/run` signed: `registry add` pinning its first root,
+/// `install time --yes`, an endpoint exposing `get_current_time`, `gigmcpd`, and a
+/// `tools/call` through the endpoint.
+async fn install_and_call(config: &Path, env: &TestEnv, host: &Netns, url: &str, root: &Path) {
+    let admin = |args: &[&str]| {
+        let mut cmd = Command::new(testkit::bins::workspace_bin("gigmcp"));
+        cmd.arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(&env.state_dir)
+            .arg("--master-key-file")
+            .arg(&env.key_file)
+            .args(args);
+        let out = host.run(move || run_with_stdin(&mut cmd, b""));
+        assert!(out.status.success(), "gigmcp {args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let reg = random_name("r");
+    admin(&[
+        "registry",
+        "add",
+        &reg,
+        url,
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    admin(&["registry", "sync", &reg]);
+    let shown = admin(&["registry", "install", "time", "--yes"]);
+    assert!(shown.contains("installed server time"), "{shown}");
+    let ep = random_name("ep");
+    admin(&["endpoint", "add", &ep, "--server", "time=get_current_time"]);
+    let token = admin(&["endpoint", "token", "create", &ep, "--label", "t"]);
+    let token = token.lines().last().unwrap().trim().to_owned();
+    let bin = Path::new(env!("CARGO_BIN_EXE_gigmcpd"));
+    let mut daemon = testkit::process::start_gigmcpd(bin, config, &env.key_file);
+    let front = gateway_front(config);
+    let args = json!({"name": "time__get_current_time", "arguments": {"timezone": "UTC"}});
+    let called = testkit::mcp::rpc(front, &ep, &token, "tools/call", args).await;
+    let said = called["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{called}"));
+    assert!(said.contains("UTC"), "{said}");
+    daemon.stop(Duration::from_secs(20));
+}
+
+/// The front's address, as the configuration names it.
+fn gateway_front(config: &Path) -> std::net::SocketAddr {
+    let text = std::fs::read_to_string(config).unwrap();
+    let listen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = "))
+        .unwrap();
+    listen.trim_matches('"').parse().unwrap()
+}
+
+/// One configuration for the CI's build and push and for the gateway: the harness's helper,
+/// its image store, the docker-registry with its test CA, the front on a free port.
+fn write_config(h: &Harness, gw: &TestEnv, registry: &Registry) -> PathBuf {
+    let config = h.dir.path().join("gigmcp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\n\
+             [sandbox]\nbus = \"{}\"\nimages_dir = \"{}\"\nca_dir = \"{}\"\n\
+             proxy_port = {PROXY_PORT}\npool = \"{POOL}\"\n\
+             [[images.registries]]\nhost = \"{}\"\nca_file = \"{}\"\n",
+            gw.state_dir.display(),
+            testkit::free_loopback_port(),
+            h.address,
+            h.images.display(),
+            h.ca_dir.display(),
+            registry.host(),
+            registry.ca_file.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[test]
 fn ci_run_builds_pushes_and_signs_an_index_that_verifies_and_rebuilds_to_the_same_digest() {
     if !testkit::require_root("registry_template") {
@@ -164,30 +245,19 @@ fn ci_run_builds_pushes_and_signs_an_index_that_verifies_and_rebuilds_to_the_sam
     let (metadata, _root_key, targets_key) = fresh_repository(work.path());
     let root_json = metadata.join("1.root.json");
     let host = Netns::current();
+    // In the host's namespace, where `gigmcp registry add` and `sync` run.
+    let served = MetadataServer::start(&metadata);
 
     testkit::privileged("registry_template", 2, move || async move {
         let h = Harness::start(0).await;
-        let config = h.dir.path().join("gigmcp.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[sandbox]\nbus = \"{}\"\nimages_dir = \"{}\"\nca_dir = \"{}\"\n\
-                         proxy_port = {PROXY_PORT}\npool = \"{POOL}\"\n\
-                         [[images.registries]]\nhost = \"{}\"\nca_file = \"{}\"\n",
-                h.address,
-                h.images.display(),
-                h.ca_dir.display(),
-                registry.host(),
-                registry.ca_file.display(),
-            ),
-        )
-        .unwrap();
+        let gw = TestEnv::new();
+        let config = write_config(&h, &gw, &registry);
         let ci = Ci {
             script: template.join("ci/run"),
             registry: registry.host(),
             metadata: metadata.clone(),
             keys: targets_key.display().to_string(),
-            config,
+            config: config.clone(),
             build_flags: format!(
                 "--state-dir {} --data-root {} --cache {} --registry-address {mirror}",
                 h.dir.path().join("state").display(),
@@ -227,11 +297,22 @@ fn ci_run_builds_pushes_and_signs_an_index_that_verifies_and_rebuilds_to_the_sam
         assert!(second.status.success(), "ci/run again: {}", text(&second));
         let relisting = verify();
         assert_eq!(pinned(&relisting), digests, "{relisting}");
-        assert!(relisting.contains("targets 3"), "{relisting}");
+        // Nothing changed: targets and snapshot stay, only a new timestamp is signed.
+        assert!(
+            relisting.contains("targets 2, snapshot 2, timestamp 3"),
+            "{relisting}"
+        );
         eprintln!(
             "[registry_template] time {}: first ci/run {first_took:?}, second {:?}",
             digests[0],
             second_started.elapsed()
+        );
+
+        let installed = Instant::now();
+        install_and_call(&config, &gw, &host, &served.url(), &root_json).await;
+        eprintln!(
+            "[registry_template] install and tools/call in {:?}",
+            installed.elapsed()
         );
         drop(registry);
     });
