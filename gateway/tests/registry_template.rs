@@ -1,17 +1,21 @@
 //! The registry template's CI script (`registry/ci/run`) end to end, on real parts: a fresh
-//! TUF repository (`gigmcp registry keygen` + `init`), a copy of `registry/` holding
-//! `servers/time` (PyPI `mcp-server-time`), the real helper running the install step (as
-//! `image_build.rs` starts it), this machine's PyPI mirror opted in by its address, and a real
-//! docker-registry on loopback with a test CA to push to.
+//! TUF repository (`gigmcp registry keygen` + `init`), a copy of `registry/` as it is
+//! (`servers/time`, PyPI `mcp-server-time`; `servers/everything`, npm
+//! `@modelcontextprotocol/server-everything`), the real helper running the install step (as
+//! `image_build.rs` starts it), this machine's package mirror opted in by its address, and a
+//! real docker-registry on loopback with a test CA to push to.
 //!
 //! One run builds, pushes, stages and signs; `gigmcp registry verify` from the fresh root then
-//! passes and lists the entry, whose pinned digest is the one the registry serves for the tag.
+//! passes and lists both entries, each pinning the digest the registry serves for its tag.
 //! A second run without changes builds the same digest (reproducible), signs only a new
-//! timestamp (targets and snapshot are unchanged) and the metadata still verifies. Install and a tool call through `gigmcpd` are `registry_e2e.rs`'s.
+//! timestamp (targets and snapshot are unchanged) and the metadata still verifies. Then a
+//! gateway pins the fresh root (`registry add`, the metadata over loopback HTTP), installs
+//! `time` and calls `get_current_time` through an endpoint of `gigmcpd`. Install and a tool call through `gigmcpd` are `registry_e2e.rs`'s.
 //!
 //! Bases are cached under `target/debug/image-build-bases/` (shared with `image_build.rs`).
 //! Root only: a loud SKIP without root, a failure on CI.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,7 +34,13 @@ fn bases_dir() -> PathBuf {
     testkit::bins::target_dir().join("image-build-bases")
 }
 
-/// The template with only `servers/time` (the PyPI server; its bases are the ones built).
+/// The servers the template lists: (name, version = the pushed tag, ecosystem).
+const SERVERS: [(&str, &str, Ecosystem); 2] = [
+    ("everything", "2026.8.31", Ecosystem::Npm),
+    ("time", "2026.10.19", Ecosystem::Pypi),
+];
+
+/// A copy of the template, as a registry repository's checkout would be.
 fn template_copy(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry");
     let copy = dir.join("registry");
@@ -41,7 +51,6 @@ fn template_copy(dir: &Path) -> PathBuf {
         .status()
         .unwrap();
     assert!(st.success());
-    std::fs::remove_dir_all(copy.join("servers/everything")).unwrap();
     copy
 }
 
@@ -104,12 +113,13 @@ impl Ci {
     }
 }
 
-/// `verify`'s listing: the manifest digests its entries pin (`…@sha256:…`), in order.
-fn pinned(listing: &str) -> Vec<String> {
+/// `verify`'s listing (`  NAME/VERSION HOST/REPO@DIGEST` per entry): target path -> the
+/// reference it pins.
+fn pinned(listing: &str) -> BTreeMap<String, String> {
     listing
-        .split_whitespace()
-        .filter_map(|w| w.split_once('@').map(|(_, d)| d.to_owned()))
-        .filter(|d| d.starts_with("sha256:"))
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_once(' '))
+        .map(|(target, reference)| (target.to_owned(), reference.to_owned()))
         .collect()
 }
 
@@ -217,23 +227,31 @@ fn write_config(h: &Harness, gw: &TestEnv, registry: &Registry) -> PathBuf {
     config
 }
 
+/// Makes (or finds cached) the bases of both ecosystems, and returns the mirror's address:
+/// `ci/run` passes one `BUILD_FLAGS` to every build, so npm and PyPI must share it here.
+fn bases_and_mirror() -> IpAddr {
+    let bases = Bases { cache: bases_dir() };
+    let started = Instant::now();
+    for eco in [Ecosystem::Npm, Ecosystem::Pypi] {
+        for recipe in [Recipe::runtime(eco), Recipe::builder(eco)] {
+            bases
+                .ensure(&recipe)
+                .unwrap_or_else(|e| panic!("base {}: {e}", recipe.name));
+        }
+    }
+    eprintln!("[registry_template] bases ready in {:?}", started.elapsed());
+    let npm = testkit::resolved_address("registry.npmjs.org");
+    let pypi = testkit::resolved_address("pypi.org");
+    assert_eq!(npm, pypi, "this test needs one mirror for npm and PyPI");
+    npm
+}
+
 #[test]
 fn ci_run_builds_pushes_and_signs_an_index_that_verifies_and_rebuilds_to_the_same_digest() {
     if !testkit::require_root("registry_template") {
         return;
     }
-    let bases = Bases { cache: bases_dir() };
-    let started = Instant::now();
-    for recipe in [
-        Recipe::runtime(Ecosystem::Pypi),
-        Recipe::builder(Ecosystem::Pypi),
-    ] {
-        bases
-            .ensure(&recipe)
-            .unwrap_or_else(|e| panic!("base {}: {e}", recipe.name));
-    }
-    eprintln!("[registry_template] bases ready in {:?}", started.elapsed());
-    let mirror: IpAddr = testkit::resolved_address("pypi.org");
+    let mirror = bases_and_mirror();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -280,17 +298,20 @@ fn ci_run_builds_pushes_and_signs_an_index_that_verifies_and_rebuilds_to_the_sam
         assert!(first.status.success(), "ci/run: {}", text(&first));
         let first_took = first_started.elapsed();
         let listing = verify();
-        assert!(listing.contains("; 1 entries"), "{listing}");
-        assert!(
-            listing.contains(&format!("{}/servers/time@", registry.host())),
-            "{listing}"
-        );
+        assert!(listing.contains("; 2 entries"), "{listing}");
         let digests = pinned(&listing);
-        assert_eq!(digests.len(), 1, "{listing}");
-        assert_eq!(
-            served_digest(&host, &registry, "servers/time", "2026.10.19"),
-            digests[0]
-        );
+        let wanted: BTreeMap<String, String> = SERVERS
+            .iter()
+            .map(|(name, version, _)| {
+                let repo = format!("servers/{name}");
+                let digest = served_digest(&host, &registry, &repo, version);
+                (
+                    format!("{name}/{version}"),
+                    format!("{}/{repo}@{digest}", registry.host()),
+                )
+            })
+            .collect();
+        assert_eq!(digests, wanted, "{listing}");
 
         let second_started = Instant::now();
         let second = ci.run(&host);
@@ -303,8 +324,7 @@ fn ci_run_builds_pushes_and_signs_an_index_that_verifies_and_rebuilds_to_the_sam
             "{relisting}"
         );
         eprintln!(
-            "[registry_template] time {}: first ci/run {first_took:?}, second {:?}",
-            digests[0],
+            "[registry_template] {digests:?}: first ci/run {first_took:?}, second {:?}",
             second_started.elapsed()
         );
 
