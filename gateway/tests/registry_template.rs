@@ -10,10 +10,14 @@
 //! A second run without changes builds the same digest (reproducible), signs only a new
 //! timestamp (targets and snapshot are unchanged) and the metadata still verifies. Then a
 //! gateway pins the fresh root (`registry add`, the metadata over loopback HTTP), installs
-//! `time` and calls `get_current_time` through an endpoint of `gigmcpd`. Install and a tool call through `gigmcpd` are `registry_e2e.rs`'s.
+//! `time` and calls `get_current_time` through an endpoint of `gigmcpd`.
+//!
+//! Without root or a build: `ci/run --lint-only` lints both servers of the template and stops;
+//! an entry whose curation reaches a paste site (a random subdomain) stops `ci/run` at the
+//! lint, naming the field, before anything is built, pushed or signed.
 //!
 //! Bases are cached under `target/debug/image-build-bases/` (shared with `image_build.rs`).
-//! Root only: a loud SKIP without root, a failure on CI.
+//! The publishing test is root only: a loud SKIP without root, a failure on CI.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -201,6 +205,66 @@ fn gateway_front(config: &Path) -> std::net::SocketAddr {
         .find_map(|l| l.strip_prefix("listen = "))
         .unwrap();
     listen.trim_matches('"').parse().unwrap()
+}
+
+/// `ci/run` with this environment (`GIGMCP` set), from the caller's namespace.
+fn ci_run(script: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    Command::new(script)
+        .args(args)
+        .env("GIGMCP", testkit::bins::workspace_bin("gigmcp"))
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ci_run_lint_only_lints_every_server_of_the_template_and_stops() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry/ci/run");
+    let out = ci_run(&script, &["--lint-only"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    for (name, _, _) in SERVERS {
+        assert!(
+            said.contains(&format!("servers/{name}/: no findings")),
+            "{said}"
+        );
+    }
+    assert!(
+        text(&out).contains("ci: lint 2 server(s)"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn an_entry_lint_refuses_stops_ci_run_before_anything_is_built_or_signed() {
+    let work = tempfile::tempdir().unwrap();
+    let template = template_copy(work.path());
+    let host = format!("{}.pastebin.com", random_name("p"));
+    let curation = template.join("servers/time/curation.toml");
+    let mut text_of = std::fs::read_to_string(&curation).unwrap();
+    text_of.push_str(&format!("\n[[egress]]\nhost = \"{host}\"\n"));
+    std::fs::write(&curation, text_of).unwrap();
+    let metadata = work.path().join("metadata");
+    std::fs::create_dir(&metadata).unwrap();
+    let metadata_str = metadata.to_str().unwrap();
+    let out = ci_run(
+        &template.join("ci/run"),
+        &[],
+        &[
+            ("REGISTRY", "127.0.0.1:9"),
+            ("METADATA", metadata_str),
+            ("KEYS", "absent.key"),
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains(&format!("egress[0].host: exfiltration: \"{host}\"")),
+        "{said}"
+    );
+    assert!(!said.contains(": build "), "{said}");
+    assert_eq!(std::fs::read_dir(&metadata).unwrap().count(), 0);
 }
 
 /// One configuration for the CI's build and push and for the gateway: the harness's helper,
