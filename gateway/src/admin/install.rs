@@ -368,7 +368,13 @@ impl LocalAdmin {
             .map_err(|e| InstallRefusal::InstalledManifest(name.to_owned(), e.to_string()))?;
         let diff = Entitlements::of(&old).diff(&Entitlements::of(&next.entry.manifest));
         let (from, to) = (current.version.clone(), next.entry.version.clone());
-        let digest = diff.digest(name, &from, &to, &next.entry.image.digest);
+        let digest = diff.digest(
+            name,
+            &from,
+            &to,
+            &next.entry.image.digest,
+            &next.entry.manifest_json(),
+        );
         let shown = diff.render();
         match approve {
             Some(given) if given != digest => {
@@ -381,7 +387,7 @@ impl LocalAdmin {
                 }
                 .into());
             }
-            None if diff.adds_any() => {
+            None if diff.needs_approval() => {
                 return Err(InstallRefusal::AddsEntitlements {
                     name: name.to_owned(),
                     to,

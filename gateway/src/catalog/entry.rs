@@ -76,6 +76,8 @@ pub enum EntryError {
     Repository { repository: String, why: String },
     #[error("custom.gigmcp.description is {0} characters long (at most 300)")]
     Description(usize),
+    #[error("custom.gigmcp.description holds a control character (it is shown as one line)")]
+    DescriptionControl,
 }
 
 /// `custom` as the index carries it.
@@ -148,6 +150,11 @@ impl Entry {
             let chars = d.chars().count();
             if chars > MAX_DESCRIPTION_CHARS {
                 return Err(EntryError::Description(chars));
+            }
+            // Shown right above the image and entitlements: a line break would let the
+            // author print a forged entitlements block.
+            if d.chars().any(char::is_control) {
+                return Err(EntryError::DescriptionControl);
             }
         }
         if !is_manifest(&gigmcp.image.media_type) {
