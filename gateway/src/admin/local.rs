@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use super::images::{ImageSettings, ImportSelect};
 use super::{AdminApi, AdminError, RegistryAdded, RegistryInfo, image_layout};
 use crate::audit::{Auditor, Outcome};
@@ -373,19 +375,22 @@ impl AdminApi for LocalAdmin {
         spec: &str,
         local_name: Option<&str>,
         approved_ranges: &[ipnet::IpNet],
+        shared: &[String],
         confirm: super::Confirm<'_>,
     ) -> Result<super::Installed, AdminError> {
-        let result = self.install_server(spec, local_name, approved_ranges, confirm);
+        let result = self.install_server(spec, local_name, approved_ranges, shared, confirm);
         // Audited under the local name the install would have, whatever the outcome.
         let parsed = crate::catalog::pick::Spec::parse(spec).map(|s| s.name);
         let target = local_name.or(parsed.as_deref().ok()).unwrap_or(spec);
         self.audited_install("server.install", target, result, |i| {
             format!(
-                "registry={} target={} image={} approved_ranges=[{}]",
+                "registry={} target={} image={} manifest_sha256={} approved_ranges=[{}] shared_credentials=[{}]",
                 i.registry,
                 i.target,
                 i.record.image_digest,
-                i.record.approved_ranges.join(",")
+                hex::encode(Sha256::digest(i.record.manifest.as_bytes())),
+                i.record.approved_ranges.join(","),
+                shared.join(",")
             )
         })
     }
@@ -395,16 +400,25 @@ impl AdminApi for LocalAdmin {
         name: &str,
         to: Option<&str>,
         approve: Option<&str>,
+        shared: &[String],
         confirm: super::Confirm<'_>,
     ) -> Result<super::Upgraded, AdminError> {
-        let result = self.upgrade_server(name, to, approve, confirm);
+        let result = self.upgrade_server(name, to, approve, shared, confirm);
+        // Who accepted it: the quoted digest, or --yes / a "yes" typed on the terminal.
+        let accepted_by = if approve.is_some() {
+            "approve"
+        } else {
+            "confirm"
+        };
         self.audited_install("server.upgrade", name, result, |u| match u {
             super::Upgraded::Current { version } => format!("current version={version}"),
             super::Upgraded::Replaced { record, from, diff } => format!(
-                "from={from} to={} target={} image={} diff=[{}]",
+                "from={from} to={} target={} image={} manifest_sha256={} accepted_by={accepted_by} shared_credentials=[{}] diff=[{}]",
                 record.version,
                 record.origin.as_ref().map_or("", |o| o.target.as_str()),
                 record.image_digest,
+                hex::encode(Sha256::digest(record.manifest.as_bytes())),
+                shared.join(","),
                 diff.lines().collect::<Vec<_>>().join("; ")
             ),
         })
