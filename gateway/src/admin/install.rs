@@ -31,7 +31,6 @@ use crate::catalog::pick::Spec;
 use crate::catalog::state;
 use crate::manifest::Manifest;
 use crate::store::{RegistryOrigin, ServerRecord, StoreError, now_ms};
-use crate::terminal::escape;
 
 /// The admin's answer to what they were shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +228,8 @@ struct Shared {
     servers: Vec<String>,
 }
 
-/// The warning lines for credentials that would be shared (empty if none).
+/// The warning lines for credentials that would be shared (empty if none). Names are the
+/// manifest's checked credential names; the front end sanitises every line it prints.
 fn shared_text(shared: &[Shared]) -> String {
     shared
         .iter()
@@ -241,8 +241,7 @@ fn shared_text(shared: &[Shared]) -> String {
             };
             format!(
                 "\nSHARED CREDENTIAL {}: the vault already holds a secret of this name, used by {users}; this server would receive that same secret (accept only with --share-credential {})",
-                escape(&s.name),
-                escape(&s.name)
+                s.name, s.name
             )
         })
         .collect()

@@ -436,15 +436,11 @@ mod tests {
         );
     }
 
-    /// REVIEW-12: what the server runs (`command`, `env`, `workdir`) and `transparent` are
-    /// neither in the entitlements shown nor in the diff, so neither in the `--approve`
-    /// digest: an upgrade changing only them passes with `--yes` and shows
-    /// "(no change in entitlements)"; and between the refusal that printed a digest and the
-    /// admin's `--approve DIGEST` run, the registry can re-sign the same version and image
-    /// with another command or env (say `NODE_OPTIONS=--require …`) and the digest still
-    /// matches (the `--approve` run auto-confirms: `agreed = yes || approve.is_some()`).
+    /// What the server runs (`command`, `env`, `workdir`) and `transparent` are in the diff
+    /// and need `--approve`: otherwise an upgrade changing only them would pass with `--yes`
+    /// as "(no change in entitlements)" (say `NODE_OPTIONS=--require …`).
     #[test]
-    fn review_a_change_of_command_env_workdir_or_transparent_shows_in_the_diff() {
+    fn a_change_of_command_env_workdir_or_transparent_shows_in_the_diff_and_needs_approval() {
         for (field, value) in [
             (
                 "command",

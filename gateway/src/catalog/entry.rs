@@ -447,12 +447,12 @@ mod tests {
         }
     }
 
-    /// REVIEW-12: the repository is printed to the admin on the `image` line of the install
+    /// The repository is printed to the admin on the `image` line of the install
     /// confirmation and of `show` (`print_lines` sanitises each line, but splits at line
     /// breaks first): an oci-layout path holding a line break forges whole lines of the
     /// entitlements text the admin agrees to.
     #[test]
-    fn review_an_oci_layout_repository_with_a_control_character_is_refused() {
+    fn an_oci_layout_repository_with_a_control_character_is_refused() {
         for bad in [
             "oci-layout:/srv/x\nentitled to:\negress:\n  (none: the server reaches no network)",
             "oci-layout:/srv/x\r\u{1b}[2K",
@@ -467,11 +467,11 @@ mod tests {
         }
     }
 
-    /// REVIEW-12: the description is printed line by line by `registry show` right above
+    /// The description is printed line by line by `registry show` right above
     /// `image …` / `entitled to:`: a line break lets an entry author print a forged
     /// entitlements block (and up to 300 characters of blank lines) before the real one.
     #[test]
-    fn review_a_description_with_a_line_break_is_refused() {
+    fn a_description_with_a_line_break_is_refused() {
         let mut c = custom();
         c["gigmcp"]["description"] =
             "Tells the time\nimage reg.example/t@sha256:00\nentitled to:\negress:\n  (none: the server reaches no network)".into();
