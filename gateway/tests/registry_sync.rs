@@ -2,17 +2,19 @@
 //! against a registry's metadata (written by `tuf::Repo`) served over loopback HTTP by
 //! `testkit::metadata`. Every attack the TUF threat model names is one test: the sync exits
 //! non-zero, stderr names the role and the refusal, the store's metadata rows are byte for
-//! byte what they were, and the audit trail holds `registry.refused` with that reason.
+//! byte what they were, and the audit trail holds `registry.refused` with that reason. One test
+//! drives `catalog::sync` in process: the store's floor against a TUF fast-forward recovery.
 
 use std::time::{Duration, SystemTime};
 
-use gateway::store::{RegistryOrigin, ServerRecord, now_ms};
-use gateway::tuf::{Expiry, KeyPair};
+use gateway::catalog;
+use gateway::store::{RegistryOrigin, RegistryRecord, ServerRecord, SqliteStore, Store, now_ms};
+use gateway::tuf::{Expiry, KeyPair, Limits, Role};
 use serde_json::json;
 use testkit::env::random_hex;
 use testkit::metadata::world::{World, assert_ok, stderr, stdout};
 use testkit::metadata::{Hook, MetadataServer};
-use testkit::tuf::random_path;
+use testkit::tuf::{Registry, random_path};
 use testkit::upstream::TestCa;
 
 /// The sync is refused naming `role` and `kind`, nothing stored changed, and the refusal is
@@ -495,4 +497,64 @@ fn a_sync_of_every_registry_syncs_the_good_ones_and_fails_naming_the_refused_one
         "{err}"
     );
     assert!(err.contains("1 of 2 registries refused"), "{err}");
+}
+
+/// TUF 5.3.11 (fast-forward recovery): an attacker holding the timestamp key pushed
+/// timestamp version 1000 and the gateway synced it. The registry recovers by rotating the
+/// timestamp key in root 2 and publishing an honest timestamp (version 4). `tuf::update`
+/// accepts that (tests/tuf_update.rs), and `catalog::sync` must write it through
+/// `registry_metadata_put`: were any role's version refused to go down, the sync would fail as a
+/// "rollback" for ever, the store would keep the compromised root 1 and the attacker's timestamp,
+/// and `registry forget` (the only way out) would stay refused while any server from it is installed.
+/// In process (not through the binary): the store's rule is what is under test.
+#[test]
+fn a_fast_forward_recovery_after_a_stolen_timestamp_key_reaches_the_store() {
+    let now = SystemTime::now();
+    let mut reg = Registry::new(now);
+    reg.publish(now);
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(&dir.path().join("state")).unwrap();
+    store
+        .registry_add(&RegistryRecord {
+            name: "main".into(),
+            location: reg.path().display().to_string(),
+            pinned_root: reg.pinned().root,
+            ca_pem: None,
+            added_ms: now_ms(),
+        })
+        .unwrap();
+    let limits = Limits::default();
+    catalog::sync(&store, "main", &mut reg.fetch(), &limits, now).unwrap();
+
+    // The compromise: a fast-forwarded timestamp, synced.
+    let ts = &reg.keys.timestamp;
+    reg.resign("timestamp.json", &[ts], |s| s["version"] = json!(1000));
+    let pushed = catalog::sync(&store, "main", &mut reg.fetch(), &limits, now).unwrap();
+    assert_eq!(pushed.after.timestamp, 1000);
+
+    // The recovery: root 2 replaces the timestamp key; an honest, lower timestamp.
+    let new_ts = KeyPair::generate();
+    let mut setup = reg.keys.setup();
+    setup.timestamp = (vec![new_ts.public()], 1);
+    let root = [&reg.keys.root];
+    let expiry = Expiry::default();
+    reg.repo
+        .rotate_root(&setup, &root, &root, expiry.root, now)
+        .unwrap();
+    let signers = [
+        &reg.keys.root,
+        &new_ts,
+        &reg.keys.snapshot,
+        &reg.keys.targets,
+    ];
+    reg.repo.publish(&signers, expiry, now).unwrap();
+
+    let recovered = catalog::sync(&store, "main", &mut reg.fetch(), &limits, now);
+    let report = recovered.unwrap_or_else(|e| {
+        panic!("the registry's 5.3.11 recovery never reaches the gateway: {e}")
+    });
+    assert_eq!(report.after.root, 2);
+    let (_, loaded) = catalog::state::load(&store, "main", &limits).unwrap();
+    assert_eq!(loaded.versions.root, 2);
+    assert!(loaded.expired(now) != Some(Role::Timestamp));
 }

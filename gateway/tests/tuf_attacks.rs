@@ -649,7 +649,7 @@ fn python_style(reg: &Registry) -> String {
 /// hashes the whole 1 MiB message: 3 GB of SHA-512 and 3,000 point operations for one sync,
 /// 1.6 TB within the 32 MiB cap. python-tuf checks each trusted key once.
 #[test]
-fn review_many_signatures_under_one_trusted_key_id_are_checked_once() {
+fn many_signatures_under_one_trusted_key_id_are_checked_once() {
     let mut reg = Registry::new(now());
     reg.add(&random_path(), json!({}));
     reg.publish(now());
@@ -685,7 +685,7 @@ fn review_many_signatures_under_one_trusted_key_id_are_checked_once() {
 /// its size in heap (~20 times in resident memory), before any signature is looked at: 32 MiB
 /// under the default cap is ~700 MB resident, ~3 GB of allocations.
 #[test]
-fn review_tiny_objects_do_not_amplify_memory_before_the_signature_check() {
+fn tiny_objects_do_not_amplify_memory_before_the_signature_check() {
     let mut reg = Registry::new(now());
     reg.add(&random_path(), json!({}));
     reg.publish(now());
@@ -716,7 +716,7 @@ fn review_tiny_objects_do_not_amplify_memory_before_the_signature_check() {
 /// hand-written root): the next root's file name is computed with `+ 1`, which panics in a
 /// debug build and wraps to "0.root.json" in release.
 #[test]
-fn review_a_root_at_the_last_version_does_not_overflow() {
+fn a_root_at_the_last_version_does_not_overflow() {
     let mut reg = Registry::new(now());
     reg.publish(now());
     let root = reg.forge("1.root.json", "max.root.json", &[&reg.keys.root], |s| {
@@ -738,7 +738,7 @@ fn review_a_root_at_the_last_version_does_not_overflow() {
 /// new timestamp, so the snapshot (7 days) and targets (90 days) it keeps naming have expired
 /// and every client refuses the repository as frozen.
 #[test]
-fn review_a_publish_with_nothing_changed_renews_expiring_snapshot_and_targets() {
+fn a_publish_with_nothing_changed_renews_expiring_snapshot_and_targets() {
     let t0 = now();
     let mut reg = Registry::new(t0);
     reg.add(&random_path(), json!({}));
@@ -755,7 +755,7 @@ fn review_a_publish_with_nothing_changed_renews_expiring_snapshot_and_targets() 
 /// `publish`, seeing a targets file that does not verify, signs the injected entry with the
 /// real keys: clients then install it as genuine.
 #[test]
-fn review_repo_open_does_not_sign_entries_injected_into_its_directory() {
+fn repo_open_does_not_sign_entries_injected_into_its_directory() {
     let mut reg = Registry::new(now());
     reg.add(&random_path(), json!({}));
     reg.publish(now());

@@ -19,6 +19,7 @@
 use std::time::SystemTime;
 
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 
 use super::AdminError;
 use super::images::{Added, ImageSource, WithImage};
@@ -120,6 +121,11 @@ pub enum InstallRefusal {
     },
     #[error("server {0}: its installed manifest does not parse ({1}); remove and install it again")]
     InstalledManifest(String, String),
+    #[error(
+        "{what}: the vault already holds a secret named {}, which this server would receive (secrets are found by name); to give it that secret, pass --share-credential NAME for each",
+        names.join(", ")
+    )]
+    SharedCredential { what: String, names: Vec<String> },
     #[error("server {0} changed while it was being upgraded; nothing replaced")]
     Raced(String),
     #[error("image {reference}: {source}")]
@@ -143,6 +149,7 @@ impl InstallRefusal {
             Self::AddsEntitlements { .. } => "entitlements",
             Self::WrongApproval { .. } => "approval",
             Self::InstalledManifest(..) => "manifest",
+            Self::SharedCredential { .. } => "shared-credential",
             Self::Raced(_) => "raced",
             Self::Image { .. } => "image",
         }
@@ -203,14 +210,58 @@ fn ranges_agree(manifest: &Manifest, approved: &[IpNet], what: &str) -> Result<(
 }
 
 /// What the admin reads before agreeing to an install.
-fn install_text(r: &Resolved, local: &str) -> String {
+fn install_text(r: &Resolved, local: &str, shared: &[Shared]) -> String {
     format!(
-        "{}/{} as server {local}\nimage {}\nentitled to:\n{}",
+        "{}/{} as server {local}\nimage {}\nentitled to:\n{}{}",
         r.registry,
         r.target,
         r.entry.reference(),
-        Entitlements::of(&r.entry.manifest).render()
+        Entitlements::of(&r.entry.manifest).render(),
+        shared_text(shared)
     )
+}
+
+/// A credential the manifest declares whose name the vault already holds a secret for.
+#[derive(Debug, Clone)]
+struct Shared {
+    name: String,
+    /// The installed servers whose manifests declare that credential too.
+    servers: Vec<String>,
+}
+
+/// The warning lines for credentials that would be shared (empty if none). Names are the
+/// manifest's checked credential names; the front end sanitises every line it prints.
+fn shared_text(shared: &[Shared]) -> String {
+    shared
+        .iter()
+        .map(|s| {
+            let users = if s.servers.is_empty() {
+                "no installed server yet".to_owned()
+            } else {
+                format!("server {}", s.servers.join(", "))
+            };
+            format!(
+                "\nSHARED CREDENTIAL {}: the vault already holds a secret of this name, used by {users}; this server would receive that same secret (accept only with --share-credential {})",
+                s.name, s.name
+            )
+        })
+        .collect()
+}
+
+/// Every shared credential passed with --share-credential.
+fn shared_agree(shared: &[Shared], given: &[String], what: &str) -> Result<(), InstallRefusal> {
+    let names: Vec<String> = shared
+        .iter()
+        .filter(|s| !given.contains(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(InstallRefusal::SharedCredential {
+        what: what.to_owned(),
+        names,
+    })
 }
 
 /// The record a registry entry becomes.
@@ -231,6 +282,38 @@ fn record_of(name: &str, r: &Resolved, ranges: &[IpNet]) -> ServerRecord {
 }
 
 impl LocalAdmin {
+    /// The credentials of `manifest` (except those named in `already`) whose names the vault
+    /// holds a secret for, with the servers (but `except`) declaring each.
+    fn shared_credentials(
+        &self,
+        manifest: &Manifest,
+        already: &[String],
+        except: &str,
+    ) -> Result<Vec<Shared>, AdminError> {
+        let mut shared = Vec::new();
+        for c in &manifest.credentials {
+            if already.contains(&c.name) || self.records().secret_get(&c.name)?.is_none() {
+                continue;
+            }
+            let servers = self
+                .records()
+                .server_list()?
+                .into_iter()
+                .filter(|s| s.name != except)
+                .filter(|s| {
+                    Manifest::from_json(&s.manifest)
+                        .is_ok_and(|m| m.credentials.iter().any(|x| x.name == c.name))
+                })
+                .map(|s| s.name)
+                .collect();
+            shared.push(Shared {
+                name: c.name.clone(),
+                servers,
+            });
+        }
+        Ok(shared)
+    }
+
     /// Audits an install, upgrade or remove: `action` on success, `server.refused` with
     /// the reason otherwise.
     fn audited_install<T>(
@@ -262,18 +345,21 @@ impl LocalAdmin {
         spec: &str,
         local_name: Option<&str>,
         approved: &[IpNet],
+        shared: &[String],
         confirm: Confirm<'_>,
     ) -> Result<Installed, AdminError> {
-        let result = self.install_server(spec, local_name, approved, confirm);
+        let result = self.install_server(spec, local_name, approved, shared, confirm);
         let parsed = Spec::parse(spec).map(|s| s.name);
         let target = local_name.or(parsed.as_deref().ok()).unwrap_or(spec);
         self.audited_install("server.install", target, result, |i| {
             format!(
-                "registry={} target={} image={} approved_ranges=[{}]",
+                "registry={} target={} image={} manifest_sha256={} approved_ranges=[{}] shared_credentials=[{}]",
                 i.registry,
                 i.target,
                 i.record.image_digest,
-                i.record.approved_ranges.join(",")
+                hex::encode(Sha256::digest(i.record.manifest.as_bytes())),
+                i.record.approved_ranges.join(","),
+                shared.join(",")
             )
         })
     }
@@ -283,16 +369,25 @@ impl LocalAdmin {
         name: &str,
         to: Option<&str>,
         approve: Option<&str>,
+        shared: &[String],
         confirm: Confirm<'_>,
     ) -> Result<Upgraded, AdminError> {
-        let result = self.upgrade_server(name, to, approve, confirm);
+        let result = self.upgrade_server(name, to, approve, shared, confirm);
+        // Who accepted it: the quoted digest, or --yes / a "yes" typed on the terminal.
+        let accepted_by = if approve.is_some() {
+            "approve"
+        } else {
+            "confirm"
+        };
         self.audited_install("server.upgrade", name, result, |u| match u {
             Upgraded::Current { version } => format!("current version={version}"),
             Upgraded::Replaced { record, from, diff } => format!(
-                "from={from} to={} target={} image={} diff=[{}]",
+                "from={from} to={} target={} image={} manifest_sha256={} accepted_by={accepted_by} shared_credentials=[{}] diff=[{}]",
                 record.version,
                 record.origin.as_ref().map_or("", |o| o.target.as_str()),
                 record.image_digest,
+                hex::encode(Sha256::digest(record.manifest.as_bytes())),
+                shared.join(","),
                 diff.lines().collect::<Vec<_>>().join("; ")
             ),
         })
@@ -362,6 +457,7 @@ impl LocalAdmin {
         spec: &str,
         local: Option<&str>,
         approved: &[IpNet],
+        share: &[String],
         confirm: Confirm<'_>,
     ) -> Result<Installed, AdminError> {
         let spec = Spec::parse(spec).map_err(InstallError::from)?;
@@ -373,7 +469,9 @@ impl LocalAdmin {
         let views = state::load_all(self.records(), &self.limits())?;
         let r = catalog::resolve(&views, &spec, &LintPolicy::default(), SystemTime::now())?;
         let what = format!("{}/{}", r.registry, r.target);
-        ask(confirm, &install_text(&r, &name), what.clone())?;
+        let shared = self.shared_credentials(&r.entry.manifest, &[], &name)?;
+        ask(confirm, &install_text(&r, &name, &shared), what.clone())?;
+        shared_agree(&shared, share, &what)?;
         ranges_agree(&r.entry.manifest, approved, &what)?;
         self.check_approvals(approved)?;
         let record = record_of(&name, &r, approved);
@@ -397,6 +495,7 @@ impl LocalAdmin {
         name: &str,
         to: Option<&str>,
         approve: Option<&str>,
+        share: &[String],
         confirm: Confirm<'_>,
     ) -> Result<Upgraded, AdminError> {
         let current = self
@@ -421,7 +520,13 @@ impl LocalAdmin {
             .map_err(|e| InstallRefusal::InstalledManifest(name.to_owned(), e.to_string()))?;
         let diff = Entitlements::of(&old).diff(&Entitlements::of(&next.entry.manifest));
         let (from, to) = (current.version.clone(), next.entry.version.clone());
-        let digest = diff.digest(name, &from, &to, &next.entry.image.digest);
+        let digest = diff.digest(
+            name,
+            &from,
+            &to,
+            &next.entry.image.digest,
+            &next.entry.manifest_json(),
+        );
         let shown = diff.render();
         match approve {
             Some(given) if given != digest => {
@@ -434,7 +539,7 @@ impl LocalAdmin {
                 }
                 .into());
             }
-            None if diff.adds_any() => {
+            None if diff.needs_approval() => {
                 return Err(InstallRefusal::AddsEntitlements {
                     name: name.to_owned(),
                     to,
@@ -445,11 +550,17 @@ impl LocalAdmin {
             }
             _ => {}
         }
+        let had: Vec<String> = old.credentials.iter().map(|c| c.name.clone()).collect();
+        let shared = self.shared_credentials(&next.entry.manifest, &had, name)?;
         let text = format!(
-            "server {name}: {from} -> {to} ({}/{})\n{shown}",
-            next.registry, next.target
+            "server {name}: {from} -> {to} ({}/{})\n{shown}{}",
+            next.registry,
+            next.target,
+            shared_text(&shared)
         );
-        ask(confirm, &text, format!("server {name} to {to}"))?;
+        let what = format!("server {name} to {to}");
+        ask(confirm, &text, what.clone())?;
+        shared_agree(&shared, share, &what)?;
         // Every range the new manifest asks for: each new one is an addition the digest
         // approved; ranges it no longer asks for are dropped.
         let ranges: Vec<IpNet> = next
@@ -509,6 +620,55 @@ mod tests {
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|r| r.parse().unwrap()).collect()
+    }
+
+    fn random(prefix: &str) -> String {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).unwrap();
+        format!("{prefix}{}", hex::encode(b))
+    }
+
+    #[test]
+    fn a_credential_the_vault_holds_is_named_with_its_servers_and_refused_unless_shared() {
+        let (name, other) = (random("TOKEN_"), random("OTHER_"));
+        let (a, b) = (random("srv-a"), random("srv-b"));
+        let shared = [
+            Shared {
+                name: name.clone(),
+                servers: vec![a.clone(), b.clone()],
+            },
+            Shared {
+                name: other.clone(),
+                servers: vec![],
+            },
+        ];
+        let text = shared_text(&shared);
+        assert!(
+            text.contains(&format!("SHARED CREDENTIAL {name}:"))
+                && text.contains(&format!("used by server {a}, {b}"))
+                && text.contains(&format!("--share-credential {name}")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("SHARED CREDENTIAL {other}:")),
+            "{text}"
+        );
+        // --yes alone (no --share-credential) and a partial list are refused, naming the rest.
+        for given in [vec![], vec![name.clone()]] {
+            let err = shared_agree(&shared, &given, "r/s/1").unwrap_err();
+            let InstallRefusal::SharedCredential { names, .. } = &err else {
+                panic!("{err}");
+            };
+            assert!(names.contains(&other) && !names.iter().any(|n| given.contains(n)));
+            assert_eq!(err.kind(), "shared-credential");
+        }
+        shared_agree(&shared, &[name, other], "r/s/1").unwrap();
+    }
+
+    #[test]
+    fn no_shared_credential_shows_and_asks_nothing() {
+        assert_eq!(shared_text(&[]), "");
+        shared_agree(&[], &[], "r/s/1").unwrap();
     }
 
     #[test]

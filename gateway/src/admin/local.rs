@@ -373,9 +373,10 @@ impl AdminApi for LocalAdmin {
         spec: &str,
         local_name: Option<&str>,
         approved_ranges: &[ipnet::IpNet],
+        shared: &[String],
         confirm: super::Confirm<'_>,
     ) -> Result<super::Installed, AdminError> {
-        self.install_audited(spec, local_name, approved_ranges, confirm)
+        self.install_audited(spec, local_name, approved_ranges, shared, confirm)
     }
 
     fn server_upgrade(
@@ -383,9 +384,10 @@ impl AdminApi for LocalAdmin {
         name: &str,
         to: Option<&str>,
         approve: Option<&str>,
+        shared: &[String],
         confirm: super::Confirm<'_>,
     ) -> Result<super::Upgraded, AdminError> {
-        self.upgrade_audited(name, to, approve, confirm)
+        self.upgrade_audited(name, to, approve, shared, confirm)
     }
 
     fn server_remove(&mut self, name: &str) -> Result<ServerRecord, AdminError> {

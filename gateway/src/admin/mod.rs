@@ -115,22 +115,26 @@ pub trait AdminApi {
     fn registry_show(&mut self, spec: &str) -> Result<Shown, AdminError>;
     /// Installs the entry `spec` names as `local_name` (default: the entry's name) once
     /// `confirm` agrees to its entitlements; every private range its manifest asks for must
-    /// be in `approved_ranges`, exactly, and nothing else.
+    /// be in `approved_ranges`, exactly, and nothing else; every credential whose name the
+    /// vault already holds (the server would receive that secret) must be in `shared`.
     fn server_install(
         &mut self,
         spec: &str,
         local_name: Option<&str>,
         approved_ranges: &[ipnet::IpNet],
+        shared: &[String],
         confirm: Confirm<'_>,
     ) -> Result<Installed, AdminError>;
     /// Upgrades a server installed from a registry to `to` (default: the newest newer
     /// version there). An upgrade that adds entitlements needs `approve` = the digest of
-    /// exactly that diff, whatever `confirm` says.
+    /// exactly that diff, whatever `confirm` says; a credential it adds whose name the vault
+    /// already holds must be in `shared`.
     fn server_upgrade(
         &mut self,
         name: &str,
         to: Option<&str>,
         approve: Option<&str>,
+        shared: &[String],
         confirm: Confirm<'_>,
     ) -> Result<Upgraded, AdminError>;
     /// Removes a server installed from a registry (refused while an endpoint exposes it);

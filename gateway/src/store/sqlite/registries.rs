@@ -113,9 +113,21 @@ pub(super) fn metadata_put(
         }
     }
     // Read under the write lock (BEGIN IMMEDIATE): no other sync can commit in between.
-    for stored in bodies(&tx, name)? {
+    let stored_bodies = bodies(&tx, name)?;
+    let stored_root = stored_bodies
+        .iter()
+        .find(|b| b.role == "root")
+        .map_or(0, |b| b.version);
+    // A newer root may lower timestamp, snapshot and targets: TUF 5.3.11 (fast-forward
+    // recovery) discards them when their keys rotate, so a registry recovering from a
+    // compromised key publishes lower versions again. tuf::update has already kept the floors
+    // of roles whose keys did not change; refusing here would pin the attacker's versions for
+    // ever. The root itself never goes down, and under the same root nothing does.
+    let root_rises = new.get("root").copied().unwrap_or(0) > stored_root;
+    for stored in stored_bodies {
         let offered = new.get(stored.role.as_str()).copied().unwrap_or(0);
-        if offered < stored.version {
+        let may_lower = root_rises && stored.role != "root";
+        if offered < stored.version && !may_lower {
             return Err(StoreError::Rollback {
                 registry: name.to_owned(),
                 role: stored.role,

@@ -154,7 +154,12 @@ fn a_role_below_its_stored_version_is_refused_with_nothing_written() {
     for role in ["root", "timestamp", "snapshot", "targets"] {
         let offered: Vec<RoleBody> = ["root", "timestamp", "snapshot", "targets"]
             .iter()
-            .map(|x| body(x, if *x == role { 6 } else { 8 }))
+            .map(|x| match (*x == role, *x == "root") {
+                (true, _) => body(x, 6),
+                // Under the same root nothing may go down (a newer root is the next test's).
+                (false, true) => body(x, 7),
+                (false, false) => body(x, 8),
+            })
             .collect();
         let err = store
             .registry_metadata_put(&r.name, &offered, 30)
@@ -165,6 +170,53 @@ fn a_role_below_its_stored_version_is_refused_with_nothing_written() {
         );
         assert_eq!(store.registry_metadata(&r.name).unwrap(), before, "{role}");
     }
+}
+
+#[test]
+fn a_newer_root_may_lower_timestamp_snapshot_and_targets() {
+    let (_dir, store) = open();
+    let r = registry(&random("r"));
+    store.registry_add(&r).unwrap();
+    store
+        .registry_metadata_put(&r.name, &all_roles(7), 10)
+        .unwrap();
+    // TUF 5.3.11: root 8 rotated the other roles' keys; their versions start again.
+    let offered = vec![
+        body("root", 8),
+        body("timestamp", 1),
+        body("snapshot", 2),
+        body("targets", 3),
+    ];
+    store.registry_metadata_put(&r.name, &offered, 20).unwrap();
+    assert_eq!(
+        store.registry_metadata(&r.name).unwrap(),
+        (offered, Some(20))
+    );
+}
+
+#[test]
+fn a_newer_root_never_lets_the_root_itself_go_down() {
+    let (_dir, store) = open();
+    let r = registry(&random("r"));
+    store.registry_add(&r).unwrap();
+    store
+        .registry_metadata_put(&r.name, &all_roles(7), 10)
+        .unwrap();
+    let before = store.registry_metadata(&r.name).unwrap();
+    let offered = vec![
+        body("root", 6),
+        body("timestamp", 9),
+        body("snapshot", 9),
+        body("targets", 9),
+    ];
+    let err = store
+        .registry_metadata_put(&r.name, &offered, 30)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Rollback { role, stored: 7, offered: 6, .. } if role == "root"),
+        "{err}"
+    );
+    assert_eq!(store.registry_metadata(&r.name).unwrap(), before);
 }
 
 #[test]
