@@ -2,6 +2,7 @@
 //! travels. [`local::LocalAdmin`] works on a state directory directly; a D-Bus client of
 //! `org.gigmcp.Gateway1` will implement the same trait, so the CLI does not change.
 
+pub mod consent;
 pub mod image_layout;
 pub mod images;
 pub mod install;
@@ -37,7 +38,7 @@ pub enum AdminError {
     Refused(String),
     /// A server install, upgrade or remove from a registry, refused.
     #[error(transparent)]
-    Install(#[from] install::InstallRefusal),
+    Install(#[from] consent::InstallRefusal),
 }
 
 pub trait AdminApi {
