@@ -14,7 +14,7 @@
 //! refusal as `server.refused` with `reason=`; a refusal changes nothing (an image the call
 //! pulled goes with it). This layer starts and stops nothing: the daemon reads the records
 //! when it next starts a server, and the launcher checks the index again then
-//! (`sandbox.rs`).
+//! (`sandbox/mod.rs`).
 
 use std::time::SystemTime;
 

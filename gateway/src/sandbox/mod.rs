@@ -42,66 +42,11 @@ use crate::manifest::Manifest;
 use crate::mcp::servers::{Launched, Launcher};
 use crate::store::{RegistryOrigin, ServerRecord, Store};
 
-/// The helper's D-Bus proxy, connected on first use: the gateway serves (and reports clearly
-/// per call) while the helper or its bus is not up yet.
-#[derive(Debug)]
-pub struct Helper {
-    bus: String,
-    proxy: tokio::sync::OnceCell<PrivHelperProxy<'static>>,
-}
+mod helper;
+mod limits;
 
-impl Helper {
-    /// `bus`: `system`, or a D-Bus address.
-    pub fn on_bus(bus: &str) -> Self {
-        Self {
-            bus: bus.to_owned(),
-            proxy: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// An already connected proxy.
-    pub fn connected(proxy: PrivHelperProxy<'static>) -> Self {
-        Self {
-            bus: String::new(),
-            proxy: tokio::sync::OnceCell::new_with(Some(proxy)),
-        }
-    }
-
-    /// The proxy, once connected; `None` if it never was.
-    pub fn get_if_connected(&self) -> Option<&PrivHelperProxy<'static>> {
-        self.proxy.get()
-    }
-
-    pub async fn get(&self) -> Result<&PrivHelperProxy<'static>, HelperUnreachable> {
-        self.proxy
-            .get_or_try_init(|| async {
-                let conn = if self.bus == "system" {
-                    zbus::Connection::system().await
-                } else {
-                    zbus::connection::Builder::address(self.bus.as_str())
-                        .build()
-                        .await
-                };
-                let conn = conn.map_err(|source| HelperUnreachable::Bus {
-                    bus: self.bus.clone(),
-                    source,
-                })?;
-                PrivHelperProxy::new(&conn)
-                    .await
-                    .map_err(HelperUnreachable::Interface)
-            })
-            .await
-    }
-}
-
-/// Why the helper cannot be asked anything.
-#[derive(Debug, thiserror::Error)]
-pub enum HelperUnreachable {
-    #[error("cannot reach the helper's bus ({bus}): {source}")]
-    Bus { bus: String, source: zbus::Error },
-    #[error("the helper's D-Bus interface: {0}")]
-    Interface(zbus::Error),
-}
+pub use helper::{Helper, HelperUnreachable};
+pub use limits::effective_limits;
 
 /// Why a server could not be started in a sandbox, by the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -372,28 +317,6 @@ impl SandboxLauncher {
     }
 }
 
-/// The limits a server's sandbox runs with: the gateway's `[sandbox]` limits, each lowered to
-/// what the manifest declares. A manifest can ask for less, never for more: the admin's
-/// configuration is the ceiling (and the helper caps again with its own).
-// CONTRACT: takes the launcher's `Limits` (the daemon builds them from `SandboxConfig`) rather
-// than `&SandboxConfig`: the layers let `sandbox` use `manifest` but not `config`.
-pub fn effective_limits(gateway: &Limits, manifest: &Manifest) -> Limits {
-    let declared = manifest.limits.unwrap_or_default();
-    Limits {
-        memory_max_bytes: declared.memory_mib.map_or(gateway.memory_max_bytes, |mib| {
-            gateway
-                .memory_max_bytes
-                .min(mib.saturating_mul(1024 * 1024))
-        }),
-        pids_max: declared
-            .pids
-            .map_or(gateway.pids_max, |p| gateway.pids_max.min(p)),
-        cpu_percent: declared
-            .cpu_percent
-            .map_or(gateway.cpu_percent, |c| gateway.cpu_percent.min(c)),
-    }
-}
-
 /// Serves a sandbox's egress on the sockets the helper bound for it before its server started:
 /// the proxy port, and in transparent mode TLS on `host:443` and DNS on `host:53` (allowlisted
 /// names answer `host`). The gateway binds nothing itself, so the server's first connection
@@ -550,53 +473,5 @@ impl Launcher for SandboxLauncher {
             | LaunchError::Egress(_)
             | LaunchError::Stdio { .. } => "the gateway could not set up its sandbox",
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GATEWAY: Limits = Limits {
-        memory_max_bytes: 512 * 1024 * 1024,
-        pids_max: 128,
-        cpu_percent: 100,
-    };
-
-    fn manifest(limits: &str) -> Manifest {
-        Manifest::from_json(&format!(
-            r#"{{"name": "t", "version": "1", "limits": {limits}}}"#
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_manifest_lowers_the_gateway_limits_and_never_raises_them() {
-        let lower = manifest(r#"{"memory_mib": 64, "pids": 16, "cpu_percent": 25}"#);
-        assert_eq!(
-            effective_limits(&GATEWAY, &lower),
-            Limits {
-                memory_max_bytes: 64 * 1024 * 1024,
-                pids_max: 16,
-                cpu_percent: 25
-            }
-        );
-        let higher = manifest(r#"{"memory_mib": 4096, "pids": 100000, "cpu_percent": 400}"#);
-        assert_eq!(effective_limits(&GATEWAY, &higher), GATEWAY);
-        let huge = manifest(&format!(r#"{{"memory_mib": {}}}"#, u64::MAX));
-        assert_eq!(effective_limits(&GATEWAY, &huge), GATEWAY);
-    }
-
-    #[test]
-    fn absent_limits_leave_the_gateway_limits() {
-        assert_eq!(effective_limits(&GATEWAY, &manifest("{}")), GATEWAY);
-        let m = Manifest::from_json(r#"{"name": "t", "version": "1"}"#).unwrap();
-        assert_eq!(effective_limits(&GATEWAY, &m), GATEWAY);
-        let pids_only = manifest(r#"{"pids": 8}"#);
-        assert_eq!(effective_limits(&GATEWAY, &pids_only).pids_max, 8);
-        assert_eq!(
-            effective_limits(&GATEWAY, &pids_only).memory_max_bytes,
-            GATEWAY.memory_max_bytes
-        );
     }
 }
