@@ -237,6 +237,26 @@ fn fetch_bound(
     Ok((file, raw, false))
 }
 
+/// The rollback floor of a role another role names (5.5.3, 5.6.3: the version named may not be
+/// below the trusted one; the naming role's own floor usually stops the same replay
+/// earlier, but not after a fast-forward dropped it), and the trusted file's bytes when it is that very
+/// version, so they are reused instead of fetched again.
+fn reusable<T>(
+    role: Role,
+    named: u64,
+    trusted: Option<&Doc<T>>,
+) -> Result<Option<&[u8]>, TufError> {
+    match trusted {
+        Some(old) if named < old.common.version => Err(TufError::Rollback {
+            role,
+            trusted: old.common.version,
+            offered: named,
+        }),
+        Some(old) if named == old.common.version => Ok(Some(old.raw.as_slice())),
+        _ => Ok(None),
+    }
+}
+
 /// 5.5: the snapshot the timestamp names, by version and (when given) hashes and length.
 fn update_snapshot(
     root: &RootBody,
@@ -248,19 +268,7 @@ fn update_snapshot(
 ) -> Result<Doc<SnapshotBody>, TufError> {
     let meta = &timestamp.body.snapshot;
     let mismatch = |detail| TufError::TimestampMismatch { detail };
-    if let Some(old) = &trusted {
-        if meta.version < old.common.version {
-            return Err(TufError::Rollback {
-                role: Role::Snapshot,
-                trusted: old.common.version,
-                offered: meta.version,
-            });
-        }
-    }
-    let reusable = trusted
-        .as_ref()
-        .filter(|old| old.common.version == meta.version)
-        .map(|old| old.raw.as_slice());
+    let reusable = reusable(Role::Snapshot, meta.version, trusted.as_ref())?;
     let (file, raw, reused) = fetch_bound(
         root,
         Role::Snapshot,
@@ -306,19 +314,7 @@ fn update_targets(
 ) -> Result<Doc<TargetsBody>, TufError> {
     let meta = &snapshot.body.targets;
     let mismatch = |detail| TufError::SnapshotMismatch { detail };
-    if let Some(old) = &trusted {
-        if meta.version < old.common.version {
-            return Err(TufError::Rollback {
-                role: Role::Targets,
-                trusted: old.common.version,
-                offered: meta.version,
-            });
-        }
-    }
-    let reusable = trusted
-        .as_ref()
-        .filter(|old| old.common.version == meta.version)
-        .map(|old| old.raw.as_slice());
+    let reusable = reusable(Role::Targets, meta.version, trusted.as_ref())?;
     let (file, raw, reused) =
         fetch_bound(root, Role::Targets, meta, reusable, fetch, limits, mismatch)?;
     let doc = if reused {
