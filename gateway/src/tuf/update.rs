@@ -238,8 +238,8 @@ fn fetch_bound(
 }
 
 /// The rollback floor of a role another role names (5.5.3, 5.6.3: the version named may not be
-/// below the trusted one; the naming role's own floor usually stops the same replay
-/// earlier, but not after a fast-forward dropped it), and the trusted file's bytes when it is that very
+/// below the trusted one; the naming role's own floor usually stops the same replay earlier,
+/// but not after a fast-forward dropped it), and the trusted file's bytes when it is that very
 /// version, so they are reused instead of fetched again.
 fn reusable<T>(
     role: Role,
