@@ -342,7 +342,7 @@ impl Store for SqliteStore {
     }
 
     fn server_replace(&self, s: &ServerRecord, expected_digest: &str) -> Result<bool, StoreError> {
-        servers::replace(&mut self.conn(), s, expected_digest)
+        servers::replace(&self.conn(), s, expected_digest)
     }
 
     fn registry_add(&self, r: &RegistryRecord) -> Result<bool, StoreError> {

@@ -2,7 +2,7 @@
 //! server needs besides adding — removal (refused while an endpoint exposes it) and an upgrade
 //! that replaces the record only if it still holds the image the admin was shown.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::store::{RegistryOrigin, ServerRecord, StoreError};
 
@@ -47,25 +47,35 @@ fn origin(s: &ServerRecord) -> (Option<&str>, Option<&str>) {
     }
 }
 
-pub(super) fn add(conn: &Connection, s: &ServerRecord) -> Result<bool, StoreError> {
+/// Runs `f` with the record's columns as parameters, in `COLUMNS`' order.
+fn with_row<T>(
+    s: &ServerRecord,
+    f: impl FnOnce(&[&dyn rusqlite::ToSql]) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
     let (registry, target) = origin(s);
-    let n = conn.execute(
-        &format!(
-            "INSERT INTO servers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-             ON CONFLICT (name) DO NOTHING"
-        ),
-        params![
-            s.name,
-            s.version,
-            s.image_digest,
-            s.manifest,
-            s.source,
-            s.installed_ms,
-            ranges(s),
-            registry,
-            target
-        ],
-    )?;
+    f(params![
+        s.name,
+        s.version,
+        s.image_digest,
+        s.manifest,
+        s.source,
+        s.installed_ms,
+        ranges(s),
+        registry,
+        target
+    ])
+}
+
+pub(super) fn add(conn: &Connection, s: &ServerRecord) -> Result<bool, StoreError> {
+    let n = with_row(s, |row| {
+        conn.execute(
+            &format!(
+                "INSERT INTO servers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (name) DO NOTHING"
+            ),
+            row,
+        )
+    })?;
     Ok(n == 1)
 }
 
@@ -90,38 +100,20 @@ pub(super) fn remove(conn: &mut Connection, name: &str) -> Result<bool, StoreErr
 }
 
 pub(super) fn replace(
-    conn: &mut Connection,
+    conn: &Connection,
     s: &ServerRecord,
     expected_digest: &str,
 ) -> Result<bool, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let current: Option<String> = tx
-        .query_row(
-            "SELECT image_digest FROM servers WHERE name = ?1",
-            [&s.name],
-            |r| r.get(0),
+    // One statement: the digest the upgrade started from is checked where the row is written.
+    let n = with_row(s, |row| {
+        let mut row = row.to_vec();
+        row.push(&expected_digest);
+        conn.execute(
+            "UPDATE servers SET version = ?2, image_digest = ?3, manifest = ?4, source = ?5, \
+             installed_ms = ?6, approved_private_ranges = ?7, registry = ?8, target = ?9 \
+             WHERE name = ?1 AND image_digest = ?10",
+            &*row,
         )
-        .optional()?;
-    if current.as_deref() != Some(expected_digest) {
-        return Ok(false);
-    }
-    let (registry, target) = origin(s);
-    tx.execute(
-        "UPDATE servers SET version = ?2, image_digest = ?3, manifest = ?4, source = ?5, \
-         installed_ms = ?6, approved_private_ranges = ?7, registry = ?8, target = ?9 \
-         WHERE name = ?1",
-        params![
-            s.name,
-            s.version,
-            s.image_digest,
-            s.manifest,
-            s.source,
-            s.installed_ms,
-            ranges(s),
-            registry,
-            target
-        ],
-    )?;
-    tx.commit()?;
-    Ok(true)
+    })?;
+    Ok(n == 1)
 }
