@@ -295,7 +295,8 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, head: &[u8], body: &[&[u8]]
     let _ = stream.flush().await;
 }
 
-fn acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+/// A TLS acceptor (ring) serving `cert_pem` with `key_pem` (the registry fixtures use it too).
+pub(crate) fn acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();

@@ -11,7 +11,8 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 
-use super::{AbortOnDrop, acceptor, serve};
+use super::{AbortOnDrop, serve};
+use crate::metadata::acceptor;
 
 /// A response body of the scripted server.
 pub type ReplyBody = BoxBody<Bytes, Infallible>;

@@ -9,7 +9,8 @@ use http::Request;
 use hyper::body::Incoming;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::{AbortOnDrop, acceptor, random_name, reply, serve};
+use super::{AbortOnDrop, random_name, reply, serve};
+use crate::metadata::acceptor;
 use crate::upstream::TestCa;
 
 /// The server and how many tokens it issued.
