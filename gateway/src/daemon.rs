@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use privhelper_api::Limits;
 
+use crate::admin::local::{AdminSettings, LocalAdmin};
 use crate::audit::AuditQueue;
 use crate::audit::{Auditor, Outcome};
 use crate::config::{self, Config};
@@ -141,9 +142,16 @@ async fn serve(
     // One queue (one writer thread) for every request-path event source.
     let queue = AuditQueue::new(audit.clone());
     let (helper, pool) = server_pool(config, store.clone(), &vault, &queue)?;
-    let serving = start_front(config, store, &vault, &queue, &pool).await?;
-    // The admin interface on the bus; the gateway serves without it if the bus is not there.
-    let control = Control::new(pool.clone(), queue.clone());
+    let serving = start_front(config, store.clone(), &vault, &queue, &pool).await?;
+    // The admin interface on the bus, over this process's own store and vault (the key is
+    // loaded once); the gateway serves without it if the bus is not there.
+    let admin = LocalAdmin::for_daemon(
+        store.clone(),
+        vault.clone(),
+        "gigmcpd".into(),
+        AdminSettings::from_config(config),
+    );
+    let control = Control::new(pool.clone(), queue.clone(), admin);
     let _control = match crate::control::serve(&config.sandbox.bus, control).await {
         Ok(c) => Some(c),
         Err(e) => {

@@ -27,6 +27,18 @@ fn start_bus(dir: &std::path::Path, let_nobody_call: bool) -> (PrivateBus, Strin
     (bus, address)
 }
 
+/// The interface over the test's pool and store, with the admin layer the daemon would hold.
+fn control(gw: &mcp_support::Gw, audit: AuditQueue) -> Control {
+    use gateway::admin::local::{AdminSettings, LocalAdmin};
+    let admin = LocalAdmin::for_daemon(
+        gw.store.clone(),
+        gw.vault.clone(),
+        "gigmcpd".into(),
+        AdminSettings::from_config(&gateway::config::Config::default()),
+    );
+    Control::new(gw.pool.clone(), audit, admin)
+}
+
 fn cli(bus: &str, args: &[&str], as_nobody: bool) -> std::process::Output {
     let bin = env!("CARGO_BIN_EXE_gigmcp");
     let mut cmd = if as_nobody {
@@ -65,7 +77,7 @@ async fn server_start_stop_and_logs_over_the_bus() {
     let dir = tempfile::tempdir().unwrap();
     let (_bus, address) = start_bus(dir.path(), false);
     let audit = AuditQueue::new(Auditor::new(gw.store.clone(), "gigmcpd"));
-    let _conn = gateway::control::serve(&address, Control::new(gw.pool.clone(), audit.clone()))
+    let _conn = gateway::control::serve(&address, control(&gw, audit.clone()))
         .await
         .unwrap();
 
@@ -145,7 +157,7 @@ async fn callers_that_are_not_admins_are_refused_by_the_bus_and_by_the_daemon() 
         let dir = tempfile::tempdir().unwrap();
         let (_bus, address) = start_bus(dir.path(), let_nobody_call);
         let audit = AuditQueue::new(Auditor::new(gw.store.clone(), "gigmcpd"));
-        let _conn = gateway::control::serve(&address, Control::new(gw.pool.clone(), audit.clone()))
+        let _conn = gateway::control::serve(&address, control(&gw, audit.clone()))
             .await
             .unwrap();
         let a = address.clone();
@@ -210,7 +222,7 @@ async fn server_logs_show_a_servers_control_and_bidi_characters_escaped() {
     let dir = tempfile::tempdir().unwrap();
     let (_bus, address) = start_bus(dir.path(), false);
     let audit = AuditQueue::new(Auditor::new(gw.store.clone(), "gigmcpd"));
-    let _conn = gateway::control::serve(&address, Control::new(gw.pool.clone(), audit))
+    let _conn = gateway::control::serve(&address, control(&gw, audit))
         .await
         .unwrap();
     let run = |args: Vec<String>| {

@@ -102,6 +102,8 @@ impl Launcher for ChildLauncher {
 pub struct Gw {
     _dir: tempfile::TempDir,
     pub store: Arc<dyn Store>,
+    /// The vault over `store` (the front's redactor holds it too).
+    pub vault: Arc<gateway::vault::Vault>,
     pub addr: std::net::SocketAddr,
     pub launcher: ChildLauncher,
     pub pool: Arc<ServerPool<ChildLauncher>>,
@@ -228,12 +230,13 @@ impl Gw {
             limits,
             vec![addr.to_string(), format!("localhost:{}", addr.port())],
             vec![ORIGIN_OK.into()],
-            Some(Arc::new(Redactor::new(vault))),
+            Some(Arc::new(Redactor::new(vault.clone()))),
         );
         let task = tokio::spawn(front.clone().serve(listener));
         Self {
             _dir: dir,
             store,
+            vault,
             addr,
             launcher,
             pool,

@@ -1,5 +1,6 @@
-//! [`AdminApi`] on a state directory opened in this process (development, recovery, and the
-//! only transport until the daemon's D-Bus API exists).
+//! [`AdminApi`] on a store and vault: opened from a state directory in this process (the
+//! offline CLI: development, recovery, the daemon stopped), or the running daemon's own
+//! (`for_daemon`: what `org.gigmcp.Gateway1` calls, so the key is never loaded twice).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,9 +37,25 @@ pub struct AdminSettings {
     pub registries: crate::config::ImagesConfig,
 }
 
+impl AdminSettings {
+    /// The settings `gigmcp.toml` gives (the CLI offline and the daemon read the same).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            allow_unsigned_servers: config.gateway.allow_unsigned_servers,
+            images_dir: config.sandbox.images_dir.clone(),
+            sandbox_pool: ipnet::IpNet::V4(config.sandbox.pool),
+            gateway_listen: vec![config.gateway.listen.ip()],
+            unpack: config.images.unpack.clone(),
+            registries: config.images.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct LocalAdmin {
-    vault: Vault,
+    /// Shared with the daemon's egress proxy when the daemon serves; owned alone offline
+    /// (only then can `vault rotate` change the key: see `vault_rotate`).
+    vault: Arc<Vault>,
     audit: Auditor,
     store: Arc<dyn Store>,
     settings: AdminSettings,
@@ -78,11 +95,33 @@ impl LocalAdmin {
             }
         };
         Ok(Self {
-            vault,
+            vault: Arc::new(vault),
             audit,
             store,
             settings,
         })
+    }
+
+    /// The admin layer over the running daemon's store and vault (opened once, with the
+    /// master key, at the daemon's start).
+    pub fn for_daemon(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        actor: String,
+        settings: AdminSettings,
+    ) -> Self {
+        Self {
+            audit: Auditor::new(store.clone(), actor),
+            vault,
+            store,
+            settings,
+        }
+    }
+
+    /// Who the next actions are audited as (the daemon serves one caller at a time: the
+    /// D-Bus caller's uid).
+    pub fn set_actor(&mut self, actor: String) {
+        self.audit = Auditor::new(self.store.clone(), actor);
     }
 
     /// Records one admin event; an event that cannot be written fails the action.
@@ -145,11 +184,15 @@ impl AdminApi for LocalAdmin {
     fn vault_rotate(&mut self, new: MasterKey) -> Result<Fingerprint, AdminError> {
         let new_fp = new.fingerprint();
         let target = format!("{} -> {new_fp}", self.vault.fingerprint());
-        let result = self
-            .vault
-            .rotate(new)
-            .map(|()| new_fp)
-            .map_err(AdminError::from);
+        // Only a vault this process owns alone can change its key: the daemon's is shared with
+        // the egress proxy, which would keep the old key (rotation is an offline verb).
+        let result = match Arc::get_mut(&mut self.vault) {
+            Some(vault) => vault.rotate(new).map(|()| new_fp).map_err(AdminError::from),
+            None => Err(AdminError::Refused(
+                "the vault is in use by the running daemon: stop it and rotate offline (--state-dir)"
+                    .into(),
+            )),
+        };
         self.audited("vault.rotate", &target, result, |_| String::new())
     }
 

@@ -82,7 +82,7 @@ pub(super) fn build(
                 Some(secret) => {
                     let key = MasterKey::load(cli.master_key_file.as_deref())?;
                     let store =
-                        std::sync::Arc::new(crate::store::SqliteStore::open_in(&cli.state_dir)?);
+                        std::sync::Arc::new(crate::store::SqliteStore::open_in(cli.state_dir())?);
                     let vault = crate::vault::Vault::open(store, key)?;
                     let value = vault.get(&crate::vault::SecretName::parse(secret)?)?;
                     let text = std::str::from_utf8(value.expose())
@@ -93,7 +93,7 @@ pub(super) fn build(
             Some((reference.clone(), password))
         }
     };
-    let state_dir = cli.state_dir.as_path();
+    let state_dir = cli.state_dir();
     let args = crate::image_builder::BuildArgs {
         spec: spec.clone(),
         base: base.clone(),

@@ -1,4 +1,11 @@
 //! `gigmcp`, the admin CLI: argument parsing and output formatting over [`AdminApi`].
+//!
+//! Where a command goes: with `--state-dir` or `--master-key-file` given, to the state
+//! directory opened here (`LocalAdmin`: offline, the daemon stopped); otherwise to the running
+//! daemon over D-Bus (`DbusAdmin`, on `--bus`, by default the configuration's `sandbox.bus`),
+//! so that no admin verb needs the master key while gigmcpd runs. The offline verbs (the
+//! registry author's tools, `vault keygen`, `image build`) need neither; `server
+//! start|stop|logs` need the daemon; `vault rotate` is offline only (`DbusAdmin` says why).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -16,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::admin::AdminApi;
 use crate::admin::local::{AdminSettings, LocalAdmin};
 use crate::config::{self, Config};
+use crate::control::DbusAdmin;
 use crate::store::SecretMeta;
 use crate::terminal;
 use crate::vault::{MAX_VALUE_LEN, MasterKey, SecretValue};
@@ -23,13 +31,18 @@ use crate::vault::{MAX_VALUE_LEN, MasterKey, SecretValue};
 #[derive(Debug, Parser)]
 #[command(name = "gigmcp", version, about = "Administer a Gig'MCP gateway")]
 pub struct Cli {
-    /// State directory to open directly (the daemon's, when it is stopped, or a dev one).
-    #[arg(long, global = true, default_value = "/var/lib/gigmcp")]
-    state_dir: PathBuf,
-    /// Master key file (32 bytes raw or 64 hex digits, mode 0600). Default: the systemd
-    /// credential master.key in $CREDENTIALS_DIRECTORY.
+    /// State directory to open directly, offline (the daemon's, when it is stopped, or a dev
+    /// one; default /var/lib/gigmcp). Without it (and without --master-key-file) commands go
+    /// to the running daemon over D-Bus.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Master key file for offline use (32 bytes raw or 64 hex digits, mode 0600). Default:
+    /// the systemd credential master.key in $CREDENTIALS_DIRECTORY.
     #[arg(long, global = true)]
     master_key_file: Option<PathBuf>,
+    /// The daemon's bus: `system` or a D-Bus address (default: sandbox.bus of the config).
+    #[arg(long, global = true)]
+    bus: Option<String>,
     /// The gateway's configuration (read for the settings admin commands obey; built-in
     /// defaults if the default file is absent).
     #[arg(long, global = true)]
@@ -89,25 +102,14 @@ enum ServerCommand {
     /// List installed servers.
     List,
     /// Start a server in the running daemon now (it also starts on first use).
-    Start {
-        name: String,
-        /// The daemon's bus: `system` or a D-Bus address (default: sandbox.bus of the config).
-        #[arg(long)]
-        bus: Option<String>,
-    },
+    Start { name: String },
     /// Stop a server in the running daemon (it starts again on its next call).
-    Stop {
-        name: String,
-        #[arg(long)]
-        bus: Option<String>,
-    },
+    Stop { name: String },
     /// Show the last lines a server wrote to stderr in the running daemon.
     Logs {
         name: String,
         #[arg(long, default_value_t = 100)]
         lines: u32,
-        #[arg(long)]
-        bus: Option<String>,
     },
     /// Show a server's tool definitions: approved, and changed ones awaiting approval.
     Tools {
@@ -211,6 +213,20 @@ pub fn main() -> i32 {
     }
 }
 
+impl Cli {
+    /// The state directory an offline command opens.
+    fn state_dir(&self) -> &std::path::Path {
+        self.state_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new("/var/lib/gigmcp"))
+    }
+
+    /// Offline: the admin asked for the state directory (or the key) explicitly.
+    fn offline(&self) -> bool {
+        self.state_dir.is_some() || self.master_key_file.is_some()
+    }
+}
+
 fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Command::Vault(VaultCommand::Keygen { out: path }) = &cli.command {
         let key = MasterKey::generate_file(path)?;
@@ -232,66 +248,58 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Command::Image(ImageCommand::Build(c)) = &cli.command {
         return build::build(c, &config, &cli, out);
     }
+    let bus = cli
+        .bus
+        .clone()
+        .unwrap_or_else(|| config.sandbox.bus.clone());
     if let Command::Server(
         c @ (ServerCommand::Start { .. } | ServerCommand::Stop { .. } | ServerCommand::Logs { .. }),
     ) = &cli.command
     {
-        return daemon_command(c, &config.sandbox.bus, out);
+        return daemon_command(&mut DbusAdmin::connect(&bus)?, c, out);
+    }
+    if !cli.offline() {
+        return dispatch(&mut DbusAdmin::connect(&bus)?, cli.command, out);
     }
     let key = MasterKey::load(cli.master_key_file.as_deref())?;
     let actor = format!("cli:uid={}", nix::unistd::getuid());
-    let settings = AdminSettings {
-        allow_unsigned_servers: config.gateway.allow_unsigned_servers,
-        images_dir: config.sandbox.images_dir.clone(),
-        sandbox_pool: ipnet::IpNet::V4(config.sandbox.pool),
-        gateway_listen: vec![config.gateway.listen.ip()],
-        unpack: config.images.unpack.clone(),
-        registries: config.images.clone(),
-    };
-    let mut admin = LocalAdmin::open(&cli.state_dir, key, actor, settings)?;
+    let settings = AdminSettings::from_config(&config);
+    let mut admin = LocalAdmin::open(cli.state_dir(), key, actor, settings)?;
     dispatch(&mut admin, cli.command, out)
 }
 
-/// The commands the running daemon answers over D-Bus (`org.gigmcp.Gateway1`).
-fn daemon_command(c: &ServerCommand, default_bus: &str, out: &mut dyn Write) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let (name, bus) = match c {
-            ServerCommand::Start { name, bus }
-            | ServerCommand::Stop { name, bus }
-            | ServerCommand::Logs { name, bus, .. } => {
-                (name, bus.as_deref().unwrap_or(default_bus))
-            }
-            _ => unreachable!("only daemon commands come here"),
-        };
-        let gw = crate::control::client(bus)
-            .await
-            .with_context(|| format!("reaching gigmcpd on the {bus} bus"))?;
-        match c {
-            ServerCommand::Start { .. } => {
-                gw.server_start(name).await?;
-                writeln!(out, "started server {name}")?;
-            }
-            ServerCommand::Stop { .. } => {
-                if gw.server_stop(name).await? {
-                    writeln!(out, "stopped server {name}")?;
-                } else {
-                    writeln!(out, "server {name} was not running")?;
-                }
-            }
-            ServerCommand::Logs { lines, .. } => {
-                // The daemon escaped each line already; a line that was not (an older daemon)
-                // is made safe here all the same: the server's text never drives the terminal.
-                for l in gw.server_logs(name, *lines).await? {
-                    writeln!(out, "{}", terminal::sanitize(&l))?;
-                }
-            }
-            _ => unreachable!("only daemon commands come here"),
+/// The commands only the running daemon answers: its server sessions.
+fn daemon_command(
+    gw: &mut DbusAdmin,
+    c: &ServerCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match c {
+        ServerCommand::Start { name } => {
+            gw.server_start(name)?;
+            writeln!(out, "started server {name}")?;
         }
-        Ok(())
-    })
+        ServerCommand::Stop { name } => {
+            if gw.server_stop(name)? {
+                writeln!(out, "stopped server {name}")?;
+            } else {
+                writeln!(out, "server {name} was not running")?;
+            }
+        }
+        ServerCommand::Logs { name, lines } => {
+            let logs = gw.server_logs(name, *lines)?;
+            if logs.is_empty() {
+                writeln!(out, "server {name} has written nothing to stderr")?;
+            }
+            // The daemon escaped each line already; a line that was not (an older daemon)
+            // is made safe here all the same: the server's text never drives the terminal.
+            for l in logs {
+                writeln!(out, "{}", terminal::sanitize(&l))?;
+            }
+        }
+        _ => unreachable!("only daemon commands come here"),
+    }
+    Ok(())
 }
 
 /// Runs one admin command against the open store, one function per command group. Commands

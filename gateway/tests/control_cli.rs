@@ -1,0 +1,347 @@
+//! The CLI on the running daemon: the real `gigmcpd` serving `org.gigmcp.Gateway1` on a real
+//! private `dbus-daemon` (the shipped policy, the daemon's user mapped to root), and the real
+//! `gigmcp` given neither `--state-dir` nor a master key, so every command below crosses the
+//! bus. Each verb group: secrets (the value passed as a descriptor), servers, endpoints and
+//! tokens (a revoked token refused by the MCP front), registries and the two-step consent;
+//! the errors for what does not exist; the clear error without a daemon. Names and values
+//! are random. Nothing here starts a sandbox, so nothing needs root.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use gateway::store::{ServerRecord, Store, ToolDefinition};
+use testkit::bus::PrivateBus;
+use testkit::env::{TestEnv, random_hex, run_with_stdin, text};
+use testkit::process::Tied;
+
+struct Daemon {
+    env: TestEnv,
+    config: PathBuf,
+    address: String,
+    port: u16,
+    _daemon: Tied,
+    _bus: PrivateBus,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private bus with the shipped policy, and gigmcpd on it over a fresh state directory in
+/// which `seed` put records first.
+fn daemon(seed: impl FnOnce(&dyn Store)) -> Daemon {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    seed(&*env.store());
+    let bus_dir = env.dir.path().join("bus");
+    std::fs::create_dir_all(&bus_dir).unwrap();
+    std::fs::set_permissions(&bus_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bus = PrivateBus::start(&bus_dir, "org.gigmcp.Gateway1.conf", None);
+    let port = free_port();
+    let config = env.dir.path().join("gigmcp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n[sandbox]\nbus = \"{}\"\nca_dir = \"{}\"\nimages_dir = \"{}\"\n",
+            env.state_dir.display(),
+            bus.address,
+            env.dir.path().join("ca").display(),
+            env.dir.path().join("images").display(),
+        ),
+    )
+    .unwrap();
+    let daemon = testkit::process::start_gigmcpd(
+        std::path::Path::new(env!("CARGO_BIN_EXE_gigmcpd")),
+        &config,
+        &env.key_file,
+    );
+    Daemon {
+        address: bus.address.clone(),
+        env,
+        config,
+        port,
+        _daemon: daemon,
+        _bus: bus,
+    }
+}
+
+impl Daemon {
+    /// `gigmcp ARGS` with the configuration and bus, never the state directory or key.
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gigmcp"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--bus", &self.address])
+            .args(args);
+        run_with_stdin(&mut cmd, stdin)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, b"");
+        assert!(out.status.success(), "gigmcp {args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A command that must fail: its stderr.
+    fn refused(&self, args: &[&str]) -> String {
+        let out = self.run(args, b"");
+        assert!(
+            !out.status.success(),
+            "gigmcp {args:?} succeeded: {}",
+            text(&out)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// The audit rows of `action`, newest first.
+    fn audited(&self, action: &str) -> Vec<gateway::store::AuditEvent> {
+        self.env
+            .store()
+            .audit_recent(1000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == action)
+            .collect()
+    }
+
+    /// The HTTP status the MCP front answers a POST with this bearer token.
+    fn front_status(&self, endpoint: &str, token: &str) -> u16 {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "POST /mcp/{endpoint} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+    }
+}
+
+fn server_record(name: &str) -> ServerRecord {
+    ServerRecord {
+        name: name.into(),
+        version: "1.0".into(),
+        image_digest: format!("sha256:{}", random_hex(32)),
+        manifest: serde_json::json!({"name": name, "version": "1.0", "command": ["/bin/false"]})
+            .to_string(),
+        source: "unsigned".into(),
+        approved_ranges: vec![],
+        installed_ms: 1,
+        origin: None,
+    }
+}
+
+#[test]
+fn secrets_are_set_by_descriptor_listed_and_removed_through_the_daemon() {
+    let d = daemon(|_| {});
+    let name = format!("S_{}", random_hex(4).to_uppercase());
+    let value = format!("v-{}", random_hex(16));
+    let out = d.run(&["secret", "set", &name], format!("{value}\n").as_bytes());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("created secret {name} (version 1)")));
+    let listed = d.ok(&["secret", "list"]);
+    assert!(
+        listed.contains(&name) && !listed.contains(&value),
+        "{listed}"
+    );
+    // The value reached the vault exactly (the trailing newline dropped), in the daemon.
+    let stored = d
+        .env
+        .vault()
+        .get(&gateway::vault::SecretName::parse(&name).unwrap())
+        .unwrap();
+    assert_eq!(stored.expose(), value.as_bytes());
+    // Audited as the caller, through the bus.
+    let set = d.audited("secret.set");
+    assert!(
+        set.iter()
+            .any(|e| e.target == name && e.actor == "dbus:uid=0"),
+        "{set:?}"
+    );
+    assert!(d.ok(&["secret", "rm", &name]).contains("removed secret"));
+    let err = d.refused(&["secret", "rm", &name]);
+    assert!(err.contains(&format!("no secret named {name}")), "{err}");
+    assert!(!d.ok(&["secret", "list"]).contains(&name));
+}
+
+#[test]
+fn servers_endpoints_and_tokens_are_administered_through_the_daemon() {
+    let server = format!("s{}", random_hex(4));
+    let tool = "echo";
+    let d = daemon(|store| {
+        assert!(store.server_add(&server_record(&server)).unwrap());
+        store
+            .tool_definitions_put(&[ToolDefinition {
+                server: server.clone(),
+                tool: tool.into(),
+                approved: false,
+                definition: r#"{"name":"echo"}"#.into(),
+                digest: random_hex(32),
+                seen_ms: 1,
+            }])
+            .unwrap();
+    });
+    let listed = d.ok(&["server", "list"]);
+    assert!(listed.contains(&server), "{listed}");
+    let tools = d.ok(&["server", "tools", &server]);
+    assert!(tools.contains("NEW (hidden)"), "{tools}");
+    d.ok(&["server", "tools", &server, "--approve", tool]);
+    assert!(d.ok(&["server", "tools", &server]).contains("approved"));
+
+    let endpoint = format!("e{}", random_hex(4));
+    d.ok(&["endpoint", "add", &endpoint, "--server", &server]);
+    d.ok(&[
+        "endpoint",
+        "describe",
+        &endpoint,
+        &format!("{server}__{tool}"),
+        "--description",
+        "says it back",
+    ]);
+    let created = d.ok(&["endpoint", "token", "create", &endpoint, "--label", "t"]);
+    let id = created
+        .split_whitespace()
+        .nth(2)
+        .expect("token id")
+        .to_owned();
+    let secret = created.lines().nth(1).expect("the token").trim().to_owned();
+    assert_ne!(d.front_status(&endpoint, &secret), 401, "a live token");
+    d.ok(&["endpoint", "token", "revoke", &id]);
+    assert_eq!(d.front_status(&endpoint, &secret), 401, "a revoked token");
+}
+
+#[test]
+fn what_does_not_exist_exits_non_zero_naming_it() {
+    let d = daemon(|_| {});
+    let ghost = format!("nosuch{}", random_hex(3));
+    for verb in ["stop", "logs"] {
+        let err = d.refused(&["server", verb, &ghost]);
+        assert!(err.contains(&format!("no server named {ghost}")), "{err}");
+    }
+    let err = d.refused(&["server", "start", &ghost]);
+    assert!(err.contains(&ghost), "{err}");
+    let err = d.refused(&["endpoint", "token", "create", &ghost]);
+    assert!(err.contains(&ghost), "{err}");
+    d.refused(&["endpoint", "token", "revoke", &random_hex(8)]);
+    let err = d.refused(&["registry", "sync", &ghost]);
+    assert!(err.contains(&format!("no registry named {ghost}")), "{err}");
+    // Rotation is offline only, and says how.
+    let key = d.env.other_key("new.key");
+    let err = d.refused(&[
+        "vault",
+        "rotate",
+        "--new-master-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(err.contains("offline"), "{err}");
+}
+
+#[test]
+fn without_the_daemon_the_cli_names_both_ways_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let bus = PrivateBus::start(dir.path(), "org.gigmcp.Gateway1.conf", None);
+    let out = Command::new(env!("CARGO_BIN_EXE_gigmcp"))
+        .args(["--bus", &bus.address, "secret", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("systemctl start gigmcp") && err.contains("--state-dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_install_is_done_only_with_the_digest_of_what_the_daemon_shows_now() {
+    let d = daemon(|_| {});
+    let name = format!("s{}", random_hex(4));
+    let manifest = serde_json::json!({"name": name, "version": "1.0", "tools": ["echo"]});
+    let entry = testkit::signed_registry::entry(
+        "reg.invalid/mcp/x",
+        &format!("sha256:{}", random_hex(32)),
+        512,
+        &manifest,
+    );
+    let mut index = testkit::signed_registry::SignedRegistry::new();
+    index.publish(&[&entry], &[]);
+    let reg = format!("r{}", random_hex(4));
+    let root = index.root_file();
+    d.ok(&[
+        "registry",
+        "add",
+        &reg,
+        &index.url(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(d.ok(&["registry", "search", ""]).contains(&name));
+    assert!(d.ok(&["registry", "list"]).contains(&reg));
+    let shown = d.ok(&["registry", "show", &name]);
+    assert!(shown.contains(&format!("{reg}/{name}/1.0")), "{shown}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = zbus::connection::Builder::address(d.address.as_str())
+            .build()
+            .await
+            .unwrap();
+        let gw = gateway::control::Gateway1Proxy::new(&conn).await.unwrap();
+        let asked = |e: zbus::Error| match e {
+            zbus::Error::MethodError(n, Some(m), _) => (n.to_string(), m),
+            other => panic!("{other}"),
+        };
+        // No consent: the text and its digest come back, nothing installed.
+        let (kind, said) = asked(
+            gw.server_install(&name, "", &[], &[], "")
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(kind, "org.gigmcp.Gateway1.Error.ConsentNeeded");
+        let (digest, text) = said.split_once('\n').unwrap();
+        assert!(
+            digest.starts_with("sha256:") && text.contains(&name),
+            "{said}"
+        );
+        // A digest of anything else (what was shown before a sync): asked again.
+        let stale = format!("sha256:{}", random_hex(32));
+        let (kind, again) = asked(
+            gw.server_install(&name, "", &[], &[], &stale)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(kind, "org.gigmcp.Gateway1.Error.ConsentNeeded");
+        assert_eq!(again, said);
+        // The right digest passes consent and goes on to the image (not there: refused).
+        let (kind, _) = asked(
+            gw.server_install(&name, "", &[], &[], digest)
+                .await
+                .unwrap_err(),
+        );
+        assert_ne!(kind, "org.gigmcp.Gateway1.Error.ConsentNeeded");
+    });
+    assert!(d.env.store().server_list().unwrap().is_empty());
+    // The CLI does the same two steps: --yes shows the text, then the image is refused.
+    let out = d.run(&["registry", "install", &name, "--yes"], b"");
+    assert!(!out.status.success());
+    assert!(text(&out).contains(&name), "{}", text(&out));
+    assert!(d.env.store().server_list().unwrap().is_empty());
+}
