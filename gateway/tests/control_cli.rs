@@ -35,13 +35,36 @@ fn free_port() -> u16 {
 /// A private bus with the shipped policy, and gigmcpd on it over a fresh state directory in
 /// which `seed` put records first.
 fn daemon(seed: impl FnOnce(&dyn Store)) -> Daemon {
+    daemon_on(seed, false)
+}
+
+/// As [`daemon`]; with `let_nobody_call`, the bus also lets `nobody` call the daemon (a
+/// policy gone wrong), to reach the daemon's own check.
+fn daemon_on(seed: impl FnOnce(&dyn Store), let_nobody_call: bool) -> Daemon {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::new();
     seed(&*env.store());
     let bus_dir = env.dir.path().join("bus");
     std::fs::create_dir_all(&bus_dir).unwrap();
-    std::fs::set_permissions(&bus_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bus = PrivateBus::start(&bus_dir, "org.gigmcp.Gateway1.conf", None);
+    for dir in [env.dir.path(), &bus_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Root may monitor this bus (the system bus's own rule: root sees everything anyway).
+    std::fs::create_dir_all(bus_dir.join("system.d")).unwrap();
+    std::fs::write(
+        bus_dir.join("system.d/zz-test-monitor.conf"),
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><policy user="root">
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+</policy></busconfig>"#,
+    )
+    .unwrap();
+    let bus = PrivateBus::start(
+        &bus_dir,
+        "org.gigmcp.Gateway1.conf",
+        let_nobody_call.then_some("org.gigmcp.Gateway1"),
+    );
     let port = free_port();
     let config = env.dir.path().join("gigmcp.toml");
     std::fs::write(
@@ -147,8 +170,24 @@ fn secrets_are_set_by_descriptor_listed_and_removed_through_the_daemon() {
     let d = daemon(|_| {});
     let name = format!("S_{}", random_hex(4).to_uppercase());
     let value = format!("v-{}", random_hex(16));
+    // Everything the bus carries meanwhile, as root's monitor sees it.
+    let capture = d.env.dir.path().join("monitor.txt");
+    let mut monitor = Command::new("dbus-monitor");
+    monitor
+        .args(["--address", &d.address])
+        .stdout(std::fs::File::create(&capture).unwrap());
+    let mut monitor = testkit::process::spawn_tied(monitor, None).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let out = d.run(&["secret", "set", &name], format!("{value}\n").as_bytes());
     assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    monitor.kill();
+    let seen = std::fs::read_to_string(&capture).unwrap();
+    assert!(
+        seen.contains("SecretSet") && seen.contains(&name),
+        "the monitor saw the call: {seen}"
+    );
+    assert!(!seen.contains(&value), "the value crossed the bus: {seen}");
     assert!(text(&out).contains(&format!("created secret {name} (version 1)")));
     let listed = d.ok(&["secret", "list"]);
     assert!(
@@ -344,4 +383,35 @@ fn an_install_is_done_only_with_the_digest_of_what_the_daemon_shows_now() {
     assert!(!out.status.success());
     assert!(text(&out).contains(&name), "{}", text(&out));
     assert!(d.env.store().server_list().unwrap().is_empty());
+}
+
+#[test]
+fn a_caller_the_bus_lets_through_is_still_refused_by_the_daemon_and_audited() {
+    if !testkit::require_root("control_cli") {
+        return;
+    }
+    let name = format!("S_{}", random_hex(4).to_uppercase());
+    let d = daemon_on(|_| {}, true);
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_gigmcp"))
+        .args(["--bus", &d.address, "secret", "rm", &name])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nobody removed a secret");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not root nor in gigmcp-admin"), "{err}");
+    // Denials go through the daemon's audit queue: give its writer a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let denied = d.audited("secret.remove");
+        if let Some(e) = denied.iter().find(|e| e.target == name) {
+            assert_eq!(e.outcome, "denied");
+            let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;
+            assert!(e.detail.contains(&format!("uid={nobody}")), "{e:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no denial audited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
