@@ -35,12 +35,13 @@ fn free_port() -> u16 {
 /// A private bus with the shipped policy, and gigmcpd on it over a fresh state directory in
 /// which `seed` put records first.
 fn daemon(seed: impl FnOnce(&dyn Store)) -> Daemon {
-    daemon_on(seed, false)
+    daemon_on(seed, false, "")
 }
 
 /// As [`daemon`]; with `let_nobody_call`, the bus also lets `nobody` call the daemon (a
 /// policy gone wrong), to reach the daemon's own check.
-fn daemon_on(seed: impl FnOnce(&dyn Store), let_nobody_call: bool) -> Daemon {
+/// `gateway` is added to the configuration's `[gateway]` table.
+fn daemon_on(seed: impl FnOnce(&dyn Store), let_nobody_call: bool, gateway: &str) -> Daemon {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::new();
     seed(&*env.store());
@@ -70,7 +71,7 @@ fn daemon_on(seed: impl FnOnce(&dyn Store), let_nobody_call: bool) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n[sandbox]\nbus = \"{}\"\nca_dir = \"{}\"\nimages_dir = \"{}\"\n",
+            "[gateway]\n{gateway}\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n[sandbox]\nbus = \"{}\"\nca_dir = \"{}\"\nimages_dir = \"{}\"\n",
             env.state_dir.display(),
             bus.address,
             env.dir.path().join("ca").display(),
@@ -233,6 +234,11 @@ fn servers_endpoints_and_tokens_are_administered_through_the_daemon() {
     });
     let listed = d.ok(&["server", "list"]);
     assert!(listed.contains(&server), "{listed}");
+    let logs = d.ok(&["server", "logs", &server]);
+    assert_eq!(
+        logs.trim(),
+        format!("server {server} has written nothing to stderr")
+    );
     let tools = d.ok(&["server", "tools", &server]);
     assert!(tools.contains("NEW (hidden)"), "{tools}");
     d.ok(&["server", "tools", &server, "--approve", tool]);
@@ -391,7 +397,7 @@ fn a_caller_the_bus_lets_through_is_still_refused_by_the_daemon_and_audited() {
         return;
     }
     let name = format!("S_{}", random_hex(4).to_uppercase());
-    let d = daemon_on(|_| {}, true);
+    let d = daemon_on(|_| {}, true, "");
     let out = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_gigmcp"))
@@ -414,4 +420,146 @@ fn a_caller_the_bus_lets_through_is_still_refused_by_the_daemon_and_audited() {
         assert!(std::time::Instant::now() < deadline, "no denial audited");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// The `<method>`, `<signal>` and `<arg>` tags of the `org.gigmcp.Gateway1` interface in an
+/// introspection document, in order, each with its attributes (comments dropped).
+fn interface_tags(xml: &str) -> Vec<String> {
+    let start = xml
+        .find(r#"<interface name="org.gigmcp.Gateway1">"#)
+        .expect("the interface");
+    let body = &xml[start..];
+    let body = &body[..body.find("</interface>").expect("its end")];
+    let mut tags = Vec::new();
+    let mut rest = body;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix("<!--") {
+            rest = &after[after.find("-->").expect("a closed comment") + 3..];
+            continue;
+        }
+        let end = rest.find('>').expect("a closed tag");
+        let tag = rest[1..end].trim_end_matches('/').trim();
+        if ["method ", "signal ", "arg "]
+            .iter()
+            .any(|k| tag.starts_with(k))
+        {
+            tags.push(tag.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        rest = &rest[end + 1..];
+    }
+    tags
+}
+
+#[test]
+fn the_interface_the_daemon_serves_is_the_one_docs_dbus_md_describes() {
+    let d = daemon(|_| {});
+    let out = Command::new("dbus-send")
+        .args([
+            &format!("--bus={}", d.address),
+            "--print-reply=literal",
+            "--dest=org.gigmcp.Gateway1",
+            "/org/gigmcp/Gateway1",
+            "org.freedesktop.DBus.Introspectable.Introspect",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let live = String::from_utf8(out.stdout).unwrap();
+    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/DBUS.md");
+    let doc = std::fs::read_to_string(doc_path).unwrap();
+    let xml = doc
+        .split("```xml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("docs/DBUS.md has the introspection XML in a ```xml block");
+    let (live, documented) = (interface_tags(&live), interface_tags(xml));
+    assert!(live.len() > 40, "{live:?}");
+    assert_eq!(
+        documented,
+        live,
+        "docs/DBUS.md's XML is not what gigmcpd serves; the live interface:\n{}",
+        live.join("\n")
+    );
+}
+
+#[test]
+fn layouts_and_tarballs_cross_as_descriptors_and_a_root_directory_is_refused() {
+    let d = daemon_on(|_| {}, false, "allow_unsigned_servers = true");
+    let dir = d.env.dir.path();
+    let (rootfs, layout) = (dir.join("rootfs"), dir.join("layout"));
+    testkit::rootfs::build(&rootfs, &[(PathBuf::from("/bin/true"), "bin/server")]);
+    let manifest = dir.join("manifest.json");
+    let write_manifest = |name: &str| {
+        std::fs::write(
+            &manifest,
+            serde_json::json!({"name": name, "version": "1.0", "command": ["/bin/server"]})
+                .to_string(),
+        )
+        .unwrap();
+    };
+    // A root directory is copied by `cp`, which cannot reach the daemon's descriptor:
+    // refused over the bus, naming both ways on.
+    let from_root = format!("r{}", random_hex(4));
+    write_manifest(&from_root);
+    let err = d.refused(&[
+        "server",
+        "add",
+        &from_root,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--unsigned",
+    ]);
+    assert!(
+        err.contains("offline only") && err.contains("oci-layout:"),
+        "{err}"
+    );
+
+    // A layout directory, then the same layout as a tarball: the one image, installed once.
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let built = testkit::oci::build_layout(
+        &layout,
+        &rootfs,
+        serde_json::json!({"Entrypoint": ["/bin/server"]}),
+        "v1",
+    );
+    let imported = d.ok(&["image", "import", layout.to_str().unwrap()]);
+    assert!(imported.contains(&built.manifest_digest), "{imported}");
+    let tarball = dir.join("layout.tar");
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&layout)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let again = d.ok(&["image", "import", tarball.to_str().unwrap(), "--name", "v1"]);
+    assert!(again.contains(&built.manifest_digest), "{again}");
+    // A server from the layout by digest, its layout passed as a descriptor.
+    let from_layout = format!("l{}", random_hex(4));
+    write_manifest(&from_layout);
+    d.ok(&[
+        "server",
+        "add",
+        &from_layout,
+        "--image",
+        &format!("oci-layout:{}@{}", layout.display(), built.manifest_digest),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--unsigned",
+    ]);
+    let servers = d.ok(&["server", "list"]);
+    assert!(
+        servers.contains(&from_layout) && !servers.contains(&from_root),
+        "{servers}"
+    );
+    let images = d.ok(&["image", "list"]);
+    assert!(
+        images.contains(&built.manifest_digest) && images.contains(&from_layout),
+        "{images}"
+    );
 }

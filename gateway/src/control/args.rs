@@ -66,10 +66,86 @@ pub fn read_value(fd: OwnedFd) -> Result<SecretValue, ControlError> {
     Ok(SecretValue::new(buf))
 }
 
-/// A descriptor as a path this process can open (`/proc/self/fd/N`: the caller's file or
-/// directory, whatever mount namespace it lives in). The descriptor must outlive its use.
-pub fn fd_path(fd: &OwnedFd) -> std::path::PathBuf {
-    format!("/proc/self/fd/{}", fd.as_raw_fd()).into()
+/// A file or directory the caller passed by descriptor, as a path the admin layer can open
+/// (it opens paths, and refuses a link as the last component: `/proc/self/fd/N` is one).
+/// A directory is reached as `/proc/self/fd/N/.` (the link resolved as a middle component,
+/// to the caller's directory in whatever mount namespace it lives); a regular file (a
+/// tarball) is copied into a private file of the daemon's temporary directory first, removed
+/// when this is dropped.
+#[derive(Debug)]
+pub struct Received {
+    _fd: OwnedFd,
+    path: std::path::PathBuf,
+    copy: bool,
+}
+
+impl Received {
+    pub fn new(fd: OwnedFd) -> Result<Self, ControlError> {
+        let bad = |e: std::io::Error| ControlError::InvalidArgument(format!("the descriptor: {e}"));
+        let stat = rustix::fs::fstat(&fd).map_err(|e| bad(e.into()))?;
+        let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+        if kind == rustix::fs::FileType::Directory {
+            let path = format!("/proc/self/fd/{}/.", fd.as_raw_fd()).into();
+            return Ok(Self {
+                _fd: fd,
+                path,
+                copy: false,
+            });
+        }
+        if kind != rustix::fs::FileType::RegularFile {
+            return Err(ControlError::InvalidArgument(
+                "pass a directory or a regular file (a tarball)".into(),
+            ));
+        }
+        let (path, mut out) = private_file()?;
+        let copied = std::io::copy(
+            &mut std::fs::File::from(fd.try_clone().map_err(bad)?),
+            &mut out,
+        );
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&path);
+            return Err(ControlError::Failed(format!("copying the tarball: {e}")));
+        }
+        Ok(Self {
+            _fd: fd,
+            path,
+            copy: true,
+        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        if self.copy {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A new file only this user can read, in the temporary directory (private to the daemon
+/// under `PrivateTmp=`).
+fn private_file() -> Result<(std::path::PathBuf, std::fs::File), ControlError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("gigmcpd-import-{}-{n}.tar", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(ControlError::Failed(format!("{}: {e}", path.display()))),
+        }
+    }
 }
 
 pub fn opt(s: String) -> Option<String> {

@@ -232,20 +232,22 @@ impl AdminApi for DbusAdmin {
         ))
     }
 
+    /// Offline only: the tree is copied by `cp`, a child process, which cannot reach a
+    /// directory the daemon holds by descriptor (and `/proc/<pid>/fd` of the non-dumpable
+    /// daemon is root's). An image works over the bus: `gigmcp image build dir:PATH`, then
+    /// `server add --image oci-layout:…`.
     fn server_add_unsigned(
         &mut self,
-        name: &str,
+        _name: &str,
         rootfs: &Path,
-        manifest_json: &str,
-        approved_ranges: &[ipnet::IpNet],
+        _manifest_json: &str,
+        _approved_ranges: &[ipnet::IpNet],
     ) -> Result<ServerRecord, AdminError> {
-        let fd = open_for_daemon(rootfs)?;
-        let ranges = strings(approved_ranges);
-        let r = self.call(async |p| {
-            p.server_add_unsigned(name, fd.as_fd().into(), manifest_json, &ranges)
-                .await
-        })?;
-        Ok(r.into())
+        Err(AdminError::Refused(format!(
+            "server add --rootfs {} works offline only (stop gigmcpd and pass --state-dir); with the daemon running, make it an image (gigmcp image build dir:{} --base … --out LAYOUT) and add it with --image oci-layout:LAYOUT@<digest>",
+            rootfs.display(),
+            rootfs.display()
+        )))
     }
 
     fn server_add_image(

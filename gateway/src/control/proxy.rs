@@ -1,5 +1,5 @@
 //! The client's view of `org.gigmcp.Gateway1`: the same methods as `service.rs`, typed with
-//! the same wire records. `tests/control_introspect.rs` checks both against docs/DBUS.md.
+//! the same wire records. `tests/control_cli.rs` checks the served interface against docs/DBUS.md.
 
 use zbus::Fd;
 
@@ -16,13 +16,6 @@ pub trait Gateway1 {
     fn secret_remove(&self, name: &str) -> zbus::Result<()>;
     fn vault_status(&self) -> zbus::Result<VaultStatusWire>;
 
-    fn server_add_unsigned(
-        &self,
-        name: &str,
-        rootfs: Fd<'_>,
-        manifest: &str,
-        approved_ranges: &[String],
-    ) -> zbus::Result<ServerWire>;
     fn server_add_image(
         &self,
         name: &str,

@@ -24,7 +24,7 @@ use zbus::object_server::SignalEmitter;
 
 use super::ControlError;
 use super::args::{
-    Seen, consent_by_digest, consent_needed, fd_path, opt, ranges, read_value, to_control,
+    Received, Seen, consent_by_digest, consent_needed, opt, ranges, read_value, to_control,
 };
 use super::auth::{ADMIN_GROUP, caller_uid, is_admin};
 use super::pool::PoolControl;
@@ -172,31 +172,6 @@ impl Control {
 
     // --- servers ---
 
-    /// An unsigned server from a root filesystem directory (`rootfs`: a directory descriptor,
-    /// copied from beneath it), refused unless the configuration allows unsigned servers.
-    async fn server_add_unsigned(
-        &self,
-        name: String,
-        rootfs: zbus::OwnedFd,
-        manifest: String,
-        approved_ranges: Vec<String>,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
-        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
-    ) -> Result<ServerWire, ControlError> {
-        let uid = self.authorize("server.add", &name, &header, conn).await?;
-        let ranges = ranges(&approved_ranges)?;
-        let fd: OwnedFd = rootfs.into();
-        let r = self
-            .admin(uid, move |a| {
-                a.server_add_unsigned(&name, &fd_path(&fd), &manifest, &ranges)
-                    .map_err(to_control)
-            })
-            .await?;
-        let _ = Self::servers_changed(&emitter).await;
-        Ok(r.into())
-    }
-
     /// An unsigned server from an image pinned by digest; `oci-layout:@sha256:…` takes the
     /// layout from `layout` (one directory descriptor; none for a registry reference).
     async fn server_add_image(
@@ -213,12 +188,14 @@ impl Control {
         let uid = self.authorize("server.add", &name, &header, conn).await?;
         let ranges = ranges(&approved_ranges)?;
         let mut fds: Vec<OwnedFd> = layout.into_iter().map(Into::into).collect();
-        let image = match (image.strip_prefix("oci-layout:"), fds.len()) {
-            (Some(rest), 1) => {
+        let mut received = None;
+        let image = match (image.strip_prefix("oci-layout:"), fds.pop()) {
+            (Some(rest), Some(fd)) if fds.is_empty() => {
                 let digest = rest.rsplit_once('@').map_or(rest, |(_, d)| d);
-                format!("oci-layout:{}@{digest}", fd_path(&fds[0]).display())
+                let layout = received.insert(Received::new(fd)?);
+                format!("oci-layout:{}@{digest}", layout.path().display())
             }
-            (None, 0) => image,
+            (None, None) => image,
             _ => {
                 return Err(ControlError::InvalidArgument(
                     "an oci-layout: image needs exactly one layout descriptor, a registry reference none".into(),
@@ -228,7 +205,7 @@ impl Control {
         let r = self
             .admin(uid, move |a| {
                 let r = a.server_add_image(&name, &image, &manifest, &ranges);
-                fds.clear();
+                drop(received);
                 r.map_err(to_control)
             })
             .await?;
@@ -456,14 +433,14 @@ impl Control {
         #[zbus(connection)] conn: &zbus::Connection,
     ) -> Result<ImageWire, ControlError> {
         let uid = self.authorize("image.import", "", &header, conn).await?;
-        let fd: OwnedFd = layout.into();
+        let layout = Received::new(layout.into())?;
         let select = match (opt(select_digest), opt(select_name)) {
             (Some(d), _) => ImportSelect::Digest(d),
             (None, Some(n)) => ImportSelect::Name(n),
             (None, None) => ImportSelect::Only,
         };
         self.admin(uid, move |a| {
-            let r = a.image_import(&fd_path(&fd), &select).map_err(to_control)?;
+            let r = a.image_import(layout.path(), &select).map_err(to_control)?;
             ImageWire::new(&r, None).map_err(to_control)
         })
         .await
